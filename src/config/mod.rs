@@ -1,0 +1,151 @@
+//! Configuration: YAML on disk ([`raw`]) validated once into runtime [`settings`].
+//!
+//! ```no_run
+//! let settings = bsk_sidecar::config::load(std::path::Path::new("config/department.yaml"))
+//!     .unwrap_or_else(|errs| { for e in errs { eprintln!("{e}"); } std::process::exit(64) });
+//! ```
+
+pub mod raw;
+pub mod settings;
+
+use std::fmt;
+use std::path::Path;
+
+pub use settings::{Limits, ListenerSettings, Peer, ResponseMode, Route, Settings, Upstream};
+
+/// One problem in a config file, located by field path (and line when the parser knows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            origin: origin.clone(),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    from_yaml(&text, &origin, base)
+}
+
+/// Validates YAML text; `origin` names it in messages, `base` resolves relative paths.
+pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        let mut message = inner.to_string();
+        // serde_yaml appends "at line N column M"; the line is reported separately.
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // ... and may prefix its own rendering of the path, which we also report.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if path.starts_with(prefix) {
+                message = rest.to_string();
+            }
+        }
+        vec![ConfigError {
+            origin: origin.to_string(),
+            line,
+            path: if path == "." { String::new() } else { path },
+            message,
+        }]
+    })?;
+    settings::build(raw, origin, base)
+}
+
+impl Settings {
+    /// A human summary of the effective routes, as `bsk-sidecar check` prints it.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        match self.admin {
+            Some(a) => {
+                let _ = writeln!(out, "admin    http://{a} (/metrics /healthz /readyz)");
+            }
+            None => {
+                let _ = writeln!(out, "admin    off");
+            }
+        }
+        let _ = writeln!(out, "state    {}", self.state_dir.display());
+        for (name, p) in &self.peers {
+            let allow = match &p.allow {
+                Some(a) => a.to_string(),
+                None => "(none)".into(),
+            };
+            let rate = p
+                .rate
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "unlimited".into());
+            let _ =
+                writeln!(
+                out,
+                "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}",
+                p.keys.agid,
+                p.keys.aes.len(),
+                if p.keys.jwt.is_some() { "yes" } else { "no" },
+                if p.keys.passcode.is_some() { "yes" } else { "no" },
+            );
+        }
+        for l in &self.listeners {
+            let accept = if l.accept_allowlist().is_some() {
+                " (allowlist checked at accept)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "listener {} on {}{accept}", l.name, l.addr);
+            for r in &l.routes {
+                let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
+                let response = match &r.response {
+                    ResponseMode::Pass => "pass",
+                    ResponseMode::Seal { wrap: None } => "seal",
+                    ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} {} from {} [{}] ip_check={} -> http://{}{} response={response} max_body={}",
+                    r.method,
+                    r.path,
+                    r.peer.name,
+                    layers.join(","),
+                    r.ip_check,
+                    r.upstream.authority,
+                    r.upstream.path_and_query,
+                    r.max_body,
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,708 @@
+//! Validated runtime settings: built once from [`super::raw`], every problem reported
+//! with its field path. Code after start-up sees only these types.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Uri};
+
+use super::raw::*;
+use super::ConfigError;
+use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::guard::ip::AllowList;
+use crate::guard::rate::RateSpec;
+use crate::secret::Secret;
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when set to `off`.
+    pub admin: Option<SocketAddr>,
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    pub listeners: Vec<ListenerSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_in_flight: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub keepalive_idle: Duration,
+    pub body_read_timeout: Duration,
+    pub max_body: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_response_timeout: Duration,
+    pub max_upstream_response: usize,
+    pub shutdown_grace: Duration,
+    pub per_ip_rate: Option<RateSpec>,
+    pub max_tracked_ips: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_in_flight: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            keepalive_idle: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_body: 1024 * 1024,
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_response_timeout: Duration::from_secs(30),
+            max_upstream_response: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            per_ip_rate: Some(RateSpec::new(nz(50), nz(100))),
+            max_tracked_ips: 100_000,
+        }
+    }
+}
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// One counterparty: its keys, where it may connect from, how fast.
+#[derive(Debug)]
+pub struct Peer {
+    pub name: String,
+    pub keys: PeerKeys,
+    pub allow: Option<AllowList>,
+    pub rate: Option<RateSpec>,
+    pub url: Option<Uri>,
+}
+
+#[derive(Debug)]
+pub struct ListenerSettings {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl ListenerSettings {
+    /// The allowlist to enforce before reading a byte: only when every route on the
+    /// listener checks the address, the union of their peers' lists.
+    pub fn accept_allowlist(&self) -> Option<AllowList> {
+        if self.routes.is_empty() || self.routes.iter().any(|r| !r.ip_check) {
+            return None;
+        }
+        let mut union = AllowList::default();
+        for r in &self.routes {
+            union.extend(r.peer.allow.as_ref()?);
+        }
+        Some(union)
+    }
+}
+
+/// One path on one listener.
+#[derive(Debug)]
+pub struct Route {
+    pub path: String,
+    pub method: Method,
+    pub peer: Arc<Peer>,
+    pub layers: Vec<Layer>,
+    pub ip_check: bool,
+    pub upstream: Upstream,
+    pub response: ResponseMode,
+    pub max_body: usize,
+    pub body_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub rate: Option<RateSpec>,
+}
+
+/// A plain-HTTP upstream on loopback or the local network.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    pub path_and_query: PathAndQuery,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "scheme `{other}` not supported for upstreams; use http://"
+                ))
+            }
+            None => return Err("missing scheme; write http://host:port/path".into()),
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Ok(Upstream {
+            authority,
+            path_and_query,
+        })
+    }
+
+    /// `host:port` to connect to (port 80 when none is written).
+    pub fn connect_addr(&self) -> String {
+        let host = self.authority.host();
+        let port = self.authority.port_u16().unwrap_or(80);
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ResponseMode {
+    /// The application's answer goes back unchanged.
+    Pass,
+    /// The application's JSON answer is sealed with the route's layers; `wrap` adds fields
+    /// around `encData` (a JSON object answer instead of the request's own shape).
+    Seal {
+        wrap: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+}
+
+/// Collects problems with their field paths while building.
+struct Check<'a> {
+    origin: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_string(),
+            line: None,
+            path: path.into(),
+            message: msg.into(),
+        });
+    }
+}
+
+pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
+    match raw {
+        RawDuration::Seconds(n) => Ok(Duration::from_secs(*n)),
+        RawDuration::Text(t) => humantime::parse_duration(t.trim())
+            .map_err(|e| format!("`{t}` is not a duration like 30s or 10m ({e})")),
+    }
+}
+
+pub fn parse_bytes(raw: &RawBytes) -> Result<usize, String> {
+    let n: u64 = match raw {
+        RawBytes::Count(n) => *n,
+        RawBytes::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let num: u64 = num
+                .parse()
+                .map_err(|_| format!("`{t}` is not a size like 65536, 64KiB or 1MiB"))?;
+            let mult: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KB" | "kB" => 1000,
+                "KiB" => 1024,
+                "MB" => 1000 * 1000,
+                "MiB" => 1024 * 1024,
+                "GB" => 1000 * 1000 * 1000,
+                "GiB" => 1024 * 1024 * 1024,
+                other => {
+                    return Err(format!(
+                        "unknown size unit `{other}` (use B, KiB, MiB, GiB)"
+                    ))
+                }
+            };
+            num.checked_mul(mult)
+                .ok_or_else(|| format!("`{t}` is too large"))?
+        }
+    };
+    usize::try_from(n).map_err(|_| "size too large".to_string())
+}
+
+fn rate(check: &mut Check<'_>, path: &str, raw: Option<RawRate>) -> Option<RateSpec> {
+    let raw = raw?;
+    match (NonZeroU32::new(raw.per_second), NonZeroU32::new(raw.burst)) {
+        (Some(p), Some(b)) => Some(RateSpec::new(p, b)),
+        _ => {
+            check.err(path, "per_second and burst must both be at least 1");
+            None
+        }
+    }
+}
+
+/// Reads a secret from where the config says. `base` resolves relative file paths.
+pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
+    match raw {
+        RawSecret::Literal(s) => Ok(Secret::new(s.as_bytes().to_vec())),
+        RawSecret::From(RawSecretSource {
+            env: Some(name),
+            file: None,
+        }) => std::env::var(name)
+            .map(|v| Secret::new(v.into_bytes()))
+            .map_err(|_| format!("environment variable `{name}` is not set")),
+        RawSecret::From(RawSecretSource {
+            env: None,
+            file: Some(file),
+        }) => {
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            let mut bytes = std::fs::read(&path)
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+            // `echo secret > file` leaves a newline that is not part of the secret.
+            while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                bytes.pop();
+            }
+            Ok(Secret::new(bytes))
+        }
+        RawSecret::From(_) => Err("write exactly one of `env: NAME` or `file: PATH`".into()),
+    }
+}
+
+fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Option<Secret> {
+    match load_secret(raw, base) {
+        Ok(s) if s.is_empty() => {
+            check.err(path, "secret is empty");
+            None
+        }
+        Ok(s) => Some(s),
+        Err(e) => {
+            check.err(path, e);
+            None
+        }
+    }
+}
+
+fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            check.err(
+                path,
+                format!("`{s}` is not an address like 127.0.0.1:8443 or [::1]:8443"),
+            );
+            None
+        }
+    }
+}
+
+fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<Peer> {
+    let p = format!("peers.{name}");
+    let before = check.errors.len();
+    if raw.agid.trim().is_empty() {
+        check.err(format!("{p}.agid"), "agid must not be empty");
+    }
+    let passcode = raw
+        .passcode
+        .as_ref()
+        .and_then(|s| secret(check, &format!("{p}.passcode"), s, base));
+    let jwt = raw.jwt.and_then(|j| {
+        let jp = format!("{p}.jwt");
+        let secret = secret(check, &format!("{jp}.secret"), &j.secret, base);
+        let mut algorithms = Vec::new();
+        for (i, a) in j
+            .algorithms
+            .unwrap_or_else(|| vec!["HS256".into()])
+            .iter()
+            .enumerate()
+        {
+            match a.as_str() {
+                "HS256" => algorithms.push(jsonwebtoken::Algorithm::HS256),
+                "HS384" => algorithms.push(jsonwebtoken::Algorithm::HS384),
+                "HS512" => algorithms.push(jsonwebtoken::Algorithm::HS512),
+                other => check.err(
+                    format!("{jp}.algorithms[{i}]"),
+                    format!("`{other}` is not supported; use HS256, HS384 or HS512 (never none)"),
+                ),
+            }
+        }
+        if algorithms.is_empty() {
+            check.err(
+                format!("{jp}.algorithms"),
+                "at least one algorithm is required",
+            );
+        }
+        let leeway = match j.leeway.as_ref().map(parse_duration).transpose() {
+            Ok(l) => l.unwrap_or(Duration::from_secs(30)),
+            Err(e) => {
+                check.err(format!("{jp}.leeway"), e);
+                Duration::ZERO
+            }
+        };
+        Some(JwtKey {
+            secret: secret?,
+            algorithms,
+            require_exp: j.require_exp.unwrap_or(true),
+            leeway_secs: leeway.as_secs(),
+        })
+    });
+    let mut aes = Vec::new();
+    if let Some(a) = raw.aes {
+        if a.keys.is_empty() {
+            check.err(format!("{p}.aes.keys"), "list at least one key");
+        }
+        for (i, k) in a.keys.iter().enumerate() {
+            let kp = format!("{p}.aes.keys[{i}]");
+            let key = secret(check, &format!("{kp}.key"), &k.key, base);
+            let iv = secret(check, &format!("{kp}.iv"), &k.iv, base);
+            if let Some(key) = &key {
+                if key.len() != 32 {
+                    check.err(
+                        format!("{kp}.key"),
+                        format!("AES-256 key must be 32 characters, got {}", key.len()),
+                    );
+                }
+            }
+            if let Some(iv) = &iv {
+                if iv.len() != 16 {
+                    check.err(
+                        format!("{kp}.iv"),
+                        format!("IV must be 16 characters, got {}", iv.len()),
+                    );
+                }
+            }
+            if let (Some(key), Some(iv)) = (key, iv) {
+                if let Ok(k) = AesKey::new(key.expose(), iv.expose()) {
+                    aes.push(k);
+                }
+            }
+        }
+    }
+    let allow = raw.allow.map(|entries| {
+        let mut list = AllowList::default();
+        for (i, e) in entries.iter().enumerate() {
+            if let Err(msg) = list.push_str(e) {
+                check.err(format!("{p}.allow[{i}]"), msg);
+            }
+        }
+        list
+    });
+    let rate = rate(check, &format!("{p}.rate"), raw.rate);
+    let url = raw.url.and_then(|u| match u.parse::<Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            Some(uri)
+        }
+        _ => {
+            check.err(format!("{p}.url"), format!("`{u}` is not an http(s) URL"));
+            None
+        }
+    });
+    if check.errors.len() > before {
+        return None;
+    }
+    Some(Peer {
+        name: name.to_string(),
+        keys: PeerKeys {
+            agid: raw.agid,
+            passcode,
+            jwt,
+            aes,
+        },
+        allow,
+        rate,
+        url,
+    })
+}
+
+/// Validates the raw config. `origin` names the file in messages; `base` resolves
+/// relative secret paths.
+pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let mut check = Check {
+        origin,
+        errors: Vec::new(),
+    };
+
+    let admin = match raw.admin {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some(a) if a.listen == "off" => None,
+        Some(a) => socket_addr(&mut check, "admin.listen", &a.listen),
+    };
+    let state_dir = raw
+        .state
+        .map(|s| {
+            if s.dir.is_absolute() {
+                s.dir
+            } else {
+                base.join(s.dir)
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/bsk-sidecar"));
+
+    let mut limits = Limits::default();
+    let l = raw.limits;
+    macro_rules! dur {
+        ($field:ident) => {
+            if let Some(d) = &l.$field {
+                match parse_duration(d) {
+                    Ok(v) => limits.$field = v,
+                    Err(e) => check.err(concat!("limits.", stringify!($field)), e),
+                }
+            }
+        };
+    }
+    macro_rules! size {
+        ($field:ident) => {
+            if let Some(d) = &l.$field {
+                match parse_bytes(d) {
+                    Ok(v) => limits.$field = v,
+                    Err(e) => check.err(concat!("limits.", stringify!($field)), e),
+                }
+            }
+        };
+    }
+    dur!(header_read_timeout);
+    dur!(keepalive_idle);
+    dur!(body_read_timeout);
+    dur!(upstream_connect_timeout);
+    dur!(upstream_response_timeout);
+    dur!(shutdown_grace);
+    size!(max_header_bytes);
+    size!(max_body);
+    size!(max_upstream_response);
+    if let Some(n) = l.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(n) = l.max_connections_per_ip {
+        limits.max_connections_per_ip = n;
+    }
+    if let Some(n) = l.max_in_flight {
+        limits.max_in_flight = n;
+    }
+    if let Some(n) = l.max_tracked_ips {
+        limits.max_tracked_ips = n;
+    }
+    if l.per_ip_rate.is_some() {
+        limits.per_ip_rate = rate(&mut check, "limits.per_ip_rate", l.per_ip_rate);
+    }
+    for (name, v) in [
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+        ("max_in_flight", limits.max_in_flight),
+        ("max_tracked_ips", limits.max_tracked_ips),
+    ] {
+        if v == 0 {
+            check.err(format!("limits.{name}"), "must be at least 1");
+        }
+    }
+    if limits.max_header_bytes < 1024 {
+        check.err("limits.max_header_bytes", "must be at least 1KiB");
+    }
+
+    let mut peers = BTreeMap::new();
+    for (name, rp) in raw.peers {
+        if let Some(p) = peer(&mut check, &name, rp, base) {
+            peers.insert(name, Arc::new(p));
+        }
+    }
+    // Names of peers that failed validation: routes naming them are not reported twice.
+    let broken: HashSet<String> = check
+        .errors
+        .iter()
+        .filter_map(|e| {
+            e.path
+                .strip_prefix("peers.")
+                .and_then(|r| r.split('.').next())
+        })
+        .map(str::to_string)
+        .collect();
+
+    if raw.listeners.is_empty() {
+        check.err("listeners", "configure at least one listener");
+    }
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (li, rl) in raw.listeners.into_iter().enumerate() {
+        let lp = format!("listeners[{li}]");
+        if !names.insert(rl.name.clone()) {
+            check.err(
+                format!("{lp}.name"),
+                format!("listener name `{}` is used twice", rl.name),
+            );
+        }
+        let addr = socket_addr(&mut check, &format!("{lp}.listen"), &rl.listen);
+        if let Some(a) = addr {
+            if !addrs.insert(a) {
+                check.err(
+                    format!("{lp}.listen"),
+                    format!("{a} is used by another listener"),
+                );
+            }
+        }
+        let mut routes = Vec::new();
+        let mut seen = HashSet::new();
+        for (ri, rr) in rl.routes.into_iter().enumerate() {
+            let rp = format!("{lp}.routes[{ri}]");
+            if !rr.path.starts_with('/') {
+                check.err(format!("{rp}.path"), "path must start with /");
+            }
+            let method = match rr
+                .method
+                .as_deref()
+                .unwrap_or("POST")
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "POST" => Some(Method::POST),
+                "GET" => Some(Method::GET),
+                "PUT" => Some(Method::PUT),
+                other => {
+                    check.err(
+                        format!("{rp}.method"),
+                        format!("`{other}` is not one of POST, GET, PUT"),
+                    );
+                    None
+                }
+            };
+            if !seen.insert(rr.path.clone()) {
+                check.err(
+                    format!("{rp}.path"),
+                    format!("path `{}` is configured twice on this listener", rr.path),
+                );
+            }
+            let peer = match peers.get(&rr.from) {
+                Some(p) => Some(p.clone()),
+                None if broken.contains(&rr.from) => None,
+                None => {
+                    check.err(format!("{rp}.from"), format!("no peer named `{}`", rr.from));
+                    None
+                }
+            };
+            let mut layers = Vec::new();
+            for (i, l) in rr.envelope.iter().enumerate() {
+                match Layer::parse(l) {
+                    Some(layer) => layers.push(layer),
+                    None => check.err(
+                        format!("{rp}.envelope[{i}]"),
+                        format!("`{l}` is not a layer (form, aes, token, bearer, jwt)"),
+                    ),
+                }
+            }
+            if let Some(p) = &peer {
+                if layers.len() == rr.envelope.len() {
+                    for problem in envelope::validate_stack(&layers, &p.keys) {
+                        check.err(format!("{rp}.envelope"), problem);
+                    }
+                }
+            }
+            let ip_check = rr.ip_check.unwrap_or(true);
+            if let Some(p) = &peer {
+                if ip_check && p.allow.is_none() {
+                    check.err(
+                        format!("{rp}.ip_check"),
+                        format!(
+                            "peer `{}` has no `allow` list; add one, or set `ip_check: false` on this route to accept any address",
+                            p.name
+                        ),
+                    );
+                }
+            }
+            let upstream = match Upstream::parse(&rr.upstream) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    check.err(format!("{rp}.upstream"), e);
+                    None
+                }
+            };
+            let response = match rr.response {
+                None => ResponseMode::Pass,
+                Some(r) => match r.mode.as_str() {
+                    "pass" if r.wrap.is_some() => {
+                        check.err(format!("{rp}.response.wrap"), "wrap needs mode: seal");
+                        ResponseMode::Pass
+                    }
+                    "pass" => ResponseMode::Pass,
+                    "seal" => {
+                        if let Some(w) = &r.wrap {
+                            if w.contains_key("encData") {
+                                check.err(
+                                    format!("{rp}.response.wrap"),
+                                    "encData is added by the sidecar; remove it",
+                                );
+                            }
+                        }
+                        ResponseMode::Seal { wrap: r.wrap }
+                    }
+                    other => {
+                        check.err(
+                            format!("{rp}.response.mode"),
+                            format!("`{other}` is not pass or seal"),
+                        );
+                        ResponseMode::Pass
+                    }
+                },
+            };
+            let max_body = match rr.max_body.as_ref().map(parse_bytes).transpose() {
+                Ok(v) => v.unwrap_or(limits.max_body),
+                Err(e) => {
+                    check.err(format!("{rp}.max_body"), e);
+                    0
+                }
+            };
+            let body_timeout = match rr.body_timeout.as_ref().map(parse_duration).transpose() {
+                Ok(v) => v.unwrap_or(limits.body_read_timeout),
+                Err(e) => {
+                    check.err(format!("{rp}.body_timeout"), e);
+                    Duration::ZERO
+                }
+            };
+            let upstream_timeout =
+                match rr.upstream_timeout.as_ref().map(parse_duration).transpose() {
+                    Ok(v) => v.unwrap_or(limits.upstream_response_timeout),
+                    Err(e) => {
+                        check.err(format!("{rp}.upstream_timeout"), e);
+                        Duration::ZERO
+                    }
+                };
+            let rate = rate(&mut check, &format!("{rp}.rate"), rr.rate);
+            if let (Some(method), Some(peer), Some(upstream)) = (method, peer, upstream) {
+                routes.push(Arc::new(Route {
+                    path: rr.path,
+                    method,
+                    peer,
+                    layers,
+                    ip_check,
+                    upstream,
+                    response,
+                    max_body,
+                    body_timeout,
+                    upstream_timeout,
+                    rate,
+                }));
+            }
+        }
+        if let Some(addr) = addr {
+            listeners.push(ListenerSettings {
+                name: rl.name,
+                addr,
+                routes,
+            });
+        }
+    }
+
+    if check.errors.is_empty() {
+        Ok(Settings {
+            admin,
+            state_dir,
+            limits,
+            peers,
+            listeners,
+        })
+    } else {
+        Err(check.errors)
+    }
+}

@@ -1,0 +1,197 @@
+//! Config validation: what a sysadmin's mistakes produce.
+
+use std::path::Path;
+
+use super::*;
+
+const KEY: &str = "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W";
+const IV: &str = "V0ZMZO6WZ45KY2PL";
+
+fn good() -> String {
+    format!(
+        r#"
+admin: {{ listen: 127.0.0.1:0 }}
+state: {{ dir: /tmp/bsk-state }}
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: {{ secret: "jwt-secret-for-tests", algorithms: [HS256], require_exp: false, leeway: 30s }}
+    aes:
+      keys:
+        - {{ key: "{KEY}", iv: "{IV}" }}
+    allow: [127.0.0.2/32, "::1"]
+    rate: {{ per_second: 50, burst: 100 }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - path: /bsk/landing
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        upstream: http://127.0.0.1:8080/bsk/landing
+      - path: /bsk/status
+        from: bsk
+        envelope: [token, jwt]
+        upstream: http://127.0.0.1:8080/bsk/status
+        response: {{ mode: seal, wrap: {{ status: S, statusCode: 200 }} }}
+        max_body: 64KiB
+"#
+    )
+}
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    from_yaml(yaml, "test.yaml", Path::new(".")).expect_err("config should be refused")
+}
+
+#[test]
+fn the_documented_shape_validates() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(s.listeners.len(), 1);
+    let routes = &s.listeners[0].routes;
+    assert_eq!(routes[0].path, "/bsk/landing");
+    assert!(!routes[0].ip_check);
+    assert_eq!(routes[1].max_body, 64 * 1024);
+    assert_eq!(
+        routes[0].max_body,
+        1024 * 1024,
+        "default body limit applies"
+    );
+    // One route skips the address check, so the listener cannot check at accept.
+    assert!(s.listeners[0].accept_allowlist().is_none());
+    assert!(s.describe().contains("/bsk/status from bsk [token,jwt]"));
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    let dump = format!("{s:?}");
+    for secret in [KEY, IV, "376423", "jwt-secret-for-tests"] {
+        assert!(!dump.contains(secret), "{secret} leaked into Debug");
+    }
+}
+
+#[test]
+fn unknown_key_is_an_error_with_path_and_line() {
+    let yaml = good().replace("    agid: BSK\n", "    agid: BSK\n    agidd: BSK\n");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!(e.path, "peers.bsk.agidd");
+    assert!(e.message.contains("unknown field `agidd`"), "{e}");
+    assert_eq!(e.line, Some(7));
+    assert!(
+        e.to_string()
+            .starts_with("test.yaml:7: peers.bsk.agidd: unknown field"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = good()
+        .replace(KEY, "short-key")
+        .replace(IV, "short-iv")
+        .replace("127.0.0.2/32", "127.0.0.2/40")
+        .replace(
+            "        from: bsk\n        envelope: [token, jwt]",
+            "        from: nobody\n        envelope: [token, jwt]",
+        )
+        .replace("path: /bsk/status", "path: /bsk/landing");
+    let errs = errors(&yaml);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"peers.bsk.aes.keys[0].key"), "{errs:#?}");
+    assert!(paths.contains(&"peers.bsk.aes.keys[0].iv"), "{errs:#?}");
+    assert!(paths.contains(&"peers.bsk.allow[0]"), "{errs:#?}");
+    assert!(
+        paths.contains(&"listeners[0].routes[1].path"),
+        "duplicate path: {errs:#?}"
+    );
+    // Errors name the problem in words a sysadmin can act on.
+    let key_err = errs
+        .iter()
+        .find(|e| e.path == "peers.bsk.aes.keys[0].key")
+        .unwrap();
+    assert!(key_err.message.contains("32 characters"));
+}
+
+#[test]
+fn unknown_peer_in_route_is_named() {
+    let yaml = good().replace(
+        "        from: bsk\n        envelope: [token, jwt]",
+        "        from: wbsedcl\n        envelope: [token, jwt]",
+    );
+    let errs = errors(&yaml);
+    assert!(errs
+        .iter()
+        .any(|e| e.path == "listeners[0].routes[1].from" && e.message.contains("wbsedcl")));
+}
+
+#[test]
+fn unreadable_secret_file_and_missing_env_are_errors() {
+    let yaml = good()
+        .replace(
+            "passcode: \"376423\"",
+            "passcode: { file: /nonexistent/bsk.pass }",
+        )
+        .replace(
+            "secret: \"jwt-secret-for-tests\"",
+            "secret: { env: BSK_TEST_SURELY_UNSET_VAR }",
+        );
+    let errs = errors(&yaml);
+    assert!(errs
+        .iter()
+        .any(|e| e.path == "peers.bsk.passcode" && e.message.contains("/nonexistent/bsk.pass")));
+    assert!(errs.iter().any(
+        |e| e.path == "peers.bsk.jwt.secret" && e.message.contains("BSK_TEST_SURELY_UNSET_VAR")
+    ));
+}
+
+#[test]
+fn secret_file_is_read_without_trailing_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pass"), "376423\n").unwrap();
+    let yaml = good().replace("passcode: \"376423\"", "passcode: { file: pass }");
+    let s = from_yaml(&yaml, "t.yaml", dir.path()).unwrap();
+    assert!(s.peers["bsk"]
+        .keys
+        .passcode
+        .as_ref()
+        .unwrap()
+        .matches(b"376423"));
+}
+
+#[test]
+fn address_check_needs_an_allowlist_or_an_explicit_relaxation() {
+    let yaml = good().replace("    allow: [127.0.0.2/32, \"::1\"]\n", "");
+    let errs = errors(&yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "listeners[0].routes[1].ip_check"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn alg_none_cannot_be_configured() {
+    let yaml = good().replace("algorithms: [HS256]", "algorithms: [none]");
+    let errs = errors(&yaml);
+    assert!(errs.iter().any(|e| e.path == "peers.bsk.jwt.algorithms[0]"));
+}
+
+#[test]
+fn sizes_and_durations_parse() {
+    use raw::{RawBytes, RawDuration};
+    assert_eq!(
+        settings::parse_bytes(&RawBytes::Text("1MiB".into())).unwrap(),
+        1 << 20
+    );
+    assert_eq!(settings::parse_bytes(&RawBytes::Count(512)).unwrap(), 512);
+    assert!(settings::parse_bytes(&RawBytes::Text("1 parsec".into())).is_err());
+    assert_eq!(
+        settings::parse_duration(&RawDuration::Text("10m".into())).unwrap(),
+        std::time::Duration::from_secs(600)
+    );
+    assert!(settings::parse_duration(&RawDuration::Text("soon".into())).is_err());
+}

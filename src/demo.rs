@@ -1,0 +1,310 @@
+//! `bsk-sidecar demo`: the sidecar on an embedded config, in front of an in-process
+//! stand-in legacy application, with the spec's sample requests sent through it sealed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::envelope::{self, BodyShape, Layer};
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::server;
+
+/// The spec's published test key and IV (section 15) — for the demo only.
+pub const DEMO_KEY: &str = "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W";
+pub const DEMO_IV: &str = "V0ZMZO6WZ45KY2PL";
+
+/// The embedded default configuration; `{LISTEN}` and `{APP}` are filled in at start.
+pub const DEMO_CONFIG: &str = r#"
+admin: { listen: 127.0.0.1:0 }
+state: { dir: /tmp/bsk-sidecar-demo }
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: { secret: "demo-jwt-secret-not-for-production", algorithms: [HS256], require_exp: true, leeway: 30s }
+    aes:
+      keys:
+        - { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }
+    allow: [127.0.0.0/8, "::1"]
+    rate: { per_second: 50, burst: 100 }
+listeners:
+  - name: public
+    listen: "{LISTEN}"
+    routes:
+      - path: /bsk/landing          # API-1: browser form POST, so no address check
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        upstream: http://{APP}/bsk/landing
+      - path: /bsk/status           # API-3: passcode + JWT
+        from: bsk
+        envelope: [token, jwt]
+        upstream: http://{APP}/bsk/status
+      - path: /bsk/missed           # API-7: answer sealed back to the portal
+        from: bsk
+        envelope: [token, jwt]
+        upstream: http://{APP}/bsk/missed
+        response: { mode: seal, wrap: { status: "S", statusCode: 200 } }
+"#;
+
+const API1_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","name":"Arindam Ray","mobile":"9350778824","email":"arindam.ray@cmail.com","gender":"male","age":48}"#;
+const API3_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","applicationNo":"123456"}"#;
+const API7_SAMPLE: &str = r#"{"fromDate":"2022-08-01","toDate":"2022-08-11"}"#;
+
+/// The stand-in legacy application: answers like a department portal and prints what
+/// it received — plain JSON, never a ciphertext.
+async fn standin_app(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let peer = req
+        .headers()
+        .get("x-bsk-peer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    println!(
+        "  app received  {path} (X-BSK-Peer: {peer}): {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (ct, answer): (&str, String) = match path.as_str() {
+        "/bsk/landing" => (
+            "text/html; charset=utf-8",
+            "<html><body><h1>Department service form</h1><p>Application initiated.</p></body></html>".into(),
+        ),
+        "/bsk/status" => (
+            "application/json",
+            r#"{"userId":9054233544,"ticketNo":20220811130723,"applicationStage":[{"stage":"Submitted","date":"2022-08-11"}],"statusCode":200}"#.into(),
+        ),
+        _ => (
+            "application/json",
+            r#"[{"userid":9054233544,"ticketNo":20220811050723,"serviceCode":"AMD/003","appNo":"123456","applicationStatus":3,"statusCode":200}]"#.into(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(answer)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+    Ok(resp)
+}
+
+async fn start_standin() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(standin_app))
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// One POST on a fresh connection; returns status and body.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::post(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(a) = authorization {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Adds `iat`/`exp` claims to a JSON object, as the portal's tokens carry them.
+fn with_times(json: &str) -> Vec<u8> {
+    let now = unix_now();
+    let inner = json.trim().trim_start_matches('{');
+    format!(r#"{{"iat":{now},"exp":{},{inner}"#, now + 300).into_bytes()
+}
+
+pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
+    let app = start_standin().await?;
+    let yaml = DEMO_CONFIG
+        .replace("{LISTEN}", &listen)
+        .replace("{APP}", &app.to_string());
+    let settings = crate::config::from_yaml(&yaml, "<embedded demo config>", Path::new("."))
+        .map_err(|errs| {
+            anyhow!(errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })?;
+    let keys = settings.peers["bsk"].keys.clone();
+    let rt: Arc<Runtime> = Runtime::new(settings, Metrics::new());
+    let bound = server::bind(&rt)
+        .await
+        .with_context(|| format!("binding {listen} (try --listen 127.0.0.1:0)"))?;
+    let addr = bound
+        .addr_of(&rt, "public")
+        .ok_or_else(|| anyhow!("public listener missing"))?;
+    let admin = bound.admin_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve(rt.clone(), bound, async move {
+        let _ = stop_rx.await;
+    }));
+
+    println!("bsk-sidecar demo: sidecar on http://{addr}, stand-in department app on http://{app}");
+    if let Some(a) = admin {
+        println!("metrics on http://{a}/metrics\n");
+    }
+
+    // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
+    let seal = |layers: &[Layer], plain: &[u8], shape| {
+        envelope::seal(layers, &keys, plain, shape).map_err(|e| anyhow!("{e}"))
+    };
+    let landing = seal(
+        &[Layer::Form, Layer::Aes],
+        API1_SAMPLE.as_bytes(),
+        BodyShape::Form,
+    )?;
+    println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
+    println!("  caller sent   {}", String::from_utf8_lossy(&landing.body));
+    let (status, body) = post(
+        addr,
+        "/bsk/landing",
+        landing.content_type,
+        None,
+        landing.body.clone(),
+    )
+    .await?;
+    println!(
+        "  came back     {status}: {}\n",
+        String::from_utf8_lossy(&body)
+    );
+
+    // API-3: passcode + JWT.
+    let status_req = seal(
+        &[Layer::Token, Layer::Jwt],
+        &with_times(API3_SAMPLE),
+        BodyShape::Json,
+    )?;
+    println!("2. API-3 status: {{passcode, token}} with an HS256 JWT");
+    println!(
+        "  caller sent   {}",
+        String::from_utf8_lossy(&status_req.body)
+    );
+    let (status, body) = post(
+        addr,
+        "/bsk/status",
+        status_req.content_type,
+        None,
+        status_req.body,
+    )
+    .await?;
+    println!(
+        "  came back     {status}: {}\n",
+        String::from_utf8_lossy(&body)
+    );
+
+    // API-7: the answer is sealed for the portal.
+    let missed = seal(
+        &[Layer::Token, Layer::Jwt],
+        &with_times(API7_SAMPLE),
+        BodyShape::Json,
+    )?;
+    println!("3. API-7 missed data: the app's plain answer goes back sealed");
+    println!("  caller sent   {}", String::from_utf8_lossy(&missed.body));
+    let (status, body) = post(addr, "/bsk/missed", missed.content_type, None, missed.body).await?;
+    println!(
+        "  came back     {status}: {}\n",
+        String::from_utf8_lossy(&body)
+    );
+
+    // A tampered ciphertext: refused, and the app never sees it.
+    let enc = String::from_utf8_lossy(&landing.body).to_string();
+    let tampered = tamper(&enc);
+    println!("4. A tampered API-1 ciphertext");
+    let (status, body) = post(
+        addr,
+        "/bsk/landing",
+        "application/x-www-form-urlencoded",
+        None,
+        tampered.clone().into_bytes(),
+    )
+    .await?;
+    println!(
+        "  came back     {status}: {}   (the app received nothing)\n",
+        String::from_utf8_lossy(&body)
+    );
+
+    if once {
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+        return Ok(());
+    }
+    let enc_data = form_value(&enc, "encData").unwrap_or_default();
+    println!("Still serving. Try it yourself:");
+    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={enc_data}'");
+    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(&tampered, "encData").unwrap_or_default());
+    println!("  bsk-sidecar seal --envelope form,aes --agid BSK --key {DEMO_KEY} --iv {DEMO_IV} <<< '{{\"userid\":8527419636,\"ticketNo\":20221202153322882}}'");
+    println!("Press Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    Ok(())
+}
+
+fn form_value(body: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Flips one base64 character in the middle of `encData`.
+fn tamper(form_body: &str) -> String {
+    let enc = form_value(form_body, "encData").unwrap_or_default();
+    let mut chars: Vec<char> = enc.chars().collect();
+    let i = chars.len() / 2;
+    if let Some(c) = chars.get_mut(i) {
+        *c = if *c == 'A' { 'B' } else { 'A' };
+    }
+    let enc: String = chars.into_iter().collect();
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("agId", "BSK")
+        .append_pair("encData", &enc)
+        .finish()
+}

@@ -1,0 +1,178 @@
+//! `aes` layer: AES-256-CBC with PKCS#7 padding and a static per-peer IV, as the BSK spec's
+//! Node/Java/PHP samples do it, carried as standard base64.
+//!
+//! The key is the 32 ASCII bytes of the key string and the IV the 16 ASCII bytes of the IV
+//! string (not hex, not derived). CBC without a MAC is malleable and a padding oracle: every
+//! way decryption can fail has its own [`AesFailure`] for logs and metrics, but callers must
+//! answer all of them identically (see [`super::Failure::Undecryptable`]).
+//!
+//! ```
+//! use bsk_sidecar::envelope::aes::{self, AesKey};
+//!
+//! let key = AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL").unwrap();
+//! let sealed = aes::encrypt(&key, br#"{"ticketNo":20221202153322882}"#);
+//! let plain = aes::decrypt(&[key], &sealed, |_| true).unwrap();
+//! assert_eq!(plain, br#"{"ticketNo":20221202153322882}"#);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+
+type Encryptor = cbc::Encryptor<aes::Aes256>;
+type Decryptor = cbc::Decryptor<aes::Aes256>;
+
+const BLOCK: usize = 16;
+
+/// Standard alphabet, padding optional: senders that strip `=` are common.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// One AES-256-CBC key and its static IV. `Debug` never shows either.
+#[derive(Clone)]
+pub struct AesKey {
+    key: [u8; 32],
+    iv: [u8; 16],
+}
+
+impl AesKey {
+    /// `key` must be exactly 32 bytes and `iv` exactly 16 (for the spec's keys: the ASCII
+    /// bytes of the key and IV strings). The error names the lengths, never the content.
+    pub fn new(key: &[u8], iv: &[u8]) -> Result<AesKey, String> {
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| format!("AES-256 key must be 32 bytes, got {}", key.len()))?;
+        let iv: [u8; 16] = iv
+            .try_into()
+            .map_err(|_| format!("AES-CBC IV must be 16 bytes, got {}", iv.len()))?;
+        Ok(AesKey { key, iv })
+    }
+}
+
+impl fmt::Debug for AesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AesKey(***)")
+    }
+}
+
+/// Why one ciphertext could not be opened. For logs and metrics only: every variant must
+/// produce the same response to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AesFailure {
+    /// Not standard base64 even after the tolerated repairs.
+    #[error("not base64")]
+    BadBase64,
+    /// The ciphertext is empty or not a whole number of 16-byte blocks.
+    #[error("ciphertext length is not a non-zero multiple of 16")]
+    BadLength,
+    /// No key produced valid PKCS#7 padding (also: no key configured).
+    #[error("bad padding")]
+    BadPadding,
+    /// A key unpadded cleanly but the plaintext is not UTF-8.
+    #[error("plaintext is not UTF-8")]
+    NotUtf8,
+    /// A key produced UTF-8 that the caller's acceptance check refused (not JSON, or not
+    /// a token when a `jwt` layer follows).
+    #[error("plaintext not accepted")]
+    NotAccepted,
+}
+
+impl AesFailure {
+    /// Short snake_case label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AesFailure::BadBase64 => "bad_base64",
+            AesFailure::BadLength => "bad_length",
+            AesFailure::BadPadding => "bad_padding",
+            AesFailure::NotUtf8 => "not_utf8",
+            AesFailure::NotAccepted => "not_accepted",
+        }
+    }
+
+    /// How far decryption got; with several keys the furthest failure is reported.
+    fn depth(self) -> u8 {
+        match self {
+            AesFailure::BadBase64 => 0,
+            AesFailure::BadLength => 1,
+            AesFailure::BadPadding => 2,
+            AesFailure::NotUtf8 => 3,
+            AesFailure::NotAccepted => 4,
+        }
+    }
+}
+
+/// Encrypts `plain` and returns standard base64 with `=` padding (what PHP `openssl_encrypt`,
+/// Node `toString('base64')` and commons-codec produce).
+pub fn encrypt(key: &AesKey, plain: &[u8]) -> String {
+    STANDARD.encode(encrypt_raw(key, plain))
+}
+
+/// Decrypts base64 `b64` with each key in turn (rotation: current key first) and returns the
+/// first plaintext that unpads, is UTF-8 and satisfies `accept`.
+///
+/// Tolerated on input: CR, LF and TAB anywhere (MIME line breaks), spaces standing for `+`
+/// (an unencoded `+` in a form body decodes to a space), and missing `=` padding.
+pub fn decrypt(
+    keys: &[AesKey],
+    b64: &str,
+    accept: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, AesFailure> {
+    let cleaned = repair_base64(b64);
+    let ct = LENIENT_BASE64
+        .decode(cleaned.as_bytes())
+        .map_err(|_| AesFailure::BadBase64)?;
+    if ct.is_empty() || ct.len() % BLOCK != 0 {
+        return Err(AesFailure::BadLength);
+    }
+    let mut furthest = AesFailure::BadPadding;
+    for key in keys {
+        let failure = match decrypt_raw(key, &ct) {
+            Ok(plain) => match std::str::from_utf8(&plain) {
+                Err(_) => AesFailure::NotUtf8,
+                Ok(_) if !accept(&plain) => AesFailure::NotAccepted,
+                Ok(_) => return Ok(plain),
+            },
+            Err(failure) => failure,
+        };
+        if failure.depth() > furthest.depth() {
+            furthest = failure;
+        }
+    }
+    Err(furthest)
+}
+
+/// AES-256-CBC encryption with PKCS#7 padding, no encoding.
+pub fn encrypt_raw(key: &AesKey, plain: &[u8]) -> Vec<u8> {
+    Encryptor::new(&key.key.into(), &key.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain)
+}
+
+/// AES-256-CBC decryption with PKCS#7 unpadding, no encoding and no content checks.
+pub fn decrypt_raw(key: &AesKey, ct: &[u8]) -> Result<Vec<u8>, AesFailure> {
+    if ct.is_empty() || ct.len() % BLOCK != 0 {
+        return Err(AesFailure::BadLength);
+    }
+    Decryptor::new(&key.key.into(), &key.iv.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(ct)
+        .map_err(|_| AesFailure::BadPadding)
+}
+
+/// Undoes what transports do to base64: drops CR/LF/TAB, turns spaces back into `+`.
+fn repair_base64(b64: &str) -> Cow<'_, str> {
+    if !b64.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\t' | b' ')) {
+        return Cow::Borrowed(b64);
+    }
+    Cow::Owned(
+        b64.chars()
+            .filter(|c| !matches!(c, '\r' | '\n' | '\t'))
+            .map(|c| if c == ' ' { '+' } else { c })
+            .collect(),
+    )
+}

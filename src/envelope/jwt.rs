@@ -1,0 +1,289 @@
+//! `jwt` layer: compact JWS with an HMAC algorithm (HS256 by default), verified with
+//! `jsonwebtoken`'s header parser and HMAC, with the time claims checked against an injected
+//! clock so tests can pin it.
+//!
+//! The payload handed on is the base64url-decoded middle segment exactly as the sender wrote
+//! it, never a re-serialisation of the claims (a 17-digit `ticketNo` survives byte-for-byte).
+//!
+//! ```
+//! use bsk_sidecar::envelope::jwt::{self, JwtKey};
+//! use bsk_sidecar::secret::Secret;
+//!
+//! let mut key = JwtKey::new(Secret::new("a shared secret of at least 32 bytes"));
+//! key.require_exp = false;
+//! let token = jwt::sign(&key, br#"{"ticketNo":20221202153322882}"#).unwrap();
+//! let verified = jwt::verify(&key, &token, 1_700_000_000).unwrap();
+//! assert_eq!(verified.payload, br#"{"ticketNo":20221202153322882}"#);
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::{Failure, TokenProblem};
+use crate::secret::Secret;
+
+/// One peer's JWT settings. `Debug` shows the secret as `***`.
+#[derive(Clone, Debug)]
+pub struct JwtKey {
+    /// The shared HMAC secret; its bytes are used as they are (the ASCII of the secret string).
+    pub secret: Secret,
+    /// Algorithms accepted on verify; the first one is used to sign. Only HS256/HS384/HS512.
+    pub algorithms: Vec<Algorithm>,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl JwtKey {
+    /// The secure defaults: HS256 only, `exp` required, 60 s leeway.
+    pub fn new(secret: Secret) -> JwtKey {
+        JwtKey {
+            secret,
+            algorithms: vec![Algorithm::HS256],
+            require_exp: true,
+            leeway_secs: 60,
+        }
+    }
+
+    /// What is wrong with this key, in words for a config error (empty = usable).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.secret.is_empty() {
+            problems.push("the JWT secret is empty".to_owned());
+        }
+        if self.algorithms.is_empty() {
+            problems.push("no JWT algorithm is allowed; use HS256".to_owned());
+        }
+        for alg in &self.algorithms {
+            if alg.family() != AlgorithmFamily::Hmac {
+                problems.push(format!(
+                    "JWT algorithm {alg:?} is not supported; only HS256, HS384 and HS512 are"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// A token that passed signature, algorithm and time checks.
+#[derive(Clone)]
+pub struct Verified {
+    /// The decoded payload bytes exactly as signed.
+    pub payload: Vec<u8>,
+    /// `iat`, for the replay guard.
+    pub iat: Option<i64>,
+    /// `jti`, for the replay guard.
+    pub jti: Option<String>,
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .field("iat", &self.iat)
+            .field("jti", &self.jti)
+            .finish()
+    }
+}
+
+/// Signs `payload_json` (kept byte-for-byte) with the first configured algorithm under the
+/// header `{"alg":"HS256","typ":"JWT"}`.
+pub fn sign(key: &JwtKey, payload_json: &[u8]) -> Result<String, Failure> {
+    let (alg, alg_name) = match key.algorithms.first() {
+        Some(Algorithm::HS256) => (Algorithm::HS256, "HS256"),
+        Some(Algorithm::HS384) => (Algorithm::HS384, "HS384"),
+        Some(Algorithm::HS512) => (Algorithm::HS512, "HS512"),
+        _ => return Err(Failure::Misconfigured("jwt algorithm")),
+    };
+    if key.secret.is_empty() {
+        return Err(Failure::Misconfigured("jwt secret"));
+    }
+    if serde_json::from_slice::<IgnoredAny>(payload_json).is_err() {
+        return Err(Failure::BadToken(TokenProblem::MalformedClaims));
+    }
+    let header = format!(r#"{{"alg":"{alg_name}","typ":"JWT"}}"#);
+    let mut token = URL_SAFE_NO_PAD.encode(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload_json, &mut token);
+    let signature = jsonwebtoken::crypto::sign(
+        token.as_bytes(),
+        &EncodingKey::from_secret(key.secret.expose()),
+        alg,
+    )
+    .map_err(|_| Failure::Misconfigured("jwt secret"))?;
+    token.push('.');
+    token.push_str(&signature);
+    Ok(token)
+}
+
+/// Verifies `token` at time `now_unix` and returns its payload and replay claims.
+///
+/// Order: shape, header, algorithm (never `none`, only configured HMAC ones), signature,
+/// then payload decoding and the time claims `exp`/`nbf`/`iat` (numbers, with leeway).
+pub fn verify(key: &JwtKey, token: &str, now_unix: u64) -> Result<Verified, Failure> {
+    let payload = verify_signature(key, token)?;
+    let claims = TimeClaims::read(&payload)?;
+    claims.check(key, now_unix)?;
+    Ok(Verified {
+        payload,
+        iat: claims.iat,
+        jti: claims.jti,
+    })
+}
+
+/// The signature half of [`verify`]: returns the decoded payload of a correctly signed
+/// token without looking inside it.
+pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Failure> {
+    if key.secret.is_empty() {
+        return Err(Failure::Misconfigured("jwt secret"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Failure::MalformedToken);
+    };
+    if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+        return Err(Failure::MalformedToken);
+    }
+
+    let alg = allowed_algorithm(key, header_b64)?;
+    // The crate's own header parser must agree, so nothing it would read differently slips by.
+    match jsonwebtoken::decode_header(token) {
+        Ok(header) if header.alg == alg => {}
+        _ => return Err(Failure::MalformedToken),
+    }
+
+    let message_len = header_b64.len() + 1 + payload_b64.len();
+    let message = token.as_bytes().get(..message_len).ok_or(Failure::MalformedToken)?;
+    let decoding_key = DecodingKey::from_secret(key.secret.expose());
+    match jsonwebtoken::crypto::verify(signature_b64, message, &decoding_key, alg) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => return Err(Failure::BadToken(TokenProblem::BadSignature)),
+    }
+
+    URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| Failure::MalformedToken)
+}
+
+/// Reads the JOSE header far enough to decide whether its `alg` is acceptable.
+fn allowed_algorithm(key: &JwtKey, header_b64: &str) -> Result<Algorithm, Failure> {
+    #[derive(Deserialize)]
+    struct JoseHeader {
+        alg: Option<String>,
+        crit: Option<IgnoredAny>,
+    }
+
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| Failure::MalformedToken)?;
+    let header: JoseHeader =
+        serde_json::from_slice(&bytes).map_err(|_| Failure::MalformedToken)?;
+    // We implement no JWS extensions, so a header that marks one critical must be refused.
+    if header.crit.is_some() {
+        return Err(Failure::MalformedToken);
+    }
+    let name = header.alg.ok_or(Failure::MalformedToken)?;
+    // `none` and unknown names fail to parse here; both are "not allowed".
+    let alg = Algorithm::from_str(&name)
+        .map_err(|_| Failure::BadToken(TokenProblem::AlgNotAllowed))?;
+    if alg.family() != AlgorithmFamily::Hmac || !key.algorithms.contains(&alg) {
+        return Err(Failure::BadToken(TokenProblem::AlgNotAllowed));
+    }
+    Ok(alg)
+}
+
+/// True when `s` has the compact JWS shape: three non-empty base64url segments.
+pub(crate) fn is_compact_shape(s: &str) -> bool {
+    let mut segments = 0;
+    for segment in s.split('.') {
+        segments += 1;
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    segments == 3
+}
+
+/// The registered claims this layer checks; everything else is the application's.
+#[derive(Default)]
+struct TimeClaims {
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    jti: Option<String>,
+}
+
+impl TimeClaims {
+    /// Parses the payload (any JSON value; claims are only read from an object). A duplicate
+    /// or non-numeric `exp`/`nbf`/`iat`, or a non-string `jti`, is malformed.
+    fn read(payload: &[u8]) -> Result<TimeClaims, Failure> {
+        #[derive(Deserialize)]
+        struct Raw {
+            exp: Option<serde_json::Number>,
+            nbf: Option<serde_json::Number>,
+            iat: Option<serde_json::Number>,
+            jti: Option<String>,
+        }
+
+        let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
+        let is_object = payload
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !is_object {
+            serde_json::from_slice::<IgnoredAny>(payload).map_err(|_| malformed)?;
+            return Ok(TimeClaims::default());
+        }
+        let raw: Raw = serde_json::from_slice(payload).map_err(|_| malformed)?;
+        Ok(TimeClaims {
+            exp: raw.exp.as_ref().map(numeric_date),
+            nbf: raw.nbf.as_ref().map(numeric_date),
+            iat: raw.iat.as_ref().map(numeric_date),
+            jti: raw.jti,
+        })
+    }
+
+    fn check(&self, key: &JwtKey, now_unix: u64) -> Result<(), Failure> {
+        let now = i128::from(now_unix);
+        let leeway = i128::from(key.leeway_secs);
+        match self.exp {
+            None if key.require_exp => return Err(Failure::BadToken(TokenProblem::MissingExp)),
+            Some(exp) if now > i128::from(exp) + leeway => {
+                return Err(Failure::BadToken(TokenProblem::Expired))
+            }
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| now + leeway < i128::from(nbf)) {
+            return Err(Failure::BadToken(TokenProblem::NotYetValid));
+        }
+        if self.iat.is_some_and(|iat| i128::from(iat) > now + leeway) {
+            return Err(Failure::BadToken(TokenProblem::IssuedInFuture));
+        }
+        Ok(())
+    }
+}
+
+/// A JSON NumericDate as whole seconds (fractions dropped, out-of-range values saturate).
+fn numeric_date(n: &serde_json::Number) -> i64 {
+    if let Some(i) = n.as_i64() {
+        i
+    } else if n.as_u64().is_some() {
+        i64::MAX
+    } else {
+        // `as` saturates and maps NaN to 0; serde_json never yields NaN or infinities.
+        n.as_f64().map_or(0, |f| f.floor() as i64)
+    }
+}

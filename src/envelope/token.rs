@@ -1,0 +1,66 @@
+//! `token` layer: the section 11 body `{"passcode": "...", "token": "<JWT>"}`; checks the
+//! peer's passcode in constant time and hands the JWT to the `jwt` layer.
+//!
+//! The passcode may arrive as a JSON string or a JSON number; a number is compared by its
+//! exact characters (`376423` matches the passcode `376423`, `376423.0` does not).
+//!
+//! ```
+//! use bsk_sidecar::envelope::token;
+//! use bsk_sidecar::secret::Secret;
+//!
+//! let passcode = Secret::new("376423");
+//! let body = br#"{"passcode": 376423, "token": "aaa.bbb.ccc"}"#;
+//! assert_eq!(token::open(Some(&passcode), body).unwrap(), "aaa.bbb.ccc");
+//! ```
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::Failure;
+use crate::secret::Secret;
+
+/// Returns the token after checking the passcode. No passcode configured for the peer means
+/// this layer cannot be used (`Misconfigured`); a body that is not such an object is
+/// `MalformedToken`; a passcode that does not match is `BadPasscode`.
+pub fn open(passcode: Option<&Secret>, body: &[u8]) -> Result<String, Failure> {
+    // Derived `Deserialize` refuses duplicated fields, so a second `passcode` cannot sneak by.
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        passcode: &'a RawValue,
+        token: String,
+    }
+
+    let expected = passcode.ok_or(Failure::Misconfigured("passcode"))?;
+    let body: Body<'_> = serde_json::from_slice(body).map_err(|_| Failure::MalformedToken)?;
+    let presented = passcode_text(body.passcode).ok_or(Failure::MalformedToken)?;
+    if !expected.matches(presented.as_bytes()) {
+        return Err(Failure::BadPasscode);
+    }
+    Ok(body.token)
+}
+
+/// Builds `{"passcode":"…","token":"…"}`. The passcode must be UTF-8 to go into JSON.
+pub fn seal(passcode: &Secret, token: &str) -> Result<Vec<u8>, Failure> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        passcode: &'a str,
+        token: &'a str,
+    }
+    let passcode =
+        std::str::from_utf8(passcode.expose()).map_err(|_| Failure::Misconfigured("passcode"))?;
+    serde_json::to_vec(&Body { passcode, token }).map_err(|_| Failure::Misconfigured("passcode"))
+}
+
+/// The characters of a presented passcode: a JSON string's content or a JSON number's exact
+/// text. Anything else (object, array, bool, null) is not a passcode.
+pub(crate) fn passcode_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<Cow<'_, str>>(text).ok(),
+        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
+        _ => None,
+    }
+}

@@ -1,0 +1,338 @@
+//! Every way a request can be refused or fail, and the one function that turns it into
+//! the JSON answer the caller sees.
+//!
+//! Callers get a short, generic message; the precise cause goes to the log line and to
+//! the `reason` label of `bsk_sidecar_rejections_total` (see [`Reject::reason`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::envelope::Failure;
+
+/// Whose fault a failed request was: decides the log level and the metric outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller sent something we refuse.
+    Downstream,
+    /// The legacy application could not be reached or misbehaved.
+    Upstream,
+    /// The sidecar itself (overload, misconfiguration).
+    Internal,
+}
+
+/// Which limit a caller ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateScope {
+    ClientIp,
+    Peer,
+    Route,
+}
+
+impl RateScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            RateScope::ClientIp => "rate_limited_ip",
+            RateScope::Peer => "rate_limited_peer",
+            RateScope::Route => "rate_limited_route",
+        }
+    }
+}
+
+/// A request the pipeline refused or could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    /// No route has this path.
+    #[error("no route for this path")]
+    NotFound,
+    /// A route has this path, but not for this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed { allow: &'static str },
+    /// The client address is not on the peer's allowlist.
+    #[error("client address not allowed")]
+    IpDenied,
+    /// A token bucket is empty.
+    #[error("rate limited ({})", .scope.name())]
+    RateLimited {
+        scope: RateScope,
+        retry_after: Duration,
+    },
+    /// Too many requests in flight across the whole sidecar.
+    #[error("too many requests in flight")]
+    Overloaded,
+    /// The body is larger than the route allows.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The body did not arrive within the route's read timeout.
+    #[error("request body read timed out")]
+    BodyTimeout,
+    /// The body broke off or was malformed at the HTTP level.
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    /// The content type does not fit the route's envelope.
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// An envelope layer refused the request.
+    #[error("{0}")]
+    Envelope(#[from] Failure),
+    /// The upstream refused the connection or broke it.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer within the response timeout.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream answered something a sealing route cannot seal.
+    #[error("upstream answer could not be sealed")]
+    UpstreamBadResponse,
+    /// A bug or an impossible state; details only in the log.
+    #[error("internal error")]
+    Internal,
+}
+
+impl Reject {
+    /// The bounded `reason` label: precise, for metrics and logs only.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::IpDenied => "ip_denied",
+            Reject::RateLimited { scope, .. } => scope.name(),
+            Reject::Overloaded => "overloaded",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::BodyUnreadable => "body_unreadable",
+            Reject::UnsupportedMediaType => "unsupported_media_type",
+            Reject::Envelope(f) => f.reason(),
+            Reject::UpstreamUnavailable => "upstream_unavailable",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::UpstreamBadResponse => "upstream_bad_response",
+            Reject::Internal => "internal",
+        }
+    }
+
+    /// The `reason` the caller sees. Identical for every undecryptable envelope, so a
+    /// padding oracle learns nothing.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Reject::Envelope(Failure::Undecryptable(_)) => "bad_envelope",
+            other => other.reason(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::IpDenied => StatusCode::FORBIDDEN,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reject::Envelope(f) => match f {
+                Failure::Undecryptable(_) => StatusCode::BAD_REQUEST,
+                Failure::WrongAgid
+                | Failure::BadPasscode
+                | Failure::MalformedToken
+                | Failure::BadToken(_) => StatusCode::UNAUTHORIZED,
+                Failure::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Reject::UpstreamUnavailable | Reject::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Plain English a department engineer can act on, never naming an AES step.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "no route for this path",
+            Reject::MethodNotAllowed { .. } => "method not allowed on this path",
+            Reject::IpDenied => "source address not allowed",
+            Reject::RateLimited { .. } => "too many requests; retry later",
+            Reject::Overloaded => "server busy; retry later",
+            Reject::BodyTooLarge => "request body too large",
+            Reject::BodyTimeout => "request body not received in time",
+            Reject::BodyUnreadable => "request body could not be read",
+            Reject::UnsupportedMediaType => "content type not accepted on this path",
+            Reject::Envelope(f) => match f {
+                Failure::Undecryptable(_) => "request could not be decrypted",
+                Failure::WrongAgid => "agId not accepted on this path",
+                Failure::BadPasscode => "passcode rejected",
+                Failure::MalformedToken => "token missing or malformed",
+                Failure::BadToken(_) => "token rejected",
+                Failure::Misconfigured(_) => "route misconfigured",
+            },
+            Reject::UpstreamUnavailable => "application unavailable",
+            Reject::UpstreamTimeout => "application did not answer in time",
+            Reject::UpstreamBadResponse => "application answer could not be sealed",
+            Reject::Internal => "internal error",
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Reject::UpstreamUnavailable | Reject::UpstreamTimeout | Reject::UpstreamBadResponse => {
+                Fault::Upstream
+            }
+            Reject::Overloaded | Reject::Internal | Reject::Envelope(Failure::Misconfigured(_)) => {
+                Fault::Internal
+            }
+            _ => Fault::Downstream,
+        }
+    }
+
+    /// The one mapping from a failure to what goes on the wire.
+    pub fn to_response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = error_body(
+            status,
+            self.public_message(),
+            self.public_reason(),
+            request_id,
+        );
+        let mut resp = json_response(status, body);
+        let headers = resp.headers_mut();
+        match self {
+            Reject::RateLimited { retry_after, .. } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Reject::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Reject::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", v);
+        }
+        resp
+    }
+}
+
+/// `{"statusCode", "message", "reason", "requestId"}` — the spec's own error shape.
+pub fn error_body(status: StatusCode, message: &str, reason: &str, request_id: &str) -> Bytes {
+    // Written by hand to keep the spec's field order; strings are JSON-escaped.
+    let esc = |s: &str| serde_json::Value::from(s).to_string();
+    Bytes::from(format!(
+        r#"{{"statusCode":{},"message":{},"reason":{},"requestId":{}}}"#,
+        status.as_u16(),
+        esc(message),
+        esc(reason),
+        esc(request_id)
+    ))
+}
+
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Undecryptable;
+    use http_body_util::BodyExt;
+
+    async fn body_of(r: Response<Full<Bytes>>) -> serde_json::Value {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// Pins the status and public reason of every rejection: changing one is a contract change.
+    #[test]
+    fn status_and_public_reason_are_pinned() {
+        let cases: Vec<(Reject, u16, &str)> = vec![
+            (Reject::NotFound, 404, "not_found"),
+            (
+                Reject::MethodNotAllowed { allow: "POST" },
+                405,
+                "method_not_allowed",
+            ),
+            (Reject::IpDenied, 403, "ip_denied"),
+            (
+                Reject::RateLimited {
+                    scope: RateScope::ClientIp,
+                    retry_after: Duration::from_millis(1500),
+                },
+                429,
+                "rate_limited_ip",
+            ),
+            (Reject::Overloaded, 503, "overloaded"),
+            (Reject::BodyTooLarge, 413, "body_too_large"),
+            (Reject::BodyTimeout, 408, "body_timeout"),
+            (Reject::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (Reject::Envelope(Failure::BadPasscode), 401, "bad_passcode"),
+            (Reject::Envelope(Failure::WrongAgid), 401, "wrong_agid"),
+            (
+                Reject::Envelope(Failure::MalformedToken),
+                401,
+                "malformed_token",
+            ),
+            (Reject::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (Reject::UpstreamTimeout, 504, "upstream_timeout"),
+            (Reject::Internal, 500, "internal"),
+        ];
+        for (r, status, reason) in cases {
+            assert_eq!(r.status().as_u16(), status, "{r:?}");
+            assert_eq!(r.public_reason(), reason, "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_undecryptable_cause_answers_identically() {
+        let causes = [
+            Undecryptable::MalformedForm,
+            Undecryptable::BadBase64,
+            Undecryptable::BadLength,
+            Undecryptable::BadPadding,
+            Undecryptable::NotUtf8,
+            Undecryptable::NotJson,
+        ];
+        let mut seen = Vec::new();
+        for c in causes {
+            let r = Reject::Envelope(Failure::Undecryptable(c)).to_response("req-1");
+            let status = r.status();
+            let mut headers: Vec<_> = r
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            headers.sort();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            seen.push((status, headers, body));
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "responses differ: {seen:?}"
+        );
+        assert_eq!(seen[0].0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn rate_limit_carries_retry_after_rounded_up() {
+        let r = Reject::RateLimited {
+            scope: RateScope::Peer,
+            retry_after: Duration::from_millis(1500),
+        }
+        .to_response("abc");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()["x-request-id"], "abc");
+        let v = body_of(r).await;
+        assert_eq!(v["statusCode"], 429);
+        assert_eq!(v["reason"], "rate_limited_peer");
+        assert_eq!(v["requestId"], "abc");
+        assert!(v["message"].as_str().unwrap().contains("too many"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Source-address allowlist: CIDR blocks and single addresses, IPv4 and IPv6.
+//!
+//! ```
+//! use bsk_sidecar::guard::ip::AllowList;
+//! let mut list = AllowList::default();
+//! list.push_str("203.0.113.0/28").unwrap();
+//! assert!(list.contains("203.0.113.5".parse().unwrap()));
+//! assert!(!list.contains("203.0.113.16".parse().unwrap()));
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Networks a peer may connect from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    nets: Vec<IpNet>,
+}
+
+impl AllowList {
+    /// Adds `203.0.113.0/28`, `2001:db8::/32` or a single address.
+    pub fn push_str(&mut self, entry: &str) -> Result<(), String> {
+        let entry = entry.trim();
+        if let Ok(net) = entry.parse::<IpNet>() {
+            self.nets.push(net.trunc());
+            return Ok(());
+        }
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            self.nets.push(IpNet::from(ip));
+            return Ok(());
+        }
+        Err(format!(
+            "`{entry}` is not an IP address or CIDR block (like 203.0.113.0/28 or 2001:db8::/32)"
+        ))
+    }
+
+    pub fn extend(&mut self, other: &AllowList) {
+        for n in &other.nets {
+            if !self.nets.contains(n) {
+                self.nets.push(*n);
+            }
+        }
+    }
+
+    /// Whether `ip` is inside any listed network. An IPv4 client seen on an IPv6 socket
+    /// (`::ffff:a.b.c.d`) is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// Folds IPv4-mapped IPv6 addresses to IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, n) in self.nets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> AllowList {
+        let mut l = AllowList::default();
+        for e in entries {
+            l.push_str(e).unwrap();
+        }
+        l
+    }
+
+    #[test]
+    fn cidr_edges_v4() {
+        let l = list(&["203.0.113.0/28"]);
+        assert!(l.contains("203.0.113.0".parse().unwrap()));
+        assert!(l.contains("203.0.113.15".parse().unwrap()));
+        assert!(!l.contains("203.0.113.16".parse().unwrap()));
+        assert!(!l.contains("203.0.112.255".parse().unwrap()));
+    }
+
+    #[test]
+    fn single_addresses_and_v6() {
+        let l = list(&["127.0.0.2", "2001:db8::/32"]);
+        assert!(l.contains("127.0.0.2".parse().unwrap()));
+        assert!(!l.contains("127.0.0.3".parse().unwrap()));
+        assert!(l.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!l.contains("2001:db9::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn v4_mapped_v6_matches_v4_entry() {
+        let l = list(&["127.0.0.2/32"]);
+        assert!(l.contains("::ffff:127.0.0.2".parse().unwrap()));
+        assert!(!l.contains("::ffff:127.0.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_bits_are_ignored_not_widened() {
+        // "10.0.0.5/24" means the /24; the entry is normalised, not rejected.
+        let l = list(&["10.0.0.5/24"]);
+        assert!(l.contains("10.0.0.200".parse().unwrap()));
+        assert!(!l.contains("10.0.1.1".parse().unwrap()));
+        assert_eq!(l.to_string(), "[10.0.0.0/24]");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_entry_named() {
+        let mut l = AllowList::default();
+        let err = l.push_str("10.0.0.0/33").unwrap_err();
+        assert!(err.contains("10.0.0.0/33"));
+        assert!(l.push_str("bsk..wb").is_err());
+        assert!(l.is_empty());
+    }
+}

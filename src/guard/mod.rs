@@ -1,0 +1,5 @@
+//! Cheap checks that refuse a request before any crypto runs: who may connect
+//! ([`ip`]) and how often ([`rate`]).
+
+pub mod ip;
+pub mod rate;

@@ -1,0 +1,23 @@
+//! bsk-sidecar: a reverse-proxy security sidecar for the BSK API Integration spec.
+//!
+//! It sits in front of an unmodified legacy application. A request from the network is
+//! checked by the ingress [`pipeline`] — allowlist, rate limits, body limits, then the
+//! route's [`envelope`] layers (passcode, HS256 JWT, AES-256-CBC) — and only then is the
+//! opened JSON forwarded, byte for byte, to the application on loopback ([`forward`]).
+//! Every refusal is a JSON answer from one place ([`error`]); every stage counts what it
+//! refuses ([`metrics`]). [`config`] validates the YAML once into runtime types;
+//! [`server`] owns sockets, timeouts and graceful drain.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod envelope;
+pub mod error;
+pub mod forward;
+pub mod guard;
+pub mod metrics;
+pub mod pipeline;
+pub mod runtime;
+pub mod secret;
+pub mod server;

@@ -1,0 +1,581 @@
+//! The ingress pipeline: the one place the order of checks is decided.
+//!
+//! Cheapest rejection first, and nothing reaches the upstream unless every stage passed:
+//!
+//! 1. in-flight cap — a saturated sidecar answers 503 before doing any work;
+//! 2. route — exact path, then method (404 / 405); everything later is per route;
+//! 3. allowlist — the peer's networks (unless the route sets `ip_check: false`);
+//! 4. rate limits — per client address, per peer, per route (429 with `Retry-After`);
+//! 5. body — content type fits the envelope, size limit (413), read deadline (408);
+//! 6. envelope — the route's layers, outermost first (passcode, JWT, AES);
+//! 7. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
+//! 8. respond — the application's answer as is, or sealed for the caller.
+//!
+//! (Accept-time checks — listener allowlist and connection caps — run in
+//! [`crate::server`] before HTTP is parsed at all.)
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::config::ResponseMode;
+use crate::envelope::{self, BodyShape, Failure, Incoming as Sealed, Layer};
+use crate::error::{Fault, RateScope, Reject};
+use crate::runtime::{ListenerRt, RouteRt, Runtime};
+
+/// What the log line and metrics learn about a request as it goes.
+#[derive(Default)]
+struct Trace {
+    route: Option<String>,
+    peer: Option<String>,
+    userid: Option<String>,
+    ticket_no: Option<String>,
+    upstream_status: Option<u16>,
+}
+
+/// Counts requests inside the pipeline; a guard releases the slot on every exit path.
+pub struct InFlight {
+    count: AtomicUsize,
+}
+
+impl InFlight {
+    pub const fn new() -> Self {
+        InFlight {
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Slot<'a>(&'a InFlight);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one request on listener `listener` from `client`. Never fails: every error
+/// becomes its JSON answer here.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    in_flight: Arc<InFlight>,
+    listener: usize,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let start = Instant::now();
+    let request_id = rt.next_request_id();
+    let lst = &rt.listeners[listener];
+    let mut trace = Trace::default();
+
+    let result =
+        if in_flight.count.fetch_add(1, Ordering::Relaxed) >= rt.settings.limits.max_in_flight {
+            in_flight.count.fetch_sub(1, Ordering::Relaxed);
+            Err(Reject::Overloaded)
+        } else {
+            let _slot = Slot(&in_flight);
+            rt.metrics.in_flight.inc();
+            let r = run(&rt, lst, client, req, &request_id, &mut trace).await;
+            rt.metrics.in_flight.dec();
+            r
+        };
+
+    let route_label = trace.route.as_deref().unwrap_or("unmatched");
+    let peer_label = trace.peer.as_deref().unwrap_or("none");
+    let elapsed = start.elapsed();
+    rt.metrics
+        .request_seconds
+        .with_label_values(&[&lst.name, route_label])
+        .observe(elapsed.as_secs_f64());
+    let response = match result {
+        Ok(resp) => {
+            rt.metrics
+                .requests
+                .with_label_values(&[&lst.name, route_label, peer_label, "forwarded"])
+                .inc();
+            tracing::info!(
+                target: "bsk_sidecar::access",
+                request_id = %request_id,
+                listener = %lst.name,
+                route = route_label,
+                peer = peer_label,
+                status = resp.status().as_u16(),
+                upstream_status = trace.upstream_status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                userid = trace.userid.as_deref(),
+                ticket_no = trace.ticket_no.as_deref(),
+                "forwarded"
+            );
+            resp
+        }
+        Err(reject) => {
+            let outcome = match reject.fault() {
+                Fault::Upstream => "upstream_error",
+                Fault::Downstream | Fault::Internal => "rejected",
+            };
+            rt.metrics
+                .requests
+                .with_label_values(&[&lst.name, route_label, peer_label, outcome])
+                .inc();
+            rt.metrics
+                .rejections
+                .with_label_values(&[&lst.name, route_label, reject.reason()])
+                .inc();
+            let resp = reject.to_response(&request_id);
+            macro_rules! log_reject {
+                ($level:ident) => {
+                    tracing::$level!(
+                        target: "bsk_sidecar::access",
+                        request_id = %request_id,
+                        listener = %lst.name,
+                        route = route_label,
+                        peer = peer_label,
+                        client = %client,
+                        status = resp.status().as_u16(),
+                        reason = reject.reason(),
+                        detail = %reject,
+                        latency_ms = elapsed.as_secs_f64() * 1000.0,
+                        userid = trace.userid.as_deref(),
+                        ticket_no = trace.ticket_no.as_deref(),
+                        "rejected"
+                    )
+                };
+            }
+            match reject.fault() {
+                Fault::Downstream => log_reject!(info),
+                Fault::Upstream | Fault::Internal => log_reject!(warn),
+            }
+            resp
+        }
+    };
+    Ok(response)
+}
+
+/// The stages, in order. Each `?` is a place a request can be refused.
+async fn run(
+    rt: &Runtime,
+    lst: &ListenerRt,
+    client: IpAddr,
+    req: Request<Incoming>,
+    request_id: &str,
+    trace: &mut Trace,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    // Route: exact path match, then the method.
+    let route = lst.routes.get(req.uri().path()).ok_or(Reject::NotFound)?;
+    let cfg = &route.cfg;
+    trace.route = Some(cfg.path.clone());
+    trace.peer = Some(cfg.peer.name.clone());
+    if req.method() != cfg.method {
+        return Err(Reject::MethodNotAllowed {
+            allow: method_str(&cfg.method),
+        });
+    }
+
+    // Allowlist: the peer's own networks, even when the listener checked a union at accept.
+    if cfg.ip_check {
+        let allowed = cfg.peer.allow.as_ref().is_some_and(|a| a.contains(client));
+        if !allowed {
+            return Err(Reject::IpDenied);
+        }
+    }
+
+    // Rate limits: the narrowest bucket first so one noisy address cannot drain the peer's.
+    rate_limit(rt, route, client)?;
+
+    // Body: content type, size, deadline.
+    let (parts, body) = req.into_parts();
+    check_content_type(&cfg.layers, parts.headers.get(header::CONTENT_TYPE))?;
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > cfg.max_body as u64 {
+            return Err(Reject::BodyTooLarge);
+        }
+    }
+    let body =
+        match tokio::time::timeout(cfg.body_timeout, Limited::new(body, cfg.max_body).collect())
+            .await
+        {
+            Err(_) => return Err(Reject::BodyTimeout),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Reject::BodyTooLarge)
+            }
+            Ok(Err(_)) => return Err(Reject::BodyUnreadable),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+
+    // Envelope: the route's layers, outermost first.
+    let header_str = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let sealed = Sealed {
+        content_type: header_str(&header::CONTENT_TYPE),
+        authorization: header_str(&header::AUTHORIZATION),
+        passcode_header: parts
+            .headers
+            .get("x-passcode")
+            .and_then(|v| v.to_str().ok()),
+        body: &body,
+    };
+    let opened = envelope::open(&cfg.layers, &cfg.peer.keys, &sealed, unix_now())?;
+    (trace.userid, trace.ticket_no) = ids_of(&opened.plain);
+    let shape = opened.shape;
+    let plain = Bytes::from(opened.plain);
+
+    // Forward: the opened bytes unchanged, with clean headers.
+    let upstream_req = upstream_request(cfg, &parts, client, request_id, plain)?;
+    let up_start = Instant::now();
+    let sent = rt
+        .forwarder
+        .send(&cfg.upstream, upstream_req, cfg.upstream_timeout)
+        .await;
+    rt.metrics
+        .upstream_seconds
+        .with_label_values(&[&lst.name, &cfg.path])
+        .observe(up_start.elapsed().as_secs_f64());
+    let upstream_resp = sent.map_err(|e| {
+        tracing::debug!(request_id, error = %e, "upstream failed");
+        Reject::from(e)
+    })?;
+    trace.upstream_status = Some(upstream_resp.status().as_u16());
+
+    // Respond: as the application answered, or sealed for the caller.
+    respond(cfg, shape, upstream_resp, request_id)
+}
+
+fn rate_limit(rt: &Runtime, route: &RouteRt, client: IpAddr) -> Result<(), Reject> {
+    if let Some(l) = &rt.per_ip {
+        l.check(client).map_err(|retry_after| Reject::RateLimited {
+            scope: RateScope::ClientIp,
+            retry_after,
+        })?;
+    }
+    if let Some(l) = rt.peer_limiters.get(&route.cfg.peer.name) {
+        l.check().map_err(|retry_after| Reject::RateLimited {
+            scope: RateScope::Peer,
+            retry_after,
+        })?;
+    }
+    if let Some(l) = &route.limiter {
+        l.check().map_err(|retry_after| Reject::RateLimited {
+            scope: RateScope::Route,
+            retry_after,
+        })?;
+    }
+    Ok(())
+}
+
+fn method_str(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        _ => "POST",
+    }
+}
+
+/// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
+/// type is tolerated (many legacy senders omit it) and the layer decides from the body.
+fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), Reject> {
+    let Some(ct) = ct else { return Ok(()) };
+    let mime = ct
+        .to_str()
+        .map_err(|_| Reject::UnsupportedMediaType)?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let ok = match layers.first() {
+        Some(Layer::Form) => matches!(
+            mime.as_str(),
+            "application/x-www-form-urlencoded" | "application/json"
+        ),
+        Some(Layer::Token) => matches!(mime.as_str(), "application/json" | "text/plain"),
+        Some(Layer::Aes) | Some(Layer::Jwt) => {
+            matches!(
+                mime.as_str(),
+                "text/plain" | "application/json" | "application/octet-stream"
+            )
+        }
+        Some(Layer::Bearer) | None => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Reject::UnsupportedMediaType)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `userid` and `ticketNo` (any documented spelling) for the log line, as written.
+fn ids_of(plain: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Ids<'a> {
+        #[serde(alias = "userId", borrow)]
+        userid: Option<&'a serde_json::value::RawValue>,
+        #[serde(rename = "ticketNo", alias = "ticketno", alias = "tokenNo", borrow)]
+        ticket_no: Option<&'a serde_json::value::RawValue>,
+    }
+    let clean = |v: &serde_json::value::RawValue| {
+        let s = v.get().trim_matches('"');
+        // Only short digit strings: an id, never a free-text field smuggled into the log.
+        (s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
+    };
+    match serde_json::from_slice::<Ids<'_>>(plain) {
+        Ok(ids) => (ids.userid.and_then(clean), ids.ticket_no.and_then(clean)),
+        Err(_) => (None, None),
+    }
+}
+
+/// Headers that describe one hop, or carry credentials the application must not see.
+fn is_stripped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "content-type"
+            | "expect"
+            | "authorization"
+            | "proxy-authorization"
+            | "x-passcode"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "forwarded"
+            | "x-request-id"
+            | "x-bsk-peer"
+    )
+}
+
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn upstream_request(
+    cfg: &crate::config::Route,
+    parts: &http::request::Parts,
+    client: IpAddr,
+    request_id: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Reject> {
+    let mut uri = cfg.upstream.path_and_query.to_string();
+    if cfg.upstream.path_and_query.query().is_none() {
+        if let Some(q) = parts.uri.query() {
+            uri.push('?');
+            uri.push_str(q);
+        }
+    }
+    let mut req = Request::builder()
+        .method(cfg.method.clone())
+        .uri(uri)
+        .body(Full::new(body.clone()))
+        .map_err(|_| Reject::Internal)?;
+    let extra_hop = connection_listed(&parts.headers);
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        if !is_stripped(name) && !extra_hop.iter().any(|h| h == name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let authority =
+        HeaderValue::from_str(cfg.upstream.authority.as_str()).map_err(|_| Reject::Internal)?;
+    headers.insert(header::HOST, authority);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(request_id).map_err(|_| Reject::Internal)?,
+    );
+    headers.insert(
+        "x-bsk-peer",
+        HeaderValue::from_str(&cfg.peer.name).map_err(|_| Reject::Internal)?,
+    );
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&crate::guard::ip::canonical(client).to_string())
+            .map_err(|_| Reject::Internal)?,
+    );
+    Ok(req)
+}
+
+fn respond(
+    cfg: &crate::config::Route,
+    shape: BodyShape,
+    upstream: Response<Bytes>,
+    request_id: &str,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let (parts, body) = upstream.into_parts();
+    let extra_hop = connection_listed(&parts.headers);
+    let (body, content_type) = match &cfg.response {
+        ResponseMode::Pass => (body, None),
+        ResponseMode::Seal { wrap } => {
+            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref())?;
+            (b, Some(ct))
+        }
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = parts.status;
+    let headers = resp.headers_mut();
+    for (name, value) in &parts.headers {
+        let hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+        );
+        if !hop && !extra_hop.iter().any(|h| h == name.as_str()) {
+            if content_type.is_some() && name == header::CONTENT_TYPE {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// Seals the application's JSON answer with the route's layers. With `wrap`, the inner
+/// layers' output goes in `encData` of a JSON object carrying the wrap fields.
+fn seal_response(
+    cfg: &crate::config::Route,
+    shape: BodyShape,
+    body: &Bytes,
+    wrap: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(Bytes, &'static str), Reject> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return Err(Reject::UpstreamBadResponse);
+    }
+    let keys = &cfg.peer.keys;
+    let sealing_failed = |e: Failure| {
+        tracing::error!(error = %e, "sealing the response failed");
+        Reject::Internal
+    };
+    let outer_framing = matches!(
+        cfg.layers.first(),
+        Some(Layer::Form | Layer::Token | Layer::Bearer)
+    );
+    if let Some(wrap) = wrap {
+        let inner = if outer_framing {
+            &cfg.layers[1..]
+        } else {
+            &cfg.layers[..]
+        };
+        let sealed = envelope::seal(inner, keys, body, BodyShape::Json).map_err(sealing_failed)?;
+        let enc = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
+        let mut obj = wrap.clone();
+        obj.insert("encData".into(), serde_json::Value::String(enc));
+        return Ok((
+            Bytes::from(serde_json::Value::Object(obj).to_string()),
+            "application/json",
+        ));
+    }
+    if cfg.layers.first() == Some(&Layer::Bearer) {
+        // A bearer token cannot travel in a response header the caller reads; send it as JSON.
+        let sealed = envelope::seal(&cfg.layers[1..], keys, body, BodyShape::Json)
+            .map_err(sealing_failed)?;
+        let token = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
+        let v = serde_json::json!({ "token": token });
+        return Ok((Bytes::from(v.to_string()), "application/json"));
+    }
+    let sealed = envelope::seal(&cfg.layers, keys, body, shape).map_err(sealing_failed)?;
+    Ok((Bytes::from(sealed.body), sealed.content_type))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_keep_17_digit_ticket_exactly_and_accept_aliases() {
+        let (u, t) = ids_of(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
+        assert_eq!(u.as_deref(), Some("8527419636"));
+        assert_eq!(t.as_deref(), Some("20221202153322882"));
+        let (u, t) = ids_of(br#"{"userid":9054233544,"tokenNo":"20220811130723"}"#);
+        assert_eq!(u.as_deref(), Some("9054233544"));
+        assert_eq!(t.as_deref(), Some("20220811130723"));
+    }
+
+    #[test]
+    fn ids_never_carry_free_text() {
+        let (u, t) = ids_of(br#"{"userid":"Anupam Ghosh","ticketNo":"x\ny"}"#);
+        assert_eq!((u, t), (None, None));
+    }
+
+    #[test]
+    fn content_type_must_fit_the_envelope() {
+        let form = [Layer::Form, Layer::Aes];
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(check_content_type(
+            &form,
+            Some(&v("application/x-www-form-urlencoded; charset=UTF-8"))
+        )
+        .is_ok());
+        assert!(check_content_type(&form, Some(&v("application/json"))).is_ok());
+        assert!(check_content_type(&form, None).is_ok());
+        assert!(check_content_type(&form, Some(&v("multipart/form-data; boundary=x"))).is_err());
+        let token = [Layer::Token, Layer::Jwt];
+        assert!(check_content_type(&token, Some(&v("application/x-www-form-urlencoded"))).is_err());
+    }
+
+    #[test]
+    fn credentials_and_hop_headers_never_forwarded() {
+        for h in [
+            "authorization",
+            "x-passcode",
+            "connection",
+            "transfer-encoding",
+            "x-forwarded-for",
+        ] {
+            assert!(is_stripped(&HeaderName::from_static(h)), "{h}");
+        }
+        assert!(!is_stripped(&HeaderName::from_static("user-agent")));
+    }
+}

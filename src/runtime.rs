@@ -1,0 +1,120 @@
+//! The shared, immutable state a running sidecar needs per request: validated settings
+//! plus the limiters, route tables and upstream pools built from them once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Peer, Route, Settings};
+use crate::forward::Forwarder;
+use crate::guard::ip::AllowList;
+use crate::guard::rate::{Limiter, PerIpLimiter};
+use crate::metrics::Metrics;
+
+/// A route with its own limiter.
+pub struct RouteRt {
+    pub cfg: Arc<Route>,
+    pub limiter: Option<Limiter>,
+}
+
+/// A listener's routes by exact path.
+pub struct ListenerRt {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub routes: HashMap<String, RouteRt>,
+    /// Checked before a byte is read, when every route on this listener checks addresses.
+    pub accept_allow: Option<AllowList>,
+}
+
+pub struct Runtime {
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub forwarder: Forwarder,
+    pub per_ip: Option<PerIpLimiter>,
+    pub peer_limiters: HashMap<String, Limiter>,
+    pub listeners: Vec<ListenerRt>,
+    request_ids: RequestIds,
+}
+
+impl Runtime {
+    pub fn new(settings: Settings, metrics: Metrics) -> Arc<Runtime> {
+        let limits = &settings.limits;
+        let per_ip = limits
+            .per_ip_rate
+            .map(|spec| PerIpLimiter::new(spec, limits.max_tracked_ips));
+        let peer_limiters = settings
+            .peers
+            .iter()
+            .filter_map(|(name, p): (&String, &Arc<Peer>)| {
+                p.rate.map(|r| (name.clone(), Limiter::new(r)))
+            })
+            .collect();
+        let forwarder = Forwarder::new(
+            settings
+                .listeners
+                .iter()
+                .flat_map(|l| l.routes.iter().map(|r| &r.upstream)),
+            limits.upstream_connect_timeout,
+            limits.max_upstream_response,
+        );
+        let listeners = settings
+            .listeners
+            .iter()
+            .map(|l| ListenerRt {
+                name: l.name.clone(),
+                addr: l.addr,
+                accept_allow: l.accept_allowlist(),
+                routes: l
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.path.clone(),
+                            RouteRt {
+                                cfg: r.clone(),
+                                limiter: r.rate.map(Limiter::new),
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        Arc::new(Runtime {
+            metrics,
+            forwarder,
+            per_ip,
+            peer_limiters,
+            listeners,
+            request_ids: RequestIds::new(),
+            settings,
+        })
+    }
+
+    pub fn next_request_id(&self) -> String {
+        self.request_ids.next()
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter — unique, cheap, and not a
+/// clock reading a caller could use.
+struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut b = [0u8; 4];
+        let _ = getrandom::getrandom(&mut b);
+        RequestIds {
+            prefix: u32::from_le_bytes(b),
+            counter: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{:010x}", self.prefix, n)
+    }
+}

@@ -1,0 +1,413 @@
+//! Listeners: accept loop, connection caps, accept-time allowlist, HTTP/1.1 timeouts,
+//! and graceful drain on shutdown.
+//!
+//! Per connection, a small watchdog enforces what hyper leaves to us: a request head
+//! must arrive within `header_read_timeout` once it has started (or once the connection
+//! opened), and an idle keep-alive connection is closed after `keepalive_idle`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::guard::ip::canonical;
+use crate::pipeline::{self, InFlight};
+use crate::runtime::Runtime;
+
+/// Listeners bound before serving, so callers (tests, the demo) can learn the ports.
+pub struct Bound {
+    pub listeners: Vec<(usize, TcpListener)>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Bound {
+    /// The local address of listener `name`.
+    pub fn addr_of(&self, rt: &Runtime, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(i, _)| rt.listeners[*i].name == name)
+            .and_then(|(_, l)| l.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+pub async fn bind(rt: &Runtime) -> io::Result<Bound> {
+    let mut listeners = Vec::new();
+    for (i, l) in rt.listeners.iter().enumerate() {
+        let tcp = TcpListener::bind(l.addr).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("listener {} on {}: {e}", l.name, l.addr))
+        })?;
+        listeners.push((i, tcp));
+    }
+    let admin = match rt.settings.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("admin listener on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Bound { listeners, admin })
+}
+
+/// Open connections, in total and per client address.
+struct Connections {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct ConnSlot {
+    conns: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnSlot, &'static str> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("max_connections");
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("max_connections_per_ip");
+        }
+        *n += 1;
+        Ok(ConnSlot {
+            conns: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.conns.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.conns.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves every bound listener until `shutdown` resolves, then drains: stops accepting,
+/// lets in-flight requests finish (up to `limits.shutdown_grace`) and returns.
+pub async fn serve(rt: Arc<Runtime>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a sender; when all are gone, the drain is complete.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let ready = Arc::new(AtomicBool::new(true));
+    let in_flight = Arc::new(InFlight::new());
+    let conns = Arc::new(Connections {
+        total: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+    });
+
+    let mut accept_tasks = Vec::new();
+    for (idx, listener) in bound.listeners {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            rt.clone(),
+            idx,
+            listener,
+            conns.clone(),
+            in_flight.clone(),
+            stop_rx.clone(),
+            done_tx.clone(),
+        )));
+    }
+    if let Some(admin) = bound.admin {
+        accept_tasks.push(tokio::spawn(crate::admin::serve(
+            rt.clone(),
+            admin,
+            ready.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let pruner = rt.per_ip.is_some().then(|| {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                if let Some(l) = &rt.per_ip {
+                    l.prune();
+                }
+            }
+        })
+    });
+    drop(done_tx);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    if let Some(p) = pruner {
+        p.abort();
+    }
+    let grace = rt.settings.limits.shutdown_grace;
+    match tokio::time::timeout(grace, done_rx.recv()).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "drain deadline passed; closing remaining connections"
+        ),
+    }
+}
+
+async fn accept_loop(
+    rt: Arc<Runtime>,
+    idx: usize,
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    in_flight: Arc<InFlight>,
+    mut stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let name = rt.listeners[idx].name.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    let limits = &rt.settings.limits;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let ip = canonical(peer.ip());
+        let refuse = |reason: &str| {
+            rt.metrics
+                .connections_refused
+                .with_label_values(&[&name, reason])
+                .inc();
+        };
+        if let Some(allow) = &rt.listeners[idx].accept_allow {
+            if !allow.contains(ip) {
+                refuse("ip_denied");
+                tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
+                continue;
+            }
+        }
+        let slot = match conns.admit(ip, limits.max_connections, limits.max_connections_per_ip) {
+            Ok(s) => s,
+            Err(reason) => {
+                refuse(reason);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            rt.clone(),
+            idx,
+            stream,
+            ip,
+            slot,
+            in_flight.clone(),
+            stop.clone(),
+            done.clone(),
+        ));
+    }
+}
+
+/// Timestamps (ms since the connection opened) the watchdog reads.
+struct Activity {
+    opened: Instant,
+    in_progress: AtomicUsize,
+    served: AtomicU64,
+    idle_since_ms: AtomicU64,
+    /// When the first byte of a new request head arrived; 0 while none has.
+    head_started_ms: AtomicU64,
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// The socket, noting when a new request starts arriving.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && self.activity.in_progress.load(Ordering::Relaxed) == 0
+            && self.activity.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            let now = self.activity.now_ms();
+            self.activity.head_started_ms.store(now, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    rt: Arc<Runtime>,
+    idx: usize,
+    stream: TcpStream,
+    client: IpAddr,
+    _slot: ConnSlot,
+    in_flight: Arc<InFlight>,
+    mut stop: watch::Receiver<bool>,
+    _done: mpsc::Sender<()>,
+) {
+    let name = rt.listeners[idx].name.clone();
+    let gauge = rt.metrics.connections.with_label_values(&[&name]);
+    gauge.inc();
+    let limits = rt.settings.limits.clone();
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        in_progress: AtomicUsize::new(0),
+        served: AtomicU64::new(0),
+        idle_since_ms: AtomicU64::new(1),
+        head_started_ms: AtomicU64::new(0),
+    });
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let svc = {
+        let rt = rt.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let rt = rt.clone();
+            let in_flight = in_flight.clone();
+            let activity = activity.clone();
+            async move {
+                activity.in_progress.fetch_add(1, Ordering::Relaxed);
+                activity.head_started_ms.store(0, Ordering::Relaxed);
+                let r = pipeline::handle(rt, in_flight, idx, client, req).await;
+                activity.served.fetch_add(1, Ordering::Relaxed);
+                activity
+                    .idle_since_ms
+                    .store(activity.now_ms(), Ordering::Relaxed);
+                activity.in_progress.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(!limits.keepalive_idle.is_zero())
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 64 * 1024)
+        .max_headers(100);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+
+    let header_ms = limits.header_read_timeout.as_millis() as u64;
+    let idle_ms = limits.keepalive_idle.as_millis() as u64;
+    let tick = Duration::from_millis((header_ms.min(idle_ms.max(1)) / 4).clamp(20, 1000));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = *stop.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener = %name, error = %e, "connection ended with error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = ticker.tick() => {
+                if activity.in_progress.load(Ordering::Relaxed) > 0 {
+                    continue;
+                }
+                let now = activity.now_ms();
+                let head = activity.head_started_ms.load(Ordering::Relaxed);
+                if head != 0 {
+                    if now.saturating_sub(head) > header_ms {
+                        tracing::debug!(listener = %name, "request head not complete in time; closing");
+                        break;
+                    }
+                } else if !closing {
+                    let limit = if activity.served.load(Ordering::Relaxed) == 0 { header_ms } else { idle_ms };
+                    if now.saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed)) > limit {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+    gauge.dec();
+}
