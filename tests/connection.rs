@@ -1,0 +1,159 @@
+//! Connection-level limits a slowloris or an idle client runs into: header read timeout,
+//! keep-alive idle timeout, header size limit, per-address connection cap.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bsk_sidecar::metrics::Metrics;
+use bsk_sidecar::runtime::Runtime;
+use bsk_sidecar::server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const CONFIG: &str = r#"
+admin: { listen: "off" }
+state: { dir: /tmp/bsk-sidecar-test }
+limits:
+  header_read_timeout: 300ms
+  keepalive_idle: 400ms
+  max_header_bytes: 4KiB
+  max_connections_per_ip: 2
+peers:
+  bsk:
+    agid: BSK
+    aes: { keys: [ { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" } ] }
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - path: /bsk/landing
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        upstream: http://127.0.0.1:9/unused
+"#;
+
+struct Sidecar {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sidecar {
+    async fn start() -> Sidecar {
+        let settings = bsk_sidecar::config::from_yaml(CONFIG, "test.yaml", Path::new(".")).unwrap();
+        let rt = Runtime::new(settings, Metrics::new());
+        let bound = server::bind(&rt).await.unwrap();
+        let addr = bound.addr_of(&rt, "public").unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(rt, bound, async move {
+            let _ = rx.await;
+        }));
+        Sidecar { addr, stop: Some(tx), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns what was read.
+/// The outer bound only keeps a broken build from hanging: the server is expected to
+/// close far sooner.
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let res = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(res.is_ok(), "server never closed the connection");
+    out
+}
+
+const GET_404: &[u8] = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[tokio::test]
+async fn slow_request_head_is_cut_off() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    s.write_all(b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(got.is_empty() || !got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn silent_new_connection_is_closed() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(got.is_empty());
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_serving() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(GET_404).await.unwrap();
+    // The answer comes, keep-alive, then the server closes the idle connection.
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(text.contains(r#""reason":"not_found""#), "{text}");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests_on_one_connection() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(GET_404).await.unwrap();
+    s.write_all(GET_404).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 404").count(), 2, "{text}");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_header_block_is_refused() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let big = "a".repeat(8 * 1024);
+    let req = format!("GET /bsk/landing HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let sc = Sidecar::start().await;
+    let mut a = TcpStream::connect(sc.addr).await.unwrap();
+    let mut b = TcpStream::connect(sc.addr).await.unwrap();
+    // Prove both admitted connections are being served before opening the third.
+    for s in [&mut a, &mut b] {
+        s.write_all(GET_404).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 404");
+    }
+    let mut c = TcpStream::connect(sc.addr).await.unwrap();
+    let _ = c.write_all(GET_404).await;
+    let got = read_until_closed(&mut c).await;
+    assert!(got.is_empty(), "third connection was served: {}", String::from_utf8_lossy(&got));
+    drop((a, b));
+    sc.stop().await;
+}
