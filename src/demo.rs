@@ -46,6 +46,7 @@ listeners:
         from: bsk
         envelope: [form, aes]
         ip_check: false
+        fresh: 10m                  # ticketNo within 10 minutes; each one accepted once
         upstream: http://{APP}/bsk/landing
       - path: /bsk/status           # API-3: passcode + JWT
         from: bsk
@@ -58,7 +59,20 @@ listeners:
         response: { mode: seal, wrap: { status: "S", statusCode: 200 } }
 "#;
 
-const API1_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","name":"Arindam Ray","mobile":"9350778824","email":"arindam.ray@cmail.com","gender":"male","age":48}"#;
+/// The spec's API-1 example, with `ticketNo` set to now (IST, 17 digits).
+fn api1_sample(ticket: &str) -> String {
+    format!(
+        r#"{{"userid":9054233544,"ticketNo":{ticket},"serviceCode":"AMD/003","name":"Arindam Ray","mobile":"9350778824","email":"arindam.ray@cmail.com","gender":"male","age":48}}"#
+    )
+}
+
+fn ticket_now(offset_ms: i64) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    crate::guard::fresh::unix_ms_to_ticket(ms + offset_ms)
+}
 const API3_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","applicationNo":"123456"}"#;
 const API7_SAMPLE: &str = r#"{"fromDate":"2022-08-01","toDate":"2022-08-11"}"#;
 
@@ -174,7 +188,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
                 .join("\n"))
         })?;
     let keys = settings.peers["bsk"].keys.clone();
-    let rt: Arc<Runtime> = Runtime::new(settings, Metrics::new());
+    let rt: Arc<Runtime> = Runtime::new(settings, Metrics::new())?;
     let bound = server::bind(&rt)
         .await
         .with_context(|| format!("binding {listen} (try --listen 127.0.0.1:0)"))?;
@@ -196,11 +210,8 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     let seal = |layers: &[Layer], plain: &[u8], shape| {
         envelope::seal(layers, &keys, plain, shape).map_err(|e| anyhow!("{e}"))
     };
-    let landing = seal(
-        &[Layer::Form, Layer::Aes],
-        API1_SAMPLE.as_bytes(),
-        BodyShape::Form,
-    )?;
+    let api1 = api1_sample(&ticket_now(0));
+    let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
     println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
     println!("  caller sent   {}", String::from_utf8_lossy(&landing.body));
     let (status, body) = post(
@@ -271,13 +282,34 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
         String::from_utf8_lossy(&body)
     );
 
+    // The same API-1 request captured and sent again.
+    println!("5. The first API-1 request, replayed");
+    let (status, body) = post(
+        addr,
+        "/bsk/landing",
+        landing.content_type,
+        None,
+        landing.body.clone(),
+    )
+    .await?;
+    println!(
+        "  came back     {status}: {}   (the app received nothing)\n",
+        String::from_utf8_lossy(&body)
+    );
+
     if once {
         let _ = stop_tx.send(());
         let _ = serving.await;
         return Ok(());
     }
-    let enc_data = form_value(&enc, "encData").unwrap_or_default();
-    println!("Still serving. Try it yourself:");
+    // A request the demo has not sent, so its first use is accepted.
+    let fresh = seal(
+        &[Layer::Form, Layer::Aes],
+        api1_sample(&ticket_now(1)).as_bytes(),
+        BodyShape::Form,
+    )?;
+    let enc_data = form_value(&String::from_utf8_lossy(&fresh.body), "encData").unwrap_or_default();
+    println!("Still serving. Try it yourself (the first is accepted once, within 10 minutes):");
     println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={enc_data}'");
     println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(&tampered, "encData").unwrap_or_default());
     println!("  bsk-sidecar seal --envelope form,aes --agid BSK --key {DEMO_KEY} --iv {DEMO_IV} <<< '{{\"userid\":8527419636,\"ticketNo\":20221202153322882}}'");

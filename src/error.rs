@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::envelope::Failure;
+use crate::guard::fresh::Stale;
 
 /// Whose fault a failed request was: decides the log level and the metric outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,12 @@ pub enum Reject {
     /// An envelope layer refused the request.
     #[error("{0}")]
     Envelope(#[from] Failure),
+    /// `ticketNo` / `iat` outside the route's window, or missing.
+    #[error("not fresh: {0}")]
+    Stale(#[from] Stale),
+    /// The same request was already accepted within its window.
+    #[error("replayed request")]
+    Replayed,
     /// The upstream refused the connection or broke it.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -105,6 +112,8 @@ impl Reject {
             Reject::BodyUnreadable => "body_unreadable",
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::Envelope(f) => f.reason(),
+            Reject::Stale(s) => s.reason(),
+            Reject::Replayed => "replayed",
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamBadResponse => "upstream_bad_response",
@@ -140,6 +149,8 @@ impl Reject {
                 | Failure::BadToken(_) => StatusCode::UNAUTHORIZED,
                 Failure::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            Reject::Stale(_) => StatusCode::BAD_REQUEST,
+            Reject::Replayed => StatusCode::CONFLICT,
             Reject::UpstreamUnavailable | Reject::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +177,11 @@ impl Reject {
                 Failure::BadToken(_) => "token rejected",
                 Failure::Misconfigured(_) => "route misconfigured",
             },
+            Reject::Stale(Stale::MissingTimestamp) => "request carries no ticketNo or iat",
+            Reject::Stale(Stale::BadTicket) => "ticketNo is not a YYYYMMDDHHmmSS timestamp",
+            Reject::Stale(Stale::TooOld) => "request is too old; send a fresh one",
+            Reject::Stale(Stale::FutureDated) => "request is dated in the future; check the clock",
+            Reject::Replayed => "this request was already accepted; send a new ticketNo",
             Reject::UpstreamUnavailable => "application unavailable",
             Reject::UpstreamTimeout => "application did not answer in time",
             Reject::UpstreamBadResponse => "application answer could not be sealed",
@@ -280,6 +296,9 @@ mod tests {
                 401,
                 "malformed_token",
             ),
+            (Reject::Stale(Stale::TooOld), 400, "stale"),
+            (Reject::Stale(Stale::FutureDated), 400, "future_dated"),
+            (Reject::Replayed, 409, "replayed"),
             (Reject::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Reject::UpstreamTimeout, 504, "upstream_timeout"),
             (Reject::Internal, 500, "internal"),

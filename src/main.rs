@@ -189,7 +189,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let result = tokio_main(async move {
-        let rt = Runtime::new(settings, Metrics::new());
+        let rt = Runtime::new(settings, Metrics::new())?;
         let bound = server::bind(&rt).await?;
         server::serve(rt, bound, shutdown_signal()).await;
         Ok(())

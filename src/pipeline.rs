@@ -8,8 +8,10 @@
 //! 4. rate limits — per client address, per peer, per route (429 with `Retry-After`);
 //! 5. body — content type fits the envelope, size limit (413), read deadline (408);
 //! 6. envelope — the route's layers, outermost first (passcode, JWT, AES);
-//! 7. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
-//! 8. respond — the application's answer as is, or sealed for the caller.
+//! 7. freshness and replay — only on authenticated content, so a forger cannot fill the
+//!    replay cache; a request seen before answers 409;
+//! 8. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
+//! 9. respond — the application's answer as is, or sealed for the caller.
 //!
 //! (Accept-time checks — listener allowlist and connection caps — run in
 //! [`crate::server`] before HTTP is parsed at all.)
@@ -29,6 +31,8 @@ use hyper::body::Incoming;
 use crate::config::ResponseMode;
 use crate::envelope::{self, BodyShape, Failure, Incoming as Sealed, Layer};
 use crate::error::{Fault, RateScope, Reject};
+use crate::guard::fresh::Stale;
+use crate::guard::replay::ReplayKey;
 use crate::runtime::{ListenerRt, RouteRt, Runtime};
 
 /// What the log line and metrics learn about a request as it goes.
@@ -235,6 +239,23 @@ async fn run(
     let opened = envelope::open(&cfg.layers, &cfg.peer.keys, &sealed, unix_now())?;
     (trace.userid, trace.ticket_no) = ids_of(&opened.plain);
     let shape = opened.shape;
+
+    // Freshness and replay: on what the peer really signed or encrypted.
+    let now = unix_now();
+    if let Some(window) = &cfg.fresh {
+        window.check(now as i64, trace.ticket_no.as_deref(), opened.jwt_iat)?;
+    }
+    let replay_key = match (&rt.replay, cfg.replay) {
+        (Some(cache), true) => {
+            let key = replay_key(&cfg.peer.name, opened.jwt_jti.as_deref(), trace)?;
+            let ttl = cfg.replay_ttl().as_secs();
+            cache
+                .check_and_insert(key, now, now + ttl)
+                .map_err(|_| Reject::Replayed)?;
+            Some((cache, key))
+        }
+        _ => None,
+    };
     let plain = Bytes::from(opened.plain);
 
     // Forward: the opened bytes unchanged, with clean headers.
@@ -250,12 +271,32 @@ async fn run(
         .observe(up_start.elapsed().as_secs_f64());
     let upstream_resp = sent.map_err(|e| {
         tracing::debug!(request_id, error = %e, "upstream failed");
-        Reject::from(e)
+        let reject = Reject::from(e);
+        // Never delivered: the peer's retry must not be refused as a replay.
+        if let (Reject::UpstreamUnavailable, Some((cache, key))) = (&reject, replay_key) {
+            cache.forget(key);
+        }
+        reject
     })?;
     trace.upstream_status = Some(upstream_resp.status().as_u16());
 
     // Respond: as the application answered, or sealed for the caller.
     respond(cfg, shape, upstream_resp, request_id)
+}
+
+/// What makes this request unique: its JWT `jti`, else (`userid`, `ticketNo`).
+fn replay_key(peer: &str, jti: Option<&str>, trace: &Trace) -> Result<ReplayKey, Reject> {
+    if let Some(jti) = jti {
+        return Ok(ReplayKey::new(peer, "jti", &[jti]));
+    }
+    match &trace.ticket_no {
+        Some(t) => Ok(ReplayKey::new(
+            peer,
+            "ticket",
+            &[trace.userid.as_deref().unwrap_or(""), t],
+        )),
+        None => Err(Reject::Stale(Stale::MissingTimestamp)),
+    }
 }
 
 fn rate_limit(rt: &Runtime, route: &RouteRt, client: IpAddr) -> Result<(), Reject> {
@@ -338,7 +379,7 @@ fn ids_of(plain: &[u8]) -> (Option<String>, Option<String>) {
         ticket_no: Option<&'a serde_json::value::RawValue>,
     }
     let clean = |v: &serde_json::value::RawValue| {
-        let s = v.get().trim_matches('"');
+        let s = v.get().trim_matches('"').trim();
         // Only short digit strings: an id, never a free-text field smuggled into the log.
         (s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
     };

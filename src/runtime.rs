@@ -2,14 +2,17 @@
 //! plus the limiters, route tables and upstream pools built from them once.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Peer, Route, Settings};
 use crate::forward::Forwarder;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter};
+use crate::guard::replay::ReplayCache;
 use crate::metrics::Metrics;
 
 /// A route with its own limiter.
@@ -34,11 +37,15 @@ pub struct Runtime {
     pub per_ip: Option<PerIpLimiter>,
     pub peer_limiters: HashMap<String, Limiter>,
     pub listeners: Vec<ListenerRt>,
+    /// Shared by every listener; `None` when no route asks for replay protection.
+    pub replay: Option<ReplayCache>,
     request_ids: RequestIds,
 }
 
 impl Runtime {
-    pub fn new(settings: Settings, metrics: Metrics) -> Arc<Runtime> {
+    /// Builds the runtime; fails only when the replay journal in the state directory
+    /// cannot be opened.
+    pub fn new(settings: Settings, metrics: Metrics) -> io::Result<Arc<Runtime>> {
         let limits = &settings.limits;
         let per_ip = limits
             .per_ip_rate
@@ -80,15 +87,38 @@ impl Runtime {
                     .collect(),
             })
             .collect();
-        Arc::new(Runtime {
+        let wants_replay = settings
+            .listeners
+            .iter()
+            .flat_map(|l| &l.routes)
+            .any(|r| r.replay);
+        let replay = if wants_replay {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            Some(
+                ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("replay journal in {}: {e}", settings.state_dir.display()),
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Arc::new(Runtime {
             metrics,
+            replay,
             forwarder,
             per_ip,
             peer_limiters,
             listeners,
             request_ids: RequestIds::new(),
             settings,
-        })
+        }))
     }
 
     pub fn next_request_id(&self) -> String {

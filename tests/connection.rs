@@ -43,14 +43,18 @@ struct Sidecar {
 impl Sidecar {
     async fn start() -> Sidecar {
         let settings = bsk_sidecar::config::from_yaml(CONFIG, "test.yaml", Path::new(".")).unwrap();
-        let rt = Runtime::new(settings, Metrics::new());
+        let rt = Runtime::new(settings, Metrics::new()).unwrap();
         let bound = server::bind(&rt).await.unwrap();
         let addr = bound.addr_of(&rt, "public").unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(rt, bound, async move {
             let _ = rx.await;
         }));
-        Sidecar { addr, stop: Some(tx), task }
+        Sidecar {
+            addr,
+            stop: Some(tx),
+            task,
+        }
     }
 
     async fn stop(mut self) {
@@ -85,9 +89,15 @@ async fn slow_request_head_is_cut_off() {
     let sc = Sidecar::start().await;
     let mut s = TcpStream::connect(sc.addr).await.unwrap();
     // Half a request head, then nothing (slowloris).
-    s.write_all(b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let got = read_until_closed(&mut s).await;
-    assert!(got.is_empty() || !got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty() || !got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
     sc.stop().await;
 }
 
@@ -153,7 +163,11 @@ async fn connections_per_address_are_capped() {
     let mut c = TcpStream::connect(sc.addr).await.unwrap();
     let _ = c.write_all(GET_404).await;
     let got = read_until_closed(&mut c).await;
-    assert!(got.is_empty(), "third connection was served: {}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "third connection was served: {}",
+        String::from_utf8_lossy(&got)
+    );
     drop((a, b));
     sc.stop().await;
 }

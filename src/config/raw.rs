@@ -52,6 +52,8 @@ pub struct RawLimits {
     pub shutdown_grace: Option<RawDuration>,
     pub per_ip_rate: Option<RawRate>,
     pub max_tracked_ips: Option<usize>,
+    pub clock_leeway: Option<RawDuration>,
+    pub max_replay_entries: Option<usize>,
 }
 
 /// A secret: a literal string (tests and demos only), or where to read it from.
@@ -133,6 +135,11 @@ pub struct RawRoute {
     pub body_timeout: Option<RawDuration>,
     pub upstream_timeout: Option<RawDuration>,
     pub rate: Option<RawRate>,
+    /// Freshness window for `ticketNo` / JWT `iat`, e.g. `10m`; `off` to disable.
+    pub fresh: Option<RawDuration>,
+    /// Refuse a second request with the same (`userid`, `ticketNo`) or `jti` within the
+    /// window. Defaults to on when `fresh` is set.
+    pub replay: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ use http::{Method, Uri};
 use super::raw::*;
 use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
 use crate::secret::Secret;
@@ -45,6 +46,9 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     pub per_ip_rate: Option<RateSpec>,
     pub max_tracked_ips: usize,
+    /// Clock skew tolerated on future-dated `ticketNo` / `iat`.
+    pub clock_leeway: Duration,
+    pub max_replay_entries: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +68,8 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             per_ip_rate: Some(RateSpec::new(nz(50), nz(100))),
             max_tracked_ips: 100_000,
+            clock_leeway: Duration::from_secs(60),
+            max_replay_entries: 1_000_000,
         }
     }
 }
@@ -118,6 +124,19 @@ pub struct Route {
     pub body_timeout: Duration,
     pub upstream_timeout: Duration,
     pub rate: Option<RateSpec>,
+    /// Freshness window, when the route checks one.
+    pub fresh: Option<Window>,
+    /// Whether a repeated request within the window is refused.
+    pub replay: bool,
+}
+
+impl Route {
+    /// How long a replay record for this route must be kept.
+    pub fn replay_ttl(&self) -> Duration {
+        self.fresh
+            .map(|w| w.max_age + 2 * w.leeway)
+            .unwrap_or_default()
+    }
 }
 
 /// A plain-HTTP upstream on loopback or the local network.
@@ -470,6 +489,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     dur!(upstream_connect_timeout);
     dur!(upstream_response_timeout);
     dur!(shutdown_grace);
+    dur!(clock_leeway);
     size!(max_header_bytes);
     size!(max_body);
     size!(max_upstream_response);
@@ -485,6 +505,9 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     if let Some(n) = l.max_tracked_ips {
         limits.max_tracked_ips = n;
     }
+    if let Some(n) = l.max_replay_entries {
+        limits.max_replay_entries = n;
+    }
     if l.per_ip_rate.is_some() {
         limits.per_ip_rate = rate(&mut check, "limits.per_ip_rate", l.per_ip_rate);
     }
@@ -493,6 +516,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         ("max_connections_per_ip", limits.max_connections_per_ip),
         ("max_in_flight", limits.max_in_flight),
         ("max_tracked_ips", limits.max_tracked_ips),
+        ("max_replay_entries", limits.max_replay_entries),
     ] {
         if v == 0 {
             check.err(format!("limits.{name}"), "must be at least 1");
@@ -669,6 +693,34 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     }
                 };
             let rate = rate(&mut check, &format!("{rp}.rate"), rr.rate);
+            let fresh = match &rr.fresh {
+                None => None,
+                Some(RawDuration::Text(t)) if t.trim() == "off" => None,
+                Some(d) => match parse_duration(d) {
+                    Ok(max_age) if !max_age.is_zero() => Some(Window {
+                        max_age,
+                        leeway: limits.clock_leeway,
+                    }),
+                    Ok(_) => {
+                        check.err(
+                            format!("{rp}.fresh"),
+                            "window must be longer than 0s (or `off`)",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        check.err(format!("{rp}.fresh"), e);
+                        None
+                    }
+                },
+            };
+            let replay = rr.replay.unwrap_or(fresh.is_some());
+            if replay && fresh.is_none() {
+                check.err(
+                    format!("{rp}.replay"),
+                    "replay protection needs a `fresh` window to bound it",
+                );
+            }
             if let (Some(method), Some(peer), Some(upstream)) = (method, peer, upstream) {
                 routes.push(Arc::new(Route {
                     path: rr.path,
@@ -682,6 +734,8 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     body_timeout,
                     upstream_timeout,
                     rate,
+                    fresh,
+                    replay,
                 }));
             }
         }
