@@ -166,7 +166,10 @@ pub fn decrypt_raw(key: &AesKey, ct: &[u8]) -> Result<Vec<u8>, AesFailure> {
 
 /// Undoes what transports do to base64: drops CR/LF/TAB, turns spaces back into `+`.
 fn repair_base64(b64: &str) -> Cow<'_, str> {
-    if !b64.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\t' | b' ')) {
+    if !b64
+        .bytes()
+        .any(|b| matches!(b, b'\r' | b'\n' | b'\t' | b' '))
+    {
         return Cow::Borrowed(b64);
     }
     Cow::Owned(

@@ -70,12 +70,15 @@ pub fn open(
 pub fn seal(agid: &str, enc_data: &str, shape: BodyShape) -> (Vec<u8>, &'static str) {
     match shape {
         BodyShape::Form => {
-            // Percent-encodes `+`, `/` and `=`, which a correct sender must do.
-            let body = form_urlencoded::Serializer::new(String::new())
-                .append_pair(AGID, agid)
-                .append_pair(ENC_DATA, enc_data)
-                .finish();
-            (body.into_bytes(), FORM_CONTENT_TYPE)
+            let mut body = Vec::with_capacity(agid.len() + enc_data.len() * 11 / 10 + 32);
+            body.extend_from_slice(AGID.as_bytes());
+            body.push(b'=');
+            push_urlencoded(&mut body, agid);
+            body.push(b'&');
+            body.extend_from_slice(ENC_DATA.as_bytes());
+            body.push(b'=');
+            push_urlencoded(&mut body, enc_data);
+            (body, FORM_CONTENT_TYPE)
         }
         BodyShape::Json => {
             #[derive(Serialize)]
@@ -89,6 +92,31 @@ pub fn seal(agid: &str, enc_data: &str, shape: BodyShape) -> (Vec<u8>, &'static 
             let body = serde_json::to_vec(&Fields { agid, enc_data }).unwrap_or_default();
             (body, JSON_CONTENT_TYPE)
         }
+    }
+}
+
+/// The `application/x-www-form-urlencoded` byte serializer (WHATWG URL standard), which
+/// percent-encodes base64's `+`, `/` and `=` as a correct sender must. Hand-written because
+/// `form_urlencoded::Serializer` is about ten times slower on megabyte documents.
+fn push_urlencoded(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let is_plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+    let mut rest = value.as_bytes();
+    while !rest.is_empty() {
+        let run = rest
+            .iter()
+            .position(|&b| !is_plain(b))
+            .unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        let Some((&b, tail)) = rest[run..].split_first() else {
+            break;
+        };
+        if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        rest = tail;
     }
 }
 

@@ -150,11 +150,11 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     else {
         return Err(Failure::MalformedToken);
     };
-    if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+    // The algorithm is judged first so that `alg: none` (empty signature) is reported as such.
+    let alg = allowed_algorithm(key, header_b64)?;
+    if payload_b64.is_empty() || signature_b64.is_empty() {
         return Err(Failure::MalformedToken);
     }
-
-    let alg = allowed_algorithm(key, header_b64)?;
     // The crate's own header parser must agree, so nothing it would read differently slips by.
     match jsonwebtoken::decode_header(token) {
         Ok(header) if header.alg == alg => {}
@@ -162,7 +162,10 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     }
 
     let message_len = header_b64.len() + 1 + payload_b64.len();
-    let message = token.as_bytes().get(..message_len).ok_or(Failure::MalformedToken)?;
+    let message = token
+        .as_bytes()
+        .get(..message_len)
+        .ok_or(Failure::MalformedToken)?;
     let decoding_key = DecodingKey::from_secret(key.secret.expose());
     match jsonwebtoken::crypto::verify(signature_b64, message, &decoding_key, alg) {
         Ok(true) => {}
@@ -185,16 +188,15 @@ fn allowed_algorithm(key: &JwtKey, header_b64: &str) -> Result<Algorithm, Failur
     let bytes = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| Failure::MalformedToken)?;
-    let header: JoseHeader =
-        serde_json::from_slice(&bytes).map_err(|_| Failure::MalformedToken)?;
+    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| Failure::MalformedToken)?;
     // We implement no JWS extensions, so a header that marks one critical must be refused.
     if header.crit.is_some() {
         return Err(Failure::MalformedToken);
     }
     let name = header.alg.ok_or(Failure::MalformedToken)?;
     // `none` and unknown names fail to parse here; both are "not allowed".
-    let alg = Algorithm::from_str(&name)
-        .map_err(|_| Failure::BadToken(TokenProblem::AlgNotAllowed))?;
+    let alg =
+        Algorithm::from_str(&name).map_err(|_| Failure::BadToken(TokenProblem::AlgNotAllowed))?;
     if alg.family() != AlgorithmFamily::Hmac || !key.algorithms.contains(&alg) {
         return Err(Failure::BadToken(TokenProblem::AlgNotAllowed));
     }

@@ -75,7 +75,13 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in declaration order.
-    pub const ALL: [Layer; 5] = [Layer::Form, Layer::Aes, Layer::Token, Layer::Bearer, Layer::Jwt];
+    pub const ALL: [Layer; 5] = [
+        Layer::Form,
+        Layer::Aes,
+        Layer::Token,
+        Layer::Bearer,
+        Layer::Jwt,
+    ];
 
     /// The config name: `form`, `aes`, `token`, `bearer`, `jwt`.
     pub fn name(self) -> &'static str {
@@ -124,7 +130,10 @@ pub struct PeerKeys {
 pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
     let mut problems = Vec::new();
     if layers.is_empty() {
-        problems.push("the layer list is empty; give at least one of form, aes, token, bearer, jwt".to_owned());
+        problems.push(
+            "the layer list is empty; give at least one of form, aes, token, bearer, jwt"
+                .to_owned(),
+        );
         return problems;
     }
     for (i, &layer) in layers.iter().enumerate() {
@@ -139,7 +148,9 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
             ));
         }
         if matches!(layer, Layer::Token | Layer::Bearer) && layers.get(i + 1) != Some(&Layer::Jwt) {
-            problems.push(format!("`{layer}` carries a JWT, so `jwt` must come right after it"));
+            problems.push(format!(
+                "`{layer}` carries a JWT, so `jwt` must come right after it"
+            ));
         }
     }
     if layers.contains(&Layer::Form) && keys.agid.is_empty() {
@@ -345,7 +356,9 @@ pub fn open(
                 shape = body_shape;
                 Carried::Text(Cow::Owned(enc_data))
             }
-            Layer::Token => Carried::Text(Cow::Owned(token::open(keys.passcode.as_ref(), req.body)?)),
+            Layer::Token => {
+                Carried::Text(Cow::Owned(token::open(keys.passcode.as_ref(), req.body)?))
+            }
             Layer::Bearer => Carried::Text(Cow::Owned(bearer::open(
                 keys.passcode.as_ref(),
                 req.authorization,
@@ -364,7 +377,9 @@ pub fn open(
                 } else {
                     aes::decrypt(&keys.aes, &b64, is_json)
                 };
-                Carried::Bytes(Cow::Owned(plain.map_err(|e| Failure::Undecryptable(e.into()))?))
+                Carried::Bytes(Cow::Owned(
+                    plain.map_err(|e| Failure::Undecryptable(e.into()))?,
+                ))
             }
             Layer::Jwt => {
                 let key = keys.jwt.as_ref().ok_or(Failure::Misconfigured("jwt key"))?;
@@ -424,12 +439,23 @@ pub fn seal(
     match outer {
         Layer::Form => {
             let (body, content_type) = form::seal(&keys.agid, &text(&made)?, shape);
-            Ok(Sealed { body, content_type, authorization: None })
+            Ok(Sealed {
+                body,
+                content_type,
+                authorization: None,
+            })
         }
         Layer::Token => {
-            let passcode = keys.passcode.as_ref().ok_or(Failure::Misconfigured("passcode"))?;
+            let passcode = keys
+                .passcode
+                .as_ref()
+                .ok_or(Failure::Misconfigured("passcode"))?;
             let body = token::seal(passcode, &text(&made)?)?;
-            Ok(Sealed { body, content_type: form::JSON_CONTENT_TYPE, authorization: None })
+            Ok(Sealed {
+                body,
+                content_type: form::JSON_CONTENT_TYPE,
+                authorization: None,
+            })
         }
         Layer::Bearer => {
             let (body, authorization) = bearer::seal(keys.passcode.as_ref(), &text(&made)?)?;
@@ -441,7 +467,11 @@ pub fn seal(
         }
         Layer::Aes | Layer::Jwt => {
             let body = seal_one(outer, keys, made)?.into_bytes();
-            Ok(Sealed { body, content_type: TEXT_CONTENT_TYPE, authorization: None })
+            Ok(Sealed {
+                body,
+                content_type: TEXT_CONTENT_TYPE,
+                authorization: None,
+            })
         }
     }
 }

@@ -1,0 +1,101 @@
+//! Criterion benches for `envelope::open` and `envelope::seal` on each wire shape, with the
+//! spec's API-1 sample payload and a ~1 MiB API-4 response carrying a base64 document.
+//!
+//! Run with `cargo bench --bench envelope`; the whole run takes well under two minutes.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bsk_sidecar::envelope::aes::AesKey;
+use bsk_sidecar::envelope::jwt::JwtKey;
+use bsk_sidecar::envelope::{self, BodyShape, Incoming, Layer, PeerKeys};
+use bsk_sidecar::secret::Secret;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const NOW: u64 = 1_700_000_000;
+
+/// The API-1 request sample from the spec.
+const API1: &str = r#"{"userid": 9054233544, "ticketNo": 20220811130723, "serviceCode": "AMD/003", "name": "Arindam Ray", "mobile": "9350778824", "email": "arindam.ray@cmail.com", "gender": "male", "age": 48}"#;
+
+/// An API-4 response whose `documentValue` is a base64 document, about 1 MiB in all.
+fn api4_one_mib() -> Vec<u8> {
+    // Deterministic pseudo-random bytes (xorshift) so the base64 does not compress.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let document: Vec<u8> = (0..786_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    format!(
+        r#"{{"userId": 9054233544, "tokenNo": 20220811050723, "serviceCode": "AMD/003", "serviceName": "Birth Certificate", "documentType": 2, "documentValue": "{}", "applicationStatus": 5, "statusCode": 200}}"#,
+        STANDARD.encode(document)
+    )
+    .into_bytes()
+}
+
+fn keys() -> PeerKeys {
+    PeerKeys {
+        agid: "BSK".to_owned(),
+        passcode: Some(Secret::new("376423")),
+        jwt: Some(JwtKey {
+            secret: Secret::new("bsk-shared-hs256-secret-0123456789"),
+            algorithms: vec![jsonwebtoken::Algorithm::HS256],
+            // The samples carry no `exp`; time checks cost nothing measurable either way.
+            require_exp: false,
+            leeway_secs: 60,
+        }),
+        aes: vec![AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL").unwrap()],
+    }
+}
+
+fn stacks() -> [(&'static str, Vec<Layer>, BodyShape); 4] {
+    use Layer::*;
+    [
+        ("form+aes", vec![Form, Aes], BodyShape::Form),
+        ("token+jwt", vec![Token, Jwt], BodyShape::Json),
+        ("bearer+jwt", vec![Bearer, Jwt], BodyShape::Json),
+        ("token+jwt+aes", vec![Token, Jwt, Aes], BodyShape::Json),
+    ]
+}
+
+fn bench_payload(c: &mut Criterion, label: &str, plain: &[u8], samples: usize) {
+    let keys = keys();
+    let mut group = c.benchmark_group(format!("envelope/{label}"));
+    group
+        .sample_size(samples)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Bytes(plain.len() as u64));
+    for (name, stack, shape) in stacks() {
+        group.bench_with_input(BenchmarkId::new("seal", name), &stack, |b, stack| {
+            b.iter(|| envelope::seal(stack, &keys, black_box(plain), shape).unwrap())
+        });
+        let sealed = envelope::seal(&stack, &keys, plain, shape).unwrap();
+        let req = Incoming {
+            content_type: Some(sealed.content_type),
+            authorization: sealed.authorization.as_deref(),
+            passcode_header: None,
+            body: &sealed.body,
+        };
+        assert_eq!(
+            envelope::open(&stack, &keys, &req, NOW).unwrap().plain,
+            plain
+        );
+        group.bench_with_input(BenchmarkId::new("open", name), &stack, |b, stack| {
+            b.iter(|| envelope::open(stack, &keys, black_box(&req), NOW).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn envelope_benches(c: &mut Criterion) {
+    bench_payload(c, "api1_sample", API1.as_bytes(), 50);
+    bench_payload(c, "api4_1MiB", &api4_one_mib(), 20);
+}
+
+criterion_group!(benches, envelope_benches);
+criterion_main!(benches);
