@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` (the process is up) and
-//! `/readyz` (listeners are serving and not draining). Loopback by default.
+//! `/readyz` (listeners are serving and not draining), and the outbox's operator
+//! endpoints (`/outbox`, see [`crate::egress::ops`]). Loopback by default.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,15 @@ pub async fn serve(
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
                 let ready = ready.clone();
-                async move { Ok::<_, Infallible>(answer(&rt, &ready, &req)) }
+                async move {
+                    // The outbox's operator endpoints (a running sidecar holds the store).
+                    let store = rt.egress.as_ref().map(|e| &e.store);
+                    let path = req.uri().path();
+                    if let Some(r) = crate::egress::ops::admin(store, req.method(), path).await {
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(answer(&rt, &ready, &req))
+                }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -11,7 +11,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::envelope::Failure;
+use crate::guard::bounds::TooComplex;
 use crate::guard::fresh::Stale;
+use crate::guard::schema::Problem;
 
 /// Whose fault a failed request was: decides the log level and the metric outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,12 @@ pub enum Reject {
     /// `ticketNo` / `iat` outside the route's window, or missing.
     #[error("not fresh: {0}")]
     Stale(#[from] Stale),
+    /// The opened JSON is nested too deep, too large, or has too long a string.
+    #[error("{0}")]
+    TooComplex(#[from] TooComplex),
+    /// The payload does not match the route's API table (`schema_mode: enforce`).
+    #[error("payload does not match {api}: {}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Schema { api: &'static str, problems: Vec<Problem> },
     /// The same request was already accepted within its window.
     #[error("replayed request")]
     Replayed,
@@ -93,6 +101,27 @@ pub enum Reject {
     /// The upstream answered something a sealing route cannot seal.
     #[error("upstream answer could not be sealed")]
     UpstreamBadResponse,
+    /// Egress: the application's body is not a JSON document.
+    #[error("request body is not JSON")]
+    NotJson,
+    /// The request's own fields are unusable (e.g. an API-7 pull without dates).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Egress: the remote peer refused the connection, failed TLS, or broke it.
+    #[error("remote peer unavailable")]
+    PeerUnavailable,
+    /// Egress: the remote peer did not answer within the route's timeout.
+    #[error("remote peer timed out")]
+    PeerTimeout,
+    /// Egress: the remote peer's answer could not be opened with the route's layers.
+    #[error("remote peer's answer could not be opened")]
+    PeerBadResponse,
+    /// Egress: the same push is being delivered by another request right now.
+    #[error("the same push is in progress")]
+    PushInProgress,
+    /// Egress: the durable outbox could not be written; nothing was accepted.
+    #[error("outbox store unavailable")]
+    StoreUnavailable,
     /// A bug or an impossible state; details only in the log.
     #[error("internal error")]
     Internal,
@@ -113,10 +142,19 @@ impl Reject {
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::Envelope(f) => f.reason(),
             Reject::Stale(s) => s.reason(),
+            Reject::TooComplex(_) => "json_too_complex",
+            Reject::Schema { .. } => "schema_violation",
             Reject::Replayed => "replayed",
             Reject::UpstreamUnavailable => "upstream_unavailable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamBadResponse => "upstream_bad_response",
+            Reject::NotJson => "not_json",
+            Reject::BadRequest(_) => "bad_request",
+            Reject::PeerUnavailable => "peer_unavailable",
+            Reject::PeerTimeout => "peer_timeout",
+            Reject::PeerBadResponse => "peer_bad_response",
+            Reject::PushInProgress => "push_in_progress",
+            Reject::StoreUnavailable => "store_unavailable",
             Reject::Internal => "internal",
         }
     }
@@ -149,10 +187,15 @@ impl Reject {
                 | Failure::BadToken(_) => StatusCode::UNAUTHORIZED,
                 Failure::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Reject::Stale(_) => StatusCode::BAD_REQUEST,
+            Reject::Stale(_) | Reject::TooComplex(_) | Reject::Schema { .. } => StatusCode::BAD_REQUEST,
             Reject::Replayed => StatusCode::CONFLICT,
             Reject::UpstreamUnavailable | Reject::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::NotJson | Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::PeerUnavailable | Reject::PeerBadResponse => StatusCode::BAD_GATEWAY,
+            Reject::PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::PushInProgress => StatusCode::CONFLICT,
+            Reject::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -182,18 +225,33 @@ impl Reject {
             Reject::Stale(Stale::TooOld) => "request is too old; send a fresh one",
             Reject::Stale(Stale::FutureDated) => "request is dated in the future; check the clock",
             Reject::Replayed => "this request was already accepted; send a new ticketNo",
+            Reject::TooComplex(TooComplex::Depth(_)) => "JSON nested too deeply",
+            Reject::TooComplex(TooComplex::Values(_)) => "JSON has too many values",
+            Reject::TooComplex(TooComplex::String(_)) => "JSON string too long",
+            Reject::Schema { .. } => "payload does not match the API's field table; see fields",
             Reject::UpstreamUnavailable => "application unavailable",
             Reject::UpstreamTimeout => "application did not answer in time",
             Reject::UpstreamBadResponse => "application answer could not be sealed",
+            Reject::NotJson => "request body is not a JSON document",
+            Reject::BadRequest(why) => why,
+            Reject::PeerUnavailable => "remote peer unavailable",
+            Reject::PeerTimeout => "remote peer did not answer in time",
+            Reject::PeerBadResponse => "remote peer's answer could not be opened",
+            Reject::PushInProgress => "the same push is being delivered; retry later",
+            Reject::StoreUnavailable => "outbox unavailable; nothing was accepted, retry later",
             Reject::Internal => "internal error",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            Reject::UpstreamUnavailable | Reject::UpstreamTimeout | Reject::UpstreamBadResponse => {
-                Fault::Upstream
-            }
+            Reject::UpstreamUnavailable
+            | Reject::UpstreamTimeout
+            | Reject::UpstreamBadResponse
+            | Reject::PeerUnavailable
+            | Reject::PeerTimeout
+            | Reject::PeerBadResponse => Fault::Upstream,
+            Reject::StoreUnavailable => Fault::Internal,
             Reject::Overloaded | Reject::Internal | Reject::Envelope(Failure::Misconfigured(_)) => {
                 Fault::Internal
             }
@@ -204,12 +262,24 @@ impl Reject {
     /// The one mapping from a failure to what goes on the wire.
     pub fn to_response(&self, request_id: &str) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = error_body(
+        let mut body = error_body(
             status,
             self.public_message(),
             self.public_reason(),
             request_id,
         );
+        if let Reject::Schema { problems, .. } = self {
+            // Field names come from the spec's tables, never from the payload.
+            let fields: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|p| serde_json::json!({"field": p.field, "problem": p.what}))
+                .collect();
+            let mut text = String::from_utf8_lossy(&body[..body.len() - 1]).into_owned();
+            text.push_str(",\"fields\":");
+            text.push_str(&serde_json::Value::Array(fields).to_string());
+            text.push('}');
+            body = Bytes::from(text);
+        }
         let mut resp = json_response(status, body);
         let headers = resp.headers_mut();
         match self {
@@ -299,9 +369,17 @@ mod tests {
             (Reject::Stale(Stale::TooOld), 400, "stale"),
             (Reject::Stale(Stale::FutureDated), 400, "future_dated"),
             (Reject::Replayed, 409, "replayed"),
+            (Reject::TooComplex(TooComplex::Depth(32)), 400, "json_too_complex"),
             (Reject::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Reject::UpstreamTimeout, 504, "upstream_timeout"),
             (Reject::Internal, 500, "internal"),
+            (Reject::NotJson, 400, "not_json"),
+            (Reject::BadRequest("fromDate missing"), 400, "bad_request"),
+            (Reject::PeerUnavailable, 502, "peer_unavailable"),
+            (Reject::PeerTimeout, 504, "peer_timeout"),
+            (Reject::PeerBadResponse, 502, "peer_bad_response"),
+            (Reject::PushInProgress, 409, "push_in_progress"),
+            (Reject::StoreUnavailable, 503, "store_unavailable"),
         ];
         for (r, status, reason) in cases {
             assert_eq!(r.status().as_u16(), status, "{r:?}");
@@ -337,6 +415,24 @@ mod tests {
             "responses differ: {seen:?}"
         );
         assert_eq!(seen[0].0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn schema_violation_lists_the_failing_fields() {
+        let r = Reject::Schema {
+            api: "api3",
+            problems: vec![
+                Problem { field: "userid", what: "not a 10-digit mobile number" },
+                Problem { field: "applicationNo", what: "missing" },
+            ],
+        }
+        .to_response("r1");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let v = body_of(r).await;
+        assert_eq!(v["reason"], "schema_violation");
+        assert_eq!(v["fields"][0]["field"], "userid");
+        assert_eq!(v["fields"][1]["problem"], "missing");
+        assert_eq!(v["requestId"], "r1");
     }
 
     #[tokio::test]

@@ -6,18 +6,24 @@
 //! opened JSON forwarded, byte for byte, to the application on loopback ([`forward`]).
 //! Every refusal is a JSON answer from one place ([`error`]); every stage counts what it
 //! refuses ([`metrics`]). [`config`] validates the YAML once into runtime types;
-//! [`server`] owns sockets, timeouts and graceful drain.
+//! [`server`] owns sockets, timeouts and graceful drain. The other direction — the
+//! application's own pushes sealed for a remote peer, a durable outbox, and the API-7
+//! journal — is [`egress`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod envelope;
 pub mod error;
 pub mod forward;
 pub mod guard;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod systemd;
+pub mod tls;

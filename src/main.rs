@@ -56,6 +56,12 @@ enum Command {
     Open(EnvelopeArgs),
     /// Print a fresh AES key, IV, JWT secret and passcode.
     Keygen,
+    /// See and act on the durable outbox (works on a running sidecar too, through its
+    /// admin listener).
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Run on an embedded config with a stand-in application and show sealed requests going through.
     Demo {
         /// Address of the demo's public listener.
@@ -64,6 +70,30 @@ enum Command {
         /// Send the sample requests, print what happened, and exit instead of serving.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// Queued and dead-lettered pushes (never their bodies).
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver push ID now: a dead letter goes back to its queue.
+    Retry {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: u64,
+    },
+    /// Delete push ID (queued or dead) with its journal record.
+    Drop {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: u64,
     },
 }
 
@@ -122,6 +152,7 @@ fn main() -> ExitCode {
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
+        Command::Outbox { action } => outbox(action),
         Command::Demo { listen, once } => tokio_main(bsk_sidecar::demo::run(listen, once)),
     };
     match result {
@@ -137,8 +168,10 @@ fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colour only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -188,10 +221,17 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let config_path = path.to_path_buf();
     let result = tokio_main(async move {
+        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        // SIGHUP re-reads the config; installed before systemd hears READY.
+        let sighup = bsk_sidecar::reload::on_sighup(config_path).context("installing SIGHUP")?;
         let rt = Runtime::new(settings, Metrics::new())?;
         let bound = server::bind(&rt).await?;
-        server::serve(rt, bound, shutdown_signal()).await;
+        let live = bsk_sidecar::reload::Live::new(rt);
+        let reloader = sighup.start(live.clone());
+        server::serve_live(live, bound, shutdown).await;
+        reloader.abort();
         Ok(())
     });
     match result {
@@ -203,30 +243,19 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting and drain.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGTERM or SIGINT: stop accepting and drain. The handlers are installed when this
+/// is called (before the listeners bind), so a signal that arrives during start-up is
+/// not lost to the default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn layers_of(a: &EnvelopeArgs) -> anyhow::Result<Vec<Layer>> {
@@ -317,15 +346,20 @@ fn open(a: &EnvelopeArgs) -> anyhow::Result<()> {
     let (layers, keys, input) = prepare(a)?;
     let body = trim_ascii(&input);
     let text = std::str::from_utf8(body).unwrap_or_default();
-    let authorization = if layers.first() == Some(&Layer::Bearer) {
-        let t = text.strip_prefix("Authorization:").unwrap_or(text).trim();
-        Some(if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
+    // A bearer message is what `seal` prints: an `Authorization:` line (or a bare token),
+    // then the body, if any, on the following lines.
+    let (authorization, body) = if layers.first() == Some(&Layer::Bearer) {
+        let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+        let t = first.trim();
+        let t = t.strip_prefix("Authorization:").unwrap_or(t).trim();
+        let auth = if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
             t.to_string()
         } else {
             format!("Bearer {t}")
-        })
+        };
+        (Some(auth), rest.trim().as_bytes())
     } else {
-        None
+        (None, body)
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -335,7 +369,7 @@ fn open(a: &EnvelopeArgs) -> anyhow::Result<()> {
         content_type: None,
         authorization: authorization.as_deref(),
         passcode_header: None,
-        body: if authorization.is_some() { b"" } else { body },
+        body,
     };
     let opened =
         envelope::open(&layers, &keys, &req, now).map_err(|e| anyhow!("{e} ({})", e.reason()))?;
@@ -381,5 +415,97 @@ fn keygen() -> anyhow::Result<()> {
     println!("aes_iv: {}", random_string(UPPER_DIGITS, 16)?);
     println!("jwt_secret: {}", random_string(ALNUM, 48)?);
     println!("passcode: {}", random_string(ALNUM, 20)?);
+    Ok(())
+}
+
+/// `outbox list|retry|drop`: on the store directly, or — while a sidecar holds it —
+/// through that sidecar's admin listener.
+fn outbox(action: OutboxAction) -> anyhow::Result<()> {
+    use bsk_sidecar::egress::{ops, outbox::Store, outbox::StoreError};
+    let path = match &action {
+        OutboxAction::List { config, .. }
+        | OutboxAction::Retry { config, .. }
+        | OutboxAction::Drop { config, .. } => config,
+    };
+    let settings = config::load(path).map_err(|errs| {
+        anyhow!(errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
+    })?;
+    let store = match Store::open(&settings.state_dir) {
+        Ok(s) => Some(s),
+        Err(StoreError::Locked { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(store) = store else {
+        let admin = settings.admin.ok_or_else(|| {
+            anyhow!("the outbox is in use by a running sidecar whose admin listener is off; stop it or enable admin.listen")
+        })?;
+        return tokio_main(outbox_via_admin(admin, action));
+    };
+    match action {
+        OutboxAction::List { json, .. } => {
+            let v = ops::list(&store)?;
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", ops::render(&v));
+            }
+        }
+        OutboxAction::Retry { id, .. } => match ops::retry(&store, id)? {
+            Some(peer) => println!("push {id} for {peer} is due now"),
+            None => bail!("no push with id {id}"),
+        },
+        OutboxAction::Drop { id, .. } => {
+            if !ops::drop_push(&store, id)? {
+                bail!("no push with id {id}");
+            }
+            println!("push {id} dropped");
+        }
+    }
+    Ok(())
+}
+
+async fn outbox_via_admin(admin: std::net::SocketAddr, action: OutboxAction) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    let (method, path, id) = match &action {
+        OutboxAction::List { .. } => (http::Method::GET, "/outbox".to_string(), 0),
+        OutboxAction::Retry { id, .. } => (http::Method::POST, format!("/outbox/{id}/retry"), *id),
+        OutboxAction::Drop { id, .. } => (http::Method::POST, format!("/outbox/{id}/drop"), *id),
+    };
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("the outbox is in use; reaching the sidecar's admin listener on {admin}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, admin.to_string())
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status == http::StatusCode::NOT_FOUND && id != 0 {
+        bail!("no push with id {id}");
+    }
+    if !status.is_success() {
+        bail!("admin listener answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    match action {
+        OutboxAction::List { json, .. } => {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", bsk_sidecar::egress::ops::render(&v));
+            }
+        }
+        OutboxAction::Retry { id, .. } => println!("push {id} is due now"),
+        OutboxAction::Drop { id, .. } => println!("push {id} dropped"),
+    }
     Ok(())
 }

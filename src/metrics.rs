@@ -31,6 +31,24 @@ pub struct Metrics {
     pub connections: IntGaugeVec,
     /// Connections closed at accept, by listener and reason.
     pub connections_refused: IntCounterVec,
+    /// Egress pushes waiting in the durable outbox, by peer.
+    pub outbox_depth: IntGaugeVec,
+    /// Age of the oldest queued push, by peer (0 when none).
+    pub outbox_oldest_age: prometheus::GaugeVec,
+    /// Pushes written to the outbox, by peer.
+    pub outbox_enqueued: IntCounterVec,
+    /// Delivery attempts from the outbox, by peer and outcome (`delivered`, `retry`, `dead`).
+    pub outbox_attempts: IntCounterVec,
+    /// Pushes delivered (2xx) from the outbox or directly, by peer and delivery mode.
+    pub outbox_deliveries: IntCounterVec,
+    /// Pushes moved to the dead-letter list, by peer and reason.
+    pub outbox_dead_letters: IntCounterVec,
+    /// Pushes currently in the dead-letter list, by peer.
+    pub outbox_dead_depth: IntGaugeVec,
+    /// TLS, DNS allowlist and config reload: what an operator watches over months.
+    pub ops: OpsMetrics,
+    /// Payload fields failing a route's schema, by field (spec names only) and mode.
+    pub schema_violations: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,17 +109,90 @@ impl Metrics {
             &["listener", "reason"],
         )
         .expect("valid metric");
+        let schema_violations = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_schema_violations_total",
+                "Payload fields that failed a route's schema, by field and mode.",
+            ),
+            &["listener", "route", "field", "mode"],
+        )
+        .expect("valid metric");
+        let outbox_depth = IntGaugeVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_queue_depth",
+                "Egress pushes waiting in the durable outbox, by peer.",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        let outbox_oldest_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_oldest_age_seconds",
+                "Age of the oldest queued push, by peer (0 when the queue is empty).",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        let outbox_enqueued = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_enqueued_total",
+                "Pushes written durably to the outbox, by peer.",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        let outbox_attempts = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_attempts_total",
+                "Delivery attempts from the outbox, by peer and outcome.",
+            ),
+            &["peer", "outcome"],
+        )
+        .expect("valid metric");
+        let outbox_deliveries = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_deliveries_total",
+                "Pushes the peer accepted (2xx), by peer and delivery mode.",
+            ),
+            &["peer", "delivery"],
+        )
+        .expect("valid metric");
+        let outbox_dead_letters = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_dead_letters_total",
+                "Pushes moved to the dead-letter list, by peer and reason.",
+            ),
+            &["peer", "reason"],
+        )
+        .expect("valid metric");
+        let outbox_dead_depth = IntGaugeVec::new(
+            Opts::new(
+                "bsk_sidecar_outbox_dead_letter_depth",
+                "Pushes currently in the dead-letter list, by peer.",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_depth.clone()),
+            Box::new(outbox_oldest_age.clone()),
+            Box::new(outbox_enqueued.clone()),
+            Box::new(outbox_attempts.clone()),
+            Box::new(outbox_deliveries.clone()),
+            Box::new(outbox_dead_letters.clone()),
+            Box::new(outbox_dead_depth.clone()),
             Box::new(rejections.clone()),
             Box::new(request_seconds.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(schema_violations.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let ops = OpsMetrics::new(&registry);
         Metrics {
             registry,
             requests,
@@ -111,6 +202,15 @@ impl Metrics {
             in_flight,
             connections,
             connections_refused,
+            outbox_depth,
+            outbox_oldest_age,
+            outbox_enqueued,
+            outbox_attempts,
+            outbox_deliveries,
+            outbox_dead_letters,
+            outbox_dead_depth,
+            ops,
+            schema_violations,
         }
     }
 
@@ -120,6 +220,90 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Operations: certificate reloads and expiry, DNS allowlist names, config reloads.
+#[derive(Clone)]
+pub struct OpsMetrics {
+    /// Certificate reload attempts by listener and outcome (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
+    /// The serving certificate's `notAfter`, unix seconds, by listener.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// Allowlist name lookups by name and outcome (`ok`, `error`).
+    pub dns_resolutions: IntCounterVec,
+    /// Addresses a name currently allows, by name.
+    pub dns_addresses: IntGaugeVec,
+    /// When a name last resolved, unix seconds, by name.
+    pub dns_last_success: IntGaugeVec,
+    /// Config reloads by outcome (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// When the running config was loaded, unix seconds.
+    pub config_loaded: IntGauge,
+}
+
+impl OpsMetrics {
+    fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let config_loaded = IntGauge::new(
+            "bsk_sidecar_config_last_load_timestamp_seconds",
+            "When the running configuration was loaded (start or last successful reload).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_loaded.clone()))
+            .expect("metric registered once");
+        let config_reloads = counter(
+            "bsk_sidecar_config_reloads_total",
+            "Configuration reloads (SIGHUP), by outcome.",
+            &["outcome"],
+        );
+        // Both outcomes exist from the start, so `increase()` sees the first failure.
+        for outcome in ["ok", "error"] {
+            config_reloads.with_label_values(&[outcome]);
+        }
+        OpsMetrics {
+            tls_reloads: counter(
+                "bsk_sidecar_tls_reloads_total",
+                "TLS certificate reload attempts, by listener and outcome.",
+                &["listener", "outcome"],
+            ),
+            tls_cert_expiry: gauge(
+                "bsk_sidecar_tls_cert_expiry_timestamp_seconds",
+                "notAfter of the certificate a listener serves, in unix seconds.",
+                &["listener"],
+            ),
+            dns_resolutions: counter(
+                "bsk_sidecar_dns_resolutions_total",
+                "Lookups of allowlisted DNS names, by name and outcome.",
+                &["name", "outcome"],
+            ),
+            dns_addresses: gauge(
+                "bsk_sidecar_dns_addresses",
+                "Addresses an allowlisted DNS name currently allows.",
+                &["name"],
+            ),
+            dns_last_success: gauge(
+                "bsk_sidecar_dns_last_success_timestamp_seconds",
+                "When an allowlisted DNS name last resolved, in unix seconds.",
+                &["name"],
+            ),
+            config_reloads,
+            config_loaded,
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 //! 4. rate limits — per client address, per peer, per route (429 with `Retry-After`);
 //! 5. body — content type fits the envelope, size limit (413), read deadline (408);
 //! 6. envelope — the route's layers, outermost first (passcode, JWT, AES);
-//! 7. freshness and replay — only on authenticated content, so a forger cannot fill the
+//! 7. JSON bounds — depth, values, string length, before anything builds a tree;
+//! 8. freshness and replay — only on authenticated content, so a forger cannot fill the
 //!    replay cache; a request seen before answers 409;
-//! 8. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
-//! 9. respond — the application's answer as is, or sealed for the caller.
+//! 9. schema — the API's field table (enforce: 400 with the fields; warn: forward);
+//! 10. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
+//! 11. respond — the application's answer as is, or sealed for the caller.
 //!
 //! (Accept-time checks — listener allowlist and connection caps — run in
 //! [`crate::server`] before HTTP is parsed at all.)
@@ -28,11 +30,13 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::config::ResponseMode;
+use crate::config::{Remote, ResponseMode, Target, Upstream};
 use crate::envelope::{self, BodyShape, Failure, Incoming as Sealed, Layer};
 use crate::error::{Fault, RateScope, Reject};
 use crate::guard::fresh::Stale;
+use crate::config::settings::FreshOn;
 use crate::guard::replay::ReplayKey;
+use crate::guard::schema::{self, Mode as SchemaMode};
 use crate::runtime::{ListenerRt, RouteRt, Runtime};
 
 /// What the log line and metrics learn about a request as it goes.
@@ -202,7 +206,12 @@ async fn run(
 
     // Body: content type, size, deadline.
     let (parts, body) = req.into_parts();
-    check_content_type(&cfg.layers, parts.headers.get(header::CONTENT_TYPE))?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE);
+    if cfg.target.is_egress() {
+        check_plain_json_type(content_type)?;
+    } else {
+        check_content_type(&cfg.layers, content_type)?;
+    }
     if let Some(len) = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -225,6 +234,12 @@ async fn run(
             Ok(Ok(c)) => c.to_bytes(),
         };
 
+    // Egress: the local application's plain JSON, sealed and sent to the peer instead of
+    // opened (crate::egress).
+    if let Target::Remote(remote) = &cfg.target {
+        return egress_push(rt, cfg, remote, body, request_id, trace).await;
+    }
+
     // Envelope: the route's layers, outermost first.
     let header_str = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let sealed = Sealed {
@@ -237,33 +252,76 @@ async fn run(
         body: &body,
     };
     let opened = envelope::open(&cfg.layers, &cfg.peer.keys, &sealed, unix_now())?;
-    (trace.userid, trace.ticket_no) = ids_of(&opened.plain);
     let shape = opened.shape;
+
+    // Bounds: before anything builds a tree from the payload.
+    rt.settings.limits.json.check(&opened.plain)?;
+    let ids = ids_of(&opened.plain);
+    trace.userid = ids.userid.clone();
+    trace.ticket_no = ids.ticket_no.clone();
 
     // Freshness and replay: on what the peer really signed or encrypted.
     let now = unix_now();
     if let Some(window) = &cfg.fresh {
-        window.check(now as i64, trace.ticket_no.as_deref(), opened.jwt_iat)?;
+        let stamp = match cfg.fresh_on {
+            FreshOn::Ticket => ids.ticket_no.as_deref(),
+            FreshOn::AppSubTime => ids.app_sub_time.as_deref(),
+        };
+        window.check(now as i64, stamp, opened.jwt_iat)?;
     }
     let replay_key = match (&rt.replay, cfg.replay) {
         (Some(cache), true) => {
-            let key = replay_key(&cfg.peer.name, opened.jwt_jti.as_deref(), trace)?;
+            let key = replay_key(&cfg.peer.name, opened.jwt_jti.as_deref(), &ids)?;
             let ttl = cfg.replay_ttl().as_secs();
-            cache
-                .check_and_insert(key, now, now + ttl)
-                .map_err(|_| Reject::Replayed)?;
+            cache.check_and_insert(key, now, now + ttl).map_err(|_| Reject::Replayed)?;
             Some((cache, key))
         }
         _ => None,
     };
+
+    // Schema: the API's field table, never rewriting the payload.
+    if let Some((api, mode)) = cfg.schema {
+        if let Err(problems) = schema::check(api, &opened.plain) {
+            for p in &problems {
+                rt.metrics
+                    .schema_violations
+                    .with_label_values(&[&lst.name, &cfg.path, p.field, mode_name(mode)])
+                    .inc();
+            }
+            match mode {
+                SchemaMode::Enforce => {
+                    if let Some((cache, key)) = replay_key {
+                        cache.forget(key);
+                    }
+                    return Err(Reject::Schema { api: api.name(), problems });
+                }
+                SchemaMode::Warn => {
+                    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+                    tracing::warn!(request_id, route = %cfg.path, api = api.name(), fields = ?fields, "payload does not match the schema; forwarded (warn mode)");
+                }
+            }
+        }
+    }
     let plain = Bytes::from(opened.plain);
 
+    // API-7 routes are answered from the egress journal, then sealed like any answer.
+    let upstream = match &cfg.target {
+        Target::Upstream(u) => u,
+        Target::Journal => {
+            let egress = rt.egress.as_ref().ok_or(Reject::Internal)?;
+            let answer = crate::egress::serve_journal(egress, cfg, &plain).await?;
+            trace.upstream_status = Some(answer.status().as_u16());
+            return respond(cfg, shape, answer, request_id);
+        }
+        Target::Remote(_) => return Err(Reject::Internal),
+    };
+
     // Forward: the opened bytes unchanged, with clean headers.
-    let upstream_req = upstream_request(cfg, &parts, client, request_id, plain)?;
+    let upstream_req = upstream_request(cfg, upstream, &parts, client, request_id, plain)?;
     let up_start = Instant::now();
     let sent = rt
         .forwarder
-        .send(&cfg.upstream, upstream_req, cfg.upstream_timeout)
+        .send(upstream, upstream_req, cfg.upstream_timeout)
         .await;
     rt.metrics
         .upstream_seconds
@@ -284,18 +342,69 @@ async fn run(
     respond(cfg, shape, upstream_resp, request_id)
 }
 
-/// What makes this request unique: its JWT `jti`, else (`userid`, `ticketNo`).
-fn replay_key(peer: &str, jti: Option<&str>, trace: &Trace) -> Result<ReplayKey, Reject> {
+/// An egress route's request: the application's JSON (bounded like any payload) handed
+/// to [`crate::egress::push`] for its route's delivery mode.
+async fn egress_push(
+    rt: &Runtime,
+    cfg: &crate::config::Route,
+    remote: &Remote,
+    body: Bytes,
+    request_id: &str,
+    trace: &mut Trace,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let egress = rt.egress.as_ref().ok_or(Reject::Internal)?;
+    rt.settings.limits.json.check(&body)?;
+    let ids = ids_of(&body);
+    trace.userid = ids.userid;
+    trace.ticket_no = ids.ticket_no;
+    let (resp, outcome) =
+        crate::egress::push(egress, &rt.metrics, cfg, remote, body, request_id).await?;
+    trace.upstream_status = outcome.peer_status;
+    Ok(resp)
+}
+
+/// The application talks plain JSON to an egress route (a missing type is tolerated).
+fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
+    let Some(ct) = ct else { return Ok(()) };
+    let mime = ct
+        .to_str()
+        .map_err(|_| Reject::UnsupportedMediaType)?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if matches!(mime.as_str(), "application/json" | "text/plain") {
+        Ok(())
+    } else {
+        Err(Reject::UnsupportedMediaType)
+    }
+}
+
+/// What makes this request unique: its JWT `jti`, else (`userid`, `ticketNo`,
+/// `applicationStatus`) — a draft and the final submission of one ticket are distinct.
+fn replay_key(peer: &str, jti: Option<&str>, ids: &PayloadIds) -> Result<ReplayKey, Reject> {
     if let Some(jti) = jti {
         return Ok(ReplayKey::new(peer, "jti", &[jti]));
     }
-    match &trace.ticket_no {
+    match &ids.ticket_no {
         Some(t) => Ok(ReplayKey::new(
             peer,
             "ticket",
-            &[trace.userid.as_deref().unwrap_or(""), t],
+            &[
+                ids.userid.as_deref().unwrap_or(""),
+                t,
+                ids.application_status.as_deref().unwrap_or(""),
+            ],
         )),
         None => Err(Reject::Stale(Stale::MissingTimestamp)),
+    }
+}
+
+fn mode_name(mode: SchemaMode) -> &'static str {
+    match mode {
+        SchemaMode::Enforce => "enforce",
+        SchemaMode::Warn => "warn",
     }
 }
 
@@ -306,7 +415,12 @@ fn rate_limit(rt: &Runtime, route: &RouteRt, client: IpAddr) -> Result<(), Rejec
             retry_after,
         })?;
     }
-    if let Some(l) = rt.peer_limiters.get(&route.cfg.peer.name) {
+    // On an egress route the peer's bucket limits what goes *to* it (crate::egress).
+    if let Some(l) = rt
+        .peer_limiters
+        .get(&route.cfg.peer.name)
+        .filter(|_| !route.cfg.target.is_egress())
+    {
         l.check().map_err(|retry_after| Reject::RateLimited {
             scope: RateScope::Peer,
             retry_after,
@@ -369,23 +483,41 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `userid` and `ticketNo` (any documented spelling) for the log line, as written.
-fn ids_of(plain: &[u8]) -> (Option<String>, Option<String>) {
+/// The identifying fields of an opened payload (any documented spelling), as written.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PayloadIds {
+    userid: Option<String>,
+    ticket_no: Option<String>,
+    app_sub_time: Option<String>,
+    application_status: Option<String>,
+}
+
+fn ids_of(plain: &[u8]) -> PayloadIds {
+    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Ids<'a> {
         #[serde(alias = "userId", borrow)]
-        userid: Option<&'a serde_json::value::RawValue>,
+        userid: Option<&'a RawValue>,
         #[serde(rename = "ticketNo", alias = "ticketno", alias = "tokenNo", borrow)]
-        ticket_no: Option<&'a serde_json::value::RawValue>,
+        ticket_no: Option<&'a RawValue>,
+        #[serde(rename = "appSubTime", alias = " appSubTime ", borrow)]
+        app_sub_time: Option<&'a RawValue>,
+        #[serde(rename = "applicationStatus", borrow)]
+        application_status: Option<&'a RawValue>,
     }
-    let clean = |v: &serde_json::value::RawValue| {
+    let clean = |v: &RawValue| {
         let s = v.get().trim_matches('"').trim();
         // Only short digit strings: an id, never a free-text field smuggled into the log.
-        (s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
+        (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
     };
     match serde_json::from_slice::<Ids<'_>>(plain) {
-        Ok(ids) => (ids.userid.and_then(clean), ids.ticket_no.and_then(clean)),
-        Err(_) => (None, None),
+        Ok(ids) => PayloadIds {
+            userid: ids.userid.and_then(clean),
+            ticket_no: ids.ticket_no.and_then(clean),
+            app_sub_time: ids.app_sub_time.and_then(clean),
+            application_status: ids.application_status.and_then(clean),
+        },
+        Err(_) => PayloadIds::default(),
     }
 }
 
@@ -429,13 +561,14 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 
 fn upstream_request(
     cfg: &crate::config::Route,
+    upstream: &Upstream,
     parts: &http::request::Parts,
     client: IpAddr,
     request_id: &str,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, Reject> {
-    let mut uri = cfg.upstream.path_and_query.to_string();
-    if cfg.upstream.path_and_query.query().is_none() {
+    let mut uri = upstream.path_and_query.to_string();
+    if upstream.path_and_query.query().is_none() {
         if let Some(q) = parts.uri.query() {
             uri.push('?');
             uri.push_str(q);
@@ -454,7 +587,7 @@ fn upstream_request(
         }
     }
     let authority =
-        HeaderValue::from_str(cfg.upstream.authority.as_str()).map_err(|_| Reject::Internal)?;
+        HeaderValue::from_str(upstream.authority.as_str()).map_err(|_| Reject::Internal)?;
     headers.insert(header::HOST, authority);
     headers.insert(
         header::CONTENT_TYPE,
@@ -576,18 +709,22 @@ mod tests {
 
     #[test]
     fn ids_keep_17_digit_ticket_exactly_and_accept_aliases() {
-        let (u, t) = ids_of(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
-        assert_eq!(u.as_deref(), Some("8527419636"));
-        assert_eq!(t.as_deref(), Some("20221202153322882"));
-        let (u, t) = ids_of(br#"{"userid":9054233544,"tokenNo":"20220811130723"}"#);
-        assert_eq!(u.as_deref(), Some("9054233544"));
-        assert_eq!(t.as_deref(), Some("20220811130723"));
+        let ids = ids_of(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
+        assert_eq!(ids.userid.as_deref(), Some("8527419636"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20221202153322882"));
+        let ids = ids_of(
+            br#"{"userid":9054233544,"tokenNo":"20220811130723"," appSubTime ":20220811052025,"applicationStatus":3}"#,
+        );
+        assert_eq!(ids.userid.as_deref(), Some("9054233544"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20220811130723"));
+        assert_eq!(ids.app_sub_time.as_deref(), Some("20220811052025"));
+        assert_eq!(ids.application_status.as_deref(), Some("3"));
     }
 
     #[test]
     fn ids_never_carry_free_text() {
-        let (u, t) = ids_of(br#"{"userid":"Anupam Ghosh","ticketNo":"x\ny"}"#);
-        assert_eq!((u, t), (None, None));
+        let ids = ids_of(br#"{"userid":"Anupam Ghosh","ticketNo":"x\ny"}"#);
+        assert_eq!(ids, PayloadIds::default());
     }
 
     #[test]

@@ -14,11 +14,12 @@ use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter};
 use crate::guard::replay::ReplayCache;
 use crate::metrics::Metrics;
+use crate::tls::TlsState;
 
 /// A route with its own limiter.
 pub struct RouteRt {
     pub cfg: Arc<Route>,
-    pub limiter: Option<Limiter>,
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 /// A listener's routes by exact path.
@@ -28,50 +29,73 @@ pub struct ListenerRt {
     pub routes: HashMap<String, RouteRt>,
     /// Checked before a byte is read, when every route on this listener checks addresses.
     pub accept_allow: Option<AllowList>,
+    /// HTTPS: the current certificate, carried across config reloads.
+    pub tls: Option<Arc<TlsState>>,
 }
 
 pub struct Runtime {
     pub settings: Settings,
     pub metrics: Metrics,
     pub forwarder: Forwarder,
-    pub per_ip: Option<PerIpLimiter>,
-    pub peer_limiters: HashMap<String, Limiter>,
+    pub per_ip: Option<Arc<PerIpLimiter>>,
+    pub peer_limiters: HashMap<String, Arc<Limiter>>,
     pub listeners: Vec<ListenerRt>,
     /// Shared by every listener; `None` when no route asks for replay protection.
-    pub replay: Option<ReplayCache>,
+    pub replay: Option<Arc<ReplayCache>>,
+    /// Egress routes and the API-7 journal; `None` when no route needs them.
+    pub egress: Option<Arc<crate::egress::Egress>>,
     request_ids: RequestIds,
 }
 
 impl Runtime {
     /// Builds the runtime; fails only when the replay journal in the state directory
-    /// cannot be opened.
+    /// cannot be opened, or a listener's certificate does not load.
     pub fn new(settings: Settings, metrics: Metrics) -> io::Result<Arc<Runtime>> {
+        Self::build(settings, metrics, None)
+    }
+
+    /// The runtime for a reloaded config. What did not change carries over from `prev`
+    /// (see [`crate::reload`]): the replay cache, rate-limit buckets, certificates.
+    pub fn reloaded(settings: Settings, prev: &Runtime) -> io::Result<Arc<Runtime>> {
+        Self::build(settings, prev.metrics.clone(), Some(prev))
+    }
+
+    fn build(
+        settings: Settings,
+        metrics: Metrics,
+        prev: Option<&Runtime>,
+    ) -> io::Result<Arc<Runtime>> {
+        use crate::reload::carry;
         let limits = &settings.limits;
         let per_ip = limits
             .per_ip_rate
-            .map(|spec| PerIpLimiter::new(spec, limits.max_tracked_ips));
+            .map(|spec| carry::per_ip(prev, spec, limits.max_tracked_ips));
         let peer_limiters = settings
             .peers
             .iter()
             .filter_map(|(name, p): (&String, &Arc<Peer>)| {
-                p.rate.map(|r| (name.clone(), Limiter::new(r)))
+                p.rate
+                    .map(|r| (name.clone(), carry::peer_limiter(prev, name, r)))
             })
             .collect();
+        let tls = carry::tls(prev, &settings, &metrics)?;
         let forwarder = Forwarder::new(
             settings
                 .listeners
                 .iter()
-                .flat_map(|l| l.routes.iter().map(|r| &r.upstream)),
+                .flat_map(|l| l.routes.iter().filter_map(|r| r.upstream())),
             limits.upstream_connect_timeout,
             limits.max_upstream_response,
         );
         let listeners = settings
             .listeners
             .iter()
-            .map(|l| ListenerRt {
+            .zip(tls)
+            .map(|(l, tls)| ListenerRt {
                 name: l.name.clone(),
                 addr: l.addr,
                 accept_allow: l.accept_allowlist(),
+                tls,
                 routes: l
                     .routes
                     .iter()
@@ -80,7 +104,9 @@ impl Runtime {
                             r.path.clone(),
                             RouteRt {
                                 cfg: r.clone(),
-                                limiter: r.rate.map(Limiter::new),
+                                limiter: r
+                                    .rate
+                                    .map(|spec| carry::route_limiter(prev, &l.name, &r.path, spec)),
                             },
                         )
                     })
@@ -92,12 +118,14 @@ impl Runtime {
             .iter()
             .flat_map(|l| &l.routes)
             .any(|r| r.replay);
-        let replay = if wants_replay {
+        let replay = if let Some(kept) = carry::replay(prev, &settings).filter(|_| wants_replay) {
+            Some(kept)
+        } else if wants_replay {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            Some(
+            Some(Arc::new(
                 ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
                     .map_err(|e| {
                         io::Error::new(
@@ -105,11 +133,20 @@ impl Runtime {
                             format!("replay journal in {}: {e}", settings.state_dir.display()),
                         )
                     })?,
-            )
+            ))
         } else {
             None
         };
+        // Egress: the outbox store (shared with a previous runtime after a reload), peer
+        // clients, and the delivery tasks (started here when running inside tokio).
+        let egress = crate::egress::Egress::new(&settings)
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .map(Arc::new);
+        if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
+            e.start(&settings, &metrics);
+        }
         Ok(Arc::new(Runtime {
+            egress,
             metrics,
             replay,
             forwarder,

@@ -1,5 +1,9 @@
-//! Listeners: accept loop, connection caps, accept-time allowlist, HTTP/1.1 timeouts,
-//! and graceful drain on shutdown.
+//! Listeners: accept loop, connection caps, accept-time allowlist, PROXY protocol and
+//! TLS handshake, HTTP/1.1 timeouts, and graceful drain on shutdown.
+//!
+//! The runtime in force is read from [`Live`] for each connection (caps, allowlist,
+//! certificate) and each request, so a reload applies to the next request without
+//! dropping a connection.
 //!
 //! Per connection, a small watchdog enforces what hyper leaves to us: a request head
 //! must arrive within `header_read_timeout` once it has started (or once the connection
@@ -23,7 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::guard::ip::canonical;
+use crate::guard::proxy::{self, ProxyHeader, Rewind};
 use crate::pipeline::{self, InFlight};
+use crate::reload::Live;
 use crate::runtime::Runtime;
 
 /// Listeners bound before serving, so callers (tests, the demo) can learn the ports.
@@ -118,6 +124,24 @@ impl Drop for ConnSlot {
 /// Serves every bound listener until `shutdown` resolves, then drains: stops accepting,
 /// lets in-flight requests finish (up to `limits.shutdown_grace`) and returns.
 pub async fn serve(rt: Arc<Runtime>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    serve_live(Live::new(rt), bound, shutdown).await
+}
+
+/// [`serve`] on a runtime that [`crate::reload`] may swap while serving. Resolves
+/// allowlisted DNS names first, then tells systemd it is ready.
+pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Output = ()>) {
+    let rt = live.load();
+    match crate::guard::dns::Resolver::new(&rt.settings.dns) {
+        Ok(r) => {
+            crate::guard::dns::refresh(&rt.settings, &r, &rt.metrics, true).await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot set up the DNS resolver"),
+    }
+    let background = [
+        tokio::spawn(crate::guard::dns::run_refresher(live.clone())),
+        tokio::spawn(crate::tls::watch_files(live.clone())),
+    ];
+    let watchdog = crate::systemd::spawn_watchdog();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; when all are gone, the drain is complete.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -131,7 +155,7 @@ pub async fn serve(rt: Arc<Runtime>, bound: Bound, shutdown: impl Future<Output 
     let mut accept_tasks = Vec::new();
     for (idx, listener) in bound.listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
-            rt.clone(),
+            live.clone(),
             idx,
             listener,
             conns.clone(),
@@ -148,31 +172,35 @@ pub async fn serve(rt: Arc<Runtime>, bound: Bound, shutdown: impl Future<Output 
             stop_rx.clone(),
         )));
     }
-    let pruner = rt.per_ip.is_some().then(|| {
-        let rt = rt.clone();
+    let pruner = {
+        let live = live.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
                 every.tick().await;
-                if let Some(l) = &rt.per_ip {
+                if let Some(l) = &live.load().per_ip {
                     l.prune();
                 }
             }
         })
-    });
+    };
     drop(done_tx);
+    drop(rt);
+    crate::systemd::ready();
 
     shutdown.await;
+    crate::systemd::stopping();
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     for t in accept_tasks {
         let _ = t.await;
     }
-    if let Some(p) = pruner {
-        p.abort();
+    pruner.abort();
+    for t in background.iter().chain(&watchdog) {
+        t.abort();
     }
-    let grace = rt.settings.limits.shutdown_grace;
+    let grace = live.load().settings.limits.shutdown_grace;
     match tokio::time::timeout(grace, done_rx.recv()).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!(
@@ -183,7 +211,7 @@ pub async fn serve(rt: Arc<Runtime>, bound: Bound, shutdown: impl Future<Output 
 }
 
 async fn accept_loop(
-    rt: Arc<Runtime>,
+    live: Arc<Live>,
     idx: usize,
     listener: TcpListener,
     conns: Arc<Connections>,
@@ -191,11 +219,10 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
-    let name = rt.listeners[idx].name.clone();
+    let name = live.load().listeners[idx].name.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = %name, %addr, "listening");
     }
-    let limits = &rt.settings.limits;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -209,6 +236,8 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
+        let rt = live.load();
+        let limits = &rt.settings.limits;
         let ip = canonical(peer.ip());
         let refuse = |reason: &str| {
             rt.metrics
@@ -216,14 +245,28 @@ async fn accept_loop(
                 .with_label_values(&[&name, reason])
                 .inc();
         };
-        if let Some(allow) = &rt.listeners[idx].accept_allow {
-            if !allow.contains(ip) {
-                refuse("ip_denied");
-                tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
-                continue;
+        // A trusted proxy carries many clients: the allowlist applies to the client it
+        // names (after the PROXY header, or per request from X-Forwarded-For), and the
+        // per-address cap does not apply to the proxy itself.
+        let via_proxy = rt.settings.listeners[idx]
+            .trusted_proxies
+            .as_ref()
+            .is_some_and(|t| t.contains(ip));
+        if !via_proxy {
+            if let Some(allow) = &rt.listeners[idx].accept_allow {
+                if !allow.contains(ip) {
+                    refuse("ip_denied");
+                    tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
+                    continue;
+                }
             }
         }
-        let slot = match conns.admit(ip, limits.max_connections, limits.max_connections_per_ip) {
+        let per_ip_cap = if via_proxy {
+            usize::MAX
+        } else {
+            limits.max_connections_per_ip
+        };
+        let slot = match conns.admit(ip, limits.max_connections, per_ip_cap) {
             Ok(s) => s,
             Err(reason) => {
                 refuse(reason);
@@ -231,17 +274,113 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            rt.clone(),
+        tokio::spawn(open_connection(
+            live.clone(),
             idx,
             stream,
             ip,
+            via_proxy,
             slot,
             in_flight.clone(),
             stop.clone(),
             done.clone(),
         ));
     }
+}
+
+/// Before HTTP: the PROXY header from a trusted hop (when the listener expects one) and
+/// the TLS handshake, each within its deadline.
+#[allow(clippy::too_many_arguments)]
+async fn open_connection(
+    live: Arc<Live>,
+    idx: usize,
+    mut stream: TcpStream,
+    peer: IpAddr,
+    via_proxy: bool,
+    slot: ConnSlot,
+    in_flight: Arc<InFlight>,
+    stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    let rt = live.load();
+    let lst = &rt.listeners[idx];
+    let refuse = |reason: &str| {
+        rt.metrics
+            .connections_refused
+            .with_label_values(&[&lst.name, reason])
+            .inc();
+    };
+    let mut client = peer;
+    let mut prefix = Vec::new();
+    if via_proxy && rt.settings.listeners[idx].proxy_protocol {
+        let deadline = rt.settings.limits.header_read_timeout;
+        match tokio::time::timeout(deadline, proxy::read_header(&mut stream)).await {
+            Ok(Ok((header, rest))) => {
+                if let ProxyHeader::Proxied(src) = header {
+                    client = canonical(src.ip());
+                }
+                prefix = rest;
+            }
+            Ok(Err(e)) => {
+                refuse("proxy_header");
+                tracing::info!(listener = %lst.name, proxy = %peer, error = %e, "connection refused: bad PROXY header");
+                return;
+            }
+            Err(_) => {
+                refuse("proxy_header");
+                return;
+            }
+        }
+        if let Some(allow) = &lst.accept_allow {
+            if !allow.contains(client) {
+                refuse("ip_denied");
+                tracing::info!(listener = %lst.name, client = %client, "connection refused: address not allowed");
+                return;
+            }
+        }
+    }
+    let stream = Rewind::new(stream, prefix);
+    let conn = Conn {
+        live: live.clone(),
+        idx,
+        client,
+        xff: via_proxy && !rt.settings.listeners[idx].proxy_protocol,
+        in_flight,
+        stop,
+        _slot: slot,
+        _done: done,
+    };
+    match &lst.tls {
+        None => serve_http(conn, stream).await,
+        Some(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                Ok(Ok(tls_stream)) => serve_http(conn, tls_stream).await,
+                Ok(Err(e)) => {
+                    refuse("tls_handshake");
+                    tracing::info!(listener = %lst.name, client = %client, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    refuse("tls_handshake_timeout");
+                    tracing::info!(listener = %lst.name, client = %client, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// A connection ready for HTTP, and what it holds until it closes.
+struct Conn {
+    live: Arc<Live>,
+    idx: usize,
+    /// The socket's peer, or the client a trusted PROXY header named.
+    client: IpAddr,
+    /// The peer is a trusted proxy whose `X-Forwarded-For` names the client.
+    xff: bool,
+    in_flight: Arc<InFlight>,
+    stop: watch::Receiver<bool>,
+    _slot: ConnSlot,
+    _done: mpsc::Sender<()>,
 }
 
 /// Timestamps (ms since the connection opened) the watchdog reads.
@@ -260,13 +399,13 @@ impl Activity {
     }
 }
 
-/// The socket, noting when a new request starts arriving.
-struct Watched {
-    inner: TcpStream,
+/// The connection's stream, noting when a new request starts arriving.
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -285,7 +424,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -311,21 +450,25 @@ impl AsyncWrite for Watched {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection(
-    rt: Arc<Runtime>,
-    idx: usize,
-    stream: TcpStream,
-    client: IpAddr,
-    _slot: ConnSlot,
-    in_flight: Arc<InFlight>,
-    mut stop: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
-) {
+async fn serve_http<S>(conn: Conn, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        live,
+        idx,
+        client,
+        xff,
+        in_flight,
+        mut stop,
+        ..
+    } = conn;
+    let rt = live.load();
     let name = rt.listeners[idx].name.clone();
     let gauge = rt.metrics.connections.with_label_values(&[&name]);
     gauge.inc();
     let limits = rt.settings.limits.clone();
+    drop(rt);
     let activity = Arc::new(Activity {
         opened: Instant::now(),
         in_progress: AtomicUsize::new(0),
@@ -338,10 +481,16 @@ async fn serve_connection(
         activity: activity.clone(),
     });
     let svc = {
-        let rt = rt.clone();
         let activity = activity.clone();
-        service_fn(move |req| {
-            let rt = rt.clone();
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            // Each request runs to the end on the runtime current when it started.
+            let rt = live.load();
+            let client = match (&rt.settings.listeners[idx].trusted_proxies, xff) {
+                (Some(trusted), true) => {
+                    proxy::client_from_forwarded(client, req.headers(), trusted)
+                }
+                _ => client,
+            };
             let in_flight = in_flight.clone();
             let activity = activity.clone();
             async move {

@@ -5,12 +5,15 @@
 //!     .unwrap_or_else(|errs| { for e in errs { eprintln!("{e}"); } std::process::exit(64) });
 //! ```
 
+pub mod egress;
+pub mod ops;
 pub mod raw;
 pub mod settings;
 
 use std::fmt;
 use std::path::Path;
 
+pub use egress::{Backoff, Delivery, Remote, Reply, Target};
 pub use settings::{Limits, ListenerSettings, Peer, ResponseMode, Route, Settings, Upstream};
 
 /// One problem in a config file, located by field path (and line when the parser knows it).
@@ -96,6 +99,9 @@ impl Settings {
             }
         }
         let _ = writeln!(out, "state    {}", self.state_dir.display());
+        if !ops::dns_names(self).is_empty() {
+            let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
+        }
         for (name, p) in &self.peers {
             let allow = match &p.allow {
                 Some(a) => a.to_string(),
@@ -121,7 +127,13 @@ impl Settings {
             } else {
                 ""
             };
-            let _ = writeln!(out, "listener {} on {}{accept}", l.name, l.addr);
+            let _ = writeln!(
+                out,
+                "listener {} on {}{accept}{}",
+                l.name,
+                l.addr,
+                ops::describe_listener(l)
+            );
             for r in &l.routes {
                 let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
                 let response = match &r.response {
@@ -129,17 +141,40 @@ impl Settings {
                     ResponseMode::Seal { wrap: None } => "seal",
                     ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
                 };
+                let target = match &r.target {
+                    Target::Upstream(u) => format!(
+                        "from {} [{}] ip_check={} -> http://{}{} response={response}",
+                        r.peer.name,
+                        layers.join(","),
+                        r.ip_check,
+                        u.authority,
+                        u.path_and_query,
+                    ),
+                    Target::Journal => format!(
+                        "from {} [{}] ip_check={} -> API-7 from the journal response={response}",
+                        r.peer.name,
+                        layers.join(","),
+                        r.ip_check,
+                    ),
+                    Target::Remote(rm) => format!(
+                        "to {} [{}] -> {}{} delivery={} reply={} journal={}",
+                        r.peer.name,
+                        layers.join(","),
+                        r.peer
+                            .url
+                            .as_ref()
+                            .map(|u| u.to_string().trim_end_matches('/').to_string())
+                            .unwrap_or_default(),
+                        rm.path,
+                        rm.delivery.name(),
+                        rm.reply.name(),
+                        rm.journal,
+                    ),
+                };
                 let _ = writeln!(
                     out,
-                    "  {} {} from {} [{}] ip_check={} -> http://{}{} response={response} max_body={}",
-                    r.method,
-                    r.path,
-                    r.peer.name,
-                    layers.join(","),
-                    r.ip_check,
-                    r.upstream.authority,
-                    r.upstream.path_and_query,
-                    r.max_body,
+                    "  {} {} {target} max_body={}",
+                    r.method, r.path, r.max_body,
                 );
             }
         }

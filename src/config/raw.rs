@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub peers: BTreeMap<String, RawPeer>,
     #[serde(default)]
     pub listeners: Vec<RawListener>,
+    /// How allowlisted DNS names are resolved.
+    #[serde(default)]
+    pub dns: Option<RawDns>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +36,8 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: PathBuf,
+    /// How long API-7 journal records (and push idempotency keys) are kept, e.g. `90d`.
+    pub journal_retention: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +59,15 @@ pub struct RawLimits {
     pub max_tracked_ips: Option<usize>,
     pub clock_leeway: Option<RawDuration>,
     pub max_replay_entries: Option<usize>,
+    pub json: Option<RawJsonBounds>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJsonBounds {
+    pub max_depth: Option<usize>,
+    pub max_values: Option<usize>,
+    pub max_string: Option<usize>,
 }
 
 /// A secret: a literal string (tests and demos only), or where to read it from.
@@ -69,6 +83,8 @@ pub enum RawSecret {
 pub struct RawSecretSource {
     pub env: Option<String>,
     pub file: Option<PathBuf>,
+    /// A systemd credential: the file NAME in `$CREDENTIALS_DIRECTORY`.
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +98,19 @@ pub struct RawPeer {
     pub rate: Option<RawRate>,
     /// Base URL for egress to this peer.
     pub url: Option<String>,
+    /// Outbound TLS to `url`: private CA bundle, client certificate.
+    pub tls: Option<RawPeerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeerTls {
+    /// PEM CA bundle trusted for this peer instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain presented to the peer.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +120,8 @@ pub struct RawJwt {
     pub algorithms: Option<Vec<String>>,
     pub require_exp: Option<bool>,
     pub leeway: Option<RawDuration>,
+    /// When sealing for this peer (egress), add `iat` and `exp` = now + this to the claims.
+    pub sign_exp: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +150,12 @@ pub struct RawListener {
     pub name: String,
     pub listen: String,
     pub routes: Vec<RawRoute>,
+    /// Serve HTTPS with this certificate (and optionally require client certificates).
+    pub tls: Option<RawTls>,
+    /// Load balancers whose `X-Forwarded-For` (or PROXY header) names the client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol v1/v2 header.
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,10 +163,28 @@ pub struct RawListener {
 pub struct RawRoute {
     pub path: String,
     pub method: Option<String>,
-    pub from: String,
+    /// Ingress: the peer allowed to call this route.
+    pub from: Option<String>,
     pub envelope: Vec<String>,
     pub ip_check: Option<bool>,
-    pub upstream: String,
+    /// Ingress: where the opened JSON goes.
+    pub upstream: Option<String>,
+    /// Ingress: answered by the sidecar itself instead of an upstream (`journal` = API-7).
+    pub serve: Option<String>,
+    /// Egress: the peer the application's plain JSON is sealed for and sent to.
+    pub to: Option<String>,
+    /// Egress: path appended to the peer's `url`.
+    pub remote: Option<String>,
+    /// Egress: `direct` (default), `queued` or `fallback`.
+    pub delivery: Option<String>,
+    /// Egress: a queued push older than this moves to the dead-letter list.
+    pub max_age: Option<RawDuration>,
+    /// Egress: backoff between delivery attempts of a queued push.
+    pub retry: Option<RawRetry>,
+    /// Egress: journal delivered/queued pushes for API-7 (default: on for queued/fallback).
+    pub journal: Option<bool>,
+    /// Egress: the peer's answer is `open`ed (must be sealed), `pass`ed, or `auto` (default).
+    pub reply: Option<String>,
     pub response: Option<RawResponse>,
     pub max_body: Option<RawBytes>,
     pub body_timeout: Option<RawDuration>,
@@ -140,6 +195,19 @@ pub struct RawRoute {
     /// Refuse a second request with the same (`userid`, `ticketNo`) or `jti` within the
     /// window. Defaults to on when `fresh` is set.
     pub replay: Option<bool>,
+    /// `api1` … `api7`, `api5a`, `api5b`: check the payload against the spec's table.
+    pub schema: Option<String>,
+    /// `enforce` (default) or `warn`.
+    pub schema_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Wait after the first failed attempt (default 1s); doubles each time.
+    pub initial: Option<RawDuration>,
+    /// Longest wait between attempts (default 5m).
+    pub max: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,4 +233,30 @@ pub enum RawDuration {
 pub enum RawBytes {
     Count(u64),
     Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it issued (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Default 10s.
+    pub handshake_timeout: Option<RawDuration>,
+    /// How often the files are checked for change (default 5s; `off` to rely on SIGHUP).
+    pub watch: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `host:port` of the servers to ask; default: the system's resolver.
+    pub servers: Option<Vec<String>>,
+    /// How often names are resolved again (default 60s).
+    pub refresh: Option<RawDuration>,
+    /// Per-query timeout (default 2s).
+    pub timeout: Option<RawDuration>,
 }

@@ -11,10 +11,13 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Uri};
 
+use super::egress::{peer_tls, route_target, PeerTls, Target};
 use super::raw::*;
 use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::guard::bounds::JsonBounds;
 use crate::guard::fresh::Window;
+use crate::guard::schema::{Api, Mode as SchemaMode};
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
 use crate::secret::Secret;
@@ -25,9 +28,13 @@ pub struct Settings {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when set to `off`.
     pub admin: Option<SocketAddr>,
     pub state_dir: PathBuf,
+    /// How long API-7 journal records and push idempotency keys are kept.
+    pub journal_retention: Duration,
     pub limits: Limits,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub listeners: Vec<ListenerSettings>,
+    /// How allowlisted DNS names are resolved.
+    pub dns: crate::guard::dns::DnsSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +56,8 @@ pub struct Limits {
     /// Clock skew tolerated on future-dated `ticketNo` / `iat`.
     pub clock_leeway: Duration,
     pub max_replay_entries: usize,
+    /// Structural bounds on every opened payload.
+    pub json: JsonBounds,
 }
 
 impl Default for Limits {
@@ -70,6 +79,7 @@ impl Default for Limits {
             max_tracked_ips: 100_000,
             clock_leeway: Duration::from_secs(60),
             max_replay_entries: 1_000_000,
+            json: JsonBounds::default(),
         }
     }
 }
@@ -86,6 +96,10 @@ pub struct Peer {
     pub allow: Option<AllowList>,
     pub rate: Option<RateSpec>,
     pub url: Option<Uri>,
+    /// Outbound TLS to `url` (egress).
+    pub tls: PeerTls,
+    /// When sealing for this peer, sign `iat` and `exp` = now + this into the JWT.
+    pub sign_exp: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -93,6 +107,12 @@ pub struct ListenerSettings {
     pub name: String,
     pub addr: SocketAddr,
     pub routes: Vec<Arc<Route>>,
+    /// HTTPS on this listener.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Hops whose `X-Forwarded-For` / PROXY header names the client.
+    pub trusted_proxies: Option<AllowList>,
+    /// Trusted hops send a PROXY protocol header first.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerSettings {
@@ -118,7 +138,8 @@ pub struct Route {
     pub peer: Arc<Peer>,
     pub layers: Vec<Layer>,
     pub ip_check: bool,
-    pub upstream: Upstream,
+    /// What the route does: forward to an upstream, answer from the journal, or egress.
+    pub target: Target,
     pub response: ResponseMode,
     pub max_body: usize,
     pub body_timeout: Duration,
@@ -128,9 +149,31 @@ pub struct Route {
     pub fresh: Option<Window>,
     /// Whether a repeated request within the window is refused.
     pub replay: bool,
+    /// Which timestamp the freshness window judges.
+    pub fresh_on: FreshOn,
+    /// The spec table the payload is checked against, and what to do on a mismatch.
+    pub schema: Option<(Api, SchemaMode)>,
+}
+
+/// The payload field that dates a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreshOn {
+    /// `ticketNo` (and JWT `iat`): when the service entry was made (API-1).
+    Ticket,
+    /// `appSubTime` (and JWT `iat`): when this draft or final submission was made (API-2,
+    /// whose `ticketNo` may be days older for a final submission).
+    AppSubTime,
 }
 
 impl Route {
+    /// The application this route forwards to, when it is an ordinary ingress route.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        match &self.target {
+            Target::Upstream(u) => Some(u),
+            Target::Journal | Target::Remote(_) => None,
+        }
+    }
+
     /// How long a replay record for this route must be kept.
     pub fn replay_ttl(&self) -> Duration {
         self.fresh
@@ -193,13 +236,13 @@ pub enum ResponseMode {
 }
 
 /// Collects problems with their field paths while building.
-struct Check<'a> {
+pub(super) struct Check<'a> {
     origin: &'a str,
     errors: Vec<ConfigError>,
 }
 
 impl Check<'_> {
-    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(super) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(ConfigError {
             origin: self.origin.to_string(),
             line: None,
@@ -266,12 +309,19 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
         RawSecret::From(RawSecretSource {
             env: Some(name),
             file: None,
+            credential: None,
         }) => std::env::var(name)
             .map(|v| Secret::new(v.into_bytes()))
             .map_err(|_| format!("environment variable `{name}` is not set")),
         RawSecret::From(RawSecretSource {
             env: None,
+            file: None,
+            credential: Some(name),
+        }) => super::ops::credential(name),
+        RawSecret::From(RawSecretSource {
+            env: None,
             file: Some(file),
+            credential: None,
         }) => {
             let path = if file.is_absolute() {
                 file.clone()
@@ -286,7 +336,9 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
             }
             Ok(Secret::new(bytes))
         }
-        RawSecret::From(_) => Err("write exactly one of `env: NAME` or `file: PATH`".into()),
+        RawSecret::From(_) => {
+            Err("write exactly one of `env: NAME`, `file: PATH` or `credential: NAME`".into())
+        }
     }
 }
 
@@ -327,6 +379,21 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
         .passcode
         .as_ref()
         .and_then(|s| secret(check, &format!("{p}.passcode"), s, base));
+    let sign_exp = raw
+        .jwt
+        .as_ref()
+        .and_then(|j| j.sign_exp.as_ref())
+        .and_then(|d| match parse_duration(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                check.err(format!("{p}.jwt.sign_exp"), "must be longer than 0s");
+                None
+            }
+            Err(e) => {
+                check.err(format!("{p}.jwt.sign_exp"), e);
+                None
+            }
+        });
     let jwt = raw.jwt.and_then(|j| {
         let jp = format!("{p}.jwt");
         let secret = secret(check, &format!("{jp}.secret"), &j.secret, base);
@@ -420,6 +487,7 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
             None
         }
     });
+    let tls = peer_tls(check, &p, raw.tls, base);
     if check.errors.len() > before {
         return None;
     }
@@ -434,6 +502,8 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
         allow,
         rate,
         url,
+        tls,
+        sign_exp,
     })
 }
 
@@ -449,6 +519,23 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
         Some(a) if a.listen == "off" => None,
         Some(a) => socket_addr(&mut check, "admin.listen", &a.listen),
+    };
+    let journal_retention = match raw
+        .state
+        .as_ref()
+        .and_then(|s| s.journal_retention.as_ref())
+        .map(parse_duration)
+    {
+        None => Duration::from_secs(90 * 24 * 3600),
+        Some(Ok(d)) if d >= Duration::from_secs(24 * 3600) => d,
+        Some(Ok(_)) => {
+            check.err("state.journal_retention", "must be at least 1d");
+            Duration::ZERO
+        }
+        Some(Err(e)) => {
+            check.err("state.journal_retention", e);
+            Duration::ZERO
+        }
     };
     let state_dir = raw
         .state
@@ -508,6 +595,18 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     if let Some(n) = l.max_replay_entries {
         limits.max_replay_entries = n;
     }
+    if let Some(j) = l.json {
+        for (name, v) in [("max_depth", j.max_depth), ("max_values", j.max_values), ("max_string", j.max_string)] {
+            if v == Some(0) {
+                check.err(format!("limits.json.{name}"), "must be at least 1");
+            }
+        }
+        limits.json = JsonBounds {
+            max_depth: j.max_depth.unwrap_or(limits.json.max_depth),
+            max_values: j.max_values.unwrap_or(limits.json.max_values),
+            max_string: j.max_string.unwrap_or(limits.json.max_string),
+        };
+    }
     if l.per_ip_rate.is_some() {
         limits.per_ip_rate = rate(&mut check, "limits.per_ip_rate", l.per_ip_rate);
     }
@@ -560,7 +659,8 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         }
         let addr = socket_addr(&mut check, &format!("{lp}.listen"), &rl.listen);
         if let Some(a) = addr {
-            if !addrs.insert(a) {
+            // Port 0 asks the OS for a free port: two of those never collide.
+            if a.port() != 0 && !addrs.insert(a) {
                 check.err(
                     format!("{lp}.listen"),
                     format!("{a} is used by another listener"),
@@ -598,14 +698,40 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     format!("path `{}` is configured twice on this listener", rr.path),
                 );
             }
-            let peer = match peers.get(&rr.from) {
-                Some(p) => Some(p.clone()),
-                None if broken.contains(&rr.from) => None,
-                None => {
-                    check.err(format!("{rp}.from"), format!("no peer named `{}`", rr.from));
-                    None
+            // Exactly one direction: `from` (ingress) or `to` (egress).
+            let (peer_name, peer_field, egress) = match (&rr.from, &rr.to) {
+                (Some(f), None) => (Some(f.clone()), "from", false),
+                (None, Some(t)) => (Some(t.clone()), "to", true),
+                (Some(_), Some(_)) => {
+                    check.err(
+                        format!("{rp}.to"),
+                        "a route has either `from` (ingress) or `to` (egress), not both",
+                    );
+                    (None, "from", false)
+                }
+                (None, None) => {
+                    check.err(
+                        format!("{rp}.from"),
+                        "missing: write `from: PEER` (ingress) or `to: PEER` (egress)",
+                    );
+                    (None, "from", false)
                 }
             };
+            let peer = peer_name.and_then(|n| match peers.get(&n) {
+                Some(p) => Some(p.clone()),
+                None if broken.contains(&n) => None,
+                None => {
+                    check.err(format!("{rp}.{peer_field}"), format!("no peer named `{n}`"));
+                    None
+                }
+            });
+            let target = route_target(
+                &mut check,
+                &rp,
+                &rr,
+                egress,
+                peer.as_ref().map(|p| p.url.as_ref()),
+            );
             let mut layers = Vec::new();
             for (i, l) in rr.envelope.iter().enumerate() {
                 match Layer::parse(l) {
@@ -623,7 +749,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     }
                 }
             }
-            let ip_check = rr.ip_check.unwrap_or(true);
+            let ip_check = rr.ip_check.unwrap_or(!egress) && !egress;
             if let Some(p) = &peer {
                 if ip_check && p.allow.is_none() {
                     check.err(
@@ -635,13 +761,6 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     );
                 }
             }
-            let upstream = match Upstream::parse(&rr.upstream) {
-                Ok(u) => Some(u),
-                Err(e) => {
-                    check.err(format!("{rp}.upstream"), e);
-                    None
-                }
-            };
             let response = match rr.response {
                 None => ResponseMode::Pass,
                 Some(r) => match r.mode.as_str() {
@@ -693,19 +812,44 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     }
                 };
             let rate = rate(&mut check, &format!("{rp}.rate"), rr.rate);
-            let fresh = match &rr.fresh {
+            let schema_api = match rr.schema.as_deref() {
                 None => None,
+                Some(name) => match Api::parse(name) {
+                    Some(api) => Some(api),
+                    None => {
+                        check.err(
+                            format!("{rp}.schema"),
+                            format!("`{name}` is not one of api1, api2, api3, api4, api5a, api5b, api6, api7"),
+                        );
+                        None
+                    }
+                },
+            };
+            let schema_mode = match rr.schema_mode.as_deref() {
+                None | Some("enforce") => SchemaMode::Enforce,
+                Some("warn") => SchemaMode::Warn,
+                Some(other) => {
+                    check.err(format!("{rp}.schema_mode"), format!("`{other}` is not enforce or warn"));
+                    SchemaMode::Enforce
+                }
+            };
+            if rr.schema_mode.is_some() && schema_api.is_none() && rr.schema.is_none() {
+                check.err(format!("{rp}.schema_mode"), "schema_mode needs a schema");
+            }
+            // API-1 and API-2 carry the fields freshness and replay need: on by default.
+            let default_fresh = match schema_api {
+                Some(Api::Api1) => Some(Duration::from_secs(600)),
+                Some(Api::Api2) => Some(Duration::from_secs(24 * 3600)),
+                _ => None,
+            };
+            let fresh_on = if schema_api == Some(Api::Api2) { FreshOn::AppSubTime } else { FreshOn::Ticket };
+            let fresh = match &rr.fresh {
+                None => default_fresh.map(|max_age| Window { max_age, leeway: limits.clock_leeway }),
                 Some(RawDuration::Text(t)) if t.trim() == "off" => None,
                 Some(d) => match parse_duration(d) {
-                    Ok(max_age) if !max_age.is_zero() => Some(Window {
-                        max_age,
-                        leeway: limits.clock_leeway,
-                    }),
+                    Ok(max_age) if !max_age.is_zero() => Some(Window { max_age, leeway: limits.clock_leeway }),
                     Ok(_) => {
-                        check.err(
-                            format!("{rp}.fresh"),
-                            "window must be longer than 0s (or `off`)",
-                        );
+                        check.err(format!("{rp}.fresh"), "window must be longer than 0s (or `off`)");
                         None
                     }
                     Err(e) => {
@@ -721,14 +865,16 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     "replay protection needs a `fresh` window to bound it",
                 );
             }
-            if let (Some(method), Some(peer), Some(upstream)) = (method, peer, upstream) {
+            // Freshness and replay judge what a peer sent; an egress route has no such input.
+            let (fresh, replay) = if egress { (None, false) } else { (fresh, replay) };
+            if let (Some(method), Some(peer), Some(target)) = (method, peer, target) {
                 routes.push(Arc::new(Route {
                     path: rr.path,
                     method,
                     peer,
                     layers,
                     ip_check,
-                    upstream,
+                    target,
                     response,
                     max_body,
                     body_timeout,
@@ -736,25 +882,42 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     rate,
                     fresh,
                     replay,
+                    fresh_on,
+                    schema: schema_api.map(|a| (a, schema_mode)),
                 }));
             }
+        }
+        let (ops, problems) =
+            super::ops::listener(&lp, rl.tls, rl.trusted_proxies, rl.proxy_protocol, base);
+        for (path, msg) in problems {
+            check.err(path, msg);
         }
         if let Some(addr) = addr {
             listeners.push(ListenerSettings {
                 name: rl.name,
                 addr,
                 routes,
+                tls: ops.tls,
+                trusted_proxies: ops.trusted_proxies,
+                proxy_protocol: ops.proxy_protocol,
             });
         }
+    }
+
+    let (dns, problems) = super::ops::dns(raw.dns);
+    for (path, msg) in problems {
+        check.err(path, msg);
     }
 
     if check.errors.is_empty() {
         Ok(Settings {
             admin,
             state_dir,
+            journal_retention,
             limits,
             peers,
             listeners,
+            dns,
         })
     } else {
         Err(check.errors)

@@ -123,6 +123,43 @@ pub fn sign(key: &JwtKey, payload_json: &[u8]) -> Result<String, Failure> {
     Ok(token)
 }
 
+/// The claims object `claims` with `"iat":iat,"exp":exp` appended before its closing
+/// brace — spliced as text so every other byte (a 17-digit `ticketNo`) stays as written.
+/// A claim already present is kept, never duplicated.
+pub fn with_times(claims: &[u8], iat: u64, exp: u64) -> Result<Vec<u8>, Failure> {
+    #[derive(Deserialize)]
+    struct Present {
+        iat: Option<IgnoredAny>,
+        exp: Option<IgnoredAny>,
+    }
+    let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
+    let trimmed = claims.trim_ascii();
+    let present: Present = serde_json::from_slice(trimmed).map_err(|_| malformed)?;
+    let (Some(b'{'), Some((b'}', body))) = (trimmed.first(), trimmed.split_last()) else {
+        return Err(malformed);
+    };
+    let mut add = String::new();
+    if present.iat.is_none() {
+        add.push_str(&format!(r#""iat":{iat}"#));
+    }
+    if present.exp.is_none() {
+        if !add.is_empty() {
+            add.push(',');
+        }
+        add.push_str(&format!(r#""exp":{exp}"#));
+    }
+    let mut out = body.to_vec();
+    if !add.is_empty() {
+        // `{` alone (after trailing whitespace) means the object was empty.
+        if body.trim_ascii() != b"{" {
+            out.push(b',');
+        }
+        out.extend_from_slice(add.as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// Verifies `token` at time `now_unix` and returns its payload and replay claims.
 ///
 /// Order: shape, header, algorithm (never `none`, only configured HMAC ones), signature,

@@ -417,6 +417,19 @@ pub fn seal(
     plain: &[u8],
     shape: BodyShape,
 ) -> Result<Sealed, Failure> {
+    seal_timed(layers, keys, plain, shape, None)
+}
+
+/// [`seal`], with `iat` and `exp` (Unix seconds) added to the claims a `jwt` layer signs
+/// when `times` is given (the claims' other bytes are kept as they are; claims that
+/// already carry `iat` or `exp` keep theirs). For peers that require `exp`.
+pub fn seal_timed(
+    layers: &[Layer],
+    keys: &PeerKeys,
+    plain: &[u8],
+    shape: BodyShape,
+    times: Option<(u64, u64)>,
+) -> Result<Sealed, Failure> {
     check_order(layers)?;
     if !is_json(plain) {
         return Err(Failure::Undecryptable(Undecryptable::NotJson));
@@ -426,7 +439,7 @@ pub fn seal(
     };
     let mut made = Carried::Bytes(Cow::Borrowed(plain));
     for &layer in inner.iter().rev() {
-        made = seal_one(layer, keys, made)?;
+        made = seal_one(layer, keys, made, times)?;
     }
     let text = |made: &Carried<'_>| -> Result<String, Failure> {
         match made {
@@ -466,7 +479,7 @@ pub fn seal(
             })
         }
         Layer::Aes | Layer::Jwt => {
-            let body = seal_one(outer, keys, made)?.into_bytes();
+            let body = seal_one(outer, keys, made, times)?.into_bytes();
             Ok(Sealed {
                 body,
                 content_type: TEXT_CONTENT_TYPE,
@@ -477,7 +490,12 @@ pub fn seal(
 }
 
 /// Applies one `aes` or `jwt` layer while sealing.
-fn seal_one<'a>(layer: Layer, keys: &PeerKeys, made: Carried<'a>) -> Result<Carried<'a>, Failure> {
+fn seal_one<'a>(
+    layer: Layer,
+    keys: &PeerKeys,
+    made: Carried<'a>,
+    times: Option<(u64, u64)>,
+) -> Result<Carried<'a>, Failure> {
     match layer {
         Layer::Aes => {
             let key = keys.aes.first().ok_or(Failure::Misconfigured("aes keys"))?;
@@ -490,7 +508,10 @@ fn seal_one<'a>(layer: Layer, keys: &PeerKeys, made: Carried<'a>) -> Result<Carr
         Layer::Jwt => {
             let key = keys.jwt.as_ref().ok_or(Failure::Misconfigured("jwt key"))?;
             let token = match &made {
-                Carried::Bytes(claims) => jwt::sign(key, claims)?,
+                Carried::Bytes(claims) => match times {
+                    Some((iat, exp)) => jwt::sign(key, &jwt::with_times(claims, iat, exp)?)?,
+                    None => jwt::sign(key, claims)?,
+                },
                 Carried::Text(enc_data) => {
                     #[derive(serde::Serialize)]
                     struct Claims<'s> {
@@ -499,7 +520,10 @@ fn seal_one<'a>(layer: Layer, keys: &PeerKeys, made: Carried<'a>) -> Result<Carr
                     }
                     let claims = serde_json::to_vec(&Claims { enc_data })
                         .map_err(|_| Failure::BadToken(TokenProblem::MalformedClaims))?;
-                    jwt::sign(key, &claims)?
+                    match times {
+                        Some((iat, exp)) => jwt::sign(key, &jwt::with_times(&claims, iat, exp)?)?,
+                        None => jwt::sign(key, &claims)?,
+                    }
                 }
             };
             Ok(Carried::Text(Cow::Owned(token)))

@@ -1,4 +1,5 @@
-//! Source-address allowlist: CIDR blocks and single addresses, IPv4 and IPv6.
+//! Source-address allowlist: CIDR blocks and single addresses, IPv4 and IPv6, and DNS
+//! names whose addresses [`super::dns`] keeps resolved.
 //!
 //! ```
 //! use bsk_sidecar::guard::ip::AllowList;
@@ -10,17 +11,22 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+
+use super::dns::{is_host_name, DnsName};
 
 /// Networks a peer may connect from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {
     nets: Vec<IpNet>,
+    /// Names resolved in the background; shared with every copy of this list.
+    names: Vec<Arc<DnsName>>,
 }
 
 impl AllowList {
-    /// Adds `203.0.113.0/28`, `2001:db8::/32` or a single address.
+    /// Adds `203.0.113.0/28`, `2001:db8::/32`, a single address, or a DNS name.
     pub fn push_str(&mut self, entry: &str) -> Result<(), String> {
         let entry = entry.trim();
         if let Ok(net) = entry.parse::<IpNet>() {
@@ -31,8 +37,15 @@ impl AllowList {
             self.nets.push(IpNet::from(ip));
             return Ok(());
         }
+        if is_host_name(entry) {
+            let name = DnsName::new(entry);
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+            return Ok(());
+        }
         Err(format!(
-            "`{entry}` is not an IP address or CIDR block (like 203.0.113.0/28 or 2001:db8::/32)"
+            "`{entry}` is not an IP address, CIDR block or DNS name (like 203.0.113.0/28, 2001:db8::/32 or bsk.wb.gov.in)"
         ))
     }
 
@@ -42,17 +55,27 @@ impl AllowList {
                 self.nets.push(*n);
             }
         }
+        for n in &other.names {
+            if !self.names.contains(n) {
+                self.names.push(n.clone());
+            }
+        }
+    }
+
+    /// The DNS names on the list.
+    pub fn names(&self) -> &[Arc<DnsName>] {
+        &self.names
     }
 
     /// Whether `ip` is inside any listed network. An IPv4 client seen on an IPv6 socket
     /// (`::ffff:a.b.c.d`) is matched as the IPv4 address it is.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.nets.iter().any(|n| n.contains(&ip))
+        self.nets.iter().any(|n| n.contains(&ip)) || self.names.iter().any(|n| n.contains(ip))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
+        self.nets.is_empty() && self.names.is_empty()
     }
 }
 
@@ -72,6 +95,12 @@ impl fmt::Display for AllowList {
                 f.write_str(", ")?;
             }
             write!(f, "{n}")?;
+        }
+        for (i, n) in self.names.iter().enumerate() {
+            if i > 0 || !self.nets.is_empty() {
+                f.write_str(", ")?;
+            }
+            f.write_str(n.name())?;
         }
         f.write_str("]")
     }
@@ -129,6 +158,20 @@ mod tests {
         let err = l.push_str("10.0.0.0/33").unwrap_err();
         assert!(err.contains("10.0.0.0/33"));
         assert!(l.push_str("bsk..wb").is_err());
+        assert!(l.push_str("10.0.0.300").is_err());
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn dns_names_allow_nobody_until_resolved_and_copies_share_them() {
+        let l = list(&["10.0.0.0/8", "bsk.wb.gov.in", "BSK.wb.gov.in."]);
+        assert_eq!(l.names().len(), 1);
+        assert_eq!(l.to_string(), "[10.0.0.0/8, bsk.wb.gov.in]");
+        let mut union = AllowList::default();
+        union.extend(&l);
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert!(!union.contains(ip));
+        // The union holds the same name, not a copy: a later resolution shows in both.
+        assert!(Arc::ptr_eq(&union.names()[0], &l.names()[0]));
     }
 }

@@ -1,7 +1,11 @@
 //! Cheap checks that refuse a request before any crypto runs: who may connect
 //! ([`ip`]) and how often ([`rate`]).
 
+pub mod bounds;
+pub mod dns;
 pub mod fresh;
 pub mod ip;
+pub mod proxy;
 pub mod rate;
 pub mod replay;
+pub mod schema;

@@ -1,0 +1,389 @@
+//! The egress half of the configuration: what a route does with a request (its
+//! [`Target`]), how a push to a peer is delivered, and the peer's outbound TLS material.
+//!
+//! A route has exactly one shape, checked here with field-path errors:
+//!
+//! ```yaml
+//! - { path: /bsk/status, from: bsk, envelope: [token, jwt], upstream: http://127.0.0.1:8080/s }  # ingress
+//! - { path: /bsk/missed, from: bsk, envelope: [token, jwt], serve: journal }                      # API-7
+//! - { path: /push, to: bsk, remote: /push, envelope: [token, jwt], delivery: fallback }          # egress
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::raw::{RawPeerTls, RawRoute};
+use super::settings::{parse_duration, Check, Upstream};
+
+/// What a route does once a request has passed its checks.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Ingress: forward the opened JSON to the legacy application.
+    Upstream(Upstream),
+    /// Ingress: answer the portal's API-7 pull from the egress journal.
+    Journal,
+    /// Egress: seal the application's plain JSON for the route's peer and send it there.
+    Remote(Remote),
+}
+
+impl Target {
+    pub fn is_egress(&self) -> bool {
+        matches!(self, Target::Remote(_))
+    }
+}
+
+/// Where and how an egress route sends.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// Path appended to the peer's `url`, e.g. `/push`.
+    pub path: String,
+    pub delivery: Delivery,
+    /// A queued push older than this moves to the dead-letter list.
+    pub max_age: Duration,
+    pub backoff: Backoff,
+    /// Record delivered / queued pushes in the API-7 journal.
+    pub journal: bool,
+    pub reply: Reply,
+}
+
+/// How an egress route delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Synchronous: the application gets the peer's answer, or a 502/504.
+    Direct,
+    /// Written durably first, `202` to the application, delivered in the background.
+    Queued,
+    /// Synchronous; queued (and `202`) when the peer is unreachable, slow or answers 5xx.
+    Fallback,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Direct => "direct",
+            Delivery::Queued => "queued",
+            Delivery::Fallback => "fallback",
+        }
+    }
+}
+
+/// What to do with the peer's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer must open with the route's layers (502 otherwise).
+    Open,
+    /// The answer is returned unchanged.
+    Pass,
+    /// Opened when it is sealed, returned unchanged when it is plain JSON.
+    Auto,
+}
+
+impl Reply {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reply::Open => "open",
+            Reply::Pass => "pass",
+            Reply::Auto => "auto",
+        }
+    }
+}
+
+/// Exponential backoff between delivery attempts (with jitter, see `egress::deliver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Default dead-letter age of a queued push: the spec keeps API-2 retries for 7 days.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Outbound TLS material for one peer, read at start-up. `Debug` hides the key.
+#[derive(Clone, Default)]
+pub struct PeerTls {
+    /// Trusted roots for this peer; `None` means the system's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// Certificate chain and key presented to the peer.
+    pub client: Option<ClientIdentity>,
+}
+
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("client_cert", &self.client.as_ref().map(|c| c.chain.len()))
+            .field("client_key", &self.client.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn certs(check: &mut Check<'_>, path: &str, file: &Path) -> Option<Vec<CertificateDer<'static>>> {
+    let iter = match CertificateDer::pem_file_iter(file) {
+        Ok(i) => i,
+        Err(e) => {
+            check.err(path, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    for c in iter {
+        match c {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                check.err(path, format!("{}: not a PEM certificate: {e}", file.display()));
+                return None;
+            }
+        }
+    }
+    if out.is_empty() {
+        check.err(path, format!("{} holds no PEM certificate", file.display()));
+        return None;
+    }
+    Some(out)
+}
+
+/// Reads `peers.NAME.tls`.
+pub(super) fn peer_tls(
+    check: &mut Check<'_>,
+    p: &str,
+    raw: Option<RawPeerTls>,
+    base: &Path,
+) -> PeerTls {
+    let Some(raw) = raw else {
+        return PeerTls::default();
+    };
+    let ca = raw
+        .ca
+        .as_ref()
+        .and_then(|f| certs(check, &format!("{p}.tls.ca"), &resolve(base, f)));
+    let client = match (&raw.client_cert, &raw.client_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let chain = certs(check, &format!("{p}.tls.client_cert"), &resolve(base, c));
+            let key_file = resolve(base, k);
+            let key = match PrivateKeyDer::from_pem_file(&key_file) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    check.err(
+                        format!("{p}.tls.client_key"),
+                        format!("{}: no usable PEM private key: {e}", key_file.display()),
+                    );
+                    None
+                }
+            };
+            match (chain, key) {
+                (Some(chain), Some(key)) => Some(ClientIdentity {
+                    chain,
+                    key: Arc::new(key),
+                }),
+                _ => None,
+            }
+        }
+        (Some(_), None) => {
+            check.err(format!("{p}.tls.client_key"), "client_cert needs client_key");
+            None
+        }
+        (None, Some(_)) => {
+            check.err(format!("{p}.tls.client_cert"), "client_key needs client_cert");
+            None
+        }
+    };
+    PeerTls { ca, client }
+}
+
+/// Decides the route's target from its fields; every misplaced field is an error at
+/// its own path. `egress` is whether the route names `to:`; `peer_url` the peer's `url`.
+pub(super) fn route_target(
+    check: &mut Check<'_>,
+    rp: &str,
+    rr: &RawRoute,
+    egress: bool,
+    peer_url: Option<Option<&http::Uri>>,
+) -> Option<Target> {
+    let only = |check: &mut Check<'_>, field: &str, present: bool, side: &str| {
+        if present {
+            check.err(
+                format!("{rp}.{field}"),
+                format!("`{field}` applies to {side} routes only"),
+            );
+        }
+    };
+    if !egress {
+        only(check, "remote", rr.remote.is_some(), "egress (`to:`)");
+        only(check, "delivery", rr.delivery.is_some(), "egress (`to:`)");
+        only(check, "max_age", rr.max_age.is_some(), "egress (`to:`)");
+        only(check, "retry", rr.retry.is_some(), "egress (`to:`)");
+        only(check, "journal", rr.journal.is_some(), "egress (`to:`)");
+        only(check, "reply", rr.reply.is_some(), "egress (`to:`)");
+        return match (&rr.upstream, rr.serve.as_deref()) {
+            (Some(u), None) => match Upstream::parse(u) {
+                Ok(u) => Some(Target::Upstream(u)),
+                Err(e) => {
+                    check.err(format!("{rp}.upstream"), e);
+                    None
+                }
+            },
+            (None, Some("journal")) => Some(Target::Journal),
+            (None, Some(other)) => {
+                check.err(
+                    format!("{rp}.serve"),
+                    format!("`{other}` is not something the sidecar serves; use `journal` (API-7)"),
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                check.err(
+                    format!("{rp}.serve"),
+                    "a route has either `upstream` or `serve`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                check.err(
+                    format!("{rp}.upstream"),
+                    "missing: an ingress route needs `upstream: http://...` or `serve: journal`",
+                );
+                None
+            }
+        };
+    }
+
+    only(check, "upstream", rr.upstream.is_some(), "ingress (`from:`)");
+    only(check, "serve", rr.serve.is_some(), "ingress (`from:`)");
+    only(check, "response", rr.response.is_some(), "ingress (`from:`)");
+    only(check, "fresh", rr.fresh.is_some(), "ingress (`from:`)");
+    only(check, "replay", rr.replay.is_some(), "ingress (`from:`)");
+    if rr.ip_check == Some(true) {
+        check.err(
+            format!("{rp}.ip_check"),
+            "an egress route takes the local application's requests; bind its listener to loopback instead",
+        );
+    }
+    if let Some(None) = peer_url {
+        check.err(
+            format!("{rp}.to"),
+            "the peer has no `url`; egress needs peers.NAME.url",
+        );
+    }
+    let path = match &rr.remote {
+        Some(r) if r.starts_with('/') && r.parse::<http::uri::PathAndQuery>().is_ok() => {
+            Some(r.clone())
+        }
+        Some(r) => {
+            check.err(
+                format!("{rp}.remote"),
+                format!("`{r}` is not a path starting with /"),
+            );
+            None
+        }
+        None => {
+            check.err(
+                format!("{rp}.remote"),
+                "missing: an egress route needs `remote: /path` (appended to the peer's url)",
+            );
+            None
+        }
+    };
+    let delivery = match rr.delivery.as_deref() {
+        None | Some("direct") => Delivery::Direct,
+        Some("queued") => Delivery::Queued,
+        Some("fallback") => Delivery::Fallback,
+        Some(other) => {
+            check.err(
+                format!("{rp}.delivery"),
+                format!("`{other}` is not direct, queued or fallback"),
+            );
+            Delivery::Direct
+        }
+    };
+    let positive = |check: &mut Check<'_>, field: String, raw| match parse_duration(raw) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            check.err(field, "must be longer than 0s");
+            None
+        }
+        Err(e) => {
+            check.err(field, e);
+            None
+        }
+    };
+    let max_age = rr
+        .max_age
+        .as_ref()
+        .and_then(|d| positive(check, format!("{rp}.max_age"), d))
+        .unwrap_or(DEFAULT_MAX_AGE);
+    let mut backoff = Backoff::default();
+    if let Some(r) = &rr.retry {
+        if let Some(d) = r
+            .initial
+            .as_ref()
+            .and_then(|d| positive(check, format!("{rp}.retry.initial"), d))
+        {
+            backoff.initial = d;
+        }
+        if let Some(d) = r
+            .max
+            .as_ref()
+            .and_then(|d| positive(check, format!("{rp}.retry.max"), d))
+        {
+            backoff.max = d;
+        }
+        if backoff.max < backoff.initial {
+            check.err(format!("{rp}.retry.max"), "must be at least retry.initial");
+        }
+    }
+    if delivery == Delivery::Direct && (rr.max_age.is_some() || rr.retry.is_some()) {
+        check.err(
+            format!("{rp}.delivery"),
+            "max_age and retry apply to queued and fallback delivery only",
+        );
+    }
+    let reply = match rr.reply.as_deref() {
+        None | Some("auto") => Reply::Auto,
+        Some("open") => Reply::Open,
+        Some("pass") => Reply::Pass,
+        Some(other) => {
+            check.err(
+                format!("{rp}.reply"),
+                format!("`{other}` is not open, pass or auto"),
+            );
+            Reply::Auto
+        }
+    };
+    Some(Target::Remote(Remote {
+        path: path?,
+        delivery,
+        max_age,
+        backoff,
+        journal: rr.journal.unwrap_or(delivery != Delivery::Direct),
+        reply,
+    }))
+}

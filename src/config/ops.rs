@@ -1,0 +1,241 @@
+//! Validation of the operations blocks: a listener's `tls`, `trusted_proxies` and
+//! `proxy_protocol`, the top-level `dns`, and `{ credential: NAME }` secrets.
+//!
+//! Each function returns what it built plus every problem as (field path, message), which
+//! [`super::settings::build`] reports with the file name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawDns, RawDuration, RawTls};
+use super::settings::parse_duration;
+use crate::guard::dns::DnsSettings;
+use crate::guard::ip::AllowList;
+use crate::secret::Secret;
+use crate::tls::TlsSettings;
+
+/// Problems found, as (field path, message).
+pub type Problems = Vec<(String, String)>;
+
+/// What a listener's operations keys validate to.
+#[derive(Debug, Default)]
+pub struct ListenerOps {
+    pub tls: Option<TlsSettings>,
+    pub trusted_proxies: Option<AllowList>,
+    pub proxy_protocol: bool,
+}
+
+fn duration_or(
+    problems: &mut Problems,
+    path: String,
+    raw: Option<&RawDuration>,
+    default: Duration,
+) -> Duration {
+    match raw.map(parse_duration).transpose() {
+        Ok(d) => d.unwrap_or(default),
+        Err(e) => {
+            problems.push((path, e));
+            default
+        }
+    }
+}
+
+fn relative(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// `lp` is the listener's field path (`listeners[0]`); `base` resolves relative paths.
+pub fn listener(
+    lp: &str,
+    tls: Option<RawTls>,
+    trusted_proxies: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
+    base: &Path,
+) -> (ListenerOps, Problems) {
+    let mut problems = Problems::new();
+    let tls = tls.map(|t| {
+        let tp = format!("{lp}.tls");
+        let handshake_timeout = duration_or(
+            &mut problems,
+            format!("{tp}.handshake_timeout"),
+            t.handshake_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        if handshake_timeout.is_zero() {
+            problems.push((
+                format!("{tp}.handshake_timeout"),
+                "must be longer than 0s".into(),
+            ));
+        }
+        let watch = match &t.watch {
+            Some(RawDuration::Text(s)) if s.trim() == "off" => None,
+            other => Some(duration_or(
+                &mut problems,
+                format!("{tp}.watch"),
+                other.as_ref(),
+                Duration::from_secs(5),
+            ))
+            .filter(|d| !d.is_zero()),
+        };
+        let settings = TlsSettings {
+            cert: relative(base, &t.cert),
+            key: relative(base, &t.key),
+            client_ca: t.client_ca.as_deref().map(|p| relative(base, p)),
+            handshake_timeout,
+            watch,
+        };
+        // Load once now, so `check` and start-up report a bad certificate by field.
+        if let Err(e) = crate::tls::load(&settings) {
+            let field = match &e {
+                crate::tls::TlsError::ClientCa { .. } => "client_ca",
+                crate::tls::TlsError::Read { path, .. }
+                | crate::tls::TlsError::Pem { path, .. }
+                    if Some(path) == settings.client_ca.as_ref() =>
+                {
+                    "client_ca"
+                }
+                crate::tls::TlsError::Read { path, .. }
+                | crate::tls::TlsError::Pem { path, .. }
+                    if *path == settings.key =>
+                {
+                    "key"
+                }
+                _ => "cert",
+            };
+            problems.push((format!("{tp}.{field}"), e.to_string()));
+        }
+        settings
+    });
+    let trusted = trusted_proxies.map(|entries| {
+        let mut list = AllowList::default();
+        for (i, e) in entries.iter().enumerate() {
+            let path = format!("{lp}.trusted_proxies[{i}]");
+            // Names are not accepted here: a proxy's address must not follow DNS.
+            if crate::guard::dns::is_host_name(e.trim()) {
+                problems.push((
+                    path,
+                    format!("`{e}`: list proxies by address or CIDR block"),
+                ));
+            } else if let Err(msg) = list.push_str(e) {
+                problems.push((path, msg));
+            }
+        }
+        list
+    });
+    let proxy_protocol = proxy_protocol.unwrap_or(false);
+    if proxy_protocol && trusted.is_none() {
+        problems.push((
+            format!("{lp}.proxy_protocol"),
+            "needs `trusted_proxies`: only those hops may send a PROXY header".into(),
+        ));
+    }
+    (
+        ListenerOps {
+            tls,
+            trusted_proxies: trusted,
+            proxy_protocol,
+        },
+        problems,
+    )
+}
+
+/// The top-level `dns:` block.
+pub fn dns(raw: Option<RawDns>) -> (DnsSettings, Problems) {
+    let mut problems = Problems::new();
+    let mut s = DnsSettings::default();
+    let Some(raw) = raw else {
+        return (s, problems);
+    };
+    for (i, server) in raw.servers.unwrap_or_default().iter().enumerate() {
+        match server.parse::<SocketAddr>() {
+            Ok(a) => s.servers.push(a),
+            Err(_) => match server.parse::<std::net::IpAddr>() {
+                Ok(ip) => s.servers.push(SocketAddr::new(ip, 53)),
+                Err(_) => problems.push((
+                    format!("dns.servers[{i}]"),
+                    format!("`{server}` is not an address like 192.0.2.53 or 127.0.0.1:5353"),
+                )),
+            },
+        }
+    }
+    s.refresh = duration_or(
+        &mut problems,
+        "dns.refresh".into(),
+        raw.refresh.as_ref(),
+        s.refresh,
+    );
+    s.timeout = duration_or(
+        &mut problems,
+        "dns.timeout".into(),
+        raw.timeout.as_ref(),
+        s.timeout,
+    );
+    if s.refresh < Duration::from_secs(1) {
+        problems.push(("dns.refresh".into(), "must be at least 1s".into()));
+    }
+    if s.timeout.is_zero() {
+        problems.push(("dns.timeout".into(), "must be longer than 0s".into()));
+    }
+    (s, problems)
+}
+
+/// A systemd credential (`LoadCredential=NAME:/path` in the unit): the file NAME in
+/// `$CREDENTIALS_DIRECTORY`, with a trailing newline dropped.
+pub fn credential(name: &str) -> Result<Secret, String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a credential name"));
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        format!("credential `{name}`: $CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={name}:...)")
+    })?;
+    let path = Path::new(&dir).join(name);
+    let mut bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read credential {}: {e}", path.display()))?;
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    Ok(Secret::new(bytes))
+}
+
+/// ` tls (client certificates required) trusted_proxies=[…] proxy_protocol` for `check`.
+pub fn describe_listener(l: &super::ListenerSettings) -> String {
+    let mut out = String::new();
+    if let Some(t) = &l.tls {
+        out.push_str(&format!(" tls={}", t.cert.display()));
+        if t.client_ca.is_some() {
+            out.push_str(" (client certificates required)");
+        }
+    }
+    if let Some(p) = &l.trusted_proxies {
+        out.push_str(&format!(" trusted_proxies={p}"));
+        if l.proxy_protocol {
+            out.push_str(" proxy_protocol");
+        }
+    }
+    out
+}
+
+/// The allowlisted DNS names in the config.
+pub fn dns_names(s: &super::Settings) -> Vec<String> {
+    crate::guard::dns::names_of(s).into_keys().collect()
+}
+
+/// `system resolver, refresh 60s` or `servers [..], refresh 60s`.
+pub fn describe_dns(d: &DnsSettings) -> String {
+    let servers = if d.servers.is_empty() {
+        "system resolver".to_string()
+    } else {
+        let list: Vec<String> = d.servers.iter().map(|s| s.to_string()).collect();
+        format!("servers [{}]", list.join(", "))
+    };
+    format!(
+        "{servers}, refresh {}s, timeout {}ms",
+        d.refresh.as_secs(),
+        d.timeout.as_millis()
+    )
+}

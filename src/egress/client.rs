@@ -1,0 +1,368 @@
+//! Outbound HTTP(S) to remote peers: rustls (TLS 1.2+, ring), the system's roots or the
+//! peer's own CA bundle, an optional client certificate, pooled HTTP/1.1 keep-alive
+//! connections per peer, connect and response deadlines.
+//!
+//! Like [`crate::forward`], one task drives each *connection*; a request takes an idle
+//! connection from a short-held lock (or dials one) and puts it back when done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{header, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsConnector;
+
+use crate::config::Peer;
+
+/// Idle connections kept per peer.
+const MAX_IDLE: usize = 32;
+
+/// Why a request to a peer failed. `Connect`/`Tls`/`Http` mean "unreachable"; `Timeout`
+/// means the peer may or may not have received it.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("peer did not answer before the deadline")]
+    Timeout,
+    #[error("peer answer larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("peer connection failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+/// Why a peer's client could not be built at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("peer `{peer}`: no system CA certificates found; set peers.{peer}.tls.ca")]
+    NoRoots { peer: String },
+    #[error("peer `{peer}`: {what}: {source}")]
+    Tls {
+        peer: String,
+        what: &'static str,
+        source: rustls::Error,
+    },
+    #[error("peer `{peer}`: url `{url}` has no host")]
+    NoHost { peer: String, url: String },
+}
+
+/// The system's trusted roots, read once.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "reading a system CA certificate failed");
+        }
+        found.certs
+    })
+}
+
+/// How to reach one peer.
+struct Endpoint {
+    /// `host:port` to dial.
+    addr: String,
+    authority: Authority,
+    /// The peer's base path (without a trailing `/`), prefixed to each route's `remote`.
+    base_path: String,
+    /// `Some` for `https://`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+/// One sealed request for a peer.
+pub struct Outgoing<'a> {
+    /// Path after the peer's base URL.
+    pub remote: &'a str,
+    pub content_type: &'a str,
+    /// `Bearer <jwt>` for a `bearer` stack.
+    pub authorization: Option<&'a str>,
+    pub body: Bytes,
+}
+
+/// Clients for every peer with a `url`.
+pub struct PeerClients {
+    peers: HashMap<String, Arc<Endpoint>>,
+    connect_timeout: Duration,
+    max_response: usize,
+}
+
+impl PeerClients {
+    pub fn new<'a>(
+        peers: impl IntoIterator<Item = &'a Arc<Peer>>,
+        connect_timeout: Duration,
+        max_response: usize,
+    ) -> Result<PeerClients, ClientError> {
+        let mut map = HashMap::new();
+        for p in peers {
+            let Some(url) = &p.url else { continue };
+            map.insert(p.name.clone(), Arc::new(endpoint(p, url)?));
+        }
+        Ok(PeerClients {
+            peers: map,
+            connect_timeout,
+            max_response,
+        })
+    }
+
+    /// POSTs `body` to the peer's `url` + `remote` and reads the whole answer before
+    /// `timeout` elapses.
+    pub async fn post(
+        &self,
+        peer: &str,
+        out: Outgoing<'_>,
+        request_id: &str,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, SendError> {
+        let Outgoing {
+            remote,
+            content_type,
+            authorization,
+            body,
+        } = out;
+        let ep = self
+            .peers
+            .get(peer)
+            .ok_or_else(|| SendError::Request(format!("peer `{peer}` has no url")))?
+            .clone();
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{remote}", ep.base_path))
+            .header(header::HOST, ep.authority.as_str())
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "bsk-sidecar")
+            .header("x-request-id", request_id)
+            .body(Full::new(body))
+            .map_err(|e| SendError::Request(e.to_string()))?;
+        let ct = HeaderValue::from_str(content_type).map_err(|e| SendError::Request(e.to_string()))?;
+        req.headers_mut().insert(header::CONTENT_TYPE, ct);
+        if let Some(a) = authorization {
+            let v = HeaderValue::from_str(a).map_err(|e| SendError::Request(e.to_string()))?;
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (mut sender, reused) = match ep.take() {
+                Some(s) => (s, true),
+                None => {
+                    let s = timeout_at(deadline, ep.connect(self.connect_timeout))
+                        .await
+                        .map_err(|_| SendError::Timeout)??;
+                    (s, false)
+                }
+            };
+            if reused
+                && timeout_at(deadline, sender.ready())
+                    .await
+                    .map_err(|_| SendError::Timeout)?
+                    .is_err()
+            {
+                continue;
+            }
+            let sent = timeout_at(deadline, sender.try_send_request(req))
+                .await
+                .map_err(|_| SendError::Timeout)?;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(mut e) => match e.take_message() {
+                    // Never written to a pooled connection that had just closed: safe to retry.
+                    Some(back) if reused => {
+                        req = back;
+                        continue;
+                    }
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            };
+            let (parts, body) = resp.into_parts();
+            let collected = timeout_at(deadline, Limited::new(body, self.max_response).collect())
+                .await
+                .map_err(|_| SendError::Timeout)?;
+            let body = match collected {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    return Err(match e.downcast::<hyper::Error>() {
+                        Ok(h) => SendError::Http(*h),
+                        Err(_) => SendError::TooLarge {
+                            limit: self.max_response,
+                        },
+                    })
+                }
+            };
+            ep.put(sender);
+            return Ok(Response::from_parts(parts, body));
+        }
+    }
+}
+
+fn endpoint(p: &Peer, url: &Uri) -> Result<Endpoint, ClientError> {
+    let no_host = || ClientError::NoHost {
+        peer: p.name.clone(),
+        url: url.to_string(),
+    };
+    let authority = url.authority().cloned().ok_or_else(no_host)?;
+    let https = url.scheme_str() == Some("https");
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+    let tls = if https {
+        let server_name = ServerName::try_from(host.to_string()).map_err(|_| no_host())?;
+        Some((TlsConnector::from(Arc::new(tls_config(p)?)), server_name))
+    } else {
+        None
+    };
+    Ok(Endpoint {
+        addr,
+        authority,
+        base_path,
+        tls,
+        idle: Mutex::new(Vec::new()),
+    })
+}
+
+/// TLS 1.3 and 1.2 only, ring's algorithms, the peer's CA (or the system's), ALPN http/1.1.
+fn tls_config(p: &Peer) -> Result<ClientConfig, ClientError> {
+    let err = |what, source| ClientError::Tls {
+        peer: p.name.clone(),
+        what,
+        source,
+    };
+    let mut roots = RootCertStore::empty();
+    match &p.tls.ca {
+        Some(ca) => {
+            for c in ca {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| err("a certificate in tls.ca is not a usable CA", e))?;
+            }
+        }
+        None => {
+            let (added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
+            if added == 0 {
+                return Err(ClientError::NoRoots {
+                    peer: p.name.clone(),
+                });
+            }
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| err("TLS versions", e))?
+    .with_root_certificates(roots);
+    let mut config = match &p.tls.client {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| err("tls.client_cert / tls.client_key", e))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl Endpoint {
+    fn take(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: SendRequest<Full<Bytes>>) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(s);
+        }
+    }
+
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Full<Bytes>>, SendError> {
+        let addr = || self.addr.clone();
+        let dial = async {
+            let stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| SendError::Connect {
+                    addr: addr(),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            match &self.tls {
+                None => Ok::<_, SendError>((Some(stream), None)),
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|source| SendError::Tls {
+                            addr: addr(),
+                            source,
+                        })?;
+                    Ok((None, Some(tls)))
+                }
+            }
+        };
+        // The TLS handshake counts against the connect deadline too.
+        let (plain, tls) = tokio::time::timeout(connect_timeout, dial)
+            .await
+            .map_err(|_| SendError::Connect {
+                addr: addr(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            })??;
+        let sender = match (plain, tls) {
+            (Some(s), _) => {
+                let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "peer connection closed with error");
+                    }
+                });
+                sender
+            }
+            (None, Some(s)) => {
+                let (sender, conn) = http1::handshake(TokioIo::new(s)).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "peer connection closed with error");
+                    }
+                });
+                sender
+            }
+            (None, None) => {
+                return Err(SendError::Request("no connection".into()));
+            }
+        };
+        Ok(sender)
+    }
+}

@@ -1,0 +1,263 @@
+//! The outbox's delivery task, one per peer: sends the oldest queued push until the
+//! peer answers 2xx, in order (a push never overtakes an older one for the same peer),
+//! with exponential backoff and jitter between attempts, and moves a push to the
+//! dead-letter list once it is older than its route's `max_age` or the peer refuses it
+//! for good (a 4xx other than 401/403/408/425/429).
+//!
+//! Delivery is at least once: a push whose answer was lost (timeout, crash between the
+//! peer's 2xx and the commit) is sent again. Peers de-duplicate on (`userid`,
+//! `ticketNo`), which the spec makes unique.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::client::PeerClients;
+use super::exchange::{self, ExchangeError};
+use super::outbox::{Push, Store};
+use super::{blocking, journal};
+use crate::config::Peer;
+use crate::envelope::Layer;
+use crate::guard::rate::Limiter;
+use crate::metrics::Metrics;
+
+/// Longest a task sleeps before looking at its queue again, whatever it expects.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Wait before attempt `attempts + 1`: `initial · 2^(attempts-1)` capped at `max`, of
+/// which a random half is taken off ("equal jitter") so peers recovering from an outage
+/// are not hit by every sidecar at the same instant. `random` is any u64.
+pub fn backoff_delay(initial: Duration, max: Duration, attempts: u32, random: u64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let base = initial.saturating_mul(1u32 << exp).min(max);
+    let half = base / 2;
+    let span = half.as_millis() as u64;
+    let jitter = if span == 0 { 0 } else { random % (span + 1) };
+    half + Duration::from_millis(jitter)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Delivers one peer's queue until aborted.
+pub(crate) struct Worker {
+    pub store: Arc<Store>,
+    pub clients: Arc<PeerClients>,
+    pub peer: Arc<Peer>,
+    pub limiter: Option<Arc<Limiter>>,
+    pub metrics: Metrics,
+}
+
+enum Next {
+    /// Look at the queue again now.
+    Again,
+    /// Nothing due: wait for a new push or this long.
+    Wait(Duration),
+}
+
+impl Worker {
+    pub async fn run(self) {
+        let wake = self.store.waker(&self.peer.name);
+        loop {
+            let next = match self.step().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(peer = %self.peer.name, error = %e, "outbox delivery failed; retrying");
+                    Next::Wait(Duration::from_secs(1))
+                }
+            };
+            if let Next::Wait(d) = next {
+                let _ = tokio::time::timeout(d.min(IDLE_CHECK), wake.notified()).await;
+            }
+        }
+    }
+
+    /// Refreshes the peer's gauges from the store.
+    async fn gauges(&self) {
+        let peer = self.peer.name.clone();
+        if let Ok(stats) = blocking(&self.store, move |s| s.stats(&peer)).await {
+            let name = &self.peer.name;
+            self.metrics
+                .outbox_depth
+                .with_label_values(&[name])
+                .set(stats.queued as i64);
+            self.metrics
+                .outbox_dead_depth
+                .with_label_values(&[name])
+                .set(stats.dead as i64);
+            let age = stats
+                .oldest_queued_ms
+                .map(|o| now_ms().saturating_sub(o) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            self.metrics
+                .outbox_oldest_age
+                .with_label_values(&[name])
+                .set(age);
+        }
+    }
+
+    async fn dead(&self, push: &Push, reason: &str) -> Result<(), super::outbox::StoreError> {
+        let p = push.clone();
+        let r = reason.to_string();
+        blocking(&self.store, move |s| s.dead_letter(&p, &r)).await?;
+        self.metrics
+            .outbox_attempts
+            .with_label_values(&[&self.peer.name, "dead"])
+            .inc();
+        self.metrics
+            .outbox_dead_letters
+            .with_label_values(&[&self.peer.name, reason_label(reason)])
+            .inc();
+        tracing::warn!(peer = %self.peer.name, id = push.id, attempts = push.attempts, reason, "push moved to the dead-letter list");
+        Ok(())
+    }
+
+    async fn step(&self) -> Result<Next, super::outbox::StoreError> {
+        // One sender per peer queue, even while an old runtime drains after a reload.
+        let lock = self.store.delivery_lock(&self.peer.name);
+        let _held = lock.lock().await;
+        self.gauges().await;
+        let peer = self.peer.name.clone();
+        let Some(mut push) = blocking(&self.store, move |s| s.head(&peer)).await? else {
+            return Ok(Next::Wait(IDLE_CHECK));
+        };
+        let now = now_ms();
+        if now >= push.queued_ms.saturating_add(push.max_age_ms) {
+            self.dead(&push, "max_age").await?;
+            return Ok(Next::Again);
+        }
+        if push.next_attempt_ms > now {
+            return Ok(Next::Wait(Duration::from_millis(push.next_attempt_ms - now)));
+        }
+        if let Some(l) = &self.limiter {
+            if let Err(wait) = l.check() {
+                return Ok(Next::Wait(wait.max(Duration::from_millis(5))));
+            }
+        }
+        let layers: Option<Vec<Layer>> = push.layers.iter().map(|l| Layer::parse(l)).collect();
+        let Some(layers) = layers else {
+            self.dead(&push, "bad_layers").await?;
+            return Ok(Next::Again);
+        };
+        let request_id = format!("outbox-{}-{}", push.id, push.attempts + 1);
+        let sent = exchange::send(
+            &self.clients,
+            &self.peer,
+            &layers,
+            &push.remote,
+            push.body.as_bytes(),
+            &request_id,
+            Duration::from_millis(push.timeout_ms),
+        )
+        .await;
+        let failure = match sent {
+            Ok(resp) if resp.status().is_success() => {
+                let p = push.clone();
+                blocking(&self.store, move |s| s.delivered(&p, now_ms())).await?;
+                self.metrics
+                    .outbox_attempts
+                    .with_label_values(&[&self.peer.name, "delivered"])
+                    .inc();
+                self.metrics
+                    .outbox_deliveries
+                    .with_label_values(&[&self.peer.name, "outbox"])
+                    .inc();
+                tracing::info!(peer = %self.peer.name, id = push.id, attempts = push.attempts + 1, status = resp.status().as_u16(), "queued push delivered");
+                return Ok(Next::Again);
+            }
+            Ok(resp) if exchange::permanent(resp.status()) => {
+                push.last_error = Some(format!("peer answered {}", resp.status().as_u16()));
+                push.attempts += 1;
+                self.dead(&push, &format!("rejected_{}", resp.status().as_u16()))
+                    .await?;
+                return Ok(Next::Again);
+            }
+            Ok(resp) => format!("peer answered {}", resp.status().as_u16()),
+            Err(e @ ExchangeError::Seal(_)) => {
+                push.last_error = Some(e.to_string());
+                self.dead(&push, "seal_failed").await?;
+                return Ok(Next::Again);
+            }
+            Err(e) => e.to_string(),
+        };
+        push.attempts += 1;
+        let wait = backoff_delay(
+            Duration::from_millis(push.backoff_initial_ms),
+            Duration::from_millis(push.backoff_max_ms),
+            push.attempts,
+            random_u64(),
+        );
+        push.next_attempt_ms = now_ms() + wait.as_millis() as u64;
+        tracing::info!(peer = %self.peer.name, id = push.id, attempts = push.attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "push not delivered; will retry");
+        push.last_error = Some(failure);
+        let p = push.clone();
+        blocking(&self.store, move |s| s.reschedule(&p)).await?;
+        self.metrics
+            .outbox_attempts
+            .with_label_values(&[&self.peer.name, "retry"])
+            .inc();
+        Ok(Next::Wait(wait))
+    }
+}
+
+/// Bounded label for a dead-letter reason.
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "max_age" => "max_age",
+        "bad_layers" | "seal_failed" => "seal_failed",
+        _ => "rejected",
+    }
+}
+
+/// Forgets journal records and delivered idempotency keys past the retention, hourly.
+pub(crate) async fn prune_forever(store: Arc<Store>, retention: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let now = now_ms();
+        let oldest_ms = now.saturating_sub(retention.as_millis() as u64);
+        let oldest_date = journal::ist_date(oldest_ms / 1000);
+        match blocking(&store, move |s| s.prune(&oldest_date, oldest_ms)).await {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "journal records past retention removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the journal failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_millis(1000));
+        for (attempts, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+            let lo = backoff_delay(i, m, attempts, 0);
+            let hi = backoff_delay(i, m, attempts, u64::MAX - 1);
+            assert_eq!(lo, Duration::from_millis(base / 2), "attempt {attempts}");
+            assert!(hi <= Duration::from_millis(base) && hi >= lo, "attempt {attempts}");
+        }
+        assert_eq!(backoff_delay(Duration::ZERO, Duration::ZERO, 3, 7), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_hopeless_refusals_dead_letter_at_once() {
+        use http::StatusCode;
+        for s in [400, 404, 413, 422] {
+            assert!(exchange::permanent(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 401, 403, 408, 429, 500, 502, 503] {
+            assert!(!exchange::permanent(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+}

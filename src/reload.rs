@@ -1,0 +1,273 @@
+//! Live reload: SIGHUP re-reads and validates the whole config and swaps the runtime
+//! atomically.
+//!
+//! Every request takes the runtime current when it starts and finishes on it, so a swap
+//! never changes the rules under a request; open connections keep working and use the
+//! new runtime from their next request. A config that fails validation (or whose
+//! certificate, replay journal or DNS resolver cannot be set up) changes nothing: every
+//! problem is logged and `bsk_sidecar_config_reloads_total{outcome="error"}` counts it.
+//!
+//! What outlives a swap is decided in [`carry`]: the replay cache always (while
+//! `state.dir` is the same), rate-limit buckets whose rate did not change, TLS
+//! certificates whose files did not change (they are re-read), and the addresses of DNS
+//! names already resolved. Listener addresses are bound once: a reload may not add,
+//! remove or rename listeners, and a changed `listen` address is reported and ignored
+//! until the next restart.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, ConfigError, Settings};
+use crate::guard::dns;
+use crate::runtime::Runtime;
+
+/// The runtime in force, swapped whole on reload.
+pub struct Live {
+    current: ArcSwap<Runtime>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Live {
+    pub fn new(rt: Arc<Runtime>) -> Arc<Live> {
+        rt.metrics.ops.config_loaded.set(unix_now());
+        Arc::new(Live {
+            current: ArcSwap::new(rt),
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The runtime a new request or connection uses.
+    pub fn load(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not validate.
+    #[error("{} problem(s) in the config", .0.len())]
+    Invalid(Vec<ConfigError>),
+    /// Listeners were added, removed, renamed or reordered: that needs a restart.
+    #[error("listeners changed ({0}); restart to apply")]
+    Listeners(String),
+    /// A certificate, the replay journal or the resolver could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Validates `settings` against the running config and swaps them in.
+pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
+    let _one = live.reloading.lock().await;
+    let old = live.load();
+    let old_names: Vec<&str> = old
+        .settings
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    let new_names: Vec<&str> = settings.listeners.iter().map(|l| l.name.as_str()).collect();
+    if old_names != new_names {
+        return Err(ReloadError::Listeners(format!(
+            "running: [{}], new: [{}]",
+            old_names.join(", "),
+            new_names.join(", ")
+        )));
+    }
+    for (o, n) in old.settings.listeners.iter().zip(&settings.listeners) {
+        if o.addr != n.addr {
+            tracing::warn!(
+                listener = %n.name,
+                running = %o.addr,
+                configured = %n.addr,
+                "listen address changed: still listening on the running address until restart"
+            );
+        }
+    }
+    if old.settings.admin != settings.admin {
+        tracing::warn!(
+            running = ?old.settings.admin,
+            configured = ?settings.admin,
+            "admin address changed: applies at the next restart"
+        );
+    }
+    if old.settings.state_dir == settings.state_dir
+        && old.settings.limits.max_replay_entries != settings.limits.max_replay_entries
+        && old.replay.is_some()
+    {
+        tracing::warn!(
+            "limits.max_replay_entries changed: the replay cache keeps its size until restart"
+        );
+    }
+    dns::carry_over(&old.settings, &settings);
+    let rt = Runtime::reloaded(settings, &old).map_err(|e| ReloadError::Setup(e.to_string()))?;
+    // Names new in this config resolve before they are relied on.
+    let resolver =
+        dns::Resolver::new(&rt.settings.dns).map_err(|e| ReloadError::Setup(e.to_string()))?;
+    dns::refresh(&rt.settings, &resolver, &rt.metrics, false).await;
+    live.current.store(rt.clone());
+    rt.metrics.ops.config_loaded.set(unix_now());
+    Ok(())
+}
+
+/// Re-reads `path` and applies it; logs the outcome (every problem of a refused config)
+/// and counts it. On failure, certificates of the running config are still re-read.
+pub async fn reload_file(live: &Live, path: &Path) -> Result<(), ReloadError> {
+    let metrics = live.load().metrics.clone();
+    let result = match config::load(path) {
+        Ok(settings) => apply(live, settings).await,
+        Err(errs) => Err(ReloadError::Invalid(errs)),
+    };
+    match &result {
+        Ok(()) => {
+            metrics.ops.config_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            metrics
+                .ops
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
+            if let ReloadError::Invalid(errs) = e {
+                for err in errs {
+                    tracing::error!(problem = %err, "config reload: problem");
+                }
+            }
+            tracing::error!(
+                config = %path.display(),
+                error = %e,
+                "configuration reload refused; the running configuration stays"
+            );
+            for l in &live.load().listeners {
+                if let Some(tls) = &l.tls {
+                    tls.reload("SIGHUP");
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Installs the SIGHUP handler now (before the service reports ready, so an early HUP is
+/// not the default "terminate"); [`SighupHandler::start`] begins reloading on it.
+pub fn on_sighup(path: PathBuf) -> io::Result<SighupHandler> {
+    let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(SighupHandler { signal, path })
+}
+
+pub struct SighupHandler {
+    signal: tokio::signal::unix::Signal,
+    path: PathBuf,
+}
+
+impl SighupHandler {
+    /// Reloads `path` into `live` on every SIGHUP, telling systemd while it does.
+    pub fn start(mut self, live: Arc<Live>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while self.signal.recv().await.is_some() {
+                crate::systemd::reloading();
+                let _ = reload_file(&live, &self.path).await;
+                crate::systemd::ready();
+            }
+        })
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// What a new runtime takes over from the previous one.
+pub mod carry {
+    use std::io;
+    use std::sync::Arc;
+
+    use crate::config::Settings;
+    use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
+    use crate::guard::replay::ReplayCache;
+    use crate::metrics::Metrics;
+    use crate::runtime::Runtime;
+    use crate::tls::TlsState;
+
+    /// The per-address buckets, when the rate and the table size are unchanged.
+    pub fn per_ip(prev: Option<&Runtime>, spec: RateSpec, capacity: usize) -> Arc<PerIpLimiter> {
+        prev.filter(|p| {
+            p.settings.limits.per_ip_rate == Some(spec)
+                && p.settings.limits.max_tracked_ips == capacity
+        })
+        .and_then(|p| p.per_ip.clone())
+        .unwrap_or_else(|| Arc::new(PerIpLimiter::new(spec, capacity)))
+    }
+
+    /// A peer's bucket, when its rate is unchanged.
+    pub fn peer_limiter(prev: Option<&Runtime>, peer: &str, spec: RateSpec) -> Arc<Limiter> {
+        prev.filter(|p| p.settings.peers.get(peer).and_then(|o| o.rate) == Some(spec))
+            .and_then(|p| p.peer_limiters.get(peer).cloned())
+            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
+    }
+
+    /// A route's bucket, when its rate is unchanged.
+    pub fn route_limiter(
+        prev: Option<&Runtime>,
+        listener: &str,
+        path: &str,
+        spec: RateSpec,
+    ) -> Arc<Limiter> {
+        prev.and_then(|p| p.listeners.iter().find(|l| l.name == listener))
+            .and_then(|l| l.routes.get(path))
+            .filter(|r| r.cfg.rate == Some(spec))
+            .and_then(|r| r.limiter.clone())
+            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
+    }
+
+    /// The replay cache: one per state directory for the life of the process, so a
+    /// reload never reopens a replay window.
+    pub fn replay(prev: Option<&Runtime>, settings: &Settings) -> Option<Arc<ReplayCache>> {
+        prev.filter(|p| p.settings.state_dir == settings.state_dir)
+            .and_then(|p| p.replay.clone())
+    }
+
+    /// Each listener's TLS state, in listener order: the running one re-read (keeping
+    /// the last good certificate) when its files are the same, else loaded anew — and
+    /// then it must load.
+    pub fn tls(
+        prev: Option<&Runtime>,
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> io::Result<Vec<Option<Arc<TlsState>>>> {
+        let mut out = Vec::with_capacity(settings.listeners.len());
+        for l in &settings.listeners {
+            let Some(ts) = &l.tls else {
+                out.push(None);
+                continue;
+            };
+            let running = prev
+                .and_then(|p| p.listeners.iter().find(|o| o.name == l.name))
+                .and_then(|o| o.tls.clone())
+                .filter(|st| st.settings() == ts);
+            let state = match running {
+                Some(st) => {
+                    st.reload("SIGHUP");
+                    st
+                }
+                None => TlsState::new(&l.name, ts.clone(), metrics.clone()).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("listener {}: {e}", l.name),
+                    )
+                })?,
+            };
+            out.push(Some(state));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,337 @@
+//! Freshness, replay (including across a restart of the sidecar process), JSON bounds
+//! and payload schemas, end to end.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bsk_sidecar::envelope::{BodyShape, Layer, PeerKeys};
+use bsk_sidecar::guard::fresh::unix_ms_to_ticket;
+use support::*;
+
+fn ticket_at(offset_secs: i64) -> String {
+    unix_ms_to_ticket((unix_now() + offset_secs) * 1000)
+}
+
+fn api1(ticket: &str) -> String {
+    format!(
+        r#"{{"userid":9054233544,"ticketNo":{ticket},"serviceCode":"AMD/003","name":"Arindam Ray"}}"#
+    )
+}
+
+fn routes(state: &str) -> String {
+    format!(
+        r#"
+admin: {{ listen: "off" }}
+state: {{ dir: "{state}" }}
+peers:{PEER_BSK}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - path: /bsk/landing
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        schema: api1
+        upstream: http://APP/bsk/landing
+      - path: /bsk/landing-nofresh
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        fresh: "off"
+        upstream: http://APP/bsk/landing
+      - path: /bsk/push
+        from: bsk
+        envelope: [token, jwt]
+        schema: api2
+        upstream: http://APP/bsk/push
+      - path: /bsk/status
+        from: bsk
+        envelope: [token, jwt]
+        schema: api3
+        upstream: http://APP/bsk/status
+      - path: /bsk/status-warn
+        from: bsk
+        envelope: [token, jwt]
+        schema: api3
+        schema_mode: warn
+        upstream: http://APP/bsk/status
+"#
+    )
+}
+
+async fn start(state: &str, app: &Upstream) -> Sidecar {
+    Sidecar::start(&routes(state), &[("APP", app.addr.to_string())]).await
+}
+
+fn form(keys: &PeerKeys, plain: &str) -> bsk_sidecar::envelope::Sealed {
+    seal(
+        &[Layer::Form, Layer::Aes],
+        keys,
+        plain.as_bytes(),
+        BodyShape::Form,
+    )
+}
+
+fn token(keys: &PeerKeys, plain: &str) -> bsk_sidecar::envelope::Sealed {
+    seal(
+        &[Layer::Token, Layer::Jwt],
+        keys,
+        with_times(plain).as_bytes(),
+        BodyShape::Json,
+    )
+}
+
+#[tokio::test]
+async fn api1_is_accepted_once_and_a_replay_is_409() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    let keys = sc.keys("bsk");
+    let ticket = ticket_at(0);
+    let req = form(&keys, &api1(&ticket));
+    assert_eq!(
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req))
+            .await
+            .status,
+        200
+    );
+    let again = send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req)).await;
+    let body = again.assert_error(409, "replayed");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("already accepted"));
+    // The same (userid, ticketNo) with other content is still the same request.
+    let altered = form(&keys, &api1(&ticket).replace("Arindam Ray", "Someone Else"));
+    send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &altered))
+        .await
+        .assert_error(409, "replayed");
+    assert_eq!(app.count(), 1, "a replay reached the application");
+    // A new ticket is a new request.
+    let next = form(&keys, &api1(&ticket_at(1)));
+    assert_eq!(
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &next))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.count(), 2);
+}
+
+#[tokio::test]
+async fn stale_and_future_dated_tickets_are_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    let keys = sc.keys("bsk");
+    let cases = [
+        (ticket_at(-11 * 60), "stale"),
+        (ticket_at(5 * 60), "future_dated"),
+        ("20220811130723".to_string(), "stale"),
+    ];
+    for (ticket, reason) in cases {
+        let req = form(&keys, &api1(&ticket));
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req))
+            .await
+            .assert_error(400, reason);
+    }
+    // No timestamp at all on a fresh route.
+    let req = form(&keys, r#"{"userid":9054233544,"serviceCode":"AMD/003"}"#);
+    send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req))
+        .await
+        .assert_error(400, "missing_timestamp");
+    assert_eq!(app.count(), 0);
+    // `fresh: off` relaxes it explicitly.
+    let req = form(&keys, &api1("20220811130723"));
+    assert_eq!(
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing-nofresh", &req))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn api2_draft_and_final_of_one_ticket_are_distinct_but_each_only_once() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    let keys = sc.keys("bsk");
+    // The ticket is days old (the draft was started then); appSubTime is now.
+    let push = |status: u8| {
+        format!(
+            r#"{{"userid":9054233544,"ticketNo":20220811050723,"serviceCode":"AMD/003","appNo":"123456","appSubTime":{},"applicationStatus":{status}}}"#,
+            &ticket_at(0)[..14]
+        )
+    };
+    for status in [2, 3] {
+        let req = token(&keys, &push(status));
+        assert_eq!(
+            send(sc.addr, sealed_post(sc.addr, "/bsk/push", &req))
+                .await
+                .status,
+            200,
+            "status {status}"
+        );
+    }
+    let again = token(&keys, &push(3));
+    send(sc.addr, sealed_post(sc.addr, "/bsk/push", &again))
+        .await
+        .assert_error(409, "replayed");
+    assert_eq!(app.count(), 2);
+}
+
+#[tokio::test]
+async fn schema_enforce_refuses_with_the_fields_and_warn_forwards() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    let keys = sc.keys("bsk");
+    let good = r#"{"userId":9054233544,"tokenNo":20220811050723,"serviceCode":"AMD/003","applicationNo":"AP7373633/003"}"#;
+    let bad = r#"{"userid":12345,"ticketNo":20220811050723,"serviceCode":"XYZ/003"}"#;
+    let ok = send(
+        sc.addr,
+        sealed_post(sc.addr, "/bsk/status", &token(&keys, good)),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let refused = send(
+        sc.addr,
+        sealed_post(sc.addr, "/bsk/status", &token(&keys, bad)),
+    )
+    .await;
+    let body = refused.assert_error(400, "schema_violation");
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["userid", "serviceCode", "applicationNo"]);
+    assert_eq!(app.count(), 1);
+    // Warn mode forwards the same payload, unchanged.
+    let sealed = token(&keys, bad);
+    let warned = send(sc.addr, sealed_post(sc.addr, "/bsk/status-warn", &sealed)).await;
+    assert_eq!(warned.status, 200);
+    assert_eq!(app.count(), 2);
+    assert!(std::str::from_utf8(&app.recorded()[1].body)
+        .unwrap()
+        .contains(r#""userid":12345"#));
+}
+
+#[tokio::test]
+async fn json_bombs_are_refused_before_the_application() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    let keys = sc.keys("bsk");
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let wide = format!("[{}0]", "0,".repeat(20_000));
+    for bomb in [deep, wide] {
+        let req = form(&keys, &bomb);
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing-nofresh", &req))
+            .await
+            .assert_error(400, "json_too_complex");
+    }
+    assert_eq!(app.count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Across a restart of the real process.
+
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn spawn(config: &std::path::Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bsk-sidecar");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" listening ") && line.contains("listener=public") {
+                if let Some(a) = line.split("addr=").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(PATIENCE)
+        .expect("no `listening` line")
+        .parse()
+        .unwrap();
+    Process { child, addr }
+}
+
+impl Process {
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replay_is_refused_after_the_process_restarts() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let config = state.path().join("sidecar.yaml");
+    let yaml =
+        routes(state.path().join("state").to_str().unwrap()).replace("APP", &app.addr.to_string());
+    std::fs::write(&config, yaml).unwrap();
+    let keys = bsk_sidecar::config::load(&config).unwrap().peers["bsk"]
+        .keys
+        .clone();
+    let req = form(&keys, &api1(&ticket_at(0)));
+
+    let first = spawn(&config);
+    assert_eq!(
+        send(first.addr, sealed_post(first.addr, "/bsk/landing", &req))
+            .await
+            .status,
+        200
+    );
+    first.stop();
+
+    let second = spawn(&config);
+    send(second.addr, sealed_post(second.addr, "/bsk/landing", &req))
+        .await
+        .assert_error(409, "replayed");
+    let fresh = form(&keys, &api1(&ticket_at(1)));
+    assert_eq!(
+        send(
+            second.addr,
+            sealed_post(second.addr, "/bsk/landing", &fresh)
+        )
+        .await
+        .status,
+        200
+    );
+    second.stop();
+    assert_eq!(app.count(), 2);
+}
