@@ -335,3 +335,108 @@ async fn a_replay_is_refused_after_the_process_restarts() {
     second.stop();
     assert_eq!(app.count(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// What real integrations send: each accepted, arriving at the application unchanged.
+
+#[tokio::test]
+async fn real_world_encodings_are_accepted_and_forwarded_unchanged() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let sc = start(state.path().to_str().unwrap(), &app).await;
+    // A string userid with a stray CR LF, the lower-case `ticketno`, `ServiceCode`; the
+    // filler field varies until the base64 holds a `+` and `=` padding (the cases under test).
+    let ticket = ticket_at(0);
+    let (plain, b64) = (0..200)
+        .map(|n| {
+            let plain = format!(
+                "{{\"userid\":\"9054233544\\r\\n\",\"ticketno\":\"{ticket} \",\"ServiceCode\":\"AMD001\",\"name\":\"অনুপম ঘোষ\",\"filler\":\"{}\"}}",
+                "x".repeat(n)
+            );
+            let b64 = aes_b64(SPEC_KEY, SPEC_IV, plain.as_bytes());
+            (plain, b64)
+        })
+        .find(|(_, b64)| b64.contains('+') && b64.ends_with('='))
+        .expect("some filler gives a `+` and `=` padding");
+    let unpadded = b64.trim_end_matches('=').to_string();
+    let mime: String = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let unencoded_plus = format!("agId=BSK&encData={b64}");
+    let bodies: Vec<(&str, &str, String)> = vec![
+        (
+            "padding stripped",
+            "application/x-www-form-urlencoded",
+            form_body(&unpadded),
+        ),
+        (
+            "MIME line breaks",
+            "application/x-www-form-urlencoded",
+            form_body(&mime),
+        ),
+        (
+            "`+` not percent-encoded",
+            "application/x-www-form-urlencoded",
+            unencoded_plus,
+        ),
+        (
+            "JSON body",
+            "application/json",
+            format!(r#"{{"agId":"BSK","encData":"{b64}"}}"#),
+        ),
+    ];
+    for (name, ct, body) in bodies {
+        let answer = send(
+            sc.addr,
+            post(sc.addr, "/bsk/landing-nofresh", Some(ct), body),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+    }
+    let recorded = app.recorded();
+    assert_eq!(recorded.len(), 4);
+    for r in recorded {
+        assert_eq!(r.body, plain.as_bytes(), "payload rewritten");
+    }
+}
+
+fn form_body(enc: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("agId", "BSK")
+        .append_pair("encData", enc)
+        .finish()
+}
+
+#[tokio::test]
+async fn the_replay_cache_is_shared_by_every_listener() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let yaml = routes(state.path().to_str().unwrap())
+        + r#"  - name: second
+    listen: 127.0.0.1:0
+    routes:
+      - path: /bsk/landing
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        schema: api1
+        upstream: http://APP/bsk/landing
+"#;
+    let sc = Sidecar::start(&yaml, &[("APP", app.addr.to_string())]).await;
+    let keys = sc.keys("bsk");
+    let req = form(&keys, &api1(&ticket_at(0)));
+    assert_eq!(
+        send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req))
+            .await
+            .status,
+        200
+    );
+    let second = sc.listener("second");
+    send(second, sealed_post(second, "/bsk/landing", &req))
+        .await
+        .assert_error(409, "replayed");
+    assert_eq!(app.count(), 1);
+}
