@@ -144,6 +144,11 @@ const fn opt(name: &'static str, aliases: &'static [&'static str], kind: Kind) -
     }
 }
 
+/// `applicationStatus`: 0 default, 1 initiated, 2 draft, 3 final, 4 search, 5 download.
+const APPLICATION_STATUSES: &[i64] = &[0, 1, 2, 3, 4, 5];
+/// `documentType`: 0 default, 1 URL, 2 base64, 3 image, 4–6 other formats.
+const DOCUMENT_TYPES: &[i64] = &[0, 1, 2, 3, 4, 5, 6];
+
 const USERID: &[&str] = &["userId"];
 const TICKET: &[&str] = &["ticketno", "tokenNo"];
 const SERVICE: &[&str] = &["ServiceCode"];
@@ -154,6 +159,7 @@ const API1: &[Field] = &[
     req("ticketNo", TICKET, Kind::Timestamp),
     req("serviceCode", SERVICE, Kind::ServiceCode),
     opt("name", NONE, Kind::Text),
+    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
     opt("mobile", NONE, Kind::Text),
     opt("email", NONE, Kind::Text),
     opt("gender", NONE, Kind::Text),
@@ -180,6 +186,7 @@ const API3: &[Field] = &[
     req("ticketNo", TICKET, Kind::Timestamp),
     req("serviceCode", SERVICE, Kind::ServiceCode),
     req("applicationNo", NONE, Kind::Text),
+    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
 ];
 
 const API4: &[Field] = &[
@@ -188,6 +195,8 @@ const API4: &[Field] = &[
     req("serviceCode", SERVICE, Kind::ServiceCode),
     // The table says documentNo; the example request sends applicationNo.
     req("documentNo", &["applicationNo"], Kind::Text),
+    opt("documentType", NONE, Kind::OneOf(DOCUMENT_TYPES)),
+    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
 ];
 
 const API5A: &[Field] = &[

@@ -193,3 +193,15 @@ fn non_objects_are_refused() {
     assert_eq!(fields(Api::Api3, "[1,2]"), ["(body)"]);
     assert_eq!(fields(Api::Api3, "\"x\""), ["(body)"]);
 }
+
+#[test]
+fn value_sets_are_checked_when_present() {
+    let base = r#"{"userId":9054233544,"tokenNo":20220811050723,"serviceCode":"AMD/003","applicationNo":"A","documentType":DT}"#;
+    assert!(fields(Api::Api4, &base.replace("DT", "6")).is_empty());
+    assert_eq!(
+        fields(Api::Api4, &base.replace("DT", "7")),
+        ["documentType"]
+    );
+    let api3 = r#"{"userId":9054233544,"tokenNo":20220811050723,"serviceCode":"AMD/003","applicationNo":"A","applicationStatus":9}"#;
+    assert_eq!(fields(Api::Api3, api3), ["applicationStatus"]);
+}
