@@ -43,6 +43,7 @@ impl ReplayKey {
 #[error("request already accepted")]
 pub struct Replayed;
 
+#[derive(Default)]
 struct Inner {
     /// Key → expiry (unix seconds).
     seen: HashMap<ReplayKey, u64>,
@@ -63,12 +64,7 @@ impl ReplayCache {
     /// A cache that forgets on restart (tests, or no state directory).
     pub fn in_memory(capacity: usize) -> ReplayCache {
         ReplayCache {
-            inner: Mutex::new(Inner {
-                seen: HashMap::new(),
-                order: VecDeque::new(),
-                journal: None,
-                journal_records: 0,
-            }),
+            inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
             path: None,
         }
@@ -99,12 +95,7 @@ impl ReplayCache {
             Err(e) => return Err(e),
         }
         let cache = ReplayCache {
-            inner: Mutex::new(Inner {
-                seen: HashMap::new(),
-                order: VecDeque::new(),
-                journal: None,
-                journal_records: 0,
-            }),
+            inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
             path: Some(path),
         };
