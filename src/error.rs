@@ -88,7 +88,10 @@ pub enum Reject {
     TooComplex(#[from] TooComplex),
     /// The payload does not match the route's API table (`schema_mode: enforce`).
     #[error("payload does not match {api}: {}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
-    Schema { api: &'static str, problems: Vec<Problem> },
+    Schema {
+        api: &'static str,
+        problems: Vec<Problem>,
+    },
     /// The same request was already accepted within its window.
     #[error("replayed request")]
     Replayed,
@@ -187,7 +190,9 @@ impl Reject {
                 | Failure::BadToken(_) => StatusCode::UNAUTHORIZED,
                 Failure::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Reject::Stale(_) | Reject::TooComplex(_) | Reject::Schema { .. } => StatusCode::BAD_REQUEST,
+            Reject::Stale(_) | Reject::TooComplex(_) | Reject::Schema { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::Replayed => StatusCode::CONFLICT,
             Reject::UpstreamUnavailable | Reject::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -369,7 +374,11 @@ mod tests {
             (Reject::Stale(Stale::TooOld), 400, "stale"),
             (Reject::Stale(Stale::FutureDated), 400, "future_dated"),
             (Reject::Replayed, 409, "replayed"),
-            (Reject::TooComplex(TooComplex::Depth(32)), 400, "json_too_complex"),
+            (
+                Reject::TooComplex(TooComplex::Depth(32)),
+                400,
+                "json_too_complex",
+            ),
             (Reject::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Reject::UpstreamTimeout, 504, "upstream_timeout"),
             (Reject::Internal, 500, "internal"),
@@ -422,8 +431,14 @@ mod tests {
         let r = Reject::Schema {
             api: "api3",
             problems: vec![
-                Problem { field: "userid", what: "not a 10-digit mobile number" },
-                Problem { field: "applicationNo", what: "missing" },
+                Problem {
+                    field: "userid",
+                    what: "not a 10-digit mobile number",
+                },
+                Problem {
+                    field: "applicationNo",
+                    what: "missing",
+                },
             ],
         }
         .to_response("r1");

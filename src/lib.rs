@@ -9,6 +9,11 @@
 //! [`server`] owns sockets, timeouts and graceful drain. The other direction — the
 //! application's own pushes sealed for a remote peer, a durable outbox, and the API-7
 //! journal — is [`egress`].
+//!
+//! Operations: [`tls`] terminates HTTPS (and reloads certificates in place),
+//! [`guard::dns`] keeps allowlisted names resolved, [`guard::proxy`] finds the client
+//! behind a trusted load balancer, [`reload`] swaps the whole runtime on SIGHUP, and
+//! [`systemd`] speaks the service manager's notify protocol.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -443,6 +443,9 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
         let admin = settings.admin.ok_or_else(|| {
             anyhow!("the outbox is in use by a running sidecar whose admin listener is off; stop it or enable admin.listen")
         })?;
+        if admin.port() == 0 {
+            bail!("the outbox is in use by a running sidecar, and admin.listen uses port 0 so its admin listener cannot be found; give it a fixed port");
+        }
         return tokio_main(outbox_via_admin(admin, action));
     };
     match action {
@@ -477,7 +480,9 @@ async fn outbox_via_admin(admin: std::net::SocketAddr, action: OutboxAction) -> 
     };
     let stream = tokio::net::TcpStream::connect(admin)
         .await
-        .with_context(|| format!("the outbox is in use; reaching the sidecar's admin listener on {admin}"))?;
+        .with_context(|| {
+            format!("the outbox is in use; reaching the sidecar's admin listener on {admin}")
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -493,7 +498,10 @@ async fn outbox_via_admin(admin: std::net::SocketAddr, action: OutboxAction) -> 
         bail!("no push with id {id}");
     }
     if !status.is_success() {
-        bail!("admin listener answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "admin listener answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     match action {
         OutboxAction::List { json, .. } => {

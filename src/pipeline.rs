@@ -15,8 +15,10 @@
 //! 10. forward — the opened JSON bytes, unchanged, with clean headers (502 / 504);
 //! 11. respond — the application's answer as is, or sealed for the caller.
 //!
-//! (Accept-time checks — listener allowlist and connection caps — run in
-//! [`crate::server`] before HTTP is parsed at all.)
+//! (Accept-time checks — listener allowlist and connection caps, then the PROXY header
+//! and the TLS handshake — run in [`crate::server`] before HTTP is parsed at all. The
+//! `client` every stage sees is the socket's peer, or the address a trusted proxy named:
+//! see [`crate::guard::proxy`].)
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -30,11 +32,11 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::config::settings::FreshOn;
 use crate::config::{Remote, ResponseMode, Target, Upstream};
 use crate::envelope::{self, BodyShape, Failure, Incoming as Sealed, Layer};
 use crate::error::{Fault, RateScope, Reject};
 use crate::guard::fresh::Stale;
-use crate::config::settings::FreshOn;
 use crate::guard::replay::ReplayKey;
 use crate::guard::schema::{self, Mode as SchemaMode};
 use crate::runtime::{ListenerRt, RouteRt, Runtime};
@@ -273,7 +275,9 @@ async fn run(
         (Some(cache), true) => {
             let key = replay_key(&cfg.peer.name, opened.jwt_jti.as_deref(), &ids)?;
             let ttl = cfg.replay_ttl().as_secs();
-            cache.check_and_insert(key, now, now + ttl).map_err(|_| Reject::Replayed)?;
+            cache
+                .check_and_insert(key, now, now + ttl)
+                .map_err(|_| Reject::Replayed)?;
             Some((cache, key))
         }
         _ => None,
@@ -293,7 +297,10 @@ async fn run(
                     if let Some((cache, key)) = replay_key {
                         cache.forget(key);
                     }
-                    return Err(Reject::Schema { api: api.name(), problems });
+                    return Err(Reject::Schema {
+                        api: api.name(),
+                        problems,
+                    });
                 }
                 SchemaMode::Warn => {
                     let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
@@ -508,7 +515,8 @@ fn ids_of(plain: &[u8]) -> PayloadIds {
     let clean = |v: &RawValue| {
         let s = v.get().trim_matches('"').trim();
         // Only short digit strings: an id, never a free-text field smuggled into the log.
-        (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
+        (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.to_string())
     };
     match serde_json::from_slice::<Ids<'_>>(plain) {
         Ok(ids) => PayloadIds {
@@ -668,6 +676,9 @@ fn seal_response(
         return Err(Reject::UpstreamBadResponse);
     }
     let keys = &cfg.peer.keys;
+    // `jwt.sign_exp`: a peer that requires `exp` gets it in what we seal for it.
+    let now = unix_now();
+    let times = cfg.peer.sign_exp.map(|ttl| (now, now + ttl.as_secs()));
     let sealing_failed = |e: Failure| {
         tracing::error!(error = %e, "sealing the response failed");
         Reject::Internal
@@ -682,7 +693,8 @@ fn seal_response(
         } else {
             &cfg.layers[..]
         };
-        let sealed = envelope::seal(inner, keys, body, BodyShape::Json).map_err(sealing_failed)?;
+        let sealed = envelope::seal_timed(inner, keys, body, BodyShape::Json, times)
+            .map_err(sealing_failed)?;
         let enc = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
         let mut obj = wrap.clone();
         obj.insert("encData".into(), serde_json::Value::String(enc));
@@ -693,13 +705,14 @@ fn seal_response(
     }
     if cfg.layers.first() == Some(&Layer::Bearer) {
         // A bearer token cannot travel in a response header the caller reads; send it as JSON.
-        let sealed = envelope::seal(&cfg.layers[1..], keys, body, BodyShape::Json)
+        let sealed = envelope::seal_timed(&cfg.layers[1..], keys, body, BodyShape::Json, times)
             .map_err(sealing_failed)?;
         let token = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
         let v = serde_json::json!({ "token": token });
         return Ok((Bytes::from(v.to_string()), "application/json"));
     }
-    let sealed = envelope::seal(&cfg.layers, keys, body, shape).map_err(sealing_failed)?;
+    let sealed =
+        envelope::seal_timed(&cfg.layers, keys, body, shape, times).map_err(sealing_failed)?;
     Ok((Bytes::from(sealed.body), sealed.content_type))
 }
 

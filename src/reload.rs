@@ -172,8 +172,11 @@ impl SighupHandler {
         tokio::spawn(async move {
             while self.signal.recv().await.is_some() {
                 crate::systemd::reloading();
-                let _ = reload_file(&live, &self.path).await;
-                crate::systemd::ready();
+                let status = match reload_file(&live, &self.path).await {
+                    Ok(()) => "serving; configuration reloaded".to_string(),
+                    Err(e) => format!("serving the previous configuration; reload refused: {e}"),
+                };
+                crate::systemd::reloaded(&status);
             }
         })
     }

@@ -19,6 +19,11 @@ pub fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
+/// Ready again after a reload, with its outcome for `systemctl status`.
+pub fn reloaded(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
 /// A reload is starting; `ready()` ends it.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {

@@ -95,6 +95,19 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A private key any local user can read is a finding, though not a reason to stop.
+fn warn_if_readable_by_others(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = fs::metadata(key) {
+        if m.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                key = %key.display(),
+                "TLS private key is readable by every local user; chmod 0640 (group bsk-sidecar)"
+            );
+        }
+    }
+}
+
 /// A ready server config and the leaf certificate's expiry (unix seconds).
 pub struct Loaded {
     pub config: Arc<ServerConfig>,
@@ -129,6 +142,7 @@ pub fn load(s: &TlsSettings) -> Result<Loaded, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
+    warn_if_readable_by_others(&s.key);
     // `with_single_cert` also checks that the key belongs to the certificate.
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

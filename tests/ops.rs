@@ -131,7 +131,7 @@ async fn dns_names_in_allowlists_follow_the_zone_and_survive_lookup_failures() {
         r#"
 admin: {{ listen: "off" }}
 state: {{ dir: /tmp/bsk-sidecar-ops-dns }}
-dns: {{ servers: ["{dns}"], refresh: 1s, timeout: 300ms }}
+dns: {{ servers: ["{dns}"], refresh: 1s, timeout: 2s }}
 peers:
   dept:
     agid: DEPT

@@ -72,6 +72,18 @@ fn sealed(to: SocketAddr, path: &str, probe: Option<u32>) -> Request<Full<Bytes>
     .unwrap()
 }
 
+/// The sidecar process; killed if the test fails before it exits by itself.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -173,18 +185,20 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
         }
     });
     // As systemd does: WATCHDOG_PID is the service's own pid (`exec` keeps the shell's).
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"WATCHDOG_PID=$$ exec "$0" run --config "$1""#)
-        .arg(BIN)
-        .arg(&cfg_path)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"WATCHDOG_PID=$$ exec "$0" run --config "$1""#)
+            .arg(BIN)
+            .arg(&cfg_path)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let pings = AtomicU64::new(0);
     let ready = expect_notify(&mut nrx, "READY=1", &pings).await;
     assert!(ready.contains("STATUS=serving"), "{ready}");
@@ -202,7 +216,7 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
     for v in 1..=RELOADS {
         write_config(&cfg_path, &config(&state, listen, up.addr, slow.addr, v));
         let t = Instant::now();
-        signal(&child, "-HUP");
+        signal(&child.0, "-HUP");
         let reloading = expect_notify(&mut nrx, "RELOADING=1", &pings).await;
         assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
         expect_notify(&mut nrx, "READY=1", &pings).await;
@@ -227,9 +241,13 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
 
     // A refused config: the process keeps serving the last good one.
     write_config(&cfg_path, "listeners: [ { name: public } ]\n");
-    signal(&child, "-HUP");
+    signal(&child.0, "-HUP");
     expect_notify(&mut nrx, "RELOADING=1", &pings).await;
-    expect_notify(&mut nrx, "READY=1", &pings).await;
+    let ready = expect_notify(&mut nrx, "READY=1", &pings).await;
+    assert!(
+        ready.contains("STATUS=serving the previous configuration; reload refused"),
+        "{ready}"
+    );
     let after = send(listen, sealed(listen, "/status", Some(999))).await;
     assert_eq!(after.status, 200);
 
@@ -265,14 +283,14 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
     // SIGTERM with a request in flight: STOPPING, the request completes, exit 0.
     let in_flight = tokio::spawn(send_from(LOCAL, listen, sealed(listen, "/slow", None)));
     slow.wait_for(1).await;
-    signal(&child, "-TERM");
+    signal(&child.0, "-TERM");
     expect_notify(&mut nrx, "STOPPING=1", &pings).await;
     // No new connections while draining.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        TcpStream::connect(listen).await.is_err(),
-        "still accepting while draining"
-    );
+    let deadline = Instant::now() + PATIENCE;
+    while TcpStream::connect(listen).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     slow.release();
     let answer = in_flight
         .await
@@ -281,7 +299,7 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
     assert_eq!(answer.status, 200);
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(

@@ -158,7 +158,10 @@ fn certs(check: &mut Check<'_>, path: &str, file: &Path) -> Option<Vec<Certifica
         match c {
             Ok(c) => out.push(c),
             Err(e) => {
-                check.err(path, format!("{}: not a PEM certificate: {e}", file.display()));
+                check.err(
+                    path,
+                    format!("{}: not a PEM certificate: {e}", file.display()),
+                );
                 return None;
             }
         }
@@ -208,11 +211,17 @@ pub(super) fn peer_tls(
             }
         }
         (Some(_), None) => {
-            check.err(format!("{p}.tls.client_key"), "client_cert needs client_key");
+            check.err(
+                format!("{p}.tls.client_key"),
+                "client_cert needs client_key",
+            );
             None
         }
         (None, Some(_)) => {
-            check.err(format!("{p}.tls.client_cert"), "client_key needs client_cert");
+            check.err(
+                format!("{p}.tls.client_cert"),
+                "client_key needs client_cert",
+            );
             None
         }
     };
@@ -276,9 +285,19 @@ pub(super) fn route_target(
         };
     }
 
-    only(check, "upstream", rr.upstream.is_some(), "ingress (`from:`)");
+    only(
+        check,
+        "upstream",
+        rr.upstream.is_some(),
+        "ingress (`from:`)",
+    );
     only(check, "serve", rr.serve.is_some(), "ingress (`from:`)");
-    only(check, "response", rr.response.is_some(), "ingress (`from:`)");
+    only(
+        check,
+        "response",
+        rr.response.is_some(),
+        "ingress (`from:`)",
+    );
     only(check, "fresh", rr.fresh.is_some(), "ingress (`from:`)");
     only(check, "replay", rr.replay.is_some(), "ingress (`from:`)");
     if rr.ip_check == Some(true) {
@@ -386,4 +405,189 @@ pub(super) fn route_target(
         journal: rr.journal.unwrap_or(delivery != Delivery::Direct),
         reply,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{from_yaml, ConfigError, Settings};
+
+    fn yaml(peer_extra: &str, routes: &str) -> String {
+        format!(
+            r#"
+admin: {{ listen: "off" }}
+state: {{ dir: /tmp/bsk-egress-config-test, journal_retention: 30d }}
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: {{ secret: "jwt-secret-for-tests", sign_exp: 5m }}
+{peer_extra}
+listeners:
+  - name: egress
+    listen: 127.0.0.1:0
+    routes:
+{routes}
+"#
+        )
+    }
+
+    fn ok(y: &str) -> Settings {
+        from_yaml(y, "t.yaml", Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn errs(y: &str) -> Vec<String> {
+        from_yaml(y, "t.yaml", Path::new("."))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ConfigError::to_string)
+            .collect()
+    }
+
+    const URL: &str = "    url: https://bsk.example/api";
+
+    #[test]
+    fn each_route_shape_validates_into_its_target() {
+        let s = ok(&yaml(
+            URL,
+            r#"      - { path: /push, to: bsk, remote: /push, envelope: [token, jwt], delivery: fallback, max_age: 2d, retry: { initial: 2s, max: 1m } }
+      - { path: /api6, to: bsk, remote: /auth, envelope: [token, jwt] }
+      - { path: /missed, from: bsk, envelope: [token, jwt], ip_check: false, serve: journal }"#,
+        ));
+        assert_eq!(s.journal_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.peers["bsk"].sign_exp, Some(Duration::from_secs(300)));
+        let r = &s.listeners[0].routes;
+        let Target::Remote(push) = &r[0].target else {
+            panic!("{:?}", r[0].target)
+        };
+        assert_eq!(push.path, "/push");
+        assert_eq!(push.delivery, Delivery::Fallback);
+        assert_eq!(push.max_age, Duration::from_secs(2 * 86_400));
+        assert_eq!(push.backoff.initial, Duration::from_secs(2));
+        assert!(push.journal, "pushes are journaled by default");
+        assert!(!r[0].ip_check && r[0].fresh.is_none() && !r[0].replay);
+        let Target::Remote(direct) = &r[1].target else {
+            panic!()
+        };
+        assert_eq!((direct.delivery, direct.journal), (Delivery::Direct, false));
+        assert_eq!(direct.max_age, DEFAULT_MAX_AGE);
+        assert_eq!(direct.reply, Reply::Auto);
+        assert!(matches!(r[2].target, Target::Journal));
+        let text = s.describe();
+        assert!(
+            text.contains("to bsk [token,jwt] -> https://bsk.example/api/push delivery=fallback"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_route_has_exactly_one_shape() {
+        let cases = [
+            (
+                "      - { path: /a, to: bsk, from: bsk, remote: /p, envelope: [token, jwt] }",
+                "listeners[0].routes[0].to: a route has either `from` (ingress) or `to` (egress)",
+            ),
+            (
+                "      - { path: /a, envelope: [token, jwt], upstream: http://127.0.0.1:1/a }",
+                "listeners[0].routes[0].from: missing",
+            ),
+            (
+                "      - { path: /a, to: bsk, envelope: [token, jwt] }",
+                "listeners[0].routes[0].remote: missing",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], upstream: http://127.0.0.1:1/a }",
+                "listeners[0].routes[0].upstream: `upstream` applies to ingress",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], fresh: 10m }",
+                "listeners[0].routes[0].fresh: `fresh` applies to ingress",
+            ),
+            (
+                "      - { path: /a, from: bsk, ip_check: false, envelope: [token, jwt], remote: /p, upstream: http://127.0.0.1:1/a }",
+                "listeners[0].routes[0].remote: `remote` applies to egress",
+            ),
+            (
+                "      - { path: /a, from: bsk, ip_check: false, envelope: [token, jwt], serve: files }",
+                "listeners[0].routes[0].serve: `files` is not something",
+            ),
+            (
+                "      - { path: /a, from: bsk, ip_check: false, envelope: [token, jwt], serve: journal, upstream: http://127.0.0.1:1/a }",
+                "listeners[0].routes[0].serve: a route has either `upstream` or `serve`",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], delivery: later }",
+                "listeners[0].routes[0].delivery: `later` is not direct, queued or fallback",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], max_age: 1d }",
+                "listeners[0].routes[0].delivery: max_age and retry apply to queued and fallback",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], delivery: queued, retry: { initial: 10s, max: 1s } }",
+                "listeners[0].routes[0].retry.max: must be at least retry.initial",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: p, envelope: [token, jwt] }",
+                "listeners[0].routes[0].remote: `p` is not a path",
+            ),
+            (
+                "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], ip_check: true }",
+                "listeners[0].routes[0].ip_check: an egress route",
+            ),
+            (
+                "      - { path: /a, to: nobody, remote: /p, envelope: [token, jwt] }",
+                "listeners[0].routes[0].to: no peer named `nobody`",
+            ),
+        ];
+        for (route, want) in cases {
+            let e = errs(&yaml(URL, route));
+            assert!(
+                e.iter().any(|m| m.contains(want)),
+                "{route}\nwant {want}\ngot {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn egress_needs_the_peers_url_and_readable_tls_files() {
+        let route = "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt] }";
+        let e = errs(&yaml("", route));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("routes[0].to: the peer has no `url`")),
+            "{e:#?}"
+        );
+        let e = errs(&yaml(
+            &format!(
+                "{URL}\n    tls: {{ ca: /nonexistent/ca.pem, client_cert: /nonexistent/c.pem }}"
+            ),
+            route,
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("peers.bsk.tls.ca: cannot read /nonexistent/ca.pem")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("peers.bsk.tls.client_key: client_cert needs client_key")),
+            "{e:#?}"
+        );
+        let e = errs(&yaml(URL, route).replace("journal_retention: 30d", "journal_retention: 1h"));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("state.journal_retention: must be at least 1d")),
+            "{e:#?}"
+        );
+        let e = errs(&yaml(URL, route).replace("sign_exp: 5m", "sign_exp: soon"));
+        assert!(
+            e.iter().any(|m| m.contains("peers.bsk.jwt.sign_exp")),
+            "{e:#?}"
+        );
+    }
 }

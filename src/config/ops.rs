@@ -239,3 +239,66 @@ pub fn describe_dns(d: &DnsSettings) -> String {
         d.timeout.as_millis()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_block_defaults_ports_and_errors() {
+        let (d, p) = dns(None);
+        assert_eq!(d, DnsSettings::default());
+        assert!(p.is_empty());
+        let raw = RawDns {
+            servers: Some(vec![
+                "192.0.2.53".into(),
+                "127.0.0.1:5353".into(),
+                "ns1".into(),
+            ]),
+            refresh: Some(RawDuration::Text("500ms".into())),
+            timeout: Some(RawDuration::Text("soon".into())),
+        };
+        let (d, p) = dns(Some(raw));
+        assert_eq!(
+            d.servers,
+            vec![
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+        let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(paths, ["dns.servers[2]", "dns.timeout", "dns.refresh"]);
+    }
+
+    #[test]
+    fn credential_names_cannot_leave_the_directory() {
+        for bad in ["", "..", ".", "../etc/shadow", "a/b"] {
+            let e = credential(bad).unwrap_err();
+            assert!(e.contains("is not a credential name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_problems_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = RawTls {
+            cert: "missing.crt".into(),
+            key: "missing.key".into(),
+            client_ca: None,
+            handshake_timeout: Some(RawDuration::Seconds(0)),
+            watch: Some(RawDuration::Text("off".into())),
+        };
+        let (ops, p) = listener("listeners[0]", Some(raw), None, None, dir.path());
+        let tls = ops.tls.unwrap();
+        assert_eq!(tls.watch, None);
+        assert_eq!(tls.cert, dir.path().join("missing.crt"));
+        let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listeners[0].tls.handshake_timeout",
+                "listeners[0].tls.cert"
+            ]
+        );
+    }
+}

@@ -17,9 +17,9 @@ use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
 use crate::guard::bounds::JsonBounds;
 use crate::guard::fresh::Window;
-use crate::guard::schema::{Api, Mode as SchemaMode};
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
+use crate::guard::schema::{Api, Mode as SchemaMode};
 use crate::secret::Secret;
 
 /// The whole validated configuration.
@@ -596,7 +596,11 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         limits.max_replay_entries = n;
     }
     if let Some(j) = l.json {
-        for (name, v) in [("max_depth", j.max_depth), ("max_values", j.max_values), ("max_string", j.max_string)] {
+        for (name, v) in [
+            ("max_depth", j.max_depth),
+            ("max_values", j.max_values),
+            ("max_string", j.max_string),
+        ] {
             if v == Some(0) {
                 check.err(format!("limits.json.{name}"), "must be at least 1");
             }
@@ -829,7 +833,10 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 None | Some("enforce") => SchemaMode::Enforce,
                 Some("warn") => SchemaMode::Warn,
                 Some(other) => {
-                    check.err(format!("{rp}.schema_mode"), format!("`{other}` is not enforce or warn"));
+                    check.err(
+                        format!("{rp}.schema_mode"),
+                        format!("`{other}` is not enforce or warn"),
+                    );
                     SchemaMode::Enforce
                 }
             };
@@ -842,14 +849,27 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 Some(Api::Api2) => Some(Duration::from_secs(24 * 3600)),
                 _ => None,
             };
-            let fresh_on = if schema_api == Some(Api::Api2) { FreshOn::AppSubTime } else { FreshOn::Ticket };
+            let fresh_on = if schema_api == Some(Api::Api2) {
+                FreshOn::AppSubTime
+            } else {
+                FreshOn::Ticket
+            };
             let fresh = match &rr.fresh {
-                None => default_fresh.map(|max_age| Window { max_age, leeway: limits.clock_leeway }),
+                None => default_fresh.map(|max_age| Window {
+                    max_age,
+                    leeway: limits.clock_leeway,
+                }),
                 Some(RawDuration::Text(t)) if t.trim() == "off" => None,
                 Some(d) => match parse_duration(d) {
-                    Ok(max_age) if !max_age.is_zero() => Some(Window { max_age, leeway: limits.clock_leeway }),
+                    Ok(max_age) if !max_age.is_zero() => Some(Window {
+                        max_age,
+                        leeway: limits.clock_leeway,
+                    }),
                     Ok(_) => {
-                        check.err(format!("{rp}.fresh"), "window must be longer than 0s (or `off`)");
+                        check.err(
+                            format!("{rp}.fresh"),
+                            "window must be longer than 0s (or `off`)",
+                        );
                         None
                     }
                     Err(e) => {
@@ -866,7 +886,11 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 );
             }
             // Freshness and replay judge what a peer sent; an egress route has no such input.
-            let (fresh, replay) = if egress { (None, false) } else { (fresh, replay) };
+            let (fresh, replay) = if egress {
+                (None, false)
+            } else {
+                (fresh, replay)
+            };
             if let (Some(method), Some(peer), Some(target)) = (method, peer, target) {
                 routes.push(Arc::new(Route {
                     path: rr.path,

@@ -154,7 +154,8 @@ impl PeerClients {
             .header("x-request-id", request_id)
             .body(Full::new(body))
             .map_err(|e| SendError::Request(e.to_string()))?;
-        let ct = HeaderValue::from_str(content_type).map_err(|e| SendError::Request(e.to_string()))?;
+        let ct =
+            HeaderValue::from_str(content_type).map_err(|e| SendError::Request(e.to_string()))?;
         req.headers_mut().insert(header::CONTENT_TYPE, ct);
         if let Some(a) = authorization {
             let v = HeaderValue::from_str(a).map_err(|e| SendError::Request(e.to_string()))?;
@@ -221,7 +222,10 @@ fn endpoint(p: &Peer, url: &Uri) -> Result<Endpoint, ClientError> {
     };
     let authority = url.authority().cloned().ok_or_else(no_host)?;
     let https = url.scheme_str() == Some("https");
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = if host.contains(':') {
         format!("[{host}]:{port}")
@@ -229,6 +233,13 @@ fn endpoint(p: &Peer, url: &Uri) -> Result<Endpoint, ClientError> {
         format!("{host}:{port}")
     };
     let base_path = url.path().trim_end_matches('/').to_string();
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !https && !loopback {
+        tracing::warn!(peer = %p.name, %url, "peer url is plain http: what is sent to it is protected only by the envelope layers, not by TLS");
+    }
     let tls = if https {
         let server_name = ServerName::try_from(host.to_string()).map_err(|_| no_host())?;
         Some((TlsConnector::from(Arc::new(tls_config(p)?)), server_name))
@@ -269,12 +280,11 @@ fn tls_config(p: &Peer) -> Result<ClientConfig, ClientError> {
             }
         }
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(|e| err("TLS versions", e))?
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| err("TLS versions", e))?
+            .with_root_certificates(roots);
     let mut config = match &p.tls.client {
         Some(id) => builder
             .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
@@ -312,12 +322,13 @@ impl Endpoint {
     ) -> Result<SendRequest<Full<Bytes>>, SendError> {
         let addr = || self.addr.clone();
         let dial = async {
-            let stream = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|source| SendError::Connect {
-                    addr: addr(),
-                    source,
-                })?;
+            let stream =
+                TcpStream::connect(&self.addr)
+                    .await
+                    .map_err(|source| SendError::Connect {
+                        addr: addr(),
+                        source,
+                    })?;
             let _ = stream.set_nodelay(true);
             match &self.tls {
                 None => Ok::<_, SendError>((Some(stream), None)),

@@ -55,6 +55,8 @@ pub(crate) struct Worker {
     pub peer: Arc<Peer>,
     pub limiter: Option<Arc<Limiter>>,
     pub metrics: Metrics,
+    /// When the gauges were last read from the store (reading them scans the queue).
+    pub gauges_at: Option<std::time::Instant>,
 }
 
 enum Next {
@@ -65,7 +67,7 @@ enum Next {
 }
 
 impl Worker {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let wake = self.store.waker(&self.peer.name);
         loop {
             let next = match self.step().await {
@@ -105,6 +107,24 @@ impl Worker {
         }
     }
 
+    /// Dead-letters every push past its `max_age`, wherever it sits in the queue.
+    async fn expire(&self) -> Result<(), super::outbox::StoreError> {
+        let peer = self.peer.name.clone();
+        let gone = blocking(&self.store, move |s| s.expire(&peer, now_ms())).await?;
+        for p in &gone {
+            self.metrics
+                .outbox_attempts
+                .with_label_values(&[&self.peer.name, "dead"])
+                .inc();
+            self.metrics
+                .outbox_dead_letters
+                .with_label_values(&[&self.peer.name, "max_age"])
+                .inc();
+            tracing::warn!(peer = %self.peer.name, id = p.id, attempts = p.attempts, reason = "max_age", "push moved to the dead-letter list");
+        }
+        Ok(())
+    }
+
     async fn dead(&self, push: &Push, reason: &str) -> Result<(), super::outbox::StoreError> {
         let p = push.clone();
         let r = reason.to_string();
@@ -121,13 +141,23 @@ impl Worker {
         Ok(())
     }
 
-    async fn step(&self) -> Result<Next, super::outbox::StoreError> {
+    async fn step(&mut self) -> Result<Next, super::outbox::StoreError> {
         // One sender per peer queue, even while an old runtime drains after a reload.
         let lock = self.store.delivery_lock(&self.peer.name);
         let _held = lock.lock().await;
-        self.gauges().await;
+        // At most once a second while draining a backlog: the count scans the queue.
+        let stale = match self.gauges_at {
+            None => true,
+            Some(t) => t.elapsed() >= Duration::from_secs(1),
+        };
+        if stale {
+            self.expire().await?;
+            self.gauges().await;
+            self.gauges_at = Some(std::time::Instant::now());
+        }
         let peer = self.peer.name.clone();
         let Some(mut push) = blocking(&self.store, move |s| s.head(&peer)).await? else {
+            self.gauges().await;
             return Ok(Next::Wait(IDLE_CHECK));
         };
         let now = now_ms();
@@ -136,7 +166,9 @@ impl Worker {
             return Ok(Next::Again);
         }
         if push.next_attempt_ms > now {
-            return Ok(Next::Wait(Duration::from_millis(push.next_attempt_ms - now)));
+            return Ok(Next::Wait(Duration::from_millis(
+                push.next_attempt_ms - now,
+            )));
         }
         if let Some(l) = &self.limiter {
             if let Err(wait) = l.check() {
@@ -241,13 +273,26 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
         let (i, m) = (Duration::from_millis(100), Duration::from_millis(1000));
-        for (attempts, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (attempts, base) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             let lo = backoff_delay(i, m, attempts, 0);
             let hi = backoff_delay(i, m, attempts, u64::MAX - 1);
             assert_eq!(lo, Duration::from_millis(base / 2), "attempt {attempts}");
-            assert!(hi <= Duration::from_millis(base) && hi >= lo, "attempt {attempts}");
+            assert!(
+                hi <= Duration::from_millis(base) && hi >= lo,
+                "attempt {attempts}"
+            );
         }
-        assert_eq!(backoff_delay(Duration::ZERO, Duration::ZERO, 3, 7), Duration::ZERO);
+        assert_eq!(
+            backoff_delay(Duration::ZERO, Duration::ZERO, 3, 7),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -257,7 +302,10 @@ mod tests {
             assert!(exchange::permanent(StatusCode::from_u16(s).unwrap()), "{s}");
         }
         for s in [200, 401, 403, 408, 429, 500, 502, 503] {
-            assert!(!exchange::permanent(StatusCode::from_u16(s).unwrap()), "{s}");
+            assert!(
+                !exchange::permanent(StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
         }
     }
 }

@@ -35,6 +35,11 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A 2xx answer that `reply: open` required to be sealed was not.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer's answer did not open with the route's layers")]
+pub struct Unopened;
+
 /// Seals `plain` for `peer` and sends it; returns the peer's answer as received.
 pub async fn send(
     clients: &PeerClients,
@@ -66,13 +71,13 @@ pub async fn send(
 /// The peer's answer made readable for the application: opened with the route's layers
 /// (or, for a reply that carries only the inner layers — `{"encData":…}`,
 /// `{"token":…}` — with those), else unchanged when `reply` allows.
-/// `Err(())` when `reply: open` and a 2xx answer does not open.
+/// `Err(Unopened)` when `reply: open` and a 2xx answer does not open.
 pub fn open_reply(
     layers: &[Layer],
     peer: &Peer,
     reply: Reply,
     resp: Response<Bytes>,
-) -> Result<Response<Bytes>, ()> {
+) -> Result<Response<Bytes>, Unopened> {
     if reply == Reply::Pass {
         return Ok(resp);
     }
@@ -95,7 +100,10 @@ pub fn open_reply(
     let mut opened = attempt(layers);
     if opened.is_none()
         && layers.len() > 1
-        && matches!(layers.first(), Some(Layer::Form | Layer::Token | Layer::Bearer))
+        && matches!(
+            layers.first(),
+            Some(Layer::Form | Layer::Token | Layer::Bearer)
+        )
     {
         opened = attempt(&layers[1..]);
     }
@@ -108,7 +116,7 @@ pub fn open_reply(
             );
             Ok(Response::from_parts(parts, Bytes::from(o.plain)))
         }
-        None if reply == Reply::Open && parts.status.is_success() => Err(()),
+        None if reply == Reply::Open && parts.status.is_success() => Err(Unopened),
         None => Ok(Response::from_parts(parts, body)),
     }
 }
@@ -117,6 +125,5 @@ pub fn open_reply(
 /// instead of holding the queue. Credentials (401/403), timeouts (408), `425` and
 /// throttling (429) are worth retrying; so is every 5xx.
 pub fn permanent(status: StatusCode) -> bool {
-    status.is_client_error()
-        && !matches!(status.as_u16(), 401 | 403 | 408 | 425 | 429)
+    status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 408 | 425 | 429)
 }

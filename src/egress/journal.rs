@@ -282,7 +282,10 @@ mod tests {
 
     #[test]
     fn ticket_dates_must_be_real() {
-        assert_eq!(date_of_ticket("20240229101010").as_deref(), Some("2024-02-29"));
+        assert_eq!(
+            date_of_ticket("20240229101010").as_deref(),
+            Some("2024-02-29")
+        );
         assert_eq!(date_of_ticket("20230229101010"), None);
         assert_eq!(date_of_ticket("2022120215332"), None);
         assert_eq!(date_of_ticket("2022x202153322"), None);
@@ -327,11 +330,16 @@ mod tests {
             r#"{"From Date":"2022-12-10","To Date":"2022-12-22"}"#,
         ] {
             let p = parse_pull(body.as_bytes()).unwrap();
-            assert_eq!((p.from.as_str(), p.to.as_str()), ("2022-12-10", "2022-12-22"));
+            assert_eq!(
+                (p.from.as_str(), p.to.as_str()),
+                ("2022-12-10", "2022-12-22")
+            );
             assert_eq!((p.offset, p.limit), (0, MAX_PULL));
         }
-        let p = parse_pull(br#"{"fromDate":"2022-12-10","toDate":"2022-12-10","limit":"5","offset":10}"#)
-            .unwrap();
+        let p = parse_pull(
+            br#"{"fromDate":"2022-12-10","toDate":"2022-12-10","limit":"5","offset":10}"#,
+        )
+        .unwrap();
         assert_eq!((p.offset, p.limit), (10, 5));
     }
 

@@ -34,7 +34,6 @@ use http_body_util::Full;
 use tokio::task::JoinHandle;
 
 use crate::config::{Delivery, Remote, Route, Settings, Target};
-use crate::envelope::Layer;
 use crate::error::{json_response, RateScope, Reject};
 use crate::guard::rate::Limiter;
 use crate::metrics::Metrics;
@@ -130,6 +129,7 @@ impl Egress {
                 peer: peer.clone(),
                 limiter: self.limiters.get(&peer.name).cloned(),
                 metrics: metrics.clone(),
+                gauges_at: None,
             };
             tasks.push(tokio::spawn(worker.run()));
         }
@@ -250,14 +250,12 @@ pub async fn push(
                     let why = format!("peer answered {}", resp.status().as_u16());
                     Ok((push_ctx.enqueue(Some(&why)).await?, outcome))
                 }
-                Err(
-                    Reject::PeerUnavailable
-                    | Reject::PeerTimeout
-                    | Reject::RateLimited { .. },
-                ) => Ok((
-                    push_ctx.enqueue(Some("peer unreachable")).await?,
-                    Outcome::default(),
-                )),
+                Err(Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. }) => {
+                    Ok((
+                        push_ctx.enqueue(Some("peer unreachable")).await?,
+                        Outcome::default(),
+                    ))
+                }
                 Err(e) => Err(e),
             }
         }
@@ -297,7 +295,12 @@ impl PushCtx<'_> {
             peer: self.cfg.peer.name.clone(),
             route: self.cfg.path.clone(),
             remote: self.remote.path.clone(),
-            layers: self.cfg.layers.iter().map(|l| l.name().to_string()).collect(),
+            layers: self
+                .cfg
+                .layers
+                .iter()
+                .map(|l| l.name().to_string())
+                .collect(),
             body: String::from_utf8_lossy(self.plain).into_owned(),
             created_ms: now,
             queued_ms: now,
@@ -385,7 +388,10 @@ impl PushCtx<'_> {
             }
         }
         let opened = exchange::open_reply(&self.cfg.layers, peer, self.remote.reply, resp)
-            .map_err(|()| Reject::PeerBadResponse)?;
+            .map_err(|e| {
+                tracing::warn!(request_id = self.request_id, peer = %peer.name, error = %e, "peer answer refused");
+                Reject::PeerBadResponse
+            })?;
         Ok((peer_reply(opened, self.request_id), outcome))
     }
 }
@@ -418,11 +424,6 @@ pub async fn serve_journal(
 /// Whose pushes an API-7 route serves: the pushes sent *to* the peer that asks.
 fn journal_peer(cfg: &Route) -> String {
     cfg.peer.name.clone()
-}
-
-/// Layers as config names, for logs and `outbox list`.
-pub fn layer_names(layers: &[Layer]) -> String {
-    layers.iter().map(|l| l.name()).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

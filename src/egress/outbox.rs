@@ -238,7 +238,11 @@ impl Store {
     }
 
     fn next_id(meta: &mut redb::Table<'_, &str, u64>) -> Result<u64, StoreError> {
-        let id = meta.get("next_id").map_err(db)?.map(|v| v.value()).unwrap_or(1);
+        let id = meta
+            .get("next_id")
+            .map_err(db)?
+            .map(|v| v.value())
+            .unwrap_or(1);
         meta.insert("next_id", id + 1).map_err(db)?;
         Ok(id)
     }
@@ -415,6 +419,37 @@ impl Store {
         tx.commit().map_err(db)
     }
 
+    /// Moves every queued push of `peer` older than its `max_age` to the dead-letter list
+    /// (not only the head: a push behind a stuck one expires on time too). Returns them.
+    pub fn expire(&self, peer: &str, now_ms: u64) -> Result<Vec<Push>, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let mut expired = Vec::new();
+        {
+            let mut out = tx.open_table(OUTBOX).map_err(db)?;
+            for entry in out.range((peer, 0u64)..=(peer, u64::MAX)).map_err(db)? {
+                let (k, v) = entry.map_err(db)?;
+                let p: Push = serde_json::from_slice(v.value())
+                    .map_err(|_| StoreError::BadEntry(k.value().1))?;
+                if now_ms >= p.queued_ms.saturating_add(p.max_age_ms) {
+                    expired.push(p);
+                }
+            }
+            let mut dead = tx.open_table(DEAD).map_err(db)?;
+            for p in &mut expired {
+                out.remove((peer, p.id)).map_err(db)?;
+                p.dead_reason = Some("max_age".into());
+                let v = serde_json::to_vec(&*p).map_err(|e| StoreError::Db(e.to_string()))?;
+                dead.insert(p.id, v.as_slice()).map_err(db)?;
+            }
+        }
+        if expired.is_empty() {
+            tx.abort().map_err(db)?;
+        } else {
+            tx.commit().map_err(db)?;
+        }
+        Ok(expired)
+    }
+
     /// Every queued push (per peer in delivery order), then every dead letter.
     pub fn list(&self) -> Result<(Vec<Push>, Vec<Push>), StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
@@ -428,7 +463,9 @@ impl Store {
         let mut dead = Vec::new();
         for entry in tx.open_table(DEAD).map_err(db)?.iter().map_err(db)? {
             let (k, v) = entry.map_err(db)?;
-            dead.push(serde_json::from_slice(v.value()).map_err(|_| StoreError::BadEntry(k.value()))?);
+            dead.push(
+                serde_json::from_slice(v.value()).map_err(|_| StoreError::BadEntry(k.value()))?,
+            );
         }
         Ok((queued, dead))
     }
@@ -668,11 +705,19 @@ mod tests {
             panic!("{first:?}")
         };
         let again = s.enqueue(push("bsk", "{}", Some("k1")), None).unwrap();
-        assert!(matches!(again, Enqueued::Duplicate(Seen { id: i, delivered: false, .. }) if i == id));
+        assert!(
+            matches!(again, Enqueued::Duplicate(Seen { id: i, delivered: false, .. }) if i == id)
+        );
         let h = s.head("bsk").unwrap().unwrap();
         s.delivered(&h, 5000).unwrap();
         let after = s.enqueue(push("bsk", "{}", Some("k1")), None).unwrap();
-        assert!(matches!(after, Enqueued::Duplicate(Seen { delivered: true, .. })));
+        assert!(matches!(
+            after,
+            Enqueued::Duplicate(Seen {
+                delivered: true,
+                ..
+            })
+        ));
         assert_eq!(s.stats("bsk").unwrap().queued, 0);
     }
 
@@ -689,35 +734,95 @@ mod tests {
         };
         let h = s.head("bsk").unwrap().unwrap();
         s.dead_letter(&h, "max_age").unwrap();
-        assert_eq!(s.stats("bsk").unwrap(), PeerStats { queued: 0, oldest_queued_ms: None, dead: 1 });
+        assert_eq!(
+            s.stats("bsk").unwrap(),
+            PeerStats {
+                queued: 0,
+                oldest_queued_ms: None,
+                dead: 1
+            }
+        );
         assert_eq!(s.retry(id, 9000).unwrap().as_deref(), Some("bsk"));
         let back = s.head("bsk").unwrap().unwrap();
-        assert_eq!((back.queued_ms, back.attempts, back.dead_reason), (9000, 0, None));
-        assert_eq!(s.journal("bsk", "2022-12-01", "2022-12-31", 0, 10).unwrap().len(), 1);
+        assert_eq!(
+            (back.queued_ms, back.attempts, back.dead_reason),
+            (9000, 0, None)
+        );
+        assert_eq!(
+            s.journal("bsk", "2022-12-01", "2022-12-31", 0, 10)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(s.drop_push(id).unwrap());
         assert!(!s.drop_push(id).unwrap());
         assert_eq!(s.stats("bsk").unwrap().queued, 0);
-        assert!(s.journal("bsk", "2022-12-01", "2022-12-31", 0, 10).unwrap().is_empty());
+        assert!(s
+            .journal("bsk", "2022-12-01", "2022-12-31", 0, 10)
+            .unwrap()
+            .is_empty());
         assert!(s.seen("k").unwrap().is_none());
         assert_eq!(s.retry(424242, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn pushes_expire_wherever_they_are_in_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut long = push("bsk", "{}", None);
+        long.max_age_ms = 1_000_000;
+        s.enqueue(long, None).unwrap();
+        let short = push("bsk", "{}", None); // max_age 60s from 1000 ms
+        let Enqueued::New(id) = s.enqueue(short, None).unwrap() else {
+            panic!()
+        };
+        assert!(s.expire("bsk", 60_999).unwrap().is_empty());
+        let gone = s.expire("bsk", 61_000).unwrap();
+        assert_eq!(gone.iter().map(|p| p.id).collect::<Vec<_>>(), vec![id]);
+        let (queued, dead) = s.list().unwrap();
+        assert_eq!((queued.len(), dead.len()), (1, 1));
+        assert_eq!(dead[0].dead_reason.as_deref(), Some("max_age"));
     }
 
     #[test]
     fn journal_ranges_are_inclusive_and_paged() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        for (date, n) in [("2022-12-01", 1), ("2022-12-02", 2), ("2022-12-02", 3), ("2022-12-03", 4)] {
-            let j = JournalEntry { date: date.into(), json: format!("{{\"n\":{n}}}") };
+        for (date, n) in [
+            ("2022-12-01", 1),
+            ("2022-12-02", 2),
+            ("2022-12-02", 3),
+            ("2022-12-03", 4),
+        ] {
+            let j = JournalEntry {
+                date: date.into(),
+                json: format!("{{\"n\":{n}}}"),
+            };
             s.record_delivered("bsk", None, Some(&j), 0).unwrap();
         }
-        s.record_delivered("other", None, Some(&JournalEntry { date: "2022-12-02".into(), json: "{}".into() }), 0)
+        s.record_delivered(
+            "other",
+            None,
+            Some(&JournalEntry {
+                date: "2022-12-02".into(),
+                json: "{}".into(),
+            }),
+            0,
+        )
+        .unwrap();
+        let got = s
+            .journal("bsk", "2022-12-02", "2022-12-03", 0, 100)
             .unwrap();
-        let got = s.journal("bsk", "2022-12-02", "2022-12-03", 0, 100).unwrap();
         assert_eq!(got, vec![r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
         let page = s.journal("bsk", "2022-12-01", "2022-12-03", 1, 2).unwrap();
         assert_eq!(page, vec![r#"{"n":2}"#, r#"{"n":3}"#]);
         assert_eq!(s.prune("2022-12-02", 0).unwrap(), 1);
-        assert_eq!(s.journal("bsk", "2022-01-01", "2022-12-31", 0, 100).unwrap().len(), 3);
+        assert_eq!(
+            s.journal("bsk", "2022-01-01", "2022-12-31", 0, 100)
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

@@ -14,15 +14,24 @@ fn sign_exp_splices_time_claims_without_touching_other_bytes() {
     // Claims already present are kept, never duplicated.
     let out = jwt::with_times(br#"{"exp":5,"a":1}"#, 100, 400).unwrap();
     assert_eq!(out, br#"{"exp":5,"a":1,"iat":100}"#);
-    assert_eq!(jwt::with_times(b"{ }", 1, 2).unwrap(), br#"{ "iat":1,"exp":2}"#);
-    assert!(jwt::with_times(b"[1]", 1, 2).is_err());
+    assert_eq!(
+        jwt::with_times(b"{ }", 1, 2).unwrap(),
+        br#"{ "iat":1,"exp":2}"#
+    );
+    // An array (an API-7 answer) cannot carry claims: unchanged. Not JSON: refused.
+    assert_eq!(jwt::with_times(b"[1]", 1, 2).unwrap(), b"[1]");
+    assert!(jwt::with_times(b"{oops", 1, 2).is_err());
 }
 
 #[test]
 fn a_peer_requiring_exp_accepts_what_sign_exp_seals() {
     let key = JwtKey::new(Secret::new("egress-unit-test-secret-0123456789"));
-    let claims = jwt::with_times(br#"{"ticketNo":20221202153322882}"#, 1_700_000_000, 1_700_000_300)
-        .unwrap();
+    let claims = jwt::with_times(
+        br#"{"ticketNo":20221202153322882}"#,
+        1_700_000_000,
+        1_700_000_300,
+    )
+    .unwrap();
     let token = jwt::sign(&key, &claims).unwrap();
     let v = jwt::verify(&key, &token, 1_700_000_100).unwrap();
     assert_eq!(v.iat, Some(1_700_000_000));

@@ -125,7 +125,8 @@ pub fn sign(key: &JwtKey, payload_json: &[u8]) -> Result<String, Failure> {
 
 /// The claims object `claims` with `"iat":iat,"exp":exp` appended before its closing
 /// brace — spliced as text so every other byte (a 17-digit `ticketNo`) stays as written.
-/// A claim already present is kept, never duplicated.
+/// A claim already present is kept, never duplicated. A payload that is not a JSON object
+/// (an API-7 answer is an array) cannot carry claims and is returned unchanged.
 pub fn with_times(claims: &[u8], iat: u64, exp: u64) -> Result<Vec<u8>, Failure> {
     #[derive(Deserialize)]
     struct Present {
@@ -134,6 +135,13 @@ pub fn with_times(claims: &[u8], iat: u64, exp: u64) -> Result<Vec<u8>, Failure>
     }
     let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
     let trimmed = claims.trim_ascii();
+    if trimmed.first() != Some(&b'{') {
+        return if serde_json::from_slice::<IgnoredAny>(trimmed).is_ok() {
+            Ok(claims.to_vec())
+        } else {
+            Err(malformed)
+        };
+    }
     let present: Present = serde_json::from_slice(trimmed).map_err(|_| malformed)?;
     let (Some(b'{'), Some((b'}', body))) = (trimmed.first(), trimmed.split_last()) else {
         return Err(malformed);

@@ -61,19 +61,38 @@ pub fn unix_now() -> u64 {
 /// Seals `plain` as the portal would, with `iat`/`exp` (the peer requires `exp`).
 pub fn seal(plain: &[u8]) -> envelope::Sealed {
     let now = unix_now();
-    envelope::seal_timed(&STACK, &keys(), plain, BodyShape::Json, Some((now, now + 300)))
-        .expect("seal")
+    envelope::seal_timed(
+        &STACK,
+        &keys(),
+        plain,
+        BodyShape::Json,
+        Some((now, now + 300)),
+    )
+    .expect("seal")
 }
 
 /// Opens what the sidecar sealed (a request, or an answer).
 pub fn open(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, String> {
+    open_with(&keys(), content_type, body)
+}
+
+/// Opens an API-7 answer: a JSON array is not a claims object, so it carries no `exp`.
+pub fn open_array(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut k = keys();
+    if let Some(j) = k.jwt.as_mut() {
+        j.require_exp = false;
+    }
+    open_with(&k, content_type, body)
+}
+
+fn open_with(keys: &PeerKeys, content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, String> {
     let req = Incoming {
         content_type,
         authorization: None,
         passcode_header: None,
         body,
     };
-    envelope::open(&STACK, &keys(), &req, unix_now())
+    envelope::open(&STACK, keys, &req, unix_now())
         .map(|o| o.plain)
         .map_err(|e| e.to_string())
 }
@@ -86,6 +105,7 @@ pub struct Pki {
     pub dir: tempfile::TempDir,
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: Arc<PrivateKeyDer<'static>>,
+    pub ca_der: CertificateDer<'static>,
 }
 
 impl Pki {
@@ -112,11 +132,29 @@ impl Pki {
         let cert = s.signed_by(&key, &ca).expect("sign");
         let server_key =
             PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key pem");
+        // A client certificate the sidecar can present (mTLS), written as PEM files.
+        let mut c = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        c.distinguished_name
+            .push(DnType::CommonName, "department sidecar");
+        c.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let ckey = KeyPair::generate().expect("key");
+        let ccert = c.signed_by(&ckey, &ca).expect("sign client");
+        std::fs::write(dir.path().join("client.crt"), ccert.pem()).expect("write");
+        std::fs::write(dir.path().join("client.key"), ckey.serialize_pem()).expect("write");
         Pki {
+            ca_der: ca.der().clone(),
             dir,
             server_chain: vec![cert.der().clone()],
             server_key: Arc::new(server_key),
         }
+    }
+
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.crt")
+    }
+
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -132,7 +170,6 @@ impl Pki {
 pub struct Received {
     pub path: String,
     pub plain: Vec<u8>,
-    /// `exp` was present in the JWT (the peer requires it; recorded for the figures).
     pub at: Instant,
 }
 
@@ -167,17 +204,35 @@ pub struct RemotePeer {
 impl RemotePeer {
     /// A peer that is down: its port is reserved (bound once, then released).
     pub async fn down(pki: &Pki) -> RemotePeer {
+        RemotePeer::down_with(pki, false).await
+    }
+
+    /// Like [`RemotePeer::down`]; with `mtls`, clients must present a certificate from
+    /// the test CA.
+    pub async fn down_with(pki: &Pki, mtls: bool) -> RemotePeer {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = l.local_addr().expect("addr").port();
         drop(l);
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
-        .expect("server cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der.clone()).expect("ca");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let tls = builder
+            .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+            .expect("server cert");
         let (count, _) = watch::channel(0);
         RemotePeer {
             port,
@@ -300,7 +355,12 @@ async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Respon
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let plain = match open(ct.as_deref(), &body) {
         Ok(p) => p,
         Err(e) => {
@@ -312,8 +372,7 @@ async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Respon
         tokio::time::sleep(*d).await;
     }
     let v: serde_json::Value = serde_json::from_slice(&plain).unwrap_or_default();
-    let ticket = v["ticketNo"].to_string();
-    if state.refuse.lock().unwrap().contains(&ticket) {
+    if state.refuse.lock().unwrap().contains(&key_of(&v)) {
         return json(400, r#"{"statusCode":400,"message":"refused"}"#.into());
     }
     if let Answer::Status(s) = answer {
@@ -358,9 +417,13 @@ fn json(status: u16, body: String) -> Response<Full<Bytes>> {
 /// The sidecar's config for these tests: an egress listener with one route per delivery
 /// mode, a public listener answering API-7 from the journal, admin on an ephemeral port.
 pub fn config(peer_url: &str, ca: &Path, state: &Path) -> String {
+    // A fixed admin port (the CLI finds a running sidecar there): a free one, released.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
     format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "{admin}" }}
 state: {{ dir: "{state}" }}
 limits:
   per_ip_rate: {{ per_second: 1000, burst: 1000 }}
@@ -390,6 +453,13 @@ listeners:
         delivery: fallback
         retry: {{ initial: 50ms, max: 250ms }}
         upstream_timeout: 2s
+      - path: /push/short
+        to: bsk
+        remote: /push
+        envelope: [token, jwt]
+        delivery: queued
+        max_age: 300ms
+        retry: {{ initial: 50ms, max: 250ms }}
       - path: /api6
         to: bsk
         remote: /auth
@@ -460,7 +530,9 @@ impl Sidecar {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            let addr = v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+            let addr = v["addr"]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok());
             match (v["message"].as_str(), addr) {
                 (Some("listening"), Some(a)) => {
                     if let Some(n) = v["listener"].as_str() {
@@ -558,10 +630,19 @@ pub async fn request(
 
 /// The application's push: plain JSON to an egress route.
 pub async fn push(sc: &Sidecar, route: &str, json: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) =
-        request(sc.egress(), "POST", route, "application/json", json.as_bytes().to_vec()).await;
+    let (status, _, body) = request(
+        sc.egress(),
+        "POST",
+        route,
+        "application/json",
+        json.as_bytes().to_vec(),
+    )
+    .await;
     let v = serde_json::from_slice(&body).unwrap_or_else(|_| {
-        panic!("non-JSON answer {status}: {}", String::from_utf8_lossy(&body))
+        panic!(
+            "non-JSON answer {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
     });
     (status, v)
 }
@@ -576,7 +657,8 @@ pub fn api2(n: u32, date: &str, status: u8) -> String {
 
 /// The outbox as the admin listener lists it.
 pub async fn outbox(sc: &Sidecar) -> serde_json::Value {
-    let (status, _, body) = request(sc.admin, "GET", "/outbox", "application/json", Vec::new()).await;
+    let (status, _, body) =
+        request(sc.admin, "GET", "/outbox", "application/json", Vec::new()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).expect("outbox JSON")
 }
@@ -594,13 +676,43 @@ pub async fn wait_outbox_empty(sc: &Sidecar) {
     }
 }
 
-/// `ticketNo` of each received push, in arrival order.
+/// What identifies a push: `ticketNo/applicationStatus` (a draft and the final
+/// submission of one ticket are two pushes).
+pub fn key_of(v: &serde_json::Value) -> String {
+    format!("{}/{}", v["ticketNo"], v["applicationStatus"])
+}
+
+/// [`key_of`] each received push, in arrival order.
 pub fn tickets(received: &[Received]) -> Vec<String> {
     received
         .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.plain).unwrap_or_default();
-            v["ticketNo"].to_string()
-        })
+        .map(|r| key_of(&serde_json::from_slice(&r.plain).unwrap_or_default()))
         .collect()
+}
+
+/// Like [`push`], but a connection that breaks (the sidecar was killed) is `None`.
+pub async fn try_push(
+    addr: SocketAddr,
+    route: &str,
+    json: &str,
+) -> Option<(u16, serde_json::Value)> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri(route)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .ok()?;
+    let resp = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, serde_json::from_slice(&body).ok()?))
 }
