@@ -51,12 +51,20 @@ impl From<ForwardError> for Reject {
     }
 }
 
-struct Pool {
-    addr: String,
+/// Idle keep-alive connections to one destination, shared with the egress client.
+pub(crate) struct IdlePool {
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    max_idle: usize,
 }
 
-impl Pool {
+impl IdlePool {
+    pub(crate) fn new(max_idle: usize) -> Self {
+        IdlePool {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
     fn take(&self) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(s) = idle.pop() {
@@ -72,8 +80,96 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push(s);
+        }
+    }
+}
+
+/// Why a pooled exchange failed; `Dial` carries the dialer's own error.
+pub(crate) enum ExchangeFailure<E> {
+    Dial(E),
+    Timeout,
+    TooLarge,
+    Http(hyper::Error),
+}
+
+/// Sends `req` on an idle connection from `pool` (or one `dial` makes) and reads the whole
+/// answer, at most `max_response` bytes, before `deadline`. A request that was never
+/// written to a pooled connection that had just closed is retried on another.
+pub(crate) async fn exchange<E, F, Fut>(
+    pool: &IdlePool,
+    dial: F,
+    mut req: Request<Full<Bytes>>,
+    deadline: Instant,
+    max_response: usize,
+) -> Result<Response<Bytes>, ExchangeFailure<E>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<SendRequest<Full<Bytes>>, E>>,
+{
+    use ExchangeFailure::*;
+    loop {
+        let (mut sender, reused) = match pool.take() {
+            Some(s) => (s, true),
+            None => {
+                let s = timeout_at(deadline, dial())
+                    .await
+                    .map_err(|_| Timeout)?
+                    .map_err(Dial)?;
+                (s, false)
+            }
+        };
+        if reused
+            && timeout_at(deadline, sender.ready())
+                .await
+                .map_err(|_| Timeout)?
+                .is_err()
+        {
+            continue;
+        }
+        let sent = timeout_at(deadline, sender.try_send_request(req))
+            .await
+            .map_err(|_| Timeout)?;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                Some(back) if reused => {
+                    req = back;
+                    continue;
+                }
+                _ => return Err(Http(e.into_error())),
+            },
+        };
+        let (parts, body) = resp.into_parts();
+        let collected = timeout_at(deadline, Limited::new(body, max_response).collect())
+            .await
+            .map_err(|_| Timeout)?;
+        let body = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return Err(match e.downcast::<hyper::Error>() {
+                    Ok(h) => Http(*h),
+                    Err(_) => TooLarge,
+                })
+            }
+        };
+        pool.put(sender);
+        return Ok(Response::from_parts(parts, body));
+    }
+}
+
+/// One upstream address and its idle connections.
+struct Pool {
+    addr: String,
+    idle: IdlePool,
+}
+
+impl Pool {
+    fn new(addr: String) -> Self {
+        Pool {
+            addr,
+            idle: IdlePool::new(MAX_IDLE),
         }
     }
 
@@ -117,12 +213,9 @@ impl Forwarder {
         let mut pools = HashMap::new();
         for u in upstreams {
             let addr = u.connect_addr();
-            pools.entry(addr.clone()).or_insert_with(|| {
-                Arc::new(Pool {
-                    addr,
-                    idle: Mutex::new(Vec::new()),
-                })
-            });
+            pools
+                .entry(addr.clone())
+                .or_insert_with(|| Arc::new(Pool::new(addr)));
         }
         Forwarder {
             pools,
@@ -135,67 +228,25 @@ impl Forwarder {
     pub async fn send(
         &self,
         upstream: &Upstream,
-        mut req: Request<Full<Bytes>>,
+        req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
         let addr = upstream.connect_addr();
         let pool = match self.pools.get(&addr) {
             Some(p) => p.clone(),
-            None => Arc::new(Pool {
-                addr,
-                idle: Mutex::new(Vec::new()),
-            }),
+            None => Arc::new(Pool::new(addr)),
         };
         let deadline = Instant::now() + timeout;
-        loop {
-            let (mut sender, reused) = match pool.take() {
-                Some(s) => (s, true),
-                None => {
-                    let s = timeout_at(deadline, pool.connect(self.connect_timeout))
-                        .await
-                        .map_err(|_| ForwardError::Timeout)??;
-                    (s, false)
-                }
-            };
-            if reused
-                && timeout_at(deadline, sender.ready())
-                    .await
-                    .map_err(|_| ForwardError::Timeout)?
-                    .is_err()
-            {
-                continue;
-            }
-            let sent = timeout_at(deadline, sender.try_send_request(req))
-                .await
-                .map_err(|_| ForwardError::Timeout)?;
-            let resp = match sent {
-                Ok(resp) => resp,
-                Err(mut e) => match e.take_message() {
-                    // Never written to a pooled connection that had just closed: safe to retry.
-                    Some(back) if reused => {
-                        req = back;
-                        continue;
-                    }
-                    _ => return Err(ForwardError::Http(e.into_error())),
+        let dial = || pool.connect(self.connect_timeout);
+        exchange(&pool.idle, dial, req, deadline, self.max_response)
+            .await
+            .map_err(|f| match f {
+                ExchangeFailure::Dial(e) => e,
+                ExchangeFailure::Timeout => ForwardError::Timeout,
+                ExchangeFailure::TooLarge => ForwardError::TooLarge {
+                    limit: self.max_response,
                 },
-            };
-            let (parts, body) = resp.into_parts();
-            let collected = timeout_at(deadline, Limited::new(body, self.max_response).collect())
-                .await
-                .map_err(|_| ForwardError::Timeout)?;
-            let body = match collected {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    return Err(match e.downcast::<hyper::Error>() {
-                        Ok(h) => ForwardError::Http(*h),
-                        Err(_) => ForwardError::TooLarge {
-                            limit: self.max_response,
-                        },
-                    })
-                }
-            };
-            pool.put(sender);
-            return Ok(Response::from_parts(parts, body));
-        }
+                ExchangeFailure::Http(e) => ForwardError::Http(e),
+            })
     }
 }

@@ -6,22 +6,23 @@
 //! connection from a short-held lock (or dials one) and puts it back when done.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Peer;
+use crate::forward::{exchange, ExchangeFailure, IdlePool};
 
 /// Idle connections kept per peer.
 const MAX_IDLE: usize = 32;
@@ -86,7 +87,7 @@ struct Endpoint {
     base_path: String,
     /// `Some` for `https://`.
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: IdlePool,
 }
 
 /// One sealed request for a peer.
@@ -162,56 +163,17 @@ impl PeerClients {
             req.headers_mut().insert(header::AUTHORIZATION, v);
         }
         let deadline = Instant::now() + timeout;
-        loop {
-            let (mut sender, reused) = match ep.take() {
-                Some(s) => (s, true),
-                None => {
-                    let s = timeout_at(deadline, ep.connect(self.connect_timeout))
-                        .await
-                        .map_err(|_| SendError::Timeout)??;
-                    (s, false)
-                }
-            };
-            if reused
-                && timeout_at(deadline, sender.ready())
-                    .await
-                    .map_err(|_| SendError::Timeout)?
-                    .is_err()
-            {
-                continue;
-            }
-            let sent = timeout_at(deadline, sender.try_send_request(req))
-                .await
-                .map_err(|_| SendError::Timeout)?;
-            let resp = match sent {
-                Ok(r) => r,
-                Err(mut e) => match e.take_message() {
-                    // Never written to a pooled connection that had just closed: safe to retry.
-                    Some(back) if reused => {
-                        req = back;
-                        continue;
-                    }
-                    _ => return Err(SendError::Http(e.into_error())),
+        let dial = || ep.connect(self.connect_timeout);
+        exchange(&ep.idle, dial, req, deadline, self.max_response)
+            .await
+            .map_err(|f| match f {
+                ExchangeFailure::Dial(e) => e,
+                ExchangeFailure::Timeout => SendError::Timeout,
+                ExchangeFailure::TooLarge => SendError::TooLarge {
+                    limit: self.max_response,
                 },
-            };
-            let (parts, body) = resp.into_parts();
-            let collected = timeout_at(deadline, Limited::new(body, self.max_response).collect())
-                .await
-                .map_err(|_| SendError::Timeout)?;
-            let body = match collected {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    return Err(match e.downcast::<hyper::Error>() {
-                        Ok(h) => SendError::Http(*h),
-                        Err(_) => SendError::TooLarge {
-                            limit: self.max_response,
-                        },
-                    })
-                }
-            };
-            ep.put(sender);
-            return Ok(Response::from_parts(parts, body));
-        }
+                ExchangeFailure::Http(e) => SendError::Http(e),
+            })
     }
 }
 
@@ -251,7 +213,7 @@ fn endpoint(p: &Peer, url: &Uri) -> Result<Endpoint, ClientError> {
         authority,
         base_path,
         tls,
-        idle: Mutex::new(Vec::new()),
+        idle: IdlePool::new(MAX_IDLE),
     })
 }
 
@@ -296,26 +258,6 @@ fn tls_config(p: &Peer) -> Result<ClientConfig, ClientError> {
 }
 
 impl Endpoint {
-    fn take(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&self, s: SendRequest<Full<Bytes>>) {
-        if s.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(s);
-        }
-    }
-
     async fn connect(
         &self,
         connect_timeout: Duration,
