@@ -372,7 +372,16 @@ async fn egress_push(
 
 /// The application talks plain JSON to an egress route (a missing type is tolerated).
 fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
-    let Some(ct) = ct else { return Ok(()) };
+    match mime_of(ct)? {
+        None => Ok(()),
+        Some(mime) if matches!(mime.as_str(), "application/json" | "text/plain") => Ok(()),
+        Some(_) => Err(Reject::UnsupportedMediaType),
+    }
+}
+
+/// The media type of a `Content-Type` header, lower-cased, without parameters.
+fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<String>, Reject> {
+    let Some(ct) = ct else { return Ok(None) };
     let mime = ct
         .to_str()
         .map_err(|_| Reject::UnsupportedMediaType)?
@@ -381,11 +390,7 @@ fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if matches!(mime.as_str(), "application/json" | "text/plain") {
-        Ok(())
-    } else {
-        Err(Reject::UnsupportedMediaType)
-    }
+    Ok(Some(mime))
 }
 
 /// What makes this request unique: its JWT `jti`, else (`userid`, `ticketNo`,
@@ -453,15 +458,9 @@ fn method_str(m: &Method) -> &'static str {
 /// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
 /// type is tolerated (many legacy senders omit it) and the layer decides from the body.
 fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), Reject> {
-    let Some(ct) = ct else { return Ok(()) };
-    let mime = ct
-        .to_str()
-        .map_err(|_| Reject::UnsupportedMediaType)?
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let Some(mime) = mime_of(ct)? else {
+        return Ok(());
+    };
     let ok = match layers.first() {
         Some(Layer::Form) => matches!(
             mime.as_str(),
