@@ -209,7 +209,8 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
         tokio::spawn(stream(listen, true, stop.clone())),
         tokio::spawn(stream(listen, false, stop.clone())),
     ];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both clients are through before the first reload.
+    up.wait_for(20).await;
 
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -235,7 +236,8 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
             })
             .expect("probe reached the application");
         assert_eq!(got.path, format!("/v{v}"), "reload {v} not in force");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the streams run on this config before the next reload.
+        up.wait_for(rec.len() + 10).await;
     }
     let reload_phase = started.elapsed();
 
