@@ -78,6 +78,23 @@ fn check(config: &Path, env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+/// The README's "run it for real" config needs nothing but the file itself.
+#[test]
+fn local_example_passes_check_as_shipped() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml");
+    let out = check(&config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("/bsk/landing from bsk [form,aes]"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn department_example_passes_check() {
     let dir = tempfile::tempdir().unwrap();
