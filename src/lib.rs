@@ -16,6 +16,46 @@
 //! [`systemd`] speaks the service manager's notify protocol.
 #![forbid(unsafe_code)]
 
+/// Implements `tokio::io::AsyncWrite` for a wrapper `$ty<S>` by forwarding every call to
+/// its `inner: S` field — for stream wrappers that only watch or rewind reads.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! delegate_async_write {
+    ($ty:ident) => {
+        impl<S: ::tokio::io::AsyncWrite + Unpin> ::tokio::io::AsyncWrite for $ty<S> {
+            fn poll_write(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                ::std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+            fn poll_write_vectored(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                ::std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+        }
+    };
+}
+
 pub mod admin;
 pub mod config;
 pub mod demo;
