@@ -213,19 +213,15 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     let api1 = api1_sample(&ticket_now(0));
     let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
     println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
-    println!("  caller sent   {}", String::from_utf8_lossy(&landing.body));
-    let (status, body) = post(
+    step(
         addr,
         "/bsk/landing",
         landing.content_type,
-        None,
-        landing.body.clone(),
+        &landing.body,
+        true,
+        "",
     )
     .await?;
-    println!(
-        "  came back     {status}: {}\n",
-        String::from_utf8_lossy(&body)
-    );
 
     // API-3: passcode + JWT.
     let status_req = seal(
@@ -234,22 +230,15 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
         BodyShape::Json,
     )?;
     println!("2. API-3 status: {{passcode, token}} with an HS256 JWT");
-    println!(
-        "  caller sent   {}",
-        String::from_utf8_lossy(&status_req.body)
-    );
-    let (status, body) = post(
+    step(
         addr,
         "/bsk/status",
         status_req.content_type,
-        None,
-        status_req.body,
+        &status_req.body,
+        true,
+        "",
     )
     .await?;
-    println!(
-        "  came back     {status}: {}\n",
-        String::from_utf8_lossy(&body)
-    );
 
     // API-7: the answer is sealed for the portal.
     let missed = seal(
@@ -258,44 +247,43 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
         BodyShape::Json,
     )?;
     println!("3. API-7 missed data: the app's plain answer goes back sealed");
-    println!("  caller sent   {}", String::from_utf8_lossy(&missed.body));
-    let (status, body) = post(addr, "/bsk/missed", missed.content_type, None, missed.body).await?;
-    println!(
-        "  came back     {status}: {}\n",
-        String::from_utf8_lossy(&body)
-    );
+    step(
+        addr,
+        "/bsk/missed",
+        missed.content_type,
+        &missed.body,
+        true,
+        "",
+    )
+    .await?;
 
     // A tampered ciphertext: refused, and the app never sees it.
     let enc = String::from_utf8_lossy(&landing.body).to_string();
     let tampered = tamper(&enc);
+    let refused = "   (the app received nothing)";
     println!("4. A tampered API-1 ciphertext");
-    let (status, body) = post(
+    let form = "application/x-www-form-urlencoded";
+    step(
         addr,
         "/bsk/landing",
-        "application/x-www-form-urlencoded",
-        None,
-        tampered.clone().into_bytes(),
+        form,
+        tampered.as_bytes(),
+        false,
+        refused,
     )
     .await?;
-    println!(
-        "  came back     {status}: {}   (the app received nothing)\n",
-        String::from_utf8_lossy(&body)
-    );
 
     // The same API-1 request captured and sent again.
     println!("5. The first API-1 request, replayed");
-    let (status, body) = post(
+    step(
         addr,
         "/bsk/landing",
         landing.content_type,
-        None,
-        landing.body.clone(),
+        &landing.body,
+        false,
+        refused,
     )
     .await?;
-    println!(
-        "  came back     {status}: {}   (the app received nothing)\n",
-        String::from_utf8_lossy(&body)
-    );
 
     if once {
         let _ = stop_tx.send(());
@@ -317,6 +305,26 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop_tx.send(());
     let _ = serving.await;
+    Ok(())
+}
+
+/// Sends one demo request and prints what went out (when `show_sent`) and what came back.
+async fn step(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    show_sent: bool,
+    remark: &str,
+) -> anyhow::Result<()> {
+    if show_sent {
+        println!("  caller sent   {}", String::from_utf8_lossy(body));
+    }
+    let (status, answer) = post(addr, path, content_type, None, body.to_vec()).await?;
+    println!(
+        "  came back     {status}: {}{remark}\n",
+        String::from_utf8_lossy(&answer)
+    );
     Ok(())
 }
 

@@ -205,6 +205,17 @@ fn load_or_report(path: &std::path::Path) -> Result<config::Settings, ExitCode> 
     })
 }
 
+/// Loads a config for a helper command: every problem joined into one error line.
+fn load_quietly(path: &std::path::Path) -> anyhow::Result<config::Settings> {
+    config::load(path).map_err(|errs| {
+        anyhow!(errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
+    })
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     match load_or_report(path) {
         Ok(settings) => {
@@ -271,13 +282,7 @@ fn layers_of(a: &EnvelopeArgs) -> anyhow::Result<Vec<Layer>> {
 fn keys_of(a: &EnvelopeArgs) -> anyhow::Result<PeerKeys> {
     if let Some(path) = &a.config {
         let name = a.peer.as_deref().unwrap_or_default();
-        let settings = config::load(path).map_err(|errs| {
-            anyhow!(errs
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "))
-        })?;
+        let settings = load_quietly(path)?;
         let peer = settings
             .peers
             .get(name)
@@ -427,13 +432,7 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
         | OutboxAction::Retry { config, .. }
         | OutboxAction::Drop { config, .. } => config,
     };
-    let settings = config::load(path).map_err(|errs| {
-        anyhow!(errs
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("; "))
-    })?;
+    let settings = load_quietly(path)?;
     let store = match Store::open(&settings.state_dir) {
         Ok(s) => Some(s),
         Err(StoreError::Locked { .. }) => None,
