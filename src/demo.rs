@@ -187,7 +187,11 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join("\n"))
         })?;
-    let keys = settings.peers["bsk"].keys.clone();
+    let keys = settings
+        .peers
+        .get("bsk")
+        .map(|p| p.keys.clone())
+        .ok_or_else(|| anyhow::anyhow!("the demo config has no peer `bsk`"))?;
     let rt: Arc<Runtime> = Runtime::new(settings, Metrics::new())?;
     let bound = server::bind(&rt)
         .await

@@ -52,6 +52,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // A fixed set of metrics, registered once at start-up: a failure here is a bug every
+    // test would hit, never something input can cause.
+    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -243,6 +246,8 @@ pub struct OpsMetrics {
 }
 
 impl OpsMetrics {
+    // As for `Metrics::new`: registered once at start-up.
+    #[allow(clippy::expect_used)]
     fn new(registry: &Registry) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");

@@ -43,7 +43,7 @@ impl Bound {
     pub fn addr_of(&self, rt: &Runtime, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|(i, _)| rt.listeners[*i].name == name)
+            .find(|(i, _)| rt.listeners.get(*i).is_some_and(|l| l.name == name))
             .and_then(|(_, l)| l.local_addr().ok())
     }
 
@@ -69,6 +69,22 @@ pub async fn bind(rt: &Runtime) -> io::Result<Bound> {
         None => None,
     };
     Ok(Bound { listeners, admin })
+}
+
+/// Counts one open connection in its gauge until dropped — however the connection ends.
+struct OpenGauge(prometheus::IntGauge);
+
+impl OpenGauge {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Open connections, in total and per client address.
@@ -219,7 +235,9 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
-    let name = live.load().listeners[idx].name.clone();
+    let Some(name) = live.load().listeners.get(idx).map(|l| l.name.clone()) else {
+        return;
+    };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = %name, %addr, "listening");
     }
@@ -248,12 +266,14 @@ async fn accept_loop(
         // A trusted proxy carries many clients: the allowlist applies to the client it
         // names (after the PROXY header, or per request from X-Forwarded-For), and the
         // per-address cap does not apply to the proxy itself.
-        let via_proxy = rt.settings.listeners[idx]
-            .trusted_proxies
-            .as_ref()
+        let via_proxy = rt
+            .settings
+            .listeners
+            .get(idx)
+            .and_then(|l| l.trusted_proxies.as_ref())
             .is_some_and(|t| t.contains(ip));
         if !via_proxy {
-            if let Some(allow) = &rt.listeners[idx].accept_allow {
+            if let Some(allow) = rt.listeners.get(idx).and_then(|l| l.accept_allow.as_ref()) {
                 if !allow.contains(ip) {
                     refuse("ip_denied");
                     tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
@@ -303,7 +323,14 @@ async fn open_connection(
     done: mpsc::Sender<()>,
 ) {
     let rt = live.load();
-    let lst = &rt.listeners[idx];
+    let Some(lst) = rt.listeners.get(idx) else {
+        return;
+    };
+    let proxy_protocol = rt
+        .settings
+        .listeners
+        .get(idx)
+        .is_some_and(|l| l.proxy_protocol);
     let refuse = |reason: &str| {
         rt.metrics
             .connections_refused
@@ -312,7 +339,7 @@ async fn open_connection(
     };
     let mut client = peer;
     let mut prefix = Vec::new();
-    if via_proxy && rt.settings.listeners[idx].proxy_protocol {
+    if via_proxy && proxy_protocol {
         let deadline = rt.settings.limits.header_read_timeout;
         match tokio::time::timeout(deadline, proxy::read_header(&mut stream)).await {
             Ok(Ok((header, rest))) => {
@@ -344,7 +371,7 @@ async fn open_connection(
         live: live.clone(),
         idx,
         client,
-        xff: via_proxy && !rt.settings.listeners[idx].proxy_protocol,
+        xff: via_proxy && !proxy_protocol,
         in_flight,
         stop,
         _slot: slot,
@@ -440,9 +467,10 @@ where
         ..
     } = conn;
     let rt = live.load();
-    let name = rt.listeners[idx].name.clone();
-    let gauge = rt.metrics.connections.with_label_values(&[&name]);
-    gauge.inc();
+    let Some(name) = rt.listeners.get(idx).map(|l| l.name.clone()) else {
+        return;
+    };
+    let gauge = OpenGauge::new(rt.metrics.connections.with_label_values(&[&name]));
     let limits = rt.settings.limits.clone();
     drop(rt);
     let activity = Arc::new(Activity {
@@ -461,7 +489,12 @@ where
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             // Each request runs to the end on the runtime current when it started.
             let rt = live.load();
-            let client = match (&rt.settings.listeners[idx].trusted_proxies, xff) {
+            let trusted = rt
+                .settings
+                .listeners
+                .get(idx)
+                .and_then(|l| l.trusted_proxies.as_ref());
+            let client = match (trusted, xff) {
                 (Some(trusted), true) => {
                     proxy::client_from_forwarded(client, req.headers(), trusted)
                 }
@@ -534,5 +567,5 @@ where
             }
         }
     }
-    gauge.dec();
+    drop(gauge);
 }

@@ -120,7 +120,7 @@ pub fn load(s: &TlsSettings) -> Result<Loaded, TlsError> {
     let provider = provider();
     let certs = read_certs(&s.cert)?;
     let key = read_key(&s.key)?;
-    let not_after = not_after(&certs[0]);
+    let not_after = certs.first().and_then(not_after);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &s.client_ca {

@@ -105,7 +105,7 @@ pub fn open_reply(
             Some(Layer::Form | Layer::Token | Layer::Bearer)
         )
     {
-        opened = attempt(&layers[1..]);
+        opened = attempt(layers.get(1..).unwrap_or_default());
     }
     match opened {
         Some(o) => {

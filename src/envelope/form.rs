@@ -107,14 +107,16 @@ fn push_urlencoded(out: &mut Vec<u8>, value: &str) {
             .iter()
             .position(|&b| !is_plain(b))
             .unwrap_or(rest.len());
-        out.extend_from_slice(&rest[..run]);
-        let Some((&b, tail)) = rest[run..].split_first() else {
+        let (plain, special) = rest.split_at(run);
+        out.extend_from_slice(plain);
+        let Some((&b, tail)) = special.split_first() else {
             break;
         };
         if b == b' ' {
             out.push(b'+');
         } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            let hex = |nibble: u8| HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
+            out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 15)]);
         }
         rest = tail;
     }

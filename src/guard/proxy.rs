@@ -94,16 +94,14 @@ const V2_MAX_LEN: usize = 2048;
 /// Parses a PROXY header at the start of `buf`. `Ok(None)`: more bytes needed.
 /// `Ok(Some((header, n)))`: the header took `n` bytes.
 pub fn parse(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
-    let n = buf.len().min(V2_SIG.len());
-    if buf[..n] == V2_SIG[..n] {
+    if V2_SIG.starts_with(buf.get(..V2_SIG.len()).unwrap_or(buf)) {
         return if buf.len() < 16 {
             Ok(None)
         } else {
             parse_v2(buf)
         };
     }
-    let n = buf.len().min(6);
-    if buf[..n] == b"PROXY "[..n] {
+    if b"PROXY ".starts_with(buf.get(..6).unwrap_or(buf)) {
         return parse_v1(buf);
     }
     Err(ProxyError::Missing)
@@ -120,15 +118,17 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     if end + 2 > V1_MAX {
         return Err(ProxyError::Malformed("v1 line too long"));
     }
-    let line =
-        std::str::from_utf8(&buf[..end]).map_err(|_| ProxyError::Malformed("v1 not ASCII"))?;
+    let line = buf
+        .get(..end)
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .ok_or(ProxyError::Malformed("v1 not ASCII"))?;
     let mut parts = line.split(' ');
     parts.next(); // "PROXY"
     let header = match parts.next() {
         Some("UNKNOWN") => ProxyHeader::Local,
         Some(fam @ ("TCP4" | "TCP6")) => {
             let fields: Vec<&str> = parts.collect();
-            let [src, dst, sport, dport] = fields[..] else {
+            let [src, dst, sport, dport] = fields.as_slice() else {
                 return Err(ProxyError::Malformed("v1 needs 4 fields"));
             };
             let src: IpAddr = src
@@ -157,9 +157,10 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
 }
 
 fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
-    let ver_cmd = buf[12];
-    let fam = buf[13];
-    let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    let Some(&[ver_cmd, fam, len_hi, len_lo]) = buf.get(12..16) else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
     if ver_cmd >> 4 != 2 {
         return Err(ProxyError::Malformed("v2 version"));
     }
@@ -167,34 +168,31 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
         return Err(ProxyError::Malformed("v2 header too long"));
     }
     let total = 16 + len;
-    if buf.len() < total {
+    let Some(body) = buf.get(16..total) else {
         return Ok(None);
-    }
-    let body = &buf[16..total];
+    };
     let header = match ver_cmd & 0x0f {
         0 => ProxyHeader::Local,
         1 => match fam {
             // TCP over IPv4: src(4) dst(4) sport(2) dport(2).
             0x11 => {
-                let b = body
-                    .get(..12)
-                    .ok_or(ProxyError::Malformed("v2 IPv4 block"))?;
-                let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                let Some(&[a, b, c, d, _, _, _, _, p1, p2, _, _]) = body.get(..12) else {
+                    return Err(ProxyError::Malformed("v2 IPv4 block"));
+                };
                 ProxyHeader::Proxied(SocketAddr::new(
-                    IpAddr::V4(ip),
-                    u16::from_be_bytes([b[8], b[9]]),
+                    IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+                    u16::from_be_bytes([p1, p2]),
                 ))
             }
             // TCP over IPv6: src(16) dst(16) sport(2) dport(2).
             0x21 => {
-                let b = body
-                    .get(..36)
-                    .ok_or(ProxyError::Malformed("v2 IPv6 block"))?;
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(&b[..16]);
+                let octets: Option<[u8; 16]> = body.get(..16).and_then(|b| b.try_into().ok());
+                let (Some(octets), Some(&[p1, p2])) = (octets, body.get(32..34)) else {
+                    return Err(ProxyError::Malformed("v2 IPv6 block"));
+                };
                 ProxyHeader::Proxied(SocketAddr::new(
                     IpAddr::V6(Ipv6Addr::from(octets)),
-                    u16::from_be_bytes([b[32], b[33]]),
+                    u16::from_be_bytes([p1, p2]),
                 ))
             }
             // UNSPEC: the receiver must use the real connection endpoints.
@@ -221,7 +219,7 @@ pub async fn read_header<S: AsyncRead + Unpin>(
         if n == 0 {
             return Err(ProxyError::Truncated);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         if let Some((h, used)) = parse(&buf)? {
             return Ok((h, buf.split_off(used)));
         }
@@ -254,10 +252,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
+        if let Some(rest) = self.prefix.get(self.pos..).filter(|r| !r.is_empty()) {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(rest.get(..n).unwrap_or_default());
             self.pos += n;
             if self.pos == self.prefix.len() {
                 self.prefix = Vec::new();
