@@ -10,9 +10,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::envelope::Failure;
+use crate::envelope::{Failure, TokenProblem};
 use crate::guard::bounds::TooComplex;
 use crate::guard::fresh::Stale;
+use crate::guard::payload::Invalid;
 use crate::guard::schema::Problem;
 
 /// Whose fault a failed request was: decides the log level and the metric outcome.
@@ -77,6 +78,14 @@ pub enum Reject {
     /// The content type does not fit the route's envelope.
     #[error("unsupported content type")]
     UnsupportedMediaType,
+    /// A `Content-Encoding` other than `identity`: the envelope is read as sent, never
+    /// decompressed, and a compressed body must not reach the application as plain.
+    #[error("unsupported content encoding")]
+    UnsupportedEncoding,
+    /// A header the sidecar must read unambiguously is repeated or malformed (a second
+    /// `Host`, a repeated `X-Passcode`, a `Transfer-Encoding` other than `chunked`).
+    #[error("bad header: {0}")]
+    BadHeader(&'static str),
     /// An envelope layer refused the request.
     #[error("{0}")]
     Envelope(#[from] Failure),
@@ -143,6 +152,8 @@ impl Reject {
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyUnreadable => "body_unreadable",
             Reject::UnsupportedMediaType => "unsupported_media_type",
+            Reject::UnsupportedEncoding => "unsupported_encoding",
+            Reject::BadHeader(_) => "bad_header",
             Reject::Envelope(f) => f.reason(),
             Reject::Stale(s) => s.reason(),
             Reject::TooComplex(_) => "json_too_complex",
@@ -162,8 +173,10 @@ impl Reject {
         }
     }
 
-    /// The `reason` the caller sees. Identical for every undecryptable envelope, so a
-    /// padding oracle learns nothing.
+    /// The `reason` the caller sees — and the `reason` label of
+    /// `bsk_sidecar_rejections_total`, which anyone who can read metrics sees too.
+    /// Identical for every undecryptable envelope, so a padding oracle learns nothing; the
+    /// precise [`Reject::reason`] goes to the log line only.
     pub fn public_reason(&self) -> &'static str {
         match self {
             Reject::Envelope(Failure::Undecryptable(_)) => "bad_envelope",
@@ -181,9 +194,12 @@ impl Reject {
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::BodyUnreadable => StatusCode::BAD_REQUEST,
-            Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reject::UnsupportedMediaType | Reject::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Reject::BadHeader(_) => StatusCode::BAD_REQUEST,
             Reject::Envelope(f) => match f {
-                Failure::Undecryptable(_) => StatusCode::BAD_REQUEST,
+                Failure::Undecryptable(_) | Failure::InvalidPayload(_) => StatusCode::BAD_REQUEST,
                 Failure::WrongAgid
                 | Failure::BadPasscode
                 | Failure::MalformedToken
@@ -217,12 +233,21 @@ impl Reject {
             Reject::BodyTimeout => "request body not received in time",
             Reject::BodyUnreadable => "request body could not be read",
             Reject::UnsupportedMediaType => "content type not accepted on this path",
+            Reject::UnsupportedEncoding => "send the body uncompressed (Content-Encoding: identity)",
+            Reject::BadHeader(why) => why,
             Reject::Envelope(f) => match f {
                 Failure::Undecryptable(_) => "request could not be decrypted",
                 Failure::WrongAgid => "agId not accepted on this path",
                 Failure::BadPasscode => "passcode rejected",
                 Failure::MalformedToken => "token missing or malformed",
+                Failure::BadToken(TokenProblem::LifetimeTooLong) => {
+                    "token lives longer than this peer allows; sign a shorter exp"
+                }
                 Failure::BadToken(_) => "token rejected",
+                Failure::InvalidPayload(Invalid::TooComplex(_)) => "JSON too complex",
+                Failure::InvalidPayload(_) => {
+                    "signed payload is not one well-formed JSON object (UTF-8, no repeated keys, numbers in range)"
+                }
                 Failure::Misconfigured(_) => "route misconfigured",
             },
             Reject::Stale(Stale::MissingTimestamp) => "request carries no ticketNo or iat",
@@ -279,7 +304,8 @@ impl Reject {
                 .iter()
                 .map(|p| serde_json::json!({"field": p.field, "problem": p.what}))
                 .collect();
-            let mut text = String::from_utf8_lossy(&body[..body.len() - 1]).into_owned();
+            let without_brace = body.strip_suffix(b"}").unwrap_or(&body);
+            let mut text = String::from_utf8_lossy(without_brace).into_owned();
             text.push_str(",\"fields\":");
             text.push_str(&serde_json::Value::Array(fields).to_string());
             text.push('}');
@@ -364,6 +390,25 @@ mod tests {
             (Reject::BodyTooLarge, 413, "body_too_large"),
             (Reject::BodyTimeout, 408, "body_timeout"),
             (Reject::UnsupportedMediaType, 415, "unsupported_media_type"),
+            (Reject::UnsupportedEncoding, 415, "unsupported_encoding"),
+            (Reject::BadHeader("Host repeated"), 400, "bad_header"),
+            (
+                Reject::Envelope(Failure::InvalidPayload(Invalid::DuplicateKey)),
+                400,
+                "invalid_json",
+            ),
+            (
+                Reject::Envelope(Failure::BadToken(TokenProblem::LifetimeTooLong)),
+                401,
+                "lifetime_too_long",
+            ),
+            (
+                Reject::Envelope(Failure::Undecryptable(
+                    crate::envelope::Undecryptable::BadPadding,
+                )),
+                400,
+                "bad_envelope",
+            ),
             (Reject::Envelope(Failure::BadPasscode), 401, "bad_passcode"),
             (Reject::Envelope(Failure::WrongAgid), 401, "wrong_agid"),
             (

@@ -146,6 +146,7 @@ fn main() -> ExitCode {
         "info"
     };
     init_logging(cli.log_format, default_level);
+    install_panic_hook();
     let result = match cli.command {
         Command::Run { config } => return run(&config),
         Command::Check { config } => return check(&config),
@@ -181,6 +182,18 @@ fn init_logging(format: LogFormat, default_level: &str) {
             .with_current_span(false)
             .init(),
     }
+}
+
+/// A panic is a bug; its message may quote a payload. Log where it happened, as a log line
+/// in the configured format, and never the message itself.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(target: "bsk_sidecar::panic", location = %at, "panic (a bug); its message is not logged because it may quote request data");
+    }));
 }
 
 fn tokio_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -237,6 +250,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         // SIGHUP re-reads the config; installed before systemd hears READY.
         let sighup = bsk_sidecar::reload::on_sighup(config_path).context("installing SIGHUP")?;
+        for w in settings.relaxations() {
+            tracing::warn!("{w}");
+        }
         let rt = Runtime::new(settings, Metrics::new())?;
         let bound = server::bind(&rt).await?;
         let live = bsk_sidecar::reload::Live::new(rt);
@@ -357,7 +373,10 @@ fn open(a: &EnvelopeArgs) -> anyhow::Result<()> {
         let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
         let t = first.trim();
         let t = t.strip_prefix("Authorization:").unwrap_or(t).trim();
-        let auth = if t.len() > 7 && t[..7].eq_ignore_ascii_case("bearer ") {
+        let auth = if t.len() > 7
+            && t.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        {
             t.to_string()
         } else {
             format!("Bearer {t}")
@@ -393,7 +412,7 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
-    &b[start..end]
+    b.get(start..end).unwrap_or_default()
 }
 
 /// Uniformly random characters from `alphabet`, by rejection sampling.
@@ -405,7 +424,9 @@ fn random_string(alphabet: &[u8], len: usize) -> anyhow::Result<String> {
         getrandom::getrandom(&mut buf).map_err(|e| anyhow!("no randomness from the OS: {e}"))?;
         for &b in &buf {
             if (b as usize) < limit && out.len() < len {
-                out.push(alphabet[b as usize % alphabet.len()] as char);
+                if let Some(&c) = alphabet.get(b as usize % alphabet.len()) {
+                    out.push(c as char);
+                }
             }
         }
     }

@@ -506,19 +506,25 @@ async fn run_serves_sealed_requests_and_exits_cleanly_on_sigterm() {
     let addr = running.addr;
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
 
-    let body = form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, TICKET_PLAIN.as_bytes()));
-    let answer = send(
-        addr,
+    // The shipped default protects the route: a fresh ticket passes once, then is a replay.
+    let plain = format!(
+        r#"{{"userid":8527419636,"ticketNo":{},"name":"Anupam Ghosh"}}"#,
+        bsk_sidecar::guard::fresh::unix_ms_to_ticket(unix_now() * 1000)
+    );
+    let body = form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, plain.as_bytes()));
+    let landing = || {
         post(
             addr,
             "/bsk/landing",
             Some("application/x-www-form-urlencoded"),
-            body,
-        ),
-    )
-    .await;
+            body.clone(),
+        )
+    };
+    let answer = send(addr, landing()).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(app.only().body.as_ref(), TICKET_PLAIN.as_bytes());
+    assert_eq!(app.only().body.as_ref(), plain.as_bytes());
+    send(addr, landing()).await.assert_error(409, "replayed");
+    assert_eq!(app.count(), 1, "the replay reached the application");
 
     let (status, rest) = running.terminate();
     assert!(status.success(), "exit after SIGTERM: {status}");

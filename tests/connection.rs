@@ -31,6 +31,7 @@ listeners:
         from: bsk
         envelope: [form, aes]
         ip_check: false
+        fresh: off                    # connection limits, not payloads, are tested here
         upstream: http://127.0.0.1:9/unused
 "#;
 

@@ -225,8 +225,8 @@ listeners:
   - name: public
     listen: 127.0.0.1:0
     routes:
-      - {{ path: /in, from: dept, envelope: [aes], upstream: "http://127.0.0.1:9/x" }}
-      - {{ path: /open, from: dept, envelope: [aes], ip_check: false, upstream: "http://127.0.0.1:9/x" }}
+      - {{ path: /in, from: dept, fresh: off, envelope: [aes], upstream: "http://127.0.0.1:9/x" }}
+      - {{ path: /open, from: dept, fresh: off, envelope: [aes], ip_check: false, upstream: "http://127.0.0.1:9/x" }}
 "#
     );
     let sc = Sidecar::start(&yaml, &[]).await;
@@ -263,14 +263,14 @@ listeners:
     listen: 127.0.0.1:0
     trusted_proxies: [127.0.0.2/32]
     routes:
-      - {{ path: /in, from: dept, envelope: [aes], upstream: "http://{upstream}/in" }}
+      - {{ path: /in, from: dept, fresh: off, envelope: [aes], upstream: "http://{upstream}/in" }}
   - name: lb
     listen: 127.0.0.1:0
     trusted_proxies: [127.0.0.2]
     proxy_protocol: true
     routes:
-      - {{ path: /in, from: dept, envelope: [aes], upstream: "http://{upstream}/in" }}
-      - {{ path: /open, from: dept, envelope: [aes], ip_check: false, upstream: "http://{upstream}/open" }}
+      - {{ path: /in, from: dept, fresh: off, envelope: [aes], upstream: "http://{upstream}/in" }}
+      - {{ path: /open, from: dept, fresh: off, envelope: [aes], ip_check: false, upstream: "http://{upstream}/open" }}
 "#
     )
 }

@@ -45,8 +45,8 @@ listeners:
   - name: public
     listen: {listen}
     routes:
-      - {{ path: /status, from: dept, envelope: [aes], ip_check: false, upstream: "http://{up}/v{version}" }}
-      - {{ path: /slow, from: dept, envelope: [aes], ip_check: false, upstream: "http://{slow}/slow" }}
+      - {{ path: /status, from: dept, fresh: off, envelope: [aes], ip_check: false, forward_headers: [X-Probe], upstream: "http://{up}/v{version}" }}
+      - {{ path: /slow, from: dept, fresh: off, envelope: [aes], ip_check: false, upstream: "http://{slow}/slow" }}
 "#,
         state = state.display()
     )

@@ -424,7 +424,7 @@ peers:
   bsk:
     agid: BSK
     passcode: "376423"
-    jwt: {{ secret: "jwt-secret-for-tests", sign_exp: 5m }}
+    jwt: {{ secret: "jwt-secret-for-tests-0123456789abcdef", sign_exp: 5m }}
 {peer_extra}
 listeners:
   - name: egress

@@ -171,11 +171,66 @@ impl Settings {
                         rm.journal,
                     ),
                 };
+                let protection = match (&r.target, &r.fresh) {
+                    (Target::Remote(_), _) => String::new(),
+                    (_, None) => " fresh=OFF".to_string(),
+                    (_, Some(w)) => format!(
+                        " fresh={} replay={}",
+                        humantime::format_duration(w.max_age),
+                        if r.replay { "on" } else { "OFF" }
+                    ),
+                };
                 let _ = writeln!(
                     out,
-                    "  {} {} {target} max_body={}",
+                    "  {} {} {target} max_body={}{protection}",
                     r.method, r.path, r.max_body,
                 );
+            }
+        }
+        for w in self.relaxations() {
+            let _ = writeln!(out, "warning  {w}");
+        }
+        out
+    }
+
+    /// Every place this config runs with less than the safe default, in words: what
+    /// `check` prints and `run` logs at start.
+    pub fn relaxations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, p) in &self.peers {
+            if p.short_jwt_secret {
+                out.push(format!(
+                    "peer {name}: JWT secret shorter than 32 bytes (jwt.allow_short_secret)"
+                ));
+            }
+        }
+        for l in &self.listeners {
+            for r in &l.routes {
+                if r.target.is_egress() {
+                    continue;
+                }
+                let at = format!("listener {} route {}", l.name, r.path);
+                if r.fresh.is_none() {
+                    out.push(format!(
+                        "{at}: no freshness or replay protection (fresh: off); a captured request can be replayed"
+                    ));
+                } else if !r.replay {
+                    out.push(format!(
+                        "{at}: no replay protection (replay: false); a captured request can be replayed within its window"
+                    ));
+                }
+                if r.pass_query {
+                    out.push(format!(
+                        "{at}: the client's query string reaches the application (query: pass); no envelope protects it"
+                    ));
+                }
+                if !r.forward_headers.is_empty() {
+                    let names: Vec<&str> = r.forward_headers.iter().map(|h| h.as_str()).collect();
+                    out.push(format!(
+                        "{at}: forwards client headers {} (forward_headers); no envelope protects them",
+                        names.join(", ")
+                    ));
+                }
             }
         }
         out

@@ -57,6 +57,11 @@ pub struct RawLimits {
     pub shutdown_grace: Option<RawDuration>,
     pub per_ip_rate: Option<RawRate>,
     pub max_tracked_ips: Option<usize>,
+    /// Per-address buckets key IPv4 clients by this prefix length (default 32).
+    pub per_ip_prefix_v4: Option<u8>,
+    /// Per-address buckets key IPv6 clients by this prefix length (default 64: one
+    /// customer's /64 cannot mint a fresh bucket per address).
+    pub per_ip_prefix_v6: Option<u8>,
     pub clock_leeway: Option<RawDuration>,
     pub max_replay_entries: Option<usize>,
     pub json: Option<RawJsonBounds>,
@@ -122,6 +127,11 @@ pub struct RawJwt {
     pub leeway: Option<RawDuration>,
     /// When sealing for this peer (egress), add `iat` and `exp` = now + this to the claims.
     pub sign_exp: Option<RawDuration>,
+    /// The longest lifetime a token from this peer may claim: `exp` further ahead than
+    /// this is refused (default 1h).
+    pub max_lifetime: Option<RawDuration>,
+    /// Accept a secret shorter than 32 bytes (a legacy counterparty); warned at start.
+    pub allow_short_secret: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +209,19 @@ pub struct RawRoute {
     pub schema: Option<String>,
     /// `enforce` (default) or `warn`.
     pub schema_mode: Option<String>,
+    /// Client headers forwarded to the application besides `Accept`, `Accept-Language` and
+    /// `User-Agent`; every other client header is dropped.
+    pub forward_headers: Option<Vec<String>>,
+    /// The client's query string: `drop` (default) or `pass` to the application.
+    pub query: Option<RawQuery>,
+}
+
+/// What happens to a request's query string, which no envelope protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawQuery {
+    Drop,
+    Pass,
 }
 
 #[derive(Debug, Clone, Deserialize)]

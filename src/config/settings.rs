@@ -53,6 +53,8 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     pub per_ip_rate: Option<RateSpec>,
     pub max_tracked_ips: usize,
+    /// Prefix lengths that key per-address buckets: (IPv4, IPv6).
+    pub per_ip_prefix: (u8, u8),
     /// Clock skew tolerated on future-dated `ticketNo` / `iat`.
     pub clock_leeway: Duration,
     pub max_replay_entries: usize,
@@ -77,6 +79,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             per_ip_rate: Some(RateSpec::new(nz(50), nz(100))),
             max_tracked_ips: 100_000,
+            per_ip_prefix: (32, 64),
             clock_leeway: Duration::from_secs(60),
             max_replay_entries: 1_000_000,
             json: JsonBounds::default(),
@@ -100,7 +103,16 @@ pub struct Peer {
     pub tls: PeerTls,
     /// When sealing for this peer, sign `iat` and `exp` = now + this into the JWT.
     pub sign_exp: Option<Duration>,
+    /// `jwt.max_lifetime`: a token whose `exp` lies further ahead is refused.
+    pub max_token_lifetime: Duration,
+    /// `jwt.allow_short_secret: true` was needed for this peer's secret (warned at start).
+    pub short_jwt_secret: bool,
 }
+
+/// `jwt.max_lifetime` when not written.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The shortest HS256 secret accepted without `jwt.allow_short_secret` (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET: usize = 32;
 
 #[derive(Debug)]
 pub struct ListenerSettings {
@@ -153,6 +165,10 @@ pub struct Route {
     pub fresh_on: FreshOn,
     /// The spec table the payload is checked against, and what to do on a mismatch.
     pub schema: Option<(Api, SchemaMode)>,
+    /// Client headers forwarded besides the default set (`forward_headers`).
+    pub forward_headers: Vec<http::HeaderName>,
+    /// `query: pass`: the client's query string reaches the application.
+    pub pass_query: bool,
 }
 
 /// The payload field that dates a request.
@@ -394,9 +410,39 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
                 None
             }
         });
+    let max_token_lifetime = match raw.jwt.as_ref().and_then(|j| j.max_lifetime.as_ref()) {
+        None => DEFAULT_TOKEN_LIFETIME,
+        Some(d) => match parse_duration(d) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                check.err(format!("{p}.jwt.max_lifetime"), "must be longer than 0s");
+                DEFAULT_TOKEN_LIFETIME
+            }
+            Err(e) => {
+                check.err(format!("{p}.jwt.max_lifetime"), e);
+                DEFAULT_TOKEN_LIFETIME
+            }
+        },
+    };
+    let mut short_jwt_secret = false;
     let jwt = raw.jwt.and_then(|j| {
         let jp = format!("{p}.jwt");
         let secret = secret(check, &format!("{jp}.secret"), &j.secret, base);
+        if let Some(s) = &secret {
+            if s.len() < MIN_JWT_SECRET {
+                if j.allow_short_secret == Some(true) {
+                    short_jwt_secret = true;
+                } else {
+                    check.err(
+                        format!("{jp}.secret"),
+                        format!(
+                            "the JWT secret is {} bytes; HMAC-SHA256 needs at least {MIN_JWT_SECRET} (RFC 7518 3.2). Use a longer one (bsk-sidecar keygen), or set `jwt.allow_short_secret: true` for a legacy counterparty",
+                            s.len()
+                        ),
+                    );
+                }
+            }
+        }
         let mut algorithms = Vec::new();
         for (i, a) in j
             .algorithms
@@ -504,7 +550,67 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
         url,
         tls,
         sign_exp,
+        max_token_lifetime,
+        short_jwt_secret,
     })
+}
+
+/// The freshness window of an ingress route that does not write one (API-2: 24h).
+pub const DEFAULT_FRESH_WINDOW: Duration = Duration::from_secs(600);
+
+/// Headers the sidecar writes itself, or that describe one hop or carry credentials: a
+/// route cannot ask for the client's copy of these.
+const NEVER_FORWARDED: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "x-passcode",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+    "x-bsk-peer",
+    "x-sidecar-token",
+];
+
+fn forward_headers(
+    check: &mut Check<'_>,
+    rp: &str,
+    raw: Option<&[String]>,
+) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for (i, name) in raw.unwrap_or_default().iter().enumerate() {
+        let path = format!("{rp}.forward_headers[{i}]");
+        match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+            // CGI, PHP and WSGI read `X_A` as `X-A`: an underscore name is a spoofing tool.
+            Ok(h) if h.as_str().contains('_') => check.err(
+                path,
+                format!("`{name}` has an underscore, which CGI/PHP read as `-`; not forwarded"),
+            ),
+            Ok(h) if NEVER_FORWARDED.contains(&h.as_str()) => check.err(
+                path,
+                format!(
+                    "`{name}` is set by the sidecar or carries credentials; it is never forwarded"
+                ),
+            ),
+            Ok(h) => out.push(h),
+            Err(_) => check.err(path, format!("`{name}` is not a header name")),
+        }
+    }
+    out
 }
 
 /// Validates the raw config. `origin` names the file in messages; `base` resolves
@@ -591,6 +697,28 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     }
     if let Some(n) = l.max_tracked_ips {
         limits.max_tracked_ips = n;
+    }
+    for (name, v, max, slot) in [
+        (
+            "per_ip_prefix_v4",
+            l.per_ip_prefix_v4,
+            32,
+            &mut limits.per_ip_prefix.0,
+        ),
+        (
+            "per_ip_prefix_v6",
+            l.per_ip_prefix_v6,
+            128,
+            &mut limits.per_ip_prefix.1,
+        ),
+    ] {
+        match v {
+            Some(v) if v == 0 || v > max => {
+                check.err(format!("limits.{name}"), format!("must be 1 to {max}"))
+            }
+            Some(v) => *slot = v,
+            None => {}
+        }
     }
     if let Some(n) = l.max_replay_entries {
         limits.max_replay_entries = n;
@@ -843,11 +971,12 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
             if rr.schema_mode.is_some() && schema_api.is_none() && rr.schema.is_none() {
                 check.err(format!("{rp}.schema_mode"), "schema_mode needs a schema");
             }
-            // API-1 and API-2 carry the fields freshness and replay need: on by default.
+            // Every ingress route is protected unless it says `fresh: off`: a JWT route by
+            // the token's `iat`/`exp` (each token once), any other by its `ticketNo` (or an
+            // API-2 record's `appSubTime`, whose ticket may be days older).
             let default_fresh = match schema_api {
-                Some(Api::Api1) => Some(Duration::from_secs(600)),
                 Some(Api::Api2) => Some(Duration::from_secs(24 * 3600)),
-                _ => None,
+                _ => Some(DEFAULT_FRESH_WINDOW),
             };
             let fresh_on = if schema_api == Some(Api::Api2) {
                 FreshOn::AppSubTime
@@ -885,6 +1014,8 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     "replay protection needs a `fresh` window to bound it",
                 );
             }
+            let forward_headers = forward_headers(&mut check, &rp, rr.forward_headers.as_deref());
+            let pass_query = rr.query == Some(RawQuery::Pass);
             // Freshness and replay judge what a peer sent; an egress route has no such input.
             let (fresh, replay) = if egress {
                 (None, false)
@@ -908,6 +1039,8 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     replay,
                     fresh_on,
                     schema: schema_api.map(|a| (a, schema_mode)),
+                    forward_headers,
+                    pass_query,
                 }));
             }
         }

@@ -16,7 +16,7 @@ peers:
   bsk:
     agid: BSK
     passcode: "376423"
-    jwt: {{ secret: "jwt-secret-for-tests", algorithms: [HS256], require_exp: false, leeway: 30s }}
+    jwt: {{ secret: "jwt-secret-for-tests-0123456789abcdef", algorithms: [HS256], require_exp: false, leeway: 30s }}
     aes:
       keys:
         - {{ key: "{KEY}", iv: "{IV}" }}
@@ -67,7 +67,7 @@ fn the_documented_shape_validates() {
 fn secrets_never_appear_in_debug_output() {
     let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
     let dump = format!("{s:?}");
-    for secret in [KEY, IV, "376423", "jwt-secret-for-tests"] {
+    for secret in [KEY, IV, "376423", "jwt-secret-for-tests-0123456789abcdef"] {
         assert!(!dump.contains(secret), "{secret} leaked into Debug");
     }
 }
@@ -136,7 +136,7 @@ fn unreadable_secret_file_and_missing_env_are_errors() {
             "passcode: { file: /nonexistent/bsk.pass }",
         )
         .replace(
-            "secret: \"jwt-secret-for-tests\"",
+            "secret: \"jwt-secret-for-tests-0123456789abcdef\"",
             "secret: { env: BSK_TEST_SURELY_UNSET_VAR }",
         );
     let errs = errors(&yaml);

@@ -26,6 +26,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::{Failure, TokenProblem};
+use crate::guard::bounds::JsonBounds;
+use crate::guard::payload::{self, Invalid};
 use crate::secret::Secret;
 
 /// One peer's JWT settings. `Debug` shows the secret as `***`.
@@ -81,6 +83,8 @@ pub struct Verified {
     pub iat: Option<i64>,
     /// `jti`, for the replay guard.
     pub jti: Option<String>,
+    /// `exp`, for the lifetime check and how long a replay record is kept.
+    pub exp: Option<i64>,
 }
 
 impl fmt::Debug for Verified {
@@ -89,7 +93,7 @@ impl fmt::Debug for Verified {
             .field("payload", &format_args!("<{} bytes>", self.payload.len()))
             .field("iat", &self.iat)
             .field("jti", &self.jti)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,13 +177,36 @@ pub fn with_times(claims: &[u8], iat: u64, exp: u64) -> Result<Vec<u8>, Failure>
 /// Order: shape, header, algorithm (never `none`, only configured HMAC ones), signature,
 /// then payload decoding and the time claims `exp`/`nbf`/`iat` (numbers, with leeway).
 pub fn verify(key: &JwtKey, token: &str, now_unix: u64) -> Result<Verified, Failure> {
+    verify_validated(key, token, now_unix, None)
+}
+
+/// [`verify`], with the signed payload validated before any claim is read from it (what
+/// the claims say must be what the application will read): under `bounds` with
+/// [`payload::validate`], else [`payload::validate_any`].
+pub fn verify_validated(
+    key: &JwtKey,
+    token: &str,
+    now_unix: u64,
+    bounds: Option<&JsonBounds>,
+) -> Result<Verified, Failure> {
     let payload = verify_signature(key, token)?;
+    // RFC 7519 §4: claim names must be unique, and the claims set one JSON object: a
+    // token that breaks that is malformed. Only the ingress bounds are reported as such.
+    match bounds {
+        Some(b) => payload::validate(&payload, b),
+        None => payload::validate_any(&payload),
+    }
+    .map_err(|e| match e {
+        Invalid::TooComplex(_) => Failure::InvalidPayload(e),
+        _ => Failure::BadToken(TokenProblem::MalformedClaims),
+    })?;
     let claims = TimeClaims::read(&payload)?;
     claims.check(key, now_unix)?;
     Ok(Verified {
         payload,
         iat: claims.iat,
         jti: claims.jti,
+        exp: claims.exp,
     })
 }
 
@@ -295,10 +322,11 @@ impl TimeClaims {
             return Ok(TimeClaims::default());
         }
         let raw: Raw = serde_json::from_slice(payload).map_err(|_| malformed)?;
+        let date = |n: Option<serde_json::Number>| n.as_ref().map(numeric_date).transpose();
         Ok(TimeClaims {
-            exp: raw.exp.as_ref().map(numeric_date),
-            nbf: raw.nbf.as_ref().map(numeric_date),
-            iat: raw.iat.as_ref().map(numeric_date),
+            exp: date(raw.exp)?,
+            nbf: date(raw.nbf)?,
+            iat: date(raw.iat)?,
             jti: raw.jti,
         })
     }
@@ -323,14 +351,14 @@ impl TimeClaims {
     }
 }
 
-/// A JSON NumericDate as whole seconds (fractions dropped, out-of-range values saturate).
-fn numeric_date(n: &serde_json::Number) -> i64 {
-    if let Some(i) = n.as_i64() {
-        i
-    } else if n.as_u64().is_some() {
-        i64::MAX
-    } else {
-        // `as` saturates and maps NaN to 0; serde_json never yields NaN or infinities.
-        n.as_f64().map_or(0, |f| f.floor() as i64)
-    }
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (`1e30`, 2^64) is
+/// not a date a peer means, and read as "never expires" it would be a token valid forever.
+const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// A JSON NumericDate: an integer number of seconds from 0 to [`MAX_NUMERIC_DATE`].
+/// Fractions, exponents and out-of-range values are malformed, never rounded or saturated.
+fn numeric_date(n: &serde_json::Number) -> Result<i64, Failure> {
+    n.as_i64()
+        .filter(|v| (0..=MAX_NUMERIC_DATE).contains(v))
+        .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
 }

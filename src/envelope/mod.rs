@@ -44,6 +44,9 @@ use std::fmt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
+use crate::guard::bounds::JsonBounds;
+use crate::guard::payload;
+
 use crate::secret::Secret;
 
 pub mod aes;
@@ -137,7 +140,7 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
         return problems;
     }
     for (i, &layer) in layers.iter().enumerate() {
-        if layers[..i].contains(&layer) {
+        if layers.iter().take(i).any(|&l| l == layer) {
             problems.push(format!("`{layer}` appears more than once"));
             continue;
         }
@@ -179,7 +182,7 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
 fn check_order(layers: &[Layer]) -> Result<(), Failure> {
     let misordered = layers.is_empty()
         || layers.iter().enumerate().any(|(i, &layer)| {
-            layers[..i].contains(&layer)
+            layers.iter().take(i).any(|&l| l == layer)
                 || (layer.reads_request() && i > 0)
                 || (matches!(layer, Layer::Token | Layer::Bearer)
                     && layers.get(i + 1) != Some(&Layer::Jwt))
@@ -230,6 +233,11 @@ pub struct Opened {
     pub jwt_iat: Option<i64>,
     /// `jti` of the JWT layer, if any, for the replay guard.
     pub jwt_jti: Option<String>,
+    /// `exp` of the JWT layer, if any: the token's lifetime and how long a replay record of
+    /// it is kept.
+    pub jwt_exp: Option<i64>,
+    /// The JWT's signature segment, if any: a token without `jti` is used once by this.
+    pub jwt_signature: Option<String>,
 }
 
 impl fmt::Debug for Opened {
@@ -239,7 +247,7 @@ impl fmt::Debug for Opened {
             .field("shape", &self.shape)
             .field("jwt_iat", &self.jwt_iat)
             .field("jwt_jti", &self.jwt_jti)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -337,18 +345,51 @@ fn carries_token(plain: &[u8]) -> bool {
 }
 
 /// Peels `layers` (outermost first) off `req` for the peer `keys` at time `now_unix` and
-/// returns the innermost JSON exactly as sent.
+/// returns the innermost JSON exactly as sent: any well-formed JSON value
+/// ([`payload::validate_any`]), as the `open` tool and a peer's reply need. Ingress uses
+/// [`open_checked`].
 pub fn open(
     layers: &[Layer],
     keys: &PeerKeys,
     req: &Incoming<'_>,
     now_unix: u64,
 ) -> Result<Opened, Failure> {
+    open_with(layers, keys, req, now_unix, None)
+}
+
+/// [`open`], with every JSON a layer hands on — AES plaintext, JWT claims, a lone form's
+/// `encData` — passed through [`payload::validate`] under `bounds`: one object or array,
+/// no repeated key, numbers in range, bounded. A refusal of what `aes` produced is
+/// [`Failure::Undecryptable`] like every other AES failure (CBC is malleable: anything
+/// else would be an oracle); of signed claims, [`Failure::InvalidPayload`].
+pub fn open_checked(
+    layers: &[Layer],
+    keys: &PeerKeys,
+    req: &Incoming<'_>,
+    now_unix: u64,
+    bounds: &JsonBounds,
+) -> Result<Opened, Failure> {
+    open_with(layers, keys, req, now_unix, Some(bounds))
+}
+
+fn open_with(
+    layers: &[Layer],
+    keys: &PeerKeys,
+    req: &Incoming<'_>,
+    now_unix: u64,
+    bounds: Option<&JsonBounds>,
+) -> Result<Opened, Failure> {
     check_order(layers)?;
+    let valid = |p: &[u8]| match bounds {
+        Some(b) => payload::validate(p, b).is_ok(),
+        None => payload::validate_any(p).is_ok(),
+    };
     let mut carried = Carried::Bytes(Cow::Borrowed(req.body));
     let mut shape = BodyShape::Json;
     let mut jwt_iat = None;
     let mut jwt_jti = None;
+    let mut jwt_exp = None;
+    let mut jwt_signature = None;
     for (i, &layer) in layers.iter().enumerate() {
         carried = match layer {
             Layer::Form => {
@@ -375,7 +416,7 @@ pub fn open(
                 let plain = if layers.get(i + 1) == Some(&Layer::Jwt) {
                     aes::decrypt(&keys.aes, &b64, carries_token)
                 } else {
-                    aes::decrypt(&keys.aes, &b64, is_json)
+                    aes::decrypt(&keys.aes, &b64, valid)
                 };
                 Carried::Bytes(Cow::Owned(
                     plain.map_err(|e| Failure::Undecryptable(e.into()))?,
@@ -386,16 +427,19 @@ pub fn open(
                 let token = carried
                     .string_for(Field::Token)
                     .ok_or(Failure::MalformedToken)?;
-                let verified = jwt::verify(key, token.trim(), now_unix)?;
+                let token = token.trim();
+                let verified = jwt::verify_validated(key, token, now_unix, bounds)?;
                 jwt_iat = verified.iat;
                 jwt_jti = verified.jti;
+                jwt_exp = verified.exp;
+                jwt_signature = token.rsplit('.').next().map(str::to_owned);
                 Carried::Bytes(Cow::Owned(verified.payload))
             }
         };
     }
     let plain = carried.into_bytes();
-    // `aes` and `jwt` already insisted on JSON; a lone `form` has not.
-    if layers.last() == Some(&Layer::Form) && !is_json(&plain) {
+    // `aes` and `jwt` already validated what they produced; a lone `form` has not.
+    if layers.last() == Some(&Layer::Form) && !valid(&plain) {
         return Err(Failure::Undecryptable(Undecryptable::NotJson));
     }
     Ok(Opened {
@@ -403,6 +447,8 @@ pub fn open(
         shape,
         jwt_iat,
         jwt_jti,
+        jwt_exp,
+        jwt_signature,
     })
 }
 
@@ -554,6 +600,10 @@ pub enum Failure {
     /// A well-formed token failed a check.
     #[error("token rejected: {0}")]
     BadToken(TokenProblem),
+    /// Correctly signed claims that are not one well-formed JSON object or array (see
+    /// [`payload::validate`]).
+    #[error("signed payload refused: {0}")]
+    InvalidPayload(payload::Invalid),
     /// The route uses a layer whose key this peer lacks, or the stack itself is invalid.
     #[error("layer not configured for this peer: {0}")]
     Misconfigured(&'static str),
@@ -568,6 +618,7 @@ impl Failure {
             Failure::BadPasscode => "bad_passcode",
             Failure::MalformedToken => "malformed_token",
             Failure::BadToken(problem) => problem.reason(),
+            Failure::InvalidPayload(invalid) => invalid.reason(),
             Failure::Misconfigured(_) => "misconfigured",
         }
     }
@@ -644,9 +695,13 @@ pub enum TokenProblem {
     /// The peer requires `exp` and the token has none.
     #[error("missing exp")]
     MissingExp,
-    /// The payload is not JSON, or a time claim is not a number, or `jti` not a string.
+    /// The payload is not JSON, or a time claim is not an integer in range, or `jti` not a
+    /// string.
     #[error("malformed claims")]
     MalformedClaims,
+    /// `exp` lies further ahead than the peer's `jwt.max_lifetime`.
+    #[error("lifetime longer than allowed")]
+    LifetimeTooLong,
 }
 
 impl TokenProblem {
@@ -660,6 +715,7 @@ impl TokenProblem {
             TokenProblem::IssuedInFuture => "issued_in_future",
             TokenProblem::MissingExp => "missing_exp",
             TokenProblem::MalformedClaims => "malformed_claims",
+            TokenProblem::LifetimeTooLong => "lifetime_too_long",
         }
     }
 }

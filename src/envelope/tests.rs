@@ -1014,14 +1014,24 @@ fn jwt_time_claims_are_checked_against_the_pinned_clock() {
         problem(format!(r#"{{"exp":{exp},"iat":{}}}"#, now + leeway + 1)),
         TokenProblem::IssuedInFuture
     );
-    assert!(
-        ok(format!(r#"{{"exp":{exp}.75,"iat":{now}.5}}"#)).is_ok(),
-        "fractional dates"
-    );
-    assert!(
-        ok(format!(r#"{{"exp":99999999999999999999,"iat":{now}}}"#)).is_ok(),
-        "huge exp"
-    );
+    // A NumericDate is an integer in range: fractions, exponents and huge values are
+    // malformed — read as "never expires" they would make a token valid forever.
+    for claims in [
+        format!(r#"{{"exp":{exp}.75,"iat":{now}}}"#),
+        format!(r#"{{"exp":{exp},"iat":{now}.5}}"#),
+        format!(r#"{{"exp":{exp},"nbf":1e9}}"#),
+        r#"{"exp":1e30}"#.to_owned(),
+        r#"{"exp":18446744073709551616}"#.to_owned(),
+        r#"{"exp":99999999999999999999}"#.to_owned(),
+        r#"{"exp":253402300800}"#.to_owned(),
+        r#"{"exp":-1}"#.to_owned(),
+    ] {
+        assert_eq!(
+            problem(claims.clone()),
+            TokenProblem::MalformedClaims,
+            "{claims}"
+        );
+    }
     for claims in [
         r#"{"exp":"1700000600"}"#.to_owned(),
         format!(r#"{{"exp":{exp},"nbf":true}}"#),

@@ -70,7 +70,8 @@ impl Window {
         Ok(())
     }
 
-    fn within(&self, now: i64, at: i64) -> Result<(), Stale> {
+    /// Checks one instant (a JWT `iat`, a ticket's second) against the window.
+    pub fn within(&self, now: i64, at: i64) -> Result<(), Stale> {
         let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         if at > now.saturating_add(leeway) {
@@ -90,7 +91,7 @@ pub fn ticket_to_unix(ticket: &str) -> Option<i64> {
     if !(t.len() == 14 || t.len() == 17) || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| t[r].parse::<i64>().ok();
+    let num = |r: std::ops::Range<usize>| t.get(r).and_then(|d| d.parse::<i64>().ok());
     let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
     let (h, mi, s) = (num(8..10)?, num(10..12)?, num(12..14)?);
     if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
@@ -98,6 +99,21 @@ pub fn ticket_to_unix(ticket: &str) -> Option<i64> {
     }
     let days = days_from_civil(y, mo, d);
     Some(days * 86_400 + h * 3600 + mi * 60 + s - IST_OFFSET_SECS)
+}
+
+/// The spelling of a `ticketNo` that replay protection keys on: the 14 digits of its
+/// second. `20221202153322` and `20221202153322882` name one service entry, so a sender
+/// cannot replay one as the other; `None` if it is not a real date and time.
+///
+/// ```
+/// use bsk_sidecar::guard::fresh::canonical_ticket;
+/// assert_eq!(canonical_ticket("20221202153322882"), Some("20221202153322"));
+/// assert_eq!(canonical_ticket(" 20221202153322 "), Some("20221202153322"));
+/// assert_eq!(canonical_ticket("2022120215332"), None);
+/// ```
+pub fn canonical_ticket(ticket: &str) -> Option<&str> {
+    ticket_to_unix(ticket)?;
+    ticket.trim().get(..14)
 }
 
 /// The 17-digit `ticketNo` (IST, with milliseconds) for a Unix time in milliseconds.

@@ -87,6 +87,22 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The network of `ip` (canonical) at prefix length `v4` or `v6`: the key that groups
+/// addresses one holder controls together, for per-address limits.
+///
+/// ```
+/// use bsk_sidecar::guard::ip::prefix_of;
+/// let a = prefix_of("2001:db8:1:2:aaaa::1".parse().unwrap(), 32, 64);
+/// let b = prefix_of("2001:db8:1:2:bbbb::9".parse().unwrap(), 32, 64);
+/// assert_eq!(a, b);
+/// assert_eq!(prefix_of("::ffff:192.0.2.7".parse().unwrap(), 32, 64), "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
+/// ```
+pub fn prefix_of(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    let ip = canonical(ip);
+    let len = if ip.is_ipv4() { v4 } else { v6 };
+    ipnet::IpNet::new(ip, len).map_or(ip, |n| n.network())
+}
+
 impl fmt::Display for AllowList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;

@@ -5,6 +5,7 @@ pub mod bounds;
 pub mod dns;
 pub mod fresh;
 pub mod ip;
+pub mod payload;
 pub mod proxy;
 pub mod rate;
 pub mod replay;

@@ -139,6 +139,24 @@ impl ReplayCache {
         Ok(())
     }
 
+    /// Records `key` like [`ReplayCache::check_and_insert`], held by a guard: unless
+    /// [`Reservation::keep`] is called, dropping the guard forgets the key — on a refusal
+    /// after this stage, a request that never reached the application, or a panic — so
+    /// the peer's retry is not refused as a replay of something that never happened.
+    pub fn reserve(
+        self: &std::sync::Arc<Self>,
+        key: ReplayKey,
+        now: u64,
+        expiry: u64,
+    ) -> Result<Reservation, Replayed> {
+        self.check_and_insert(key, now, expiry)?;
+        Ok(Reservation {
+            cache: std::sync::Arc::clone(self),
+            key,
+            kept: false,
+        })
+    }
+
     /// Forgets `key` — for a request that never reached the application, so the peer's
     /// retry is not refused as a replay.
     pub fn forget(&self, key: ReplayKey) {
@@ -206,6 +224,29 @@ impl ReplayCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A replay record that is forgotten again unless kept; see [`ReplayCache::reserve`].
+#[must_use = "dropping a reservation forgets the key"]
+pub struct Reservation {
+    cache: std::sync::Arc<ReplayCache>,
+    key: ReplayKey,
+    kept: bool,
+}
+
+impl Reservation {
+    /// The request reached the application (or may have): its key stays until it expires.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.cache.forget(self.key);
+        }
     }
 }
 
@@ -277,6 +318,26 @@ mod tests {
         drop(f);
         let c = ReplayCache::open(dir.path(), 100, 200).unwrap();
         assert_eq!(c.check_and_insert(key("a"), 200, 1_000), Err(Replayed));
+    }
+
+    #[test]
+    fn a_reservation_is_forgotten_unless_kept_even_on_panic() {
+        let c = std::sync::Arc::new(ReplayCache::in_memory(10));
+        let r = c.reserve(key("kept"), 0, 100).unwrap();
+        r.keep();
+        assert!(c.reserve(key("kept"), 1, 100).is_err());
+        drop(c.reserve(key("dropped"), 0, 100).unwrap());
+        assert!(c.reserve(key("dropped"), 1, 100).is_ok());
+        let c2 = c.clone();
+        let panicked = std::panic::catch_unwind(move || {
+            let _r = c2.reserve(key("panic"), 0, 100).unwrap();
+            panic!("a bug after the replay stage");
+        });
+        assert!(panicked.is_err());
+        assert!(
+            c.reserve(key("panic"), 1, 100).is_ok(),
+            "nothing remembered"
+        );
     }
 
     #[test]

@@ -246,6 +246,8 @@ pub struct Sidecar {
     bound_addrs: Vec<(String, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
+    /// The state directory (replay cache, outbox) when the config names none.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Sidecar {
@@ -255,6 +257,15 @@ impl Sidecar {
         for (k, v) in vars {
             text = text.replace(k, v);
         }
+        // Replay protection is on by default and journals to the state directory: a test
+        // that does not name one gets its own.
+        let state = if text.lines().any(|l| l.starts_with("state:")) {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("state dir");
+            text = format!("state: {{ dir: {:?} }}\n{text}", dir.path());
+            Some(dir)
+        };
         let settings = bsk_sidecar::config::from_yaml(&text, "test.yaml", Path::new("."))
             .unwrap_or_else(|errs| {
                 let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -280,6 +291,7 @@ impl Sidecar {
             bound_addrs,
             stop: Some(stop),
             handle: Some(handle),
+            _state: state,
         }
     }
 

@@ -1,0 +1,186 @@
+//! Stage: what of the client's request head the sidecar reads, and what of it reaches the
+//! application — by allowlist, since no envelope protects a header or a query string.
+//!
+//! Refused before the body is read: a `Content-Encoding` other than `identity` (415; the
+//! envelope is read as sent and must not reach the application as plain), a second `Host`,
+//! a `Transfer-Encoding` other than `chunked`, a repeated `X-Passcode` (400).
+//!
+//! Forwarded: the sidecar's own `Host`, `Content-Type`, `Content-Length`, `X-Request-Id`,
+//! `X-BSK-Peer`, `X-Forwarded-For`; of the client's, only [`DEFAULT_FORWARDED`] and the
+//! route's `forward_headers`. The query string only with `query: pass`. So
+//! `X_BSK_Peer` (which CGI/PHP read as the sidecar's `HTTP_X_BSK_PEER`), `X-Real-IP`,
+//! `X-Original-URL`, `X-HTTP-Method-Override`, `Cookie` and the rest never arrive.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
+use http_body_util::Full;
+
+use crate::config::{Route, Upstream};
+use crate::error::Reject;
+
+/// Client headers every route forwards.
+pub const DEFAULT_FORWARDED: [HeaderName; 3] =
+    [header::ACCEPT, header::ACCEPT_LANGUAGE, header::USER_AGENT];
+
+/// Refuses request heads the sidecar cannot read unambiguously.
+pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
+    for v in headers.get_all(header::CONTENT_ENCODING) {
+        let identity = v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("identity"))
+        });
+        if !identity {
+            return Err(Reject::UnsupportedEncoding);
+        }
+    }
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err(Reject::BadHeader("send one Host header"));
+    }
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        if !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Reject::BadHeader("Transfer-Encoding must be chunked"));
+        }
+    }
+    if headers.get_all("x-passcode").iter().count() > 1 {
+        return Err(Reject::BadHeader("send one X-Passcode header"));
+    }
+    Ok(())
+}
+
+/// Header names listed in `Connection`: they describe this hop only.
+pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
+    DEFAULT_FORWARDED.contains(name) || cfg.forward_headers.contains(name)
+}
+
+/// The request the application receives: the opened JSON and the allowed headers.
+pub(super) fn upstream_request(
+    cfg: &Route,
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    client: IpAddr,
+    request_id: &str,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Reject> {
+    let mut uri = upstream.path_and_query.to_string();
+    if cfg.pass_query && upstream.path_and_query.query().is_none() {
+        if let Some(q) = parts.uri.query() {
+            uri.push('?');
+            uri.push_str(q);
+        }
+    }
+    let len = body.len();
+    let mut req = Request::builder()
+        .method(cfg.method.clone())
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|_| Reject::Internal)?;
+    let hop = connection_listed(&parts.headers);
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        if forwarded(cfg, name) && !hop.iter().any(|h| h == name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let authority =
+        HeaderValue::from_str(upstream.authority.as_str()).map_err(|_| Reject::Internal)?;
+    headers.insert(header::HOST, authority);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(request_id).map_err(|_| Reject::Internal)?,
+    );
+    headers.insert(
+        "x-bsk-peer",
+        HeaderValue::from_str(&cfg.peer.name).map_err(|_| Reject::Internal)?,
+    );
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&crate::guard::ip::canonical(client).to_string())
+            .map_err(|_| Reject::Internal)?,
+    );
+    Ok(req)
+}
+
+/// Response headers that describe the application's hop, not the answer.
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn ambiguous_heads_are_refused() {
+        assert!(check_request(&head(&[("host", "a"), ("content-encoding", "identity")])).is_ok());
+        assert!(matches!(
+            check_request(&head(&[("content-encoding", "gzip")])),
+            Err(Reject::UnsupportedEncoding)
+        ));
+        assert!(matches!(
+            check_request(&head(&[("content-encoding", "identity, br")])),
+            Err(Reject::UnsupportedEncoding)
+        ));
+        assert!(matches!(
+            check_request(&head(&[("host", "a"), ("host", "b")])),
+            Err(Reject::BadHeader(_))
+        ));
+        assert!(check_request(&head(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(matches!(
+            check_request(&head(&[("transfer-encoding", "gzip, chunked")])),
+            Err(Reject::BadHeader(_))
+        ));
+        assert!(matches!(
+            check_request(&head(&[("x-passcode", "1"), ("x-passcode", "2")])),
+            Err(Reject::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn connection_names_hop_headers() {
+        let h = head(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "Foo"),
+        ]);
+        assert_eq!(connection_listed(&h), ["keep-alive", "x-secret", "foo"]);
+    }
+}

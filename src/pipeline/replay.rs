@@ -1,0 +1,118 @@
+//! Stage: token lifetime, freshness and replay — run on what the peer really signed or
+//! encrypted, so a forger can neither pass it nor fill the replay cache.
+//!
+//! Freshness is judged on the request's own time, never on a ticket it merely refers to
+//! (API-3/4/7 legitimately name tickets weeks old):
+//! - a route with a `jwt` layer: the token's `iat` within the window when present, and its
+//!   `exp` no further ahead than the peer's `jwt.max_lifetime` (checked on every JWT route,
+//!   fresh or not); a token with neither is refused. Replay key: `jti`, else the
+//!   signature — each token is used once — kept until `exp`;
+//! - any other route (API-1's `[form, aes]` landing): the `ticketNo` (an API-2 record's
+//!   `appSubTime`). Replay key: (`userid`, canonical `ticketNo`, `applicationStatus`) —
+//!   a draft and the final submission of one ticket are two requests.
+//!
+//! Keys are scoped per peer and route: API-3 polled twice with two fresh tokens is two
+//! requests, and so is API-3 then API-1 on one ticket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::settings::FreshOn;
+use crate::config::Route;
+use crate::envelope::{Failure, Layer, Opened, TokenProblem};
+use crate::error::Reject;
+use crate::guard::fresh::{canonical_ticket, Stale};
+use crate::guard::replay::{ReplayCache, ReplayKey, Reservation};
+
+use super::PayloadIds;
+
+/// Refuses a token that claims to live longer than its peer allows.
+pub(super) fn check_lifetime(
+    cfg: &Route,
+    opened: &Opened,
+    now: u64,
+    leeway: Duration,
+) -> Result<(), Reject> {
+    let Some(exp) = opened.jwt_exp else {
+        return Ok(());
+    };
+    let limit = now
+        .saturating_add(cfg.peer.max_token_lifetime.as_secs())
+        .saturating_add(leeway.as_secs());
+    if u64::try_from(exp).is_ok_and(|exp| exp > limit) {
+        return Err(Reject::Envelope(Failure::BadToken(
+            TokenProblem::LifetimeTooLong,
+        )));
+    }
+    Ok(())
+}
+
+/// Checks freshness and records the request; the returned reservation forgets the record
+/// again unless the caller keeps it (see [`Reservation`]).
+pub(super) fn admit(
+    cfg: &Route,
+    cache: Option<&Arc<ReplayCache>>,
+    opened: &Opened,
+    ids: &PayloadIds,
+    now: u64,
+) -> Result<Option<Reservation>, Reject> {
+    let Some(window) = &cfg.fresh else {
+        return Ok(None);
+    };
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    let leeway = window.leeway.as_secs();
+    let (kind, id, expiry) = if cfg.layers.contains(&Layer::Jwt) {
+        if opened.jwt_iat.is_none() && opened.jwt_exp.is_none() {
+            return Err(Reject::Stale(Stale::MissingTimestamp));
+        }
+        if let Some(iat) = opened.jwt_iat {
+            window.within(now_i, iat)?;
+        }
+        let (kind, id) = match (&opened.jwt_jti, &opened.jwt_signature) {
+            (Some(jti), _) => ("jti", jti.as_str()),
+            (None, Some(sig)) => ("sig", sig.as_str()),
+            (None, None) => return Err(Reject::Internal),
+        };
+        // Held while the token could still be accepted: until `exp`, else as long as its
+        // `iat` stays inside the window.
+        let until = match (opened.jwt_exp, opened.jwt_iat) {
+            (Some(exp), _) => u64::try_from(exp).unwrap_or(0).saturating_add(leeway),
+            (None, Some(iat)) => u64::try_from(iat)
+                .unwrap_or(0)
+                .saturating_add(window.max_age.as_secs())
+                .saturating_add(leeway),
+            (None, None) => now,
+        };
+        (kind, vec![id], until.max(now.saturating_add(1)))
+    } else {
+        let stamp = match cfg.fresh_on {
+            FreshOn::Ticket => ids.ticket_no.as_deref(),
+            FreshOn::AppSubTime => ids.app_sub_time.as_deref(),
+        };
+        window.check(now_i, stamp, None)?;
+        let ticket = ids
+            .ticket_no
+            .as_deref()
+            .ok_or(Reject::Stale(Stale::MissingTimestamp))?;
+        let ticket = canonical_ticket(ticket).ok_or(Reject::Stale(Stale::BadTicket))?;
+        let until = now
+            .saturating_add(window.max_age.as_secs())
+            .saturating_add(2 * leeway);
+        let parts = vec![
+            ids.userid.as_deref().unwrap_or(""),
+            ticket,
+            ids.application_status.as_deref().unwrap_or(""),
+        ];
+        ("ticket", parts, until)
+    };
+    let Some(cache) = cache.filter(|_| cfg.replay) else {
+        return Ok(None);
+    };
+    let mut parts = vec![cfg.path.as_str()];
+    parts.extend(id);
+    let key = ReplayKey::new(&cfg.peer.name, kind, &parts);
+    cache
+        .reserve(key, now, expiry)
+        .map(Some)
+        .map_err(|_| Reject::Replayed)
+}
