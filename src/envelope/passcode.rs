@@ -12,7 +12,8 @@
 //! - A missing passcode, a wrong one, one given twice, one that is not a string or number,
 //!   and JSON that is not an object all answer [`Failure::BadPasscode`].
 //! - Sealing adds nothing: an answer does not carry the passcode back, and JSON sealed for
-//!   a peer that expects one (egress) must already carry its `passcode` field.
+//!   a peer that expects one (egress) must already carry its `passcode` field. For the same
+//!   reason a peer's reply to such an egress request is opened without this layer.
 //!
 //! ```
 //! use bsk_sidecar::envelope::{passcode, Failure};
