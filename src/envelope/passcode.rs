@@ -10,7 +10,8 @@
 //!   accepted and compared by its exact characters, the rule of the `token` layer
 //!   (`376423` matches the passcode `376423`; `376423.0` and `3.76423e5` do not).
 //! - A missing passcode, a wrong one, one given twice, one that is not a string or number,
-//!   and JSON that is not an object all answer [`Failure::BadPasscode`].
+//!   and JSON that is not an object all answer [`Failure::BadPasscode`]. That 401 tells the
+//!   caller the ciphertext opened to JSON; only a party holding the AES key gets that far.
 //! - Sealing adds nothing: an answer does not carry the passcode back, and JSON sealed for
 //!   a peer that expects one (egress) must already carry its `passcode` field. For the same
 //!   reason a peer's reply to such an egress request is opened without this layer.
