@@ -289,8 +289,9 @@ fn layers_of(a: &EnvelopeArgs) -> anyhow::Result<Vec<Layer>> {
     a.envelope
         .iter()
         .map(|l| {
-            Layer::parse(l.trim())
-                .ok_or_else(|| anyhow!("`{l}` is not a layer (form, aes, token, bearer, jwt)"))
+            Layer::parse(l.trim()).ok_or_else(|| {
+                anyhow!("`{l}` is not a layer (form, aes, token, bearer, jwt, passcode)")
+            })
         })
         .collect()
 }

@@ -120,6 +120,15 @@ fn department_example_passes_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(": OK"), "{stdout}");
+    // API-7 in the deployed shape: the inner passcode is checked, freshness is off.
+    let missed_data = stdout
+        .lines()
+        .find(|l| l.contains("/bsk/missed-data"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        missed_data.contains("from bsk [form,aes,passcode]"),
+        "{missed_data}"
+    );
 
     // Without its certificate the same file is refused, naming the field.
     std::fs::remove_file(dir.path().join("tls.key")).unwrap();

@@ -870,7 +870,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                     Some(layer) => layers.push(layer),
                     None => check.err(
                         format!("{rp}.envelope[{i}]"),
-                        format!("`{l}` is not a layer (form, aes, token, bearer, jwt)"),
+                        format!("`{l}` is not a layer (form, aes, token, bearer, jwt, passcode)"),
                     ),
                 }
             }

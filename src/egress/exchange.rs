@@ -81,6 +81,8 @@ pub fn open_reply(
     if reply == Reply::Pass {
         return Ok(resp);
     }
+    // Answers never carry the passcode back (`envelope::passcode`): open them without it.
+    let layers = layers.strip_suffix(&[Layer::Passcode]).unwrap_or(layers);
     let (mut parts, body) = resp.into_parts();
     let content_type = parts
         .headers

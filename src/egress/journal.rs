@@ -22,10 +22,16 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Fields kept, in the spec's order; each row lists the spellings seen in the spec.
+const USERID: &[&str] = &["userid", "userId"];
+const TICKET: &[&str] = &["ticketNo", "ticketno", "tokenNo"];
+const STATUS: &[&str] = &["applicationStatus"];
+
+/// Fields kept, in the spec's order; each row lists the spellings seen in the spec. An
+/// allowlist: a citizen's `name`/`citizenname`, `mobile`/`citizenmobile`,
+/// `email`/`citizenemail`, gender, age or address is never stored (nor logged).
 const KEPT: &[&[&str]] = &[
-    &["userid", "userId"],
-    &["ticketNo", "ticketno", "tokenNo"],
+    USERID,
+    TICKET,
     &["serviceCode", "ServiceCode"],
     &["appNo"],
     &["appSubTime", " appSubTime "],
@@ -34,7 +40,7 @@ const KEPT: &[&[&str]] = &[
     &["bankRefNo"],
     &["paidAmt"],
     &["message"],
-    &["applicationStatus"],
+    STATUS,
     &["statusCode"],
 ];
 
@@ -80,8 +86,8 @@ fn scalar(v: &RawValue) -> Option<String> {
 /// object with at least `userid` and `ticketNo`).
 pub fn extract(plain: &[u8]) -> Option<Record> {
     let f = fields(plain)?;
-    let (_, _) = first(&f, KEPT[0])?;
-    let (ticket, _) = first(&f, KEPT[1])?;
+    let (_, _) = first(&f, USERID)?;
+    let (ticket, _) = first(&f, TICKET)?;
     let mut json = String::from("{");
     for names in KEPT {
         for n in *names {
@@ -105,9 +111,9 @@ pub fn extract(plain: &[u8]) -> Option<Record> {
 /// same digits as a string are one key. `None` when any is missing.
 pub fn idempotency_key(peer: &str, plain: &[u8]) -> Option<String> {
     let f = fields(plain)?;
-    let user = scalar(first(&f, KEPT[0])?.0)?;
-    let ticket = scalar(first(&f, KEPT[1])?.0)?;
-    let status = scalar(first(&f, KEPT[10])?.0)?;
+    let user = scalar(first(&f, USERID)?.0)?;
+    let ticket = scalar(first(&f, TICKET)?.0)?;
+    let status = scalar(first(&f, STATUS)?.0)?;
     Some(format!("{peer}\u{1f}{user}\u{1f}{ticket}\u{1f}{status}"))
 }
 
@@ -169,9 +175,10 @@ pub struct Pull {
     pub limit: usize,
 }
 
-/// Reads an API-7 request: `fromDate` (or `formDate`, `From Date`, `From_Date`),
-/// `toDate` (or `To Date`, `To_Date`), optional `limit` / `offset` (numbers or digit
-/// strings). Errors are the caller-facing message.
+/// Reads an API-7 request: `fromDate` (or `formDate`, `From Date`, `From_Date`, and the
+/// deployed department code's `fromdate`), `toDate` (or `To Date`, `To_Date`, `todate`),
+/// optional `limit` / `offset` (numbers or digit strings). Other fields (a `passcode` the
+/// `passcode` layer has checked) are ignored. Errors are the caller-facing message.
 pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     #[derive(Deserialize)]
     struct Raw<'a> {
@@ -180,10 +187,19 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
             alias = "formDate",
             alias = "From Date",
             alias = "From_Date",
+            alias = "fromdate",
+            alias = "from_date",
             borrow
         )]
         from: Option<Cow<'a, str>>,
-        #[serde(rename = "toDate", alias = "To Date", alias = "To_Date", borrow)]
+        #[serde(
+            rename = "toDate",
+            alias = "To Date",
+            alias = "To_Date",
+            alias = "todate",
+            alias = "to_date",
+            borrow
+        )]
         to: Option<Cow<'a, str>>,
         #[serde(borrow)]
         limit: Option<&'a RawValue>,
@@ -195,19 +211,7 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     let date = |d: Option<Cow<'_, str>>, missing: &'static str| -> Result<String, &'static str> {
         let d = d.ok_or(missing)?;
         let d = d.trim();
-        let b = d.as_bytes();
-        let shape = b.len() == 10
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && b.iter()
-                .enumerate()
-                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-        let ok = shape
-            && matches!(
-                (d[0..4].parse(), d[5..7].parse(), d[8..10].parse()),
-                (Ok(y), Ok(m), Ok(dd)) if valid_date(y, m, dd)
-            );
-        if ok {
+        if is_date(d) {
             Ok(d.to_string())
         } else {
             Err("dates must be YYYY-MM-DD")
@@ -221,11 +225,7 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     let number = |v: Option<&RawValue>, default: usize| -> Result<usize, &'static str> {
         match v {
             None => Ok(default),
-            Some(v) => {
-                let t = v.get().trim().trim_matches('"');
-                t.parse::<usize>()
-                    .map_err(|_| "limit and offset must be whole numbers")
-            }
+            Some(v) => whole_number(v).ok_or("limit and offset must be whole numbers"),
         }
     };
     let limit = number(raw.limit, MAX_PULL)?;
@@ -239,6 +239,36 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
         offset,
         limit,
     })
+}
+
+/// `YYYY-MM-DD`, a real calendar date.
+fn is_date(d: &str) -> bool {
+    let mut parts = d.split('-');
+    let (Some(y), Some(m), Some(dd), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(y, 4) && digits(m, 2) && digits(dd, 2)) {
+        return false;
+    }
+    matches!((y.parse(), m.parse(), dd.parse()), (Ok(y), Ok(m), Ok(dd)) if valid_date(y, m, dd))
+}
+
+/// A JSON number of digits (`100`) or a string of them (`"100"`, stray spaces tolerated).
+fn whole_number(v: &RawValue) -> Option<usize> {
+    let t = v.get().trim();
+    let s: Cow<'_, str> = if t.starts_with('"') {
+        Cow::Owned(serde_json::from_str::<String>(t).ok()?)
+    } else {
+        Cow::Borrowed(t)
+    };
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// The spec's answer: a JSON array of the records, as stored.
@@ -261,13 +291,20 @@ mod tests {
 
     #[test]
     fn keeps_only_transactional_fields_byte_for_byte() {
-        let push = br#"{"userId":"9054233544","ticketno":20221202153322882,"serviceCode":"AMD/003","citizenname":"Anupam Ghosh","citizenmobile":"9963258963","email":"a@b.in","gender":"M","age":40,"paidAmt":2500.00,"message":"Draft Submitted","applicationStatus":2}"#;
+        let push = br#"{"userId":"9054233544","ticketno":20221202153322882,"serviceCode":"AMD/003","citizenname":"Anupam Ghosh","citizenmobile":"9963258963","citizenemail":"ag@c.in","email":"a@b.in","gender":"M","age":40,"paidAmt":2500.00,"message":"Draft Submitted","applicationStatus":2}"#;
         let rec = extract(push).unwrap();
         assert_eq!(
             rec.json,
             r#"{"userId":"9054233544","ticketno":20221202153322882,"serviceCode":"AMD/003","paidAmt":2500.00,"message":"Draft Submitted","applicationStatus":2}"#
         );
-        for personal in ["Anupam", "9963258963", "a@b.in", "\"gender\"", "\"age\""] {
+        for personal in [
+            "Anupam",
+            "9963258963",
+            "ag@c.in",
+            "a@b.in",
+            "\"gender\"",
+            "\"age\"",
+        ] {
             assert!(!rec.json.contains(personal), "{personal}");
         }
         assert_eq!(rec.date.as_deref(), Some("2022-12-02"));
@@ -328,6 +365,9 @@ mod tests {
             r#"{"fromDate":"2022-12-10","toDate":"2022-12-22"}"#,
             r#"{"formDate":"2022-12-10","toDate":"2022-12-22"}"#,
             r#"{"From Date":"2022-12-10","To Date":"2022-12-22"}"#,
+            r#"{"From_Date":"2022-12-10","To_Date":"2022-12-22"}"#,
+            r#"{"fromdate":"2022-12-10","todate":"2022-12-22"}"#,
+            r#"{"fromDate":" 2022-12-10 ","toDate":"2022-12-22\r\n"}"#,
         ] {
             let p = parse_pull(body.as_bytes()).unwrap();
             assert_eq!(
@@ -341,6 +381,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.offset, p.limit), (10, 5));
+        // The deployed department code's request: passcode inside, lower-case dates.
+        let p = parse_pull(
+            br#"{"passcode":"376423","fromdate":"2022-12-10","todate":"2022-12-22","limit":100,"offset":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Pull {
+                from: "2022-12-10".into(),
+                to: "2022-12-22".into(),
+                offset: 0,
+                limit: 100
+            }
+        );
+        let p = parse_pull(
+            br#"{"fromdate":"2022-12-10","todate":"2022-12-22","limit":" 100 ","offset":"20"}"#,
+        )
+        .unwrap();
+        assert_eq!((p.offset, p.limit), (20, 100));
     }
 
     #[test]
@@ -352,6 +411,17 @@ mod tests {
             r#"{"fromDate":"10-12-2022","toDate":"2022-12-22"}"#,
             r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":0}"#,
             r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":-1}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":1.5}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":"ten"}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","offset":"-1"}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":"১০০"}"#,
+            // Two spellings of one date: which would win is not for us to guess.
+            r#"{"fromDate":"2022-12-10","fromdate":"2022-12-11","toDate":"2022-12-22"}"#,
+            // Non-ASCII text where the checks used to index bytes 4 and 7.
+            r#"{"fromDate":"ÀÀÀÀÀ","toDate":"2022-12-22"}"#,
+            r#"{"fromDate":"2022-À-10","toDate":"2022-12-22"}"#,
+            r#"{"fromDate":"২০২২-১২-১০","toDate":"2022-12-22"}"#,
+            r#"{"fromDate":"2022-12-1À","toDate":"2022-12-22"}"#,
             r#"[]"#,
         ] {
             assert!(parse_pull(body.as_bytes()).is_err(), "{body}");

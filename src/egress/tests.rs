@@ -37,3 +37,44 @@ fn a_peer_requiring_exp_accepts_what_sign_exp_seals() {
     assert_eq!(v.iat, Some(1_700_000_000));
     assert!(jwt::verify(&key, &token, 1_700_001_000).is_err(), "expired");
 }
+
+/// A peer that wants its passcode inside the ciphertext (`[form, aes, passcode]`) answers
+/// without one, as the sidecar itself does: the reply still opens for the application.
+#[test]
+fn replies_on_a_passcode_stack_open_without_a_passcode() {
+    use bytes::Bytes;
+    use http::Response;
+
+    use super::exchange::open_reply;
+    use crate::config::egress::PeerTls;
+    use crate::config::{Peer, Reply};
+    use crate::envelope::{self, aes::AesKey, BodyShape, Layer, PeerKeys};
+
+    let peer = Peer {
+        name: "bsk".into(),
+        keys: PeerKeys {
+            agid: "BSK".into(),
+            passcode: Some(Secret::new("376423")),
+            jwt: None,
+            aes: vec![
+                AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL").unwrap(),
+            ],
+        },
+        allow: None,
+        rate: None,
+        url: None,
+        tls: PeerTls::default(),
+        sign_exp: None,
+        max_token_lifetime: crate::config::settings::DEFAULT_TOKEN_LIFETIME,
+        short_jwt_secret: false,
+    };
+    let stack = [Layer::Form, Layer::Aes, Layer::Passcode];
+    let answer = br#"{"status":"S","statusCode":"200"}"#;
+    let sealed = envelope::seal(&stack, &peer.keys, answer, BodyShape::Form).unwrap();
+    let resp = Response::builder()
+        .header("content-type", sealed.content_type)
+        .body(Bytes::from(sealed.body))
+        .unwrap();
+    let opened = open_reply(&stack, &peer, Reply::Open, resp).expect("reply opens");
+    assert_eq!(opened.body().as_ref(), answer);
+}

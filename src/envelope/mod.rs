@@ -1,9 +1,11 @@
-//! Envelopes: peel a route's configured layers (`form`, `aes`, `token`, `bearer`, `jwt`) off a
-//! request to reach the JSON exactly as the sender encoded it, and put them back on.
+//! Envelopes: peel a route's configured layers (`form`, `aes`, `token`, `bearer`, `jwt`,
+//! `passcode`) off a request to reach the JSON exactly as the sender encoded it, and put them
+//! back on.
 //!
 //! A stack lists layers outermost first, e.g. `[form, aes]` (section 15's encrypted form),
 //! `[token, jwt]` (section 11's passcode + JWT), `[bearer, jwt]`, `[token, jwt, aes]` or
-//! `[form, aes, jwt]`. [`open`] peels outermost → innermost; [`seal`] builds innermost →
+//! `[form, aes, jwt]`, or `[form, aes, passcode]` (deployed API-7 pulls: the passcode inside
+//! the ciphertext). [`open`] peels outermost → innermost; [`seal`] builds innermost →
 //! outermost. The plaintext is never re-serialised: a 17-digit `ticketNo` survives
 //! byte-for-byte.
 //!
@@ -53,6 +55,7 @@ pub mod aes;
 pub mod bearer;
 pub mod form;
 pub mod jwt;
+pub mod passcode;
 pub mod token;
 
 #[cfg(test)]
@@ -74,19 +77,22 @@ pub enum Layer {
     Bearer,
     /// HMAC-signed compact JWS.
     Jwt,
+    /// A `passcode` field of the JSON that `aes` or `jwt` opened. Last, right after one of them.
+    Passcode,
 }
 
 impl Layer {
     /// Every layer, in declaration order.
-    pub const ALL: [Layer; 5] = [
+    pub const ALL: [Layer; 6] = [
         Layer::Form,
         Layer::Aes,
         Layer::Token,
         Layer::Bearer,
         Layer::Jwt,
+        Layer::Passcode,
     ];
 
-    /// The config name: `form`, `aes`, `token`, `bearer`, `jwt`.
+    /// The config name: `form`, `aes`, `token`, `bearer`, `jwt`, `passcode`.
     pub fn name(self) -> &'static str {
         match self {
             Layer::Form => "form",
@@ -94,6 +100,7 @@ impl Layer {
             Layer::Token => "token",
             Layer::Bearer => "bearer",
             Layer::Jwt => "jwt",
+            Layer::Passcode => "passcode",
         }
     }
 
@@ -105,6 +112,16 @@ impl Layer {
     /// Layers that read the HTTP request itself rather than what an outer layer produced.
     fn reads_request(self) -> bool {
         matches!(self, Layer::Form | Layer::Token | Layer::Bearer)
+    }
+
+    /// `passcode` reads the JSON that `aes` or `jwt` opened, so it must be the last layer
+    /// and come right after one of them: is it out of place at index `i` of `layers`?
+    fn misplaced_passcode(layers: &[Layer], i: usize) -> bool {
+        let after_json = i
+            .checked_sub(1)
+            .and_then(|before| layers.get(before))
+            .is_some_and(|before| matches!(before, Layer::Aes | Layer::Jwt));
+        !after_json || i + 1 != layers.len()
     }
 }
 
@@ -119,7 +136,7 @@ impl fmt::Display for Layer {
 pub struct PeerKeys {
     /// The `agId` this peer puts in form bodies (exact, case-sensitive); also written by seal.
     pub agid: String,
-    /// Passcode for the `token` layer (required there) and `bearer` layer (optional).
+    /// Passcode for the `token` and `passcode` layers (required there) and `bearer` (optional).
     pub passcode: Option<Secret>,
     /// Key for the `jwt` layer.
     pub jwt: Option<jwt::JwtKey>,
@@ -128,19 +145,19 @@ pub struct PeerKeys {
 }
 
 /// Checks a layer stack against the keys it will use: non-empty; `form`/`token`/`bearer`
-/// only outermost; `token`/`bearer` followed by `jwt`; no layer twice; and each layer's
-/// keys present. Returns every problem in words (empty = usable).
+/// only outermost; `token`/`bearer` followed by `jwt`; `passcode` last, right after `aes` or
+/// `jwt`; no layer twice; and each layer's keys present. Returns every problem in words (empty = usable).
 pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
     let mut problems = Vec::new();
     if layers.is_empty() {
         problems.push(
-            "the layer list is empty; give at least one of form, aes, token, bearer, jwt"
+            "the layer list is empty; give at least one of form, aes, token, bearer, jwt, passcode"
                 .to_owned(),
         );
         return problems;
     }
     for (i, &layer) in layers.iter().enumerate() {
-        if layers.iter().take(i).any(|&l| l == layer) {
+        if layers.iter().take(i).any(|&earlier| earlier == layer) {
             problems.push(format!("`{layer}` appears more than once"));
             continue;
         }
@@ -155,6 +172,12 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
                 "`{layer}` carries a JWT, so `jwt` must come right after it"
             ));
         }
+        if layer == Layer::Passcode && Layer::misplaced_passcode(layers, i) {
+            problems.push(
+                "`passcode` checks a field of the JSON that `aes` or `jwt` opens, so it must come right after one of them, as the last layer"
+                    .to_owned(),
+            );
+        }
     }
     if layers.contains(&Layer::Form) && keys.agid.is_empty() {
         problems.push("`form` needs the peer's agid".to_owned());
@@ -162,9 +185,12 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
     if layers.contains(&Layer::Aes) && keys.aes.is_empty() {
         problems.push("`aes` needs at least one AES key".to_owned());
     }
-    if layers.contains(&Layer::Token) {
+    if let Some(layer) = layers
+        .iter()
+        .find(|l| matches!(l, Layer::Token | Layer::Passcode))
+    {
         match &keys.passcode {
-            None => problems.push("`token` needs the peer's passcode".to_owned()),
+            None => problems.push(format!("`{layer}` needs the peer's passcode")),
             Some(p) if p.is_empty() => problems.push("the passcode is empty".to_owned()),
             Some(_) => {}
         }
@@ -182,8 +208,9 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
 fn check_order(layers: &[Layer]) -> Result<(), Failure> {
     let misordered = layers.is_empty()
         || layers.iter().enumerate().any(|(i, &layer)| {
-            layers.iter().take(i).any(|&l| l == layer)
+            layers.iter().take(i).any(|&earlier| earlier == layer)
                 || (layer.reads_request() && i > 0)
+                || (layer == Layer::Passcode && Layer::misplaced_passcode(layers, i))
                 || (matches!(layer, Layer::Token | Layer::Bearer)
                     && layers.get(i + 1) != Some(&Layer::Jwt))
         });
@@ -291,6 +318,13 @@ impl Carried<'_> {
         match self {
             Carried::Text(text) => Some(Cow::Borrowed(text.as_ref())),
             Carried::Bytes(bytes) => string_in(bytes, field),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Carried::Bytes(bytes) => bytes,
+            Carried::Text(text) => text.as_bytes(),
         }
     }
 
@@ -435,6 +469,10 @@ fn open_with(
                 jwt_signature = token.rsplit('.').next().map(str::to_owned);
                 Carried::Bytes(Cow::Owned(verified.payload))
             }
+            Layer::Passcode => {
+                passcode::open(keys.passcode.as_ref(), carried.as_bytes())?;
+                carried
+            }
         };
     }
     let plain = carried.into_bytes();
@@ -524,7 +562,7 @@ pub fn seal_timed(
                 authorization: Some(authorization),
             })
         }
-        Layer::Aes | Layer::Jwt => {
+        Layer::Aes | Layer::Jwt | Layer::Passcode => {
             let body = seal_one(outer, keys, made, times)?.into_bytes();
             Ok(Sealed {
                 body,
@@ -574,6 +612,9 @@ fn seal_one<'a>(
             };
             Ok(Carried::Text(Cow::Owned(token)))
         }
+        // The answer does not carry the passcode back; JSON sealed for a peer that expects
+        // one (egress) carries its own `passcode` field.
+        Layer::Passcode => Ok(made),
         // `check_order` keeps request-reading layers outermost, where `seal` handles them.
         Layer::Form | Layer::Token | Layer::Bearer => Err(Failure::Misconfigured("layer stack")),
     }

@@ -1,8 +1,9 @@
 //! Payload schemas: the field tables of the spec's seven APIs, checked on the opened JSON.
 //!
 //! Tolerant of the spellings real peers use (`spec/NOTES.md`: `userid`/`userId`,
-//! `ticketNo`/`ticketno`/`tokenNo`, `otpId`/`otpld`, `fromDate`/`formDate`/`From Date`,
-//! …) and of extra fields; a number may also arrive as a string of digits, and string
+//! `ticketNo`/`ticketno`/`tokenNo`, `otpId`/`otpld`, `fromDate`/`formDate`/`From Date`/
+//! `fromdate`, and API-1's `citizenname`/`citizenmobile`/`citizenemail` for
+//! `name`/`mobile`/`email`, …) and of extra fields; a number may also arrive as a string of digits, and string
 //! values may carry stray surrounding spaces or CR LF. The payload is never rewritten:
 //! this only reads it.
 //!
@@ -154,14 +155,18 @@ const TICKET: &[&str] = &["ticketno", "tokenNo"];
 const SERVICE: &[&str] = &["ServiceCode"];
 const NONE: &[&str] = &[];
 
+// Only what identifies the service entry is required: (`userid`, `ticketNo`) is jointly
+// unique (section 11.1). The section-15 sample, and the department code written to receive
+// it, send `{"userid","ticketno","citizenmobile","citizenname","citizenemail"}`: no
+// `serviceCode`, no gender or age, `citizen…` spellings of name, mobile and email.
 const API1: &[Field] = &[
     req("userid", USERID, Kind::UserId),
     req("ticketNo", TICKET, Kind::Timestamp),
-    req("serviceCode", SERVICE, Kind::ServiceCode),
-    opt("name", NONE, Kind::Text),
+    opt("serviceCode", SERVICE, Kind::ServiceCode),
+    opt("name", &["citizenname"], Kind::Text),
     opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
-    opt("mobile", NONE, Kind::Text),
-    opt("email", NONE, Kind::Text),
+    opt("mobile", &["citizenmobile"], Kind::Text),
+    opt("email", &["citizenemail"], Kind::Text),
     opt("gender", NONE, Kind::Text),
     opt("age", NONE, Kind::Number),
 ];
@@ -218,10 +223,20 @@ const API6: &[Field] = &[
 const API7: &[Field] = &[
     req(
         "fromDate",
-        &["formDate", "From Date", "from_date"],
+        &[
+            "formDate",
+            "From Date",
+            "From_Date",
+            "from_date",
+            "fromdate",
+        ],
         Kind::Date,
     ),
-    req("toDate", &["To Date", "to_date"], Kind::Date),
+    req(
+        "toDate",
+        &["To Date", "To_Date", "to_date", "todate"],
+        Kind::Date,
+    ),
 ];
 
 /// Department codes of section 14.4.
@@ -328,14 +343,13 @@ fn check_kind(kind: Kind, v: &Value) -> Result<(), &'static str> {
             _ => Err("not a YYYYMMDDHHmmSS timestamp"),
         },
         Kind::ServiceCode => {
+            const SHAPE: &str = "not a service code like AMD001 or AMD/003";
             let s = v.as_str().map(str::trim).ok_or("not a string")?;
-            let (dept, seq) = match s.len() {
-                6 => (&s[..3], &s[3..]),
-                7 if s.as_bytes()[3] == b'/' => (&s[..3], &s[4..]),
-                _ => return Err("not a service code like AMD001 or AMD/003"),
-            };
-            if !seq.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("not a service code like AMD001 or AMD/003");
+            // `split_at_checked` refuses a cut inside a multi-byte character.
+            let (dept, rest) = s.split_at_checked(3).ok_or(SHAPE)?;
+            let seq = rest.strip_prefix('/').unwrap_or(rest);
+            if seq.len() != 3 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(SHAPE);
             }
             if !DEPARTMENT_CODES.contains(&dept) {
                 return Err("unknown department code");
@@ -373,20 +387,24 @@ fn check_kind(kind: Kind, v: &Value) -> Result<(), &'static str> {
         }
         Kind::Date => {
             let s = v.as_str().map(str::trim).ok_or("not a YYYY-MM-DD date")?;
-            let b = s.as_bytes();
-            let shape = b.len() == 10 && b[4] == b'-' && b[7] == b'-';
-            let stamp = format!(
-                "{}{}{}000000",
-                s.get(0..4).unwrap_or(""),
-                s.get(5..7).unwrap_or(""),
-                s.get(8..10).unwrap_or("")
-            );
-            if shape && ticket_to_unix(&stamp).is_some() {
+            if is_date(s) {
                 Ok(())
             } else {
                 Err("not a YYYY-MM-DD date")
             }
         }
+    }
+}
+
+/// `YYYY-MM-DD`, a real calendar date.
+fn is_date(s: &str) -> bool {
+    let mut parts = s.split('-');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(y), Some(m), Some(d), None) if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
+            // `ticket_to_unix` insists on ASCII digits and a real date.
+            ticket_to_unix(&format!("{y}{m}{d}000000")).is_some()
+        }
+        _ => false,
     }
 }
 

@@ -506,7 +506,7 @@ fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), 
                 "text/plain" | "application/json" | "application/octet-stream"
             )
         }
-        Some(Layer::Bearer) | None => true,
+        Some(Layer::Bearer | Layer::Passcode) | None => true,
     };
     if ok {
         Ok(())

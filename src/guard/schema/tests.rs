@@ -205,3 +205,109 @@ fn value_sets_are_checked_when_present() {
     let api3 = r#"{"userId":9054233544,"tokenNo":20220811050723,"serviceCode":"AMD/003","applicationNo":"A","applicationStatus":9}"#;
     assert_eq!(fields(Api::Api3, api3), ["applicationStatus"]);
 }
+
+/// Section 15's sample plaintext, as the deployed department code receives API-1.
+const SECTION_15: &str = r#"{"userid":"8527419636","ticketno":"20221202153322882","citizenmobile":"9963258963","citizenname":"Anupam Ghosh"}"#;
+
+#[test]
+fn api1_as_deployed_code_receives_it_is_accepted() {
+    assert_eq!(fields(Api::Api1, SECTION_15), Vec::<&str>::new());
+    let with_email = r#"{"userid":"8527419636","ticketno":"20221202153322882","citizenmobile":"9963258963","citizenname":"Anupam Ghosh","citizenemail":"a.ghosh@example.in"}"#;
+    assert_eq!(fields(Api::Api1, with_email), Vec::<&str>::new());
+}
+
+#[test]
+fn api1_requires_only_the_service_entry_identity() {
+    // (userid, ticketNo) identify the service entry; each is still required.
+    assert_eq!(
+        fields(Api::Api1, r#"{"ticketno":"20221202153322882"}"#),
+        ["userid"]
+    );
+    assert_eq!(
+        fields(Api::Api1, r#"{"userid":"8527419636"}"#),
+        ["ticketNo"]
+    );
+    // Optional fields are still checked when present.
+    assert_eq!(
+        fields(
+            Api::Api1,
+            r#"{"userid":"8527419636","ticketno":"20221202153322882","serviceCode":"ZZZ001"}"#
+        ),
+        ["serviceCode"]
+    );
+    assert_eq!(
+        fields(
+            Api::Api1,
+            r#"{"userid":"8527419636","ticketno":"20221202153322882","citizenname":{"first":"A"}}"#
+        ),
+        ["name"]
+    );
+    // Two spellings of one citizen field that disagree are refused like any other.
+    assert_eq!(
+        fields(
+            Api::Api1,
+            r#"{"userid":"8527419636","ticketno":"20221202153322882","mobile":"9963258963","citizenmobile":"9963258964"}"#
+        ),
+        ["mobile"]
+    );
+}
+
+#[test]
+fn api7_accepts_the_deployed_lower_case_dates() {
+    assert!(fields(
+        Api::Api7,
+        r#"{"passcode":"376423","fromdate":"2022-12-10","todate":"2022-12-22","limit":100,"offset":0}"#
+    )
+    .is_empty());
+    assert!(fields(
+        Api::Api7,
+        r#"{"From_Date":"2022-12-10","To_Date":"2022-12-22"}"#
+    )
+    .is_empty());
+    assert_eq!(
+        fields(
+            Api::Api7,
+            r#"{"fromdate":"2022-12-23","todate":"2022-12-22"}"#
+        ),
+        ["fromDate"]
+    );
+}
+
+/// Regression: `serviceCode: "ÀÀÀ"` cut a `str` inside a character and panicked the
+/// request task. Every field of every schema gets non-ASCII text of the lengths the
+/// checks branch on; nothing panics, and every field that is not free text is refused.
+#[test]
+fn non_ascii_text_in_any_field_is_refused_without_panicking() {
+    const TEXTS: &[&str] = &[
+        "À",
+        "ÀÀÀ",        // 6 bytes: the length of AMD001
+        "AÀ/001",     // 7 bytes with `/` at byte 3
+        "AMDÀ01",     // 7 bytes, a character across byte 3
+        "ÀÀÀÀÀ",      // 10 bytes: the length of a userid
+        "2022-À-10",  // 10 bytes, dashes where a date has them
+        "২০২২-১২-১০", // a date in Bengali digits
+        "ÀÀÀÀÀÀÀ",    // 14 bytes: the length of a ticketNo
+        "ÀÀÀÀÀÀÀÀÀÀÀÀÀÀÀÀÀ",
+        "বাংলা সহায়তা কেন্দ্র",
+        "AMD/০০৩",
+    ];
+    for (api, example) in EXAMPLES {
+        for field in api.fields() {
+            for text in TEXTS {
+                let mut obj: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(example).unwrap();
+                for spelling in std::iter::once(field.name).chain(field.aliases.iter().copied()) {
+                    obj.remove(spelling);
+                }
+                obj.insert(field.name.into(), (*text).into());
+                let json = serde_json::Value::Object(obj).to_string();
+                let refused = fields(*api, &json);
+                if matches!(field.kind, Kind::Text) {
+                    assert_eq!(refused, Vec::<&str>::new(), "{api:?} {json}");
+                } else {
+                    assert_eq!(refused, [field.name], "{api:?} {json}");
+                }
+            }
+        }
+    }
+}
