@@ -1648,3 +1648,557 @@ async fn headers_framing_and_smuggling() {
     );
     run_table(&mut proc, &app, addr, "framing", &framing).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Credentials, envelopes, payloads.
+
+/// AES-256-CBC without padding over `bytes` (a whole number of blocks), standard base64.
+fn aes_raw_b64(key: &str, iv: &str, bytes: &[u8]) -> String {
+    use cbc::cipher::block_padding::NoPadding;
+    use cbc::cipher::{BlockEncryptMut, KeyIvInit};
+    assert_eq!(bytes.len() % 16, 0);
+    let ct = cbc::Encryptor::<aes::Aes256>::new(key.as_bytes().into(), iv.as_bytes().into())
+        .encrypt_padded_vec_mut::<NoPadding>(bytes);
+    b64_encode(&ct)
+}
+
+/// `plain` padded to a whole block with `pad` bytes as given (for padding attacks).
+fn padded_with(plain: &[u8], pad: &[u8]) -> Vec<u8> {
+    let mut v = plain.to_vec();
+    v.extend_from_slice(pad);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_envelopes_and_payloads() {
+    let (mut proc, app, addr) = main_proc().await;
+
+    // Passcode and JWT, on the API-3 route.
+    let st = "/bsk/status";
+    let status_req = |passcode_json: &str, token: &str| {
+        json_post(
+            st,
+            format!(r#"{{"passcode":{passcode_json},"token":"{token}"}}"#).as_bytes(),
+        )
+    };
+    let tok_ok = |name: &str, payload: String| {
+        accepted(name, token_req(st, &payload), st, payload.as_bytes())
+    };
+    let unauthorized = |reason: &'static str| Want::Reject(401, reason);
+    let hs = |header: &str, payload: &str, secret: &str, alg: Algorithm| {
+        raw_jwt(header, payload.as_bytes(), secret, Some(alg))
+    };
+    let now = unix_now();
+    let mut creds = vec![
+        tok_ok("valid token (control)", claims(API3_FIELDS)),
+        {
+            let p = claims(API3_FIELDS);
+            accepted(
+                "numeric passcode",
+                status_req("376423", &hs256(&p)),
+                st,
+                p.as_bytes(),
+            )
+        },
+        {
+            let p = claims(API3_FIELDS);
+            accepted(
+                "text/plain content type",
+                http("POST", st, &["Content-Type: text/plain"], &token_body(PASSCODE, &hs256(&p))),
+                st,
+                p.as_bytes(),
+            )
+        },
+        {
+            let p = claims(API3_FIELDS);
+            let token = hs(
+                r#"{"alg":"HS256","typ":"JWT","kid":"../../etc/passwd","jku":"http://evil.example/k"}"#,
+                &p,
+                JWT_SECRET,
+                Algorithm::HS256,
+            );
+            accepted("kid and jku headers are ignored", status_req(r#""376423""#, &token), st, p.as_bytes())
+        },
+    ];
+    for (name, pj) in [
+        ("wrong passcode", r#""000000""#),
+        ("empty passcode", r#""""#),
+        ("passcode with a trailing space", r#""376423 ""#),
+        ("passcode with a leading space", r#"" 376423""#),
+        ("passcode prefix", r#""37642""#),
+        ("passcode with an extra digit", r#""3764230""#),
+        ("passcode as a float", "376423.0"),
+        ("passcode in exponent form", "3.76423e5"),
+        ("negative numeric passcode", "-376423"),
+        ("full-width digits", r#""３７６４２３""#),
+        ("passcode with a NUL", r#""376423\u0000""#),
+        ("passcode case-folded letters", r#""376423A""#),
+    ] {
+        let token = hs256(&claims(API3_FIELDS));
+        creds.push(case(name, status_req(pj, &token), unauthorized("bad_passcode")));
+    }
+    for (name, pj) in [
+        ("passcode null", "null"),
+        ("passcode true", "true"),
+        ("passcode array", r#"["376423"]"#),
+        ("passcode object", r#"{"value":"376423"}"#),
+    ] {
+        let token = hs256(&claims(API3_FIELDS));
+        creds.push(case(name, status_req(pj, &token), unauthorized("malformed_token")));
+    }
+    let good_token = hs256(&claims(API3_FIELDS));
+    for (name, body) in [
+        ("no passcode field", format!(r#"{{"token":"{good_token}"}}"#)),
+        (
+            "passcode given twice",
+            format!(r#"{{"passcode":"000000","passcode":"376423","token":"{good_token}"}}"#),
+        ),
+        ("no token field", r#"{"passcode":"376423"}"#.to_string()),
+        ("token is a number", r#"{"passcode":"376423","token":12345}"#.to_string()),
+        ("token is null", r#"{"passcode":"376423","token":null}"#.to_string()),
+        ("body is not JSON", "passcode=376423&token=x".to_string()),
+        ("body is empty", String::new()),
+    ] {
+        creds.push(case(name, json_post(st, body.as_bytes()), unauthorized("malformed_token")));
+    }
+    // The section 11 object also deserialises from a positional array; the passcode is
+    // still compared, so only the right one passes.
+    {
+        let p = claims(API3_FIELDS);
+        creds.push(accepted(
+            "body as a positional array with the right passcode",
+            json_post(st, format!(r#"["376423","{}"]"#, hs256(&p)).as_bytes()),
+            st,
+            p.as_bytes(),
+        ));
+    }
+    creds.push(case(
+        "body as a positional array with a wrong passcode",
+        json_post(st, format!(r#"["000000","{good_token}"]"#).as_bytes()),
+        unauthorized("bad_passcode"),
+    ));
+    creds.push(case(
+        "passcode only in X-Passcode",
+        http(
+            "POST",
+            st,
+            &["Content-Type: application/json", "X-Passcode: 376423"],
+            format!(r#"{{"token":"{good_token}"}}"#).as_bytes(),
+        ),
+        unauthorized("malformed_token"),
+    ));
+    creds.push(case(
+        "form content type on a token route",
+        http(
+            "POST",
+            st,
+            &["Content-Type: application/x-www-form-urlencoded"],
+            &token_body(PASSCODE, &good_token),
+        ),
+        Want::Reject(415, "unsupported_media_type"),
+    ));
+    creds.push(case(
+        "wrong passcode with a broken token: the passcode is judged first",
+        status_req(r#""000000""#, "x.y.z"),
+        unauthorized("bad_passcode"),
+    ));
+    // Algorithms.
+    for alg_name in ["none", "None", "NONE", "nOnE", "", "hs256", "HS256 ", "RS256", "ES256", "PS256", "EdDSA", "HS1", "ES256K"] {
+        let p = claims(API3_FIELDS);
+        let header = format!(r#"{{"alg":"{alg_name}","typ":"JWT"}}"#);
+        let unsigned = raw_jwt(&header, p.as_bytes(), "", None);
+        creds.push(case(
+            format!("alg {alg_name:?}, empty signature"),
+            status_req(r#""376423""#, &unsigned),
+            unauthorized("alg_not_allowed"),
+        ));
+        let signed = signed_raw(
+            &format!("{}.{}", b64u(header.as_bytes()), b64u(p.as_bytes())),
+            JWT_SECRET,
+            Algorithm::HS256,
+        );
+        creds.push(case(
+            format!("alg {alg_name:?}, HS256 signature with the real secret"),
+            status_req(r#""376423""#, &signed),
+            unauthorized("alg_not_allowed"),
+        ));
+    }
+    for alg in [Algorithm::HS384, Algorithm::HS512] {
+        let p = claims(API3_FIELDS);
+        let token = hs(&format!(r#"{{"alg":"{alg:?}","typ":"JWT"}}"#), &p, JWT_SECRET, alg);
+        creds.push(case(
+            format!("{alg:?} signed with the real secret (not configured)"),
+            status_req(r#""376423""#, &token),
+            unauthorized("alg_not_allowed"),
+        ));
+    }
+    let p = claims(API3_FIELDS);
+    for (name, header) in [
+        ("no alg", r#"{"typ":"JWT"}"#),
+        ("alg is a number", r#"{"alg":256,"typ":"JWT"}"#),
+        ("alg is null", r#"{"alg":null}"#),
+        ("alg given twice", r#"{"alg":"HS256","alg":"none"}"#),
+        ("crit header", r#"{"alg":"HS256","crit":["exp"]}"#),
+        ("header is not JSON", "alg=HS256"),
+        ("header is a JSON array", r#"["HS256"]"#),
+    ] {
+        let token = hs(header, &p, JWT_SECRET, Algorithm::HS256);
+        creds.push(case(
+            format!("header: {name}"),
+            status_req(r#""376423""#, &token),
+            unauthorized("malformed_token"),
+        ));
+    }
+    // Signatures.
+    let p = claims(API3_FIELDS);
+    let good = hs256(&p);
+    let (signing_input, sig) = good.rsplit_once('.').unwrap();
+    let other_sig = hs256(&claims(API3_FIELDS)).rsplit_once('.').unwrap().1.to_string();
+    let flipped: String = {
+        let mut c: Vec<char> = sig.chars().collect();
+        c[3] = if c[3] == 'A' { 'B' } else { 'A' };
+        c.into_iter().collect()
+    };
+    for (name, token) in [
+        (
+            "wrong secret",
+            hs(r#"{"alg":"HS256","typ":"JWT"}"#, &p, "not-the-secret", Algorithm::HS256),
+        ),
+        ("empty secret", hs(r#"{"alg":"HS256","typ":"JWT"}"#, &p, "", Algorithm::HS256)),
+        ("another token's signature", format!("{signing_input}.{other_sig}")),
+        ("truncated signature", format!("{signing_input}.{}", &sig[..sig.len() - 2])),
+        ("signature with base64 padding", format!("{signing_input}.{sig}=")),
+        ("one signature character changed", format!("{signing_input}.{flipped}")),
+        ("signature in standard base64", format!("{signing_input}.{}", sig.replace('-', "+").replace('_', "/") + "+/")),
+    ] {
+        creds.push(case(
+            format!("signature: {name}"),
+            status_req(r#""376423""#, &token),
+            unauthorized("bad_signature"),
+        ));
+    }
+    let h64 = b64u(br#"{"alg":"HS256","typ":"JWT"}"#);
+    // Claims whose base64 needs `==` padding.
+    let mut padded_claims = p.clone();
+    while padded_claims.len() % 3 != 1 {
+        padded_claims.push(' ');
+    }
+    for (name, token) in [
+        ("empty signature", format!("{signing_input}.")),
+        ("two segments", signing_input.to_string()),
+        ("four segments", format!("{good}.{sig}")),
+        ("five segments (JWE shape)", format!("{h64}.a.b.c.d")),
+        ("empty token", String::new()),
+        ("only dots", "..".to_string()),
+        ("one character segments", "a.b.c".to_string()),
+        ("payload not base64url (signed)", signed_raw(&format!("{h64}.!!!!"), JWT_SECRET, Algorithm::HS256)),
+        (
+            "payload with base64 padding (signed)",
+            signed_raw(
+                &format!("{h64}.{}", base64::engine::general_purpose::URL_SAFE.encode(padded_claims.as_bytes())),
+                JWT_SECRET,
+                Algorithm::HS256,
+            ),
+        ),
+        ("empty payload (signed)", signed_raw(&format!("{h64}."), JWT_SECRET, Algorithm::HS256)),
+        ("header not base64url", format!("!!!.{}", signing_input.split_once('.').unwrap().1)),
+    ] {
+        creds.push(case(
+            format!("token shape: {name}"),
+            status_req(r#""376423""#, &token),
+            unauthorized("malformed_token"),
+        ));
+    }
+    // Claims.
+    let fields = API3_FIELDS;
+    for (name, payload, reason) in [
+        ("claims are not JSON", "hello".to_string(), "malformed_claims"),
+        ("claims are truncated JSON", format!(r#"{{"exp":{},"userid":"#, now + 300), "malformed_claims"),
+        ("exp is a string", format!(r#"{{"exp":"{}",{fields}}}"#, now + 300), "malformed_claims"),
+        ("iat is a string", format!(r#"{{"iat":"{now}","exp":{},{fields}}}"#, now + 300), "malformed_claims"),
+        ("jti is a number", format!(r#"{{"jti":7,"exp":{},{fields}}}"#, now + 300), "malformed_claims"),
+        ("exp given twice", format!(r#"{{"exp":1,"exp":{},{fields}}}"#, now + 300), "malformed_claims"),
+        ("expired an hour ago", format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now - 7200, now - 3600), "expired"),
+        ("negative exp", format!(r#"{{"exp":-1,{fields}}}"#), "expired"),
+        ("exp zero", format!(r#"{{"exp":0,{fields}}}"#), "expired"),
+        ("no exp", format!(r#"{{"iat":{now},{fields}}}"#), "missing_exp"),
+        ("exp null", format!(r#"{{"exp":null,{fields}}}"#), "missing_exp"),
+        ("claims are an array", "[1,2,3]".to_string(), "missing_exp"),
+        ("claims are a string", r#""claims""#.to_string(), "missing_exp"),
+        ("nbf an hour ahead", format!(r#"{{"nbf":{},"exp":{},{fields}}}"#, now + 3600, now + 7200), "not_yet_valid"),
+        ("iat an hour ahead", format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now + 3600, now + 7200), "issued_in_future"),
+    ] {
+        creds.push(case(
+            format!("claims: {name}"),
+            token_req(st, &payload),
+            unauthorized(reason),
+        ));
+    }
+    run_table(&mut proc, &app, addr, "passcode and JWT", &creds).await;
+
+    // AES and form: every failure answers the same 400 `bad_envelope`.
+    let lp = "/bsk/landing";
+    let plain = LANDING_PLAIN.as_bytes();
+    let good_b64 = aes_b64(SPEC_KEY, SPEC_IV, plain);
+    let ct = b64_decode(&good_b64);
+    let enc = |b64: &str| form_post(lp, &form_body("BSK", b64));
+    let be = || Want::Reject(400, "bad_envelope");
+    let mut aes_cases = vec![
+        accepted("valid (control)", enc(&good_b64), lp, plain),
+        accepted(
+            "base64 without its = padding",
+            enc(good_b64.trim_end_matches('=')),
+            lp,
+            plain,
+        ),
+        accepted(
+            "base64 broken into MIME lines",
+            enc(&good_b64
+                .as_bytes()
+                .chunks(76)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\r\n")),
+            lp,
+            plain,
+        ),
+        accepted(
+            "+ / = sent without percent-encoding",
+            form_post(lp, format!("agId=BSK&encData={good_b64}").as_bytes()),
+            lp,
+            plain,
+        ),
+        accepted(
+            "form fields in the other order, with an extra field",
+            form_post(
+                lp,
+                format!(
+                    "x=1&encData={}&agId=BSK",
+                    form_urlencoded::byte_serialize(good_b64.as_bytes()).collect::<String>()
+                )
+                .as_bytes(),
+            ),
+            lp,
+            plain,
+        ),
+        accepted(
+            "the same fields as a JSON object",
+            json_post(
+                lp,
+                serde_json::json!({"agId": "BSK", "encData": good_b64})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            lp,
+            plain,
+        ),
+    ];
+    assert!(ct.len() >= 64, "ciphertext of {} bytes", ct.len());
+    let last = ct.len() - 1;
+    for (pos, bit) in [
+        (0, 0x01),
+        (5, 0x80),
+        (15, 0x01),
+        (16, 0x01),
+        (20, 0x40),
+        (31, 0x02),
+        (32, 0x01),
+        (47, 0x10),
+        (48, 0x01),
+        (last - 31, 0x01),
+        (last - 17, 0x08),
+        (last - 16, 0x01),
+        (last - 15, 0x01),
+        (last - 8, 0x20),
+        (last - 1, 0x01),
+        (last, 0x01),
+        (last, 0x10),
+        (last, 0xff),
+    ] {
+        let mut c = ct.clone();
+        c[pos] ^= bit;
+        aes_cases.push(case(
+            format!("bit flip 0x{bit:02x} at byte {pos}"),
+            enc(&b64_encode(&c)),
+            be(),
+        ));
+    }
+    for (name, c) in [
+        ("last block dropped", ct[..ct.len() - 16].to_vec()),
+        ("first block dropped", ct[16..].to_vec()),
+        ("only the first block", ct[..16].to_vec()),
+        ("last byte dropped", ct[..ct.len() - 1].to_vec()),
+        ("one byte appended", [ct.as_slice(), &[0]].concat()),
+        ("a block appended", [ct.as_slice(), &ct[..16]].concat()),
+        ("blocks swapped", [&ct[16..32], &ct[..16], &ct[32..]].concat()),
+        ("ciphertext doubled", [ct.as_slice(), &ct].concat()),
+        ("one byte", vec![0x41]),
+        ("one zero block", vec![0u8; 16]),
+    ] {
+        aes_cases.push(case(format!("truncation: {name}"), enc(&b64_encode(&c)), be()));
+    }
+    for (name, b64) in [
+        ("empty encData", String::new()),
+        ("only padding", "====".to_string()),
+        ("last base64 character dropped", good_b64[..good_b64.len() - 1].to_string()),
+        ("four base64 characters dropped", good_b64[..good_b64.len() - 4].to_string()),
+        ("not base64", "!!!!".repeat(8)),
+        ("base64url alphabet", format!("{}-_{}", &good_b64[..4], &good_b64[6..])),
+        ("a non-ASCII character", format!("{}é{}", &good_b64[..8], &good_b64[9..])),
+        ("a NUL byte", format!("{}\0{}", &good_b64[..8], &good_b64[9..])),
+        ("padding in the middle", format!("{}=={}", &good_b64[..8], &good_b64[10..])),
+        ("hex instead of base64", ct.iter().map(|b| format!("{b:02x}")).collect()),
+        ("the plaintext itself", LANDING_PLAIN.to_string()),
+    ] {
+        aes_cases.push(case(format!("encoding: {name}"), enc(&b64), be()));
+    }
+    for (name, b64) in [
+        ("wrong key", aes_b64(OTHER_KEY, SPEC_IV, plain)),
+        ("wrong IV", aes_b64(SPEC_KEY, OTHER_IV, plain)),
+        ("key and IV swapped roles", aes_b64(OTHER_KEY, OTHER_IV, plain)),
+        ("zero padding instead of PKCS#7", aes_zero_padded_b64(SPEC_KEY, SPEC_IV, plain)),
+    ] {
+        aes_cases.push(case(format!("keys: {name}"), enc(&b64), be()));
+    }
+    let block_aligned = br#"{"userid":9054233544,"name":"abcdefghijklmnopq"}"#;
+    assert_eq!(block_aligned.len() % 16, 0);
+    let short = br#"{"userid":1}"#;
+    for (name, padded) in [
+        ("no padding at all on an aligned plaintext", block_aligned.to_vec()),
+        ("padding byte 0", padded_with(short, &[0u8; 4])),
+        ("padding byte 17", padded_with(short, &[17u8; 4])),
+        ("padding byte 0xff", padded_with(short, &[0xffu8; 4])),
+        ("inconsistent padding bytes", padded_with(short, &[4, 4, 3, 4])),
+        ("padding 16 on a partial block", padded_with(short, &[16u8; 4])),
+        ("a full block of 0x10 short by one", padded_with(block_aligned, &[[0x0f].as_slice(), &[0x10; 15]].concat())),
+    ] {
+        aes_cases.push(case(
+            format!("padding: {name}"),
+            enc(&aes_raw_b64(SPEC_KEY, SPEC_IV, &padded)),
+            be(),
+        ));
+    }
+    for (name, p) in [
+        ("not JSON", b"hello world".to_vec()),
+        ("empty plaintext", Vec::new()),
+        ("two JSON documents", b"{}{}".to_vec()),
+        ("JSON with trailing text", br#"{"a":1} trailing"#.to_vec()),
+        ("truncated JSON", br#"{"userid":9054"#.to_vec()),
+        ("single-quoted JSON", b"{'userid':1}".to_vec()),
+        ("byte-order mark before JSON", [b"\xef\xbb\xbf".as_slice(), br#"{"a":1}"#].concat()),
+        ("raw 0xff byte", [br#"{"a":""#.as_slice(), b"\xff", br#""}"#].concat()),
+        ("overlong UTF-8", [br#"{"a":""#.as_slice(), b"\xc0\xaf", br#""}"#].concat()),
+        ("lone surrogate bytes", [br#"{"a":""#.as_slice(), b"\xed\xa0\x80", br#""}"#].concat()),
+        ("UTF-16 JSON", "{\"a\":1}".encode_utf16().flat_map(|u| u.to_le_bytes()).collect()),
+        ("NaN", br#"{"a":NaN}"#.to_vec()),
+        ("a JWT where JSON belongs", good_token.clone().into_bytes()),
+    ] {
+        aes_cases.push(case(
+            format!("plaintext: {name}"),
+            enc(&aes_b64(SPEC_KEY, SPEC_IV, &p)),
+            be(),
+        ));
+    }
+    let q = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let ge = q(&good_b64);
+    for (name, body) in [
+        ("no encData", "agId=BSK".to_string()),
+        ("no agId", format!("encData={ge}")),
+        ("encData given twice", format!("agId=BSK&encData={ge}&encData={ge}")),
+        ("agId given twice", format!("agId=BSK&agId=BSK&encData={ge}")),
+        ("empty body", String::new()),
+        ("encData without =", "agId=BSK&encData".to_string()),
+        ("only separators", "&&&=&=".to_string()),
+        ("field names in another case", format!("agid=BSK&encdata={ge}")),
+        ("field names percent-encoded oddly", format!("agId=BSK&enc%44ata%00={ge}")),
+    ] {
+        aes_cases.push(case(format!("form: {name}"), form_post(lp, body.as_bytes()), be()));
+    }
+    for (name, body) in [
+        ("JSON without encData", r#"{"agId":"BSK"}"#.to_string()),
+        ("JSON encData is a number", r#"{"agId":"BSK","encData":5}"#.to_string()),
+        ("JSON encData given twice", format!(r#"{{"agId":"BSK","encData":"x","encData":"{good_b64}"}}"#)),
+        ("JSON agId given twice", format!(r#"{{"agId":"BSK","agId":"BSK","encData":"{good_b64}"}}"#)),
+        ("JSON null", "null".to_string()),
+        ("form body labelled JSON", format!("agId=BSK&encData={ge}")),
+    ] {
+        aes_cases.push(case(format!("form: {name}"), json_post(lp, body.as_bytes()), be()));
+    }
+    // Like the section 11 body, the JSON form also deserialises from a positional array.
+    aes_cases.push(accepted(
+        "form: JSON positional array",
+        json_post(lp, format!(r#"["BSK","{good_b64}"]"#).as_bytes()),
+        lp,
+        plain,
+    ));
+    let identical_from = aes_cases.len();
+    for (name, agid) in [("lower-case agId", "bsk"), ("agId with a space", "BSK "), ("empty agId", ""), ("another department", "AMD")] {
+        aes_cases.push(case(
+            format!("form: {name}"),
+            form_post(lp, &form_body(agid, &good_b64)),
+            unauthorized("wrong_agid"),
+        ));
+    }
+    let answers = run_table(&mut proc, &app, addr, "AES and form", &aes_cases).await;
+    // Byte-identical apart from requestId, whatever step failed.
+    let mut reference: Option<(Vec<u8>, Option<String>)> = None;
+    for (c, a) in aes_cases[..identical_from].iter().zip(&answers) {
+        let (Want::Reject(400, "bad_envelope"), Some(a)) = (&c.want, a) else {
+            continue;
+        };
+        let this = (anonymised(a), a.header("content-type").map(str::to_string));
+        match &reference {
+            None => reference = Some(this),
+            Some(r) => assert_eq!(
+                r,
+                &this,
+                "{}: the answer differs from the other bad_envelope answers",
+                c.name
+            ),
+        }
+    }
+    assert!(reference.is_some());
+
+    // JSON bounds on the opened payload.
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+    let array = |n: usize| format!("[{}0]", "0,".repeat(n));
+    let string = |n: usize| format!(r#"{{"s":"{}"}}"#, "x".repeat(n));
+    let mut bounds = Vec::new();
+    for (name, doc, ok) in [
+        ("arrays nested 32 deep", nested(32), true),
+        ("arrays nested 33 deep", nested(33), false),
+        ("arrays nested 5000 deep", nested(5000), false),
+        ("objects nested 32 deep", objects(32), true),
+        ("objects nested 33 deep", objects(33), false),
+        ("objects nested 100 deep", objects(100), false),
+        ("9000 array elements", array(9000), true),
+        ("20000 array elements", array(20000), false),
+        ("a 200 KiB string", string(200 * 1024), true),
+        ("a 257 KiB string", string(257 * 1024), false),
+        (
+            "a 257 KiB string of escapes",
+            format!(r#"{{"s":"{}"}}"#, "\\u00e9".repeat(257 * 1024 / 6 + 1)),
+            false,
+        ),
+        (
+            "12000 object members",
+            format!("{{{}\"z\":0}}", (0..12000).map(|i| format!("\"k{i}\":0,")).collect::<String>()),
+            false,
+        ),
+        ("brackets inside strings do not count", format!(r#"{{"s":"{}"}}"#, "[".repeat(100)), true),
+    ] {
+        let body = form_post(lp, &sealed_form(doc.as_bytes()));
+        bounds.push(if ok {
+            accepted(name, body, lp, doc.as_bytes())
+        } else {
+            case(name, body, Want::Reject(400, "json_too_complex"))
+        });
+    }
+    bounds.push(case(
+        "a sealed body over the 1 MiB limit",
+        form_post(lp, &sealed_form(string(800 * 1024).as_bytes())),
+        Want::Reject(413, "body_too_large"),
+    ));
+    run_table(&mut proc, &app, addr, "JSON bounds", &bounds).await;
+}
