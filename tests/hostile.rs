@@ -977,7 +977,7 @@ async fn paths_methods_and_protocol_versions() {
     methods.push(case(
         "CONNECT to the route's path",
         raw("CONNECT /bsk/landing HTTP/1.1", &["Host: sidecar.test"], b""),
-        Want::Status(400),
+        mna(),
     ));
     methods.push(case(
         "method with a control byte",
@@ -1072,11 +1072,6 @@ async fn paths_methods_and_protocol_versions() {
             Want::Status(400),
         ),
         case("NUL bytes", vec![0u8; 64], Want::Status(400)),
-        case(
-            "only blank lines, then close",
-            b"\r\n\r\n\r\n".to_vec(),
-            Want::Closed,
-        ),
         case(
             "SSH banner",
             b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
@@ -2201,4 +2196,537 @@ async fn credentials_envelopes_and_payloads() {
         Want::Reject(413, "body_too_large"),
     ));
     run_table(&mut proc, &app, addr, "JSON bounds", &bounds).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Schemas, freshness and replay, allowlist, admin.
+
+/// Non-ASCII text the schemas must judge without breaking: Latin-1 letters (two bytes
+/// each), Bengali (three bytes each), an emoji (four bytes). `ÀÀÀ` in `serviceCode` has
+/// its own target table.
+const NON_ASCII: [&str; 3] = ["ÀÀÀ", "বাংলা", "😀"];
+
+/// `fields` (name → JSON value) as an object's inside, in order.
+fn fields_json(fields: &[(&str, String)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!(r#""{k}":{v}"#))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn api1_fields(ticket: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("userid", "9054233544".into()),
+        ("ticketNo", ticket.into()),
+        ("serviceCode", r#""AMD/003""#.into()),
+        ("name", r#""Arindam Ray""#.into()),
+        ("mobile", r#""9054233544""#.into()),
+        ("email", r#""a@example.in""#.into()),
+        ("gender", r#""M""#.into()),
+        ("applicationStatus", "1".into()),
+        ("age", "42".into()),
+    ]
+}
+
+fn api2_fields(ticket: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("userid", "9054233544".into()),
+        ("ticketNo", ticket.into()),
+        ("serviceCode", r#""AMD/003""#.into()),
+        ("appNo", r#""AP7373633/003""#.into()),
+        ("appSubTime", fresh_ticket()),
+        ("deptPayRefNo", r#""DP-1""#.into()),
+        ("transNo", r#""T-1""#.into()),
+        ("bankRefNo", r#""B-1""#.into()),
+        ("paidAmt", "30.5".into()),
+        ("message", r#""ok""#.into()),
+        ("applicationStatus", "3".into()),
+        ("statusCode", "200".into()),
+    ]
+}
+
+fn api3_fields() -> Vec<(&'static str, String)> {
+    vec![
+        ("userid", "9054233544".into()),
+        ("ticketNo", "20221202153322882".into()),
+        ("serviceCode", r#""AMD/003""#.into()),
+        ("applicationNo", r#""AP7373633/003""#.into()),
+        ("applicationStatus", "3".into()),
+    ]
+}
+
+fn api4_fields() -> Vec<(&'static str, String)> {
+    vec![
+        ("userid", "9054233544".into()),
+        ("ticketNo", "20221202153322882".into()),
+        ("serviceCode", r#""AMD/003""#.into()),
+        ("documentNo", r#""DOC-1""#.into()),
+        ("documentType", "1".into()),
+        ("applicationStatus", "5".into()),
+    ]
+}
+
+/// Which fields of each API hold free text (accepted in any script).
+const FREE_TEXT: [&str; 11] = [
+    "name",
+    "mobile",
+    "email",
+    "gender",
+    "appNo",
+    "deptPayRefNo",
+    "transNo",
+    "bankRefNo",
+    "message",
+    "applicationNo",
+    "documentNo",
+];
+
+/// A request on `path` (API `api`) carrying `fields`: sealed as a form for API-1, as a
+/// token otherwise. Returns the request and the plaintext the application would get.
+fn api_request(api: u8, path: &str, fields: &[(&str, String)]) -> (Vec<u8>, String) {
+    if api == 1 {
+        let plain = format!("{{{}}}", fields_json(fields));
+        (form_post(path, &sealed_form(plain.as_bytes())), plain)
+    } else {
+        let plain = claims(&fields_json(fields));
+        (token_req(path, &plain), plain)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_freshness_allowlist_and_admin() {
+    let (mut proc, app, addr) = main_proc().await;
+
+    let sv = || Want::Reject(400, "schema_violation");
+    let mut schema = Vec::new();
+    for (api, path) in [
+        (1u8, "/bsk/initiate"),
+        (2, "/bsk/push"),
+        (3, "/bsk/status"),
+        (4, "/bsk/document"),
+    ] {
+        let base = |t: &str| match api {
+            1 => api1_fields(t),
+            2 => api2_fields(t),
+            3 => api3_fields(),
+            _ => api4_fields(),
+        };
+        let (bytes, plain) = api_request(api, path, &base(&fresh_ticket()));
+        schema.push(accepted(format!("api{api}: control"), bytes, path, plain.as_bytes()));
+        let names: Vec<&str> = base("0").iter().map(|(k, _)| *k).collect();
+        for field in names {
+            for text in NON_ASCII {
+                if field == "serviceCode" && text == "ÀÀÀ" {
+                    continue;
+                }
+                let mut f = base(&fresh_ticket());
+                for (k, v) in f.iter_mut() {
+                    if *k == field {
+                        *v = serde_json::Value::from(text).to_string();
+                    }
+                }
+                let (bytes, plain) = api_request(api, path, &f);
+                let name = format!("api{api}: {field} = {text:?}");
+                schema.push(if FREE_TEXT.contains(&field) {
+                    accepted(name, bytes, path, plain.as_bytes())
+                } else if api == 1 && field == "ticketNo" {
+                    // Freshness reads the ticket before the schema does.
+                    case(name, bytes, Want::Reject(400, "missing_timestamp"))
+                } else {
+                    case(name, bytes, sv())
+                });
+            }
+        }
+        // Each required field missing.
+        let required: &[&str] = match api {
+            1 => &["userid", "ticketNo", "serviceCode"],
+            2 => &["userid", "ticketNo", "serviceCode", "appNo", "appSubTime", "applicationStatus"],
+            3 => &["userid", "ticketNo", "serviceCode", "applicationNo"],
+            _ => &["userid", "ticketNo", "serviceCode", "documentNo"],
+        };
+        for field in required {
+            let f: Vec<_> = base(&fresh_ticket())
+                .into_iter()
+                .filter(|(k, _)| k != field)
+                .collect();
+            let (bytes, _) = api_request(api, path, &f);
+            let want = if api == 1 && *field == "ticketNo" {
+                Want::Reject(400, "missing_timestamp")
+            } else {
+                sv()
+            };
+            schema.push(case(format!("api{api}: {field} missing"), bytes, want));
+        }
+    }
+    let answers = run_table(&mut proc, &app, addr, "schemas", &schema).await;
+    for (c, a) in schema.iter().zip(&answers) {
+        if let (Want::Reject(400, "schema_violation"), Some(a)) = (&c.want, a) {
+            let v = a.json();
+            assert!(
+                v["fields"].as_array().is_some_and(|f| !f.is_empty()),
+                "{}: no fields listed: {v}",
+                c.name
+            );
+            // Field names come from the spec's tables, never from the payload.
+            for text in NON_ASCII {
+                assert!(!a.text().contains(text), "{}: payload echoed", c.name);
+            }
+        }
+    }
+
+    // Freshness and replay on the API-1 route (on by default there: 10 minutes).
+    let init = "/bsk/initiate";
+    let form1 = |ticket: &str| {
+        let plain = api1_payload(ticket);
+        (form_post(init, &sealed_form(plain.as_bytes())), plain)
+    };
+    let t = fresh_ticket();
+    let (first, first_plain) = form1(&t);
+    let t14 = &fresh_ticket()[..14];
+    let (fourteen, fourteen_plain) = form1(t14);
+    let old = |secs: i64| unix_ms_to_ticket((unix_now() - secs) * 1000);
+    let ahead = |secs: i64| unix_ms_to_ticket((unix_now() + secs) * 1000);
+    let push_plain = {
+        let mut f = api2_fields(&fresh_ticket());
+        for (k, v) in f.iter_mut() {
+            if *k == "appSubTime" {
+                *v = old(3 * 24 * 3600);
+            }
+        }
+        f
+    };
+    let mut fresh = vec![
+        accepted("first submission", first.clone(), init, first_plain.as_bytes()),
+        case("the same body again", first, Want::Reject(409, "replayed")),
+        case(
+            "the same ticket with other content",
+            form1(&t).0.to_vec().into_iter().collect::<Vec<u8>>(),
+            Want::Reject(409, "replayed"),
+        ),
+        case(
+            "the same ticket as a string",
+            form_post(
+                init,
+                &sealed_form(api1_payload(&format!("\"{t}\"")).as_bytes()),
+            ),
+            Want::Reject(409, "replayed"),
+        ),
+        accepted("a 14-digit ticket", fourteen.clone(), init, fourteen_plain.as_bytes()),
+        case("the 14-digit ticket again", fourteen, Want::Reject(409, "replayed")),
+        case("a ticket an hour old", form1(&old(3600)).0, Want::Reject(400, "stale")),
+        case("a ticket eleven minutes old", form1(&old(660)).0, Want::Reject(400, "stale")),
+        case("a ticket six years old", form1(&old(6 * 365 * 24 * 3600)).0, Want::Reject(400, "stale")),
+        case("a ticket from 1970", form1("19700101000000").0, Want::Reject(400, "stale")),
+        case("a ticket an hour ahead", form1(&ahead(3600)).0, Want::Reject(400, "future_dated")),
+        case("a ticket in 2999", form1("29991231235959").0, Want::Reject(400, "future_dated")),
+        case("month 13", form1("20221302153322").0, Want::Reject(400, "bad_ticket")),
+        case("February 30", form1("20240230120000").0, Want::Reject(400, "bad_ticket")),
+        case("hour 24", form1("20221202243322").0, Want::Reject(400, "bad_ticket")),
+        case("a 12-digit ticket", form1("202212021533").0, Want::Reject(400, "bad_ticket")),
+        case("a 20-digit ticket", form1("20221202153322882123").0, Want::Reject(400, "bad_ticket")),
+        case("a negative ticket", form1("-20221202153322").0, Want::Reject(400, "missing_timestamp")),
+        case("a fractional ticket", form1("20221202153322.5").0, Want::Reject(400, "missing_timestamp")),
+        case("a ticket in exponent form", form1("2.0221202153322e13").0, Want::Reject(400, "missing_timestamp")),
+        case("ticket null", form1("null").0, Want::Reject(400, "missing_timestamp")),
+        case(
+            "no ticket at all",
+            form_post(
+                init,
+                &sealed_form(br#"{"userid":9054233544,"serviceCode":"AMD/003"}"#),
+            ),
+            Want::Reject(400, "missing_timestamp"),
+        ),
+        case(
+            "API-2 push with appSubTime three days old",
+            api_request(2, "/bsk/push", &push_plain).0,
+            Want::Reject(400, "stale"),
+        ),
+    ];
+    {
+        let f = api2_fields(&fresh_ticket());
+        let plain = format!("{{{}}}", fields_json(&f));
+        let tok = hs256(&with_claims(&plain, &format!(r#""iat":{},"exp":{}"#, unix_now(), unix_now() + 300)));
+        let req = json_post("/bsk/push", &token_body(PASSCODE, &tok));
+        let fwd = tok.split('.').nth(1).map(|p| URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
+        fresh.push(accepted("API-2 push without jti", req.clone(), "/bsk/push", &fwd));
+        fresh.push(case("the same API-2 push again", req, Want::Reject(409, "replayed")));
+        let mut draft = f.clone();
+        for (k, v) in draft.iter_mut() {
+            if *k == "applicationStatus" {
+                *v = "2".into();
+            }
+        }
+        let plain = with_claims(
+            &format!("{{{}}}", fields_json(&draft)),
+            &format!(r#""iat":{},"exp":{}"#, unix_now(), unix_now() + 300),
+        );
+        fresh.push(accepted(
+            "the draft of the same ticket is another request",
+            token_req("/bsk/push", &plain),
+            "/bsk/push",
+            plain.as_bytes(),
+        ));
+    }
+    run_table(&mut proc, &app, addr, "freshness and replay", &fresh).await;
+
+    // Allowlist: the API-3 route allows 127.0.0.1/32 only; other loopback sources are
+    // other hosts.
+    let st = "/bsk/status";
+    let mut allow = Vec::new();
+    for from in [
+        ip(127, 0, 0, 2),
+        ip(127, 0, 0, 3),
+        ip(127, 0, 0, 200),
+        ip(127, 1, 0, 1),
+        ip(127, 0, 1, 1),
+        ip(127, 255, 255, 254),
+    ] {
+        allow.push(
+            case(
+                format!("API-3 from {from}"),
+                token_req(st, &claims(API3_FIELDS)),
+                Want::Reject(403, "ip_denied"),
+            )
+            .from(from),
+        );
+    }
+    let tok = hs256(&claims(API3_FIELDS));
+    for (name, h) in [
+        ("X-Forwarded-For naming the allowed address", "X-Forwarded-For: 127.0.0.1"),
+        ("X-Real-IP naming the allowed address", "X-Real-IP: 127.0.0.1"),
+        ("Forwarded naming the allowed address", "Forwarded: for=127.0.0.1"),
+        ("True-Client-IP naming the allowed address", "True-Client-IP: 127.0.0.1"),
+        ("X-Originating-IP naming the allowed address", "X-Originating-IP: 127.0.0.1"),
+    ] {
+        allow.push(
+            case(
+                format!("{name}, from 127.0.0.2"),
+                http("POST", st, &["Content-Type: application/json", h], &token_body(PASSCODE, &tok)),
+                Want::Reject(403, "ip_denied"),
+            )
+            .from(ip(127, 0, 0, 2)),
+        );
+    }
+    allow.push(
+        case(
+            "a wrong passcode from a denied address is denied first",
+            json_post(st, &token_body("000000", &tok)),
+            Want::Reject(403, "ip_denied"),
+        )
+        .from(ip(127, 0, 0, 2)),
+    );
+    let p = claims(API3_FIELDS);
+    allow.push(accepted("API-3 from 127.0.0.1", token_req(st, &p), st, p.as_bytes()).check(xff_is_local));
+    for from in [ip(127, 0, 0, 2), ip(127, 0, 0, 77)] {
+        allow.push(
+            accepted(
+                format!("the landing route (ip_check: false) from {from}"),
+                form_post("/bsk/landing", &sealed_form(LANDING_PLAIN.as_bytes())),
+                "/bsk/landing",
+                LANDING_PLAIN.as_bytes(),
+            )
+            .from(from),
+        );
+    }
+    run_table(&mut proc, &app, addr, "allowlist", &allow).await;
+
+    // Admin: health open, methods and unknown paths refused, nothing forwarded.
+    let admin = proc.admin;
+    let mut adm = Vec::new();
+    for (name, bytes, want) in [
+        ("GET /healthz", raw("GET /healthz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
+        ("GET /readyz", raw("GET /readyz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
+        ("GET /metrics", raw("GET /metrics HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
+        ("HEAD /healthz", raw("HEAD /healthz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
+        ("GET /healthz with a query", raw("GET /healthz?x=1 HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
+        ("POST /metrics", http("POST", "/metrics", &[], b"x"), Want::Status(405)),
+        ("DELETE /healthz", http("DELETE", "/healthz", &[], b""), Want::Status(405)),
+        ("PUT /readyz", http("PUT", "/readyz", &[], b""), Want::Status(405)),
+        ("GET /", raw("GET / HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
+        ("GET /metrics/../healthz", raw("GET /metrics/../healthz HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
+        ("GET /bsk/landing on the admin port", raw("GET /bsk/landing HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
+        (
+            "a sealed landing POST on the admin port",
+            form_post("/bsk/landing", &sealed_form(LANDING_PLAIN.as_bytes())),
+            Want::Status(405),
+        ),
+        ("garbage", b"\x16\x03\x01\x00\x00garbage\r\n\r\n".to_vec(), Want::Status(400)),
+    ] {
+        adm.push(case(name, bytes, want));
+    }
+    run_table(&mut proc, &app, admin, "admin", &adm).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow clients.
+
+const SLOW_CONFIG: &str = r#"
+admin: { listen: "127.0.0.1:0" }
+state: { dir: "STATE" }
+limits:
+  per_ip_rate: { per_second: 100000, burst: 100000 }
+  header_read_timeout: 300ms
+  keepalive_idle: 400ms
+  body_read_timeout: 300ms
+peers:
+  bsk:
+    agid: BSK
+    aes: { keys: [ { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" } ] }
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - path: /bsk/landing
+        from: bsk
+        envelope: [form, aes]
+        ip_check: false
+        fresh: "off"
+        upstream: http://APP/bsk/landing
+"#;
+
+/// How a slow client behaves after connecting.
+enum Slow {
+    /// Writes these pieces with a pause between them, then waits.
+    Trickle(Vec<Vec<u8>>, Duration),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients() {
+    let app = Upstream::start(Behaviour::Echo).await;
+    let mut proc = Proc::start(SLOW_CONFIG, &[("APP", app.addr.to_string())]).await;
+    let addr = proc.addr("public");
+    let body = sealed_form(LANDING_PLAIN.as_bytes());
+    let head = |len: usize| {
+        format!(
+            "POST /bsk/landing HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let ms = Duration::from_millis;
+    let bytes_each = |b: &[u8], n: usize| b.chunks(n).map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let full = [head(body.len()), body.clone()].concat();
+    let cases: Vec<(&str, Slow, Want)> = vec![
+        ("silent connection", Slow::Trickle(vec![], ms(0)), Want::Closed),
+        ("only blank lines", Slow::Trickle(vec![b"\r\n\r\n\r\n".to_vec()], ms(0)), Want::Closed),
+        (
+            "half a request line",
+            Slow::Trickle(vec![b"POST /bsk/lan".to_vec()], ms(0)),
+            Want::Closed,
+        ),
+        (
+            "a head without its blank line",
+            Slow::Trickle(vec![b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n".to_vec()], ms(0)),
+            Want::Closed,
+        ),
+        (
+            "a head trickled a few bytes at a time past the deadline",
+            Slow::Trickle(bytes_each(&head(body.len()), 8), ms(40)),
+            Want::Closed,
+        ),
+        (
+            "a body that stops short of its Content-Length",
+            Slow::Trickle(vec![head(body.len()), body[..10].to_vec()], ms(0)),
+            Want::Reject(408, "body_timeout"),
+        ),
+        (
+            "a body trickled past the deadline",
+            Slow::Trickle(
+                [vec![head(body.len())], bytes_each(&body, 16)].concat(),
+                ms(30),
+            ),
+            Want::Reject(408, "body_timeout"),
+        ),
+        (
+            "a chunked body that stops after one chunk",
+            Slow::Trickle(
+                vec![
+                    b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nagId=\r\n".to_vec(),
+                ],
+                ms(0),
+            ),
+            Want::Reject(408, "body_timeout"),
+        ),
+        (
+            "Expect: 100-continue and no body",
+            Slow::Trickle(
+                vec![format!(
+                    "POST /bsk/landing HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes()],
+                ms(0),
+            ),
+            Want::Reject(408, "body_timeout"),
+        ),
+        (
+            "a complete request sent slowly but within the deadlines",
+            Slow::Trickle(bytes_each(&full, full.len() / 3 + 1), ms(50)),
+            Want::Status(200),
+        ),
+    ];
+    let started = Instant::now();
+    // Concurrently: each case is its own connection and waits on the sidecar's clock.
+    let runs = cases.iter().map(|(name, slow, want)| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let Slow::Trickle(pieces, pause) = slow;
+        for p in pieces {
+            if s.write_all(p).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(*pause).await;
+        }
+        let got = read_response(&mut s, false).await;
+        let problem = match (want, &got) {
+            (Want::Closed, Err(e)) if e.kind() != std::io::ErrorKind::TimedOut => None,
+            (Want::Reject(code, reason), Ok(a)) => check_reject(a, *code, reason).err(),
+            (Want::Status(code), Ok(a)) if a.status == *code => None,
+            _ => Some(format!("got {:?}", got.map(|a| (a.status, a.text())))),
+        };
+        problem.map(|p| format!("[slow] {name}: {p}"))
+    });
+    let problems: Vec<String> = futures_join(runs).await.into_iter().flatten().collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slow clients were not cut off promptly: {:?}",
+        started.elapsed()
+    );
+    // Only the one complete request reached the application.
+    assert_eq!(app.count(), 1);
+    eprintln!("hostile slow clients: {} cases", cases.len());
+
+    // Idle keep-alive: served once, then closed by the sidecar.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&full).await.unwrap();
+    let a = read_response(&mut s, false).await.unwrap();
+    assert_eq!(a.status, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle keep-alive connection never closed");
+    assert_eq!(app.count(), 2);
+    proc.assert_healthy("slow clients").await;
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = handles.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                outputs[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
 }
