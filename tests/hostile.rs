@@ -2730,3 +2730,301 @@ async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>)
     .await;
     outputs.into_iter().map(|o| o.unwrap()).collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// X-Forwarded-For and the PROXY protocol.
+
+fn proxy_config() -> String {
+    format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0" }}
+state: {{ dir: "STATE" }}
+limits:
+  per_ip_rate: {{ per_second: 100000, burst: 100000 }}
+  # A truncated PROXY header waits for this long before the connection is dropped.
+  header_read_timeout: 500ms
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: {{ secret: "{JWT_SECRET}", algorithms: [HS256], require_exp: true, leeway: 5s }}
+    allow: [127.0.0.1/32, 203.0.113.7/32]
+listeners:
+  - name: lb
+    listen: 127.0.0.1:0
+    trusted_proxies: [127.0.0.5/32, 127.0.0.8/32]
+    routes:
+      - path: /bsk/status
+        from: bsk
+        envelope: [token, jwt]
+        upstream: http://APP/bsk/status
+  - name: pp
+    listen: 127.0.0.1:0
+    trusted_proxies: [127.0.0.6/32]
+    proxy_protocol: true
+    routes:
+      - path: /bsk/status
+        from: bsk
+        envelope: [token, jwt]
+        upstream: http://APP/bsk/status
+"#
+    )
+}
+
+/// A PROXY protocol v2 header for a TCP4 connection from `src`.
+fn proxy_v2(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(&5555u16.to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_and_proxy_protocol() {
+    let app = Upstream::start(Behaviour::Echo).await;
+    let mut proc = Proc::start(&proxy_config(), &[("APP", app.addr.to_string())]).await;
+    let st = "/bsk/status";
+    let with = |headers: &[&str], p: &str| {
+        let mut h = vec!["Content-Type: application/json"];
+        h.extend_from_slice(headers);
+        http("POST", st, &h, &token_body(PASSCODE, &hs256(p)))
+    };
+    let fresh = || claims(r#""userid":9054233544"#);
+    let denied = || Want::Reject(403, "ip_denied");
+    let lb_proxy = ip(127, 0, 0, 5);
+
+    let mut xff = Vec::new();
+    let p = fresh();
+    xff.push(
+        accepted("trusted proxy names an allowed client", with(&["X-Forwarded-For: 203.0.113.7"], &p), st, p.as_bytes())
+            .from(lb_proxy)
+            .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    xff.push(
+        accepted(
+            "the right-most untrusted hop counts, not the left-most",
+            with(&["X-Forwarded-For: 198.51.100.1, 203.0.113.7"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .from(lb_proxy)
+        .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    xff.push(
+        accepted(
+            "a chain of trusted proxies is walked",
+            with(&["X-Forwarded-For: 203.0.113.7, 127.0.0.8"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .from(lb_proxy)
+        .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    xff.push(
+        accepted(
+            "two X-Forwarded-For lines are one list",
+            with(&["X-Forwarded-For: 198.51.100.1", "X-Forwarded-For: 203.0.113.7"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .from(lb_proxy)
+        .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    xff.push(
+        accepted(
+            "client with a port",
+            with(&["X-Forwarded-For: 203.0.113.7:5555"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .from(lb_proxy)
+        .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    xff.push(
+        accepted(
+            "an allowed host's own X-Forwarded-For is ignored",
+            with(&["X-Forwarded-For: 198.51.100.1"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .check(xff_is_local),
+    );
+    for (name, from, headers) in [
+        ("trusted proxy names a client not on the list", lb_proxy, vec!["X-Forwarded-For: 198.51.100.1"]),
+        ("spoofed allowed address left of the real client", lb_proxy, vec!["X-Forwarded-For: 203.0.113.7, 198.51.100.1"]),
+        ("trusted proxy without X-Forwarded-For", lb_proxy, vec![]),
+        ("unparseable X-Forwarded-For", lb_proxy, vec!["X-Forwarded-For: not-an-address"]),
+        ("X-Forwarded-For naming only trusted proxies", lb_proxy, vec!["X-Forwarded-For: 127.0.0.8"]),
+        ("X-Real-IP from a trusted proxy is not read", lb_proxy, vec!["X-Real-IP: 203.0.113.7"]),
+        ("Forwarded from a trusted proxy is not read", lb_proxy, vec!["Forwarded: for=203.0.113.7"]),
+        ("X-Forwarded-For with an IPv6 client", lb_proxy, vec!["X-Forwarded-For: 2001:db8::7"]),
+    ] {
+        xff.push(case(name, with(&headers, &fresh()), denied()).from(from));
+    }
+    // Every route on this listener checks addresses: an untrusted host that is not on
+    // the list is refused at accept, before a byte of HTTP is read.
+    for (name, from, header) in [
+        ("untrusted host names an allowed client", ip(127, 0, 0, 2), "X-Forwarded-For: 203.0.113.7"),
+        ("untrusted host names 127.0.0.1", ip(127, 0, 0, 2), "X-Forwarded-For: 127.0.0.1"),
+        ("untrusted host names itself a trusted proxy", ip(127, 0, 0, 2), "X-Forwarded-For: 203.0.113.7, 127.0.0.5"),
+        ("a proxy trusted on the other listener", ip(127, 0, 0, 6), "X-Forwarded-For: 203.0.113.7"),
+    ] {
+        xff.push(case(name, with(&[header], &fresh()), Want::Closed).from(from));
+    }
+    let lb = proc.addr("lb");
+    run_table(&mut proc, &app, lb, "X-Forwarded-For", &xff).await;
+
+    // PROXY protocol: only from the trusted hop, and the named client must be allowed
+    // (that listener's routes all check addresses, so refusals happen before HTTP).
+    let pp_proxy = ip(127, 0, 0, 6);
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 5555 443\r\n").into_bytes();
+    let mut pp = Vec::new();
+    let p = fresh();
+    pp.push(
+        accepted("v1 names an allowed client", [v1("203.0.113.7"), with(&[], &p)].concat(), st, p.as_bytes())
+            .from(pp_proxy)
+            .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    pp.push(
+        accepted(
+            "v2 names an allowed client",
+            [proxy_v2(Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::LOCALHOST), with(&[], &p)].concat(),
+            st,
+            p.as_bytes(),
+        )
+        .from(pp_proxy)
+        .check(xff_is_doc_addr),
+    );
+    let p = fresh();
+    pp.push(
+        accepted(
+            "X-Forwarded-For after a PROXY header is ignored",
+            [v1("203.0.113.7"), with(&["X-Forwarded-For: 198.51.100.1"], &p)].concat(),
+            st,
+            p.as_bytes(),
+        )
+        .from(pp_proxy)
+        .check(xff_is_doc_addr),
+    );
+    for (name, from, bytes) in [
+        ("v1 names a client not on the list", pp_proxy, [v1("198.51.100.1"), with(&[], &fresh())].concat()),
+        ("v2 names a client not on the list", pp_proxy, [proxy_v2(Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::LOCALHOST), with(&[], &fresh())].concat()),
+        ("trusted hop without a PROXY header", pp_proxy, with(&[], &fresh())),
+        ("malformed PROXY line", pp_proxy, [b"PROXY TCP4 garbage\r\n".to_vec(), with(&[], &fresh())].concat()),
+        ("PROXY line without CRLF", pp_proxy, [b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443".to_vec(), vec![b'x'; 200]].concat()),
+        ("PROXY UNKNOWN leaves the proxy's own address", pp_proxy, [b"PROXY UNKNOWN\r\n".to_vec(), with(&[], &fresh())].concat()),
+        ("v1 with an address out of range", pp_proxy, [v1("203.0.113.300"), with(&[], &fresh())].concat()),
+        ("v2 with a truncated address block", pp_proxy, [b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00".to_vec()].concat()),
+        ("an untrusted, unlisted host sending a PROXY header", ip(127, 0, 0, 2), [v1("203.0.113.7"), with(&[], &fresh())].concat()),
+    ] {
+        pp.push(case(name, bytes, Want::Closed).from(from));
+    }
+    pp.push(case(
+        "an allowed host's PROXY header is not parsed",
+        [v1("203.0.113.7"), with(&[], &fresh())].concat(),
+        Want::Status(400),
+    ));
+    let p = fresh();
+    pp.push(accepted("an allowed host without a PROXY header", with(&[], &p), st, p.as_bytes()).check(xff_is_local));
+    let pp_addr = proc.addr("pp");
+    run_table(&mut proc, &app, pp_addr, "PROXY protocol", &pp).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Egress callers.
+
+fn egress_config() -> String {
+    format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0" }}
+state: {{ dir: "STATE" }}
+limits:
+  per_ip_rate: {{ per_second: 100000, burst: 100000 }}
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: {{ secret: "{JWT_SECRET}", algorithms: [HS256], require_exp: true, leeway: 5s, sign_exp: 5m }}
+    url: http://REMOTE/api
+listeners:
+  - name: egress
+    listen: 127.0.0.1:0
+    routes:
+      - path: /push/direct
+        to: bsk
+        remote: /push
+        envelope: [token, jwt]
+        reply: pass
+        upstream_timeout: 2s
+"#
+    )
+}
+
+async fn egress_proc() -> (Proc, Upstream, SocketAddr) {
+    let remote = Upstream::start(Behaviour::Fixed {
+        status: 200,
+        content_type: "application/json",
+        body: r#"{"responseStatus":"Success"}"#.into(),
+    })
+    .await;
+    let proc = Proc::start(&egress_config(), &[("REMOTE", remote.addr.to_string())]).await;
+    let addr = proc.addr("egress");
+    (proc, remote, addr)
+}
+
+/// The remote peer received a sealed section 11 body, never the application's plain JSON.
+fn sealed_for_peer(r: &Recorded) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
+    if v["passcode"] != PASSCODE || !v["token"].as_str().is_some_and(|t| t.split('.').count() == 3) {
+        return Err(format!("not a sealed body: {v}"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_callers() {
+    let (mut proc, remote, addr) = egress_proc().await;
+    let push = r#"{"userid":9054233544,"ticketNo":20221202153322882,"applicationStatus":3}"#;
+    let mut cases = Vec::new();
+    let mut ok = case(
+        "the application's push from 127.0.0.1 is sealed and sent",
+        json_post("/push/direct", push.as_bytes()),
+        Want::Status(200),
+    );
+    ok.fwd = Fwd::Exact {
+        path: "/api/push".into(),
+        body: Vec::new(),
+        check: Some(sealed_for_peer),
+    };
+    for (name, bytes, want) in [
+        ("GET on the push route", http("GET", "/push/direct", &[], b""), Want::Reject(405, "method_not_allowed")),
+        ("unknown path", json_post("/push/other", push.as_bytes()), Want::Reject(404, "not_found")),
+        ("traversal to the peer's path", json_post("/push/../api/push", push.as_bytes()), Want::Reject(404, "not_found")),
+        ("form content type", form_post("/push/direct", push.as_bytes()), Want::Reject(415, "unsupported_media_type")),
+        ("not JSON", json_post("/push/direct", b"userid=1"), Want::Reject(400, "not_json")),
+        ("empty body", json_post("/push/direct", b""), Want::Reject(400, "not_json")),
+        ("two JSON documents", json_post("/push/direct", b"{}{}"), Want::Reject(400, "not_json")),
+        ("nested 40 deep", json_post("/push/direct", format!("{}1{}", "[".repeat(40), "]".repeat(40)).as_bytes()), Want::Reject(400, "json_too_complex")),
+        ("body over the limit", raw("POST /push/direct HTTP/1.1", &["Host: x", "Content-Type: application/json", "Content-Length: 2097152"], b""), Want::Reject(413, "body_too_large")),
+    ] {
+        cases.push(case(name, bytes, want));
+    }
+    run_table(&mut proc, &remote, addr, "egress", &cases).await;
+    // The body check above compares the whole body: compare only its shape here.
+    let before = remote.count();
+    let (_, problems) = run_case(&remote, addr, &ok).await;
+    let problems: Vec<_> = problems.into_iter().filter(|p| !p.starts_with("forwarded body")).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(remote.count(), before + 1);
+    proc.assert_healthy("egress").await;
+}
