@@ -45,6 +45,8 @@ struct Proc {
     listeners: HashMap<String, SocketAddr>,
     admin: SocketAddr,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Sent as `Authorization: Bearer` on the admin listener when it requires a token.
+    admin_token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,14 @@ impl Proc {
     /// of `vars` replaced) and starts `run --config` on it; returns once every listener
     /// and the admin listener logged their address and `/readyz` answers 200.
     async fn start(yaml: &str, vars: &[(&str, String)]) -> Proc {
+        Proc::start_with_admin_token(yaml, vars, None).await
+    }
+
+    async fn start_with_admin_token(
+        yaml: &str,
+        vars: &[(&str, String)],
+        admin_token: Option<&str>,
+    ) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let mut text = yaml.replace("STATE", dir.path().join("state").to_str().unwrap());
         for (k, v) in vars {
@@ -127,11 +137,12 @@ impl Proc {
             listeners,
             admin: admin.unwrap(),
             log,
+            admin_token: admin_token.map(str::to_string),
             _dir: dir,
         };
         let until = Instant::now() + PATIENCE;
         loop {
-            if let Ok(a) = get_from(LOCAL, proc.admin, "/readyz").await {
+            if let Ok(a) = proc.admin_get("/readyz").await {
                 if a.status == 200 {
                     break;
                 }
@@ -165,7 +176,8 @@ impl Proc {
         }
         let until = Instant::now() + PATIENCE;
         loop {
-            let m = get_from(LOCAL, self.admin, "/metrics")
+            let m = self
+                .admin_get("/metrics")
                 .await
                 .unwrap_or_else(|e| panic!("{table}: /metrics unreachable: {e}"));
             assert_eq!(m.status, 200, "{table}: /metrics");
@@ -181,7 +193,8 @@ impl Proc {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let h = get_from(LOCAL, self.admin, "/healthz")
+        let h = self
+            .admin_get("/healthz")
             .await
             .unwrap_or_else(|e| panic!("{table}: /healthz unreachable: {e}"));
         assert_eq!(h.status, 200, "{table}: /healthz");
@@ -194,10 +207,26 @@ impl Proc {
 
     /// `/metrics` as text.
     async fn metrics(&self) -> String {
-        get_from(LOCAL, self.admin, "/metrics")
-            .await
-            .expect("/metrics")
-            .text()
+        self.admin_get("/metrics").await.expect("/metrics").text()
+    }
+
+    /// A GET on the admin listener, with the admin token when one is configured.
+    async fn admin_get(&self, path: &str) -> std::io::Result<Answer> {
+        let auth = self
+            .admin_token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let mut s = connect_from(LOCAL, self.admin).await?;
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+                self.admin
+            )
+            .as_bytes(),
+        )
+        .await?;
+        read_response(&mut s, false).await
     }
 }
 
@@ -251,14 +280,6 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 
 // ---------------------------------------------------------------------------------------
 // Raw HTTP/1.1 on the wire.
-
-/// A GET from `from` on a fresh connection, for the admin listener.
-async fn get_from(from: IpAddr, to: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let mut s = connect_from(from, to).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    read_response(&mut s, false).await
-}
 
 /// Reads one answer (skipping `1xx`), its body by `Content-Length` (none for HEAD),
 /// bounded by [`PATIENCE`]. `Err` when the connection closes before a complete head.
@@ -375,7 +396,8 @@ fn json_post(path: &str, body: &[u8]) -> Vec<u8> {
 
 /// Appended after a case's bytes when its pipelining matters: once this is answered,
 /// everything before it on the connection has been processed.
-const SENTINEL: &[u8] = b"GET /__sentinel HTTP/1.1\r\nHost: sidecar.test\r\nConnection: close\r\n\r\n";
+const SENTINEL: &[u8] =
+    b"GET /__sentinel HTTP/1.1\r\nHost: sidecar.test\r\nConnection: close\r\n\r\n";
 
 // ---------------------------------------------------------------------------------------
 // Cases.
@@ -527,9 +549,11 @@ async fn run_table(
     cases: &[Case],
 ) -> Vec<Option<Answer>> {
     let mut failures = Vec::new();
+    let mut failed = 0;
     let mut answers = Vec::new();
     for c in cases {
         let (answer, problems) = run_case(app, to, c).await;
+        failed += usize::from(!problems.is_empty());
         for p in problems {
             failures.push(format!("[{table}] {}: {p}", c.name));
         }
@@ -538,8 +562,7 @@ async fn run_table(
     eprintln!("hostile {table}: {} cases", cases.len());
     if !failures.is_empty() {
         panic!(
-            "{} of {} cases failed:\n{}\n--- log tail:\n{}",
-            failures.len(),
+            "{failed} of {} cases failed:\n{}\n--- log tail:\n{}",
             cases.len(),
             failures.join("\n"),
             proc.log_tail()
@@ -566,8 +589,7 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
     if c.drain && answer.is_some() {
         let _ = s.write_all(SENTINEL).await;
         let mut sink = Vec::new();
-        let drained =
-            tokio::time::timeout(PATIENCE, s.read_to_end(&mut sink)).await;
+        let drained = tokio::time::timeout(PATIENCE, s.read_to_end(&mut sink)).await;
         if drained.is_err() {
             problems.push("connection not closed after the sentinel".into());
         }
@@ -575,11 +597,9 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
     drop(s);
     match (&c.want, &answer) {
         (Want::Closed, None) => {}
-        (Want::Closed, Some(a)) => problems.push(format!(
-            "expected a close, got {} {}",
-            a.status,
-            a.text()
-        )),
+        (Want::Closed, Some(a)) => {
+            problems.push(format!("expected a close, got {} {}", a.status, a.text()))
+        }
         (Want::Status(_) | Want::Reject(..), None) => {
             problems.push("connection closed without an answer".into())
         }
@@ -600,7 +620,12 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
             if after != before {
                 let rec = app.recorded();
                 let last = rec.last().map(|r| {
-                    format!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body))
+                    format!(
+                        "{} {} {}",
+                        r.method,
+                        r.path,
+                        String::from_utf8_lossy(&r.body)
+                    )
                 });
                 problems.push(format!(
                     "{} request(s) reached the application: {last:?}",
@@ -639,7 +664,10 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
 fn check_reject(a: &Answer, status: u16, reason: &str) -> Result<(), String> {
     let body = a.text();
     if a.status.as_u16() != status {
-        return Err(format!("status {} (want {status} {reason}): {body}", a.status));
+        return Err(format!(
+            "status {} (want {status} {reason}): {body}",
+            a.status
+        ));
     }
     if a.header("content-type") != Some("application/json") {
         return Err(format!("content-type {:?}", a.header("content-type")));
@@ -654,7 +682,10 @@ fn check_reject(a: &Answer, status: u16, reason: &str) -> Result<(), String> {
     }
     let id = v["requestId"].as_str().unwrap_or_default();
     if id.is_empty() || a.header("x-request-id") != Some(id) {
-        return Err(format!("requestId {id:?} / header {:?}", a.header("x-request-id")));
+        return Err(format!(
+            "requestId {id:?} / header {:?}",
+            a.header("x-request-id")
+        ));
     }
     Ok(())
 }
@@ -707,7 +738,6 @@ fn claims(fields: &str) -> String {
 }
 
 const API3_FIELDS: &str = r#""userid":9054233544,"ticketNo":20221202153322882,"serviceCode":"AMD/003","applicationNo":"AP7373633/003""#;
-const API4_FIELDS: &str = r#""userid":9054233544,"ticketNo":20221202153322882,"serviceCode":"AMD/003","documentNo":"DOC-1","documentType":1"#;
 
 /// A section 11 body with the test passcode and an HS256 token over `payload`.
 fn token_req(path: &str, payload: &str) -> Vec<u8> {
@@ -870,11 +900,7 @@ async fn paths_methods_and_protocol_versions() {
         form_post(&format!("/bsk/{}", "a".repeat(20 * 1024)), &body),
         Want::Status(431),
     ));
-    paths.push(case(
-        "asterisk-form target",
-        form_post("*", &body),
-        nf(),
-    ));
+    paths.push(case("asterisk-form target", form_post("*", &body), nf()));
     paths.push(accepted(
         "absolute-form target names the route (the configured upstream path is used)",
         form_post("http://evil.example/bsk/landing", &body),
@@ -913,15 +939,19 @@ async fn paths_methods_and_protocol_versions() {
         form_post("/bsk/landing\0", &body),
         Want::Status(400),
     ));
-    paths.push(case("empty target", form_post("", &body), Want::Status(400)));
+    paths.push(case(
+        "empty target",
+        form_post("", &body),
+        Want::Status(400),
+    ));
     run_table(&mut proc, &app, addr, "paths", &paths).await;
 
     // Methods.
     let mna = || Want::Reject(405, "method_not_allowed");
     let mut methods = Vec::new();
     for m in [
-        "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "PROPFIND", "FOO", "post",
-        "Post", "BREW", "M-SEARCH",
+        "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "PROPFIND", "FOO", "post", "Post",
+        "BREW", "M-SEARCH",
     ] {
         methods.push(case(
             format!("{m} /bsk/landing"),
@@ -971,12 +1001,20 @@ async fn paths_methods_and_protocol_versions() {
     ));
     methods.push(case(
         "CONNECT authority-form",
-        raw("CONNECT 127.0.0.1:80 HTTP/1.1", &["Host: 127.0.0.1:80"], b""),
+        raw(
+            "CONNECT 127.0.0.1:80 HTTP/1.1",
+            &["Host: 127.0.0.1:80"],
+            b"",
+        ),
         nf(),
     ));
     methods.push(case(
         "CONNECT to the route's path",
-        raw("CONNECT /bsk/landing HTTP/1.1", &["Host: sidecar.test"], b""),
+        raw(
+            "CONNECT /bsk/landing HTTP/1.1",
+            &["Host: sidecar.test"],
+            b"",
+        ),
         mna(),
     ));
     methods.push(case(
@@ -1079,10 +1117,7 @@ async fn paths_methods_and_protocol_versions() {
         ),
         case(
             "bare LF line endings",
-            format!(
-                "POST /nothing HTTP/1.1\nHost: x\nContent-Length: 0\n\n"
-            )
-            .into_bytes(),
+            format!("POST /nothing HTTP/1.1\nHost: x\nContent-Length: 0\n\n").into_bytes(),
             nf(),
         ),
         accepted(
@@ -1155,12 +1190,11 @@ async fn headers_framing_and_smuggling() {
             post(&["Host: x", ct, &cl, &big]),
             Want::Status(431),
         ),
-        ok("a 12 KiB header under the limit", post(&["Host: x", ct, &cl, &near])),
-        case(
-            "more than 100 headers",
-            post(&many_refs),
-            Want::Status(431),
+        ok(
+            "a 12 KiB header under the limit",
+            post(&["Host: x", ct, &cl, &near]),
         ),
+        case("more than 100 headers", post(&many_refs), Want::Status(431)),
         case(
             "space inside a header name",
             post(&["Host: x", ct, &cl, "Bad Header: x"]),
@@ -1203,7 +1237,12 @@ async fn headers_framing_and_smuggling() {
         ),
         case(
             "obs-fold of Content-Length",
-            post(&["Host: x", ct, "Content-Length:", &format!(" {}", body.len())]),
+            post(&[
+                "Host: x",
+                ct,
+                "Content-Length:",
+                &format!(" {}", body.len()),
+            ]),
             Want::Status(400),
         ),
         case(
@@ -1270,7 +1309,11 @@ async fn headers_framing_and_smuggling() {
         ),
         case(
             "multipart content type",
-            post(&["Host: x", "Content-Type: multipart/form-data; boundary=x", &cl]),
+            post(&[
+                "Host: x",
+                "Content-Type: multipart/form-data; boundary=x",
+                &cl,
+            ]),
             Want::Reject(415, "unsupported_media_type"),
         ),
         case(
@@ -1285,7 +1328,11 @@ async fn headers_framing_and_smuggling() {
         ),
         case(
             "content type with a raw high byte",
-            post(&["Host: x", "Content-Type: application/x-www-form-urlencoded\u{e9}", &cl]),
+            post(&[
+                "Host: x",
+                "Content-Type: application/x-www-form-urlencoded\u{e9}",
+                &cl,
+            ]),
             Want::Reject(415, "unsupported_media_type"),
         ),
         ok(
@@ -1298,7 +1345,11 @@ async fn headers_framing_and_smuggling() {
         ),
         ok(
             "content type in capitals",
-            post(&["Host: x", "Content-Type: APPLICATION/X-WWW-FORM-URLENCODED", &cl]),
+            post(&[
+                "Host: x",
+                "Content-Type: APPLICATION/X-WWW-FORM-URLENCODED",
+                &cl,
+            ]),
         ),
         ok("no content type", post(&["Host: x", &cl])),
         ok(
@@ -1307,7 +1358,13 @@ async fn headers_framing_and_smuggling() {
         ),
         ok(
             "client's X-BSK-Peer and X-Request-Id are replaced",
-            post(&["Host: x", ct, &cl, "X-BSK-Peer: admin", "X-Request-Id: spoofed-id"]),
+            post(&[
+                "Host: x",
+                ct,
+                &cl,
+                "X-BSK-Peer: admin",
+                "X-Request-Id: spoofed-id",
+            ]),
         ),
         ok(
             "client's X-Forwarded-For is replaced by the real address",
@@ -1370,7 +1427,11 @@ async fn headers_framing_and_smuggling() {
     let mut framing = vec![
         ok(
             "chunked, one chunk",
-            raw("POST /bsk/landing HTTP/1.1", &["Host: x", ct, te], &chunked(&[&body], "0\r\n\r\n")),
+            raw(
+                "POST /bsk/landing HTTP/1.1",
+                &["Host: x", ct, te],
+                &chunked(&[&body], "0\r\n\r\n"),
+            ),
         ),
         ok(
             "chunked, two chunks",
@@ -1463,7 +1524,10 @@ async fn headers_framing_and_smuggling() {
             raw(
                 "POST /bsk/landing HTTP/1.1",
                 &["Host: x", ct, te],
-                &chunked(&[&vec![b'a'; 1024 * 1024], &vec![b'a'; 64 * 1024]], "0\r\n\r\n"),
+                &chunked(
+                    &[&vec![b'a'; 1024 * 1024], &vec![b'a'; 64 * 1024]],
+                    "0\r\n\r\n",
+                ),
             ),
             Want::Reject(413, "body_too_large"),
         ),
@@ -1542,7 +1606,13 @@ async fn headers_framing_and_smuggling() {
             "TE.TE: obfuscated second Transfer-Encoding",
             raw(
                 "POST /bsk/landing HTTP/1.1",
-                &["Host: x", ct, te, "Transfer-Encoding: cow", "Content-Length: 5"],
+                &[
+                    "Host: x",
+                    ct,
+                    te,
+                    "Transfer-Encoding: cow",
+                    "Content-Length: 5",
+                ],
                 &[b"0\r\n\r\n".as_slice(), &smuggled].concat(),
             ),
         ),
@@ -1572,11 +1642,7 @@ async fn headers_framing_and_smuggling() {
             raw(
                 "POST /bsk/landing HTTP/1.1",
                 &["Host: x", ct, te],
-                &[
-                    b"2;\n\r\nxx\r\n0\r\n\r\n".as_slice(),
-                    &smuggled,
-                ]
-                .concat(),
+                &[b"2;\n\r\nxx\r\n0\r\n\r\n".as_slice(), &smuggled].concat(),
             ),
         ),
         (
@@ -1699,7 +1765,12 @@ async fn credentials_envelopes_and_payloads() {
             let p = claims(API3_FIELDS);
             accepted(
                 "text/plain content type",
-                http("POST", st, &["Content-Type: text/plain"], &token_body(PASSCODE, &hs256(&p))),
+                http(
+                    "POST",
+                    st,
+                    &["Content-Type: text/plain"],
+                    &token_body(PASSCODE, &hs256(&p)),
+                ),
                 st,
                 p.as_bytes(),
             )
@@ -1712,7 +1783,12 @@ async fn credentials_envelopes_and_payloads() {
                 JWT_SECRET,
                 Algorithm::HS256,
             );
-            accepted("kid and jku headers are ignored", status_req(r#""376423""#, &token), st, p.as_bytes())
+            accepted(
+                "kid and jku headers are ignored",
+                status_req(r#""376423""#, &token),
+                st,
+                p.as_bytes(),
+            )
         },
     ];
     for (name, pj) in [
@@ -1730,7 +1806,11 @@ async fn credentials_envelopes_and_payloads() {
         ("passcode case-folded letters", r#""376423A""#),
     ] {
         let token = hs256(&claims(API3_FIELDS));
-        creds.push(case(name, status_req(pj, &token), unauthorized("bad_passcode")));
+        creds.push(case(
+            name,
+            status_req(pj, &token),
+            unauthorized("bad_passcode"),
+        ));
     }
     for (name, pj) in [
         ("passcode null", "null"),
@@ -1739,22 +1819,39 @@ async fn credentials_envelopes_and_payloads() {
         ("passcode object", r#"{"value":"376423"}"#),
     ] {
         let token = hs256(&claims(API3_FIELDS));
-        creds.push(case(name, status_req(pj, &token), unauthorized("malformed_token")));
+        creds.push(case(
+            name,
+            status_req(pj, &token),
+            unauthorized("malformed_token"),
+        ));
     }
     let good_token = hs256(&claims(API3_FIELDS));
     for (name, body) in [
-        ("no passcode field", format!(r#"{{"token":"{good_token}"}}"#)),
+        (
+            "no passcode field",
+            format!(r#"{{"token":"{good_token}"}}"#),
+        ),
         (
             "passcode given twice",
             format!(r#"{{"passcode":"000000","passcode":"376423","token":"{good_token}"}}"#),
         ),
         ("no token field", r#"{"passcode":"376423"}"#.to_string()),
-        ("token is a number", r#"{"passcode":"376423","token":12345}"#.to_string()),
-        ("token is null", r#"{"passcode":"376423","token":null}"#.to_string()),
+        (
+            "token is a number",
+            r#"{"passcode":"376423","token":12345}"#.to_string(),
+        ),
+        (
+            "token is null",
+            r#"{"passcode":"376423","token":null}"#.to_string(),
+        ),
         ("body is not JSON", "passcode=376423&token=x".to_string()),
         ("body is empty", String::new()),
     ] {
-        creds.push(case(name, json_post(st, body.as_bytes()), unauthorized("malformed_token")));
+        creds.push(case(
+            name,
+            json_post(st, body.as_bytes()),
+            unauthorized("malformed_token"),
+        ));
     }
     // The section 11 object also deserialises from a positional array; the passcode is
     // still compared, so only the right one passes.
@@ -1798,7 +1895,10 @@ async fn credentials_envelopes_and_payloads() {
         unauthorized("bad_passcode"),
     ));
     // Algorithms.
-    for alg_name in ["none", "None", "NONE", "nOnE", "", "hs256", "HS256 ", "RS256", "ES256", "PS256", "EdDSA", "HS1", "ES256K"] {
+    for alg_name in [
+        "none", "None", "NONE", "nOnE", "", "hs256", "HS256 ", "RS256", "ES256", "PS256", "EdDSA",
+        "HS1", "ES256K",
+    ] {
         let p = claims(API3_FIELDS);
         let header = format!(r#"{{"alg":"{alg_name}","typ":"JWT"}}"#);
         let unsigned = raw_jwt(&header, p.as_bytes(), "", None);
@@ -1820,7 +1920,12 @@ async fn credentials_envelopes_and_payloads() {
     }
     for alg in [Algorithm::HS384, Algorithm::HS512] {
         let p = claims(API3_FIELDS);
-        let token = hs(&format!(r#"{{"alg":"{alg:?}","typ":"JWT"}}"#), &p, JWT_SECRET, alg);
+        let token = hs(
+            &format!(r#"{{"alg":"{alg:?}","typ":"JWT"}}"#),
+            &p,
+            JWT_SECRET,
+            alg,
+        );
         creds.push(case(
             format!("{alg:?} signed with the real secret (not configured)"),
             status_req(r#""376423""#, &token),
@@ -1848,7 +1953,11 @@ async fn credentials_envelopes_and_payloads() {
     let p = claims(API3_FIELDS);
     let good = hs256(&p);
     let (signing_input, sig) = good.rsplit_once('.').unwrap();
-    let other_sig = hs256(&claims(API3_FIELDS)).rsplit_once('.').unwrap().1.to_string();
+    let other_sig = hs256(&claims(API3_FIELDS))
+        .rsplit_once('.')
+        .unwrap()
+        .1
+        .to_string();
     let flipped: String = {
         let mut c: Vec<char> = sig.chars().collect();
         c[3] = if c[3] == 'A' { 'B' } else { 'A' };
@@ -1857,14 +1966,40 @@ async fn credentials_envelopes_and_payloads() {
     for (name, token) in [
         (
             "wrong secret",
-            hs(r#"{"alg":"HS256","typ":"JWT"}"#, &p, "not-the-secret", Algorithm::HS256),
+            hs(
+                r#"{"alg":"HS256","typ":"JWT"}"#,
+                &p,
+                "not-the-secret",
+                Algorithm::HS256,
+            ),
         ),
-        ("empty secret", hs(r#"{"alg":"HS256","typ":"JWT"}"#, &p, "", Algorithm::HS256)),
-        ("another token's signature", format!("{signing_input}.{other_sig}")),
-        ("truncated signature", format!("{signing_input}.{}", &sig[..sig.len() - 2])),
-        ("signature with base64 padding", format!("{signing_input}.{sig}=")),
-        ("one signature character changed", format!("{signing_input}.{flipped}")),
-        ("signature in standard base64", format!("{signing_input}.{}", sig.replace('-', "+").replace('_', "/") + "+/")),
+        (
+            "empty secret",
+            hs(r#"{"alg":"HS256","typ":"JWT"}"#, &p, "", Algorithm::HS256),
+        ),
+        (
+            "another token's signature",
+            format!("{signing_input}.{other_sig}"),
+        ),
+        (
+            "truncated signature",
+            format!("{signing_input}.{}", &sig[..sig.len() - 2]),
+        ),
+        (
+            "signature with base64 padding",
+            format!("{signing_input}.{sig}="),
+        ),
+        (
+            "one signature character changed",
+            format!("{signing_input}.{flipped}"),
+        ),
+        (
+            "signature in standard base64",
+            format!(
+                "{signing_input}.{}",
+                sig.replace('-', "+").replace('_', "/") + "+/"
+            ),
+        ),
     ] {
         creds.push(case(
             format!("signature: {name}"),
@@ -1886,17 +2021,29 @@ async fn credentials_envelopes_and_payloads() {
         ("empty token", String::new()),
         ("only dots", "..".to_string()),
         ("one character segments", "a.b.c".to_string()),
-        ("payload not base64url (signed)", signed_raw(&format!("{h64}.!!!!"), JWT_SECRET, Algorithm::HS256)),
+        (
+            "payload not base64url (signed)",
+            signed_raw(&format!("{h64}.!!!!"), JWT_SECRET, Algorithm::HS256),
+        ),
         (
             "payload with base64 padding (signed)",
             signed_raw(
-                &format!("{h64}.{}", base64::engine::general_purpose::URL_SAFE.encode(padded_claims.as_bytes())),
+                &format!(
+                    "{h64}.{}",
+                    base64::engine::general_purpose::URL_SAFE.encode(padded_claims.as_bytes())
+                ),
                 JWT_SECRET,
                 Algorithm::HS256,
             ),
         ),
-        ("empty payload (signed)", signed_raw(&format!("{h64}."), JWT_SECRET, Algorithm::HS256)),
-        ("header not base64url", format!("!!!.{}", signing_input.split_once('.').unwrap().1)),
+        (
+            "empty payload (signed)",
+            signed_raw(&format!("{h64}."), JWT_SECRET, Algorithm::HS256),
+        ),
+        (
+            "header not base64url",
+            format!("!!!.{}", signing_input.split_once('.').unwrap().1),
+        ),
     ] {
         creds.push(case(
             format!("token shape: {name}"),
@@ -1907,21 +2054,73 @@ async fn credentials_envelopes_and_payloads() {
     // Claims.
     let fields = API3_FIELDS;
     for (name, payload, reason) in [
-        ("claims are not JSON", "hello".to_string(), "malformed_claims"),
-        ("claims are truncated JSON", format!(r#"{{"exp":{},"userid":"#, now + 300), "malformed_claims"),
-        ("exp is a string", format!(r#"{{"exp":"{}",{fields}}}"#, now + 300), "malformed_claims"),
-        ("iat is a string", format!(r#"{{"iat":"{now}","exp":{},{fields}}}"#, now + 300), "malformed_claims"),
-        ("jti is a number", format!(r#"{{"jti":7,"exp":{},{fields}}}"#, now + 300), "malformed_claims"),
-        ("exp given twice", format!(r#"{{"exp":1,"exp":{},{fields}}}"#, now + 300), "malformed_claims"),
-        ("expired an hour ago", format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now - 7200, now - 3600), "expired"),
-        ("negative exp", format!(r#"{{"exp":-1,{fields}}}"#), "expired"),
+        (
+            "claims are not JSON",
+            "hello".to_string(),
+            "malformed_claims",
+        ),
+        (
+            "claims are truncated JSON",
+            format!(r#"{{"exp":{},"userid":"#, now + 300),
+            "malformed_claims",
+        ),
+        (
+            "exp is a string",
+            format!(r#"{{"exp":"{}",{fields}}}"#, now + 300),
+            "malformed_claims",
+        ),
+        (
+            "iat is a string",
+            format!(r#"{{"iat":"{now}","exp":{},{fields}}}"#, now + 300),
+            "malformed_claims",
+        ),
+        (
+            "jti is a number",
+            format!(r#"{{"jti":7,"exp":{},{fields}}}"#, now + 300),
+            "malformed_claims",
+        ),
+        (
+            "exp given twice",
+            format!(r#"{{"exp":1,"exp":{},{fields}}}"#, now + 300),
+            "malformed_claims",
+        ),
+        (
+            "expired an hour ago",
+            format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now - 7200, now - 3600),
+            "expired",
+        ),
+        (
+            "negative exp",
+            format!(r#"{{"exp":-1,{fields}}}"#),
+            "expired",
+        ),
         ("exp zero", format!(r#"{{"exp":0,{fields}}}"#), "expired"),
-        ("no exp", format!(r#"{{"iat":{now},{fields}}}"#), "missing_exp"),
-        ("exp null", format!(r#"{{"exp":null,{fields}}}"#), "missing_exp"),
+        (
+            "no exp",
+            format!(r#"{{"iat":{now},{fields}}}"#),
+            "missing_exp",
+        ),
+        (
+            "exp null",
+            format!(r#"{{"exp":null,{fields}}}"#),
+            "missing_exp",
+        ),
         ("claims are an array", "[1,2,3]".to_string(), "missing_exp"),
-        ("claims are a string", r#""claims""#.to_string(), "missing_exp"),
-        ("nbf an hour ahead", format!(r#"{{"nbf":{},"exp":{},{fields}}}"#, now + 3600, now + 7200), "not_yet_valid"),
-        ("iat an hour ahead", format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now + 3600, now + 7200), "issued_in_future"),
+        (
+            "claims are a string",
+            r#""claims""#.to_string(),
+            "missing_exp",
+        ),
+        (
+            "nbf an hour ahead",
+            format!(r#"{{"nbf":{},"exp":{},{fields}}}"#, now + 3600, now + 7200),
+            "not_yet_valid",
+        ),
+        (
+            "iat an hour ahead",
+            format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now + 3600, now + 7200),
+            "issued_in_future",
+        ),
     ] {
         creds.push(case(
             format!("claims: {name}"),
@@ -2025,24 +2224,52 @@ async fn credentials_envelopes_and_payloads() {
         ("last byte dropped", ct[..ct.len() - 1].to_vec()),
         ("one byte appended", [ct.as_slice(), &[0]].concat()),
         ("a block appended", [ct.as_slice(), &ct[..16]].concat()),
-        ("blocks swapped", [&ct[16..32], &ct[..16], &ct[32..]].concat()),
+        (
+            "blocks swapped",
+            [&ct[16..32], &ct[..16], &ct[32..]].concat(),
+        ),
         ("ciphertext doubled", [ct.as_slice(), &ct].concat()),
         ("one byte", vec![0x41]),
         ("one zero block", vec![0u8; 16]),
     ] {
-        aes_cases.push(case(format!("truncation: {name}"), enc(&b64_encode(&c)), be()));
+        aes_cases.push(case(
+            format!("truncation: {name}"),
+            enc(&b64_encode(&c)),
+            be(),
+        ));
     }
     for (name, b64) in [
         ("empty encData", String::new()),
         ("only padding", "====".to_string()),
-        ("last base64 character dropped", good_b64[..good_b64.len() - 1].to_string()),
-        ("four base64 characters dropped", good_b64[..good_b64.len() - 4].to_string()),
+        (
+            "last base64 character dropped",
+            good_b64[..good_b64.len() - 1].to_string(),
+        ),
+        (
+            "four base64 characters dropped",
+            good_b64[..good_b64.len() - 4].to_string(),
+        ),
         ("not base64", "!!!!".repeat(8)),
-        ("base64url alphabet", format!("{}-_{}", &good_b64[..4], &good_b64[6..])),
-        ("a non-ASCII character", format!("{}é{}", &good_b64[..8], &good_b64[9..])),
-        ("a NUL byte", format!("{}\0{}", &good_b64[..8], &good_b64[9..])),
-        ("padding in the middle", format!("{}=={}", &good_b64[..8], &good_b64[10..])),
-        ("hex instead of base64", ct.iter().map(|b| format!("{b:02x}")).collect()),
+        (
+            "base64url alphabet",
+            format!("{}-_{}", &good_b64[..4], &good_b64[6..]),
+        ),
+        (
+            "a non-ASCII character",
+            format!("{}é{}", &good_b64[..8], &good_b64[9..]),
+        ),
+        (
+            "a NUL byte",
+            format!("{}\0{}", &good_b64[..8], &good_b64[9..]),
+        ),
+        (
+            "padding in the middle",
+            format!("{}=={}", &good_b64[..8], &good_b64[10..]),
+        ),
+        (
+            "hex instead of base64",
+            ct.iter().map(|b| format!("{b:02x}")).collect(),
+        ),
         ("the plaintext itself", LANDING_PLAIN.to_string()),
     ] {
         aes_cases.push(case(format!("encoding: {name}"), enc(&b64), be()));
@@ -2050,8 +2277,14 @@ async fn credentials_envelopes_and_payloads() {
     for (name, b64) in [
         ("wrong key", aes_b64(OTHER_KEY, SPEC_IV, plain)),
         ("wrong IV", aes_b64(SPEC_KEY, OTHER_IV, plain)),
-        ("key and IV swapped roles", aes_b64(OTHER_KEY, OTHER_IV, plain)),
-        ("zero padding instead of PKCS#7", aes_zero_padded_b64(SPEC_KEY, SPEC_IV, plain)),
+        (
+            "key and IV swapped roles",
+            aes_b64(OTHER_KEY, OTHER_IV, plain),
+        ),
+        (
+            "zero padding instead of PKCS#7",
+            aes_zero_padded_b64(SPEC_KEY, SPEC_IV, plain),
+        ),
     ] {
         aes_cases.push(case(format!("keys: {name}"), enc(&b64), be()));
     }
@@ -2059,13 +2292,25 @@ async fn credentials_envelopes_and_payloads() {
     assert_eq!(block_aligned.len() % 16, 0);
     let short = br#"{"userid":1}"#;
     for (name, padded) in [
-        ("no padding at all on an aligned plaintext", block_aligned.to_vec()),
+        (
+            "no padding at all on an aligned plaintext",
+            block_aligned.to_vec(),
+        ),
         ("padding byte 0", padded_with(short, &[0u8; 4])),
         ("padding byte 17", padded_with(short, &[17u8; 4])),
         ("padding byte 0xff", padded_with(short, &[0xffu8; 4])),
-        ("inconsistent padding bytes", padded_with(short, &[4, 4, 3, 4])),
-        ("padding 16 on a partial block", padded_with(short, &[16u8; 4])),
-        ("a full block of 0x10 short by one", padded_with(block_aligned, &[[0x0f].as_slice(), &[0x10; 15]].concat())),
+        (
+            "inconsistent padding bytes",
+            padded_with(short, &[4, 4, 3, 4]),
+        ),
+        (
+            "padding 16 on a partial block",
+            padded_with(short, &[16u8; 4]),
+        ),
+        (
+            "a full block of 0x10 short by one",
+            padded_with(block_aligned, &[[0x0f].as_slice(), &[0x10; 15]].concat()),
+        ),
     ] {
         aes_cases.push(case(
             format!("padding: {name}"),
@@ -2080,11 +2325,29 @@ async fn credentials_envelopes_and_payloads() {
         ("JSON with trailing text", br#"{"a":1} trailing"#.to_vec()),
         ("truncated JSON", br#"{"userid":9054"#.to_vec()),
         ("single-quoted JSON", b"{'userid':1}".to_vec()),
-        ("byte-order mark before JSON", [b"\xef\xbb\xbf".as_slice(), br#"{"a":1}"#].concat()),
-        ("raw 0xff byte", [br#"{"a":""#.as_slice(), b"\xff", br#""}"#].concat()),
-        ("overlong UTF-8", [br#"{"a":""#.as_slice(), b"\xc0\xaf", br#""}"#].concat()),
-        ("lone surrogate bytes", [br#"{"a":""#.as_slice(), b"\xed\xa0\x80", br#""}"#].concat()),
-        ("UTF-16 JSON", "{\"a\":1}".encode_utf16().flat_map(|u| u.to_le_bytes()).collect()),
+        (
+            "byte-order mark before JSON",
+            [b"\xef\xbb\xbf".as_slice(), br#"{"a":1}"#].concat(),
+        ),
+        (
+            "raw 0xff byte",
+            [br#"{"a":""#.as_slice(), b"\xff", br#""}"#].concat(),
+        ),
+        (
+            "overlong UTF-8",
+            [br#"{"a":""#.as_slice(), b"\xc0\xaf", br#""}"#].concat(),
+        ),
+        (
+            "lone surrogate bytes",
+            [br#"{"a":""#.as_slice(), b"\xed\xa0\x80", br#""}"#].concat(),
+        ),
+        (
+            "UTF-16 JSON",
+            "{\"a\":1}"
+                .encode_utf16()
+                .flat_map(|u| u.to_le_bytes())
+                .collect(),
+        ),
         ("NaN", br#"{"a":NaN}"#.to_vec()),
         ("a JWT where JSON belongs", good_token.clone().into_bytes()),
     ] {
@@ -2099,25 +2362,54 @@ async fn credentials_envelopes_and_payloads() {
     for (name, body) in [
         ("no encData", "agId=BSK".to_string()),
         ("no agId", format!("encData={ge}")),
-        ("encData given twice", format!("agId=BSK&encData={ge}&encData={ge}")),
-        ("agId given twice", format!("agId=BSK&agId=BSK&encData={ge}")),
+        (
+            "encData given twice",
+            format!("agId=BSK&encData={ge}&encData={ge}"),
+        ),
+        (
+            "agId given twice",
+            format!("agId=BSK&agId=BSK&encData={ge}"),
+        ),
         ("empty body", String::new()),
         ("encData without =", "agId=BSK&encData".to_string()),
         ("only separators", "&&&=&=".to_string()),
-        ("field names in another case", format!("agid=BSK&encdata={ge}")),
-        ("field names percent-encoded oddly", format!("agId=BSK&enc%44ata%00={ge}")),
+        (
+            "field names in another case",
+            format!("agid=BSK&encdata={ge}"),
+        ),
+        (
+            "field names percent-encoded oddly",
+            format!("agId=BSK&enc%44ata%00={ge}"),
+        ),
     ] {
-        aes_cases.push(case(format!("form: {name}"), form_post(lp, body.as_bytes()), be()));
+        aes_cases.push(case(
+            format!("form: {name}"),
+            form_post(lp, body.as_bytes()),
+            be(),
+        ));
     }
     for (name, body) in [
         ("JSON without encData", r#"{"agId":"BSK"}"#.to_string()),
-        ("JSON encData is a number", r#"{"agId":"BSK","encData":5}"#.to_string()),
-        ("JSON encData given twice", format!(r#"{{"agId":"BSK","encData":"x","encData":"{good_b64}"}}"#)),
-        ("JSON agId given twice", format!(r#"{{"agId":"BSK","agId":"BSK","encData":"{good_b64}"}}"#)),
+        (
+            "JSON encData is a number",
+            r#"{"agId":"BSK","encData":5}"#.to_string(),
+        ),
+        (
+            "JSON encData given twice",
+            format!(r#"{{"agId":"BSK","encData":"x","encData":"{good_b64}"}}"#),
+        ),
+        (
+            "JSON agId given twice",
+            format!(r#"{{"agId":"BSK","agId":"BSK","encData":"{good_b64}"}}"#),
+        ),
         ("JSON null", "null".to_string()),
         ("form body labelled JSON", format!("agId=BSK&encData={ge}")),
     ] {
-        aes_cases.push(case(format!("form: {name}"), json_post(lp, body.as_bytes()), be()));
+        aes_cases.push(case(
+            format!("form: {name}"),
+            json_post(lp, body.as_bytes()),
+            be(),
+        ));
     }
     // Like the section 11 body, the JSON form also deserialises from a positional array.
     aes_cases.push(accepted(
@@ -2127,7 +2419,12 @@ async fn credentials_envelopes_and_payloads() {
         plain,
     ));
     let identical_from = aes_cases.len();
-    for (name, agid) in [("lower-case agId", "bsk"), ("agId with a space", "BSK "), ("empty agId", ""), ("another department", "AMD")] {
+    for (name, agid) in [
+        ("lower-case agId", "bsk"),
+        ("agId with a space", "BSK "),
+        ("empty agId", ""),
+        ("another department", "AMD"),
+    ] {
         aes_cases.push(case(
             format!("form: {name}"),
             form_post(lp, &form_body(agid, &good_b64)),
@@ -2145,8 +2442,7 @@ async fn credentials_envelopes_and_payloads() {
         match &reference {
             None => reference = Some(this),
             Some(r) => assert_eq!(
-                r,
-                &this,
+                r, &this,
                 "{}: the answer differs from the other bad_envelope answers",
                 c.name
             ),
@@ -2178,10 +2474,19 @@ async fn credentials_envelopes_and_payloads() {
         ),
         (
             "12000 object members",
-            format!("{{{}\"z\":0}}", (0..12000).map(|i| format!("\"k{i}\":0,")).collect::<String>()),
+            format!(
+                "{{{}\"z\":0}}",
+                (0..12000)
+                    .map(|i| format!("\"k{i}\":0,"))
+                    .collect::<String>()
+            ),
             false,
         ),
-        ("brackets inside strings do not count", format!(r#"{{"s":"{}"}}"#, "[".repeat(100)), true),
+        (
+            "brackets inside strings do not count",
+            format!(r#"{{"s":"{}"}}"#, "[".repeat(100)),
+            true,
+        ),
     ] {
         let body = form_post(lp, &sealed_form(doc.as_bytes()));
         bounds.push(if ok {
@@ -2313,7 +2618,12 @@ async fn schemas_freshness_allowlist_and_admin() {
             _ => api4_fields(),
         };
         let (bytes, plain) = api_request(api, path, &base(&fresh_ticket()));
-        schema.push(accepted(format!("api{api}: control"), bytes, path, plain.as_bytes()));
+        schema.push(accepted(
+            format!("api{api}: control"),
+            bytes,
+            path,
+            plain.as_bytes(),
+        ));
         let names: Vec<&str> = base("0").iter().map(|(k, _)| *k).collect();
         for field in names {
             for text in NON_ASCII {
@@ -2341,7 +2651,14 @@ async fn schemas_freshness_allowlist_and_admin() {
         // Each required field missing.
         let required: &[&str] = match api {
             1 => &["userid", "ticketNo", "serviceCode"],
-            2 => &["userid", "ticketNo", "serviceCode", "appNo", "appSubTime", "applicationStatus"],
+            2 => &[
+                "userid",
+                "ticketNo",
+                "serviceCode",
+                "appNo",
+                "appSubTime",
+                "applicationStatus",
+            ],
             3 => &["userid", "ticketNo", "serviceCode", "applicationNo"],
             _ => &["userid", "ticketNo", "serviceCode", "documentNo"],
         };
@@ -2397,7 +2714,12 @@ async fn schemas_freshness_allowlist_and_admin() {
         f
     };
     let mut fresh = vec![
-        accepted("first submission", first.clone(), init, first_plain.as_bytes()),
+        accepted(
+            "first submission",
+            first.clone(),
+            init,
+            first_plain.as_bytes(),
+        ),
         case("the same body again", first, Want::Reject(409, "replayed")),
         case(
             "the same ticket with other content",
@@ -2412,23 +2734,92 @@ async fn schemas_freshness_allowlist_and_admin() {
             ),
             Want::Reject(409, "replayed"),
         ),
-        accepted("a 14-digit ticket", fourteen.clone(), init, fourteen_plain.as_bytes()),
-        case("the 14-digit ticket again", fourteen, Want::Reject(409, "replayed")),
-        case("a ticket an hour old", form1(&old(3600)).0, Want::Reject(400, "stale")),
-        case("a ticket eleven minutes old", form1(&old(660)).0, Want::Reject(400, "stale")),
-        case("a ticket six years old", form1(&old(6 * 365 * 24 * 3600)).0, Want::Reject(400, "stale")),
-        case("a ticket from 1970", form1("19700101000000").0, Want::Reject(400, "stale")),
-        case("a ticket an hour ahead", form1(&ahead(3600)).0, Want::Reject(400, "future_dated")),
-        case("a ticket in 2999", form1("29991231235959").0, Want::Reject(400, "future_dated")),
-        case("month 13", form1("20221302153322").0, Want::Reject(400, "bad_ticket")),
-        case("February 30", form1("20240230120000").0, Want::Reject(400, "bad_ticket")),
-        case("hour 24", form1("20221202243322").0, Want::Reject(400, "bad_ticket")),
-        case("a 12-digit ticket", form1("202212021533").0, Want::Reject(400, "bad_ticket")),
-        case("a 20-digit ticket", form1("20221202153322882123").0, Want::Reject(400, "bad_ticket")),
-        case("a negative ticket", form1("-20221202153322").0, Want::Reject(400, "missing_timestamp")),
-        case("a fractional ticket", form1("20221202153322.5").0, Want::Reject(400, "missing_timestamp")),
-        case("a ticket in exponent form", form1("2.0221202153322e13").0, Want::Reject(400, "missing_timestamp")),
-        case("ticket null", form1("null").0, Want::Reject(400, "missing_timestamp")),
+        accepted(
+            "a 14-digit ticket",
+            fourteen.clone(),
+            init,
+            fourteen_plain.as_bytes(),
+        ),
+        case(
+            "the 14-digit ticket again",
+            fourteen,
+            Want::Reject(409, "replayed"),
+        ),
+        case(
+            "a ticket an hour old",
+            form1(&old(3600)).0,
+            Want::Reject(400, "stale"),
+        ),
+        case(
+            "a ticket eleven minutes old",
+            form1(&old(660)).0,
+            Want::Reject(400, "stale"),
+        ),
+        case(
+            "a ticket six years old",
+            form1(&old(6 * 365 * 24 * 3600)).0,
+            Want::Reject(400, "stale"),
+        ),
+        case(
+            "a ticket from 1970",
+            form1("19700101000000").0,
+            Want::Reject(400, "stale"),
+        ),
+        case(
+            "a ticket an hour ahead",
+            form1(&ahead(3600)).0,
+            Want::Reject(400, "future_dated"),
+        ),
+        case(
+            "a ticket in 2999",
+            form1("29991231235959").0,
+            Want::Reject(400, "future_dated"),
+        ),
+        case(
+            "month 13",
+            form1("20221302153322").0,
+            Want::Reject(400, "bad_ticket"),
+        ),
+        case(
+            "February 30",
+            form1("20240230120000").0,
+            Want::Reject(400, "bad_ticket"),
+        ),
+        case(
+            "hour 24",
+            form1("20221202243322").0,
+            Want::Reject(400, "bad_ticket"),
+        ),
+        case(
+            "a 12-digit ticket",
+            form1("202212021533").0,
+            Want::Reject(400, "bad_ticket"),
+        ),
+        case(
+            "a 20-digit ticket",
+            form1("20221202153322882123").0,
+            Want::Reject(400, "bad_ticket"),
+        ),
+        case(
+            "a negative ticket",
+            form1("-20221202153322").0,
+            Want::Reject(400, "missing_timestamp"),
+        ),
+        case(
+            "a fractional ticket",
+            form1("20221202153322.5").0,
+            Want::Reject(400, "missing_timestamp"),
+        ),
+        case(
+            "a ticket in exponent form",
+            form1("2.0221202153322e13").0,
+            Want::Reject(400, "missing_timestamp"),
+        ),
+        case(
+            "ticket null",
+            form1("null").0,
+            Want::Reject(400, "missing_timestamp"),
+        ),
         case(
             "no ticket at all",
             form_post(
@@ -2446,11 +2837,27 @@ async fn schemas_freshness_allowlist_and_admin() {
     {
         let f = api2_fields(&fresh_ticket());
         let plain = format!("{{{}}}", fields_json(&f));
-        let tok = hs256(&with_claims(&plain, &format!(r#""iat":{},"exp":{}"#, unix_now(), unix_now() + 300)));
+        let tok = hs256(&with_claims(
+            &plain,
+            &format!(r#""iat":{},"exp":{}"#, unix_now(), unix_now() + 300),
+        ));
         let req = json_post("/bsk/push", &token_body(PASSCODE, &tok));
-        let fwd = tok.split('.').nth(1).map(|p| URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
-        fresh.push(accepted("API-2 push without jti", req.clone(), "/bsk/push", &fwd));
-        fresh.push(case("the same API-2 push again", req, Want::Reject(409, "replayed")));
+        let fwd = tok
+            .split('.')
+            .nth(1)
+            .map(|p| URL_SAFE_NO_PAD.decode(p).unwrap())
+            .unwrap();
+        fresh.push(accepted(
+            "API-2 push without jti",
+            req.clone(),
+            "/bsk/push",
+            &fwd,
+        ));
+        fresh.push(case(
+            "the same API-2 push again",
+            req,
+            Want::Reject(409, "replayed"),
+        ));
         let mut draft = f.clone();
         for (k, v) in draft.iter_mut() {
             if *k == "applicationStatus" {
@@ -2493,16 +2900,36 @@ async fn schemas_freshness_allowlist_and_admin() {
     }
     let tok = hs256(&claims(API3_FIELDS));
     for (name, h) in [
-        ("X-Forwarded-For naming the allowed address", "X-Forwarded-For: 127.0.0.1"),
-        ("X-Real-IP naming the allowed address", "X-Real-IP: 127.0.0.1"),
-        ("Forwarded naming the allowed address", "Forwarded: for=127.0.0.1"),
-        ("True-Client-IP naming the allowed address", "True-Client-IP: 127.0.0.1"),
-        ("X-Originating-IP naming the allowed address", "X-Originating-IP: 127.0.0.1"),
+        (
+            "X-Forwarded-For naming the allowed address",
+            "X-Forwarded-For: 127.0.0.1",
+        ),
+        (
+            "X-Real-IP naming the allowed address",
+            "X-Real-IP: 127.0.0.1",
+        ),
+        (
+            "Forwarded naming the allowed address",
+            "Forwarded: for=127.0.0.1",
+        ),
+        (
+            "True-Client-IP naming the allowed address",
+            "True-Client-IP: 127.0.0.1",
+        ),
+        (
+            "X-Originating-IP naming the allowed address",
+            "X-Originating-IP: 127.0.0.1",
+        ),
     ] {
         allow.push(
             case(
                 format!("{name}, from 127.0.0.2"),
-                http("POST", st, &["Content-Type: application/json", h], &token_body(PASSCODE, &tok)),
+                http(
+                    "POST",
+                    st,
+                    &["Content-Type: application/json", h],
+                    &token_body(PASSCODE, &tok),
+                ),
                 Want::Reject(403, "ip_denied"),
             )
             .from(ip(127, 0, 0, 2)),
@@ -2517,7 +2944,9 @@ async fn schemas_freshness_allowlist_and_admin() {
         .from(ip(127, 0, 0, 2)),
     );
     let p = claims(API3_FIELDS);
-    allow.push(accepted("API-3 from 127.0.0.1", token_req(st, &p), st, p.as_bytes()).check(xff_is_local));
+    allow.push(
+        accepted("API-3 from 127.0.0.1", token_req(st, &p), st, p.as_bytes()).check(xff_is_local),
+    );
     for from in [ip(127, 0, 0, 2), ip(127, 0, 0, 77)] {
         allow.push(
             accepted(
@@ -2535,23 +2964,71 @@ async fn schemas_freshness_allowlist_and_admin() {
     let admin = proc.admin;
     let mut adm = Vec::new();
     for (name, bytes, want) in [
-        ("GET /healthz", raw("GET /healthz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
-        ("GET /readyz", raw("GET /readyz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
-        ("GET /metrics", raw("GET /metrics HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
-        ("HEAD /healthz", raw("HEAD /healthz HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
-        ("GET /healthz with a query", raw("GET /healthz?x=1 HTTP/1.1", &["Host: x"], b""), Want::Status(200)),
-        ("POST /metrics", http("POST", "/metrics", &[], b"x"), Want::Status(405)),
-        ("DELETE /healthz", http("DELETE", "/healthz", &[], b""), Want::Status(405)),
-        ("PUT /readyz", http("PUT", "/readyz", &[], b""), Want::Status(405)),
-        ("GET /", raw("GET / HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
-        ("GET /metrics/../healthz", raw("GET /metrics/../healthz HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
-        ("GET /bsk/landing on the admin port", raw("GET /bsk/landing HTTP/1.1", &["Host: x"], b""), Want::Status(404)),
+        (
+            "GET /healthz",
+            raw("GET /healthz HTTP/1.1", &["Host: x"], b""),
+            Want::Status(200),
+        ),
+        (
+            "GET /readyz",
+            raw("GET /readyz HTTP/1.1", &["Host: x"], b""),
+            Want::Status(200),
+        ),
+        (
+            "GET /metrics",
+            raw("GET /metrics HTTP/1.1", &["Host: x"], b""),
+            Want::Status(200),
+        ),
+        (
+            "HEAD /healthz",
+            raw("HEAD /healthz HTTP/1.1", &["Host: x"], b""),
+            Want::Status(200),
+        ),
+        (
+            "GET /healthz with a query",
+            raw("GET /healthz?x=1 HTTP/1.1", &["Host: x"], b""),
+            Want::Status(200),
+        ),
+        (
+            "POST /metrics",
+            http("POST", "/metrics", &[], b"x"),
+            Want::Status(405),
+        ),
+        (
+            "DELETE /healthz",
+            http("DELETE", "/healthz", &[], b""),
+            Want::Status(405),
+        ),
+        (
+            "PUT /readyz",
+            http("PUT", "/readyz", &[], b""),
+            Want::Status(405),
+        ),
+        (
+            "GET /",
+            raw("GET / HTTP/1.1", &["Host: x"], b""),
+            Want::Status(404),
+        ),
+        (
+            "GET /metrics/../healthz",
+            raw("GET /metrics/../healthz HTTP/1.1", &["Host: x"], b""),
+            Want::Status(404),
+        ),
+        (
+            "GET /bsk/landing on the admin port",
+            raw("GET /bsk/landing HTTP/1.1", &["Host: x"], b""),
+            Want::Status(404),
+        ),
         (
             "a sealed landing POST on the admin port",
             form_post("/bsk/landing", &sealed_form(LANDING_PLAIN.as_bytes())),
             Want::Status(405),
         ),
-        ("garbage", b"\x16\x03\x01\x00\x00garbage\r\n\r\n".to_vec(), Want::Status(400)),
+        (
+            "garbage",
+            b"\x16\x03\x01\x00\x00garbage\r\n\r\n".to_vec(),
+            Want::Status(400),
+        ),
     ] {
         adm.push(case(name, bytes, want));
     }
@@ -2712,7 +3189,8 @@ async fn slow_clients() {
 async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = handles.into_iter().enumerate().collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> =
+        handles.into_iter().enumerate().collect();
     std::future::poll_fn(|cx| {
         pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
             std::task::Poll::Ready(out) => {
@@ -2799,9 +3277,14 @@ async fn forwarded_addresses_and_proxy_protocol() {
     let mut xff = Vec::new();
     let p = fresh();
     xff.push(
-        accepted("trusted proxy names an allowed client", with(&["X-Forwarded-For: 203.0.113.7"], &p), st, p.as_bytes())
-            .from(lb_proxy)
-            .check(xff_is_doc_addr),
+        accepted(
+            "trusted proxy names an allowed client",
+            with(&["X-Forwarded-For: 203.0.113.7"], &p),
+            st,
+            p.as_bytes(),
+        )
+        .from(lb_proxy)
+        .check(xff_is_doc_addr),
     );
     let p = fresh();
     xff.push(
@@ -2829,7 +3312,13 @@ async fn forwarded_addresses_and_proxy_protocol() {
     xff.push(
         accepted(
             "two X-Forwarded-For lines are one list",
-            with(&["X-Forwarded-For: 198.51.100.1", "X-Forwarded-For: 203.0.113.7"], &p),
+            with(
+                &[
+                    "X-Forwarded-For: 198.51.100.1",
+                    "X-Forwarded-For: 203.0.113.7",
+                ],
+                &p,
+            ),
             st,
             p.as_bytes(),
         )
@@ -2858,24 +3347,68 @@ async fn forwarded_addresses_and_proxy_protocol() {
         .check(xff_is_local),
     );
     for (name, from, headers) in [
-        ("trusted proxy names a client not on the list", lb_proxy, vec!["X-Forwarded-For: 198.51.100.1"]),
-        ("spoofed allowed address left of the real client", lb_proxy, vec!["X-Forwarded-For: 203.0.113.7, 198.51.100.1"]),
+        (
+            "trusted proxy names a client not on the list",
+            lb_proxy,
+            vec!["X-Forwarded-For: 198.51.100.1"],
+        ),
+        (
+            "spoofed allowed address left of the real client",
+            lb_proxy,
+            vec!["X-Forwarded-For: 203.0.113.7, 198.51.100.1"],
+        ),
         ("trusted proxy without X-Forwarded-For", lb_proxy, vec![]),
-        ("unparseable X-Forwarded-For", lb_proxy, vec!["X-Forwarded-For: not-an-address"]),
-        ("X-Forwarded-For naming only trusted proxies", lb_proxy, vec!["X-Forwarded-For: 127.0.0.8"]),
-        ("X-Real-IP from a trusted proxy is not read", lb_proxy, vec!["X-Real-IP: 203.0.113.7"]),
-        ("Forwarded from a trusted proxy is not read", lb_proxy, vec!["Forwarded: for=203.0.113.7"]),
-        ("X-Forwarded-For with an IPv6 client", lb_proxy, vec!["X-Forwarded-For: 2001:db8::7"]),
+        (
+            "unparseable X-Forwarded-For",
+            lb_proxy,
+            vec!["X-Forwarded-For: not-an-address"],
+        ),
+        (
+            "X-Forwarded-For naming only trusted proxies",
+            lb_proxy,
+            vec!["X-Forwarded-For: 127.0.0.8"],
+        ),
+        (
+            "X-Real-IP from a trusted proxy is not read",
+            lb_proxy,
+            vec!["X-Real-IP: 203.0.113.7"],
+        ),
+        (
+            "Forwarded from a trusted proxy is not read",
+            lb_proxy,
+            vec!["Forwarded: for=203.0.113.7"],
+        ),
+        (
+            "X-Forwarded-For with an IPv6 client",
+            lb_proxy,
+            vec!["X-Forwarded-For: 2001:db8::7"],
+        ),
     ] {
         xff.push(case(name, with(&headers, &fresh()), denied()).from(from));
     }
     // Every route on this listener checks addresses: an untrusted host that is not on
     // the list is refused at accept, before a byte of HTTP is read.
     for (name, from, header) in [
-        ("untrusted host names an allowed client", ip(127, 0, 0, 2), "X-Forwarded-For: 203.0.113.7"),
-        ("untrusted host names 127.0.0.1", ip(127, 0, 0, 2), "X-Forwarded-For: 127.0.0.1"),
-        ("untrusted host names itself a trusted proxy", ip(127, 0, 0, 2), "X-Forwarded-For: 203.0.113.7, 127.0.0.5"),
-        ("a proxy trusted on the other listener", ip(127, 0, 0, 6), "X-Forwarded-For: 203.0.113.7"),
+        (
+            "untrusted host names an allowed client",
+            ip(127, 0, 0, 2),
+            "X-Forwarded-For: 203.0.113.7",
+        ),
+        (
+            "untrusted host names 127.0.0.1",
+            ip(127, 0, 0, 2),
+            "X-Forwarded-For: 127.0.0.1",
+        ),
+        (
+            "untrusted host names itself a trusted proxy",
+            ip(127, 0, 0, 2),
+            "X-Forwarded-For: 203.0.113.7, 127.0.0.5",
+        ),
+        (
+            "a proxy trusted on the other listener",
+            ip(127, 0, 0, 6),
+            "X-Forwarded-For: 203.0.113.7",
+        ),
     ] {
         xff.push(case(name, with(&[header], &fresh()), Want::Closed).from(from));
     }
@@ -2889,15 +3422,24 @@ async fn forwarded_addresses_and_proxy_protocol() {
     let mut pp = Vec::new();
     let p = fresh();
     pp.push(
-        accepted("v1 names an allowed client", [v1("203.0.113.7"), with(&[], &p)].concat(), st, p.as_bytes())
-            .from(pp_proxy)
-            .check(xff_is_doc_addr),
+        accepted(
+            "v1 names an allowed client",
+            [v1("203.0.113.7"), with(&[], &p)].concat(),
+            st,
+            p.as_bytes(),
+        )
+        .from(pp_proxy)
+        .check(xff_is_doc_addr),
     );
     let p = fresh();
     pp.push(
         accepted(
             "v2 names an allowed client",
-            [proxy_v2(Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::LOCALHOST), with(&[], &p)].concat(),
+            [
+                proxy_v2(Ipv4Addr::new(203, 0, 113, 7), Ipv4Addr::LOCALHOST),
+                with(&[], &p),
+            ]
+            .concat(),
             st,
             p.as_bytes(),
         )
@@ -2908,7 +3450,11 @@ async fn forwarded_addresses_and_proxy_protocol() {
     pp.push(
         accepted(
             "X-Forwarded-For after a PROXY header is ignored",
-            [v1("203.0.113.7"), with(&["X-Forwarded-For: 198.51.100.1"], &p)].concat(),
+            [
+                v1("203.0.113.7"),
+                with(&["X-Forwarded-For: 198.51.100.1"], &p),
+            ]
+            .concat(),
             st,
             p.as_bytes(),
         )
@@ -2916,15 +3462,59 @@ async fn forwarded_addresses_and_proxy_protocol() {
         .check(xff_is_doc_addr),
     );
     for (name, from, bytes) in [
-        ("v1 names a client not on the list", pp_proxy, [v1("198.51.100.1"), with(&[], &fresh())].concat()),
-        ("v2 names a client not on the list", pp_proxy, [proxy_v2(Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::LOCALHOST), with(&[], &fresh())].concat()),
-        ("trusted hop without a PROXY header", pp_proxy, with(&[], &fresh())),
-        ("malformed PROXY line", pp_proxy, [b"PROXY TCP4 garbage\r\n".to_vec(), with(&[], &fresh())].concat()),
-        ("PROXY line without CRLF", pp_proxy, [b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443".to_vec(), vec![b'x'; 200]].concat()),
-        ("PROXY UNKNOWN leaves the proxy's own address", pp_proxy, [b"PROXY UNKNOWN\r\n".to_vec(), with(&[], &fresh())].concat()),
-        ("v1 with an address out of range", pp_proxy, [v1("203.0.113.300"), with(&[], &fresh())].concat()),
-        ("v2 with a truncated address block", pp_proxy, [b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00".to_vec()].concat()),
-        ("an untrusted, unlisted host sending a PROXY header", ip(127, 0, 0, 2), [v1("203.0.113.7"), with(&[], &fresh())].concat()),
+        (
+            "v1 names a client not on the list",
+            pp_proxy,
+            [v1("198.51.100.1"), with(&[], &fresh())].concat(),
+        ),
+        (
+            "v2 names a client not on the list",
+            pp_proxy,
+            [
+                proxy_v2(Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::LOCALHOST),
+                with(&[], &fresh()),
+            ]
+            .concat(),
+        ),
+        (
+            "trusted hop without a PROXY header",
+            pp_proxy,
+            with(&[], &fresh()),
+        ),
+        (
+            "malformed PROXY line",
+            pp_proxy,
+            [b"PROXY TCP4 garbage\r\n".to_vec(), with(&[], &fresh())].concat(),
+        ),
+        (
+            "PROXY line without CRLF",
+            pp_proxy,
+            [
+                b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443".to_vec(),
+                vec![b'x'; 200],
+            ]
+            .concat(),
+        ),
+        (
+            "PROXY UNKNOWN leaves the proxy's own address",
+            pp_proxy,
+            [b"PROXY UNKNOWN\r\n".to_vec(), with(&[], &fresh())].concat(),
+        ),
+        (
+            "v1 with an address out of range",
+            pp_proxy,
+            [v1("203.0.113.300"), with(&[], &fresh())].concat(),
+        ),
+        (
+            "v2 with a truncated address block",
+            pp_proxy,
+            [b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xcb\x00".to_vec()].concat(),
+        ),
+        (
+            "an untrusted, unlisted host sending a PROXY header",
+            ip(127, 0, 0, 2),
+            [v1("203.0.113.7"), with(&[], &fresh())].concat(),
+        ),
     ] {
         pp.push(case(name, bytes, Want::Closed).from(from));
     }
@@ -2934,7 +3524,15 @@ async fn forwarded_addresses_and_proxy_protocol() {
         Want::Status(400),
     ));
     let p = fresh();
-    pp.push(accepted("an allowed host without a PROXY header", with(&[], &p), st, p.as_bytes()).check(xff_is_local));
+    pp.push(
+        accepted(
+            "an allowed host without a PROXY header",
+            with(&[], &p),
+            st,
+            p.as_bytes(),
+        )
+        .check(xff_is_local),
+    );
     let pp_addr = proc.addr("pp");
     run_table(&mut proc, &app, pp_addr, "PROXY protocol", &pp).await;
 }
@@ -2985,7 +3583,11 @@ async fn egress_proc() -> (Proc, Upstream, SocketAddr) {
 fn sealed_for_peer(r: &Recorded) -> Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_slice(&r.body).map_err(|e| format!("not JSON: {e}"))?;
-    if v["passcode"] != PASSCODE || !v["token"].as_str().is_some_and(|t| t.split('.').count() == 3) {
+    if v["passcode"] != PASSCODE
+        || !v["token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3)
+    {
         return Err(format!("not a sealed body: {v}"));
     }
     Ok(())
@@ -3007,15 +3609,62 @@ async fn egress_callers() {
         check: Some(sealed_for_peer),
     };
     for (name, bytes, want) in [
-        ("GET on the push route", http("GET", "/push/direct", &[], b""), Want::Reject(405, "method_not_allowed")),
-        ("unknown path", json_post("/push/other", push.as_bytes()), Want::Reject(404, "not_found")),
-        ("traversal to the peer's path", json_post("/push/../api/push", push.as_bytes()), Want::Reject(404, "not_found")),
-        ("form content type", form_post("/push/direct", push.as_bytes()), Want::Reject(415, "unsupported_media_type")),
-        ("not JSON", json_post("/push/direct", b"userid=1"), Want::Reject(400, "not_json")),
-        ("empty body", json_post("/push/direct", b""), Want::Reject(400, "not_json")),
-        ("two JSON documents", json_post("/push/direct", b"{}{}"), Want::Reject(400, "not_json")),
-        ("nested 40 deep", json_post("/push/direct", format!("{}1{}", "[".repeat(40), "]".repeat(40)).as_bytes()), Want::Reject(400, "json_too_complex")),
-        ("body over the limit", raw("POST /push/direct HTTP/1.1", &["Host: x", "Content-Type: application/json", "Content-Length: 2097152"], b""), Want::Reject(413, "body_too_large")),
+        (
+            "GET on the push route",
+            http("GET", "/push/direct", &[], b""),
+            Want::Reject(405, "method_not_allowed"),
+        ),
+        (
+            "unknown path",
+            json_post("/push/other", push.as_bytes()),
+            Want::Reject(404, "not_found"),
+        ),
+        (
+            "traversal to the peer's path",
+            json_post("/push/../api/push", push.as_bytes()),
+            Want::Reject(404, "not_found"),
+        ),
+        (
+            "form content type",
+            form_post("/push/direct", push.as_bytes()),
+            Want::Reject(415, "unsupported_media_type"),
+        ),
+        (
+            "not JSON",
+            json_post("/push/direct", b"userid=1"),
+            Want::Reject(400, "not_json"),
+        ),
+        (
+            "empty body",
+            json_post("/push/direct", b""),
+            Want::Reject(400, "not_json"),
+        ),
+        (
+            "two JSON documents",
+            json_post("/push/direct", b"{}{}"),
+            Want::Reject(400, "not_json"),
+        ),
+        (
+            "nested 40 deep",
+            json_post(
+                "/push/direct",
+                format!("{}1{}", "[".repeat(40), "]".repeat(40)).as_bytes(),
+            ),
+            Want::Reject(400, "json_too_complex"),
+        ),
+        (
+            "body over the limit",
+            raw(
+                "POST /push/direct HTTP/1.1",
+                &[
+                    "Host: x",
+                    "Content-Type: application/json",
+                    "Content-Length: 2097152",
+                ],
+                b"",
+            ),
+            Want::Reject(413, "body_too_large"),
+        ),
     ] {
         cases.push(case(name, bytes, want));
     }
@@ -3023,8 +3672,542 @@ async fn egress_callers() {
     // The body check above compares the whole body: compare only its shape here.
     let before = remote.count();
     let (_, problems) = run_case(&remote, addr, &ok).await;
-    let problems: Vec<_> = problems.into_iter().filter(|p| !p.starts_with("forwarded body")).collect();
+    let problems: Vec<_> = problems
+        .into_iter()
+        .filter(|p| !p.starts_with("forwarded body"))
+        .collect();
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(remote.count(), before + 1);
     proc.assert_healthy("egress").await;
+}
+
+// =======================================================================================
+// Target behaviour decided for the project and being implemented on other branches.
+// Each table below states today's behaviour in its comment; they pass once merged.
+
+/// The peer's rate bucket is charged only after the envelope proved the sender is that
+/// peer: forged landing posts from anywhere cannot spend the portal's budget.
+/// (Before: the peer bucket is charged first, and the API-3 call gets 429
+/// `rate_limited_peer`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_peer_rate_charged_after_the_envelope() {
+    let app = Upstream::start(Behaviour::Echo).await;
+    let yaml = format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0" }}
+state: {{ dir: "STATE" }}
+limits:
+  per_ip_rate: {{ per_second: 100000, burst: 100000 }}
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: {{ secret: "{JWT_SECRET}", algorithms: [HS256], require_exp: true, leeway: 5s }}
+    aes: {{ keys: [ {{ key: "{SPEC_KEY}", iv: "{SPEC_IV}" }} ] }}
+    allow: [127.0.0.1/32]
+    rate: {{ per_second: 1, burst: 100 }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - {{ path: /bsk/landing, from: bsk, envelope: [form, aes], ip_check: false, fresh: "off", upstream: "http://APP/bsk/landing" }}
+      - {{ path: /bsk/status, from: bsk, envelope: [token, jwt], upstream: "http://APP/bsk/status" }}
+"#
+    );
+    let mut proc = Proc::start(&yaml, &[("APP", app.addr.to_string())]).await;
+    let addr = proc.addr("public");
+    let mut cases = Vec::new();
+    for i in 0..150u16 {
+        let from = ip(127, 0, 2 + (i / 200) as u8, 1 + (i % 200) as u8);
+        cases.push(
+            case(
+                format!("forged landing post {i} from {from}"),
+                form_post("/bsk/landing", b"agId=BSK&encData=garbage"),
+                Want::Reject(400, "bad_envelope"),
+            )
+            .from(from),
+        );
+    }
+    let p = claims(r#""userid":9054233544"#);
+    cases.push(accepted(
+        "the portal's API-3 call after the flood",
+        token_req("/bsk/status", &p),
+        "/bsk/status",
+        p.as_bytes(),
+    ));
+    run_table(
+        &mut proc,
+        &app,
+        addr,
+        "target: peer rate after envelope",
+        &cases,
+    )
+    .await;
+}
+
+fn default_fresh_config() -> String {
+    format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0" }}
+state: {{ dir: "STATE" }}
+limits:
+  per_ip_rate: {{ per_second: 100000, burst: 100000 }}
+peers:{PEER}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - {{ path: /bsk/landing, from: bsk, envelope: [form, aes], ip_check: false, upstream: "http://APP/bsk/landing" }}
+      - {{ path: /bsk/status, from: bsk, envelope: [token, jwt], upstream: "http://APP/bsk/status" }}
+"#
+    )
+}
+
+/// Freshness and replay on every ingress route by default, without `schema:` or
+/// `fresh:`; JWT lifetimes bounded by `jwt.max_lifetime` (1h). (Before: only API-1 and
+/// API-2 schema routes had them; repeats are forwarded, huge `exp` values accepted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_freshness_and_replay_by_default() {
+    let app = Upstream::start(Behaviour::Echo).await;
+    let mut proc = Proc::start(&default_fresh_config(), &[("APP", app.addr.to_string())]).await;
+    let addr = proc.addr("public");
+    let lp = "/bsk/landing";
+    let st = "/bsk/status";
+    let landing = |ticket: &str| {
+        let plain = api1_payload(ticket);
+        (form_post(lp, &sealed_form(plain.as_bytes())), plain)
+    };
+    let now = unix_now();
+    let (first, first_plain) = landing(&fresh_ticket());
+    let t17 = fresh_ticket();
+    let (l14, l14_plain) = landing(&t17[..14]);
+    let (l17, _) = landing(&t17);
+    let six_years = unix_ms_to_ticket((now - 6 * 365 * 24 * 3600) * 1000);
+    let token_plain = claims(API3_FIELDS);
+    let token = token_req(st, &token_plain);
+    let no_jti = |exp: i64| format!(r#"{{"iat":{now},"exp":{exp},{API3_FIELDS}}}"#);
+    let (poll1, poll2) = (no_jti(now + 300), no_jti(now + 301));
+    let mut cases = vec![
+        accepted("landing body", first.clone(), lp, first_plain.as_bytes()),
+        case(
+            "the same landing body again",
+            first,
+            Want::Reject(409, "replayed"),
+        ),
+        case(
+            "a six-year-old ticket",
+            landing(&six_years).0,
+            Want::Reject(400, "stale"),
+        ),
+        accepted(
+            "14-digit spelling of a ticket",
+            l14,
+            lp,
+            l14_plain.as_bytes(),
+        ),
+        case(
+            "17-digit spelling of the same ticket second",
+            l17,
+            Want::Reject(409, "replayed"),
+        ),
+        accepted("a token", token.clone(), st, token_plain.as_bytes()),
+        case("the same token again", token, Want::Reject(409, "replayed")),
+        accepted(
+            "API-3 poll with a fresh token",
+            token_req(st, &poll1),
+            st,
+            poll1.as_bytes(),
+        ),
+        accepted(
+            "API-3 poll again with another fresh token",
+            token_req(st, &poll2),
+            st,
+            poll2.as_bytes(),
+        ),
+    ];
+    for (name, exp) in [
+        ("exp 1e30", "1e30".to_string()),
+        ("exp 2^64", "18446744073709551616".to_string()),
+        ("exp 1.5", "1.5".to_string()),
+    ] {
+        cases.push(case(
+            name,
+            token_req(st, &format!(r#"{{"iat":{now},"exp":{exp},{API3_FIELDS}}}"#)),
+            Want::Reject(401, "malformed_claims"),
+        ));
+    }
+    cases.push(case(
+        "exp two hours ahead",
+        token_req(
+            st,
+            &format!(r#"{{"iat":{now},"exp":{},{API3_FIELDS}}}"#, now + 7200),
+        ),
+        Want::Reject(401, "lifetime_too_long"),
+    ));
+    run_table(
+        &mut proc,
+        &app,
+        addr,
+        "target: freshness and replay by default",
+        &cases,
+    )
+    .await;
+}
+
+/// `serviceCode` made of two-byte letters is a schema violation, not a crash, and the
+/// peer's corrected retry goes through. (Before: the check slices inside a character and
+/// the connection resets.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_service_code_in_latin1_letters() {
+    let (mut proc, app, addr) = main_proc().await;
+    let mut cases = Vec::new();
+    for (api, path) in [
+        (1u8, "/bsk/initiate"),
+        (2, "/bsk/push"),
+        (3, "/bsk/status"),
+        (4, "/bsk/document"),
+    ] {
+        let ticket = fresh_ticket();
+        let base = |t: &str| match api {
+            1 => api1_fields(t),
+            2 => api2_fields(t),
+            3 => api3_fields(),
+            _ => api4_fields(),
+        };
+        let mut bad = base(&ticket);
+        for (k, v) in bad.iter_mut() {
+            if *k == "serviceCode" {
+                *v = r#""ÀÀÀ""#.into();
+            }
+        }
+        cases.push(case(
+            format!("api{api}: serviceCode \"ÀÀÀ\""),
+            api_request(api, path, &bad).0,
+            Want::Reject(400, "schema_violation"),
+        ));
+        let (fixed, plain) = api_request(api, path, &base(&ticket));
+        cases.push(accepted(
+            format!("api{api}: the corrected retry"),
+            fixed,
+            path,
+            plain.as_bytes(),
+        ));
+    }
+    run_table(&mut proc, &app, addr, "target: serviceCode ÀÀÀ", &cases).await;
+}
+
+/// The rejection metric says `bad_envelope` for every form/AES failure, like the answer.
+/// (Before: the label named the failing step: `bad_padding`, `not_utf8`, ...)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_rejection_metric_hides_the_aes_step() {
+    let (mut proc, app, addr) = main_proc().await;
+    let lp = "/bsk/landing";
+    let good = aes_b64(SPEC_KEY, SPEC_IV, LANDING_PLAIN.as_bytes());
+    let mut flipped = b64_decode(&good);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    let cases: Vec<Case> = [
+        ("malformed form", form_post(lp, b"agId=BSK")),
+        ("bad base64", form_post(lp, &form_body("BSK", "!!!!"))),
+        ("bad length", form_post(lp, &form_body("BSK", "QUJD"))),
+        (
+            "bad padding",
+            form_post(lp, &form_body("BSK", &b64_encode(&flipped))),
+        ),
+        (
+            "not UTF-8",
+            form_post(
+                lp,
+                &form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, b"\xff\xfe")),
+            ),
+        ),
+        (
+            "not JSON",
+            form_post(lp, &form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, b"hello"))),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| case(name, bytes, Want::Reject(400, "bad_envelope")))
+    .collect();
+    run_table(&mut proc, &app, addr, "target: rejection metric", &cases).await;
+    let metrics = proc.metrics().await;
+    let reasons: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("bsk_sidecar_rejections_total{") && l.contains(r#"route="/bsk/landing""#)
+        })
+        .filter_map(|l| l.split("reason=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(reasons, ["bad_envelope"], "{metrics}");
+}
+
+/// The admin listener with `admin.token`: operator endpoints need the token, browsers'
+/// cross-origin requests and foreign Host names are refused, health stays open.
+/// (Before: `admin.token` is not a configuration key.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_admin_token_origin_and_host() {
+    let remote = Upstream::start(Behaviour::Echo).await;
+    let token = "admin-token-for-the-hostile-corpus";
+    let yaml = egress_config().replace(
+        r#"admin: { listen: "127.0.0.1:0" }"#,
+        &format!(r#"admin: {{ listen: "127.0.0.1:0", token: "{token}" }}"#),
+    );
+    let mut proc =
+        Proc::start_with_admin_token(&yaml, &[("REMOTE", remote.addr.to_string())], Some(token))
+            .await;
+    let admin = proc.admin;
+    let bearer = format!("Authorization: Bearer {token}");
+    let get = |path: &str, headers: &[&str]| {
+        let mut h = vec![format!("Host: {admin}")];
+        h.extend(headers.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = h.iter().map(String::as_str).collect();
+        raw(&format!("GET {path} HTTP/1.1"), &refs, b"")
+    };
+    let cases = vec![
+        case(
+            "/outbox without a token",
+            get("/outbox", &[]),
+            Want::Status(401),
+        ),
+        case(
+            "/outbox with a wrong token",
+            get("/outbox", &["Authorization: Bearer wrong"]),
+            Want::Status(401),
+        ),
+        case(
+            "/outbox with the token",
+            get("/outbox", &[&bearer]),
+            Want::Status(200),
+        ),
+        case(
+            "/outbox with the token from a foreign Origin",
+            get("/outbox", &[&bearer, "Origin: http://evil.example"]),
+            Want::Status(403),
+        ),
+        case(
+            "/outbox with a foreign Host",
+            raw(
+                "GET /outbox HTTP/1.1",
+                &["Host: evil.example", &bearer],
+                b"",
+            ),
+            Want::Status(403),
+        ),
+        case(
+            "/healthz without a token",
+            get("/healthz", &[]),
+            Want::Status(200),
+        ),
+    ];
+    run_table(&mut proc, &remote, admin, "target: admin token", &cases).await;
+}
+
+/// Only allowlisted client headers reach the application, the query is dropped, and
+/// ambiguous requests are refused. (Before: every non-hop header and the query string
+/// were forwarded; Content-Encoding, a second X-Passcode and a second Host passed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_query_and_header_allowlist() {
+    let app = Upstream::start(Behaviour::Echo).await;
+    let yaml = main_config().replace(
+        "      - path: /bsk/initiate\n",
+        "      - { path: /bsk/bearer, from: bsk, envelope: [bearer, jwt], upstream: \"http://APP/bsk/bearer\" }\n      - path: /bsk/initiate\n",
+    );
+    let mut proc = Proc::start(&yaml, &[("APP", app.addr.to_string())]).await;
+    let addr = proc.addr("public");
+    let body = sealed_form(LANDING_PLAIN.as_bytes());
+    let plain = LANDING_PLAIN.as_bytes();
+    let ct = "Content-Type: application/x-www-form-urlencoded";
+    let only_allowed = |r: &Recorded| -> Result<(), String> {
+        clean_headers(r)?;
+        const ALLOWED: [&str; 9] = [
+            "accept",
+            "accept-language",
+            "user-agent",
+            "x-request-id",
+            "x-bsk-peer",
+            "x-forwarded-for",
+            "content-type",
+            "content-length",
+            "host",
+        ];
+        let extra: Vec<&str> = r
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !ALLOWED.contains(k))
+            .collect();
+        if !extra.is_empty() {
+            return Err(format!("forwarded {extra:?}"));
+        }
+        for (k, v) in [
+            ("accept", "application/json"),
+            ("accept-language", "bn-IN"),
+            ("user-agent", "hostile/1"),
+        ] {
+            if r.headers.get(k).and_then(|x| x.to_str().ok()) != Some(v) {
+                return Err(format!("{k} not forwarded as sent"));
+            }
+        }
+        xff_is_local(r)
+    };
+    let p = claims(r#""userid":9054233544"#);
+    let token = hs256(&p);
+    let bearer = format!("Authorization: Bearer {token}");
+    let cases = vec![
+        accepted(
+            "the query is dropped",
+            http("POST", "/bsk/landing?admin=1&debug=true", &[ct], &body),
+            "/bsk/landing",
+            plain,
+        ),
+        accepted(
+            "client headers outside the allowlist are dropped",
+            http(
+                "POST",
+                "/bsk/landing",
+                &[
+                    ct,
+                    "X_BSK_Peer: admin",
+                    "X_Forwarded_For: 203.0.113.7",
+                    "X-Real-IP: 203.0.113.7",
+                    "True-Client-IP: 203.0.113.7",
+                    "X-Original-URL: /admin",
+                    "X-Rewrite-URL: /admin",
+                    "X-HTTP-Method-Override: DELETE",
+                    "Cookie: session=abc",
+                    "Forwarded: for=203.0.113.7",
+                    "Accept: application/json",
+                    "Accept-Language: bn-IN",
+                    "User-Agent: hostile/1",
+                ],
+                &body,
+            ),
+            "/bsk/landing",
+            plain,
+        )
+        .check(only_allowed),
+        case(
+            "Content-Encoding: gzip",
+            http(
+                "POST",
+                "/bsk/landing",
+                &[ct, "Content-Encoding: gzip"],
+                &body,
+            ),
+            Want::Reject(415, "unsupported_encoding"),
+        ),
+        case(
+            "X-Passcode given twice",
+            http(
+                "POST",
+                "/bsk/bearer",
+                &[
+                    "Content-Type: application/json",
+                    &bearer,
+                    "X-Passcode: 376423",
+                    "X-Passcode: 376423",
+                ],
+                b"{}",
+            ),
+            Want::Reject(400, "bad_header"),
+        ),
+        case(
+            "a second Host",
+            raw(
+                "POST /bsk/landing HTTP/1.1",
+                &[
+                    "Host: sidecar.test",
+                    "Host: evil.example",
+                    ct,
+                    &format!("Content-Length: {}", body.len()),
+                ],
+                &body,
+            ),
+            Want::Status(400),
+        ),
+    ];
+    run_table(
+        &mut proc,
+        &app,
+        addr,
+        "target: query and header allowlist",
+        &cases,
+    )
+    .await;
+}
+
+/// A signed or encrypted payload must be one unambiguous JSON document: no invalid
+/// UTF-8, no number beyond f64, no duplicate key at any depth. (Before: several of these
+/// were forwarded, or answered 401 `malformed_claims`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_invalid_json_in_signed_and_encrypted_payloads() {
+    let (mut proc, app, addr) = main_proc().await;
+    let now = unix_now();
+    let times = || {
+        format!(
+            r#""iat":{now},"exp":{},"jti":"hostile-{}""#,
+            now + 300,
+            unique()
+        )
+    };
+    let defects: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a raw 0xff byte",
+            [br#"{"name":""#.as_slice(), b"\xff", br#"","#].concat(),
+        ),
+        ("the number 1e400", br#"{"amount":1e400,"#.to_vec()),
+        ("a duplicate key", br#"{"userid":1,"userid":2,"#.to_vec()),
+        (
+            "a duplicate key two levels down",
+            br#"{"meta":{"a":{"b":1,"b":2}},"#.to_vec(),
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (name, head) in &defects {
+        let mut jwt_payload = head.clone();
+        jwt_payload.extend_from_slice(times().as_bytes());
+        jwt_payload.extend_from_slice(format!(",{API3_FIELDS}}}").as_bytes());
+        let token = raw_jwt(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &jwt_payload,
+            JWT_SECRET,
+            Some(Algorithm::HS256),
+        );
+        cases.push(case(
+            format!("JWT payload with {name}"),
+            json_post("/bsk/status", &token_body(PASSCODE, &token)),
+            Want::Reject(400, "invalid_json"),
+        ));
+        let mut aes_plain = head.clone();
+        aes_plain.extend_from_slice(br#""ticketNo":20221202153322882}"#);
+        cases.push(case(
+            format!("AES plaintext with {name}"),
+            form_post("/bsk/landing", &sealed_form(&aes_plain)),
+            Want::Reject(400, "bad_envelope"),
+        ));
+    }
+    run_table(&mut proc, &app, addr, "target: invalid JSON", &cases).await;
+}
+
+/// An egress listener takes pushes only from its callers (default: loopback 127.0.0.1
+/// and ::1). (Before: any local address could push as the application.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_egress_caller_denied() {
+    let (mut proc, remote, addr) = egress_proc().await;
+    let push = br#"{"userid":9054233544,"ticketNo":20221202153322882,"applicationStatus":3}"#;
+    let cases = vec![
+        case(
+            "push from 127.0.0.200",
+            json_post("/push/direct", push),
+            Want::Reject(403, "caller_denied"),
+        )
+        .from(ip(127, 0, 0, 200)),
+        case(
+            "push from 127.0.0.2",
+            json_post("/push/direct", push),
+            Want::Reject(403, "caller_denied"),
+        )
+        .from(ip(127, 0, 0, 2)),
+    ];
+    run_table(&mut proc, &remote, addr, "target: egress callers", &cases).await;
 }
