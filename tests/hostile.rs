@@ -199,6 +199,7 @@ impl Proc {
             .unwrap_or_else(|e| panic!("{table}: /healthz unreachable: {e}"));
         assert_eq!(h.status, 200, "{table}: /healthz");
         let rss = rss_kib(self.child.id());
+        eprintln!("hostile {table}: sidecar RSS {rss} KiB");
         assert!(
             rss < RSS_LIMIT_KIB,
             "{table}: RSS {rss} KiB over {RSS_LIMIT_KIB} KiB"
@@ -418,10 +419,11 @@ type Check = fn(&Recorded) -> Result<(), String>;
 enum Fwd {
     /// The application sees nothing.
     Nothing,
-    /// Exactly one request with this path and body, plus an extra check.
+    /// Exactly one request with this path and (unless `None`) this body, plus an extra
+    /// check.
     Exact {
         path: String,
-        body: Vec<u8>,
+        body: Option<Vec<u8>>,
         check: Option<Check>,
     },
 }
@@ -458,7 +460,7 @@ fn accepted(name: impl Into<String>, bytes: Vec<u8>, path: &str, body: &[u8]) ->
         want: Want::Status(200),
         fwd: Fwd::Exact {
             path: path.into(),
-            body: body.to_vec(),
+            body: Some(body.to_vec()),
             check: Some(clean_headers),
         },
         drain: false,
@@ -478,7 +480,7 @@ impl Case {
     fn forwarding(mut self, path: &str, body: &[u8]) -> Case {
         self.fwd = Fwd::Exact {
             path: path.into(),
-            body: body.to_vec(),
+            body: Some(body.to_vec()),
             check: Some(clean_headers),
         };
         self
@@ -501,7 +503,7 @@ fn clean_headers(r: &Recorded) -> Result<(), String> {
     if r.headers.get_all("x-bsk-peer").iter().count() != 1 {
         return Err("x-bsk-peer repeated".into());
     }
-    if h("x-request-id").is_none_or(|v| v.is_empty() || v.contains("spoof")) {
+    if !h("x-request-id").is_some_and(|v| !v.is_empty() && !v.contains("spoof")) {
         return Err(format!("x-request-id {:?}", h("x-request-id")));
     }
     if h("content-type") != Some("application/json") {
@@ -643,7 +645,7 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
                 if &r.path != path {
                     problems.push(format!("forwarded to {} (want {path})", r.path));
                 }
-                if r.body.as_ref() != body.as_slice() {
+                if let Some(body) = body.as_ref().filter(|b| r.body.as_ref() != b.as_slice()) {
                     problems.push(format!(
                         "forwarded body {:?} (want {:?})",
                         String::from_utf8_lossy(&r.body),
@@ -1045,7 +1047,7 @@ async fn paths_methods_and_protocol_versions() {
     }
 
     // Protocol versions and garbage.
-    let mut versions = vec![
+    let versions = vec![
         accepted(
             "HTTP/1.0 with Content-Length",
             raw(
@@ -1117,7 +1119,7 @@ async fn paths_methods_and_protocol_versions() {
         ),
         case(
             "bare LF line endings",
-            format!("POST /nothing HTTP/1.1\nHost: x\nContent-Length: 0\n\n").into_bytes(),
+            b"POST /nothing HTTP/1.1\nHost: x\nContent-Length: 0\n\n".to_vec(),
             nf(),
         ),
         accepted(
@@ -1159,9 +1161,6 @@ async fn paths_methods_and_protocol_versions() {
             nf(),
         ),
     ];
-    for v in &mut versions {
-        v.drain = false;
-    }
     run_table(&mut proc, &app, addr, "protocol versions", &versions).await;
 }
 
@@ -1183,7 +1182,7 @@ async fn headers_framing_and_smuggling() {
     let many: Vec<String> = (0..101).map(|i| format!("X-H{i}: v")).collect();
     let mut many_refs: Vec<&str> = vec!["Host: x", ct, &cl];
     many_refs.extend(many.iter().map(String::as_str));
-    let mut headers = vec![
+    let headers = vec![
         ok("control", post(&["Host: x", ct, &cl])),
         case(
             "one header over the size limit",
@@ -1403,9 +1402,6 @@ async fn headers_framing_and_smuggling() {
             Want::Status(400),
         ),
     ];
-    for h in &mut headers {
-        h.drain = false;
-    }
     run_table(&mut proc, &app, addr, "headers", &headers).await;
 
     // Framing and smuggling: the smuggled request is always a valid sealed landing POST,
@@ -1803,7 +1799,7 @@ async fn credentials_envelopes_and_payloads() {
         ("negative numeric passcode", "-376423"),
         ("full-width digits", r#""３７６４２３""#),
         ("passcode with a NUL", r#""376423\u0000""#),
-        ("passcode case-folded letters", r#""376423A""#),
+        ("passcode with a letter appended", r#""376423A""#),
     ] {
         let token = hs256(&claims(API3_FIELDS));
         creds.push(case(
@@ -2080,11 +2076,6 @@ async fn credentials_envelopes_and_payloads() {
             "malformed_claims",
         ),
         (
-            "exp given twice",
-            format!(r#"{{"exp":1,"exp":{},{fields}}}"#, now + 300),
-            "malformed_claims",
-        ),
-        (
             "expired an hour ago",
             format!(r#"{{"iat":{},"exp":{},{fields}}}"#, now - 7200, now - 3600),
             "expired",
@@ -2278,7 +2269,7 @@ async fn credentials_envelopes_and_payloads() {
         ("wrong key", aes_b64(OTHER_KEY, SPEC_IV, plain)),
         ("wrong IV", aes_b64(SPEC_KEY, OTHER_IV, plain)),
         (
-            "key and IV swapped roles",
+            "another department's key and IV",
             aes_b64(OTHER_KEY, OTHER_IV, plain),
         ),
         (
@@ -2723,7 +2714,14 @@ async fn schemas_freshness_allowlist_and_admin() {
         case("the same body again", first, Want::Reject(409, "replayed")),
         case(
             "the same ticket with other content",
-            form1(&t).0.to_vec().into_iter().collect::<Vec<u8>>(),
+            form_post(
+                init,
+                &sealed_form(
+                    api1_payload(&t)
+                        .replace("Arindam Ray", "Someone Else")
+                        .as_bytes(),
+                ),
+            ),
             Want::Reject(409, "replayed"),
         ),
         case(
@@ -2960,78 +2958,38 @@ async fn schemas_freshness_allowlist_and_admin() {
     }
     run_table(&mut proc, &app, addr, "allowlist", &allow).await;
 
-    // Admin: health open, methods and unknown paths refused, nothing forwarded.
+    // Admin: health open, methods and unknown paths refused, nothing forwarded. The Host
+    // is the admin listener's own address, as an operator's tools send it.
     let admin = proc.admin;
+    let host = format!("Host: {admin}");
+    let sealed = sealed_form(LANDING_PLAIN.as_bytes());
     let mut adm = Vec::new();
-    for (name, bytes, want) in [
-        (
-            "GET /healthz",
-            raw("GET /healthz HTTP/1.1", &["Host: x"], b""),
-            Want::Status(200),
-        ),
-        (
-            "GET /readyz",
-            raw("GET /readyz HTTP/1.1", &["Host: x"], b""),
-            Want::Status(200),
-        ),
-        (
-            "GET /metrics",
-            raw("GET /metrics HTTP/1.1", &["Host: x"], b""),
-            Want::Status(200),
-        ),
-        (
-            "HEAD /healthz",
-            raw("HEAD /healthz HTTP/1.1", &["Host: x"], b""),
-            Want::Status(200),
-        ),
-        (
-            "GET /healthz with a query",
-            raw("GET /healthz?x=1 HTTP/1.1", &["Host: x"], b""),
-            Want::Status(200),
-        ),
-        (
-            "POST /metrics",
-            http("POST", "/metrics", &[], b"x"),
-            Want::Status(405),
-        ),
-        (
-            "DELETE /healthz",
-            http("DELETE", "/healthz", &[], b""),
-            Want::Status(405),
-        ),
-        (
-            "PUT /readyz",
-            http("PUT", "/readyz", &[], b""),
-            Want::Status(405),
-        ),
-        (
-            "GET /",
-            raw("GET / HTTP/1.1", &["Host: x"], b""),
-            Want::Status(404),
-        ),
-        (
-            "GET /metrics/../healthz",
-            raw("GET /metrics/../healthz HTTP/1.1", &["Host: x"], b""),
-            Want::Status(404),
-        ),
-        (
-            "GET /bsk/landing on the admin port",
-            raw("GET /bsk/landing HTTP/1.1", &["Host: x"], b""),
-            Want::Status(404),
-        ),
-        (
-            "a sealed landing POST on the admin port",
-            form_post("/bsk/landing", &sealed_form(LANDING_PLAIN.as_bytes())),
-            Want::Status(405),
-        ),
-        (
-            "garbage",
-            b"\x16\x03\x01\x00\x00garbage\r\n\r\n".to_vec(),
-            Want::Status(400),
-        ),
+    for (method, path, body, want) in [
+        ("GET", "/healthz", &b""[..], 200),
+        ("GET", "/readyz", b"", 200),
+        ("GET", "/metrics", b"", 200),
+        ("HEAD", "/healthz", b"", 200),
+        ("GET", "/healthz?x=1", b"", 200),
+        ("POST", "/metrics", b"x", 405),
+        ("DELETE", "/healthz", b"", 405),
+        ("PUT", "/readyz", b"", 405),
+        ("GET", "/", b"", 404),
+        ("GET", "/metrics/../healthz", b"", 404),
+        ("GET", "/bsk/landing", b"", 404),
+        ("POST", "/bsk/landing", &sealed, 405),
     ] {
-        adm.push(case(name, bytes, want));
+        let len = format!("Content-Length: {}", body.len());
+        adm.push(case(
+            format!("{method} {path}"),
+            raw(&format!("{method} {path} HTTP/1.1"), &[&host, &len], body),
+            Want::Status(want),
+        ));
     }
+    adm.push(case(
+        "garbage",
+        b"\x16\x03\x01\x00\x00garbage\r\n\r\n".to_vec(),
+        Want::Status(400),
+    ));
     run_table(&mut proc, &app, admin, "admin", &adm).await;
 }
 
@@ -3062,11 +3020,8 @@ listeners:
         upstream: http://APP/bsk/landing
 "#;
 
-/// How a slow client behaves after connecting.
-enum Slow {
-    /// Writes these pieces with a pause between them, then waits.
-    Trickle(Vec<Vec<u8>>, Duration),
-}
+/// A slow client: writes these pieces with a pause after each, then waits.
+struct Trickle(Vec<Vec<u8>>, Duration);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients() {
@@ -3083,40 +3038,40 @@ async fn slow_clients() {
     let ms = Duration::from_millis;
     let bytes_each = |b: &[u8], n: usize| b.chunks(n).map(<[u8]>::to_vec).collect::<Vec<_>>();
     let full = [head(body.len()), body.clone()].concat();
-    let cases: Vec<(&str, Slow, Want)> = vec![
-        ("silent connection", Slow::Trickle(vec![], ms(0)), Want::Closed),
-        ("only blank lines", Slow::Trickle(vec![b"\r\n\r\n\r\n".to_vec()], ms(0)), Want::Closed),
+    let cases: Vec<(&str, Trickle, Want)> = vec![
+        ("silent connection", Trickle(vec![], ms(0)), Want::Closed),
+        ("only blank lines", Trickle(vec![b"\r\n\r\n\r\n".to_vec()], ms(0)), Want::Closed),
         (
             "half a request line",
-            Slow::Trickle(vec![b"POST /bsk/lan".to_vec()], ms(0)),
+            Trickle(vec![b"POST /bsk/lan".to_vec()], ms(0)),
             Want::Closed,
         ),
         (
             "a head without its blank line",
-            Slow::Trickle(vec![b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n".to_vec()], ms(0)),
+            Trickle(vec![b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n".to_vec()], ms(0)),
             Want::Closed,
         ),
         (
             "a head trickled a few bytes at a time past the deadline",
-            Slow::Trickle(bytes_each(&head(body.len()), 8), ms(40)),
+            Trickle(bytes_each(&head(body.len()), 8), ms(40)),
             Want::Closed,
         ),
         (
             "a body that stops short of its Content-Length",
-            Slow::Trickle(vec![head(body.len()), body[..10].to_vec()], ms(0)),
+            Trickle(vec![head(body.len()), body[..10].to_vec()], ms(0)),
             Want::Reject(408, "body_timeout"),
         ),
         (
             "a body trickled past the deadline",
-            Slow::Trickle(
+            Trickle(
                 [vec![head(body.len())], bytes_each(&body, 16)].concat(),
-                ms(30),
+                ms(40),
             ),
             Want::Reject(408, "body_timeout"),
         ),
         (
             "a chunked body that stops after one chunk",
-            Slow::Trickle(
+            Trickle(
                 vec![
                     b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nagId=\r\n".to_vec(),
                 ],
@@ -3126,7 +3081,7 @@ async fn slow_clients() {
         ),
         (
             "Expect: 100-continue and no body",
-            Slow::Trickle(
+            Trickle(
                 vec![format!(
                     "POST /bsk/landing HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
                     body.len()
@@ -3138,7 +3093,7 @@ async fn slow_clients() {
         ),
         (
             "a complete request sent slowly but within the deadlines",
-            Slow::Trickle(bytes_each(&full, full.len() / 3 + 1), ms(50)),
+            Trickle(bytes_each(&full, full.len() / 3 + 1), ms(20)),
             Want::Status(200),
         ),
     ];
@@ -3146,7 +3101,7 @@ async fn slow_clients() {
     // Concurrently: each case is its own connection and waits on the sidecar's clock.
     let runs = cases.iter().map(|(name, slow, want)| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let Slow::Trickle(pieces, pause) = slow;
+        let Trickle(pieces, pause) = slow;
         for p in pieces {
             if s.write_all(p).await.is_err() {
                 break;
@@ -3597,17 +3552,18 @@ fn sealed_for_peer(r: &Recorded) -> Result<(), String> {
 async fn egress_callers() {
     let (mut proc, remote, addr) = egress_proc().await;
     let push = r#"{"userid":9054233544,"ticketNo":20221202153322882,"applicationStatus":3}"#;
-    let mut cases = Vec::new();
     let mut ok = case(
         "the application's push from 127.0.0.1 is sealed and sent",
         json_post("/push/direct", push.as_bytes()),
         Want::Status(200),
     );
+    // What the peer receives is sealed anew each time: its shape is checked.
     ok.fwd = Fwd::Exact {
         path: "/api/push".into(),
-        body: Vec::new(),
+        body: None,
         check: Some(sealed_for_peer),
     };
+    let mut cases = vec![ok];
     for (name, bytes, want) in [
         (
             "GET on the push route",
@@ -3669,16 +3625,6 @@ async fn egress_callers() {
         cases.push(case(name, bytes, want));
     }
     run_table(&mut proc, &remote, addr, "egress", &cases).await;
-    // The body check above compares the whole body: compare only its shape here.
-    let before = remote.count();
-    let (_, problems) = run_case(&remote, addr, &ok).await;
-    let problems: Vec<_> = problems
-        .into_iter()
-        .filter(|p| !p.starts_with("forwarded body"))
-        .collect();
-    assert!(problems.is_empty(), "{problems:?}");
-    assert_eq!(remote.count(), before + 1);
-    proc.assert_healthy("egress").await;
 }
 
 // =======================================================================================
@@ -4157,6 +4103,7 @@ async fn target_invalid_json_in_signed_and_encrypted_payloads() {
         ),
         ("the number 1e400", br#"{"amount":1e400,"#.to_vec()),
         ("a duplicate key", br#"{"userid":1,"userid":2,"#.to_vec()),
+        ("a duplicate exp claim", br#"{"exp":1,"exp":2,"#.to_vec()),
         (
             "a duplicate key two levels down",
             br#"{"meta":{"a":{"b":1,"b":2}},"#.to_vec(),
