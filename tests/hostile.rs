@@ -8,8 +8,9 @@
 //! no connection open, `/healthz` must answer, the process must still run and its RSS
 //! stay under [`RSS_LIMIT_KIB`].
 //!
-//! The tables named `target_*` pin behaviour the project has decided on but that is not
-//! in every branch yet (see each test's comment).
+//! The tests named `target_*` pin behaviour the project has decided on but that is not
+//! in every branch yet (see each test's comment); `cargo test --test hostile -- --skip
+//! target_` runs the rest.
 
 mod support;
 
@@ -1256,6 +1257,10 @@ async fn headers_framing_and_smuggling() {
         ok(
             "Latin-1 byte in a header value",
             post(&["Host: x", ct, &cl, "X-Name: caf\u{e9}"]),
+        ),
+        ok(
+            "the same Content-Length twice",
+            post(&["Host: x", ct, &cl, &cl]),
         ),
         case(
             "two different Content-Length",
