@@ -101,19 +101,26 @@ pub fn ticket_to_unix(ticket: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + s - IST_OFFSET_SECS)
 }
 
-/// The spelling of a `ticketNo` that replay protection keys on: the 14 digits of its
-/// second. `20221202153322` and `20221202153322882` name one service entry, so a sender
-/// cannot replay one as the other; `None` if it is not a real date and time.
+/// The spelling of a `ticketNo` that replay protection keys on: the 17 digits of its
+/// instant. `20221202153322` and `20221202153322000` are one instant, so a sender cannot
+/// replay one as the other; `20221202153322882` is another. `None` if it is not a real
+/// date and time.
 ///
 /// ```
 /// use bsk_sidecar::guard::fresh::canonical_ticket;
-/// assert_eq!(canonical_ticket("20221202153322882"), Some("20221202153322"));
-/// assert_eq!(canonical_ticket(" 20221202153322 "), Some("20221202153322"));
+/// assert_eq!(canonical_ticket("20221202153322").as_deref(), Some("20221202153322000"));
+/// assert_eq!(canonical_ticket(" 20221202153322000 ").as_deref(), Some("20221202153322000"));
+/// assert_eq!(canonical_ticket("20221202153322882").as_deref(), Some("20221202153322882"));
 /// assert_eq!(canonical_ticket("2022120215332"), None);
 /// ```
-pub fn canonical_ticket(ticket: &str) -> Option<&str> {
+pub fn canonical_ticket(ticket: &str) -> Option<String> {
     ticket_to_unix(ticket)?;
-    ticket.trim().get(..14)
+    let t = ticket.trim();
+    Some(if t.len() == 14 {
+        format!("{t}000")
+    } else {
+        t.to_owned()
+    })
 }
 
 /// The 17-digit `ticketNo` (IST, with milliseconds) for a Unix time in milliseconds.

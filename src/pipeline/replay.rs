@@ -8,7 +8,8 @@
 //!   fresh or not); a token with neither is refused. Replay key: `jti`, else the
 //!   signature — each token is used once — kept until `exp`;
 //! - any other route (API-1's `[form, aes]` landing): the `ticketNo` (an API-2 record's
-//!   `appSubTime`). Replay key: (`userid`, canonical `ticketNo`, `applicationStatus`) —
+//!   `appSubTime`). Replay key: (`userid`, `ticketNo` as 17 digits — the 14-digit
+//!   spelling of one instant is the same key —, `applicationStatus`) —
 //!   a draft and the final submission of one ticket are two requests.
 //!
 //! Keys are scoped per peer and route: API-3 polled twice with two fresh tokens is two
@@ -83,7 +84,7 @@ pub(super) fn admit(
                 .saturating_add(leeway),
             (None, None) => now,
         };
-        (kind, vec![id], until.max(now.saturating_add(1)))
+        (kind, vec![id.to_owned()], until.max(now.saturating_add(1)))
     } else {
         let stamp = match cfg.fresh_on {
             FreshOn::Ticket => ids.ticket_no.as_deref(),
@@ -99,9 +100,9 @@ pub(super) fn admit(
             .saturating_add(window.max_age.as_secs())
             .saturating_add(2 * leeway);
         let parts = vec![
-            ids.userid.as_deref().unwrap_or(""),
+            ids.userid.clone().unwrap_or_default(),
             ticket,
-            ids.application_status.as_deref().unwrap_or(""),
+            ids.application_status.clone().unwrap_or_default(),
         ];
         ("ticket", parts, until)
     };
@@ -109,7 +110,7 @@ pub(super) fn admit(
         return Ok(None);
     };
     let mut parts = vec![cfg.path.as_str()];
-    parts.extend(id);
+    parts.extend(id.iter().map(String::as_str));
     let key = ReplayKey::new(&cfg.peer.name, kind, &parts);
     cache
         .reserve(key, now, expiry)
