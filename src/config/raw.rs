@@ -28,8 +28,14 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// `host:port`, or `off` to run without the admin listener.
-    pub listen: String,
+    /// `host:port`, or `off` to run without the admin listener (default 127.0.0.1:9901).
+    pub listen: Option<String>,
+    /// Bearer token (or HTTP Basic password) for every admin endpoint but the health probes.
+    pub token: Option<RawSecret>,
+    /// `token` (default) or `open`: whether `/metrics` needs the token.
+    pub metrics: Option<String>,
+    /// Admin connections served at once (default 16).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ use super::egress::{peer_tls, route_target, PeerTls, Target};
 use super::raw::*;
 use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::guard::admin_access::{AdminAccess, MetricsAccess};
 use crate::guard::bounds::JsonBounds;
 use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
@@ -27,6 +28,8 @@ use crate::secret::Secret;
 pub struct Settings {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when set to `off`.
     pub admin: Option<SocketAddr>,
+    /// Who may use the admin listener: token, `/metrics` access, connection cap.
+    pub admin_access: AdminAccess,
     pub state_dir: PathBuf,
     /// How long API-7 journal records and push idempotency keys are kept.
     pub journal_retention: Duration,
@@ -356,6 +359,27 @@ fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Op
     }
 }
 
+/// `admin.token`, `admin.metrics`, `admin.max_connections`.
+fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> AdminAccess {
+    let mut access = AdminAccess::default();
+    let Some(raw) = raw else { return access };
+    access.token = raw
+        .token
+        .as_ref()
+        .and_then(|t| secret(check, "admin.token", t, base));
+    match raw.metrics.as_deref() {
+        None | Some("token") => {}
+        Some("open") => access.metrics = MetricsAccess::Open,
+        Some(other) => check.err("admin.metrics", format!("`{other}` is not token or open")),
+    }
+    match raw.max_connections {
+        None => {}
+        Some(0) => check.err("admin.max_connections", "must be at least 1"),
+        Some(n) => access.max_connections = n,
+    }
+    access
+}
+
 fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
     match s.parse() {
         Ok(a) => Some(a),
@@ -515,11 +539,12 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         errors: Vec::new(),
     };
 
-    let admin = match raw.admin {
+    let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_deref()) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
-        Some(a) if a.listen == "off" => None,
-        Some(a) => socket_addr(&mut check, "admin.listen", &a.listen),
+        Some("off") => None,
+        Some(listen) => socket_addr(&mut check, "admin.listen", listen),
     };
+    let admin_access = admin_access(&mut check, raw.admin.as_ref(), base);
     let journal_retention = match raw
         .state
         .as_ref()
@@ -936,6 +961,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     if check.errors.is_empty() {
         Ok(Settings {
             admin,
+            admin_access,
             state_dir,
             journal_retention,
             limits,
