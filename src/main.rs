@@ -220,6 +220,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     match load_or_report(path) {
         Ok(settings) => {
             print!("{}", settings.describe());
+            if let Some(mode) = bsk_sidecar::state_dir::too_open(&settings.state_dir) {
+                println!(
+                    "warning: state.dir {} is mode {mode:o}, wider than 0700: others can list the outbox and replay files; chmod 0700 it",
+                    settings.state_dir.display()
+                );
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
@@ -232,6 +238,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Some(mode) = bsk_sidecar::state_dir::too_open(&settings.state_dir) {
+        tracing::warn!(dir = %settings.state_dir.display(), mode = format!("{mode:o}"), "state.dir is wider than 0700; chmod 0700 it");
+    }
     let config_path = path.to_path_buf();
     let result = tokio_main(async move {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
