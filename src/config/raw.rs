@@ -162,6 +162,10 @@ pub struct RawListener {
     pub trusted_proxies: Option<Vec<String>>,
     /// Connections from `trusted_proxies` start with a PROXY protocol v1/v2 header.
     pub proxy_protocol: Option<bool>,
+    /// Egress listeners: addresses (CIDR) the application may push from (default loopback).
+    pub callers: Option<Vec<String>>,
+    /// Egress listeners: a token the application must send as `X-Sidecar-Token`.
+    pub caller_token: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]

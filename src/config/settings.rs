@@ -17,6 +17,7 @@ use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
 use crate::guard::admin_access::{AdminAccess, MetricsAccess};
 use crate::guard::bounds::JsonBounds;
+use crate::guard::caller::Callers;
 use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
@@ -116,6 +117,8 @@ pub struct ListenerSettings {
     pub trusted_proxies: Option<AllowList>,
     /// Trusted hops send a PROXY protocol header first.
     pub proxy_protocol: bool,
+    /// Who may push on this listener's egress routes (unused without them).
+    pub callers: Arc<Callers>,
 }
 
 impl ListenerSettings {
@@ -378,6 +381,51 @@ fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> A
         Some(n) => access.max_connections = n,
     }
     access
+}
+
+/// A listener's `callers` and `caller_token`: only where it has egress routes.
+fn callers(
+    check: &mut Check<'_>,
+    lp: &str,
+    rl: &RawListener,
+    egress: bool,
+    base: &Path,
+) -> Callers {
+    let mut callers = Callers::default();
+    if !egress {
+        for (field, set) in [
+            ("callers", rl.callers.is_some()),
+            ("caller_token", rl.caller_token.is_some()),
+        ] {
+            if set {
+                check.err(
+                    format!("{lp}.{field}"),
+                    "only a listener with egress routes (`to:`) has callers",
+                );
+            }
+        }
+        return callers;
+    }
+    if let Some(entries) = &rl.callers {
+        callers.nets.clear();
+        for (i, e) in entries.iter().enumerate() {
+            match Callers::parse_entry(e) {
+                Ok(net) => callers.nets.push(net),
+                Err(msg) => check.err(format!("{lp}.callers[{i}]"), msg),
+            }
+        }
+        if entries.is_empty() {
+            check.err(
+                format!("{lp}.callers"),
+                "list at least one address or block",
+            );
+        }
+    }
+    callers.token = rl
+        .caller_token
+        .as_ref()
+        .and_then(|t| secret(check, &format!("{lp}.caller_token"), t, base));
+    callers
 }
 
 fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
@@ -696,6 +744,13 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 );
             }
         }
+        let callers = callers(
+            &mut check,
+            &lp,
+            &rl,
+            rl.routes.iter().any(|r| r.to.is_some()),
+            base,
+        );
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (ri, rr) in rl.routes.into_iter().enumerate() {
@@ -949,6 +1004,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 tls: ops.tls,
                 trusted_proxies: ops.trusted_proxies,
                 proxy_protocol: ops.proxy_protocol,
+                callers: Arc::new(callers),
             });
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod admin_access;
 pub mod bounds;
+pub mod caller;
 pub mod dns;
 pub mod fresh;
 pub mod ip;

@@ -171,6 +171,8 @@ impl Pki {
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    /// The request's headers as the peer got them.
+    pub headers: http::HeaderMap,
     pub plain: Vec<u8>,
     pub at: Instant,
 }
@@ -352,6 +354,7 @@ async fn accept(
 
 async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -385,6 +388,7 @@ async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Respon
         let mut r = state.received.lock().unwrap();
         r.push(Received {
             path,
+            headers,
             plain: plain.clone(),
             at: Instant::now(),
         });
