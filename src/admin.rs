@@ -1,6 +1,10 @@
 //! The admin listener: `/metrics` for Prometheus, `/healthz` (the process is up) and
 //! `/readyz` (listeners are serving and not draining), and the outbox's operator
 //! endpoints (`/outbox`, see [`crate::egress::ops`]). Loopback by default.
+//!
+//! Every request passes [`AdminAccess::check`] first (no `Origin`, a `Host` naming this
+//! listener or loopback, and the `admin.token` except for the health probes), and at most
+//! `admin.max_connections` connections are served at once.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +18,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::error::{error_body, json_response};
+use crate::guard::admin_access::{AdminAccess, Refusal, CHALLENGE};
 use crate::runtime::Runtime;
 
 pub async fn serve(
@@ -26,8 +31,18 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin listening");
+        let access = &rt.settings.admin_access;
+        tracing::info!(
+            %addr,
+            token = access.token.is_some(),
+            metrics = access.metrics.name(),
+            "admin listening"
+        );
+        if access.token.is_none() {
+            tracing::warn!("admin.token is not configured: the /outbox endpoints answer 403");
+        }
     }
+    let slots = Arc::new(Semaphore::new(rt.settings.admin_access.max_connections));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -36,13 +51,29 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // Over the cap, the connection is closed unanswered: operators need a handful.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin connection refused: admin.max_connections reached");
+            continue;
+        };
+        // The names this connection may use in `Host`: as configured and as accepted.
+        let mut names = Vec::with_capacity(2);
+        names.extend(rt.settings.admin);
+        names.extend(stream.local_addr().ok());
         let rt = rt.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let names: Arc<[std::net::SocketAddr]> = names.into();
             let svc = service_fn(move |req| {
                 let rt = rt.clone();
                 let ready = ready.clone();
+                let names = names.clone();
                 async move {
+                    let access = &rt.settings.admin_access;
+                    if let Err(refusal) = access.check(&names, req.uri().path(), req.headers()) {
+                        return Ok::<_, Infallible>(refused(access, refusal));
+                    }
                     // The outbox's operator endpoints (a running sidecar holds the store).
                     let store = rt.egress.as_ref().map(|e| &e.store);
                     let path = req.uri().path();
@@ -59,6 +90,27 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// The JSON answer to a refused admin request; a 401 asks the browser for the token.
+fn refused(access: &AdminAccess, refusal: Refusal) -> Response<Full<Bytes>> {
+    let status = refusal.status();
+    tracing::info!(
+        reason = refusal.reason(),
+        token = access.token.is_some(),
+        "admin request refused"
+    );
+    let mut r = json_response(
+        status,
+        error_body(status, &refusal.to_string(), refusal.reason(), ""),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGE),
+        );
+    }
+    r
 }
 
 fn answer(rt: &Runtime, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {

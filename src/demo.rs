@@ -26,7 +26,7 @@ pub const DEMO_IV: &str = "V0ZMZO6WZ45KY2PL";
 
 /// The embedded default configuration; `{LISTEN}` and `{APP}` are filled in at start.
 pub const DEMO_CONFIG: &str = r#"
-admin: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, metrics: open }
 state: { dir: /tmp/bsk-sidecar-demo }
 peers:
   bsk:

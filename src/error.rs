@@ -57,6 +57,9 @@ pub enum Reject {
     /// The client address is not on the peer's allowlist.
     #[error("client address not allowed")]
     IpDenied,
+    /// Egress: the caller is not the listener's application (`callers`, `caller_token`).
+    #[error("egress caller refused: {0}")]
+    CallerDenied(#[from] crate::guard::caller::CallerDenied),
     /// A token bucket is empty.
     #[error("rate limited ({})", .scope.name())]
     RateLimited {
@@ -146,6 +149,7 @@ impl Reject {
             Reject::NotFound => "not_found",
             Reject::MethodNotAllowed { .. } => "method_not_allowed",
             Reject::IpDenied => "ip_denied",
+            Reject::CallerDenied(_) => "caller_denied",
             Reject::RateLimited { scope, .. } => scope.name(),
             Reject::Overloaded => "overloaded",
             Reject::BodyTooLarge => "body_too_large",
@@ -189,6 +193,7 @@ impl Reject {
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::IpDenied => StatusCode::FORBIDDEN,
+            Reject::CallerDenied(_) => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,6 +232,7 @@ impl Reject {
             Reject::NotFound => "no route for this path",
             Reject::MethodNotAllowed { .. } => "method not allowed on this path",
             Reject::IpDenied => "source address not allowed",
+            Reject::CallerDenied(_) => "caller not allowed on this egress listener",
             Reject::RateLimited { .. } => "too many requests; retry later",
             Reject::Overloaded => "server busy; retry later",
             Reject::BodyTooLarge => "request body too large",
@@ -378,6 +384,11 @@ mod tests {
                 "method_not_allowed",
             ),
             (Reject::IpDenied, 403, "ip_denied"),
+            (
+                Reject::CallerDenied(crate::guard::caller::CallerDenied::Token),
+                403,
+                "caller_denied",
+            ),
             (
                 Reject::RateLimited {
                     scope: RateScope::ClientIp,

@@ -70,5 +70,6 @@ pub mod reload;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod state_dir;
 pub mod systemd;
 pub mod tls;

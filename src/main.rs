@@ -233,6 +233,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     match load_or_report(path) {
         Ok(settings) => {
             print!("{}", settings.describe());
+            if let Some(mode) = bsk_sidecar::state_dir::too_open(&settings.state_dir) {
+                println!(
+                    "warning: state.dir {} is mode {mode:o}, wider than 0700: others can list the outbox and replay files; chmod 0700 it",
+                    settings.state_dir.display()
+                );
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
@@ -245,6 +251,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Some(mode) = bsk_sidecar::state_dir::too_open(&settings.state_dir) {
+        tracing::warn!(dir = %settings.state_dir.display(), mode = format!("{mode:o}"), "state.dir is wider than 0700; chmod 0700 it");
+    }
     let config_path = path.to_path_buf();
     let result = tokio_main(async move {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
@@ -467,7 +476,8 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
         if admin.port() == 0 {
             bail!("the outbox is in use by a running sidecar, and admin.listen uses port 0 so its admin listener cannot be found; give it a fixed port");
         }
-        return tokio_main(outbox_via_admin(admin, action));
+        let token = settings.admin_access.token.clone();
+        return tokio_main(outbox_via_admin(admin, token, action));
     };
     match action {
         OutboxAction::List { json, .. } => {
@@ -492,7 +502,11 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn outbox_via_admin(admin: std::net::SocketAddr, action: OutboxAction) -> anyhow::Result<()> {
+async fn outbox_via_admin(
+    admin: std::net::SocketAddr,
+    token: Option<Secret>,
+    action: OutboxAction,
+) -> anyhow::Result<()> {
     use http_body_util::{BodyExt, Empty};
     let (method, path, id) = match &action {
         OutboxAction::List { .. } => (http::Method::GET, "/outbox".to_string(), 0),
@@ -507,11 +521,18 @@ async fn outbox_via_admin(admin: std::net::SocketAddr, action: OutboxAction) -> 
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, admin.to_string())
-        .body(Empty::<bytes::Bytes>::new())?;
+        .header(http::header::HOST, admin.to_string());
+    if let Some(t) = &token {
+        let value = [b"Bearer ".as_slice(), t.expose()].concat();
+        let mut value = http::HeaderValue::from_bytes(&value)
+            .map_err(|_| anyhow!("admin.token holds characters an HTTP header cannot carry"))?;
+        value.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

@@ -96,6 +96,11 @@ pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
             "admin address changed: applies at the next restart"
         );
     }
+    if old.settings.admin_access != settings.admin_access {
+        tracing::warn!(
+            "admin token, metrics access or max_connections changed: applies at the next restart"
+        );
+    }
     if old.settings.state_dir == settings.state_dir
         && old.settings.limits.max_replay_entries != settings.limits.max_replay_entries
         && old.replay.is_some()

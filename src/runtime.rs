@@ -31,6 +31,8 @@ pub struct ListenerRt {
     pub accept_allow: Option<AllowList>,
     /// HTTPS: the current certificate, carried across config reloads.
     pub tls: Option<Arc<TlsState>>,
+    /// Who may push on the egress routes (`callers`, `caller_token`).
+    pub callers: Arc<crate::guard::caller::Callers>,
 }
 
 pub struct Runtime {
@@ -96,6 +98,7 @@ impl Runtime {
                 addr: l.addr,
                 accept_allow: l.accept_allowlist(),
                 tls,
+                callers: l.callers.clone(),
                 routes: l
                     .routes
                     .iter()

@@ -107,6 +107,7 @@ fn department_example_passes_check() {
         ("bsk_jwt", "department-jwt-secret-0123456789\n"),
         ("bsk_aes_key", SPEC_KEY),
         ("bsk_aes_iv", SPEC_IV),
+        ("admin_token", "department-admin-token\n"),
     ] {
         std::fs::write(creds.join(name), value).unwrap();
     }
@@ -129,6 +130,25 @@ fn department_example_passes_check() {
         missed_data.contains("from bsk [form,aes,passcode]"),
         "{missed_data}"
     );
+    assert!(stdout.contains("protected by admin.token"), "{stdout}");
+    assert!(!stdout.contains("department-admin-token"), "{stdout}");
+
+    // Every credential the config names is handed over by the unit.
+    let yaml = std::fs::read_to_string(repo("config/department.yaml")).unwrap();
+    let unit = std::fs::read_to_string(repo("systemd/bsk-sidecar.service")).unwrap();
+    let names = yaml
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split("credential: ").skip(1))
+        .filter_map(|r| r.split([' ', '}']).next());
+    for name in names {
+        assert!(
+            unit.contains(&format!(
+                "LoadCredential={name}:/etc/bsk-sidecar/credentials/{name}\n"
+            )),
+            "no LoadCredential= for `{name}` in the unit"
+        );
+    }
 
     // Without its certificate the same file is refused, naming the field.
     std::fs::remove_file(dir.path().join("tls.key")).unwrap();
@@ -158,6 +178,7 @@ fn portal_example_passes_check_with_systemd_credentials() {
             std::fs::write(creds.join(format!("{dept}_{name}")), value).unwrap();
         }
     }
+    std::fs::write(creds.join("admin_token"), "portal-admin-token").unwrap();
     let creds_s = creds.display().to_string();
     let out = check(&config, &[("CREDENTIALS_DIRECTORY", &creds_s)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -289,7 +310,7 @@ async fn sidecar_with_every_series(dir: &Path) -> Sidecar {
     let dead_dns = closed_port().await;
     let yaml = format!(
         r#"
-admin: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0, metrics: open }}
 state: {{ dir: {state} }}
 dns: {{ servers: ["{dead_dns}"], timeout: 100ms }}
 peers:

@@ -16,7 +16,7 @@ use support::*;
 
 /// The usual routes: one per wire shape, all in front of `{APP}`.
 const CONFIG: &str = r#"
-admin: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, metrics: open }
 limits:
   per_ip_rate: { per_second: 1000, burst: 1000 }
 peers:
@@ -474,7 +474,7 @@ listeners:
 
 /// A peer reachable only from 127.0.0.2, on a mixed listener and on a strict one.
 const ALLOWLIST_CONFIG: &str = r#"
-admin: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, metrics: open }
 limits:
   per_ip_rate: { per_second: 1000, burst: 1000 }
 peers:

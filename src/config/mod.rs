@@ -92,7 +92,18 @@ impl Settings {
         let mut out = String::new();
         match self.admin {
             Some(a) => {
-                let _ = writeln!(out, "admin    http://{a} (/metrics /healthz /readyz)");
+                let access = &self.admin_access;
+                let protection = if access.token.is_some() {
+                    "protected by admin.token"
+                } else {
+                    "no admin.token: /outbox (and /metrics unless open) answer 403"
+                };
+                let _ = writeln!(
+                    out,
+                    "admin    http://{a} (/metrics /healthz /readyz /outbox) {protection}; metrics={} max_connections={}",
+                    access.metrics.name(),
+                    access.max_connections
+                );
             }
             None => {
                 let _ = writeln!(out, "admin    off");

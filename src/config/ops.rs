@@ -211,6 +211,9 @@ pub fn describe_listener(l: &super::ListenerSettings) -> String {
             out.push_str(" (client certificates required)");
         }
     }
+    if l.routes.iter().any(|r| r.target.is_egress()) {
+        out.push_str(&format!(" callers={}", l.callers));
+    }
     if let Some(p) = &l.trusted_proxies {
         out.push_str(&format!(" trusted_proxies={p}"));
         if l.proxy_protocol {

@@ -28,8 +28,14 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// `host:port`, or `off` to run without the admin listener.
-    pub listen: String,
+    /// `host:port`, or `off` to run without the admin listener (default 127.0.0.1:9901).
+    pub listen: Option<String>,
+    /// Bearer token (or HTTP Basic password) for every admin endpoint but the health probes.
+    pub token: Option<RawSecret>,
+    /// `token` (default) or `open`: whether `/metrics` needs the token.
+    pub metrics: Option<String>,
+    /// Admin connections served at once (default 16).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +172,10 @@ pub struct RawListener {
     pub trusted_proxies: Option<Vec<String>>,
     /// Connections from `trusted_proxies` start with a PROXY protocol v1/v2 header.
     pub proxy_protocol: Option<bool>,
+    /// Egress listeners: addresses (CIDR) the application may push from (default loopback).
+    pub callers: Option<Vec<String>>,
+    /// Egress listeners: a token the application must send as `X-Sidecar-Token`.
+    pub caller_token: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,9 @@ use super::egress::{peer_tls, route_target, PeerTls, Target};
 use super::raw::*;
 use super::ConfigError;
 use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::guard::admin_access::{AdminAccess, MetricsAccess};
 use crate::guard::bounds::JsonBounds;
+use crate::guard::caller::Callers;
 use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
@@ -27,6 +29,8 @@ use crate::secret::Secret;
 pub struct Settings {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when set to `off`.
     pub admin: Option<SocketAddr>,
+    /// Who may use the admin listener: token, `/metrics` access, connection cap.
+    pub admin_access: AdminAccess,
     pub state_dir: PathBuf,
     /// How long API-7 journal records and push idempotency keys are kept.
     pub journal_retention: Duration,
@@ -125,6 +129,8 @@ pub struct ListenerSettings {
     pub trusted_proxies: Option<AllowList>,
     /// Trusted hops send a PROXY protocol header first.
     pub proxy_protocol: bool,
+    /// Who may push on this listener's egress routes (unused without them).
+    pub callers: Arc<Callers>,
 }
 
 impl ListenerSettings {
@@ -370,6 +376,72 @@ fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Op
             None
         }
     }
+}
+
+/// `admin.token`, `admin.metrics`, `admin.max_connections`.
+fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> AdminAccess {
+    let mut access = AdminAccess::default();
+    let Some(raw) = raw else { return access };
+    access.token = raw
+        .token
+        .as_ref()
+        .and_then(|t| secret(check, "admin.token", t, base));
+    match raw.metrics.as_deref() {
+        None | Some("token") => {}
+        Some("open") => access.metrics = MetricsAccess::Open,
+        Some(other) => check.err("admin.metrics", format!("`{other}` is not token or open")),
+    }
+    match raw.max_connections {
+        None => {}
+        Some(0) => check.err("admin.max_connections", "must be at least 1"),
+        Some(n) => access.max_connections = n,
+    }
+    access
+}
+
+/// A listener's `callers` and `caller_token`: only where it has egress routes.
+fn callers(
+    check: &mut Check<'_>,
+    lp: &str,
+    rl: &RawListener,
+    egress: bool,
+    base: &Path,
+) -> Callers {
+    let mut callers = Callers::default();
+    if !egress {
+        for (field, set) in [
+            ("callers", rl.callers.is_some()),
+            ("caller_token", rl.caller_token.is_some()),
+        ] {
+            if set {
+                check.err(
+                    format!("{lp}.{field}"),
+                    "only a listener with egress routes (`to:`) has callers",
+                );
+            }
+        }
+        return callers;
+    }
+    if let Some(entries) = &rl.callers {
+        callers.nets.clear();
+        for (i, e) in entries.iter().enumerate() {
+            match Callers::parse_entry(e) {
+                Ok(net) => callers.nets.push(net),
+                Err(msg) => check.err(format!("{lp}.callers[{i}]"), msg),
+            }
+        }
+        if entries.is_empty() {
+            check.err(
+                format!("{lp}.callers"),
+                "list at least one address or block",
+            );
+        }
+    }
+    callers.token = rl
+        .caller_token
+        .as_ref()
+        .and_then(|t| secret(check, &format!("{lp}.caller_token"), t, base));
+    callers
 }
 
 fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
@@ -621,11 +693,12 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         errors: Vec::new(),
     };
 
-    let admin = match raw.admin {
+    let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_deref()) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
-        Some(a) if a.listen == "off" => None,
-        Some(a) => socket_addr(&mut check, "admin.listen", &a.listen),
+        Some("off") => None,
+        Some(listen) => socket_addr(&mut check, "admin.listen", listen),
     };
+    let admin_access = admin_access(&mut check, raw.admin.as_ref(), base);
     let journal_retention = match raw
         .state
         .as_ref()
@@ -799,6 +872,13 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 );
             }
         }
+        let callers = callers(
+            &mut check,
+            &lp,
+            &rl,
+            rl.routes.iter().any(|r| r.to.is_some()),
+            base,
+        );
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (ri, rr) in rl.routes.into_iter().enumerate() {
@@ -1057,6 +1137,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
                 tls: ops.tls,
                 trusted_proxies: ops.trusted_proxies,
                 proxy_protocol: ops.proxy_protocol,
+                callers: Arc::new(callers),
             });
         }
     }
@@ -1069,6 +1150,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
     if check.errors.is_empty() {
         Ok(Settings {
             admin,
+            admin_access,
             state_dir,
             journal_retention,
             limits,

@@ -195,3 +195,80 @@ fn sizes_and_durations_parse() {
     );
     assert!(settings::parse_duration(&RawDuration::Text("soon".into())).is_err());
 }
+
+#[test]
+fn admin_access_defaults_closed_and_reports_bad_values() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    let a = &s.admin_access;
+    assert!(a.token.is_none());
+    assert_eq!(a.metrics, crate::guard::admin_access::MetricsAccess::Token);
+    assert_eq!(a.max_connections, 16);
+    assert!(s.describe().contains("no admin.token"), "{}", s.describe());
+
+    let yaml = good().replace(
+        "admin: { listen: 127.0.0.1:0 }",
+        r#"admin: { token: "t0ken", metrics: open, max_connections: 4 }"#,
+    );
+    let s = from_yaml(&yaml, "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(s.admin, Some("127.0.0.1:9901".parse().unwrap()));
+    assert!(s
+        .admin_access
+        .token
+        .as_ref()
+        .is_some_and(|t| t.matches(b"t0ken")));
+    let d = s.describe();
+    assert!(
+        d.contains("protected by admin.token") && d.contains("metrics=open"),
+        "{d}"
+    );
+    assert!(!d.contains("t0ken"), "{d}");
+
+    let yaml = good().replace(
+        "admin: { listen: 127.0.0.1:0 }",
+        r#"admin: { listen: 127.0.0.1:0, token: "", metrics: public, max_connections: 0 }"#,
+    );
+    let paths: Vec<String> = errors(&yaml).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        ["admin.token", "admin.metrics", "admin.max_connections"]
+    );
+}
+
+#[test]
+fn callers_belong_to_egress_listeners_only() {
+    let yaml = good().replace(
+        "  - name: public\n    listen: 127.0.0.1:0\n",
+        "  - name: public\n    listen: 127.0.0.1:0\n    callers: [127.0.0.1/32]\n    caller_token: \"x\"\n",
+    );
+    let paths: Vec<String> = errors(&yaml).into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, ["listeners[0].callers", "listeners[0].caller_token"]);
+
+    let egress = |extra: &str| {
+        format!(
+            "{}  - name: egress\n    listen: 127.0.0.1:0\n{extra}    routes:\n      - {{ path: /push, to: bsk, remote: /push, envelope: [token, jwt] }}\n",
+            good().replace("    rate: {", "    url: https://bsk.example/api\n    rate: {")
+        )
+    };
+    let s = from_yaml(&egress(""), "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(
+        s.listeners[1].callers.to_string(),
+        "[127.0.0.1/32, ::1/128]"
+    );
+    assert!(s.describe().contains("callers=[127.0.0.1/32, ::1/128]"));
+    let s = from_yaml(
+        &egress("    callers: [10.0.0.0/8]\n    caller_token: \"app-token\"\n"),
+        "test.yaml",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        s.listeners[1].callers.to_string(),
+        "[10.0.0.0/8] caller_token"
+    );
+    assert!(!s.describe().contains("app-token"));
+    let paths: Vec<String> = errors(&egress("    callers: [app.local, 127.0.0.1]\n"))
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(paths, ["listeners[1].callers[0]"]);
+}

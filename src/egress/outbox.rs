@@ -157,7 +157,7 @@ impl Store {
             path: dir.join(FILE_NAME),
             detail,
         };
-        create_private_dir(dir).map_err(|e| unreadable(format!("state directory: {e}")))?;
+        crate::state_dir::create(dir).map_err(|e| unreadable(format!("state directory: {e}")))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| unreadable(format!("state directory: {e}")))?;
@@ -166,6 +166,11 @@ impl Store {
         if let Some(s) = reg.get(&path).and_then(Weak::upgrade) {
             return Ok(s);
         }
+        // Created 0600 before redb opens it: redb would create it with the umask's mode.
+        crate::state_dir::ensure_private_file(&path).map_err(|e| StoreError::Unreadable {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         let db = match Database::create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -631,21 +636,6 @@ fn find_queued(
         }
     }
     Ok(None)
-}
-
-/// The state directory, created readable by the sidecar's user only (it holds pushes).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Cheap checks that refuse a request before any crypto runs: who may connect
 //! ([`ip`]) and how often ([`rate`]).
 
+pub mod admin_access;
 pub mod bounds;
+pub mod caller;
 pub mod dns;
 pub mod fresh;
 pub mod ip;

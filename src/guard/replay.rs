@@ -32,10 +32,27 @@ impl ReplayKey {
             h.update(p.as_bytes());
         }
         let digest = h.finalize();
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&digest[..16]);
-        ReplayKey(k)
+        ReplayKey(digest.first_chunk::<16>().copied().unwrap_or_default())
     }
+}
+
+/// One journal record: the key, then its expiry (little-endian unix seconds).
+fn record(key: &ReplayKey, expiry: u64) -> [u8; RECORD] {
+    let mut rec = [0u8; RECORD];
+    for (d, s) in rec
+        .iter_mut()
+        .zip(key.0.iter().chain(&expiry.to_le_bytes()))
+    {
+        *d = *s;
+    }
+    rec
+}
+
+/// A journal record read back; `None` for one of the wrong length.
+fn parse_record(rec: &[u8]) -> Option<(ReplayKey, u64)> {
+    let (k, rest) = rec.split_first_chunk::<16>()?;
+    let e = rest.first_chunk::<8>()?;
+    Some((ReplayKey(*k), u64::from_le_bytes(*e)))
 }
 
 /// The request was seen before.
@@ -72,7 +89,7 @@ impl ReplayCache {
 
     /// Opens (or creates) the journal in `dir`, keeping entries still unexpired at `now`.
     pub fn open(dir: &Path, capacity: usize, now: u64) -> io::Result<ReplayCache> {
-        fs::create_dir_all(dir)?;
+        crate::state_dir::create(dir)?;
         let path = dir.join(FILE_NAME);
         let mut entries = Vec::new();
         match File::open(&path) {
@@ -80,14 +97,9 @@ impl ReplayCache {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes)?;
                 // A record cut short by a crash is ignored.
-                for rec in bytes.chunks_exact(RECORD) {
-                    let mut k = [0u8; 16];
-                    k.copy_from_slice(&rec[..16]);
-                    let mut e = [0u8; 8];
-                    e.copy_from_slice(&rec[16..]);
-                    let expiry = u64::from_le_bytes(e);
+                for (k, expiry) in bytes.chunks_exact(RECORD).filter_map(parse_record) {
                     if expiry > now {
-                        entries.push((ReplayKey(k), expiry));
+                        entries.push((k, expiry));
                     }
                 }
             }
@@ -123,10 +135,7 @@ impl ReplayCache {
         }
         self.remember(&mut inner, key, expiry, now);
         if let Some(j) = inner.journal.as_mut() {
-            let mut rec = [0u8; RECORD];
-            rec[..16].copy_from_slice(&key.0);
-            rec[16..].copy_from_slice(&expiry.to_le_bytes());
-            if let Err(e) = j.write_all(&rec) {
+            if let Err(e) = j.write_all(&record(&key, expiry)) {
                 tracing::error!(error = %e, "replay journal write failed; protection continues in memory");
             }
             inner.journal_records += 1;
@@ -201,12 +210,11 @@ impl ReplayCache {
         };
         let tmp = path.with_extension("log.tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::state_dir::create_file(&tmp)?;
             let mut buf = Vec::with_capacity(inner.seen.len() * RECORD);
             for (k, e) in &inner.order {
                 if inner.seen.get(k) == Some(e) {
-                    buf.extend_from_slice(&k.0);
-                    buf.extend_from_slice(&e.to_le_bytes());
+                    buf.extend_from_slice(&record(k, *e));
                 }
             }
             f.write_all(&buf)?;

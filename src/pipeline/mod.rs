@@ -4,6 +4,7 @@
 //!
 //! 1. in-flight cap — a saturated sidecar answers 503 before doing any work;
 //! 2. route — exact path, then method (404 / 405); everything later is per route;
+//!    an egress route then admits only its listener's `callers` (403 `caller_denied`);
 //! 3. allowlist — the peer's networks (unless the route sets `ip_check: false`);
 //! 4. rate limits — per client address, per peer, per route (429 with `Retry-After`);
 //! 5. body — content type fits the envelope, size limit (413), read deadline (408);
@@ -240,6 +241,12 @@ async fn run(
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
         });
+    }
+
+    // Callers: only the listener's application may make the sidecar sign for a peer.
+    if cfg.target.is_egress() {
+        let token = req.headers().get(crate::guard::caller::TOKEN_HEADER);
+        lst.callers.check(client, token.map(|v| v.as_bytes()))?;
     }
 
     // Allowlist: the peer's own networks, even when the listener checked a union at accept.

@@ -35,6 +35,8 @@ use bsk_sidecar::secret::Secret;
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub const PASSCODE: &str = "376423";
+/// `admin.token` of [`config`]: the outbox endpoints and the CLI need it.
+pub const ADMIN_TOKEN: &str = "admin-token-for-egress-tests";
 pub const JWT_SECRET: &str = "egress-integration-jwt-secret-0123456789";
 pub const STACK: [Layer; 2] = [Layer::Token, Layer::Jwt];
 
@@ -169,6 +171,8 @@ impl Pki {
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    /// The request's headers as the peer got them.
+    pub headers: http::HeaderMap,
     pub plain: Vec<u8>,
     pub at: Instant,
 }
@@ -350,6 +354,7 @@ async fn accept(
 
 async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -383,6 +388,7 @@ async fn serve(state: &PeerState, req: Request<hyper::body::Incoming>) -> Respon
         let mut r = state.received.lock().unwrap();
         r.push(Received {
             path,
+            headers,
             plain: plain.clone(),
             at: Instant::now(),
         });
@@ -423,7 +429,7 @@ pub fn config(peer_url: &str, ca: &Path, state: &Path) -> String {
         .expect("free port");
     format!(
         r#"
-admin: {{ listen: "{admin}" }}
+admin: {{ listen: "{admin}", token: "{ADMIN_TOKEN}", metrics: open }}
 state: {{ dir: "{state}" }}
 limits:
   per_ip_rate: {{ per_second: 1000, burst: 1000 }}
@@ -628,6 +634,36 @@ pub async fn request(
     (status, ct, body)
 }
 
+/// One request to the admin listener with extra `headers` (`Host` is the listener's
+/// address unless given); returns status, headers and body.
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Bytes) {
+    let stream = TcpStream::connect(admin).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header(header::HOST, admin.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
+    let resp = tokio::time::timeout(PATIENCE, sender.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
 /// The application's push: plain JSON to an egress route.
 pub async fn push(sc: &Sidecar, route: &str, json: &str) -> (u16, serde_json::Value) {
     let (status, _, body) = request(
@@ -657,8 +693,9 @@ pub fn api2(n: u32, date: &str, status: u8) -> String {
 
 /// The outbox as the admin listener lists it.
 pub async fn outbox(sc: &Sidecar) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
     let (status, _, body) =
-        request(sc.admin, "GET", "/outbox", "application/json", Vec::new()).await;
+        admin_request(sc.admin, "GET", "/outbox", &[("authorization", &auth)]).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).expect("outbox JSON")
 }
