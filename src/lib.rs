@@ -15,6 +15,18 @@
 //! behind a trusted load balancer, [`reload`] swaps the whole runtime on SIGHUP, and
 //! [`systemd`] speaks the service manager's notify protocol.
 #![forbid(unsafe_code)]
+// No panic reachable from input: every slice, index and unwrap in the request path is a
+// checked access instead. A reasoned `allow` marks the few start-up-only exceptions.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::string_slice,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 /// Implements `tokio::io::AsyncWrite` for a wrapper `$ty<S>` by forwarding every call to
 /// its `inner: S` field — for stream wrappers that only watch or rewind reads.

@@ -1,5 +1,15 @@
 //! The `bsk-sidecar` command: run, check, seal, open, keygen, demo.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::string_slice,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,13 +4,13 @@
 //! Every table runs against `bsk-sidecar run --config FILE` on ephemeral 127.0.0.1 ports
 //! with a recording stand-in application. After every case the recorder proves that
 //! nothing reached the application that should not have (and, for accepted cases, exactly
-//! what was forwarded); after every table `/metrics` must show no request in flight and
+//! what was forwarded); after every table `/metrics` (open to scrapers in these configs:
+//! `admin.metrics: open`) must show no request in flight and
 //! no connection open, `/healthz` must answer, the process must still run and its RSS
 //! stay under [`RSS_LIMIT_KIB`].
 //!
-//! The tests named `target_*` pin behaviour the project has decided on but that is not
-//! in every branch yet (see each test's comment); `cargo test --test hostile -- --skip
-//! target_` runs the rest.
+//! The tests named `regression_*` pin what the outside review found, one per defect; each
+//! comment says what the sidecar did before its fix.
 
 mod support;
 
@@ -779,7 +779,7 @@ const PEER: &str = r#"
 fn main_config() -> String {
     format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
 state: {{ dir: "STATE" }}
 limits:
   per_ip_rate: {{ per_second: 100000, burst: 100000 }}
@@ -2999,10 +2999,12 @@ async fn schemas_freshness_allowlist_and_admin() {
         ("POST", "/metrics", b"x", 405),
         ("DELETE", "/healthz", b"", 405),
         ("PUT", "/readyz", b"", 405),
-        ("GET", "/", b"", 404),
-        ("GET", "/metrics/../healthz", b"", 404),
-        ("GET", "/bsk/landing", b"", 404),
-        ("POST", "/bsk/landing", &sealed, 405),
+        // Anything but the open probes needs the token first: without one configured,
+        // no other path (known or not) is even routed.
+        ("GET", "/", b"", 403),
+        ("GET", "/metrics/../healthz", b"", 403),
+        ("GET", "/bsk/landing", b"", 403),
+        ("POST", "/bsk/landing", &sealed, 403),
     ] {
         let len = format!("Content-Length: {}", body.len());
         adm.push(case(
@@ -3023,7 +3025,7 @@ async fn schemas_freshness_allowlist_and_admin() {
 // Slow clients.
 
 const SLOW_CONFIG: &str = r#"
-admin: { listen: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0", metrics: open }
 state: { dir: "STATE" }
 limits:
   per_ip_rate: { per_second: 100000, burst: 100000 }
@@ -3196,7 +3198,7 @@ async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>)
 fn proxy_config() -> String {
     format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
 state: {{ dir: "STATE" }}
 limits:
   per_ip_rate: {{ per_second: 100000, burst: 100000 }}
@@ -3524,7 +3526,7 @@ async fn forwarded_addresses_and_proxy_protocol() {
 fn egress_config() -> String {
     format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
 state: {{ dir: "STATE" }}
 limits:
   per_ip_rate: {{ per_second: 100000, burst: 100000 }}
@@ -3662,11 +3664,11 @@ async fn egress_callers() {
 /// (Before: the peer bucket is charged first, and the API-3 call gets 429
 /// `rate_limited_peer`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_peer_rate_charged_after_the_envelope() {
+async fn regression_peer_rate_charged_after_the_envelope() {
     let app = Upstream::start(Behaviour::Echo).await;
     let yaml = format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
 state: {{ dir: "STATE" }}
 limits:
   per_ip_rate: {{ per_second: 100000, burst: 100000 }}
@@ -3711,7 +3713,7 @@ listeners:
         &mut proc,
         &app,
         addr,
-        "target: peer rate after envelope",
+        "regression: peer rate after envelope",
         &cases,
     )
     .await;
@@ -3720,7 +3722,7 @@ listeners:
 fn default_fresh_config() -> String {
     format!(
         r#"
-admin: {{ listen: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
 state: {{ dir: "STATE" }}
 limits:
   per_ip_rate: {{ per_second: 100000, burst: 100000 }}
@@ -3739,7 +3741,7 @@ listeners:
 /// `fresh:`; JWT lifetimes bounded by `jwt.max_lifetime` (1h). (Before: only API-1 and
 /// API-2 schema routes had them; repeats are forwarded, huge `exp` values accepted.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_freshness_and_replay_by_default() {
+async fn regression_freshness_and_replay_by_default() {
     let app = Upstream::start(Behaviour::Echo).await;
     let mut proc = Proc::start(&default_fresh_config(), &[("APP", app.addr.to_string())]).await;
     let addr = proc.addr("public");
@@ -3822,7 +3824,7 @@ async fn target_freshness_and_replay_by_default() {
         &mut proc,
         &app,
         addr,
-        "target: freshness and replay by default",
+        "regression: freshness and replay by default",
         &cases,
     )
     .await;
@@ -3832,7 +3834,7 @@ async fn target_freshness_and_replay_by_default() {
 /// peer's corrected retry goes through. (Before: the check slices inside a character and
 /// the connection resets.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_service_code_in_latin1_letters() {
+async fn regression_service_code_in_latin1_letters() {
     let (mut proc, app, addr) = main_proc().await;
     let mut cases = Vec::new();
     for (api, path) in [
@@ -3867,13 +3869,13 @@ async fn target_service_code_in_latin1_letters() {
             plain.as_bytes(),
         ));
     }
-    run_table(&mut proc, &app, addr, "target: serviceCode ÀÀÀ", &cases).await;
+    run_table(&mut proc, &app, addr, "regression: serviceCode ÀÀÀ", &cases).await;
 }
 
 /// The rejection metric says `bad_envelope` for every form/AES failure, like the answer.
 /// (Before: the label named the failing step: `bad_padding`, `not_utf8`, ...)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_rejection_metric_hides_the_aes_step() {
+async fn regression_rejection_metric_hides_the_aes_step() {
     let (mut proc, app, addr) = main_proc().await;
     let lp = "/bsk/landing";
     let good = aes_b64(SPEC_KEY, SPEC_IV, LANDING_PLAIN.as_bytes());
@@ -3903,7 +3905,14 @@ async fn target_rejection_metric_hides_the_aes_step() {
     .into_iter()
     .map(|(name, bytes)| case(name, bytes, Want::Reject(400, "bad_envelope")))
     .collect();
-    run_table(&mut proc, &app, addr, "target: rejection metric", &cases).await;
+    run_table(
+        &mut proc,
+        &app,
+        addr,
+        "regression: rejection metric",
+        &cases,
+    )
+    .await;
     let metrics = proc.metrics().await;
     let reasons: Vec<&str> = metrics
         .lines()
@@ -3919,11 +3928,11 @@ async fn target_rejection_metric_hides_the_aes_step() {
 /// cross-origin requests and foreign Host names are refused, health stays open.
 /// (Before: `admin.token` is not a configuration key.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_admin_token_origin_and_host() {
+async fn regression_admin_token_origin_and_host() {
     let remote = Upstream::start(Behaviour::Echo).await;
     let token = "admin-token-for-the-hostile-corpus";
     let yaml = egress_config().replace(
-        r#"admin: { listen: "127.0.0.1:0" }"#,
+        r#"admin: { listen: "127.0.0.1:0", metrics: open }"#,
         &format!(r#"admin: {{ listen: "127.0.0.1:0", token: "{token}" }}"#),
     );
     let mut proc =
@@ -3973,14 +3982,14 @@ async fn target_admin_token_origin_and_host() {
             Want::Status(200),
         ),
     ];
-    run_table(&mut proc, &remote, admin, "target: admin token", &cases).await;
+    run_table(&mut proc, &remote, admin, "regression: admin token", &cases).await;
 }
 
 /// Only allowlisted client headers reach the application, the query is dropped, and
 /// ambiguous requests are refused. (Before: every non-hop header and the query string
 /// were forwarded; Content-Encoding, a second X-Passcode and a second Host passed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_query_and_header_allowlist() {
+async fn regression_query_and_header_allowlist() {
     let app = Upstream::start(Behaviour::Echo).await;
     let yaml = main_config().replace(
         "      - path: /bsk/initiate\n",
@@ -4104,7 +4113,7 @@ async fn target_query_and_header_allowlist() {
         &mut proc,
         &app,
         addr,
-        "target: query and header allowlist",
+        "regression: query and header allowlist",
         &cases,
     )
     .await;
@@ -4114,7 +4123,7 @@ async fn target_query_and_header_allowlist() {
 /// UTF-8, no number beyond f64, no duplicate key at any depth. (Before: several of these
 /// were forwarded, or answered 401 `malformed_claims`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_invalid_json_in_signed_and_encrypted_payloads() {
+async fn regression_invalid_json_in_signed_and_encrypted_payloads() {
     let (mut proc, app, addr) = main_proc().await;
     let now = unix_now();
     let times = || {
@@ -4163,13 +4172,13 @@ async fn target_invalid_json_in_signed_and_encrypted_payloads() {
             Want::Reject(400, "bad_envelope"),
         ));
     }
-    run_table(&mut proc, &app, addr, "target: invalid JSON", &cases).await;
+    run_table(&mut proc, &app, addr, "regression: invalid JSON", &cases).await;
 }
 
 /// An egress listener takes pushes only from its callers (default: loopback 127.0.0.1
 /// and ::1). (Before: any local address could push as the application.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_egress_caller_denied() {
+async fn regression_egress_caller_denied() {
     let (mut proc, remote, addr) = egress_proc().await;
     let push = br#"{"userid":9054233544,"ticketNo":20221202153322882,"applicationStatus":3}"#;
     let cases = vec![
@@ -4186,5 +4195,12 @@ async fn target_egress_caller_denied() {
         )
         .from(ip(127, 0, 0, 2)),
     ];
-    run_table(&mut proc, &remote, addr, "target: egress callers", &cases).await;
+    run_table(
+        &mut proc,
+        &remote,
+        addr,
+        "regression: egress callers",
+        &cases,
+    )
+    .await;
 }

@@ -19,7 +19,7 @@ use support::*;
 /// The shipped shapes, with nothing relaxed: landing `[form, aes]` without `ip_check`,
 /// API-3 and API-1 behind `[token, jwt]`, an API-1 schema route.
 const CONFIG: &str = r#"
-admin: { listen: 127.0.0.1:0 }
+admin: { listen: 127.0.0.1:0, metrics: open }
 limits:
   per_ip_rate: { per_second: 1000, burst: 1000 }
 peers:

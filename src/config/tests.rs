@@ -272,3 +272,62 @@ fn callers_belong_to_egress_listeners_only() {
         .collect();
     assert_eq!(paths, ["listeners[1].callers[0]"]);
 }
+
+#[test]
+fn a_short_jwt_secret_is_refused_unless_explicitly_allowed() {
+    let short = good().replace("jwt-secret-for-tests-0123456789abcdef", "sixteen-byte-key");
+    let errs = errors(&short);
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "peers.bsk.jwt.secret" && e.message.contains("16 bytes")),
+        "{errs:?}"
+    );
+    let allowed = short.replace("leeway: 30s }", "leeway: 30s, allow_short_secret: true }");
+    let s = from_yaml(&allowed, "test.yaml", Path::new(".")).unwrap();
+    assert!(s
+        .relaxations()
+        .iter()
+        .any(|w| w.contains("peer bsk: JWT secret shorter")));
+}
+
+#[test]
+fn every_ingress_route_is_fresh_and_replay_protected_by_default() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    for r in &s.listeners[0].routes {
+        assert!(r.fresh.is_some() && r.replay, "{} unprotected", r.path);
+        assert!(r.forward_headers.is_empty() && !r.pass_query, "{}", r.path);
+    }
+    assert!(s.relaxations().is_empty(), "{:?}", s.relaxations());
+    assert_eq!(
+        s.peers["bsk"].max_token_lifetime,
+        std::time::Duration::from_secs(3600)
+    );
+    let off = good().replace(
+        "        ip_check: false\n",
+        "        ip_check: false\n        fresh: \"off\"\n",
+    );
+    let s = from_yaml(&off, "test.yaml", Path::new(".")).unwrap();
+    assert!(s.listeners[0].routes[0].fresh.is_none());
+    assert_eq!(s.relaxations().len(), 1, "{:?}", s.relaxations());
+}
+
+#[test]
+fn forward_headers_cannot_name_what_the_sidecar_owns() {
+    for (name, why) in [
+        ("X-BSK-Peer", "set by the sidecar"),
+        ("x-forwarded-for", "set by the sidecar"),
+        ("Authorization", "set by the sidecar"),
+        ("X_BSK_Peer", "underscore"),
+    ] {
+        let yaml = good().replace(
+            "        max_body: 64KiB\n",
+            &format!("        max_body: 64KiB\n        forward_headers: [{name}]\n"),
+        );
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.path.ends_with("forward_headers[0]") && e.message.contains(why)),
+            "{name}: {errs:?}"
+        );
+    }
+}
