@@ -60,6 +60,9 @@ pub enum Reject {
     /// Egress: the caller is not the listener's application (`callers`, `caller_token`).
     #[error("egress caller refused: {0}")]
     CallerDenied(#[from] crate::guard::caller::CallerDenied),
+    /// mTLS: the client certificate is not the one bound to the route's peer.
+    #[error("client certificate refused: {0}")]
+    CertDenied(#[from] crate::guard::client_cert::CertDenied),
     /// A token bucket is empty.
     #[error("rate limited ({})", .scope.name())]
     RateLimited {
@@ -150,6 +153,7 @@ impl Reject {
             Reject::MethodNotAllowed { .. } => "method_not_allowed",
             Reject::IpDenied => "ip_denied",
             Reject::CallerDenied(_) => "caller_denied",
+            Reject::CertDenied(_) => "client_cert_denied",
             Reject::RateLimited { scope, .. } => scope.name(),
             Reject::Overloaded => "overloaded",
             Reject::BodyTooLarge => "body_too_large",
@@ -194,6 +198,7 @@ impl Reject {
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::IpDenied => StatusCode::FORBIDDEN,
             Reject::CallerDenied(_) => StatusCode::FORBIDDEN,
+            Reject::CertDenied(_) => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -233,6 +238,7 @@ impl Reject {
             Reject::MethodNotAllowed { .. } => "method not allowed on this path",
             Reject::IpDenied => "source address not allowed",
             Reject::CallerDenied(_) => "caller not allowed on this egress listener",
+            Reject::CertDenied(_) => "client certificate not allowed for this peer",
             Reject::RateLimited { .. } => "too many requests; retry later",
             Reject::Overloaded => "server busy; retry later",
             Reject::BodyTooLarge => "request body too large",
@@ -388,6 +394,11 @@ mod tests {
                 Reject::CallerDenied(crate::guard::caller::CallerDenied::Token),
                 403,
                 "caller_denied",
+            ),
+            (
+                Reject::CertDenied(crate::guard::client_cert::CertDenied::Name),
+                403,
+                "client_cert_denied",
             ),
             (
                 Reject::RateLimited {

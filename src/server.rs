@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::guard::client_cert::PresentedCert;
 use crate::guard::ip::canonical;
 use crate::guard::proxy::{self, ProxyHeader, Rewind};
 use crate::pipeline::{self, InFlight};
@@ -374,6 +375,7 @@ async fn open_connection(
         xff: via_proxy && !proxy_protocol,
         in_flight,
         stop,
+        client_cert: None,
         _slot: slot,
         _done: done,
     };
@@ -382,7 +384,24 @@ async fn open_connection(
         Some(tls) => {
             let handshake = tls.acceptor().accept(stream);
             match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
-                Ok(Ok(tls_stream)) => serve_http(conn, tls_stream).await,
+                Ok(Ok(tls_stream)) => {
+                    // Read once per connection; the pipeline matches it to a peer's binding.
+                    let client_cert = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| PresentedCert::from_der(leaf))
+                        .map(Arc::new);
+                    serve_http(
+                        Conn {
+                            client_cert,
+                            ..conn
+                        },
+                        tls_stream,
+                    )
+                    .await
+                }
                 Ok(Err(e)) => {
                     refuse("tls_handshake");
                     tracing::info!(listener = %lst.name, client = %client, error = %e, "TLS handshake failed");
@@ -406,6 +425,8 @@ struct Conn {
     xff: bool,
     in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
+    /// mTLS: what the client's certificate says, for the peer binding check.
+    client_cert: Option<Arc<PresentedCert>>,
     _slot: ConnSlot,
     _done: mpsc::Sender<()>,
 }
@@ -464,6 +485,7 @@ where
         xff,
         in_flight,
         mut stop,
+        client_cert,
         ..
     } = conn;
     let rt = live.load();
@@ -486,7 +508,10 @@ where
     });
     let svc = {
         let activity = activity.clone();
-        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            if let Some(c) = &client_cert {
+                req.extensions_mut().insert(c.clone());
+            }
             // Each request runs to the end on the runtime current when it started.
             let rt = live.load();
             let trusted = rt

@@ -644,3 +644,156 @@ async fn proxy_protocol_header_comes_before_the_tls_handshake() {
         1
     );
 }
+
+/// A client certificate with `cn`, optionally a DNS SAN, issued by `issuer`.
+fn client_named(
+    pki: &Pki,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    file: &str,
+    cn: &str,
+    san: &[&str],
+) -> Issued {
+    let mut p =
+        CertificateParams::new(san.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    issue(issuer, p, &pki.dir, file)
+}
+
+/// Base64 SHA-256 of the certificate's SubjectPublicKeyInfo, as `spki_sha256` takes it.
+fn spki_pin(issued: &Issued) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    // From the private key (rcgen), independently of how the sidecar reads certificates.
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&issued.key).unwrap()).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
+}
+
+/// A sealed API-1 form POST to `path` over TLS with `client`'s certificate: the status.
+async fn post_form(
+    addr: SocketAddr,
+    roots: &[&Path],
+    client: &Issued,
+    path: &str,
+) -> (u16, String) {
+    let body = support::form_body(
+        "BSK",
+        &support::aes_b64(
+            support::SPEC_KEY,
+            support::SPEC_IV,
+            support::TICKET_PLAIN.as_bytes(),
+        ),
+    );
+    let run = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = TlsConnector::from(client_config(roots, Some(client), BOTH))
+            .connect(name, tcp)
+            .await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(&body).await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+    };
+    let answer = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("in time")
+        .expect("exchange");
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {answer}"));
+    (status, answer)
+}
+
+#[tokio::test]
+async fn a_peers_bound_certificate_cannot_send_as_another_peer() {
+    let pki = Pki::new();
+    install(&pki, &pki.server("srv", "srv"));
+    let clients_ca = ca("department clients CA");
+    std::fs::write(pki.path("clients-ca.pem"), clients_ca.pem()).unwrap();
+    let dept_a = client_named(&pki, &clients_ca, "dept-a", "Dept-A", &[]);
+    let dept_b = client_named(&pki, &clients_ca, "dept-b", "other", &["dept-b.example.in"]);
+    // Same names as B, another key: passes the handshake and the name, not B's pin.
+    let b_lookalike = client_named(
+        &pki,
+        &clients_ca,
+        "b-lookalike",
+        "other",
+        &["dept-b.example.in"],
+    );
+    let app = support::Upstream::start(support::Behaviour::Echo).await;
+    let key = r#"{ key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }"#;
+    let yaml = format!(
+        r#"
+admin: {{ listen: "off" }}
+state: {{ dir: {state} }}
+peers:
+  dept_a:
+    agid: BSK
+    aes: {{ keys: [ {key} ] }}
+    tls_client: {{ names: [dept-a] }}
+  dept_b:
+    agid: BSK
+    aes: {{ keys: [ {key} ] }}
+    tls_client: {{ names: [DEPT-B.example.in], spki_sha256: ["{pin}"] }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    tls: {{ cert: {cert}, key: {tls_key}, client_ca: {client_ca}, watch: off }}
+    routes:
+      - {{ path: /a/landing, from: dept_a, envelope: [form, aes], ip_check: false, upstream: "http://{app}/a" }}
+      - {{ path: /b/landing, from: dept_b, envelope: [form, aes], ip_check: false, upstream: "http://{app}/b" }}
+"#,
+        state = pki.path("state").display(),
+        pin = spki_pin(&dept_b),
+        cert = pki.path("server.crt").display(),
+        tls_key = pki.path("server.key").display(),
+        client_ca = pki.path("clients-ca.pem").display(),
+        app = app.addr,
+    );
+    let sc = Sidecar::start(&yaml, &[]).await;
+    let roots = [pki.ca_file()];
+    let roots: Vec<&Path> = roots.iter().map(|p| p.as_path()).collect();
+
+    assert_eq!(
+        post_form(sc.addr, &roots, &dept_a, "/a/landing").await.0,
+        200
+    );
+    assert_eq!(
+        post_form(sc.addr, &roots, &dept_b, "/b/landing").await.0,
+        200
+    );
+    assert_eq!(app.count(), 2);
+    for (who, cert, path) in [
+        ("A as B", &dept_a, "/b/landing"),
+        ("B as A", &dept_b, "/a/landing"),
+        ("B's names, another key", &b_lookalike, "/b/landing"),
+    ] {
+        let (status, answer) = post_form(sc.addr, &roots, cert, path).await;
+        assert_eq!(status, 403, "{who}: {answer}");
+        assert!(
+            answer.contains(r#""reason":"client_cert_denied""#),
+            "{who}: {answer}"
+        );
+    }
+    assert_eq!(app.count(), 2, "a refused request reached the application");
+
+    // Binding a certificate on a listener that does not ask for one is a config error.
+    let no_mtls = yaml.replace(
+        &format!(", client_ca: {}", pki.path("clients-ca.pem").display()),
+        "",
+    );
+    let errs =
+        bsk_sidecar::config::from_yaml(&no_mtls, "t.yaml", Path::new(".")).expect_err("refused");
+    assert!(
+        errs.iter().any(|e| e.path == "listeners[0].tls.client_ca"),
+        "{errs:?}"
+    );
+}

@@ -131,6 +131,14 @@ impl Settings {
                 if p.keys.jwt.is_some() { "yes" } else { "no" },
                 if p.keys.passcode.is_some() { "yes" } else { "no" },
             );
+            if let Some(b) = &p.client_cert {
+                let _ = writeln!(
+                    out,
+                    "         {name}: client certificate bound: names [{}], {} key pin(s)",
+                    b.names.join(", "),
+                    b.spki_sha256.len()
+                );
+            }
         }
         for l in &self.listeners {
             let accept = if l.accept_allowlist().is_some() {

@@ -111,6 +111,17 @@ pub struct RawPeer {
     pub url: Option<String>,
     /// Outbound TLS to `url`: private CA bundle, client certificate.
     pub tls: Option<RawPeerTls>,
+    /// Ingress on an mTLS listener: the client certificate that is this peer's.
+    pub tls_client: Option<RawTlsClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsClient {
+    /// Subject CN or DNS SAN names, any of which the certificate must carry.
+    pub names: Option<Vec<String>>,
+    /// Base64 SHA-256 pins of the certificate's public key (SPKI), any of which must match.
+    pub spki_sha256: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

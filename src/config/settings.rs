@@ -18,6 +18,7 @@ use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
 use crate::guard::admin_access::{AdminAccess, MetricsAccess};
 use crate::guard::bounds::JsonBounds;
 use crate::guard::caller::Callers;
+use crate::guard::client_cert::CertBinding;
 use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
@@ -111,6 +112,8 @@ pub struct Peer {
     pub max_token_lifetime: Duration,
     /// `jwt.allow_short_secret: true` was needed for this peer's secret (warned at start).
     pub short_jwt_secret: bool,
+    /// Ingress over mTLS: the client certificate bound to this peer (`tls_client`).
+    pub client_cert: Option<CertBinding>,
 }
 
 /// `jwt.max_lifetime` when not written.
@@ -606,6 +609,7 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
         }
     });
     let tls = peer_tls(check, &p, raw.tls, base);
+    let client_cert = raw.tls_client.map(|t| cert_binding(check, &p, t));
     if check.errors.len() > before {
         return None;
     }
@@ -624,6 +628,7 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
         sign_exp,
         max_token_lifetime,
         short_jwt_secret,
+        client_cert,
     })
 }
 
@@ -683,6 +688,31 @@ fn forward_headers(
         }
     }
     out
+}
+
+/// A peer's `tls_client`: names and/or SPKI pins, at least one.
+fn cert_binding(check: &mut Check<'_>, p: &str, raw: RawTlsClient) -> CertBinding {
+    let mut b = CertBinding::default();
+    for (i, n) in raw.names.iter().flatten().enumerate() {
+        let n = n.trim();
+        if n.is_empty() {
+            check.err(format!("{p}.tls_client.names[{i}]"), "empty name");
+        }
+        b.names.push(n.to_ascii_lowercase());
+    }
+    for (i, pin) in raw.spki_sha256.iter().flatten().enumerate() {
+        match CertBinding::parse_pin(pin) {
+            Ok(d) => b.spki_sha256.push(d),
+            Err(e) => check.err(format!("{p}.tls_client.spki_sha256[{i}]"), e),
+        }
+    }
+    if raw.names.iter().chain(&raw.spki_sha256).all(Vec::is_empty) {
+        check.err(
+            format!("{p}.tls_client"),
+            "list `names` (subject CN / DNS SAN) or `spki_sha256` pins",
+        );
+    }
+    b
 }
 
 /// Validates the raw config. `origin` names the file in messages; `base` resolves
@@ -1128,6 +1158,20 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
             super::ops::listener(&lp, rl.tls, rl.trusted_proxies, rl.proxy_protocol, base);
         for (path, msg) in problems {
             check.err(path, msg);
+        }
+        // A certificate bound to a peer needs a listener that asks for certificates.
+        if !ops.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            for r in routes.iter().filter(|r| !r.target.is_egress()) {
+                if r.peer.client_cert.is_some() {
+                    check.err(
+                        format!("{lp}.tls.client_ca"),
+                        format!(
+                            "route {} is from peer `{}`, which binds a client certificate (tls_client): this listener must require client certificates",
+                            r.path, r.peer.name
+                        ),
+                    );
+                }
+            }
         }
         if let Some(addr) = addr {
             listeners.push(ListenerSettings {

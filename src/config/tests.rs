@@ -331,3 +331,21 @@ fn forward_headers_cannot_name_what_the_sidecar_owns() {
         );
     }
 }
+
+#[test]
+fn tls_client_needs_names_or_pins_that_parse() {
+    let yaml = good().replace(
+        "    rate: { per_second: 50, burst: 100 }\n",
+        "    rate: { per_second: 50, burst: 100 }\n    tls_client: { names: [], spki_sha256: [\"c2hvcnQ=\"] }\n",
+    );
+    let errs = errors(&yaml);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["peers.bsk.tls_client.spki_sha256[0]"], "{errs:?}");
+    let yaml = good().replace(
+        "    rate: { per_second: 50, burst: 100 }\n",
+        "    rate: { per_second: 50, burst: 100 }\n    tls_client: {}\n",
+    );
+    let errs = errors(&yaml);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["peers.bsk.tls_client"], "{errs:?}");
+}

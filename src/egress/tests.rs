@@ -67,6 +67,7 @@ fn replies_on_a_passcode_stack_open_without_a_passcode() {
         sign_exp: None,
         max_token_lifetime: crate::config::settings::DEFAULT_TOKEN_LIFETIME,
         short_jwt_secret: false,
+        client_cert: None,
     };
     let stack = [Layer::Form, Layer::Aes, Layer::Passcode];
     let answer = br#"{"status":"S","statusCode":"200"}"#;

@@ -4,6 +4,7 @@
 pub mod admin_access;
 pub mod bounds;
 pub mod caller;
+pub mod client_cert;
 pub mod dns;
 pub mod fresh;
 pub mod ip;

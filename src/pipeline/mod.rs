@@ -4,7 +4,8 @@
 //!
 //! 1. in-flight cap — a saturated sidecar answers 503 before doing any work;
 //! 2. route — exact path, then method (404 / 405); everything later is per route;
-//!    an egress route then admits only its listener's `callers` (403 `caller_denied`);
+//!    an egress route then admits only its listener's `callers` (403 `caller_denied`),
+//!    an ingress route on mTLS only its peer's bound certificate (403 `client_cert_denied`);
 //! 3. allowlist — the peer's networks (unless the route sets `ip_check: false`);
 //! 4. rate limits — per client address, per peer, per route (429 with `Retry-After`);
 //! 5. body — content type fits the envelope, size limit (413), read deadline (408);
@@ -40,6 +41,7 @@ use prometheus::IntGauge;
 use crate::config::{Remote, ResponseMode, Target};
 use crate::envelope::{self, BodyShape, Failure, Incoming as Sealed, Layer};
 use crate::error::{Fault, RateScope, Reject};
+use crate::guard::client_cert::PresentedCert;
 use crate::guard::schema::{self, Mode as SchemaMode};
 use crate::runtime::{ListenerRt, RouteRt, Runtime};
 
@@ -247,6 +249,12 @@ async fn run(
     if cfg.target.is_egress() {
         let token = req.headers().get(crate::guard::caller::TOKEN_HEADER);
         lst.callers.check(client, token.map(|v| v.as_bytes()))?;
+    }
+
+    // Client certificate: on mTLS, only the certificate bound to this peer (`tls_client`).
+    if let (Some(binding), false) = (&cfg.peer.client_cert, cfg.target.is_egress()) {
+        let presented = req.extensions().get::<Arc<PresentedCert>>();
+        binding.check(presented.map(|c| &**c))?;
     }
 
     // Allowlist: the peer's own networks, even when the listener checked a union at accept.
