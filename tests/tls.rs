@@ -748,8 +748,8 @@ listeners:
     listen: 127.0.0.1:0
     tls: {{ cert: {cert}, key: {tls_key}, client_ca: {client_ca}, watch: off }}
     routes:
-      - {{ path: /a/landing, from: dept_a, envelope: [form, aes], ip_check: false, upstream: "http://{app}/a" }}
-      - {{ path: /b/landing, from: dept_b, envelope: [form, aes], ip_check: false, upstream: "http://{app}/b" }}
+      - {{ path: /a/landing, from: dept_a, fresh: off, envelope: [form, aes], ip_check: false, upstream: "http://{app}/a" }}
+      - {{ path: /b/landing, from: dept_b, fresh: off, envelope: [form, aes], ip_check: false, upstream: "http://{app}/b" }}
 "#,
         state = pki.path("state").display(),
         pin = spki_pin(&dept_b),
