@@ -140,6 +140,11 @@ pub enum Reject {
     /// Egress: the durable outbox could not be written; nothing was accepted.
     #[error("outbox store unavailable")]
     StoreUnavailable,
+    /// The shared state backend (Redis) is unreachable and the route fails closed: the
+    /// reason names what could not be checked (`replay_store_unavailable`,
+    /// `rate_store_unavailable`).
+    #[error("shared state unavailable ({0})")]
+    StateUnavailable(&'static str),
     /// A bug or an impossible state; details only in the log.
     #[error("internal error")]
     Internal,
@@ -177,6 +182,7 @@ impl Reject {
             Reject::PeerBadResponse => "peer_bad_response",
             Reject::PushInProgress => "push_in_progress",
             Reject::StoreUnavailable => "store_unavailable",
+            Reject::StateUnavailable(reason) => reason,
             Reject::Internal => "internal",
         }
     }
@@ -226,7 +232,9 @@ impl Reject {
             Reject::PeerUnavailable | Reject::PeerBadResponse => StatusCode::BAD_GATEWAY,
             Reject::PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::PushInProgress => StatusCode::CONFLICT,
-            Reject::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::StoreUnavailable | Reject::StateUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -281,6 +289,7 @@ impl Reject {
             Reject::PeerBadResponse => "remote peer's answer could not be opened",
             Reject::PushInProgress => "the same push is being delivered; retry later",
             Reject::StoreUnavailable => "outbox unavailable; nothing was accepted, retry later",
+            Reject::StateUnavailable(_) => "shared state unavailable; nothing was accepted, retry later",
             Reject::Internal => "internal error",
         }
     }
@@ -293,7 +302,7 @@ impl Reject {
             | Reject::PeerUnavailable
             | Reject::PeerTimeout
             | Reject::PeerBadResponse => Fault::Upstream,
-            Reject::StoreUnavailable => Fault::Internal,
+            Reject::StoreUnavailable | Reject::StateUnavailable(_) => Fault::Internal,
             Reject::Overloaded | Reject::Internal | Reject::Envelope(Failure::Misconfigured(_)) => {
                 Fault::Internal
             }
@@ -456,6 +465,11 @@ mod tests {
             (Reject::PeerBadResponse, 502, "peer_bad_response"),
             (Reject::PushInProgress, 409, "push_in_progress"),
             (Reject::StoreUnavailable, 503, "store_unavailable"),
+            (
+                Reject::StateUnavailable("replay_store_unavailable"),
+                503,
+                "replay_store_unavailable",
+            ),
         ];
         for (r, status, reason) in cases {
             assert_eq!(r.status().as_u16(), status, "{r:?}");

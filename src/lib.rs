@@ -74,6 +74,7 @@ pub mod demo;
 pub mod egress;
 pub mod envelope;
 pub mod error;
+pub mod fleet;
 pub mod forward;
 pub mod guard;
 pub mod metrics;

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Upstream round trip by route.
     pub upstream_seconds: HistogramVec,
+    /// Calls to a shared state backend (Redis), by operation.
+    pub backend_seconds: HistogramVec,
+    /// Failed calls to a shared state backend, by operation.
+    pub backend_errors: IntCounterVec,
     /// Requests currently inside the pipeline.
     pub in_flight: IntGauge,
     /// Open downstream connections by listener.
@@ -89,6 +93,23 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["listener", "route"],
+        )
+        .expect("valid metric");
+        let backend_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "bsk_sidecar_backend_duration_seconds",
+                "Time a call to the shared state backend took, by operation.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )
+        .expect("valid metric");
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "bsk_sidecar_backend_errors_total",
+                "Calls to the shared state backend that failed or timed out, by operation.",
+            ),
+            &["backend", "op"],
         )
         .expect("valid metric");
         let in_flight = IntGauge::new(
@@ -188,6 +209,8 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(request_seconds.clone()),
             Box::new(upstream_seconds.clone()),
+            Box::new(backend_seconds.clone()),
+            Box::new(backend_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
@@ -202,6 +225,8 @@ impl Metrics {
             rejections,
             request_seconds,
             upstream_seconds,
+            backend_seconds,
+            backend_errors,
             in_flight,
             connections,
             connections_refused,

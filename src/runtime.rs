@@ -42,8 +42,11 @@ pub struct Runtime {
     pub per_ip: Option<Arc<PerIpLimiter>>,
     pub peer_limiters: HashMap<String, Arc<Limiter>>,
     pub listeners: Vec<ListenerRt>,
-    /// Shared by every listener; `None` when no route asks for replay protection.
+    /// Shared by every listener; `None` when no route asks for replay protection, or
+    /// when the fleet's Redis holds it.
     pub replay: Option<Arc<ReplayCache>>,
+    /// `state.backend.redis`: replay cache and peer/route limits shared by replicas.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Egress routes and the API-7 journal; `None` when no route needs them.
     pub egress: Option<Arc<crate::egress::Egress>>,
     request_ids: RequestIds,
@@ -72,14 +75,30 @@ impl Runtime {
         let per_ip = limits
             .per_ip_rate
             .map(|spec| carry::per_ip(prev, spec, limits.max_tracked_ips));
+        // With a fleet, the local peer and route buckets are only the fallback while Redis
+        // is unreachable (`on_redis_down: local`): each replica's share of the rate.
+        let local = |spec: crate::guard::rate::RateSpec| match &settings.redis {
+            Some(r) => spec.divided(r.replicas),
+            None => spec,
+        };
         let peer_limiters = settings
             .peers
             .iter()
             .filter_map(|(name, p): (&String, &Arc<Peer>)| {
                 p.rate
-                    .map(|r| (name.clone(), carry::peer_limiter(prev, name, r)))
+                    .map(|r| (name.clone(), carry::peer_limiter(prev, name, local(r))))
             })
             .collect();
+        let fleet = match &settings.redis {
+            None => None,
+            Some(r) => Some(match prev.and_then(|p| p.fleet.clone()) {
+                Some(f) if f.settings().url == r.url && f.settings().prefix == r.prefix => f,
+                _ => Arc::new(
+                    crate::fleet::Fleet::new(r.clone())
+                        .map_err(|e| io::Error::other(format!("state.backend.redis: {e}")))?,
+                ),
+            }),
+        };
         let tls = carry::tls(prev, &settings, &metrics)?;
         let forwarder = Forwarder::new(
             settings
@@ -107,20 +126,21 @@ impl Runtime {
                             r.path.clone(),
                             RouteRt {
                                 cfg: r.clone(),
-                                limiter: r
-                                    .rate
-                                    .map(|spec| carry::route_limiter(prev, &l.name, &r.path, spec)),
+                                limiter: r.rate.map(|spec| {
+                                    carry::route_limiter(prev, &l.name, &r.path, local(spec))
+                                }),
                             },
                         )
                     })
                     .collect(),
             })
             .collect();
-        let wants_replay = settings
-            .listeners
-            .iter()
-            .flat_map(|l| &l.routes)
-            .any(|r| r.replay);
+        let wants_replay = settings.redis.is_none()
+            && settings
+                .listeners
+                .iter()
+                .flat_map(|l| &l.routes)
+                .any(|r| r.replay);
         let replay = if let Some(kept) = carry::replay(prev, &settings).filter(|_| wants_replay) {
             Some(kept)
         } else if wants_replay {
@@ -152,6 +172,7 @@ impl Runtime {
             egress,
             metrics,
             replay,
+            fleet,
             forwarder,
             per_ip,
             peer_limiters,

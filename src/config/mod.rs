@@ -110,6 +110,15 @@ impl Settings {
             }
         }
         let _ = writeln!(out, "state    {}", self.state_dir.display());
+        if let Some(r) = &self.redis {
+            let _ = writeln!(
+                out,
+                "shared   redis (replay cache, peer and route limits) replicas={} on_redis_down={} timeout={}",
+                r.replicas,
+                r.on_down.name(),
+                humantime::format_duration(r.timeout)
+            );
+        }
         if !ops::dns_names(self).is_empty() {
             let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
         }
@@ -216,6 +225,16 @@ impl Settings {
     /// `check` prints and `run` logs at start.
     pub fn relaxations(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.on_down == crate::fleet::OnRedisDown::Open)
+        {
+            out.push(
+                "state.backend: rate limits are off while Redis is unreachable (on_redis_down: open)"
+                    .to_string(),
+            );
+        }
         for (name, p) in &self.peers {
             if p.short_jwt_secret {
                 out.push(format!(

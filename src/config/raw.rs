@@ -44,6 +44,39 @@ pub struct RawState {
     pub dir: PathBuf,
     /// How long API-7 journal records (and push idempotency keys) are kept, e.g. `90d`.
     pub journal_retention: Option<RawDuration>,
+    /// Where state shared by replicas lives: `embedded` (default) or engines.
+    pub backend: Option<RawBackend>,
+}
+
+/// `embedded`, or the engines a fleet of replicas shares.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBackend {
+    Named(String),
+    Engines(RawEngines),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngines {
+    /// `redis://` or `rediss://` URL (secret syntax: it may carry a password).
+    pub redis: Option<RawSecret>,
+    /// How many replicas share the limits (local fallback at rate / replicas).
+    pub replicas: Option<u32>,
+    /// Rate limits while Redis is unreachable: `local` (default), `open` or `closed`.
+    pub on_redis_down: Option<RawOnRedisDown>,
+    /// Deadline of one Redis call (default 250ms).
+    pub redis_timeout: Option<RawDuration>,
+    /// Prefix of every Redis key (default `bsk`).
+    pub redis_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOnRedisDown {
+    Local,
+    Open,
+    Closed,
 }
 
 #[derive(Debug, Default, Deserialize)]

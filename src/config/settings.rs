@@ -35,6 +35,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How long API-7 journal records and push idempotency keys are kept.
     pub journal_retention: Duration,
+    /// State shared by replicas: `None` = embedded (in this process only).
+    pub redis: Option<crate::fleet::RedisSettings>,
     pub limits: Limits,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub listeners: Vec<ListenerSettings>,
@@ -632,6 +634,74 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
     })
 }
 
+/// `state.backend`: `embedded`, or `{ redis: URL, ... }`.
+fn backend(
+    check: &mut Check<'_>,
+    raw: &RawBackend,
+    base: &Path,
+) -> Option<crate::fleet::RedisSettings> {
+    use crate::fleet::{OnRedisDown, RedisSettings};
+    let e = match raw {
+        RawBackend::Named(n) if n == "embedded" => return None,
+        RawBackend::Named(n) => {
+            check.err(
+                "state.backend",
+                format!("`{n}` is not `embedded`; for shared state write `{{ redis: URL }}`"),
+            );
+            return None;
+        }
+        RawBackend::Engines(e) => e,
+    };
+    let Some(raw_url) = &e.redis else {
+        check.err(
+            "state.backend.redis",
+            "missing: the Redis URL the replicas share",
+        );
+        return None;
+    };
+    let url = secret(check, "state.backend.redis", raw_url, base)?;
+    let text = String::from_utf8_lossy(url.expose()).into_owned();
+    if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+        check.err(
+            "state.backend.redis",
+            "must be a redis:// or rediss:// (TLS) URL",
+        );
+        return None;
+    }
+    let replicas = match e.replicas {
+        None => 2,
+        Some(0) => {
+            check.err("state.backend.replicas", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+    };
+    let timeout = match e.redis_timeout.as_ref().map(parse_duration).transpose() {
+        Ok(Some(d)) if !d.is_zero() => d,
+        Ok(Some(_)) => {
+            check.err("state.backend.redis_timeout", "must be longer than 0s");
+            Duration::from_millis(250)
+        }
+        Ok(None) => Duration::from_millis(250),
+        Err(msg) => {
+            check.err("state.backend.redis_timeout", msg);
+            Duration::from_millis(250)
+        }
+    };
+    let on_down = match e.on_redis_down {
+        None | Some(RawOnRedisDown::Local) => OnRedisDown::Local,
+        Some(RawOnRedisDown::Open) => OnRedisDown::Open,
+        Some(RawOnRedisDown::Closed) => OnRedisDown::Closed,
+    };
+    Some(RedisSettings {
+        url,
+        replicas,
+        on_down,
+        timeout,
+        prefix: e.redis_prefix.clone().unwrap_or_else(|| "bsk".into()),
+    })
+}
+
 /// The freshness window of an ingress route that does not write one (API-2: 24h).
 pub const DEFAULT_FRESH_WINDOW: Duration = Duration::from_secs(600);
 
@@ -746,6 +816,11 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
             Duration::ZERO
         }
     };
+    let redis = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.backend.as_ref())
+        .and_then(|b| backend(&mut check, b, base));
     let state_dir = raw
         .state
         .map(|s| {
@@ -1197,6 +1272,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
             admin_access,
             state_dir,
             journal_retention,
+            redis,
             limits,
             peers,
             listeners,

@@ -349,3 +349,47 @@ fn tls_client_needs_names_or_pins_that_parse() {
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["peers.bsk.tls_client"], "{errs:?}");
 }
+
+#[test]
+fn state_backend_is_embedded_by_default_or_a_redis_url() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    assert!(s.redis.is_none());
+    let with = |backend: &str| {
+        good().replace(
+            "state: { dir: /tmp/bsk-state }",
+            &format!("state: {{ dir: /tmp/bsk-state, backend: {backend} }}"),
+        )
+    };
+    assert!(from_yaml(&with("embedded"), "t", Path::new("."))
+        .unwrap()
+        .redis
+        .is_none());
+    let s = from_yaml(
+        &with(r#"{ redis: "rediss://:pw@cache.internal:6380/2", replicas: 3, on_redis_down: closed }"#),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let r = s.redis.as_ref().unwrap();
+    assert_eq!(
+        (r.replicas, r.on_down),
+        (3, crate::fleet::OnRedisDown::Closed)
+    );
+    assert!(
+        !format!("{s:?}").contains(":pw@"),
+        "the URL's password leaked"
+    );
+    assert!(s.describe().contains("shared   redis"));
+    for (bad, path) in [
+        (r#"{ redis: "http://cache:6379" }"#, "state.backend.redis"),
+        (r#"{ replicas: 2 }"#, "state.backend.redis"),
+        ("sqlite", "state.backend"),
+        (
+            r#"{ redis: "redis://c/0", replicas: 0 }"#,
+            "state.backend.replicas",
+        ),
+    ] {
+        let errs = errors(&with(bad));
+        assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
+    }
+}

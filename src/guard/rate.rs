@@ -43,6 +43,12 @@ impl RateSpec {
         RateSpec { per_second, burst }
     }
 
+    /// This rate shared by `n` replicas: each one's share, at least 1/s and a burst of 1.
+    pub fn divided(self, n: u32) -> RateSpec {
+        let share = |v: NonZeroU32| NonZeroU32::new(v.get() / n.max(1)).unwrap_or(NonZeroU32::MIN);
+        RateSpec::new(share(self.per_second), share(self.burst))
+    }
+
     fn quota(self) -> Quota {
         Quota::per_second(self.per_second).allow_burst(self.burst)
     }

@@ -55,6 +55,17 @@ fn parse_record(rec: &[u8]) -> Option<(ReplayKey, u64)> {
     Some((ReplayKey(*k), u64::from_le_bytes(*e)))
 }
 
+impl ReplayKey {
+    /// Lower-case hex, for a key in a shared store.
+    pub fn to_hex(&self) -> String {
+        use std::fmt::Write;
+        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
 /// The request was seen before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("request already accepted")]

@@ -267,7 +267,7 @@ async fn run(
 
     // Rate limits before authentication: per client address (prefix), then per route. The
     // peer's own budget is charged only once the envelope proves the sender is that peer.
-    rate_limit_unauthenticated(rt, route, client)?;
+    rate_limit_unauthenticated(rt, lst, route, client).await?;
 
     // Head: ambiguous or compressed requests are refused before the body is read.
     headers::check_request(req.headers())?;
@@ -331,7 +331,7 @@ async fn run(
     let shape = opened.shape;
 
     // Authenticated: now the peer's own budget is spent.
-    rate_limit_peer(rt, cfg)?;
+    rate_limit_peer(rt, cfg).await?;
 
     let ids = ids_of(&opened.plain);
     trace.userid = ids.userid.clone();
@@ -339,7 +339,10 @@ async fn run(
 
     // Lifetime, freshness and replay: on what the peer really signed or encrypted.
     replay::check_lifetime(cfg, &opened, now, rt.settings.limits.clock_leeway)?;
-    let reservation = replay::admit(cfg, rt.replay.as_ref(), &opened, &ids, now)?;
+    let reservation = match replay::admit(cfg, &opened, &ids, now)? {
+        Some((key, expiry)) => Some(replay::hold(rt, key, now, expiry).await?),
+        None => None,
+    };
 
     // Schema: the API's field table, never rewriting the payload.
     if let Some((api, mode)) = cfg.schema {
@@ -464,8 +467,13 @@ fn mode_name(mode: SchemaMode) -> &'static str {
 }
 
 /// The limits that apply before the sender is known: its address (keyed by prefix, so
-/// one IPv6 /64 cannot mint fresh buckets) and the route.
-fn rate_limit_unauthenticated(rt: &Runtime, route: &RouteRt, client: IpAddr) -> Result<(), Reject> {
+/// one IPv6 /64 cannot mint fresh buckets; always this replica's own) and the route.
+async fn rate_limit_unauthenticated(
+    rt: &Runtime,
+    lst: &ListenerRt,
+    route: &RouteRt,
+    client: IpAddr,
+) -> Result<(), Reject> {
     if let Some(l) = &rt.per_ip {
         let (v4, v6) = rt.settings.limits.per_ip_prefix;
         l.check(crate::guard::ip::prefix_of(client, v4, v6))
@@ -474,25 +482,49 @@ fn rate_limit_unauthenticated(rt: &Runtime, route: &RouteRt, client: IpAddr) -> 
                 retry_after,
             })?;
     }
-    if let Some(l) = &route.limiter {
-        l.check().map_err(|retry_after| Reject::RateLimited {
-            scope: RateScope::Route,
-            retry_after,
-        })?;
+    if let Some(spec) = route.cfg.rate {
+        let name = || format!("route:{}:{}", lst.name, route.cfg.path);
+        limit(rt, name, spec, route.limiter.as_deref(), RateScope::Route).await?;
     }
     Ok(())
 }
 
 /// The peer's own budget, spent only by requests that proved to be that peer. (On an
 /// egress route the peer's bucket limits what goes *to* it: crate::egress.)
-fn rate_limit_peer(rt: &Runtime, cfg: &crate::config::Route) -> Result<(), Reject> {
-    if let Some(l) = rt.peer_limiters.get(&cfg.peer.name) {
-        l.check().map_err(|retry_after| Reject::RateLimited {
-            scope: RateScope::Peer,
-            retry_after,
-        })?;
+async fn rate_limit_peer(rt: &Runtime, cfg: &crate::config::Route) -> Result<(), Reject> {
+    if let Some(spec) = cfg.peer.rate {
+        let local = rt.peer_limiters.get(&cfg.peer.name).map(|l| &**l);
+        let name = || format!("peer:{}", cfg.peer.name);
+        limit(rt, name, spec, local, RateScope::Peer).await?;
     }
     Ok(())
+}
+
+/// One bucket: the fleet's on Redis when configured, else (or while Redis is down, with
+/// `on_redis_down: local`) this process's.
+async fn limit(
+    rt: &Runtime,
+    name: impl FnOnce() -> String,
+    spec: crate::guard::rate::RateSpec,
+    local: Option<&crate::guard::rate::Limiter>,
+    scope: RateScope,
+) -> Result<(), Reject> {
+    let refused = |retry_after| Reject::RateLimited { scope, retry_after };
+    let local_check = || local.map_or(Ok(()), |l| l.check().map_err(refused));
+    let Some(fleet) = &rt.fleet else {
+        return local_check();
+    };
+    match fleet.check_rate(&rt.metrics, &name(), spec).await {
+        Ok(crate::fleet::Verdict::Admit) => Ok(()),
+        Ok(crate::fleet::Verdict::Wait(d)) => Err(refused(d)),
+        Err(_) => match fleet.settings().on_down {
+            crate::fleet::OnRedisDown::Local => local_check(),
+            crate::fleet::OnRedisDown::Open => Ok(()),
+            crate::fleet::OnRedisDown::Closed => {
+                Err(Reject::StateUnavailable("rate_store_unavailable"))
+            }
+        },
+    }
 }
 
 fn method_str(m: &Method) -> &'static str {

@@ -22,8 +22,10 @@ use crate::config::settings::FreshOn;
 use crate::config::Route;
 use crate::envelope::{Failure, Layer, Opened, TokenProblem};
 use crate::error::Reject;
+use crate::fleet::FleetReservation;
 use crate::guard::fresh::{canonical_ticket, Stale};
 use crate::guard::replay::{ReplayCache, ReplayKey, Reservation};
+use crate::runtime::Runtime;
 
 use super::PayloadIds;
 
@@ -48,15 +50,58 @@ pub(super) fn check_lifetime(
     Ok(())
 }
 
-/// Checks freshness and records the request; the returned reservation forgets the record
-/// again unless the caller keeps it (see [`Reservation`]).
+/// A replay record held for one request: forgotten again unless kept (on a refusal after
+/// this stage, an undelivered forward, a panic).
+pub(super) enum Held {
+    Local(Reservation),
+    Fleet(FleetReservation),
+}
+
+impl Held {
+    /// The request reached the application (or may have): the record stays.
+    pub(super) fn keep(self) {
+        match self {
+            Held::Local(r) => r.keep(),
+            Held::Fleet(r) => r.keep(),
+        }
+    }
+}
+
+/// Records `key` until `expiry` in the process's cache, or the fleet's Redis when the
+/// config names one (unreachable: 503, never an unprotected request).
+pub(super) async fn hold(
+    rt: &Runtime,
+    key: ReplayKey,
+    now: u64,
+    expiry: u64,
+) -> Result<Held, Reject> {
+    if let Some(fleet) = &rt.fleet {
+        let ttl = Duration::from_secs(expiry.saturating_sub(now).max(1));
+        return match fleet.reserve(&rt.metrics, key, ttl).await {
+            Ok(true) => Ok(Held::Fleet(FleetReservation::new(
+                fleet.clone(),
+                rt.metrics.clone(),
+                key,
+            ))),
+            Ok(false) => Err(Reject::Replayed),
+            Err(_) => Err(Reject::StateUnavailable("replay_store_unavailable")),
+        };
+    }
+    let cache: &Arc<ReplayCache> = rt.replay.as_ref().ok_or(Reject::Internal)?;
+    cache
+        .reserve(key, now, expiry)
+        .map(Held::Local)
+        .map_err(|_| Reject::Replayed)
+}
+
+/// Checks freshness; returns the replay key and until when it is held, when the route
+/// refuses replays.
 pub(super) fn admit(
     cfg: &Route,
-    cache: Option<&Arc<ReplayCache>>,
     opened: &Opened,
     ids: &PayloadIds,
     now: u64,
-) -> Result<Option<Reservation>, Reject> {
+) -> Result<Option<(ReplayKey, u64)>, Reject> {
     let Some(window) = &cfg.fresh else {
         return Ok(None);
     };
@@ -106,14 +151,10 @@ pub(super) fn admit(
         ];
         ("ticket", parts, until)
     };
-    let Some(cache) = cache.filter(|_| cfg.replay) else {
+    if !cfg.replay {
         return Ok(None);
-    };
+    }
     let mut parts = vec![cfg.path.as_str()];
     parts.extend(id.iter().map(String::as_str));
-    let key = ReplayKey::new(&cfg.peer.name, kind, &parts);
-    cache
-        .reserve(key, now, expiry)
-        .map(Some)
-        .map_err(|_| Reject::Replayed)
+    Ok(Some((ReplayKey::new(&cfg.peer.name, kind, &parts), expiry)))
 }
