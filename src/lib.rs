@@ -78,6 +78,8 @@ pub mod forward;
 pub mod guard;
 pub mod metrics;
 pub mod pipeline;
+pub mod portal_sim;
+pub mod probe;
 pub mod reload;
 pub mod runtime;
 pub mod secret;

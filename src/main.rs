@@ -1,4 +1,4 @@
-//! The `bsk-sidecar` command: run, check, seal, open, keygen, demo.
+//! The `bsk-sidecar` command: run, check, seal, open, keygen, demo, probe, portal-sim.
 
 #![cfg_attr(
     not(test),
@@ -81,6 +81,32 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Check a counterparty's endpoint against the spec with a bounded series of requests
+    /// (at most 100, at most 10 per second). Probe only endpoints you are authorised to test.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// The endpoint: http:// or https://, with its path.
+    url: String,
+    #[command(flatten)]
+    keys: EnvelopeArgs,
+    /// Which example request to send: api1, api2, api3, api4, api5 (api5a), api5b, api6, api7.
+    #[arg(long, default_value = "api1")]
+    api: String,
+    /// Requests per second, from 1 to 10.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for each answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Trust the certificates in this PEM file instead of the system's roots (https://).
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -150,7 +176,7 @@ enum ShapeArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; only warnings go to the log.
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+    let default_level = if matches!(cli.command, Command::Demo { .. } | Command::Probe(_)) {
         "warn"
     } else {
         "info"
@@ -160,6 +186,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => return run(&config),
         Command::Check { config } => return check(&config),
+        Command::Probe(a) => return probe(&a),
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
@@ -206,7 +233,7 @@ fn install_panic_hook() {
     }));
 }
 
-fn tokio_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn tokio_main<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -451,6 +478,57 @@ fn random_string(alphabet: &[u8], len: usize) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `probe`: exit 0 when no check failed, 1 when one did or the probe could not run.
+fn probe(a: &ProbeArgs) -> ExitCode {
+    let run = || -> anyhow::Result<bool> {
+        let layers = layers_of(&a.keys)?;
+        let keys = keys_of(&a.keys)?;
+        let problems = envelope::validate_stack(&layers, &keys);
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        let sample = bsk_sidecar::probe::samples::Sample::parse(&a.api).ok_or_else(|| {
+            anyhow!(
+                "--api {}: not one of {}",
+                a.api,
+                bsk_sidecar::probe::samples::Sample::NAMES
+            )
+        })?;
+        let ca = match &a.ca {
+            Some(path) => Some(bsk_sidecar::tls::read_certs(path).map_err(|e| anyhow!("{e}"))?),
+            None => None,
+        };
+        let opts = bsk_sidecar::probe::Options {
+            url: a.url.clone(),
+            layers,
+            keys,
+            sample,
+            shape: match a.keys.shape {
+                ShapeArg::Form => BodyShape::Form,
+                ShapeArg::Json => BodyShape::Json,
+            },
+            rate: a.rate,
+            timeout: a.timeout,
+            ca,
+        };
+        let report = tokio_main(async { Ok(bsk_sidecar::probe::run(opts).await?) })?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.text());
+        }
+        Ok(report.passed())
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn keygen() -> anyhow::Result<()> {

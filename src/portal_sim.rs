@@ -1,0 +1,1 @@
+//! `bsk-sidecar portal-sim`: a stand-in BSK portal for a department to develop against.
