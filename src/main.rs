@@ -84,6 +84,120 @@ enum Command {
     /// Check a counterparty's endpoint against the spec with a bounded series of requests
     /// (at most 100, at most 10 per second). Probe only endpoints you are authorised to test.
     Probe(ProbeArgs),
+    /// A stand-in BSK portal to develop against: serves API-2 and API-6, keeps what it
+    /// received for `GET /received`; `portal-sim call URL --api apiN` drives a department.
+    PortalSim(PortalSimArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct PortalSimArgs {
+    #[command(subcommand)]
+    action: Option<PortalSimAction>,
+    /// Address to serve on.
+    #[arg(long, default_value = bsk_sidecar::portal_sim::DEFAULT_LISTEN)]
+    listen: String,
+    #[command(flatten)]
+    keys: SimKeyArgs,
+}
+
+#[derive(Subcommand)]
+enum PortalSimAction {
+    /// Send the spec's example request for --api to a department's URL, sealed, and check
+    /// the opened answer against the spec's response table.
+    Call {
+        url: String,
+        /// api1, api3, api4, api5 (api5a), api5b or api7.
+        #[arg(long)]
+        api: String,
+        #[command(flatten)]
+        keys: SimKeyArgs,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// The key flags of `seal`, with the portal's default stack; none given: the embedded
+/// test keys.
+#[derive(Args)]
+struct SimKeyArgs {
+    /// Layers, outermost first.
+    #[arg(long, default_value = "token,jwt", value_delimiter = ',')]
+    envelope: Vec<String>,
+    /// Take the keys of `--peer` from this config file.
+    #[arg(long, requires = "peer")]
+    config: Option<PathBuf>,
+    /// Peer name in `--config`.
+    #[arg(long)]
+    peer: Option<String>,
+    /// AES-256 key: 32 characters.
+    #[arg(long)]
+    key: Option<String>,
+    /// AES IV: 16 characters.
+    #[arg(long)]
+    iv: Option<String>,
+    /// HMAC secret for the JWT layer.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// Passcode for the token layer.
+    #[arg(long)]
+    passcode: Option<String>,
+    /// agId for the form layer.
+    #[arg(long, default_value = "BSK")]
+    agid: String,
+    /// Form layer output as a urlencoded body (`form`) or a JSON object (`json`).
+    #[arg(long, value_enum, default_value_t = ShapeArg::Form)]
+    shape: ShapeArg,
+    /// Refuse tokens without `exp`.
+    #[arg(long)]
+    require_exp: bool,
+}
+
+impl SimKeyArgs {
+    /// Layers, keys, and whether the keys are the embedded test keys.
+    fn resolve(&self) -> anyhow::Result<(Vec<Layer>, PeerKeys, bool)> {
+        let as_envelope = EnvelopeArgs {
+            envelope: self.envelope.clone(),
+            config: self.config.clone(),
+            peer: self.peer.clone(),
+            key: self.key.clone(),
+            iv: self.iv.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            passcode: self.passcode.clone(),
+            agid: self.agid.clone(),
+            shape: self.shape,
+            require_exp: self.require_exp,
+        };
+        let layers = layers_of(&as_envelope)?;
+        let embedded = self.config.is_none()
+            && self.key.is_none()
+            && self.iv.is_none()
+            && self.jwt_secret.is_none()
+            && self.passcode.is_none();
+        let keys = if embedded {
+            let mut k = bsk_sidecar::portal_sim::test_keys()?;
+            k.agid = self.agid.clone();
+            if let Some(j) = k.jwt.as_mut() {
+                j.require_exp = self.require_exp;
+            }
+            k
+        } else {
+            keys_of(&as_envelope)?
+        };
+        let problems = envelope::validate_stack(&layers, &keys);
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok((layers, keys, embedded))
+    }
+
+    fn shape(&self) -> BodyShape {
+        match self.shape {
+            ShapeArg::Form => BodyShape::Form,
+            ShapeArg::Json => BodyShape::Json,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -176,7 +290,10 @@ enum ShapeArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; only warnings go to the log.
-    let default_level = if matches!(cli.command, Command::Demo { .. } | Command::Probe(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Probe(_) | Command::PortalSim(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -187,6 +304,7 @@ fn main() -> ExitCode {
         Command::Run { config } => return run(&config),
         Command::Check { config } => return check(&config),
         Command::Probe(a) => return probe(&a),
+        Command::PortalSim(a) => return portal_sim(a),
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
@@ -522,6 +640,77 @@ fn probe(a: &ProbeArgs) -> ExitCode {
         Ok(report.passed())
     };
     match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portal-sim`: serve until interrupted; `portal-sim call`: exit 0 only for a 2xx answer
+/// that matches the response table.
+fn portal_sim(a: PortalSimArgs) -> ExitCode {
+    use bsk_sidecar::portal_sim;
+    let result = match a.action {
+        Some(PortalSimAction::Call {
+            url,
+            api,
+            keys,
+            timeout,
+        }) => (|| -> anyhow::Result<bool> {
+            let (layers, peer_keys, _) = keys.resolve()?;
+            let sample = bsk_sidecar::probe::samples::Sample::parse(&api)
+                .ok_or_else(|| anyhow!("--api {api}: not an API name"))?;
+            let outcome = tokio_main(async {
+                Ok(
+                    portal_sim::call(&url, sample, &layers, &peer_keys, keys.shape(), timeout)
+                        .await?,
+                )
+            })?;
+            print!("{}", outcome.text);
+            Ok(outcome.matches)
+        })(),
+        None => (|| -> anyhow::Result<bool> {
+            let (layers, keys, embedded) = a.keys.resolve()?;
+            let stack = layers
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(",");
+            tokio_main(async {
+                let running = portal_sim::start(&a.listen, layers, keys).await?;
+                println!(
+                    "bsk-sidecar portal-sim: a stand-in BSK portal on http://{}",
+                    running.addr
+                );
+                println!("  POST /push       API-2 draft/final submission");
+                println!("  POST /deo/auth   API-6 operator (DEO) authentication");
+                println!("  GET  /received   every call so far, as JSON");
+                println!("layers: [{stack}]");
+                if embedded {
+                    println!("test keys (embedded, for development only):");
+                    println!("  agId: {}", a.keys.agid);
+                    println!("  passcode: {}", portal_sim::TEST_PASSCODE);
+                    println!("  jwt_secret: {}", portal_sim::TEST_JWT_SECRET);
+                    println!(
+                        "  aes_key: {}  aes_iv: {}",
+                        portal_sim::TEST_AES_KEY,
+                        portal_sim::TEST_AES_IV
+                    );
+                } else {
+                    println!("keys: as given (not shown)");
+                }
+                tokio::select! {
+                    _ = running.wait() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+                Ok(true)
+            })
+        })(),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
