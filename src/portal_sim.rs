@@ -163,6 +163,15 @@ fn plain_json(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     json_response(status, "application/json", v.to_string().into_bytes())
 }
 
+/// `payload` with a `passcode` field (the `passcode` layer carries it inside the
+/// plaintext) shown as `***`: the console and `/received` never hold the secret.
+fn masked(mut payload: Value) -> Value {
+    if let Some(p) = payload.get_mut("passcode") {
+        *p = json!("***");
+    }
+    payload
+}
+
 /// `key=value` for each field of an object (strings bare, long values cut).
 fn fields(v: &Value) -> String {
     match v.as_object() {
@@ -311,7 +320,7 @@ impl Sim {
                 );
             }
         };
-        let payload: Value = serde_json::from_slice(&opened.plain).unwrap_or(Value::Null);
+        let payload = masked(serde_json::from_slice(&opened.plain).unwrap_or(Value::Null));
         let problems = schema::check(served.api(), &opened.plain)
             .err()
             .unwrap_or_default();
@@ -524,4 +533,31 @@ pub async fn call(
         },
     };
     Ok(CallOutcome { text, matches })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passcode_inside_the_payload_is_never_shown() {
+        let p = masked(json!({"passcode": "376423", "fromDate": "2022-12-10"}));
+        assert_eq!(p, json!({"passcode": "***", "fromDate": "2022-12-10"}));
+        assert!(!fields(&p).contains("376423"));
+    }
+
+    #[test]
+    fn served_paths_and_answers_follow_the_spec() {
+        assert_eq!(Served::of("/push"), Some(Served::Api2));
+        assert_eq!(Served::of("/deo/auth/"), Some(Served::Api6));
+        assert_eq!(Served::of("/received"), None);
+        let a = Served::Api2.answer(&json!({"appNo": "A1"}));
+        assert_eq!(
+            a,
+            json!({"appNo": "A1", "responseStatus": "Success", "statusCode": 200})
+        );
+        let a = Served::Api6.answer(&json!({"userId": 9054233544u64}));
+        assert_eq!(a["userId"], 9054233544u64);
+        assert_eq!(a["userType"], "DEO");
+    }
 }

@@ -716,3 +716,68 @@ impl Probe {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, id: &str, date: &str, body: &str) -> Answer {
+        Answer {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("x-request-id".into(), id.into()),
+                ("date".into(), date.into()),
+                ("content-length".into(), body.len().to_string()),
+            ],
+            body: bytes::Bytes::from(body.to_string()),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn answers_differing_only_in_request_id_and_date_are_identical() {
+        let a = answer(
+            400,
+            "r-1",
+            "Mon",
+            r#"{"statusCode":400,"reason":"bad_envelope","requestId":"r-1"}"#,
+        );
+        let b = answer(
+            400,
+            "r-22",
+            "Tue",
+            r#"{"statusCode":400,"reason":"bad_envelope","requestId":"r-22"}"#,
+        );
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        let c = answer(
+            400,
+            "r-3",
+            "Mon",
+            r#"{"statusCode":400,"reason":"bad_padding","requestId":"r-3"}"#,
+        );
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        let d = answer(
+            500,
+            "r-1",
+            "Mon",
+            r#"{"statusCode":400,"reason":"bad_envelope","requestId":"r-1"}"#,
+        );
+        assert_ne!(fingerprint(&a), fingerprint(&d));
+        let mut e = a.clone();
+        e.headers.push(("x-error".into(), "padding".into()));
+        assert_ne!(fingerprint(&a), fingerprint(&e));
+        assert_eq!(describe(&a), "400 bad_envelope");
+    }
+
+    #[test]
+    fn medians_of_odd_and_empty_sets() {
+        let mut v = vec![
+            Duration::from_millis(9),
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ];
+        assert_eq!(median(&mut v), Duration::from_millis(5));
+        assert_eq!(median(&mut []), Duration::ZERO);
+    }
+}
