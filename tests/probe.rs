@@ -138,7 +138,9 @@ async fn every_check_passes_against_the_sidecar() {
 
     let mut flags = JWT_FLAGS.to_vec();
     flags.extend(["--api", "api3", "--json"]);
+    let started = std::time::Instant::now();
     let out = probe(args(format!("{base}/bsk/status"), &flags)).await;
+    let took = started.elapsed();
     assert!(
         out.status.success(),
         "{}",
@@ -146,6 +148,12 @@ async fn every_check_passes_against_the_sidecar() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["fail"], 0, "{report:#}");
+    // At most 10 requests a second: n requests cannot start within less than (n-1)/10 s.
+    let sent = report["requests"].as_u64().unwrap();
+    assert!(
+        took >= std::time::Duration::from_millis(100 * (sent - 1)),
+        "{sent} requests in {took:?}"
+    );
     assert_eq!(report["api"], "api3");
     let checks = report["checks"].as_array().unwrap();
     for name in [
