@@ -14,6 +14,9 @@
 //! [`guard::dns`] keeps allowlisted names resolved, [`guard::proxy`] finds the client
 //! behind a trusted load balancer, [`reload`] swaps the whole runtime on SIGHUP, and
 //! [`systemd`] speaks the service manager's notify protocol.
+//!
+//! Integration tools: [`demo`] runs the sidecar on an embedded config, [`probe`] checks a
+//! counterparty's endpoint for conformance, [`portal_sim`] stands in for the BSK portal.
 #![forbid(unsafe_code)]
 // No panic reachable from input: every slice, index and unwrap in the request path is a
 // checked access instead. A reasoned `allow` marks the few start-up-only exceptions.
@@ -79,6 +82,8 @@ pub mod forward;
 pub mod guard;
 pub mod metrics;
 pub mod pipeline;
+pub mod portal_sim;
+pub mod probe;
 pub mod reload;
 pub mod runtime;
 pub mod secret;

@@ -1,4 +1,4 @@
-//! The `bsk-sidecar` command: run, check, seal, open, keygen, demo.
+//! The `bsk-sidecar` command: run, check, seal, open, keygen, demo, probe, portal-sim.
 
 #![cfg_attr(
     not(test),
@@ -81,6 +81,146 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Check a counterparty's endpoint against the spec with a bounded series of requests
+    /// (at most 100, at most 10 per second). Probe only endpoints you are authorised to test.
+    Probe(ProbeArgs),
+    /// A stand-in BSK portal to develop against: serves API-2 and API-6, keeps what it
+    /// received for `GET /received`; `portal-sim call URL --api apiN` drives a department.
+    PortalSim(PortalSimArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct PortalSimArgs {
+    #[command(subcommand)]
+    action: Option<PortalSimAction>,
+    /// Address to serve on.
+    #[arg(long, default_value = bsk_sidecar::portal_sim::DEFAULT_LISTEN)]
+    listen: String,
+    #[command(flatten)]
+    keys: SimKeyArgs,
+}
+
+#[derive(Subcommand)]
+enum PortalSimAction {
+    /// Send the spec's example request for --api to a department's URL, sealed, and check
+    /// the opened answer against the spec's response table.
+    Call {
+        url: String,
+        /// api1, api3, api4, api5 (api5a), api5b or api7.
+        #[arg(long)]
+        api: String,
+        #[command(flatten)]
+        keys: SimKeyArgs,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// The key flags of `seal`, with the portal's default stack; none given: the embedded
+/// test keys.
+#[derive(Args)]
+struct SimKeyArgs {
+    /// Layers, outermost first.
+    #[arg(long, default_value = "token,jwt", value_delimiter = ',')]
+    envelope: Vec<String>,
+    /// Take the keys of `--peer` from this config file.
+    #[arg(long, requires = "peer")]
+    config: Option<PathBuf>,
+    /// Peer name in `--config`.
+    #[arg(long)]
+    peer: Option<String>,
+    /// AES-256 key: 32 characters.
+    #[arg(long)]
+    key: Option<String>,
+    /// AES IV: 16 characters.
+    #[arg(long)]
+    iv: Option<String>,
+    /// HMAC secret for the JWT layer.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// Passcode for the token layer.
+    #[arg(long)]
+    passcode: Option<String>,
+    /// agId for the form layer.
+    #[arg(long, default_value = "BSK")]
+    agid: String,
+    /// Form layer output as a urlencoded body (`form`) or a JSON object (`json`).
+    #[arg(long, value_enum, default_value_t = ShapeArg::Form)]
+    shape: ShapeArg,
+    /// Refuse tokens without `exp`.
+    #[arg(long)]
+    require_exp: bool,
+}
+
+impl SimKeyArgs {
+    /// Layers, keys, and whether the keys are the embedded test keys.
+    fn resolve(&self) -> anyhow::Result<(Vec<Layer>, PeerKeys, bool)> {
+        let as_envelope = EnvelopeArgs {
+            envelope: self.envelope.clone(),
+            config: self.config.clone(),
+            peer: self.peer.clone(),
+            key: self.key.clone(),
+            iv: self.iv.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            passcode: self.passcode.clone(),
+            agid: self.agid.clone(),
+            shape: self.shape,
+            require_exp: self.require_exp,
+        };
+        let layers = layers_of(&as_envelope)?;
+        let embedded = self.config.is_none()
+            && self.key.is_none()
+            && self.iv.is_none()
+            && self.jwt_secret.is_none()
+            && self.passcode.is_none();
+        let keys = if embedded {
+            let mut k = bsk_sidecar::portal_sim::test_keys()?;
+            k.agid = self.agid.clone();
+            if let Some(j) = k.jwt.as_mut() {
+                j.require_exp = self.require_exp;
+            }
+            k
+        } else {
+            keys_of(&as_envelope)?
+        };
+        let problems = envelope::validate_stack(&layers, &keys);
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok((layers, keys, embedded))
+    }
+
+    fn shape(&self) -> BodyShape {
+        match self.shape {
+            ShapeArg::Form => BodyShape::Form,
+            ShapeArg::Json => BodyShape::Json,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// The endpoint: http:// or https://, with its path.
+    url: String,
+    #[command(flatten)]
+    keys: EnvelopeArgs,
+    /// Which example request to send: api1, api2, api3, api4, api5 (api5a), api5b, api6, api7.
+    #[arg(long, default_value = "api1")]
+    api: String,
+    /// Requests per second, from 1 to 10.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for each answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Trust the certificates in this PEM file instead of the system's roots (https://).
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -150,7 +290,10 @@ enum ShapeArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; only warnings go to the log.
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Probe(_) | Command::PortalSim(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -160,6 +303,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => return run(&config),
         Command::Check { config } => return check(&config),
+        Command::Probe(a) => return probe(&a),
+        Command::PortalSim(a) => return portal_sim(a),
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
@@ -206,7 +351,7 @@ fn install_panic_hook() {
     }));
 }
 
-fn tokio_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn tokio_main<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -451,6 +596,128 @@ fn random_string(alphabet: &[u8], len: usize) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// `probe`: exit 0 when no check failed, 1 when one did or the probe could not run.
+fn probe(a: &ProbeArgs) -> ExitCode {
+    let run = || -> anyhow::Result<bool> {
+        let layers = layers_of(&a.keys)?;
+        let keys = keys_of(&a.keys)?;
+        let problems = envelope::validate_stack(&layers, &keys);
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        let sample = bsk_sidecar::probe::samples::Sample::parse(&a.api).ok_or_else(|| {
+            anyhow!(
+                "--api {}: not one of {}",
+                a.api,
+                bsk_sidecar::probe::samples::Sample::NAMES
+            )
+        })?;
+        let ca = match &a.ca {
+            Some(path) => Some(bsk_sidecar::tls::read_certs(path).map_err(|e| anyhow!("{e}"))?),
+            None => None,
+        };
+        let opts = bsk_sidecar::probe::Options {
+            url: a.url.clone(),
+            layers,
+            keys,
+            sample,
+            shape: match a.keys.shape {
+                ShapeArg::Form => BodyShape::Form,
+                ShapeArg::Json => BodyShape::Json,
+            },
+            rate: a.rate,
+            timeout: a.timeout,
+            ca,
+        };
+        let report = tokio_main(async { Ok(bsk_sidecar::probe::run(opts).await?) })?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.text());
+        }
+        Ok(report.passed())
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portal-sim`: serve until interrupted; `portal-sim call`: exit 0 only for a 2xx answer
+/// that matches the response table.
+fn portal_sim(a: PortalSimArgs) -> ExitCode {
+    use bsk_sidecar::portal_sim;
+    let result = match a.action {
+        Some(PortalSimAction::Call {
+            url,
+            api,
+            keys,
+            timeout,
+        }) => (|| -> anyhow::Result<bool> {
+            let (layers, peer_keys, _) = keys.resolve()?;
+            let sample = bsk_sidecar::probe::samples::Sample::parse(&api)
+                .ok_or_else(|| anyhow!("--api {api}: not an API name"))?;
+            let outcome = tokio_main(async {
+                Ok(
+                    portal_sim::call(&url, sample, &layers, &peer_keys, keys.shape(), timeout)
+                        .await?,
+                )
+            })?;
+            print!("{}", outcome.text);
+            Ok(outcome.matches)
+        })(),
+        None => (|| -> anyhow::Result<bool> {
+            let (layers, keys, embedded) = a.keys.resolve()?;
+            let stack = layers
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(",");
+            tokio_main(async {
+                let running = portal_sim::start(&a.listen, layers, keys).await?;
+                println!(
+                    "bsk-sidecar portal-sim: a stand-in BSK portal on http://{}",
+                    running.addr
+                );
+                println!("  POST /push       API-2 draft/final submission");
+                println!("  POST /deo/auth   API-6 operator (DEO) authentication");
+                println!("  GET  /received   every call so far, as JSON");
+                println!("layers: [{stack}]");
+                if embedded {
+                    println!("test keys (embedded, for development only):");
+                    println!("  agId: {}", a.keys.agid);
+                    println!("  passcode: {}", portal_sim::TEST_PASSCODE);
+                    println!("  jwt_secret: {}", portal_sim::TEST_JWT_SECRET);
+                    println!(
+                        "  aes_key: {}  aes_iv: {}",
+                        portal_sim::TEST_AES_KEY,
+                        portal_sim::TEST_AES_IV
+                    );
+                } else {
+                    println!("keys: as given (not shown)");
+                }
+                tokio::select! {
+                    _ = running.wait() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+                Ok(true)
+            })
+        })(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn keygen() -> anyhow::Result<()> {
