@@ -38,7 +38,7 @@ for t in "${targets[@]}"; do
     took=$(( $(date +%s) - start ))
     stats=$(grep -E '^#[0-9]+: cov' "$logs/$t.log" | tail -n 1 || true)
     execs=$(sed -nE 's/^#([0-9]+):.*/\1/p' <<<"$stats")
-    rate=$(sed -nE 's/.*exec\/s: ([0-9]+).*/\1/p' <<<"$stats")
+    rate=$(( ${execs:-0} / (took > 0 ? took : 1) ))
     after=$(find "artifacts/$t" -type f | wc -l)
     crashes=$((after - before))
     corpus=$(find "corpus/$t" -type f | wc -l)

@@ -159,24 +159,16 @@ fn attempt() -> impl Strategy<Value = Attempt> {
         jwt_like().prop_map(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
     ];
     let passcode = header_value(vec![PASSCODE.into(), "".into(), "3764230".into()]);
-    (
-        method,
-        path,
-        content_type,
-        authorization,
-        passcode,
-        body(),
+    (method, path, content_type, authorization, passcode, body()).prop_map(
+        |(method, path, content_type, authorization, passcode, body)| Attempt {
+            method,
+            path,
+            content_type,
+            authorization,
+            passcode,
+            body,
+        },
     )
-        .prop_map(
-            |(method, path, content_type, authorization, passcode, body)| Attempt {
-                method,
-                path,
-                content_type,
-                authorization,
-                passcode,
-                body,
-            },
-        )
 }
 
 fn to_request(a: &Attempt, to: std::net::SocketAddr) -> Request<Full<Bytes>> {
@@ -202,15 +194,15 @@ fn check_refusal(answer: &Answer) -> Result<String, String> {
         return Err(format!("status {status}: {}", answer.text()));
     }
     if answer.header("content-type") != Some("application/json") {
-        return Err(format!(
-            "content type {:?}",
-            answer.header("content-type")
-        ));
+        return Err(format!("content type {:?}", answer.header("content-type")));
     }
     let v: serde_json::Value = serde_json::from_slice(&answer.body)
         .map_err(|e| format!("body is not JSON ({e}): {}", answer.text()))?;
     if v["statusCode"] != status {
-        return Err(format!("statusCode {} for status {status}", v["statusCode"]));
+        return Err(format!(
+            "statusCode {} for status {status}",
+            v["statusCode"]
+        ));
     }
     let Some(reason) = v["reason"].as_str() else {
         return Err(format!("no reason: {v}"));
@@ -340,7 +332,8 @@ fn json_value(depth: u32) -> BoxedStrategy<String> {
     leaf.prop_recursive(depth, 24, 4, |inner| {
         prop_oneof![
             (proptest::collection::vec((inner.clone(), space()), 0..4)).prop_map(|items| {
-                let parts: Vec<String> = items.into_iter().map(|(v, s)| format!("{s}{v}")).collect();
+                let parts: Vec<String> =
+                    items.into_iter().map(|(v, s)| format!("{s}{v}")).collect();
                 format!("[{}]", parts.join(","))
             }),
             members(inner),

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = settings.describe();
         }
         Err(errors) => {
-            assert!(!errors.is_empty(), "a refused config names at least one problem");
+            assert!(
+                !errors.is_empty(),
+                "a refused config names at least one problem"
+            );
             for e in &errors {
                 let _ = e.to_string();
             }

@@ -48,15 +48,15 @@ fuzz_target!(|data: &[u8]| {
     let Some(stack) = STACKS.get(usize::from(*which) % STACKS.len()) else {
         return;
     };
-    let content_type = CONTENT_TYPES
-        .get(usize::from(flags & 3))
-        .copied()
-        .flatten();
+    let content_type = CONTENT_TYPES.get(usize::from(flags & 3)).copied().flatten();
     let passcode_header = (flags & 4 != 0).then_some("376423");
     let (authorization, body) = match rest.iter().position(|&b| b == 0) {
         Some(i) => {
             let (head, tail) = rest.split_at(i);
-            (std::str::from_utf8(head).ok(), tail.get(1..).unwrap_or_default())
+            (
+                std::str::from_utf8(head).ok(),
+                tail.get(1..).unwrap_or_default(),
+            )
         }
         None => (None, rest),
     };

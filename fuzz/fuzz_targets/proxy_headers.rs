@@ -16,7 +16,10 @@ const PEERS: [&str; 4] = ["10.0.0.2", "203.0.113.9", "::ffff:10.0.0.3", "2001:db
 fn proxy_stream(buf: &[u8]) {
     match proxy::parse(buf) {
         Ok(Some((header, n))) => {
-            assert!(n > 0 && n <= buf.len(), "header length {n} outside the input");
+            assert!(
+                n > 0 && n <= buf.len(),
+                "header length {n} outside the input"
+            );
             // The header alone parses the same; nothing after it is read.
             let alone = buf.get(..n).map(proxy::parse);
             assert_eq!(alone, Some(Ok(Some((header, n)))));
