@@ -30,10 +30,12 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     before=$(find "artifacts/$t" -type f | wc -l)
     start=$(date +%s)
+    dict=()
+    [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
     # Fork mode with one worker: a crash is recorded and fuzzing goes on.
     cargo fuzz run -O --sanitizer "$sanitizer" "$t" "corpus/$t" -- \
         -max_total_time="$secs" -fork=1 -ignore_crashes=1 -ignore_ooms=1 \
-        -ignore_timeouts=1 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -ignore_timeouts=1 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
         >"$logs/$t.log" 2>&1 || true
     took=$(( $(date +%s) - start ))
     stats=$(grep -E '^#[0-9]+: cov' "$logs/$t.log" | tail -n 1 || true)

@@ -26,9 +26,11 @@ for t in $(cargo fuzz list); do
     dirs=("corpus/$t")
     [ -d "regressions/$t" ] && dirs+=("regressions/$t")
     mkdir -p "$scratch/$t"
+    dict=()
+    [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
     # New inputs go to the scratch directory; the committed seeds stay as they are.
     if ! cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "${dirs[@]}" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 >"$scratch/$t.log" 2>&1; then
+        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 "${dict[@]}" >"$scratch/$t.log" 2>&1; then
         tail -n 40 "$scratch/$t.log" >&2
         echo "fuzz smoke: $t FAILED" >&2
         exit 1
