@@ -31,7 +31,8 @@ for t in $(cargo fuzz list); do
     # New inputs go to the scratch directory; the committed seeds stay as they are.
     if ! cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "${dirs[@]}" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 "${dict[@]}" >"$scratch/$t.log" 2>&1; then
-        tail -n 40 "$scratch/$t.log" >&2
+        grep -E -A1 'panicked at|ERROR: (libFuzzer|AddressSanitizer)' "$scratch/$t.log" | head -n 6 >&2 || true
+        tail -n 25 "$scratch/$t.log" >&2
         echo "fuzz smoke: $t FAILED" >&2
         exit 1
     fi
