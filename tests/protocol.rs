@@ -3,10 +3,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bsk_sidecar::envelope::{BodyShape, Layer, PeerKeys};
@@ -253,30 +251,7 @@ struct Process {
 }
 
 fn spawn(config: &std::path::Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bsk-sidecar");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" listening ") && line.contains("listener=public") {
-                if let Some(a) = line.split("addr=").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(PATIENCE)
-        .expect("no `listening` line")
-        .parse()
-        .unwrap();
+    let (child, addr) = spawn_sidecar(config);
     Process { child, addr }
 }
 

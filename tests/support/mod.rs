@@ -659,3 +659,41 @@ pub fn without_request_id(body: &[u8], id: &str) -> Vec<u8> {
         .replace(id, "<request-id>")
         .into_bytes()
 }
+
+// ---------------------------------------------------------------------------------------
+// The real binary.
+
+/// Starts `bsk-sidecar run --config CONFIG` and returns it with the address its `public`
+/// listener bound (read from its log, so the config may use port 0).
+pub fn spawn_sidecar(config: &Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bsk-sidecar");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(" listening ") && line.contains("listener=public") {
+                if let Some(a) = line.split("addr=").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(PATIENCE)
+        .expect("no `listening` line")
+        .parse()
+        .expect("a listening address");
+    (child, addr)
+}
