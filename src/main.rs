@@ -72,6 +72,14 @@ enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Write the man pages and shell completions generated from these definitions into
+    /// DIR/man and DIR/completions (run by packaging/build.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run on an embedded config with a stand-in application and show sealed requests going through.
     Demo {
         /// Address of the demo's public listener.
@@ -164,6 +172,7 @@ fn main() -> ExitCode {
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
         Command::Outbox { action } => outbox(action),
+        Command::GenerateDocs { out } => generate_docs(&out),
         Command::Demo { listen, once } => tokio_main(bsk_sidecar::demo::run(listen, once)),
     };
     match result {
@@ -173,6 +182,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Man pages (one per visible subcommand, `bsk-sidecar-check.1` ...) and bash, zsh and
+/// fish completions, from the clap definitions above: never written by hand.
+fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cmd = Cli::command();
+    // Unbuilt, so that clap_mangen leaves out the `help` subcommand's pages.
+    clap_mangen::generate_to(cmd, &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    // clap_complete offers hidden subcommands too: complete only the visible ones.
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("bsk-sidecar")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd, "bsk-sidecar", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
