@@ -68,7 +68,8 @@ for path in ./usr/bin/bsk-sidecar ./usr/lib/systemd/system/bsk-sidecar.service \
     ./usr/share/bash-completion/completions/bsk-sidecar \
     ./usr/share/zsh/vendor-completions/_bsk-sidecar \
     ./usr/share/fish/vendor_completions.d/bsk-sidecar.fish \
-    ./usr/share/bsk-sidecar/prometheus/bsk-sidecar.rules.yml; do
+    ./usr/share/bsk-sidecar/prometheus/bsk-sidecar.rules.yml \
+    ./usr/share/bsk-sidecar/grafana/bsk-sidecar.json; do
     # cargo-deb writes the names without the leading "./".
     check "deb holds $path" grep -qE "[ ](\./)?${path#./}$" <<<"$contents"
 done
@@ -137,7 +138,8 @@ list=$(rpm -qlp "$rpm_pkg" 2>/dev/null)
 for path in /usr/bin/bsk-sidecar /usr/lib/systemd/system/bsk-sidecar.service \
     /etc/bsk-sidecar/examples/department.yaml /usr/share/man/man1/bsk-sidecar.1.gz \
     /usr/share/bash-completion/completions/bsk-sidecar \
-    /usr/share/bsk-sidecar/prometheus/bsk-sidecar.rules.yml; do
+    /usr/share/bsk-sidecar/prometheus/bsk-sidecar.rules.yml \
+    /usr/share/bsk-sidecar/grafana/bsk-sidecar.json; do
     check "rpm holds $path" grep -qx "$path" <<<"$list"
 done
 flags=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm_pkg" 2>/dev/null)
