@@ -77,6 +77,7 @@ pub mod error;
 pub mod forward;
 pub mod guard;
 pub mod metrics;
+pub mod online;
 pub mod pipeline;
 pub mod reload;
 pub mod runtime;

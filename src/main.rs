@@ -59,6 +59,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also resolve every DNS name, connect to every upstream and peer (TLS included),
+        /// print certificate expiry and the clock's offset from each peer; one `ok`/`FAIL`
+        /// line per item, exit 1 on any failure.
+        #[arg(long)]
+        online: bool,
     },
     /// Seal a JSON document read on stdin, as a peer would send it.
     Seal(EnvelopeArgs),
@@ -167,7 +172,7 @@ fn main() -> ExitCode {
     install_panic_hook();
     let result = match cli.command {
         Command::Run { config } => return run(&config),
-        Command::Check { config } => return check(&config),
+        Command::Check { config, online } => return check(&config, online),
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
@@ -245,7 +250,7 @@ fn install_panic_hook() {
     }));
 }
 
-fn tokio_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn tokio_main<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -278,7 +283,7 @@ fn load_quietly(path: &std::path::Path) -> anyhow::Result<config::Settings> {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, online: bool) -> ExitCode {
     match load_or_report(path) {
         Ok(settings) => {
             print!("{}", settings.describe());
@@ -289,9 +294,33 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
             }
             println!("{}: OK", path.display());
+            if online {
+                return check_online(&settings);
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+fn check_online(settings: &config::Settings) -> ExitCode {
+    let findings = match tokio_main(async { Ok(bsk_sidecar::online::probe(settings).await) }) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if failed > 0 {
+        println!("online: {failed} of {} failed", findings.len());
+        ExitCode::FAILURE
+    } else {
+        println!("online: all {} ok", findings.len());
+        ExitCode::SUCCESS
     }
 }
 
