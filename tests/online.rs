@@ -3,7 +3,6 @@
 //! one whose `Date` is two hours ahead, an allowlisted name nobody answers for. One
 //! `ok`/`FAIL` line per item; any FAIL exits non-zero.
 
-#[allow(dead_code)]
 mod egress_support;
 
 use std::net::SocketAddr;
