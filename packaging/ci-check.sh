@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI for the packages: installs the packaging tools, builds the .deb and .rpm
+# CI for the packages (run it before `cargo test`: it also installs the Chromium that
+# tests/status_page.rs needs): installs the packaging tools, builds the .deb and .rpm
 # (packaging/build.sh) and checks them (packaging/test-packages.sh: glibc floor, dpkg
 # install/upgrade/remove/purge, rpm contents and scripts). Runs as root on Debian.
 # Idempotent: installs only what is missing. Every missing tool is a failure.
@@ -19,6 +20,8 @@ command -v objdump >/dev/null 2>&1 || apt_missing+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v pip3 >/dev/null 2>&1 || apt_missing+=(python3-pip)
+# Not for the packages: tests/status_page.rs renders the status page in headless Chromium.
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     echo "== apt-get: ${apt_missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -45,7 +48,7 @@ if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $CARGO
     cargo install --locked --quiet cargo-generate-rpm --version "$CARGO_GENERATE_RPM"
 fi
 
-for tool in cargo-zigbuild cargo-deb cargo-generate-rpm rpm cpio objdump systemd-analyze openssl; do
+for tool in cargo-zigbuild cargo-deb cargo-generate-rpm rpm cpio objdump systemd-analyze openssl chromium; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ci-check: $tool missing after install" >&2; exit 1; }
 done
 

@@ -84,5 +84,6 @@ pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod state_dir;
+pub mod status;
 pub mod systemd;
 pub mod tls;
