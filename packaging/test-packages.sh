@@ -3,6 +3,7 @@
 # machine: the binary's glibc floor (objdump -T), the .deb installed, checked, upgraded,
 # removed and purged for real (dpkg), and the .rpm's contents and scripts (rpm -qp).
 # Every missing tool is a failure. Ends with "N passed, N failed".
+# It purges an installed bsk-sidecar first: run it on a CI or throwaway machine only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +82,8 @@ echo "== dpkg -i"
 # A leftover from an earlier run would hide what this install does.
 dpkg -P bsk-sidecar >/dev/null 2>&1 || true
 rm -rf /etc/bsk-sidecar /var/lib/bsk-sidecar
-check "dpkg -i installs" dpkg -i "$deb"
+check "dpkg -i installs and says the service waits for a config" \
+    bash -c 'dpkg -i "$1" | grep -q "bsk-sidecar: not started"' _ "$deb"
 check "the system user exists" getent passwd bsk-sidecar
 check "/var/lib/bsk-sidecar is 0700 bsk-sidecar" \
     test "$(stat -c '%a %U' /var/lib/bsk-sidecar)" = "700 bsk-sidecar"
