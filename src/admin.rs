@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` for Prometheus, `/healthz` (the process is up) and
+//! The admin listener: `/` the status page for a person ([`crate::status`]), `/metrics`
+//! for Prometheus, `/healthz` (the process is up) and
 //! `/readyz` (listeners are serving and not draining), and the outbox's operator
 //! endpoints (`/outbox`, see [`crate::egress::ops`]). Loopback by default.
 //!
@@ -42,6 +43,8 @@ pub async fn serve(
             tracing::warn!("admin.token is not configured: the /outbox endpoints answer 403");
         }
     }
+    // The status page's recent figures: counters sampled while the admin listener runs.
+    let sampler = tokio::spawn(crate::status::run_sampler(rt.metrics.clone()));
     let slots = Arc::new(Semaphore::new(rt.settings.admin_access.max_connections));
     loop {
         let stream = tokio::select! {
@@ -49,7 +52,10 @@ pub async fn serve(
                 Ok((s, _)) => s,
                 Err(_) => continue,
             },
-            _ = stop.changed() => break,
+            _ = stop.changed() => {
+                sampler.abort();
+                break;
+            }
         };
         // Over the cap, the connection is closed unanswered: operators need a handful.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -126,6 +132,23 @@ fn answer(rt: &Runtime, ready: &AtomicBool, req: &Request<Incoming>) -> Response
         );
     }
     match req.uri().path() {
+        "/" => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::status::page(rt))));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            if let Ok(csp) = HeaderValue::from_str(&crate::status::content_security_policy()) {
+                h.insert(header::CONTENT_SECURITY_POLICY, csp);
+            }
+            r
+        }
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(rt.metrics.render())));
             r.headers_mut().insert(

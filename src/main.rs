@@ -59,6 +59,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also resolve every DNS name, connect to every upstream and peer (TLS included),
+        /// print certificate expiry and the clock's offset from each peer; one `ok`/`FAIL`
+        /// line per item, exit 1 on any failure.
+        #[arg(long)]
+        online: bool,
     },
     /// Seal a JSON document read on stdin, as a peer would send it.
     Seal(EnvelopeArgs),
@@ -71,6 +76,14 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         action: OutboxAction,
+    },
+    /// Write the man pages and shell completions generated from these definitions into
+    /// DIR/man and DIR/completions (run by packaging/build.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run on an embedded config with a stand-in application and show sealed requests going through.
     Demo {
@@ -302,13 +315,14 @@ fn main() -> ExitCode {
     install_panic_hook();
     let result = match cli.command {
         Command::Run { config } => return run(&config),
-        Command::Check { config } => return check(&config),
+        Command::Check { config, online } => return check(&config, online),
         Command::Probe(a) => return probe(&a),
         Command::PortalSim(a) => return portal_sim(a),
         Command::Seal(a) => seal(&a),
         Command::Open(a) => open(&a),
         Command::Keygen => keygen(),
         Command::Outbox { action } => outbox(action),
+        Command::GenerateDocs { out } => generate_docs(&out),
         Command::Demo { listen, once } => tokio_main(bsk_sidecar::demo::run(listen, once)),
     };
     match result {
@@ -318,6 +332,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Man pages (one per visible subcommand, `bsk-sidecar-check.1` ...) and bash, zsh and
+/// fish completions, from the clap definitions above: never written by hand.
+fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let cmd = Cli::command();
+    // Unbuilt, so that clap_mangen leaves out the `help` subcommand's pages.
+    clap_mangen::generate_to(cmd, &man)
+        .with_context(|| format!("writing man pages to {}", man.display()))?;
+    // clap_complete offers hidden subcommands too: complete only the visible ones.
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("bsk-sidecar")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd, "bsk-sidecar", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -384,7 +428,7 @@ fn load_quietly(path: &std::path::Path) -> anyhow::Result<config::Settings> {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, online: bool) -> ExitCode {
     match load_or_report(path) {
         Ok(settings) => {
             print!("{}", settings.describe());
@@ -395,9 +439,33 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
             }
             println!("{}: OK", path.display());
+            if online {
+                return check_online(&settings);
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+fn check_online(settings: &config::Settings) -> ExitCode {
+    let findings = match tokio_main(async { Ok(bsk_sidecar::online::probe(settings).await) }) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    if failed > 0 {
+        println!("online: {failed} of {} failed", findings.len());
+        ExitCode::FAILURE
+    } else {
+        println!("online: all {} ok", findings.len());
+        ExitCode::SUCCESS
     }
 }
 

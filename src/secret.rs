@@ -8,31 +8,86 @@ use subtle::ConstantTimeEq;
 ///
 /// `Debug` and `Display` print `***`; equality is constant-time in the content (the length
 /// of a secret is not treated as secret).
+///
+/// During a rotation a secret also carries the values still accepted beside it
+/// ([`Secret::rotating`]): the first one seals and signs, every one is accepted; a JWT
+/// secret may be named by a `kid`.
 #[derive(Clone, Default)]
-pub struct Secret(Box<[u8]>);
+pub struct Secret {
+    bytes: Box<[u8]>,
+    kid: Option<Box<str>>,
+    /// Older (or newer) values still accepted, in the configured order.
+    also: Vec<Secret>,
+}
 
 impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into().into_boxed_slice())
+        Secret {
+            bytes: bytes.into().into_boxed_slice(),
+            kid: None,
+            also: Vec::new(),
+        }
     }
 
-    /// The raw bytes, for the crypto that needs them. Never log the result.
+    /// This secret named by `kid` (the JWS header parameter that selects a JWT secret).
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into().into_boxed_str());
+        self
+    }
+
+    /// The `kid` naming this secret, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// Several values for one secret, as listed during a rotation: the first seals and
+    /// signs, all are accepted. `None` for an empty list.
+    pub fn rotating(list: Vec<Secret>) -> Option<Self> {
+        let mut all = list.into_iter().flat_map(Secret::into_accepted);
+        let mut first = all.next()?;
+        first.also = all.collect();
+        Some(first)
+    }
+
+    fn into_accepted(mut self) -> Vec<Secret> {
+        let also = std::mem::take(&mut self.also);
+        std::iter::once(self).chain(also).collect()
+    }
+
+    /// Every accepted value, the sealing one first. Each yielded secret's own
+    /// [`Secret::expose`] and [`Secret::kid`] describe that one value.
+    pub fn accepted(&self) -> impl Iterator<Item = &Secret> {
+        std::iter::once(self).chain(self.also.iter())
+    }
+
+    /// The raw bytes of the value that seals and signs, for the crypto that needs them.
+    /// Never log the result.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
+    /// Length of the sealing value.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
+    }
+
+    /// Length of the shortest accepted value.
+    pub fn shortest(&self) -> usize {
+        self.accepted().map(|s| s.bytes.len()).min().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 
-    /// Constant-time comparison against what a caller presented.
+    /// Constant-time comparison against what a caller presented: true when it is any
+    /// accepted value. Every value is compared, whichever matches.
     pub fn matches(&self, presented: &[u8]) -> bool {
         // `ct_eq` on slices of different lengths returns false without looking at content.
-        bool::from(self.0.as_ref().ct_eq(presented))
+        let found = self.accepted().fold(subtle::Choice::from(0), |found, s| {
+            found | s.bytes.as_ref().ct_eq(presented)
+        });
+        bool::from(found)
     }
 }
 
@@ -49,8 +104,12 @@ impl fmt::Display for Secret {
 }
 
 impl PartialEq for Secret {
+    /// Same values, same names, same order.
     fn eq(&self, other: &Self) -> bool {
-        self.matches(&other.0)
+        self.accepted().count() == other.accepted().count()
+            && self.accepted().zip(other.accepted()).all(|(a, b)| {
+                bool::from(a.bytes.as_ref().ct_eq(b.bytes.as_ref())) && a.kid == b.kid
+            })
     }
 }
 
@@ -66,6 +125,44 @@ mod tests {
         assert_eq!(format!("{s:?}"), "***");
         assert_eq!(format!("{s}"), "***");
         assert_eq!(format!("{:?}", Some(&s)), "Some(***)");
+    }
+
+    #[test]
+    fn a_rotating_secret_seals_with_the_first_and_accepts_every_one() {
+        let s = Secret::rotating(vec![
+            Secret::new("new-passcode"),
+            Secret::new("old-passcode"),
+        ])
+        .unwrap();
+        assert_eq!(s.expose(), b"new-passcode");
+        assert!(s.matches(b"new-passcode"));
+        assert!(s.matches(b"old-passcode"));
+        assert!(!s.matches(b"other"));
+        assert_eq!(s.accepted().count(), 2);
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(s.shortest(), 12);
+        assert!(Secret::rotating(Vec::new()).is_none());
+        // A single value is the plain secret.
+        assert_eq!(
+            Secret::rotating(vec![Secret::new("x")]).unwrap(),
+            Secret::new("x")
+        );
+        assert_ne!(s, Secret::new("new-passcode"));
+    }
+
+    #[test]
+    fn kids_name_values() {
+        let s = Secret::rotating(vec![
+            Secret::new("b").with_kid("2026-12"),
+            Secret::new("a").with_kid("2026-06"),
+        ])
+        .unwrap();
+        let kids: Vec<_> = s.accepted().map(|v| v.kid()).collect();
+        assert_eq!(kids, [Some("2026-12"), Some("2026-06")]);
+        assert_ne!(
+            s,
+            Secret::rotating(vec![Secret::new("b"), Secret::new("a")]).unwrap()
+        );
     }
 
     #[test]

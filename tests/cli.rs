@@ -599,3 +599,56 @@ fn demo_once_shows_plain_json_reaching_the_app_and_a_tampered_request_refused() 
         out.stdout
     );
 }
+
+#[test]
+fn man_pages_and_completions_come_from_the_command_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    bsk_ok(&["generate-docs", "--out", out], "");
+    let man = std::fs::read_to_string(dir.path().join("man/bsk-sidecar.1")).unwrap();
+    assert!(man.contains(".TH bsk-sidecar 1"), "{man}");
+    // Every visible subcommand has its page and is named on the main one; the
+    // generator's own hidden subcommand and clap's `help` have none.
+    for sub in ["run", "check", "seal", "open", "keygen", "outbox", "demo"] {
+        assert!(
+            man.contains(&format!("bsk\\-sidecar\\-{sub}(1)")),
+            "{sub} not on bsk-sidecar.1"
+        );
+        assert!(
+            dir.path()
+                .join(format!("man/bsk-sidecar-{sub}.1"))
+                .is_file(),
+            "{sub}"
+        );
+    }
+    assert!(
+        !man.contains("generate"),
+        "hidden subcommand on the man page"
+    );
+    assert!(!dir.path().join("man/bsk-sidecar-help.1").exists());
+    let check = std::fs::read_to_string(dir.path().join("man/bsk-sidecar-check.1")).unwrap();
+    assert!(check.contains("\\-\\-config"), "{check}");
+
+    for file in ["bsk-sidecar.bash", "_bsk-sidecar", "bsk-sidecar.fish"] {
+        let text = std::fs::read_to_string(dir.path().join("completions").join(file)).unwrap();
+        assert!(text.contains("keygen") && text.contains("outbox"), "{file}");
+        assert!(
+            !text.contains("generate-docs"),
+            "{file} offers the hidden subcommand"
+        );
+    }
+    // The bash script loads and registers itself.
+    let bash = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {out}/completions/bsk-sidecar.bash && complete -p bsk-sidecar"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("bsk-sidecar"));
+}

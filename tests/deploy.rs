@@ -237,7 +237,7 @@ fn systemd_unit_verifies_and_rates_at_most_2() {
         assert!(unit.contains(directive), "unit lacks {directive}");
     }
     // verify checks that ExecStart= exists: point it at the binary cargo built.
-    let unit = unit.replace("/usr/local/bin/bsk-sidecar", BIN);
+    let unit = unit.replace("/usr/bin/bsk-sidecar", BIN);
     let path = dir.path().join("bsk-sidecar.service");
     std::fs::write(&path, unit).unwrap();
 

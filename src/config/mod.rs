@@ -131,14 +131,13 @@ impl Settings {
                 .rate
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "unlimited".into());
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 out,
                 "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}",
                 p.keys.agid,
                 p.keys.aes.len(),
-                if p.keys.jwt.is_some() { "yes" } else { "no" },
-                if p.keys.passcode.is_some() { "yes" } else { "no" },
+                present(p.keys.jwt.as_ref().map(|j| &j.secret)),
+                present(p.keys.passcode.as_ref()),
             );
             if let Some(b) = &p.client_cert {
                 let _ = writeln!(
@@ -277,3 +276,12 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// `yes`, `no`, or during a rotation `yes (3 accepted, the first seals)`.
+fn present(secret: Option<&crate::secret::Secret>) -> String {
+    match secret.map(|s| s.accepted().count()) {
+        None => "no".into(),
+        Some(1) => "yes".into(),
+        Some(n) => format!("yes ({n} accepted, the first seals)"),
+    }
+}

@@ -129,13 +129,24 @@ pub struct RawSecretSource {
     pub file: Option<PathBuf>,
     /// A systemd credential: the file NAME in `$CREDENTIALS_DIRECTORY`.
     pub credential: Option<String>,
+    /// Names a JWT secret (the JWS `kid` header); JWT secrets only.
+    pub kid: Option<String>,
+}
+
+/// One secret, or several during a rotation (the first seals, all are accepted):
+/// `passcode` and `jwt.secret`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSecrets {
+    One(RawSecret),
+    Many(Vec<RawSecret>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPeer {
     pub agid: String,
-    pub passcode: Option<RawSecret>,
+    pub passcode: Option<RawSecrets>,
     pub jwt: Option<RawJwt>,
     pub aes: Option<RawAes>,
     pub allow: Option<Vec<String>>,
@@ -171,7 +182,7 @@ pub struct RawPeerTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    pub secret: RawSecret,
+    pub secret: RawSecrets,
     pub algorithms: Option<Vec<String>>,
     pub require_exp: Option<bool>,
     pub leeway: Option<RawDuration>,

@@ -337,6 +337,7 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
             env: Some(name),
             file: None,
             credential: None,
+            ..
         }) => std::env::var(name)
             .map(|v| Secret::new(v.into_bytes()))
             .map_err(|_| format!("environment variable `{name}` is not set")),
@@ -344,11 +345,13 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
             env: None,
             file: None,
             credential: Some(name),
+            ..
         }) => super::ops::credential(name),
         RawSecret::From(RawSecretSource {
             env: None,
             file: Some(file),
             credential: None,
+            ..
         }) => {
             let path = if file.is_absolute() {
                 file.clone()
@@ -370,6 +373,10 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
 }
 
 fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Option<Secret> {
+    if let RawSecret::From(RawSecretSource { kid: Some(_), .. }) = raw {
+        check.err(path, "`kid` names JWT secrets only (jwt.secret)");
+        return None;
+    }
     match load_secret(raw, base) {
         Ok(s) if s.is_empty() => {
             check.err(path, "secret is empty");
@@ -381,6 +388,68 @@ fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Op
             None
         }
     }
+}
+
+/// `passcode` or `jwt.secret`: one secret, or a list during a rotation (the first seals,
+/// all are accepted). `kids`: whether entries may carry a `kid` (JWT secrets).
+fn secrets(
+    check: &mut Check<'_>,
+    path: &str,
+    raw: &RawSecrets,
+    base: &Path,
+    kids: bool,
+) -> Option<Secret> {
+    let list: Vec<(String, &RawSecret)> = match raw {
+        RawSecrets::One(one) => vec![(path.to_owned(), one)],
+        RawSecrets::Many(many) => many
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("{path}[{i}]"), r))
+            .collect(),
+    };
+    if list.is_empty() {
+        check.err(path, "list at least one secret");
+        return None;
+    }
+    let mut loaded = Vec::new();
+    let mut seen_kids = std::collections::BTreeSet::new();
+    for (at, raw) in list {
+        let kid = match raw {
+            RawSecret::From(RawSecretSource { kid: Some(kid), .. }) => {
+                if !kids {
+                    check.err(&at, "`kid` names JWT secrets only (jwt.secret)");
+                    continue;
+                }
+                if kid.is_empty() || !seen_kids.insert(kid.clone()) {
+                    check.err(&at, format!("kid `{kid}` is empty or used twice"));
+                    continue;
+                }
+                Some(kid.clone())
+            }
+            _ => None,
+        };
+        let plain = match raw {
+            RawSecret::From(src) => RawSecret::From(RawSecretSource {
+                kid: None,
+                ..src.clone()
+            }),
+            other => other.clone(),
+        };
+        if let Some(s) = secret(check, &at, &plain, base) {
+            loaded.push(match kid {
+                Some(k) => s.with_kid(k),
+                None => s,
+            });
+        }
+    }
+    let duplicate = loaded
+        .iter()
+        .enumerate()
+        .any(|(i, a)| loaded.iter().skip(i + 1).any(|b| a.matches(b.expose())));
+    if duplicate {
+        check.err(path, "the same secret is listed twice");
+    }
+    Secret::rotating(loaded)
 }
 
 /// `admin.token`, `admin.metrics`, `admin.max_connections`.
@@ -471,7 +540,7 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
     let passcode = raw
         .passcode
         .as_ref()
-        .and_then(|s| secret(check, &format!("{p}.passcode"), s, base));
+        .and_then(|s| secrets(check, &format!("{p}.passcode"), s, base, false));
     let sign_exp = raw
         .jwt
         .as_ref()
@@ -504,9 +573,9 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
     let mut short_jwt_secret = false;
     let jwt = raw.jwt.and_then(|j| {
         let jp = format!("{p}.jwt");
-        let secret = secret(check, &format!("{jp}.secret"), &j.secret, base);
+        let secret = secrets(check, &format!("{jp}.secret"), &j.secret, base, true);
         if let Some(s) = &secret {
-            if s.len() < MIN_JWT_SECRET {
+            if s.shortest() < MIN_JWT_SECRET {
                 if j.allow_short_secret == Some(true) {
                     short_jwt_secret = true;
                 } else {

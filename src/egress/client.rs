@@ -319,3 +319,92 @@ impl Endpoint {
         Ok(sender)
     }
 }
+
+/// What `check --online` learns from one peer's `url`.
+#[derive(Debug)]
+pub struct PeerProbe {
+    /// `host:port` dialled.
+    pub addr: String,
+    /// TCP connect plus, for `https://`, the TLS handshake.
+    pub connected_in: Duration,
+    /// The peer certificate's `notAfter` (unix seconds), for `https://`.
+    pub cert_not_after: Option<i64>,
+    /// Status of the answer to `HEAD <url>`.
+    pub status: u16,
+    /// The answer's `Date`, and when it arrived by our clock.
+    pub date: Option<(std::time::SystemTime, std::time::SystemTime)>,
+}
+
+/// Connects to peer `p`'s `url` the way deliveries do (its CA or the system's, its client
+/// certificate) and sends `HEAD <url>`: any answer proves the path works.
+pub async fn probe(p: &Peer, timeout: Duration) -> Result<PeerProbe, SendError> {
+    let url = p
+        .url
+        .as_ref()
+        .ok_or_else(|| SendError::Request(format!("peer `{}` has no url", p.name)))?;
+    let ep = endpoint(p, url).map_err(|e| SendError::Request(e.to_string()))?;
+    let started = Instant::now();
+    let work = async {
+        let stream = TcpStream::connect(&ep.addr)
+            .await
+            .map_err(|source| SendError::Connect {
+                addr: ep.addr.clone(),
+                source,
+            })?;
+        let req = Request::builder()
+            .method(Method::HEAD)
+            .uri(if ep.base_path.is_empty() {
+                "/"
+            } else {
+                ep.base_path.as_str()
+            })
+            .header(header::HOST, ep.authority.as_str())
+            .header(header::USER_AGENT, "bsk-sidecar check --online")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| SendError::Request(e.to_string()))?;
+        let (connected_in, cert_not_after, answer) = match &ep.tls {
+            None => {
+                let connected_in = started.elapsed();
+                let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                (connected_in, None, sender.send_request(req).await?)
+            }
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|source| SendError::Tls {
+                        addr: ep.addr.clone(),
+                        source,
+                    })?;
+                let connected_in = started.elapsed();
+                let not_after = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::not_after);
+                let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                (connected_in, not_after, sender.send_request(req).await?)
+            }
+        };
+        let received = std::time::SystemTime::now();
+        let date = answer
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .map(|d| (d, received));
+        Ok(PeerProbe {
+            addr: ep.addr.clone(),
+            connected_in,
+            cert_not_after,
+            status: answer.status().as_u16(),
+            date,
+        })
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| SendError::Timeout)?
+}

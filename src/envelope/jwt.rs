@@ -112,7 +112,14 @@ pub fn sign(key: &JwtKey, payload_json: &[u8]) -> Result<String, Failure> {
     if serde_json::from_slice::<IgnoredAny>(payload_json).is_err() {
         return Err(Failure::BadToken(TokenProblem::MalformedClaims));
     }
-    let header = format!(r#"{{"alg":"{alg_name}","typ":"JWT"}}"#);
+    // The signing secret's `kid`, when it has one, tells a peer holding several which.
+    let header = match key.secret.kid() {
+        Some(kid) => {
+            let kid = serde_json::to_string(kid).map_err(|_| Failure::Misconfigured("jwt kid"))?;
+            format!(r#"{{"alg":"{alg_name}","typ":"JWT","kid":{kid}}}"#)
+        }
+        None => format!(r#"{{"alg":"{alg_name}","typ":"JWT"}}"#),
+    };
     let mut token = URL_SAFE_NO_PAD.encode(header);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(payload_json, &mut token);
@@ -223,7 +230,7 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
         return Err(Failure::MalformedToken);
     };
     // The algorithm is judged first so that `alg: none` (empty signature) is reported as such.
-    let alg = allowed_algorithm(key, header_b64)?;
+    let (alg, kid) = allowed_algorithm(key, header_b64)?;
     if payload_b64.is_empty() || signature_b64.is_empty() {
         return Err(Failure::MalformedToken);
     }
@@ -238,10 +245,24 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
         .as_bytes()
         .get(..message_len)
         .ok_or(Failure::MalformedToken)?;
-    let decoding_key = DecodingKey::from_secret(key.secret.expose());
-    match jsonwebtoken::crypto::verify(signature_b64, message, &decoding_key, alg) {
-        Ok(true) => {}
-        Ok(false) | Err(_) => return Err(Failure::BadToken(TokenProblem::BadSignature)),
+    // Rotation: the secret the token's `kid` names; without one (or a name we do not
+    // hold), the first configured secret that verifies.
+    let named = kid
+        .as_deref()
+        .and_then(|kid| key.secret.accepted().find(|s| s.kid() == Some(kid)));
+    let verifies = |s: &Secret| {
+        let decoding_key = DecodingKey::from_secret(s.expose());
+        matches!(
+            jsonwebtoken::crypto::verify(signature_b64, message, &decoding_key, alg),
+            Ok(true)
+        )
+    };
+    let verified = match named {
+        Some(s) => verifies(s),
+        None => key.secret.accepted().any(verifies),
+    };
+    if !verified {
+        return Err(Failure::BadToken(TokenProblem::BadSignature));
     }
 
     URL_SAFE_NO_PAD
@@ -250,11 +271,16 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
 }
 
 /// Reads the JOSE header far enough to decide whether its `alg` is acceptable.
-fn allowed_algorithm(key: &JwtKey, header_b64: &str) -> Result<Algorithm, Failure> {
+/// Also returns the header's `kid`, which names the secret to verify with.
+fn allowed_algorithm(
+    key: &JwtKey,
+    header_b64: &str,
+) -> Result<(Algorithm, Option<String>), Failure> {
     #[derive(Deserialize)]
     struct JoseHeader {
         alg: Option<String>,
         crit: Option<IgnoredAny>,
+        kid: Option<String>,
     }
 
     let bytes = URL_SAFE_NO_PAD
@@ -272,7 +298,7 @@ fn allowed_algorithm(key: &JwtKey, header_b64: &str) -> Result<Algorithm, Failur
     if alg.family() != AlgorithmFamily::Hmac || !key.algorithms.contains(&alg) {
         return Err(Failure::BadToken(TokenProblem::AlgNotAllowed));
     }
-    Ok(alg)
+    Ok((alg, header.kid))
 }
 
 /// True when `s` has the compact JWS shape: three non-empty base64url segments.
@@ -361,4 +387,70 @@ fn numeric_date(n: &serde_json::Number) -> Result<i64, Failure> {
     n.as_i64()
         .filter(|v| (0..=MAX_NUMERIC_DATE).contains(v))
         .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    const NEW: &str = "the new secret, at least 32 bytes long";
+    const OLD: &str = "the old secret, at least 32 bytes long";
+
+    fn key(secret: Secret) -> JwtKey {
+        let mut k = JwtKey::new(secret);
+        k.require_exp = false;
+        k
+    }
+
+    fn rotating(list: Vec<Secret>) -> JwtKey {
+        key(Secret::rotating(list).unwrap())
+    }
+
+    #[test]
+    fn without_kid_the_first_secret_that_verifies_is_used() {
+        let both = rotating(vec![Secret::new(NEW), Secret::new(OLD)]);
+        let by_old = sign(&key(Secret::new(OLD)), br#"{"a":1}"#).unwrap();
+        let by_new = sign(&key(Secret::new(NEW)), br#"{"a":2}"#).unwrap();
+        assert_eq!(verify(&both, &by_old, 0).unwrap().payload, br#"{"a":1}"#);
+        assert_eq!(verify(&both, &by_new, 0).unwrap().payload, br#"{"a":2}"#);
+        // The first one signs.
+        let ours = sign(&both, b"{}").unwrap();
+        assert!(verify(&key(Secret::new(NEW)), &ours, 0).is_ok());
+        assert!(verify(&key(Secret::new(OLD)), &ours, 0).is_err());
+        // A secret no longer listed no longer verifies.
+        let other = sign(
+            &key(Secret::new("a third secret, at least 32 bytes")),
+            b"{}",
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&both, &other, 0),
+            Err(Failure::BadToken(TokenProblem::BadSignature))
+        ));
+    }
+
+    #[test]
+    fn a_kid_selects_its_secret_and_signing_names_it() {
+        let both = rotating(vec![
+            Secret::new(NEW).with_kid("2026-12"),
+            Secret::new(OLD).with_kid("2026-06"),
+        ]);
+        let ours = sign(&both, b"{}").unwrap();
+        let header = ours.split('.').next().unwrap();
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(header).unwrap(),
+            br#"{"alg":"HS256","typ":"JWT","kid":"2026-12"}"#
+        );
+        let old_named = sign(&key(Secret::new(OLD).with_kid("2026-06")), b"{}").unwrap();
+        assert!(verify(&both, &old_named, 0).is_ok());
+        // Named for one secret, signed with another: the named one decides.
+        let mislabelled = sign(&key(Secret::new(OLD).with_kid("2026-12")), b"{}").unwrap();
+        assert!(matches!(
+            verify(&both, &mislabelled, 0),
+            Err(Failure::BadToken(TokenProblem::BadSignature))
+        ));
+        // A kid we do not hold: every secret is tried.
+        let unknown = sign(&key(Secret::new(OLD).with_kid("elsewhere")), b"{}").unwrap();
+        assert!(verify(&both, &unknown, 0).is_ok());
+    }
 }

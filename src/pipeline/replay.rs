@@ -54,7 +54,7 @@ pub(super) fn check_lifetime(
 /// this stage, an undelivered forward, a panic).
 pub(super) enum Held {
     Local(Reservation),
-    Fleet(FleetReservation),
+    Fleet(Box<FleetReservation>),
 }
 
 impl Held {
@@ -78,11 +78,11 @@ pub(super) async fn hold(
     if let Some(fleet) = &rt.fleet {
         let ttl = Duration::from_secs(expiry.saturating_sub(now).max(1));
         return match fleet.reserve(&rt.metrics, key, ttl).await {
-            Ok(true) => Ok(Held::Fleet(FleetReservation::new(
+            Ok(true) => Ok(Held::Fleet(Box::new(FleetReservation::new(
                 fleet.clone(),
                 rt.metrics.clone(),
                 key,
-            ))),
+            )))),
             Ok(false) => Err(Reject::Replayed),
             Err(_) => Err(Reject::StateUnavailable("replay_store_unavailable")),
         };
