@@ -6,6 +6,7 @@
 #   benches/load/run.sh [DURATION_SECONDS] [ROUNDS]
 #
 #   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
+#   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
@@ -13,7 +14,8 @@
 # The sidecar route is `[token, jwt, aes]` with the defaults: allowlist, per-address,
 # per-peer and per-route limits, passcode, HS256, AES-256-CBC, freshness (10 min) and replay
 # protection. Every request carries a fresh token (a file of distinct sealed bodies, made
-# per round by the `load-bodies` tool, built with `--features bench-tools`), so no request is a replay.
+# per round by the `load-bodies` tool, built with `--features bench-tools`), so no
+# request is a replay.
 # Access logs are off on both sides (sidecar: RUST_LOG=warn; nginx: access_log off).
 #
 # Per target and connection count it prints the median over rounds of: requests/s,
@@ -30,6 +32,8 @@ IDLE=${IDLE:-10000}
 TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
 BASE_BIN=${BASE_BIN:-}
+ALT_BIN=${ALT_BIN:-}
+ALT_LABEL=${ALT_LABEL:-alt}
 BODIES=${BODIES:-$((DUR * 60000))}
 
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
@@ -180,8 +184,11 @@ print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f}
 ' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" >> "$RESULTS"
 }
 
-TARGETS="nginx sidecar"
-[ -n "$BASE_BIN" ] && TARGETS="nginx baseline sidecar"
+TARGETS="nginx"
+[ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
+TARGETS="$TARGETS sidecar"
+[ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
 echo "load: $(nproc) cores; $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
   "$GEN" "$BODIES" > "$WORK/bodies.txt"
@@ -192,11 +199,11 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round: $order" >&2
   for c in $CONNS; do
     for t in $order; do
-      case $t in
-        nginx) measure nginx "$c" "$PX" $PX_PIDS ;;
-        baseline) start_sidecar "$BASE_BIN"; measure baseline "$c" "$SC" "$SC_PID"; stop_sidecar ;;
-        sidecar) start_sidecar "$BIN"; measure sidecar "$c" "$SC" "$SC_PID"; stop_sidecar ;;
-      esac
+      if [ "$t" = nginx ]; then
+        measure nginx "$c" "$PX" $PX_PIDS
+      else
+        start_sidecar "$(bin_of "$t")"; measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
+      fi
     done
   done
 done
@@ -205,11 +212,8 @@ done
 if [ "$IDLE" -gt 0 ]; then
   "$GEN" 1 > "$WORK/one.txt"
   for t in $TARGETS; do
-    case $t in
-      nginx) continue ;;
-      baseline) start_sidecar "$BASE_BIN" ;;
-      sidecar) start_sidecar "$BIN" ;;
-    esac
+    [ "$t" = nginx ] && continue
+    start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
     python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt"
     echo -e "idle\t$t\t$IDLE\t$(awk "BEGIN {printf \"%.1f\", $rss0/1024}")\t$(awk "BEGIN {printf \"%.1f\", $(hwm_kib "$SC_PID")/1024}")" >> "$RESULTS"
@@ -232,13 +236,14 @@ print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     print(f"{t:9} {c:>5} " + " ".join(f"{x:>18.2f}" for x in v))
 for c in sorted({c for _, c in med}):
-    for t in ("baseline", "sidecar"):
+    for t in sorted({t for t, _ in med} - {"nginx"}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
             print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
-    if ("baseline", c) in med and ("sidecar", c) in med:
-        a, b = med[("sidecar", c)], med[("baseline", c)]
-        print(f"c={c} sidecar/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x")
+    for t in sorted({t for t, _ in med} - {"nginx", "baseline"}):
+        if ("baseline", c) in med and (t, c) in med:
+            a, b = med[(t, c)], med[("baseline", c)]
+            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
 for f in idle:
     print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
 PY
