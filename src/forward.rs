@@ -367,7 +367,11 @@ impl Forwarder {
         req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let pool = match self.pools.iter().find(|p| p.authority == upstream.authority) {
+        let pool = match self
+            .pools
+            .iter()
+            .find(|p| p.authority == upstream.authority)
+        {
             Some(p) => p.clone(),
             None => Arc::new(Pool::new(
                 upstream.authority.clone(),

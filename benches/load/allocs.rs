@@ -147,14 +147,23 @@ listeners:
     let rt = Runtime::new(settings, Metrics::new())?;
     let bound = tokio.block_on(bsk_sidecar::server::bind(&rt))?;
     let addr = bound.addr_of(&rt, "public").ok_or("no listener")?;
-    tokio.spawn(bsk_sidecar::server::serve(rt, bound, std::future::pending()));
+    tokio.spawn(bsk_sidecar::server::serve(
+        rt,
+        bound,
+        std::future::pending(),
+    ));
 
     // Every request its own fresh token, sealed before counting starts.
     let keys = PeerKeys {
         agid: "BSK".to_owned(),
         passcode: Some(Secret::new("376423")),
-        jwt: Some(JwtKey::new(Secret::new("bench-jwt-secret-0123456789abcdef"))),
-        aes: vec![AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL")?],
+        jwt: Some(JwtKey::new(Secret::new(
+            "bench-jwt-secret-0123456789abcdef",
+        ))),
+        aes: vec![AesKey::new(
+            b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W",
+            b"V0ZMZO6WZ45KY2PL",
+        )?],
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut wire = Vec::with_capacity(WARMUP + requests);

@@ -9,6 +9,7 @@
 #   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
+#   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
 #
 # The sidecar route is `[token, jwt, aes]` with the defaults: allowlist, per-address,
@@ -108,8 +109,13 @@ peers:
     aes:
       keys:
         - { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }
-    allow: [127.0.0.0/8]
+    allow: [127.0.0.1/32]
     rate: { per_second: 10000000, burst: 10000000 }
+  flood:                            # the flood scenario's allowlisted flooder
+    agid: FLOOD
+    passcode: "111111"
+    jwt: { secret: "flood-jwt-secret-0123456789abcdef" }
+    allow: [127.0.0.3/32]
 listeners:
   - name: public
     listen: 127.0.0.1:$SC
@@ -119,6 +125,11 @@ listeners:
         envelope: [token, jwt, aes]
         rate: { per_second: 10000000, burst: 10000000 }
         upstream: http://127.0.0.1:$UP/bsk/status
+      - path: /flood/status
+        from: flood
+        envelope: [token, jwt]
+        rate: { per_second: 100, burst: 100 }
+        upstream: http://127.0.0.1:$UP/flood/status
 CONF
 }
 
@@ -221,13 +232,40 @@ if [ "$IDLE" -gt 0 ]; then
   done
 fi
 
-python3 - "$RESULTS" <<'PY'
+# Flood isolation: the legitimate client (127.0.0.1, c=32) alone, then while 127.0.0.2
+# (not allowlisted: refused at accept) opens connections as fast as it can, then while
+# 127.0.0.3 (allowlisted, its route limited to 100/s) sends keep-alive requests past
+# its limit. Refusal cost = (sidecar CPU - legitimate requests x their solo cost) / refusals.
+if [ "${FLOOD:-1}" = 1 ]; then
+  for phase in solo connect request; do
+    start_sidecar "$BIN"
+    FP=
+    case $phase in
+      connect) python3 benches/load/flood.py connect 127.0.0.2 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
+      request) python3 benches/load/flood.py request 127.0.0.3 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
+    esac
+    [ -n "$FP" ] && sleep 0.5
+    t0=$(ticks "$SC_PID")
+    out=$(wrk -t1 -c32 -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt")
+    t1=$(ticks "$SC_PID")
+    flood="none"
+    if [ -n "$FP" ]; then wait "$FP" || true; flood=$(cat "$WORK/flood.out"); fi
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    echo -e "flood\t$phase\t$reqs\t$((t1 - t0))\t$flood" >> "$RESULTS"
+    echo "  flood $phase: legitimate $reqs requests; flood: $flood" >&2
+    stop_sidecar
+  done
+fi
+
+python3 - "$RESULTS" "$HZ" <<'PY'
 import sys, statistics as st
-rows, idle = {}, []
+rows, idle, flood = {}, [], {}
 for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
     if f[0] == "idle":
         idle.append(f); continue
+    if f[0] == "flood":
+        flood[f[1]] = f; continue
     rows.setdefault((f[0], int(f[1])), []).append([float(x) for x in f[2:]])
 med = {k: [st.median(col) for col in zip(*v)] for k, v in rows.items()}
 cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx"]
@@ -246,4 +284,19 @@ for c in sorted({c for _, c in med}):
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
 for f in idle:
     print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
+if "solo" in flood:
+    hz = int(sys.argv[2])
+    solo_reqs, solo_ticks = int(flood["solo"][2]), int(flood["solo"][3])
+    solo_us = solo_ticks / hz * 1e6 / solo_reqs
+    print(f"flood: legitimate client alone {solo_reqs} requests, {solo_us:.1f} µs CPU each")
+    for phase in ("connect", "request"):
+        if phase not in flood:
+            continue
+        reqs, t, what = int(flood[phase][2]), int(flood[phase][3]), flood[phase][4].split()
+        if phase == "connect":
+            refused = int(what[1])
+        else:
+            refused = sum(int(kv.split(":")[1]) for kv in what[1:] if not kv.startswith("200:"))
+        cost = (t / hz * 1e6 - reqs * solo_us) / max(refused, 1)
+        print(f"flood {phase}: legitimate client kept {reqs / solo_reqs:.0%} of its solo throughput; {refused} refused, {cost:.1f} µs CPU per refusal")
 PY
