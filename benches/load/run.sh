@@ -300,3 +300,11 @@ if "solo" in flood:
         cost = (t / hz * 1e6 - reqs * solo_us) / max(refused, 1)
         print(f"flood {phase}: legitimate client kept {reqs / solo_reqs:.0%} of its solo throughput; {refused} refused, {cost:.1f} µs CPU per refusal")
 PY
+
+if [ -n "${PERF:-}" ]; then
+  for c in $CONNS; do
+    [ -f "$PERF.$c" ] || continue
+    echo "profile of the sidecar at c=$c (top entries, % of its samples):"
+    python3 benches/load/profile.py "$PERF.$c" "$BIN" 20
+  done
+fi
