@@ -1,15 +1,19 @@
 //! The client to the legacy application: pooled HTTP/1.1 keep-alive connections, one
-//! small pool per upstream address, connect and response deadlines.
+//! pool per upstream address, connect and response deadlines.
 //!
 //! Deliberately lean: a request takes an idle connection from a short-held lock (or
-//! dials a new one), sends, reads the answer, and puts the connection back. One task
-//! per *connection* drives it; no task per request.
+//! dials a new one), and its own task drives that connection while it sends and reads
+//! the answer, then puts the connection back. No task per connection or per request, no
+//! hand-off between threads.
 
-use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -19,9 +23,6 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::config::Upstream;
 use crate::error::Reject;
-
-/// Idle connections kept per upstream.
-const MAX_IDLE: usize = 128;
 
 /// Why forwarding failed, before it becomes a [`Reject`].
 #[derive(Debug, thiserror::Error)]
@@ -159,24 +160,85 @@ where
     }
 }
 
-/// One upstream address and its idle connections.
+/// One keep-alive connection to an upstream: the request handle and the connection state
+/// machine itself, which the request's own task drives while it uses the connection (no
+/// task per connection, no hand-off between tasks or threads per request). `conn` is
+/// `None` once the connection has ended.
+struct UpConn {
+    sender: SendRequest<Full<Bytes>>,
+    conn: Option<Pin<Box<UpConnection>>>,
+}
+
+type UpConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// Runs `fut` to completion, polling the connection alongside it so the request is written
+/// and the answer read. When the connection ends first it is dropped, which fails whatever
+/// `fut` still waits for, and `fut` resolves with that.
+async fn drive<F: Future>(conn: &mut Option<Pin<Box<UpConnection>>>, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if let Some(c) = conn.as_mut() {
+            if let Poll::Ready(r) = c.as_mut().poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream connection closed with error");
+                }
+                *conn = None;
+            }
+            return fut.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+impl UpConn {
+    fn is_open(&self) -> bool {
+        self.conn.is_some() && !self.sender.is_closed()
+    }
+}
+
+/// One upstream address and its idle connections, most recently used first out.
 struct Pool {
+    authority: Authority,
     addr: String,
-    idle: IdlePool,
+    idle: Mutex<Vec<UpConn>>,
+    max_idle: usize,
 }
 
 impl Pool {
-    fn new(addr: String) -> Self {
+    fn new(authority: Authority, addr: String, max_idle: usize) -> Self {
         Pool {
+            authority,
             addr,
-            idle: IdlePool::new(MAX_IDLE),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
         }
     }
 
-    async fn connect(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
+    fn take(&self) -> Option<UpConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.is_open() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, c: UpConn) {
+        if !c.is_open() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(c);
+        }
+    }
+
+    async fn connect(&self, connect_timeout: Duration) -> Result<UpConn, ForwardError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| ForwardError::ConnectTimeout {
@@ -188,39 +250,113 @@ impl Pool {
             })?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection closed with error");
+        Ok(UpConn {
+            sender,
+            conn: Some(Box::pin(conn)),
+        })
+    }
+
+    /// Sends `req` on an idle connection (or a new one) and reads the whole answer, at most
+    /// `max_response` bytes, before `deadline`. A request that was never written to a
+    /// pooled connection that had just closed is retried on another.
+    async fn exchange(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        deadline: Instant,
+        connect_timeout: Duration,
+        max_response: usize,
+    ) -> Result<Response<Bytes>, ForwardError> {
+        loop {
+            let (mut up, reused) = match self.take() {
+                Some(c) => (c, true),
+                None => {
+                    let c = timeout_at(deadline, self.connect(connect_timeout))
+                        .await
+                        .map_err(|_| ForwardError::Timeout)??;
+                    (c, false)
+                }
+            };
+            let ready = timeout_at(deadline, drive(&mut up.conn, up.sender.ready()))
+                .await
+                .map_err(|_| ForwardError::Timeout)?;
+            if let Err(e) = ready {
+                if reused {
+                    continue;
+                }
+                return Err(ForwardError::Http(e));
             }
-        });
-        Ok(sender)
+            let send = up.sender.try_send_request(req);
+            let sent = timeout_at(deadline, drive(&mut up.conn, send))
+                .await
+                .map_err(|_| ForwardError::Timeout)?;
+            let resp = match sent {
+                Ok(resp) => resp,
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => {
+                        req = back;
+                        continue;
+                    }
+                    _ => return Err(ForwardError::Http(e.into_error())),
+                },
+            };
+            let (parts, body) = resp.into_parts();
+            let collected = timeout_at(
+                deadline,
+                drive(&mut up.conn, Limited::new(body, max_response).collect()),
+            )
+            .await
+            .map_err(|_| ForwardError::Timeout)?;
+            let body = match collected {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    return Err(match e.downcast::<hyper::Error>() {
+                        Ok(h) => ForwardError::Http(*h),
+                        Err(_) => ForwardError::TooLarge {
+                            limit: max_response,
+                        },
+                    })
+                }
+            };
+            self.put(up);
+            return Ok(Response::from_parts(parts, body));
+        }
     }
 }
 
-/// Pooled client for every upstream the config names.
+/// Pooled client for every upstream the config names: one pool per address, found by
+/// comparing the route's authority (no per-request allocation), each keeping up to
+/// `max_idle` connections so a pool sized to the concurrency does not churn.
 pub struct Forwarder {
-    pools: HashMap<String, Arc<Pool>>,
+    pools: Vec<Arc<Pool>>,
     connect_timeout: Duration,
     max_response: usize,
+    max_idle: usize,
 }
 
 impl Forwarder {
+    /// `max_idle`: idle connections kept per upstream (the sidecar uses its in-flight cap,
+    /// the most it can have busy at once).
     pub fn new<'a>(
         upstreams: impl IntoIterator<Item = &'a Upstream>,
         connect_timeout: Duration,
         max_response: usize,
+        max_idle: usize,
     ) -> Self {
-        let mut pools = HashMap::new();
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
         for u in upstreams {
-            let addr = u.connect_addr();
-            pools
-                .entry(addr.clone())
-                .or_insert_with(|| Arc::new(Pool::new(addr)));
+            if !pools.iter().any(|p| p.authority == u.authority) {
+                pools.push(Arc::new(Pool::new(
+                    u.authority.clone(),
+                    u.connect_addr(),
+                    max_idle,
+                )));
+            }
         }
         Forwarder {
             pools,
             connect_timeout,
             max_response,
+            max_idle,
         }
     }
 
@@ -231,22 +367,20 @@ impl Forwarder {
         req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let addr = upstream.connect_addr();
-        let pool = match self.pools.get(&addr) {
+        let pool = match self
+            .pools
+            .iter()
+            .find(|p| p.authority == upstream.authority)
+        {
             Some(p) => p.clone(),
-            None => Arc::new(Pool::new(addr)),
+            None => Arc::new(Pool::new(
+                upstream.authority.clone(),
+                upstream.connect_addr(),
+                self.max_idle,
+            )),
         };
         let deadline = Instant::now() + timeout;
-        let dial = || pool.connect(self.connect_timeout);
-        exchange(&pool.idle, dial, req, deadline, self.max_response)
+        pool.exchange(req, deadline, self.connect_timeout, self.max_response)
             .await
-            .map_err(|f| match f {
-                ExchangeFailure::Dial(e) => e,
-                ExchangeFailure::Timeout => ForwardError::Timeout,
-                ExchangeFailure::TooLarge => ForwardError::TooLarge {
-                    limit: self.max_response,
-                },
-                ExchangeFailure::Http(e) => ForwardError::Http(e),
-            })
     }
 }

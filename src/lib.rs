@@ -71,6 +71,13 @@ macro_rules! delegate_async_write {
     };
 }
 
+/// With the opt-in `mimalloc` feature: less CPU per request than the system allocator,
+/// more resident memory (BENCHMARKS.md). (The `bench-tools` binaries install
+/// their own: `load-allocs` counts allocations around this same allocator.)
+#[cfg(all(feature = "mimalloc", not(feature = "bench-tools")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod admin;
 pub mod config;
 pub mod demo;

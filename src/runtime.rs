@@ -107,6 +107,7 @@ impl Runtime {
                 .flat_map(|l| l.routes.iter().filter_map(|r| r.upstream())),
             limits.upstream_connect_timeout,
             limits.max_upstream_response,
+            limits.max_in_flight,
         );
         let listeners = settings
             .listeners

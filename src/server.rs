@@ -474,6 +474,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 
 crate::delegate_async_write!(Watched);
 
+/// One request's handling, as the connection holds it while it runs.
+type HandleFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    http::Response<http_body_util::Full<bytes::Bytes>>,
+                    std::convert::Infallible,
+                >,
+            > + Send,
+    >,
+>;
+
 async fn serve_http<S>(conn: Conn, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -527,7 +539,9 @@ where
             };
             let in_flight = in_flight.clone();
             let activity = activity.clone();
-            async move {
+            // Boxed per request: hyper keeps room for the service's future in every
+            // connection, busy or idle, and the pipeline's future is several KiB.
+            let handling: HandleFuture = Box::pin(async move {
                 activity.in_progress.fetch_add(1, Ordering::Relaxed);
                 activity.head_started_ms.store(0, Ordering::Relaxed);
                 let r = pipeline::handle(rt, in_flight, idx, client, req).await;
@@ -537,7 +551,8 @@ where
                     .store(activity.now_ms(), Ordering::Relaxed);
                 activity.in_progress.fetch_sub(1, Ordering::Relaxed);
                 r
-            }
+            });
+            handling
         })
     };
     let mut builder = http1::Builder::new();

@@ -1,93 +1,310 @@
 #!/usr/bin/env bash
-# Load test: CPU per request of the sidecar's whole pipeline ([token, jwt] route:
-# passcode + HS256 verify + forward) against nginx as a plain reverse proxy, both in
-# front of the same nginx upstream, measured in the same run. Loopback only; bounded.
+# Load test: the sidecar's whole pipeline against nginx as a plain reverse proxy, both in
+# front of the same nginx upstream, interleaved in one run. Loopback only; bounded time
+# (about ROUNDS x 2 x targets x (DURATION + 2) seconds, plus the idle-connection scenario).
 #
-#   benches/load/run.sh [DURATION_SECONDS] [CONNECTIONS]
+#   benches/load/run.sh [DURATION_SECONDS] [ROUNDS]
 #
-# Needs: wrk, nginx (Debian packages), a release build (cargo build --release).
-# Prints requests/s and CPU µs per request for each, and the ratio sidecar / nginx.
+#   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
+#   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
+#   CONNS="32 256"                  client connections per measurement
+#   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
+#   FLOOD=0                         skip the flood-isolation scenario
+#   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
+#
+# The sidecar route is `[token, jwt, aes]` with the defaults: allowlist, per-address,
+# per-peer and per-route limits, passcode, HS256, AES-256-CBC, freshness (10 min) and replay
+# protection. Every request carries a fresh token (a file of distinct sealed bodies, made
+# per round by the `load-bodies` tool, built with `--features bench-tools`), so no
+# request is a replay.
+# Access logs are off on both sides (sidecar: RUST_LOG=warn; nginx: access_log off).
+#
+# Per target and connection count it prints the median over rounds of: requests/s,
+# p50/p99 latency, CPU µs per request of the proxy (utime+stime from /proc), CPU µs the
+# upstream spent per request it served, new upstream connections (nginx stub_status
+# `accepts`), and peak RSS (VmHWM; nginx: master + worker), then the ratio lines.
+# Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DUR=${1:-10}
-CONNS=${2:-32}
-BIN=./target/release/bsk-sidecar
-[ -x "$BIN" ] || cargo build --release
+DUR=${1:-8}
+ROUNDS=${2:-3}
+CONNS=${CONNS:-"32 256"}
+IDLE=${IDLE:-10000}
+TARGET_DIR=${CARGO_TARGET_DIR:-./target}
+BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
+BASE_BIN=${BASE_BIN:-}
+ALT_BIN=${ALT_BIN:-}
+ALT_LABEL=${ALT_LABEL:-alt}
+BODIES=${BODIES:-$((DUR * 60000))}
+
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  apt-get install -y wrk nginx >/dev/null
+fi
+[ -x "$BIN" ] || cargo build --release --bin bsk-sidecar
+GEN=$TARGET_DIR/release/load-bodies
+[ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
+ulimit -n "$(ulimit -Hn)"
+
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null; nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null; rm -rf "$WORK"' EXIT
+SC_PID=
+cleanup() {
+  [ -n "$SC_PID" ] && kill "$SC_PID" 2>/dev/null
+  nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
+  nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-UP=$(free_port); PX=$(free_port); SC=$(free_port)
+UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port)
 
-nginx_conf() { # $1 dir, $2 server block
+nginx_conf() { # $1 dir, $2 server blocks
   mkdir -p "$1/logs"
   cat > "$1/nginx.conf" <<CONF
 worker_processes 1;
 daemon on;
 pid $1/nginx.pid;
 error_log $1/logs/error.log warn;
-events { worker_connections 4096; }
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
 http {
   access_log off;
-  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  # Pools and keep-alive sized so neither side closes connections during a run (nginx's
+  # defaults close an upstream connection after 1000 requests and keep 64 idle at most).
+  upstream app { server 127.0.0.1:$UP; keepalive 1024; keepalive_requests 100000000; }
+  keepalive_requests 100000000;
   $2
 }
 CONF
 }
-nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }"
+nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }
+  server { listen 127.0.0.1:$ST; location / { stub_status; } }"
 nginx_conf "$WORK/px" "server { listen 127.0.0.1:$PX; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port "$UP"; wait_port "$PX"
+UP_MASTER=$(cat "$WORK/up/nginx.pid")
+UP_PIDS="$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')"
+PX_MASTER=$(cat "$WORK/px/nginx.pid")
+PX_PIDS="$PX_MASTER $(pgrep -P "$PX_MASTER" | tr '\n' ' ')"
 
-cat > "$WORK/sidecar.yaml" <<CONF
+# The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
+# limits are raised so the benchmark measures the work, not the refusals.
+sidecar_conf() { # $1 state dir
+  cat <<CONF
 admin: { listen: "off" }
-state: { dir: $WORK/state }
-limits: { per_ip_rate: { per_second: 1000000, burst: 1000000 } }
+state: { dir: $1 }
+limits:
+  per_ip_rate: { per_second: 10000000, burst: 10000000 }
+  max_connections: 20000
+  max_connections_per_ip: 20000
+  max_in_flight: 4096
+  max_replay_entries: 2000000
 peers:
   bsk:
     agid: BSK
     passcode: "376423"
-    jwt: { secret: "bench-secret", require_exp: false }
-    allow: [127.0.0.0/8]
+    jwt: { secret: "bench-jwt-secret-0123456789abcdef" }
+    aes:
+      keys:
+        - { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }
+    allow: [127.0.0.1/32]
+    rate: { per_second: 10000000, burst: 10000000 }
+  flood:                            # the flood scenario's allowlisted flooder
+    agid: FLOOD
+    passcode: "111111"
+    jwt: { secret: "flood-jwt-secret-0123456789abcdef" }
+    allow: [127.0.0.3/32]
 listeners:
   - name: public
     listen: 127.0.0.1:$SC
     routes:
       - path: /bsk/status
         from: bsk
-        envelope: [token, jwt]
+        envelope: [token, jwt, aes]
+        rate: { per_second: 10000000, burst: 10000000 }
         upstream: http://127.0.0.1:$UP/bsk/status
+      - path: /flood/status
+        from: flood
+        envelope: [token, jwt]
+        rate: { per_second: 100, burst: 100 }
+        upstream: http://127.0.0.1:$UP/flood/status
 CONF
-RUST_LOG=warn "$BIN" run --config "$WORK/sidecar.yaml" 2>"$WORK/sidecar.log" &
-SC_PID=$!
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$SC) 2>/dev/null && break; sleep 0.05; done
+}
 
-BODY=$(echo '{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","applicationNo":"123456"}' |
-  "$BIN" seal --envelope token,jwt --jwt-secret bench-secret --passcode 376423)
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$BODY'
-wrk.headers["Content-Type"] = "application/json"
+start_sidecar() { # $1 binary; sets SC_PID
+  local state
+  state=$(mktemp -d "$WORK/state.XXXX")
+  sidecar_conf "$state" > "$state.yaml"
+  RUST_LOG=warn "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
+  SC_PID=$!
+  wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
+}
+stop_sidecar() { kill "$SC_PID"; wait "$SC_PID" 2>/dev/null || true; SC_PID=; }
+
+cat > "$WORK/bodies.lua" <<'LUA'
+-- One distinct sealed body per request, in file order; past the end they repeat (and a
+-- replay-protected route answers 409, which the report shows as non-2xx).
+local bodies, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+function request()
+  i = i + 1
+  local b = bodies[i]
+  if b == nil then i = 1; b = bodies[1] end
+  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, b)
+end
 LUA
 
-cpu_ticks() { # utime+stime of all given pids, in clock ticks
-  local t=0; for p in "$@"; do set -- $(cut -d' ' -f14,15 /proc/$p/stat); t=$((t + $1 + $2)); done; echo $t; }
 HZ=$(getconf CLK_TCK)
+ticks() { local t=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + a + b)); done; echo "$t"; }
+hwm_kib() { local t=0 v; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo "$t"; }
+accepts() { curl -s "http://127.0.0.1:$ST/" | awk 'NR==3 {print $1}'; }
 
-measure() { # $1 label, $2 url, $3.. pids
-  local label=$1 url=$2; shift 2
-  local before after out reqs
-  before=$(cpu_ticks "$@")
-  out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" -s "$WORK/post.lua" "$url")
-  after=$(cpu_ticks "$@")
-  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  local us=$(python3 -c "print(round(($after-$before)/$HZ*1e6/$reqs,1))")
-  echo "$label: $reqs requests, $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s, ${us} µs CPU/request, non-2xx: ${non2xx:-0}" >&2
-  echo "$us"
+RESULTS="$WORK/results.tsv"
+measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
+  local label=$1 c=$2 port=$3; shift 3
+  local t0 u0 a0 out t1 u1 a1
+  a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS)
+  if [ -n "${PERF:-}" ] && [ "$label" = sidecar ]; then
+    perf record -q -F 499 -g -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
+  fi
+  out=$(wrk -t1 -c"$c" -d"${DUR}s" --latency -s "$WORK/bodies.lua" "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
+  t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts)
+  echo "$out" | python3 -c '
+import re, sys
+out = sys.stdin.read()
+label, c, hz, cpu, up, newc, hwm = sys.argv[1:]
+def ms(s):
+    v, unit = re.match(r"([\d.]+)(us|ms|s)", s).groups()
+    return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+reqs = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+bad = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors: (.*)", out)
+errs = m.group(1) if m else "none"
+us = int(cpu) / int(hz) * 1e6 / max(reqs, 1)
+uu = int(up) / int(hz) * 1e6 / max(reqs, 1)
+print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}")
+print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  socket errors: {errs}", file=sys.stderr)
+' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" >> "$RESULTS"
 }
-PX_MASTER=$(cat "$WORK/px/nginx.pid")
-PX_PIDS="$PX_MASTER $(pgrep -P "$PX_MASTER" | tr '\n' ' ')"
-NG=$(measure "nginx proxy " "http://127.0.0.1:$PX/bsk/status" $PX_PIDS)
-SCU=$(measure "bsk-sidecar " "http://127.0.0.1:$SC/bsk/status" $SC_PID)
-echo "ratio sidecar/nginx CPU per request: $(python3 -c "print(round($SCU/$NG,2))")"
+
+TARGETS="nginx"
+[ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
+TARGETS="$TARGETS sidecar"
+[ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+echo "load: $(nproc) cores; $(uptime)" >&2
+for round in $(seq "$ROUNDS"); do
+  "$GEN" "$BODIES" > "$WORK/bodies.txt"
+  # Rotate the order each round, so no target always runs first or last.
+  set -- $TARGETS
+  for _ in $(seq $(( (round - 1) % $# ))); do set -- "${@:2}" "$1"; done
+  order="$*"
+  echo "round $round: $order" >&2
+  for c in $CONNS; do
+    for t in $order; do
+      if [ "$t" = nginx ]; then
+        measure nginx "$c" "$PX" $PX_PIDS
+      else
+        start_sidecar "$(bin_of "$t")"; measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
+      fi
+    done
+  done
+done
+
+# Idle keep-alive connections: one request each, sent 200 at a time, then held.
+if [ "$IDLE" -gt 0 ]; then
+  "$GEN" 1 > "$WORK/one.txt"
+  for t in $TARGETS; do
+    [ "$t" = nginx ] && continue
+    start_sidecar "$(bin_of "$t")"
+    rss0=$(hwm_kib "$SC_PID")
+    python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt"
+    echo -e "idle\t$t\t$IDLE\t$(awk "BEGIN {printf \"%.1f\", $rss0/1024}")\t$(awk "BEGIN {printf \"%.1f\", $(hwm_kib "$SC_PID")/1024}")" >> "$RESULTS"
+    stop_sidecar
+  done
+fi
+
+# Flood isolation: the legitimate client (127.0.0.1, c=32) alone, then while 127.0.0.2
+# (not allowlisted: refused at accept) opens connections as fast as it can, then while
+# 127.0.0.3 (allowlisted, its route limited to 100/s) sends keep-alive requests past
+# its limit. Refusal cost = (sidecar CPU - legitimate requests x their solo cost) / refusals.
+if [ "${FLOOD:-1}" = 1 ]; then
+  for phase in solo connect request; do
+    start_sidecar "$BIN"
+    FP=
+    case $phase in
+      connect) python3 benches/load/flood.py connect 127.0.0.2 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
+      request) python3 benches/load/flood.py request 127.0.0.3 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
+    esac
+    [ -n "$FP" ] && sleep 0.5
+    t0=$(ticks "$SC_PID")
+    out=$(wrk -t1 -c32 -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt")
+    t1=$(ticks "$SC_PID")
+    flood="none"
+    if [ -n "$FP" ]; then wait "$FP" || true; flood=$(cat "$WORK/flood.out"); fi
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    echo -e "flood\t$phase\t$reqs\t$((t1 - t0))\t$flood" >> "$RESULTS"
+    echo "  flood $phase: legitimate $reqs requests; flood: $flood" >&2
+    stop_sidecar
+  done
+fi
+
+python3 - "$RESULTS" "$HZ" <<'PY'
+import sys, statistics as st
+rows, idle, flood = {}, [], {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == "idle":
+        idle.append(f); continue
+    if f[0] == "flood":
+        flood[f[1]] = f; continue
+    rows.setdefault((f[0], int(f[1])), []).append([float(x) for x in f[2:]])
+med = {k: [st.median(col) for col in zip(*v)] for k, v in rows.items()}
+cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx"]
+print("\nmedian over rounds:")
+print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
+for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"{t:9} {c:>5} " + " ".join(f"{x:>18.2f}" for x in v))
+for c in sorted({c for _, c in med}):
+    for t in sorted({t for t, _ in med} - {"nginx"}):
+        if (t, c) in med and ("nginx", c) in med:
+            a, n = med[(t, c)], med[("nginx", c)]
+            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
+    for t in sorted({t for t, _ in med} - {"nginx", "baseline"}):
+        if ("baseline", c) in med and (t, c) in med:
+            a, b = med[(t, c)], med[("baseline", c)]
+            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+for f in idle:
+    print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
+if "solo" in flood:
+    hz = int(sys.argv[2])
+    solo_reqs, solo_ticks = int(flood["solo"][2]), int(flood["solo"][3])
+    solo_us = solo_ticks / hz * 1e6 / solo_reqs
+    print(f"flood: legitimate client alone {solo_reqs} requests, {solo_us:.1f} µs CPU each")
+    for phase in ("connect", "request"):
+        if phase not in flood:
+            continue
+        reqs, t, what = int(flood[phase][2]), int(flood[phase][3]), flood[phase][4].split()
+        if phase == "connect":
+            refused = int(what[1])
+        else:
+            refused = sum(int(kv.split(":")[1]) for kv in what[1:] if not kv.startswith("200:"))
+        cost = (t / hz * 1e6 - reqs * solo_us) / max(refused, 1)
+        print(f"flood {phase}: legitimate client kept {reqs / solo_reqs:.0%} of its solo throughput; {refused} refused, {cost:.1f} µs CPU per refusal")
+PY
+
+if [ -n "${PERF:-}" ]; then
+  for c in $CONNS; do
+    [ -f "$PERF.$c" ] || continue
+    echo "profile of the sidecar at c=$c (top entries, % of its samples):"
+    python3 benches/load/profile.py "$PERF.$c" "$BIN" 20
+  done
+fi
