@@ -1,6 +1,7 @@
 """Flood traffic for the isolation scenario, from its own loopback source address.
 
     python3 flood.py connect SOURCE HOST PORT SECONDS     new connections, closed at once
+                                                          (SOURCE 127.0.0.*: from .10 to .249 in turn)
     python3 flood.py request SOURCE HOST PORT SECONDS     keep-alive POSTs past a rate limit
 
 Prints how many connections were made, or how many requests were answered by status.
@@ -19,7 +20,9 @@ def connect_flood(source, host, port, seconds):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         try:
-            s.bind((source, 0))
+            # Many sources: the sidecar's closed ends wait in TIME_WAIT, so one source
+            # address soon has no port whose tuple is free.
+            s.bind((source.replace("*", str(10 + n % 240)), 0))
             s.connect((host, port))
             n += 1
         except OSError:

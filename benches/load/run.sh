@@ -232,25 +232,33 @@ if [ "$IDLE" -gt 0 ]; then
   done
 fi
 
-# Flood isolation: the legitimate client (127.0.0.1, c=32) alone, then while 127.0.0.2
+# Flood isolation: the legitimate client (127.0.0.1, c=32) alone, then while 127.0.0.10-249
 # (not allowlisted: refused at accept) opens connections as fast as it can, then while
 # 127.0.0.3 (allowlisted, its route limited to 100/s) sends keep-alive requests past
-# its limit. Refusal cost = (sidecar CPU - legitimate requests x their solo cost) / refusals.
+# its limit. The cost of a refusal is measured with each flood alone: sidecar CPU /
+# refusals.
 if [ "${FLOOD:-1}" = 1 ]; then
-  for phase in solo connect request; do
+  for phase in solo connect request connect-alone request-alone; do
     start_sidecar "$BIN"
-    FP=
-    case $phase in
-      connect) python3 benches/load/flood.py connect 127.0.0.2 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
-      request) python3 benches/load/flood.py request 127.0.0.3 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$! ;;
-    esac
-    [ -n "$FP" ] && sleep 0.5
+    kind=${phase%-alone}
+    src="127.0.0.*"; [ "$kind" = request ] && src=127.0.0.3
     t0=$(ticks "$SC_PID")
-    out=$(wrk -t1 -c32 -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt")
+    reqs=0; flood=none
+    case $phase in
+      *-alone)
+        flood=$(python3 benches/load/flood.py "$kind" "$src" 127.0.0.1 "$SC" "$DUR") ;;
+      *)
+        FP=
+        if [ "$phase" != solo ]; then
+          python3 benches/load/flood.py "$kind" "$src" 127.0.0.1 "$SC" $((DUR + 1)) > "$WORK/flood.out" & FP=$!
+          sleep 0.5
+          t0=$(ticks "$SC_PID")
+        fi
+        out=$(wrk -t1 -c32 -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt")
+        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+        if [ -n "$FP" ]; then wait "$FP" || true; flood=$(cat "$WORK/flood.out"); fi ;;
+    esac
     t1=$(ticks "$SC_PID")
-    flood="none"
-    if [ -n "$FP" ]; then wait "$FP" || true; flood=$(cat "$WORK/flood.out"); fi
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     echo -e "flood\t$phase\t$reqs\t$((t1 - t0))\t$flood" >> "$RESULTS"
     echo "  flood $phase: legitimate $reqs requests; flood: $flood" >&2
     stop_sidecar
@@ -286,19 +294,21 @@ for f in idle:
     print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
 if "solo" in flood:
     hz = int(sys.argv[2])
-    solo_reqs, solo_ticks = int(flood["solo"][2]), int(flood["solo"][3])
-    solo_us = solo_ticks / hz * 1e6 / solo_reqs
-    print(f"flood: legitimate client alone {solo_reqs} requests, {solo_us:.1f} µs CPU each")
-    for phase in ("connect", "request"):
-        if phase not in flood:
-            continue
-        reqs, t, what = int(flood[phase][2]), int(flood[phase][3]), flood[phase][4].split()
-        if phase == "connect":
-            refused = int(what[1])
-        else:
-            refused = sum(int(kv.split(":")[1]) for kv in what[1:] if not kv.startswith("200:"))
-        cost = (t / hz * 1e6 - reqs * solo_us) / max(refused, 1)
-        print(f"flood {phase}: legitimate client kept {reqs / solo_reqs:.0%} of its solo throughput; {refused} refused, {cost:.1f} µs CPU per refusal")
+    solo_reqs = int(flood["solo"][2])
+    print(f"flood: legitimate client alone {solo_reqs} requests, {int(flood['solo'][3]) / hz * 1e6 / solo_reqs:.1f} µs CPU each")
+    def refused(what):
+        if what[0] == "connections":
+            return int(what[1])
+        return sum(int(kv.split(":")[1]) for kv in what[1:] if not kv.startswith("200:"))
+    for kind in ("connect", "request"):
+        line = f"flood {kind}:"
+        if kind in flood:
+            line += f" legitimate client kept {int(flood[kind][2]) / solo_reqs:.0%} of its solo throughput;"
+        if kind + "-alone" in flood:
+            f = flood[kind + "-alone"]
+            n = refused(f[4].split())
+            line += f" alone, {n} refused at {int(f[3]) / hz * 1e6 / max(n, 1):.1f} µs CPU per refusal"
+        print(line)
 PY
 
 if [ -n "${PERF:-}" ]; then
