@@ -19,6 +19,7 @@
 //! assert_eq!(validate(br#""just a string""#, &b), Err(Invalid::NotContainer));
 //! ```
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -154,8 +155,10 @@ impl<'de> Visitor<'de> for Value<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Keys are borrowed from the input unless they hold an escape: no allocation per
+        // key on the request path.
         let mut keys = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             if !keys.insert(key) {
                 *self.duplicate = true;
                 return Err(de::Error::custom("duplicate key"));
@@ -165,6 +168,33 @@ impl<'de> Visitor<'de> for Value<'_> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// An object key as written (borrowed), or unescaped (owned) when it holds an escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 
