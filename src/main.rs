@@ -111,7 +111,7 @@ struct PortalSimArgs {
     #[arg(long, default_value = bsk_sidecar::portal_sim::DEFAULT_LISTEN)]
     listen: String,
     #[command(flatten)]
-    keys: SimKeyArgs,
+    keys: EnvelopeArgs,
 }
 
 #[derive(Subcommand)]
@@ -124,65 +124,18 @@ enum PortalSimAction {
         #[arg(long)]
         api: String,
         #[command(flatten)]
-        keys: SimKeyArgs,
+        keys: EnvelopeArgs,
         /// How long to wait for the answer.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
 }
 
-/// The key flags of `seal`, with the portal's default stack; none given: the embedded
-/// test keys.
-#[derive(Args)]
-struct SimKeyArgs {
-    /// Layers, outermost first.
-    #[arg(long, default_value = "token,jwt", value_delimiter = ',')]
-    envelope: Vec<String>,
-    /// Take the keys of `--peer` from this config file.
-    #[arg(long, requires = "peer")]
-    config: Option<PathBuf>,
-    /// Peer name in `--config`.
-    #[arg(long)]
-    peer: Option<String>,
-    /// AES-256 key: 32 characters.
-    #[arg(long)]
-    key: Option<String>,
-    /// AES IV: 16 characters.
-    #[arg(long)]
-    iv: Option<String>,
-    /// HMAC secret for the JWT layer.
-    #[arg(long)]
-    jwt_secret: Option<String>,
-    /// Passcode for the token layer.
-    #[arg(long)]
-    passcode: Option<String>,
-    /// agId for the form layer.
-    #[arg(long, default_value = "BSK")]
-    agid: String,
-    /// Form layer output as a urlencoded body (`form`) or a JSON object (`json`).
-    #[arg(long, value_enum, default_value_t = ShapeArg::Form)]
-    shape: ShapeArg,
-    /// Refuse tokens without `exp`.
-    #[arg(long)]
-    require_exp: bool,
-}
-
-impl SimKeyArgs {
-    /// Layers, keys, and whether the keys are the embedded test keys.
+impl EnvelopeArgs {
+    /// portal-sim's keys: layers (default `token,jwt`, the portal's stack), keys, and
+    /// whether they are the embedded test keys (none given).
     fn resolve(&self) -> anyhow::Result<(Vec<Layer>, PeerKeys, bool)> {
-        let as_envelope = EnvelopeArgs {
-            envelope: self.envelope.clone(),
-            config: self.config.clone(),
-            peer: self.peer.clone(),
-            key: self.key.clone(),
-            iv: self.iv.clone(),
-            jwt_secret: self.jwt_secret.clone(),
-            passcode: self.passcode.clone(),
-            agid: self.agid.clone(),
-            shape: self.shape,
-            require_exp: self.require_exp,
-        };
-        let layers = layers_of(&as_envelope)?;
+        let layers = layers_of(self, "token,jwt")?;
         let embedded = self.config.is_none()
             && self.key.is_none()
             && self.iv.is_none()
@@ -196,7 +149,7 @@ impl SimKeyArgs {
             }
             k
         } else {
-            keys_of(&as_envelope)?
+            keys_of(self)?
         };
         let problems = envelope::validate_stack(&layers, &keys);
         if !problems.is_empty() {
@@ -262,9 +215,10 @@ enum OutboxAction {
 
 #[derive(Args)]
 struct EnvelopeArgs {
-    /// Layers, outermost first: e.g. `aes`, `form,aes`, `token,jwt`, `bearer,jwt`.
-    #[arg(long, default_value = "aes", value_delimiter = ',')]
-    envelope: Vec<String>,
+    /// Layers, outermost first: e.g. `aes`, `form,aes`, `token,jwt`, `bearer,jwt`
+    /// [default: `aes`; for portal-sim `token,jwt`].
+    #[arg(long, value_delimiter = ',')]
+    envelope: Option<Vec<String>>,
     /// Take the keys of `--peer` from this config file.
     #[arg(long, requires = "peer")]
     config: Option<PathBuf>,
@@ -517,9 +471,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn layers_of(a: &EnvelopeArgs) -> anyhow::Result<Vec<Layer>> {
-    a.envelope
-        .iter()
+/// The `--envelope` layers, or the command's `default` stack when none are given.
+fn layers_of(a: &EnvelopeArgs, default: &str) -> anyhow::Result<Vec<Layer>> {
+    let given = a.envelope.as_deref().filter(|e| !e.is_empty());
+    let names: Vec<&str> = match given {
+        Some(e) => e.iter().map(String::as_str).collect(),
+        None => default.split(',').collect(),
+    };
+    names
+        .into_iter()
         .map(|l| {
             Layer::parse(l.trim()).ok_or_else(|| {
                 anyhow!("`{l}` is not a layer (form, aes, token, bearer, jwt, passcode)")
@@ -562,7 +522,7 @@ fn keys_of(a: &EnvelopeArgs) -> anyhow::Result<PeerKeys> {
 }
 
 fn prepare(a: &EnvelopeArgs) -> anyhow::Result<(Vec<Layer>, PeerKeys, Vec<u8>)> {
-    let layers = layers_of(a)?;
+    let layers = layers_of(a, "aes")?;
     let keys = keys_of(a)?;
     let problems = envelope::validate_stack(&layers, &keys);
     if !problems.is_empty() {
@@ -669,7 +629,7 @@ fn random_string(alphabet: &[u8], len: usize) -> anyhow::Result<String> {
 /// `probe`: exit 0 when no check failed, 1 when one did or the probe could not run.
 fn probe(a: &ProbeArgs) -> ExitCode {
     let run = || -> anyhow::Result<bool> {
-        let layers = layers_of(&a.keys)?;
+        let layers = layers_of(&a.keys, "aes")?;
         let keys = keys_of(&a.keys)?;
         let problems = envelope::validate_stack(&layers, &keys);
         if !problems.is_empty() {
