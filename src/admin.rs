@@ -24,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{error_body, json_response};
 use crate::guard::admin_access::{AdminAccess, Refusal, CHALLENGE};
 use crate::runtime::Runtime;
+use crate::status::History;
 
 pub async fn serve(
     rt: Arc<Runtime>,
@@ -44,7 +45,11 @@ pub async fn serve(
         }
     }
     // The status page's recent figures: counters sampled while the admin listener runs.
-    let sampler = tokio::spawn(crate::status::run_sampler(rt.metrics.clone()));
+    let history = Arc::new(History::default());
+    let sampler = tokio::spawn(crate::status::run_sampler(
+        rt.metrics.clone(),
+        history.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(rt.settings.admin_access.max_connections));
     loop {
         let stream = tokio::select! {
@@ -68,6 +73,7 @@ pub async fn serve(
         names.extend(stream.local_addr().ok());
         let rt = rt.clone();
         let ready = ready.clone();
+        let history = history.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let names: Arc<[std::net::SocketAddr]> = names.into();
@@ -75,6 +81,7 @@ pub async fn serve(
                 let rt = rt.clone();
                 let ready = ready.clone();
                 let names = names.clone();
+                let history = history.clone();
                 async move {
                     let access = &rt.settings.admin_access;
                     if let Err(refusal) = access.check(&names, req.uri().path(), req.headers()) {
@@ -86,7 +93,7 @@ pub async fn serve(
                     if let Some(r) = crate::egress::ops::admin(store, req.method(), path).await {
                         return Ok::<_, Infallible>(r);
                     }
-                    Ok::<_, Infallible>(answer(&rt, &ready, &req))
+                    Ok::<_, Infallible>(answer(&rt, &history, &ready, &req))
                 }
             });
             let _ = http1::Builder::new()
@@ -119,7 +126,12 @@ fn refused(access: &AdminAccess, refusal: Refusal) -> Response<Full<Bytes>> {
     r
 }
 
-fn answer(rt: &Runtime, ready: &AtomicBool, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    rt: &Runtime,
+    history: &History,
+    ready: &AtomicBool,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -133,7 +145,7 @@ fn answer(rt: &Runtime, ready: &AtomicBool, req: &Request<Incoming>) -> Response
     }
     match req.uri().path() {
         "/" => {
-            let mut r = Response::new(Full::new(Bytes::from(crate::status::page(rt))));
+            let mut r = Response::new(Full::new(Bytes::from(crate::status::page(rt, history))));
             let h = r.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,

@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::envelope::{Failure, TokenProblem};
+use crate::forward::ForwardError;
 use crate::guard::bounds::TooComplex;
 use crate::guard::fresh::Stale;
 use crate::guard::payload::Invalid;
@@ -375,6 +376,16 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+impl From<ForwardError> for Reject {
+    fn from(e: ForwardError) -> Reject {
+        match e {
+            ForwardError::Timeout => Reject::UpstreamTimeout,
+            ForwardError::TooLarge { .. } => Reject::UpstreamBadResponse,
+            _ => Reject::UpstreamUnavailable,
+        }
+    }
 }
 
 #[cfg(test)]

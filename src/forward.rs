@@ -13,18 +13,15 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{Request, Response};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::config::Upstream;
-use crate::error::Reject;
-
-/// Why forwarding failed, before it becomes a [`Reject`].
+/// Why forwarding failed (`crate::error` maps it to the answer the client gets).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("connect to {addr} failed: {source}")]
@@ -42,12 +39,44 @@ pub enum ForwardError {
     Http(#[from] hyper::Error),
 }
 
-impl From<ForwardError> for Reject {
-    fn from(e: ForwardError) -> Reject {
-        match e {
-            ForwardError::Timeout => Reject::UpstreamTimeout,
-            ForwardError::TooLarge { .. } => Reject::UpstreamBadResponse,
-            _ => Reject::UpstreamUnavailable,
+/// A plain-HTTP upstream on loopback or the local network.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    pub path_and_query: PathAndQuery,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "scheme `{other}` not supported for upstreams; use http://"
+                ))
+            }
+            None => return Err("missing scheme; write http://host:port/path".into()),
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        let path_and_query = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Ok(Upstream {
+            authority,
+            path_and_query,
+        })
+    }
+
+    /// `host:port` to connect to (port 80 when none is written).
+    pub fn connect_addr(&self) -> String {
+        let host = self.authority.host();
+        let port = self.authority.port_u16().unwrap_or(80);
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
         }
     }
 }

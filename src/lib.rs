@@ -79,6 +79,7 @@ macro_rules! delegate_async_write {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod background;
 pub mod config;
 pub mod demo;
 pub mod egress;

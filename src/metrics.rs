@@ -53,8 +53,6 @@ pub struct Metrics {
     pub ops: OpsMetrics,
     /// Payload fields failing a route's schema, by field (spec names only) and mode.
     pub schema_violations: IntCounterVec,
-    /// Samples of these counters for the status page's recent figures (not exported).
-    pub status: std::sync::Arc<crate::status::History>,
 }
 
 impl Metrics {
@@ -241,7 +239,6 @@ impl Metrics {
             outbox_dead_depth,
             ops,
             schema_violations,
-            status: Default::default(),
         }
     }
 

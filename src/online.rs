@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Settings;
-use crate::guard::dns::{self, Resolver};
+use crate::guard::dns::Resolver;
 
 /// A certificate expiring sooner than this is reported as a failure: a renewal is due.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
@@ -95,11 +95,11 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
         }
     }
 
-    let names = dns::names_of(settings);
+    let names = crate::config::ops::dns_names(settings);
     if !names.is_empty() {
         match Resolver::new(&settings.dns) {
             Ok(resolver) => {
-                for name in names.keys() {
+                for name in &names {
                     let what = format!("dns {name}");
                     match resolver.lookup(name).await {
                         Ok(addrs) => {

@@ -56,9 +56,13 @@ pub enum ReloadError {
     /// Listeners were added, removed, renamed or reordered: that needs a restart.
     #[error("listeners changed ({0}); restart to apply")]
     Listeners(String),
-    /// A certificate, the replay journal or the resolver could not be set up.
-    #[error("{0}")]
-    Setup(String),
+    /// A certificate, the replay journal, the shared-state backend or the egress store
+    /// could not be set up.
+    #[error(transparent)]
+    Setup(#[from] crate::runtime::BuildError),
+    /// The resolver for `dns:` could not be set up.
+    #[error(transparent)]
+    Resolver(#[from] dns::DnsError),
 }
 
 /// Validates `settings` against the running config and swaps them in.
@@ -109,12 +113,11 @@ pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
             "limits.max_replay_entries changed: the replay cache keeps its size until restart"
         );
     }
-    dns::carry_over(&old.settings, &settings);
-    let rt = Runtime::reloaded(settings, &old).map_err(|e| ReloadError::Setup(e.to_string()))?;
+    let rt = Runtime::reloaded(settings, &old)?;
     // Names new in this config resolve before they are relied on.
-    let resolver =
-        dns::Resolver::new(&rt.settings.dns).map_err(|e| ReloadError::Setup(e.to_string()))?;
-    dns::refresh(&rt.settings, &resolver, &rt.metrics, false).await;
+    let resolver = dns::Resolver::new(&rt.settings.dns)?;
+    let every = rt.settings.dns.refresh;
+    dns::refresh(&rt.names, every, &resolver, &rt.metrics, false).await;
     live.current.store(rt.clone());
     rt.metrics.ops.config_loaded.set(unix_now());
     Ok(())
@@ -192,90 +195,4 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// What a new runtime takes over from the previous one.
-pub mod carry {
-    use std::io;
-    use std::sync::Arc;
-
-    use crate::config::Settings;
-    use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
-    use crate::guard::replay::ReplayCache;
-    use crate::metrics::Metrics;
-    use crate::runtime::Runtime;
-    use crate::tls::TlsState;
-
-    /// The per-address buckets, when the rate and the table size are unchanged.
-    pub fn per_ip(prev: Option<&Runtime>, spec: RateSpec, capacity: usize) -> Arc<PerIpLimiter> {
-        prev.filter(|p| {
-            p.settings.limits.per_ip_rate == Some(spec)
-                && p.settings.limits.max_tracked_ips == capacity
-        })
-        .and_then(|p| p.per_ip.clone())
-        .unwrap_or_else(|| Arc::new(PerIpLimiter::new(spec, capacity)))
-    }
-
-    /// A peer's bucket, when its rate is unchanged.
-    pub fn peer_limiter(prev: Option<&Runtime>, peer: &str, spec: RateSpec) -> Arc<Limiter> {
-        prev.filter(|p| p.settings.peers.get(peer).and_then(|o| o.rate) == Some(spec))
-            .and_then(|p| p.peer_limiters.get(peer).cloned())
-            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
-    }
-
-    /// A route's bucket, when its rate is unchanged.
-    pub fn route_limiter(
-        prev: Option<&Runtime>,
-        listener: &str,
-        path: &str,
-        spec: RateSpec,
-    ) -> Arc<Limiter> {
-        prev.and_then(|p| p.listeners.iter().find(|l| l.name == listener))
-            .and_then(|l| l.routes.get(path))
-            .filter(|r| r.cfg.rate == Some(spec))
-            .and_then(|r| r.limiter.clone())
-            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
-    }
-
-    /// The replay cache: one per state directory for the life of the process, so a
-    /// reload never reopens a replay window.
-    pub fn replay(prev: Option<&Runtime>, settings: &Settings) -> Option<Arc<ReplayCache>> {
-        prev.filter(|p| p.settings.state_dir == settings.state_dir)
-            .and_then(|p| p.replay.clone())
-    }
-
-    /// Each listener's TLS state, in listener order: the running one re-read (keeping
-    /// the last good certificate) when its files are the same, else loaded anew — and
-    /// then it must load.
-    pub fn tls(
-        prev: Option<&Runtime>,
-        settings: &Settings,
-        metrics: &Metrics,
-    ) -> io::Result<Vec<Option<Arc<TlsState>>>> {
-        let mut out = Vec::with_capacity(settings.listeners.len());
-        for l in &settings.listeners {
-            let Some(ts) = &l.tls else {
-                out.push(None);
-                continue;
-            };
-            let running = prev
-                .and_then(|p| p.listeners.iter().find(|o| o.name == l.name))
-                .and_then(|o| o.tls.clone())
-                .filter(|st| st.settings() == ts);
-            let state = match running {
-                Some(st) => {
-                    st.reload("SIGHUP");
-                    st
-                }
-                None => TlsState::new(&l.name, ts.clone(), metrics.clone()).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("listener {}: {e}", l.name),
-                    )
-                })?,
-            };
-            out.push(Some(state));
-        }
-        Ok(out)
-    }
 }

@@ -1,15 +1,24 @@
 //! The shared, immutable state a running sidecar needs per request: validated settings
-//! plus the limiters, route tables and upstream pools built from them once.
+//! (plain values) plus the live objects built from them — limiters, route tables,
+//! upstream pools, DNS cells, TLS state, the replay cache, the shared-state backend and
+//! the egress store.
+//!
+//! [`Runtime::build`] is the only place those live objects are created, and the only
+//! place that decides what a new runtime takes over from the previous one after a
+//! reload ([`carry`]): the replay cache (while `state.dir` is the same), rate-limit
+//! buckets whose rate did not change, TLS certificates whose files did not change (they
+//! are re-read), and the addresses of DNS names already resolved.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Peer, Route, Settings};
 use crate::forward::Forwarder;
+use crate::guard::dns::Names;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter};
 use crate::guard::replay::ReplayCache;
@@ -49,19 +58,40 @@ pub struct Runtime {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Egress routes and the API-7 journal; `None` when no route needs them.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// The allowlisted DNS names and the addresses each last resolved to.
+    pub names: Names,
     request_ids: RequestIds,
+}
+
+/// Why a runtime could not be built; the config itself was valid.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("replay journal in {}: {source}", dir.display())]
+    Replay {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        source: crate::tls::TlsError,
+    },
+    #[error("state.backend.redis: {0}")]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
 }
 
 impl Runtime {
     /// Builds the runtime; fails only when the replay journal in the state directory
     /// cannot be opened, or a listener's certificate does not load.
-    pub fn new(settings: Settings, metrics: Metrics) -> io::Result<Arc<Runtime>> {
+    pub fn new(settings: Settings, metrics: Metrics) -> Result<Arc<Runtime>, BuildError> {
         Self::build(settings, metrics, None)
     }
 
     /// The runtime for a reloaded config. What did not change carries over from `prev`
-    /// (see [`crate::reload`]): the replay cache, rate-limit buckets, certificates.
-    pub fn reloaded(settings: Settings, prev: &Runtime) -> io::Result<Arc<Runtime>> {
+    /// ([`carry`]): the replay cache, rate-limit buckets, certificates, DNS addresses.
+    pub fn reloaded(settings: Settings, prev: &Runtime) -> Result<Arc<Runtime>, BuildError> {
         Self::build(settings, prev.metrics.clone(), Some(prev))
     }
 
@@ -69,8 +99,7 @@ impl Runtime {
         settings: Settings,
         metrics: Metrics,
         prev: Option<&Runtime>,
-    ) -> io::Result<Arc<Runtime>> {
-        use crate::reload::carry;
+    ) -> Result<Arc<Runtime>, BuildError> {
         let limits = &settings.limits;
         let per_ip = limits
             .per_ip_rate
@@ -93,10 +122,7 @@ impl Runtime {
             None => None,
             Some(r) => Some(match prev.and_then(|p| p.fleet.clone()) {
                 Some(f) if f.settings().url == r.url && f.settings().prefix == r.prefix => f,
-                _ => Arc::new(
-                    crate::fleet::Fleet::new(r.clone())
-                        .map_err(|e| io::Error::other(format!("state.backend.redis: {e}")))?,
-                ),
+                _ => Arc::new(crate::fleet::Fleet::new(r.clone())?),
             }),
         };
         let tls = carry::tls(prev, &settings, &metrics)?;
@@ -151,11 +177,9 @@ impl Runtime {
                 .unwrap_or(0);
             Some(Arc::new(
                 ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
-                    .map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("replay journal in {}: {e}", settings.state_dir.display()),
-                        )
+                    .map_err(|source| BuildError::Replay {
+                        dir: settings.state_dir.clone(),
+                        source,
                     })?,
             ))
         } else {
@@ -163,14 +187,22 @@ impl Runtime {
         };
         // Egress: the outbox store (shared with a previous runtime after a reload), peer
         // clients, and the delivery tasks (started here when running inside tokio).
-        let egress = crate::egress::Egress::new(&settings)
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .map(Arc::new);
+        let egress = crate::egress::Egress::new(&settings)?.map(Arc::new);
         if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
             e.start(&settings, &metrics);
         }
+        let names = Names::new(
+            settings
+                .peers
+                .values()
+                .filter_map(|p| p.allow.as_ref())
+                .flat_map(|a| a.names())
+                .map(String::as_str),
+            prev.map(|p| &p.names),
+        );
         Ok(Arc::new(Runtime {
             egress,
+            names,
             metrics,
             replay,
             fleet,
@@ -208,5 +240,90 @@ impl RequestIds {
     fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}-{:010x}", self.prefix, n)
+    }
+}
+
+/// What a new runtime takes over from the previous one.
+mod carry {
+    use std::sync::Arc;
+
+    use super::{BuildError, Runtime};
+    use crate::config::Settings;
+    use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
+    use crate::guard::replay::ReplayCache;
+    use crate::metrics::Metrics;
+    use crate::tls::TlsState;
+
+    /// The per-address buckets, when the rate and the table size are unchanged.
+    pub fn per_ip(prev: Option<&Runtime>, spec: RateSpec, capacity: usize) -> Arc<PerIpLimiter> {
+        prev.filter(|p| {
+            p.settings.limits.per_ip_rate == Some(spec)
+                && p.settings.limits.max_tracked_ips == capacity
+        })
+        .and_then(|p| p.per_ip.clone())
+        .unwrap_or_else(|| Arc::new(PerIpLimiter::new(spec, capacity)))
+    }
+
+    /// A peer's bucket, when its rate is unchanged.
+    pub fn peer_limiter(prev: Option<&Runtime>, peer: &str, spec: RateSpec) -> Arc<Limiter> {
+        prev.filter(|p| p.settings.peers.get(peer).and_then(|o| o.rate) == Some(spec))
+            .and_then(|p| p.peer_limiters.get(peer).cloned())
+            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
+    }
+
+    /// A route's bucket, when its rate is unchanged.
+    pub fn route_limiter(
+        prev: Option<&Runtime>,
+        listener: &str,
+        path: &str,
+        spec: RateSpec,
+    ) -> Arc<Limiter> {
+        prev.and_then(|p| p.listeners.iter().find(|l| l.name == listener))
+            .and_then(|l| l.routes.get(path))
+            .filter(|r| r.cfg.rate == Some(spec))
+            .and_then(|r| r.limiter.clone())
+            .unwrap_or_else(|| Arc::new(Limiter::new(spec)))
+    }
+
+    /// The replay cache: one per state directory for the life of the process, so a
+    /// reload never reopens a replay window.
+    pub fn replay(prev: Option<&Runtime>, settings: &Settings) -> Option<Arc<ReplayCache>> {
+        prev.filter(|p| p.settings.state_dir == settings.state_dir)
+            .and_then(|p| p.replay.clone())
+    }
+
+    /// Each listener's TLS state, in listener order: the running one re-read (keeping
+    /// the last good certificate) when its files are the same, else loaded anew — and
+    /// then it must load.
+    pub fn tls(
+        prev: Option<&Runtime>,
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> Result<Vec<Option<Arc<TlsState>>>, BuildError> {
+        let mut out = Vec::with_capacity(settings.listeners.len());
+        for l in &settings.listeners {
+            let Some(ts) = &l.tls else {
+                out.push(None);
+                continue;
+            };
+            let running = prev
+                .and_then(|p| p.listeners.iter().find(|o| o.name == l.name))
+                .and_then(|o| o.tls.clone())
+                .filter(|st| st.settings() == ts);
+            let state = match running {
+                Some(st) => {
+                    st.reload("SIGHUP");
+                    st
+                }
+                None => TlsState::new(&l.name, ts.clone(), metrics.clone()).map_err(|source| {
+                    BuildError::Tls {
+                        listener: l.name.clone(),
+                        source,
+                    }
+                })?,
+            };
+            out.push(Some(state));
+        }
+        Ok(out)
     }
 }

@@ -150,13 +150,14 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     let rt = live.load();
     match crate::guard::dns::Resolver::new(&rt.settings.dns) {
         Ok(r) => {
-            crate::guard::dns::refresh(&rt.settings, &r, &rt.metrics, true).await;
+            let dns = &rt.settings.dns;
+            crate::guard::dns::refresh(&rt.names, dns.refresh, &r, &rt.metrics, true).await;
         }
         Err(e) => tracing::error!(error = %e, "cannot set up the DNS resolver"),
     }
     let background = [
-        tokio::spawn(crate::guard::dns::run_refresher(live.clone())),
-        tokio::spawn(crate::tls::watch_files(live.clone())),
+        tokio::spawn(crate::background::resolve_names(live.clone())),
+        tokio::spawn(crate::background::watch_certificates(live.clone())),
     ];
     let watchdog = crate::systemd::spawn_watchdog();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -272,10 +273,10 @@ async fn accept_loop(
             .listeners
             .get(idx)
             .and_then(|l| l.trusted_proxies.as_ref())
-            .is_some_and(|t| t.contains(ip));
+            .is_some_and(|t| t.contains_address(ip));
         if !via_proxy {
             if let Some(allow) = rt.listeners.get(idx).and_then(|l| l.accept_allow.as_ref()) {
-                if !allow.contains(ip) {
+                if !allow.contains(ip, &rt.names) {
                     refuse("ip_denied");
                     tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
                     continue;
@@ -360,7 +361,7 @@ async fn open_connection(
             }
         }
         if let Some(allow) = &lst.accept_allow {
-            if !allow.contains(client) {
+            if !allow.contains(client, &rt.names) {
                 refuse("ip_denied");
                 tracing::info!(listener = %lst.name, client = %client, "connection refused: address not allowed");
                 return;

@@ -51,8 +51,8 @@ struct Seen {
     failed: Option<SystemTime>,
 }
 
-/// Samples of the last [`WINDOW`] and what they showed about upstreams. Lives in
-/// [`Metrics`], so it survives config reloads.
+/// Samples of the last [`WINDOW`] and what they showed about upstreams. Held by the admin
+/// listener for the life of the process, so it survives config reloads.
 pub struct History {
     started: SystemTime,
     samples: Mutex<VecDeque<(Instant, Sample)>>,
@@ -164,12 +164,12 @@ impl History {
     }
 }
 
-/// Samples `metrics` every [`SAMPLE_EVERY`] until aborted.
-pub async fn run_sampler(metrics: Metrics) {
+/// Samples `metrics` into `history` every [`SAMPLE_EVERY`] until aborted.
+pub async fn run_sampler(metrics: Metrics, history: std::sync::Arc<History>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        metrics.status.sample(&metrics);
+        history.sample(&metrics);
     }
 }
 
@@ -297,9 +297,8 @@ pub fn content_security_policy() -> String {
 }
 
 /// The page for `rt`, as of now.
-pub fn page(rt: &Runtime) -> String {
+pub fn page(rt: &Runtime, history: &History) -> String {
     let m = &rt.metrics;
-    let history = &m.status;
     // A sample now, so that what just happened shows (last success, last failure).
     history.sample(m);
     let now = sample(m);
@@ -426,14 +425,14 @@ pub fn page(rt: &Runtime) -> String {
     }
 
     // DNS names.
-    let names = crate::guard::dns::names_of(&rt.settings);
+    let names = &rt.names;
     if !names.is_empty() {
         h.push_str(
             "<h2>Allowlisted DNS names</h2><table><tr><th>name</th><th>addresses now</th>\
              <th>last resolved</th></tr>",
         );
-        for (name, cells) in &names {
-            let Some(cell) = cells.first() else { continue };
+        for cell in names.iter() {
+            let name = cell.name();
             let addrs: Vec<String> = cell.addresses().iter().map(|a| a.to_string()).collect();
             let last = cell
                 .last_success()

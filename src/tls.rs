@@ -291,29 +291,6 @@ impl TlsState {
     }
 }
 
-/// Re-reads a listener's certificate files when they change, every `tls.watch`.
-pub async fn watch_files(live: Arc<crate::reload::Live>) {
-    let mut checked: std::collections::HashMap<String, std::time::Instant> =
-        std::collections::HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let rt = live.load();
-        for l in &rt.listeners {
-            let Some(st) = &l.tls else { continue };
-            let Some(every) = st.settings().watch else {
-                continue;
-            };
-            let due = checked.get(&l.name).map_or(true, |t| t.elapsed() >= every);
-            if due {
-                checked.insert(l.name.clone(), std::time::Instant::now());
-                st.reload_if_changed();
-            }
-        }
-    }
-}
-
 /// `2026-11-27T20:53:44Z` for a log line.
 fn format_unix(t: i64) -> String {
     let days = t.div_euclid(86_400);

@@ -225,7 +225,11 @@ pub fn describe_listener(l: &super::ListenerSettings) -> String {
 
 /// The allowlisted DNS names in the config.
 pub fn dns_names(s: &super::Settings) -> Vec<String> {
-    crate::guard::dns::names_of(s).into_keys().collect()
+    let names: std::collections::BTreeSet<&String> = (s.peers.values())
+        .filter_map(|p| p.allow.as_ref())
+        .flat_map(|a| a.names())
+        .collect();
+    names.into_iter().cloned().collect()
 }
 
 /// `system resolver, refresh 60s` or `servers [..], refresh 60s`.

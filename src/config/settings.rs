@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery};
 use http::{Method, Uri};
+
+pub use crate::forward::Upstream;
 
 use super::egress::{peer_tls, route_target, PeerTls, Target};
 use super::raw::*;
@@ -206,48 +207,6 @@ impl Route {
         self.fresh
             .map(|w| w.max_age + 2 * w.leeway)
             .unwrap_or_default()
-    }
-}
-
-/// A plain-HTTP upstream on loopback or the local network.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub authority: Authority,
-    pub path_and_query: PathAndQuery,
-}
-
-impl Upstream {
-    pub fn parse(s: &str) -> Result<Upstream, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "scheme `{other}` not supported for upstreams; use http://"
-                ))
-            }
-            None => return Err("missing scheme; write http://host:port/path".into()),
-        }
-        let authority = uri.authority().cloned().ok_or("missing host")?;
-        let path_and_query = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        Ok(Upstream {
-            authority,
-            path_and_query,
-        })
-    }
-
-    /// `host:port` to connect to (port 80 when none is written).
-    pub fn connect_addr(&self) -> String {
-        let host = self.authority.host();
-        let port = self.authority.port_u16().unwrap_or(80);
-        if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        }
     }
 }
 

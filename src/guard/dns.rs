@@ -10,6 +10,10 @@
 //!
 //! The resolver is the system's (`/etc/resolv.conf`, hosts file) unless `dns.servers`
 //! names the servers to ask.
+//!
+//! The runtime holds one [`Names`] table (one cell per name, carried over a reload so a
+//! name never starts empty again); the background task that calls [`refresh`] lives
+//! beside the server (`crate::background`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,8 +29,6 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 
-use super::ip::canonical;
-use crate::config::Settings;
 use crate::metrics::Metrics;
 
 /// The `dns:` block, validated.
@@ -72,6 +74,11 @@ pub fn is_host_name(s: &str) -> bool {
             .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `Bsk.Example.` → `bsk.example`: how a name is written in the table.
+pub fn canonical_name(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// One allowlisted name and the addresses it last resolved to.
 pub struct DnsName {
     name: String,
@@ -88,9 +95,9 @@ struct State {
 
 impl DnsName {
     /// A name that has not resolved yet (it allows nobody until it has).
-    pub fn new(name: &str) -> Arc<DnsName> {
+    fn new(name: &str) -> Arc<DnsName> {
         Arc::new(DnsName {
-            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            name: canonical_name(name),
             addrs: ArcSwap::from_pointee(Vec::new()),
             state: Mutex::new(State::default()),
         })
@@ -113,17 +120,6 @@ impl DnsName {
     /// When the last successful resolution was.
     pub fn last_success(&self) -> Option<SystemTime> {
         self.lock().last_success
-    }
-
-    /// Takes over what `other` (the same name in the previous config) knows, so a
-    /// reload does not leave the name empty until it resolves again.
-    pub fn seed_from(&self, other: &DnsName) {
-        if other.name == self.name && !std::ptr::eq(self, other) {
-            self.addrs.store(other.addrs.load_full());
-            // Copied out first: never two of these locks held at once.
-            let state = *other.lock();
-            *self.lock() = state;
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -213,7 +209,7 @@ impl Resolver {
             .await
             .map_err(|_| format!("no answer within {}s", bound.as_secs()))?
             .map_err(|e| e.to_string())?;
-        let mut addrs: Vec<IpAddr> = found.iter().map(canonical).collect();
+        let mut addrs: Vec<IpAddr> = found.iter().map(|a| a.to_canonical()).collect();
         addrs.sort();
         addrs.dedup();
         if addrs.is_empty() {
@@ -223,27 +219,46 @@ impl Resolver {
     }
 }
 
-/// Every allowlisted name in the config, grouped by name (two peers may list the same).
-pub fn names_of(settings: &Settings) -> BTreeMap<String, Vec<Arc<DnsName>>> {
-    let mut out: BTreeMap<String, Vec<Arc<DnsName>>> = BTreeMap::new();
-    for p in settings.peers.values() {
-        if let Some(allow) = &p.allow {
-            for n in allow.names() {
-                out.entry(n.name().to_string()).or_default().push(n.clone());
-            }
-        }
-    }
-    out
+/// The allowlisted names of one runtime, each with the addresses it last resolved to.
+#[derive(Debug, Default)]
+pub struct Names {
+    cells: BTreeMap<String, Arc<DnsName>>,
 }
 
-/// Gives the names of `next` what the same names in `prev` already know.
-pub fn carry_over(prev: &Settings, next: &Settings) {
-    let old = names_of(prev);
-    for (name, entries) in names_of(next) {
-        if let Some(from) = old.get(&name).and_then(|v| v.first()) {
-            for e in entries {
-                e.seed_from(from);
-            }
+impl Names {
+    /// A table for `names`; a name `prev` already has keeps its cell (and so what it
+    /// knows), so a reload never leaves a name empty until it resolves again.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>, prev: Option<&Names>) -> Names {
+        let mut cells = BTreeMap::new();
+        for name in names {
+            let name = canonical_name(name);
+            let cell = prev
+                .and_then(|p| p.cells.get(&name).cloned())
+                .unwrap_or_else(|| DnsName::new(&name));
+            cells.insert(name, cell);
+        }
+        Names { cells }
+    }
+
+    /// Whether `ip` is a current address of `name` (written as [`canonical_name`]).
+    pub fn contains(&self, name: &str, ip: IpAddr) -> bool {
+        self.cells.get(name).is_some_and(|c| c.contains(ip))
+    }
+
+    /// Every name, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &DnsName> {
+        self.cells.values().map(|c| &**c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Sets `name`'s addresses as a successful lookup would.
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, name: &str, addrs: Vec<IpAddr>) {
+        if let Some(c) = self.cells.get(name) {
+            c.addrs.store(Arc::new(addrs));
         }
     }
 }
@@ -251,21 +266,18 @@ pub fn carry_over(prev: &Settings, next: &Settings) {
 /// Resolves the names that are due (all of them with `force`), updating addresses,
 /// metrics and the log. Returns how many names failed.
 pub async fn refresh(
-    settings: &Settings,
+    names: &Names,
+    every: Duration,
     resolver: &Resolver,
     metrics: &Metrics,
     force: bool,
 ) -> usize {
     let now = Instant::now();
     let mut failed = 0;
-    let names = names_of(settings);
     // All due names at once: a dead resolver delays start-up by one timeout, not one per name.
     let mut lookups = tokio::task::JoinSet::new();
-    for (name, entries) in &names {
-        let due = entries
-            .first()
-            .is_some_and(|first| force || first.due(now, settings.dns.refresh));
-        if due {
+    for (name, cell) in &names.cells {
+        if force || cell.due(now, every) {
             let (r, name) = (resolver.clone(), name.clone());
             lookups.spawn(async move {
                 let result = r.lookup(&name).await;
@@ -277,10 +289,7 @@ pub async fn refresh(
         let Ok((name, result)) = joined else {
             continue;
         };
-        let Some(entries) = names.get(&name) else {
-            continue;
-        };
-        let Some(first) = entries.first() else {
+        let Some(cell) = names.cells.get(&name) else {
             continue;
         };
         let m = &metrics.ops;
@@ -289,17 +298,15 @@ pub async fn refresh(
         m.dns_resolutions.with_label_values(&[&name, "error"]);
         match result {
             Ok(addrs) => {
-                let changed = *first.addresses() != addrs;
+                let changed = *cell.addresses() != addrs;
                 let at = SystemTime::now();
                 let addrs = Arc::new(addrs);
-                for e in entries {
-                    e.addrs.store(addrs.clone());
-                    *e.lock() = State {
-                        last_attempt: Some(now),
-                        last_ok: true,
-                        last_success: Some(at),
-                    };
-                }
+                cell.addrs.store(addrs.clone());
+                *cell.lock() = State {
+                    last_attempt: Some(now),
+                    last_ok: true,
+                    last_success: Some(at),
+                };
                 m.dns_resolutions.with_label_values(&[&name, "ok"]).inc();
                 m.dns_addresses
                     .with_label_values(&[&name])
@@ -318,19 +325,19 @@ pub async fn refresh(
             }
             Err(error) => {
                 failed += 1;
-                for e in entries {
-                    let mut st = e.lock();
+                {
+                    let mut st = cell.lock();
                     st.last_attempt = Some(now);
                     st.last_ok = false;
                 }
                 m.dns_resolutions.with_label_values(&[&name, "error"]).inc();
-                let kept = first
+                let kept = cell
                     .addresses()
                     .iter()
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                let last = first
+                let last = cell
                     .last_success()
                     .map(|t| format!("{}s ago", t.elapsed().map(|d| d.as_secs()).unwrap_or(0)))
                     .unwrap_or_else(|| "never".into());
@@ -345,30 +352,6 @@ pub async fn refresh(
         }
     }
     failed
-}
-
-/// Keeps the current runtime's names resolved: each is looked up again when due. A new
-/// runtime (after a reload) gets a new resolver when its `dns:` block changed.
-pub async fn run_refresher(live: Arc<crate::reload::Live>) {
-    let mut resolver: Option<(DnsSettings, Resolver)> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let rt = live.load();
-        if resolver.as_ref().map(|(s, _)| s) != Some(&rt.settings.dns) {
-            match Resolver::new(&rt.settings.dns) {
-                Ok(r) => resolver = Some((rt.settings.dns.clone(), r)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot set up the DNS resolver");
-                    continue;
-                }
-            }
-        }
-        if let Some((_, r)) = &resolver {
-            refresh(&rt.settings, r, &rt.metrics, false).await;
-        }
-    }
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -402,21 +385,23 @@ mod tests {
     }
 
     #[test]
-    fn a_name_allows_nobody_until_resolved_and_seeds_across_reloads() {
-        let old = DnsName::new("Bsk.Example.");
-        assert_eq!(old.name(), "bsk.example");
+    fn a_name_allows_nobody_until_resolved_and_carries_across_reloads() {
+        let old = Names::new(["Bsk.Example."], None);
+        assert_eq!(
+            old.iter().map(DnsName::name).collect::<Vec<_>>(),
+            ["bsk.example"]
+        );
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        assert!(!old.contains(ip));
-        old.addrs.store(Arc::new(vec![ip]));
-        let new = DnsName::new("bsk.example");
-        new.seed_from(&old);
-        assert!(new.contains(ip));
-        let other = DnsName::new("other.example");
-        other.seed_from(&old);
-        assert!(!other.contains(ip));
-        // Seeding from itself is a no-op, not a deadlock.
-        new.seed_from(&new);
-        assert!(new.contains(ip));
+        assert!(!old.contains("bsk.example", ip));
+        old.set_for_test("bsk.example", vec![ip]);
+        assert!(old.contains("bsk.example", ip));
+        // The next config's table keeps what the same name knew; a new name starts empty.
+        let new = Names::new(["bsk.example", "other.example"], Some(&old));
+        assert!(new.contains("bsk.example", ip));
+        assert!(!new.contains("other.example", ip));
+        // A name the next config drops is gone from its table.
+        let dropped = Names::new(["other.example"], Some(&old));
+        assert!(!dropped.contains("bsk.example", ip));
     }
 
     #[test]

@@ -1,28 +1,29 @@
 //! Source-address allowlist: CIDR blocks and single addresses, IPv4 and IPv6, and DNS
-//! names whose addresses [`super::dns`] keeps resolved.
+//! names. The list is a plain value (it is part of the validated config); what a name
+//! resolves to lives in the runtime's [`Names`] table, which [`super::dns`] keeps fresh.
 //!
 //! ```
-//! use bsk_sidecar::guard::ip::AllowList;
+//! use bsk_sidecar::guard::{dns::Names, ip::AllowList};
 //! let mut list = AllowList::default();
 //! list.push_str("203.0.113.0/28").unwrap();
-//! assert!(list.contains("203.0.113.5".parse().unwrap()));
-//! assert!(!list.contains("203.0.113.16".parse().unwrap()));
+//! let resolved = Names::default();
+//! assert!(list.contains("203.0.113.5".parse().unwrap(), &resolved));
+//! assert!(!list.contains("203.0.113.16".parse().unwrap(), &resolved));
 //! ```
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::dns::{is_host_name, DnsName};
+use super::dns::{canonical_name, is_host_name, Names};
 
 /// Networks a peer may connect from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowList {
     nets: Vec<IpNet>,
-    /// Names resolved in the background; shared with every copy of this list.
-    names: Vec<Arc<DnsName>>,
+    /// Host names, lower case without a trailing dot; their addresses are in [`Names`].
+    names: Vec<String>,
 }
 
 impl AllowList {
@@ -38,7 +39,7 @@ impl AllowList {
             return Ok(());
         }
         if is_host_name(entry) {
-            let name = DnsName::new(entry);
+            let name = canonical_name(entry);
             if !self.names.contains(&name) {
                 self.names.push(name);
             }
@@ -63,15 +64,26 @@ impl AllowList {
     }
 
     /// The DNS names on the list.
-    pub fn names(&self) -> &[Arc<DnsName>] {
+    pub fn names(&self) -> &[String] {
         &self.names
     }
 
-    /// Whether `ip` is inside any listed network. An IPv4 client seen on an IPv6 socket
-    /// (`::ffff:a.b.c.d`) is matched as the IPv4 address it is.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is inside any listed network or is a current address of a listed
+    /// name (as `resolved` knows it; a name not resolved yet allows nobody). An IPv4
+    /// client seen on an IPv6 socket (`::ffff:a.b.c.d`) is matched as the IPv4 address
+    /// it is.
+    pub fn contains(&self, ip: IpAddr, resolved: &Names) -> bool {
+        self.contains_address(ip) || {
+            let ip = canonical(ip);
+            self.names.iter().any(|n| resolved.contains(n, ip))
+        }
+    }
+
+    /// Whether `ip` is inside a listed network, names not counted: for a list the
+    /// config lets hold no names (`trusted_proxies` — a proxy must not follow DNS).
+    pub fn contains_address(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.nets.iter().any(|n| n.contains(&ip)) || self.names.iter().any(|n| n.contains(ip))
+        self.nets.iter().any(|n| n.contains(&ip))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,10 +93,7 @@ impl AllowList {
 
 /// Folds IPv4-mapped IPv6 addresses to IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
+    ip.to_canonical()
 }
 
 /// The network of `ip` (canonical) at prefix length `v4` or `v6`: the key that groups
@@ -116,7 +125,7 @@ impl fmt::Display for AllowList {
             if i > 0 || !self.nets.is_empty() {
                 f.write_str(", ")?;
             }
-            f.write_str(n.name())?;
+            f.write_str(n)?;
         }
         f.write_str("]")
     }
@@ -125,6 +134,11 @@ impl fmt::Display for AllowList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `l` admits `ip` with no name resolved.
+    fn has(l: &AllowList, ip: &str) -> bool {
+        l.contains(ip.parse().unwrap(), &Names::default())
+    }
 
     fn list(entries: &[&str]) -> AllowList {
         let mut l = AllowList::default();
@@ -137,34 +151,34 @@ mod tests {
     #[test]
     fn cidr_edges_v4() {
         let l = list(&["203.0.113.0/28"]);
-        assert!(l.contains("203.0.113.0".parse().unwrap()));
-        assert!(l.contains("203.0.113.15".parse().unwrap()));
-        assert!(!l.contains("203.0.113.16".parse().unwrap()));
-        assert!(!l.contains("203.0.112.255".parse().unwrap()));
+        assert!(has(&l, "203.0.113.0"));
+        assert!(has(&l, "203.0.113.15"));
+        assert!(!has(&l, "203.0.113.16"));
+        assert!(!has(&l, "203.0.112.255"));
     }
 
     #[test]
     fn single_addresses_and_v6() {
         let l = list(&["127.0.0.2", "2001:db8::/32"]);
-        assert!(l.contains("127.0.0.2".parse().unwrap()));
-        assert!(!l.contains("127.0.0.3".parse().unwrap()));
-        assert!(l.contains("2001:db8:1::5".parse().unwrap()));
-        assert!(!l.contains("2001:db9::1".parse().unwrap()));
+        assert!(has(&l, "127.0.0.2"));
+        assert!(!has(&l, "127.0.0.3"));
+        assert!(has(&l, "2001:db8:1::5"));
+        assert!(!has(&l, "2001:db9::1"));
     }
 
     #[test]
     fn v4_mapped_v6_matches_v4_entry() {
         let l = list(&["127.0.0.2/32"]);
-        assert!(l.contains("::ffff:127.0.0.2".parse().unwrap()));
-        assert!(!l.contains("::ffff:127.0.0.3".parse().unwrap()));
+        assert!(has(&l, "::ffff:127.0.0.2"));
+        assert!(!has(&l, "::ffff:127.0.0.3"));
     }
 
     #[test]
     fn host_bits_are_ignored_not_widened() {
         // "10.0.0.5/24" means the /24; the entry is normalised, not rejected.
         let l = list(&["10.0.0.5/24"]);
-        assert!(l.contains("10.0.0.200".parse().unwrap()));
-        assert!(!l.contains("10.0.1.1".parse().unwrap()));
+        assert!(has(&l, "10.0.0.200"));
+        assert!(!has(&l, "10.0.1.1"));
         assert_eq!(l.to_string(), "[10.0.0.0/24]");
     }
 
@@ -179,15 +193,19 @@ mod tests {
     }
 
     #[test]
-    fn dns_names_allow_nobody_until_resolved_and_copies_share_them() {
+    fn dns_names_allow_nobody_until_resolved_then_their_addresses() {
         let l = list(&["10.0.0.0/8", "bsk.wb.gov.in", "BSK.wb.gov.in."]);
-        assert_eq!(l.names().len(), 1);
+        assert_eq!(l.names(), ["bsk.wb.gov.in"]);
         assert_eq!(l.to_string(), "[10.0.0.0/8, bsk.wb.gov.in]");
         let mut union = AllowList::default();
         union.extend(&l);
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        assert!(!union.contains(ip));
-        // The union holds the same name, not a copy: a later resolution shows in both.
-        assert!(Arc::ptr_eq(&union.names()[0], &l.names()[0]));
+        let names = Names::new(l.names().iter().map(String::as_str), None);
+        assert!(!union.contains(ip, &names));
+        names.set_for_test("bsk.wb.gov.in", vec![ip]);
+        // Both lists name it, and both see its resolution.
+        assert!(union.contains(ip, &names));
+        assert!(l.contains(ip, &names));
+        assert!(!l.contains("203.0.113.8".parse().unwrap(), &names));
     }
 }

@@ -32,7 +32,7 @@ use super::ip::{canonical, AllowList};
 /// `peer`. An unparseable entry stops the walk at the last trusted hop.
 pub fn client_from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &AllowList) -> IpAddr {
     let mut client = canonical(peer);
-    if !trusted.contains(client) {
+    if !trusted.contains_address(client) {
         return client;
     }
     // Several header lines are one list, in order (RFC 9110 §5.3).
@@ -46,7 +46,7 @@ pub fn client_from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &AllowL
             return client;
         };
         client = ip;
-        if !trusted.contains(ip) {
+        if !trusted.contains_address(ip) {
             return ip;
         }
     }

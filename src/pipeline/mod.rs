@@ -259,7 +259,7 @@ async fn run(
 
     // Allowlist: the peer's own networks, even when the listener checked a union at accept.
     if cfg.ip_check {
-        let allowed = cfg.peer.allow.as_ref().is_some_and(|a| a.contains(client));
+        let allowed = (cfg.peer.allow.as_ref()).is_some_and(|a| a.contains(client, &rt.names));
         if !allowed {
             return Err(Reject::IpDenied);
         }
