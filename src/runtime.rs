@@ -16,19 +16,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Peer, Route, Settings};
+use crate::config::{Peer, Remote, Route, Settings, Target, Upstream};
+use crate::egress::Egress;
 use crate::forward::Forwarder;
 use crate::guard::dns::Names;
 use crate::guard::ip::AllowList;
-use crate::guard::rate::{Limiter, PerIpLimiter};
+use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
 use crate::guard::replay::ReplayCache;
 use crate::metrics::Metrics;
 use crate::tls::TlsState;
 
-/// A route with its own limiter.
+/// A route with its own limiter and its destination.
 pub struct RouteRt {
     pub cfg: Arc<Route>,
     pub limiter: Option<Arc<Limiter>>,
+    pub destination: Destination,
+}
+
+/// Where a route's requests go, with what that needs already built — so the pipeline
+/// never re-checks at request time what building the runtime proved.
+pub enum Destination {
+    /// Ingress: the opened JSON goes to the application.
+    Upstream(Upstream),
+    /// Ingress: API-7 pulls are answered from the egress journal.
+    Journal(Arc<Egress>),
+    /// Egress: the application's JSON is sealed and pushed to the peer.
+    Remote(Remote, Arc<Egress>),
+}
+
+impl Destination {
+    fn new(target: &Target, egress: Option<&Arc<Egress>>, route: &str) -> Result<Self, BuildError> {
+        let egress = || {
+            egress
+                .cloned()
+                .ok_or_else(|| BuildError::NoEgress(route.to_string()))
+        };
+        Ok(match target {
+            Target::Upstream(u) => Destination::Upstream(u.clone()),
+            Target::Journal => Destination::Journal(egress()?),
+            Target::Remote(r) => Destination::Remote(r.clone(), egress()?),
+        })
+    }
 }
 
 /// A listener's routes by exact path.
@@ -80,6 +108,9 @@ pub enum BuildError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
+    /// A journal or egress route without the egress store: a bug in `Egress::new`.
+    #[error("route {0} needs the egress store, which was not set up")]
+    NoEgress(String),
 }
 
 impl Runtime {
@@ -104,18 +135,12 @@ impl Runtime {
         let per_ip = limits
             .per_ip_rate
             .map(|spec| carry::per_ip(prev, spec, limits.max_tracked_ips));
-        // With a fleet, the local peer and route buckets are only the fallback while Redis
-        // is unreachable (`on_redis_down: local`): each replica's share of the rate.
-        let local = |spec: crate::guard::rate::RateSpec| match &settings.redis {
-            Some(r) => spec.divided(r.replicas),
-            None => spec,
-        };
         let peer_limiters = settings
             .peers
             .iter()
             .filter_map(|(name, p): (&String, &Arc<Peer>)| {
-                p.rate
-                    .map(|r| (name.clone(), carry::peer_limiter(prev, name, local(r))))
+                let spec = local_share(&settings, p.rate?);
+                Some((name.clone(), carry::peer_limiter(prev, name, spec)))
             })
             .collect();
         let fleet = match &settings.redis {
@@ -125,7 +150,6 @@ impl Runtime {
                 _ => Arc::new(crate::fleet::Fleet::new(r.clone())?),
             }),
         };
-        let tls = carry::tls(prev, &settings, &metrics)?;
         let forwarder = Forwarder::new(
             settings
                 .listeners
@@ -135,62 +159,13 @@ impl Runtime {
             limits.max_upstream_response,
             limits.max_in_flight,
         );
-        let listeners = settings
-            .listeners
-            .iter()
-            .zip(tls)
-            .map(|(l, tls)| ListenerRt {
-                name: l.name.clone(),
-                addr: l.addr,
-                accept_allow: l.accept_allowlist(),
-                tls,
-                callers: l.callers.clone(),
-                routes: l
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.path.clone(),
-                            RouteRt {
-                                cfg: r.clone(),
-                                limiter: r.rate.map(|spec| {
-                                    carry::route_limiter(prev, &l.name, &r.path, local(spec))
-                                }),
-                            },
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        let wants_replay = settings.redis.is_none()
-            && settings
-                .listeners
-                .iter()
-                .flat_map(|l| &l.routes)
-                .any(|r| r.replay);
-        let replay = if let Some(kept) = carry::replay(prev, &settings).filter(|_| wants_replay) {
-            Some(kept)
-        } else if wants_replay {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            Some(Arc::new(
-                ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
-                    .map_err(|source| BuildError::Replay {
-                        dir: settings.state_dir.clone(),
-                        source,
-                    })?,
-            ))
-        } else {
-            None
-        };
         // Egress: the outbox store (shared with a previous runtime after a reload), peer
         // clients, and the delivery tasks (started here when running inside tokio).
         let egress = crate::egress::Egress::new(&settings)?.map(Arc::new);
         if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
             e.start(&settings, &metrics);
         }
+        let listeners = listeners(&settings, &metrics, egress.as_ref(), prev)?;
         let names = Names::new(
             settings
                 .peers
@@ -201,10 +176,10 @@ impl Runtime {
             prev.map(|p| &p.names),
         );
         Ok(Arc::new(Runtime {
+            replay: replay_cache(&settings, prev)?,
             egress,
             names,
             metrics,
-            replay,
             fleet,
             forwarder,
             per_ip,
@@ -218,6 +193,77 @@ impl Runtime {
     pub fn next_request_id(&self) -> String {
         self.request_ids.next()
     }
+}
+
+/// A peer's or route's local bucket: with a fleet, only the fallback while Redis is
+/// unreachable (`on_redis_down: local`), so each replica gets its share of the rate.
+fn local_share(settings: &Settings, spec: RateSpec) -> RateSpec {
+    match &settings.redis {
+        Some(r) => spec.divided(r.replicas),
+        None => spec,
+    }
+}
+
+/// Each listener's routes, TLS state and accept-time allowlist.
+fn listeners(
+    settings: &Settings,
+    metrics: &Metrics,
+    egress: Option<&Arc<Egress>>,
+    prev: Option<&Runtime>,
+) -> Result<Vec<ListenerRt>, BuildError> {
+    let tls = carry::tls(prev, settings, metrics)?;
+    let mut out = Vec::with_capacity(settings.listeners.len());
+    for (l, tls) in settings.listeners.iter().zip(tls) {
+        let mut routes = HashMap::with_capacity(l.routes.len());
+        for r in &l.routes {
+            let limiter = r.rate.map(|spec| {
+                carry::route_limiter(prev, &l.name, &r.path, local_share(settings, spec))
+            });
+            let route = RouteRt {
+                cfg: r.clone(),
+                limiter,
+                destination: Destination::new(&r.target, egress, &r.path)?,
+            };
+            routes.insert(r.path.clone(), route);
+        }
+        out.push(ListenerRt {
+            name: l.name.clone(),
+            addr: l.addr,
+            accept_allow: l.accept_allowlist(),
+            tls,
+            callers: l.callers.clone(),
+            routes,
+        });
+    }
+    Ok(out)
+}
+
+/// The embedded replay cache, when a route refuses replays and no fleet holds them: the
+/// previous runtime's while `state.dir` is the same, else opened from its journal.
+fn replay_cache(
+    settings: &Settings,
+    prev: Option<&Runtime>,
+) -> Result<Option<Arc<ReplayCache>>, BuildError> {
+    let wanted = settings.redis.is_none()
+        && (settings.listeners.iter())
+            .flat_map(|l| &l.routes)
+            .any(|r| r.replay);
+    if !wanted {
+        return Ok(None);
+    }
+    if let Some(kept) = carry::replay(prev, settings) {
+        return Ok(Some(kept));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cache = ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
+        .map_err(|source| BuildError::Replay {
+            dir: settings.state_dir.clone(),
+            source,
+        })?;
+    Ok(Some(Arc::new(cache)))
 }
 
 /// Request ids: a random per-process prefix and a counter — unique, cheap, and not a

@@ -27,15 +27,26 @@ use crate::guard::fresh::{canonical_ticket, Stale};
 use crate::guard::replay::{ReplayCache, ReplayKey, Reservation};
 use crate::runtime::Runtime;
 
-use super::PayloadIds;
+use super::ids::PayloadIds;
 
-/// Refuses a token that claims to live longer than its peer allows.
-pub(super) fn check_lifetime(
+/// The stage: lifetime, freshness, then the replay record (held until the request is
+/// known to have reached the application, see [`Held`]).
+pub(super) async fn check(
+    rt: &Runtime,
     cfg: &Route,
     opened: &Opened,
+    ids: &PayloadIds,
     now: u64,
-    leeway: Duration,
-) -> Result<(), Reject> {
+) -> Result<Option<Held>, Reject> {
+    check_lifetime(cfg, opened, now, rt.settings.limits.clock_leeway)?;
+    match admit(cfg, opened, ids, now)? {
+        Some((key, expiry)) => Ok(Some(hold(rt, key, now, expiry).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Refuses a token that claims to live longer than its peer allows.
+fn check_lifetime(cfg: &Route, opened: &Opened, now: u64, leeway: Duration) -> Result<(), Reject> {
     let Some(exp) = opened.jwt_exp else {
         return Ok(());
     };
@@ -69,12 +80,7 @@ impl Held {
 
 /// Records `key` until `expiry` in the process's cache, or the fleet's Redis when the
 /// config names one (unreachable: 503, never an unprotected request).
-pub(super) async fn hold(
-    rt: &Runtime,
-    key: ReplayKey,
-    now: u64,
-    expiry: u64,
-) -> Result<Held, Reject> {
+async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Held, Reject> {
     if let Some(fleet) = &rt.fleet {
         let ttl = Duration::from_secs(expiry.saturating_sub(now).max(1));
         return match fleet.reserve(&rt.metrics, key, ttl).await {
@@ -96,7 +102,7 @@ pub(super) async fn hold(
 
 /// Checks freshness; returns the replay key and until when it is held, when the route
 /// refuses replays.
-pub(super) fn admit(
+fn admit(
     cfg: &Route,
     opened: &Opened,
     ids: &PayloadIds,

@@ -1,0 +1,105 @@
+//! After the last stage: the access log line and the request metrics, for an answer and
+//! for a refusal alike. Metrics carry the public reason only — they are readable by more
+//! people than logs, and the precise AES failure would make them a padding oracle.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+
+use crate::error::{Fault, Reject};
+use crate::runtime::{ListenerRt, Runtime};
+
+/// What the log line and metrics learn about a request as it goes.
+#[derive(Default)]
+pub(super) struct Trace {
+    pub(super) route: Option<String>,
+    pub(super) peer: Option<String>,
+    pub(super) userid: Option<String>,
+    pub(super) ticket_no: Option<String>,
+    pub(super) upstream_status: Option<u16>,
+}
+
+/// The access log line and the request metrics, then the response.
+pub(super) fn finish(
+    rt: &Runtime,
+    lst: &ListenerRt,
+    client: IpAddr,
+    request_id: &str,
+    trace: &Trace,
+    start: Instant,
+    result: Result<Response<Full<Bytes>>, Reject>,
+) -> Response<Full<Bytes>> {
+    let route_label = trace.route.as_deref().unwrap_or("unmatched");
+    let peer_label = trace.peer.as_deref().unwrap_or("none");
+    let elapsed = start.elapsed();
+    rt.metrics
+        .request_seconds
+        .with_label_values(&[&lst.name, route_label])
+        .observe(elapsed.as_secs_f64());
+    match result {
+        Ok(resp) => {
+            rt.metrics
+                .requests
+                .with_label_values(&[&lst.name, route_label, peer_label, "forwarded"])
+                .inc();
+            tracing::info!(
+                target: "bsk_sidecar::access",
+                request_id = %request_id,
+                listener = %lst.name,
+                route = route_label,
+                peer = peer_label,
+                status = resp.status().as_u16(),
+                upstream_status = trace.upstream_status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                userid = trace.userid.as_deref(),
+                ticket_no = trace.ticket_no.as_deref(),
+                "forwarded"
+            );
+            resp
+        }
+        Err(reject) => {
+            let outcome = match reject.fault() {
+                Fault::Upstream => "upstream_error",
+                Fault::Downstream | Fault::Internal => "rejected",
+            };
+            rt.metrics
+                .requests
+                .with_label_values(&[&lst.name, route_label, peer_label, outcome])
+                .inc();
+            // The public reason: metrics are readable by more people than logs, and the
+            // precise AES failure would make them a padding oracle.
+            rt.metrics
+                .rejections
+                .with_label_values(&[&lst.name, route_label, reject.public_reason()])
+                .inc();
+            let resp = reject.to_response(request_id);
+            macro_rules! log_reject {
+                ($level:ident) => {
+                    tracing::$level!(
+                        target: "bsk_sidecar::access",
+                        request_id = %request_id,
+                        listener = %lst.name,
+                        route = route_label,
+                        peer = peer_label,
+                        client = %client,
+                        status = resp.status().as_u16(),
+                        reason = reject.reason(),
+                        detail = %reject,
+                        latency_ms = elapsed.as_secs_f64() * 1000.0,
+                        userid = trace.userid.as_deref(),
+                        ticket_no = trace.ticket_no.as_deref(),
+                        "rejected"
+                    )
+                };
+            }
+            match reject.fault() {
+                Fault::Downstream => log_reject!(info),
+                Fault::Upstream | Fault::Internal => log_reject!(warn),
+            }
+            resp
+        }
+    }
+}

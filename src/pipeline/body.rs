@@ -1,0 +1,142 @@
+//! Stage 5, the body: its content type must fit the route's envelope (415), its size the
+//! route's limit (413, from `Content-Length` before a byte is read, else while reading),
+//! and it must arrive before the route's deadline (408).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body;
+
+use crate::config::Route;
+use crate::envelope::Layer;
+use crate::error::Reject;
+
+/// Checks the head, then reads the whole body within the route's size and time limits.
+pub(super) async fn read<B>(cfg: &Route, headers: &HeaderMap, body: B) -> Result<Bytes, Reject>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let content_type = headers.get(header::CONTENT_TYPE);
+    if cfg.target.is_egress() {
+        check_plain_json_type(content_type)?;
+    } else {
+        check_content_type(&cfg.layers, content_type)?;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cfg.max_body as u64) {
+        return Err(Reject::BodyTooLarge);
+    }
+    collect(body, cfg.max_body, cfg.body_timeout).await
+}
+
+async fn collect<B>(body: B, max: usize, deadline: Duration) -> Result<Bytes, Reject>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
+        Err(_) => Err(Reject::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
+        Ok(Err(_)) => Err(Reject::BodyUnreadable),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// The application talks plain JSON to an egress route (a missing type is tolerated).
+fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
+    match mime_of(ct)? {
+        None => Ok(()),
+        Some(mime) if matches!(mime.as_str(), "application/json" | "text/plain") => Ok(()),
+        Some(_) => Err(Reject::UnsupportedMediaType),
+    }
+}
+
+/// The media type of a `Content-Type` header, lower-cased, without parameters.
+fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<String>, Reject> {
+    let Some(ct) = ct else { return Ok(None) };
+    let mime = ct
+        .to_str()
+        .map_err(|_| Reject::UnsupportedMediaType)?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    Ok(Some(mime))
+}
+
+/// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
+/// type is tolerated (many legacy senders omit it) and the layer decides from the body.
+fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), Reject> {
+    let Some(mime) = mime_of(ct)? else {
+        return Ok(());
+    };
+    let ok = match layers.first() {
+        Some(Layer::Form) => matches!(
+            mime.as_str(),
+            "application/x-www-form-urlencoded" | "application/json"
+        ),
+        Some(Layer::Token) => matches!(mime.as_str(), "application/json" | "text/plain"),
+        Some(Layer::Aes) | Some(Layer::Jwt) => {
+            matches!(
+                mime.as_str(),
+                "text/plain" | "application/json" | "application/octet-stream"
+            )
+        }
+        Some(Layer::Bearer | Layer::Passcode) | None => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Reject::UnsupportedMediaType)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_must_fit_the_envelope() {
+        let form = [Layer::Form, Layer::Aes];
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(check_content_type(
+            &form,
+            Some(&v("application/x-www-form-urlencoded; charset=UTF-8"))
+        )
+        .is_ok());
+        assert!(check_content_type(&form, Some(&v("application/json"))).is_ok());
+        assert!(check_content_type(&form, None).is_ok());
+        assert!(check_content_type(&form, Some(&v("multipart/form-data; boundary=x"))).is_err());
+        let token = [Layer::Token, Layer::Jwt];
+        assert!(check_content_type(&token, Some(&v("application/x-www-form-urlencoded"))).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_or_late_is_refused() {
+        use http_body_util::{Full, StreamBody};
+        let big = Full::new(Bytes::from(vec![b'a'; 11]));
+        let err = collect(big, 10, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, Reject::BodyTooLarge));
+        let ok = collect(
+            Full::new(Bytes::from_static(b"{}")),
+            10,
+            Duration::from_secs(1),
+        );
+        assert_eq!(ok.await.unwrap(), Bytes::from_static(b"{}"));
+        // A body that never ends: the deadline answers.
+        let never = StreamBody::new(futures_util::stream::pending::<
+            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+        >());
+        let err = collect(never, 10, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Reject::BodyTimeout));
+    }
+}

@@ -1,0 +1,74 @@
+//! Stage 10, forward: the opened bytes, unchanged, to the application with the allowed
+//! headers only (502 / 504) — or, on an API-7 route, the answer from the egress journal.
+//!
+//! The replay record is kept once the request may have reached the application; a
+//! request never delivered (connection refused) forgets it, so the peer's retry is not
+//! refused as a replay.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::Response;
+
+use super::access::Trace;
+use super::headers;
+use super::replay::Held;
+use super::Ctx;
+use crate::config::Upstream;
+use crate::egress::Egress;
+use crate::error::Reject;
+
+/// Sends `plain` to the application and reads its whole answer.
+pub(super) async fn to_upstream(
+    cx: &Ctx<'_>,
+    upstream: &Upstream,
+    parts: &Parts,
+    plain: Bytes,
+    held: Option<Held>,
+    trace: &mut Trace,
+) -> Result<Response<Bytes>, Reject> {
+    let cfg = &cx.route.cfg;
+    let req = headers::upstream_request(cfg, upstream, parts, cx.client, cx.request_id, plain)?;
+    let started = Instant::now();
+    let sent = cx
+        .rt
+        .forwarder
+        .send(upstream, req, cfg.upstream_timeout)
+        .await;
+    cx.rt
+        .metrics
+        .upstream_seconds
+        .with_label_values(&[&cx.lst.name, &cfg.path])
+        .observe(started.elapsed().as_secs_f64());
+    let answer = sent.map_err(|e| {
+        tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");
+        Reject::from(e)
+    });
+    // Anything but "never delivered" (an answer, a timeout) may have reached the
+    // application: the record stays.
+    if let Some(r) = held {
+        if !matches!(answer, Err(Reject::UpstreamUnavailable)) {
+            r.keep();
+        }
+    }
+    let answer = answer?;
+    trace.upstream_status = Some(answer.status().as_u16());
+    Ok(answer)
+}
+
+/// The API-7 answer from the egress journal.
+pub(super) async fn to_journal(
+    cx: &Ctx<'_>,
+    egress: &Egress,
+    plain: &Bytes,
+    held: Option<Held>,
+    trace: &mut Trace,
+) -> Result<Response<Bytes>, Reject> {
+    let answer = crate::egress::serve_journal(egress, &cx.route.cfg, plain).await?;
+    if let Some(r) = held {
+        r.keep();
+    }
+    trace.upstream_status = Some(answer.status().as_u16());
+    Ok(answer)
+}

@@ -1,0 +1,65 @@
+//! The identifying fields of an opened payload — `userid`, `ticketNo`, `appSubTime`,
+//! `applicationStatus`, in any deployed spelling — for the access log and the replay key.
+
+/// The identifying fields of an opened payload (any documented spelling), as written.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct PayloadIds {
+    pub(super) userid: Option<String>,
+    pub(super) ticket_no: Option<String>,
+    pub(super) app_sub_time: Option<String>,
+    pub(super) application_status: Option<String>,
+}
+
+pub(super) fn ids_of(plain: &[u8]) -> PayloadIds {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Ids<'a> {
+        #[serde(alias = "userId", borrow)]
+        userid: Option<&'a RawValue>,
+        #[serde(rename = "ticketNo", alias = "ticketno", alias = "tokenNo", borrow)]
+        ticket_no: Option<&'a RawValue>,
+        #[serde(rename = "appSubTime", alias = " appSubTime ", borrow)]
+        app_sub_time: Option<&'a RawValue>,
+        #[serde(rename = "applicationStatus", borrow)]
+        application_status: Option<&'a RawValue>,
+    }
+    let clean = |v: &RawValue| {
+        let s = v.get().trim_matches('"').trim();
+        // Only short digit strings: an id, never a free-text field smuggled into the log.
+        (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.to_string())
+    };
+    match serde_json::from_slice::<Ids<'_>>(plain) {
+        Ok(ids) => PayloadIds {
+            userid: ids.userid.and_then(clean),
+            ticket_no: ids.ticket_no.and_then(clean),
+            app_sub_time: ids.app_sub_time.and_then(clean),
+            application_status: ids.application_status.and_then(clean),
+        },
+        Err(_) => PayloadIds::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn ids_keep_17_digit_ticket_exactly_and_accept_aliases() {
+        let ids = ids_of(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
+        assert_eq!(ids.userid.as_deref(), Some("8527419636"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20221202153322882"));
+        let ids = ids_of(
+            br#"{"userid":9054233544,"tokenNo":"20220811130723"," appSubTime ":20220811052025,"applicationStatus":3}"#,
+        );
+        assert_eq!(ids.userid.as_deref(), Some("9054233544"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20220811130723"));
+        assert_eq!(ids.app_sub_time.as_deref(), Some("20220811052025"));
+        assert_eq!(ids.application_status.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn ids_never_carry_free_text() {
+        let ids = ids_of(br#"{"userid":"Anupam Ghosh","ticketNo":"x\ny"}"#);
+        assert_eq!(ids, PayloadIds::default());
+    }
+}

@@ -1,0 +1,72 @@
+//! Stage 4, rate limits. Before authentication only what an unknown sender may spend: its
+//! address's bucket (keyed by prefix, always this replica's own) and the route's. The
+//! peer's own budget is charged only once the envelope proves the sender is that peer —
+//! so nothing an unauthenticated sender does spends what belongs to an authenticated one.
+
+use std::net::IpAddr;
+
+use crate::config::Route;
+use crate::error::{RateScope, Reject};
+use crate::fleet::{OnRedisDown, Verdict};
+use crate::guard::ip::prefix_of;
+use crate::guard::rate::{Limiter, RateSpec};
+use crate::runtime::{ListenerRt, RouteRt, Runtime};
+
+/// The limits that apply before the sender is known: its address (keyed by prefix, so
+/// one IPv6 /64 cannot mint fresh buckets; always this replica's own) and the route.
+pub(super) async fn before_auth(
+    rt: &Runtime,
+    lst: &ListenerRt,
+    route: &RouteRt,
+    client: IpAddr,
+) -> Result<(), Reject> {
+    if let Some(l) = &rt.per_ip {
+        let (v4, v6) = rt.settings.limits.per_ip_prefix;
+        l.check(prefix_of(client, v4, v6))
+            .map_err(|retry_after| Reject::RateLimited {
+                scope: RateScope::ClientIp,
+                retry_after,
+            })?;
+    }
+    if let Some(spec) = route.cfg.rate {
+        let name = || format!("route:{}:{}", lst.name, route.cfg.path);
+        limit(rt, name, spec, route.limiter.as_deref(), RateScope::Route).await?;
+    }
+    Ok(())
+}
+
+/// The peer's own budget, spent only by requests that proved to be that peer. (On an
+/// egress route the peer's bucket limits what goes *to* it: crate::egress.)
+pub(super) async fn peer(rt: &Runtime, cfg: &Route) -> Result<(), Reject> {
+    if let Some(spec) = cfg.peer.rate {
+        let local = rt.peer_limiters.get(&cfg.peer.name).map(|l| &**l);
+        let name = || format!("peer:{}", cfg.peer.name);
+        limit(rt, name, spec, local, RateScope::Peer).await?;
+    }
+    Ok(())
+}
+
+/// One bucket: the fleet's on Redis when configured, else (or while Redis is down, with
+/// `on_redis_down: local`) this process's.
+async fn limit(
+    rt: &Runtime,
+    name: impl FnOnce() -> String,
+    spec: RateSpec,
+    local: Option<&Limiter>,
+    scope: RateScope,
+) -> Result<(), Reject> {
+    let refused = |retry_after| Reject::RateLimited { scope, retry_after };
+    let local_check = || local.map_or(Ok(()), |l| l.check().map_err(refused));
+    let Some(fleet) = &rt.fleet else {
+        return local_check();
+    };
+    match fleet.check_rate(&rt.metrics, &name(), spec).await {
+        Ok(Verdict::Admit) => Ok(()),
+        Ok(Verdict::Wait(d)) => Err(refused(d)),
+        Err(_) => match fleet.settings().on_down {
+            OnRedisDown::Local => local_check(),
+            OnRedisDown::Open => Ok(()),
+            OnRedisDown::Closed => Err(Reject::StateUnavailable("rate_store_unavailable")),
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! Stage 11, respond: the application's answer as it is (hop-by-hop headers removed), or
+//! sealed for the caller with the route's own layers (`response.mode: seal`).
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::Response;
+use http_body_util::Full;
+
+use super::headers;
+use crate::config::{ResponseMode, Route};
+use crate::envelope::{self, BodyShape, Failure, Layer};
+use crate::error::Reject;
+
+/// The client's answer to `upstream`, the application's (or the journal's) answer.
+pub(super) fn respond(
+    cfg: &Route,
+    shape: BodyShape,
+    upstream: Response<Bytes>,
+    request_id: &str,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let (parts, body) = upstream.into_parts();
+    let extra_hop = headers::connection_listed(&parts.headers);
+    let (body, content_type) = match &cfg.response {
+        ResponseMode::Pass => (body, None),
+        ResponseMode::Seal { wrap } => {
+            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref())?;
+            (b, Some(ct))
+        }
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = parts.status;
+    let headers = resp.headers_mut();
+    for (name, value) in &parts.headers {
+        if !headers::is_hop_by_hop(name) && !extra_hop.iter().any(|h| h == name.as_str()) {
+            if content_type.is_some() && name == header::CONTENT_TYPE {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// Seals the application's JSON answer with the route's layers. With `wrap`, the inner
+/// layers' output goes in `encData` of a JSON object carrying the wrap fields.
+fn seal_response(
+    cfg: &Route,
+    shape: BodyShape,
+    body: &Bytes,
+    wrap: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<(Bytes, &'static str), Reject> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return Err(Reject::UpstreamBadResponse);
+    }
+    let keys = &cfg.peer.keys;
+    // `jwt.sign_exp`: a peer that requires `exp` gets it in what we seal for it.
+    let now = super::unix_now();
+    let times = cfg.peer.sign_exp.map(|ttl| (now, now + ttl.as_secs()));
+    let sealing_failed = |e: Failure| {
+        tracing::error!(error = %e, "sealing the response failed");
+        Reject::Internal
+    };
+    let outer_framing = matches!(
+        cfg.layers.first(),
+        Some(Layer::Form | Layer::Token | Layer::Bearer)
+    );
+    if let Some(wrap) = wrap {
+        let inner = if outer_framing {
+            cfg.layers.get(1..).unwrap_or_default()
+        } else {
+            &cfg.layers
+        };
+        let sealed = envelope::seal_timed(inner, keys, body, BodyShape::Json, times)
+            .map_err(sealing_failed)?;
+        let enc = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
+        let mut obj = wrap.clone();
+        obj.insert("encData".into(), serde_json::Value::String(enc));
+        return Ok((
+            Bytes::from(serde_json::Value::Object(obj).to_string()),
+            "application/json",
+        ));
+    }
+    if cfg.layers.first() == Some(&Layer::Bearer) {
+        // A bearer token cannot travel in a response header the caller reads; send it as JSON.
+        let inner = cfg.layers.get(1..).unwrap_or_default();
+        let sealed = envelope::seal_timed(inner, keys, body, BodyShape::Json, times)
+            .map_err(sealing_failed)?;
+        let token = String::from_utf8(sealed.body).map_err(|_| Reject::Internal)?;
+        let v = serde_json::json!({ "token": token });
+        return Ok((Bytes::from(v.to_string()), "application/json"));
+    }
+    let sealed =
+        envelope::seal_timed(&cfg.layers, keys, body, shape, times).map_err(sealing_failed)?;
+    Ok((Bytes::from(sealed.body), sealed.content_type))
+}
