@@ -1,7 +1,8 @@
 //! Background tasks beside the server, for the life of the process: they read the
 //! runtime in force on every turn (so a reload changes what they watch) and call
 //! methods on the leaf modules that own the state — [`crate::guard::dns`] for
-//! allowlisted names, [`crate::tls`] for certificate files.
+//! allowlisted names, [`crate::tls`] for certificate files, [`crate::guard::rate`] for
+//! the per-address buckets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +56,18 @@ pub async fn watch_certificates(live: Arc<Live>) {
                 checked.insert(l.name.clone(), Instant::now());
                 st.reload_if_changed();
             }
+        }
+    }
+}
+
+/// Forgets per-address buckets that have refilled, every 30 s, so the table holds only
+/// addresses seen recently (`limits.max_tracked_ips` bounds it in between).
+pub async fn prune_address_buckets(live: Arc<Live>) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        every.tick().await;
+        if let Some(l) = &live.load().per_ip {
+            l.prune();
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct ListenerRt {
     pub tls: Option<Arc<TlsState>>,
     /// Who may push on the egress routes (`callers`, `caller_token`).
     pub callers: Arc<crate::guard::caller::Callers>,
+    /// Load balancers whose `X-Forwarded-For` or PROXY header names the client.
+    pub trusted_proxies: Option<AllowList>,
+    /// Trusted proxies open each connection with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 pub struct Runtime {
@@ -232,6 +236,8 @@ fn listeners(
             accept_allow: l.accept_allowlist(),
             tls,
             callers: l.callers.clone(),
+            trusted_proxies: l.trusted_proxies.clone(),
+            proxy_protocol: l.proxy_protocol,
             routes,
         });
     }

@@ -31,7 +31,8 @@ use crate::guard::ip::canonical;
 use crate::guard::proxy::{self, ProxyHeader, Rewind};
 use crate::pipeline::{self, InFlight};
 use crate::reload::Live;
-use crate::runtime::Runtime;
+use crate::runtime::{ListenerRt, Runtime};
+use crate::tls::TlsState;
 
 /// Listeners bound before serving, so callers (tests, the demo) can learn the ports.
 pub struct Bound {
@@ -158,11 +159,12 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     let background = [
         tokio::spawn(crate::background::resolve_names(live.clone())),
         tokio::spawn(crate::background::watch_certificates(live.clone())),
+        tokio::spawn(crate::background::prune_address_buckets(live.clone())),
     ];
     let watchdog = crate::systemd::spawn_watchdog();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; when all are gone, the drain is complete.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (done_tx, done_rx) = mpsc::channel::<()>(1);
     let ready = Arc::new(AtomicBool::new(true));
     let in_flight = Arc::new(InFlight::new());
     let conns = Arc::new(Connections {
@@ -190,18 +192,6 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
             stop_rx.clone(),
         )));
     }
-    let pruner = {
-        let live = live.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                if let Some(l) = &live.load().per_ip {
-                    l.prune();
-                }
-            }
-        })
-    };
     drop(done_tx);
     drop(rt);
     crate::systemd::ready();
@@ -214,12 +204,17 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     for t in accept_tasks {
         let _ = t.await;
     }
-    pruner.abort();
     for t in background.iter().chain(&watchdog) {
         t.abort();
     }
     let grace = live.load().settings.limits.shutdown_grace;
-    match tokio::time::timeout(grace, done_rx.recv()).await {
+    drain(grace, done_rx).await;
+}
+
+/// Waits until every connection task has ended (each holds a sender of `done`), or
+/// `grace` has passed.
+async fn drain(grace: Duration, mut done: mpsc::Receiver<()>) {
+    match tokio::time::timeout(grace, done.recv()).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!(
             grace_secs = grace.as_secs(),
@@ -268,14 +263,12 @@ async fn accept_loop(
         // A trusted proxy carries many clients: the allowlist applies to the client it
         // names (after the PROXY header, or per request from X-Forwarded-For), and the
         // per-address cap does not apply to the proxy itself.
-        let via_proxy = rt
-            .settings
-            .listeners
-            .get(idx)
-            .and_then(|l| l.trusted_proxies.as_ref())
-            .is_some_and(|t| t.contains_address(ip));
+        let Some(lst) = rt.listeners.get(idx) else {
+            return;
+        };
+        let via_proxy = (lst.trusted_proxies.as_ref()).is_some_and(|t| t.contains_address(ip));
         if !via_proxy {
-            if let Some(allow) = rt.listeners.get(idx).and_then(|l| l.accept_allow.as_ref()) {
+            if let Some(allow) = &lst.accept_allow {
                 if !allow.contains(ip, &rt.names) {
                     refuse("ip_denied");
                     tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
@@ -328,46 +321,22 @@ async fn open_connection(
     let Some(lst) = rt.listeners.get(idx) else {
         return;
     };
-    let proxy_protocol = rt
-        .settings
-        .listeners
-        .get(idx)
-        .is_some_and(|l| l.proxy_protocol);
+    let proxy_protocol = lst.proxy_protocol;
     let refuse = |reason: &str| {
         rt.metrics
             .connections_refused
             .with_label_values(&[&lst.name, reason])
             .inc();
     };
-    let mut client = peer;
-    let mut prefix = Vec::new();
-    if via_proxy && proxy_protocol {
+    let (client, prefix) = if via_proxy && proxy_protocol {
         let deadline = rt.settings.limits.header_read_timeout;
-        match tokio::time::timeout(deadline, proxy::read_header(&mut stream)).await {
-            Ok(Ok((header, rest))) => {
-                if let ProxyHeader::Proxied(src) = header {
-                    client = canonical(src.ip());
-                }
-                prefix = rest;
-            }
-            Ok(Err(e)) => {
-                refuse("proxy_header");
-                tracing::info!(listener = %lst.name, proxy = %peer, error = %e, "connection refused: bad PROXY header");
-                return;
-            }
-            Err(_) => {
-                refuse("proxy_header");
-                return;
-            }
+        match read_proxy_header(&rt, lst, &mut stream, peer, deadline).await {
+            Ok(found) => found,
+            Err(reason) => return refuse(reason),
         }
-        if let Some(allow) = &lst.accept_allow {
-            if !allow.contains(client, &rt.names) {
-                refuse("ip_denied");
-                tracing::info!(listener = %lst.name, client = %client, "connection refused: address not allowed");
-                return;
-            }
-        }
-    }
+    } else {
+        (peer, Vec::new())
+    };
     let stream = Rewind::new(stream, prefix);
     let conn = Conn {
         live: live.clone(),
@@ -383,35 +352,83 @@ async fn open_connection(
     match &lst.tls {
         None => serve_http(conn, stream).await,
         Some(tls) => {
-            let handshake = tls.acceptor().accept(stream);
-            match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
-                Ok(Ok(tls_stream)) => {
-                    // Read once per connection; the pipeline matches it to a peer's binding.
-                    let client_cert = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| PresentedCert::from_der(leaf))
-                        .map(Arc::new);
-                    serve_http(
-                        Conn {
-                            client_cert,
-                            ..conn
-                        },
-                        tls_stream,
-                    )
-                    .await
-                }
-                Ok(Err(e)) => {
-                    refuse("tls_handshake");
-                    tracing::info!(listener = %lst.name, client = %client, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    refuse("tls_handshake_timeout");
-                    tracing::info!(listener = %lst.name, client = %client, "TLS handshake timed out");
-                }
+            if let Err(reason) = serve_https(conn, stream, tls, &lst.name).await {
+                refuse(reason);
             }
+        }
+    }
+}
+
+/// The PROXY header a trusted hop sends first: the client it names (checked against
+/// the listener's accept-time allowlist) and the bytes read past the header.
+async fn read_proxy_header(
+    rt: &Runtime,
+    lst: &ListenerRt,
+    stream: &mut TcpStream,
+    peer: IpAddr,
+    deadline: Duration,
+) -> Result<(IpAddr, Vec<u8>), &'static str> {
+    let (header, rest) = match tokio::time::timeout(deadline, proxy::read_header(stream)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::info!(listener = %lst.name, proxy = %peer, error = %e, "connection refused: bad PROXY header");
+            return Err("proxy_header");
+        }
+        Err(_) => return Err("proxy_header"),
+    };
+    let client = match header {
+        ProxyHeader::Proxied(src) => canonical(src.ip()),
+        _ => peer,
+    };
+    if let Some(allow) = &lst.accept_allow {
+        if !allow.contains(client, &rt.names) {
+            tracing::info!(listener = %lst.name, client = %client, "connection refused: address not allowed");
+            return Err("ip_denied");
+        }
+    }
+    Ok((client, rest))
+}
+
+/// The TLS handshake within its deadline, then HTTP; `Err` names why the connection was
+/// refused.
+async fn serve_https<S>(
+    conn: Conn,
+    stream: S,
+    tls: &TlsState,
+    listener: &str,
+) -> Result<(), &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = conn.client;
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+        Ok(Ok(tls_stream)) => {
+            // Read once per connection; the pipeline matches it to a peer's binding.
+            let client_cert = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| PresentedCert::from_der(leaf))
+                .map(Arc::new);
+            serve_http(
+                Conn {
+                    client_cert,
+                    ..conn
+                },
+                tls_stream,
+            )
+            .await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::info!(listener, client = %client, error = %e, "TLS handshake failed");
+            Err("tls_handshake")
+        }
+        Err(_) => {
+            tracing::info!(listener, client = %client, "TLS handshake timed out");
+            Err("tls_handshake_timeout")
         }
     }
 }
@@ -491,18 +508,8 @@ async fn serve_http<S>(conn: Conn, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Conn {
-        live,
-        idx,
-        client,
-        xff,
-        in_flight,
-        mut stop,
-        client_cert,
-        ..
-    } = conn;
-    let rt = live.load();
-    let Some(name) = rt.listeners.get(idx).map(|l| l.name.clone()) else {
+    let rt = conn.live.load();
+    let Some(name) = rt.listeners.get(conn.idx).map(|l| l.name.clone()) else {
         return;
     };
     let gauge = OpenGauge::new(rt.metrics.connections.with_label_values(&[&name]));
@@ -519,43 +526,8 @@ where
         inner: stream,
         activity: activity.clone(),
     });
-    let svc = {
-        let activity = activity.clone();
-        service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            if let Some(c) = &client_cert {
-                req.extensions_mut().insert(c.clone());
-            }
-            // Each request runs to the end on the runtime current when it started.
-            let rt = live.load();
-            let trusted = rt
-                .settings
-                .listeners
-                .get(idx)
-                .and_then(|l| l.trusted_proxies.as_ref());
-            let client = match (trusted, xff) {
-                (Some(trusted), true) => {
-                    proxy::client_from_forwarded(client, req.headers(), trusted)
-                }
-                _ => client,
-            };
-            let in_flight = in_flight.clone();
-            let activity = activity.clone();
-            // Boxed per request: hyper keeps room for the service's future in every
-            // connection, busy or idle, and the pipeline's future is several KiB.
-            let handling: HandleFuture = Box::pin(async move {
-                activity.in_progress.fetch_add(1, Ordering::Relaxed);
-                activity.head_started_ms.store(0, Ordering::Relaxed);
-                let r = pipeline::handle(rt, in_flight, idx, client, req).await;
-                activity.served.fetch_add(1, Ordering::Relaxed);
-                activity
-                    .idle_since_ms
-                    .store(activity.now_ms(), Ordering::Relaxed);
-                activity.in_progress.fetch_sub(1, Ordering::Relaxed);
-                r
-            });
-            handling
-        })
-    };
+    let mut stop = conn.stop.clone();
+    let svc = request_service(conn, activity.clone());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -566,10 +538,11 @@ where
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
 
-    let header_ms = limits.header_read_timeout.as_millis() as u64;
-    let idle_ms = limits.keepalive_idle.as_millis() as u64;
-    let tick = Duration::from_millis((header_ms.min(idle_ms.max(1)) / 4).clamp(20, 1000));
-    let mut ticker = tokio::time::interval(tick);
+    let deadlines = Deadlines {
+        header_ms: limits.header_read_timeout.as_millis() as u64,
+        idle_ms: limits.keepalive_idle.as_millis() as u64,
+    };
+    let mut ticker = tokio::time::interval(deadlines.tick());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = *stop.borrow();
     if closing {
@@ -587,26 +560,160 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ticker.tick() => {
-                if activity.in_progress.load(Ordering::Relaxed) > 0 {
-                    continue;
+            _ = ticker.tick() => match deadlines.check(&activity, closing) {
+                Watchdog::Wait => {}
+                Watchdog::Close => {
+                    tracing::debug!(listener = %name, "request head not complete in time; closing");
+                    break;
                 }
-                let now = activity.now_ms();
-                let head = activity.head_started_ms.load(Ordering::Relaxed);
-                if head != 0 {
-                    if now.saturating_sub(head) > header_ms {
-                        tracing::debug!(listener = %name, "request head not complete in time; closing");
-                        break;
-                    }
-                } else if !closing {
-                    let limit = if activity.served.load(Ordering::Relaxed) == 0 { header_ms } else { idle_ms };
-                    if now.saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed)) > limit {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                Watchdog::Finish => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
                 }
-            }
+            },
         }
     }
     drop(gauge);
+}
+
+/// Each request of a connection into the pipeline, on the runtime current when the
+/// request started.
+fn request_service(
+    conn: Conn,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = HandleFuture,
+> {
+    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        // The whole `Conn` moves into the service, which lives as long as the connection:
+        // its connection slot and drain sender must not be released before (a closure
+        // naming only some fields would capture only those).
+        let conn = &conn;
+        if let Some(c) = &conn.client_cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        let rt = conn.live.load();
+        let idx = conn.idx;
+        let trusted = rt
+            .listeners
+            .get(idx)
+            .and_then(|l| l.trusted_proxies.as_ref());
+        let client = match (trusted, conn.xff) {
+            (Some(trusted), true) => {
+                proxy::client_from_forwarded(conn.client, req.headers(), trusted)
+            }
+            _ => conn.client,
+        };
+        let in_flight = conn.in_flight.clone();
+        let activity = activity.clone();
+        // Boxed per request: hyper keeps room for the service's future in every
+        // connection, busy or idle, and the pipeline's future is several KiB.
+        let handling: HandleFuture = Box::pin(async move {
+            activity.in_progress.fetch_add(1, Ordering::Relaxed);
+            activity.head_started_ms.store(0, Ordering::Relaxed);
+            let r = pipeline::handle(rt, in_flight, idx, client, req).await;
+            activity.served.fetch_add(1, Ordering::Relaxed);
+            activity
+                .idle_since_ms
+                .store(activity.now_ms(), Ordering::Relaxed);
+            activity.in_progress.fetch_sub(1, Ordering::Relaxed);
+            r
+        });
+        handling
+    })
+}
+
+/// What the watchdog decides on a tick.
+#[derive(Debug, PartialEq, Eq)]
+enum Watchdog {
+    Wait,
+    /// A request head started and did not complete in time: close now.
+    Close,
+    /// Idle past the deadline: finish gracefully.
+    Finish,
+}
+
+/// The two deadlines hyper leaves to us, in ms.
+struct Deadlines {
+    header_ms: u64,
+    idle_ms: u64,
+}
+
+impl Deadlines {
+    /// Often enough to hold either deadline to within a quarter of it.
+    fn tick(&self) -> Duration {
+        Duration::from_millis((self.header_ms.min(self.idle_ms.max(1)) / 4).clamp(20, 1000))
+    }
+
+    fn check(&self, activity: &Activity, closing: bool) -> Watchdog {
+        if activity.in_progress.load(Ordering::Relaxed) > 0 {
+            return Watchdog::Wait;
+        }
+        let now = activity.now_ms();
+        let head = activity.head_started_ms.load(Ordering::Relaxed);
+        if head != 0 {
+            return if now.saturating_sub(head) > self.header_ms {
+                Watchdog::Close
+            } else {
+                Watchdog::Wait
+            };
+        }
+        if closing {
+            return Watchdog::Wait;
+        }
+        // Before the first request the head deadline applies; after one, the idle one.
+        let limit = if activity.served.load(Ordering::Relaxed) == 0 {
+            self.header_ms
+        } else {
+            self.idle_ms
+        };
+        let idle = now.saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed));
+        if idle > limit {
+            Watchdog::Finish
+        } else {
+            Watchdog::Wait
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(in_progress: usize, served: u64, idle_since: u64, head: u64) -> Activity {
+        Activity {
+            // Opened 10 s ago: `now_ms()` reads about 10_001.
+            opened: Instant::now() - Duration::from_secs(10),
+            in_progress: AtomicUsize::new(in_progress),
+            served: AtomicU64::new(served),
+            idle_since_ms: AtomicU64::new(idle_since),
+            head_started_ms: AtomicU64::new(head),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_holds_the_head_and_idle_deadlines() {
+        let d = Deadlines {
+            header_ms: 2_000,
+            idle_ms: 5_000,
+        };
+        // A request in progress is never cut.
+        assert_eq!(d.check(&activity(1, 0, 1, 1), false), Watchdog::Wait);
+        // A head started 9 s ago and still incomplete: closed at once.
+        assert_eq!(d.check(&activity(0, 3, 1, 1_000), false), Watchdog::Close);
+        // A head started just now: wait.
+        assert_eq!(d.check(&activity(0, 3, 1, 9_500), false), Watchdog::Wait);
+        // No request yet after 10 s: the head deadline applies, finish gracefully.
+        assert_eq!(d.check(&activity(0, 0, 1, 0), false), Watchdog::Finish);
+        // Idle 3 s after a request: within keepalive_idle.
+        assert_eq!(d.check(&activity(0, 1, 7_000, 0), false), Watchdog::Wait);
+        // Idle 6 s after a request: past it.
+        assert_eq!(d.check(&activity(0, 1, 4_000, 0), false), Watchdog::Finish);
+        // Already finishing: nothing more to decide.
+        assert_eq!(d.check(&activity(0, 1, 4_000, 0), true), Watchdog::Wait);
+        assert_eq!(d.tick(), Duration::from_millis(500));
+    }
 }
