@@ -21,8 +21,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::error::{error_body, json_response};
-use crate::guard::admin_access::{AdminAccess, Refusal, CHALLENGE};
+use crate::error::{json_response, Reject};
+use crate::guard::admin_access::{AdminAccess, Refusal};
 use crate::runtime::Runtime;
 use crate::status::History;
 
@@ -105,25 +105,14 @@ pub async fn serve(
     }
 }
 
-/// The JSON answer to a refused admin request; a 401 asks the browser for the token.
+/// The JSON answer to a refused admin request (a 401 asks the browser for the token).
 fn refused(access: &AdminAccess, refusal: Refusal) -> Response<Full<Bytes>> {
-    let status = refusal.status();
     tracing::info!(
         reason = refusal.reason(),
         token = access.token.is_some(),
         "admin request refused"
     );
-    let mut r = json_response(
-        status,
-        error_body(status, &refusal.to_string(), refusal.reason(), ""),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(CHALLENGE),
-        );
-    }
-    r
+    Reject::Admin(refusal).to_response("")
 }
 
 fn answer(
@@ -133,15 +122,7 @@ fn answer(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            error_body(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET",
-                "method_not_allowed",
-                "",
-            ),
-        );
+        return Reject::MethodNotAllowed { allow: "GET" }.to_response("");
     }
     match req.uri().path() {
         "/" => {
@@ -177,9 +158,6 @@ fn answer(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(br#"{"status":"draining"}"#),
         ),
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            error_body(StatusCode::NOT_FOUND, "no such admin path", "not_found", ""),
-        ),
+        _ => Reject::NotFound.to_response(""),
     }
 }

@@ -12,6 +12,7 @@ use http_body_util::Full;
 
 use crate::envelope::{Failure, TokenProblem};
 use crate::forward::ForwardError;
+use crate::guard::admin_access::{Refusal, CHALLENGE};
 use crate::guard::bounds::TooComplex;
 use crate::guard::fresh::Stale;
 use crate::guard::payload::Invalid;
@@ -149,6 +150,9 @@ pub enum Reject {
     /// A bug or an impossible state; details only in the log.
     #[error("internal error")]
     Internal,
+    /// The admin listener refused the request (token, `Origin`, `Host`).
+    #[error("admin request refused: {0}")]
+    Admin(#[from] Refusal),
 }
 
 impl Reject {
@@ -185,6 +189,7 @@ impl Reject {
             Reject::StoreUnavailable => "store_unavailable",
             Reject::StateUnavailable(reason) => reason,
             Reject::Internal => "internal",
+            Reject::Admin(r) => r.reason(),
         }
     }
 
@@ -237,6 +242,7 @@ impl Reject {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::Admin(r) => r.status(),
         }
     }
 
@@ -292,6 +298,7 @@ impl Reject {
             Reject::StoreUnavailable => "outbox unavailable; nothing was accepted, retry later",
             Reject::StateUnavailable(_) => "shared state unavailable; nothing was accepted, retry later",
             Reject::Internal => "internal error",
+            Reject::Admin(r) => r.message(),
         }
     }
 
@@ -345,6 +352,13 @@ impl Reject {
             }
             Reject::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // A browser asks for the token (HTTP Basic, the token as password).
+            Reject::Admin(Refusal::Unauthorized) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(CHALLENGE),
+                );
             }
             _ => {}
         }
@@ -410,6 +424,14 @@ mod tests {
                 "method_not_allowed",
             ),
             (Reject::IpDenied, 403, "ip_denied"),
+            (Reject::Admin(Refusal::Unauthorized), 401, "unauthorized"),
+            (
+                Reject::Admin(Refusal::NoToken),
+                403,
+                "admin_token_not_configured",
+            ),
+            (Reject::Admin(Refusal::CrossOrigin), 403, "cross_origin"),
+            (Reject::Admin(Refusal::BadHost), 403, "bad_host"),
             (
                 Reject::CallerDenied(crate::guard::caller::CallerDenied::Token),
                 403,

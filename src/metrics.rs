@@ -4,8 +4,8 @@
 //! (listener, route, peer, outcome, reason) — never an address, user id or token.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: 100 µs to 30 s.
@@ -56,189 +56,99 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    // A fixed set of metrics, registered once at start-up: a failure here is a bug every
-    // test would hit, never something input can cause.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let r = Register(&registry);
+        let route = &["listener", "route"];
+        let backend = &["backend", "op"];
+        let per_peer = &["peer"];
+        Metrics {
+            requests: r.counters(
                 "bsk_sidecar_requests_total",
                 "Requests handled, by route, peer and outcome.",
+                &["listener", "route", "peer", "outcome"],
             ),
-            &["listener", "route", "peer", "outcome"],
-        )
-        .expect("valid metric");
-        let rejections = IntCounterVec::new(
-            Opts::new(
+            rejections: r.counters(
                 "bsk_sidecar_rejections_total",
                 "Requests refused, by route and reason.",
+                &["listener", "route", "reason"],
             ),
-            &["listener", "route", "reason"],
-        )
-        .expect("valid metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
+            request_seconds: r.latency(
                 "bsk_sidecar_request_duration_seconds",
                 "Time from request head to response, by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["listener", "route"],
-        )
-        .expect("valid metric");
-        let upstream_seconds = HistogramVec::new(
-            HistogramOpts::new(
+                route,
+            ),
+            upstream_seconds: r.latency(
                 "bsk_sidecar_upstream_duration_seconds",
                 "Time the upstream application took to answer, by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["listener", "route"],
-        )
-        .expect("valid metric");
-        let backend_seconds = HistogramVec::new(
-            HistogramOpts::new(
+                route,
+            ),
+            backend_seconds: r.latency(
                 "bsk_sidecar_backend_duration_seconds",
                 "Time a call to the shared state backend took, by operation.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["backend", "op"],
-        )
-        .expect("valid metric");
-        let backend_errors = IntCounterVec::new(
-            Opts::new(
+                backend,
+            ),
+            backend_errors: r.counters(
                 "bsk_sidecar_backend_errors_total",
                 "Calls to the shared state backend that failed or timed out, by operation.",
+                backend,
             ),
-            &["backend", "op"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGauge::new(
-            "bsk_sidecar_in_flight_requests",
-            "Requests currently inside the pipeline.",
-        )
-        .expect("valid metric");
-        let connections = IntGaugeVec::new(
-            Opts::new(
+            in_flight: r.gauge(
+                "bsk_sidecar_in_flight_requests",
+                "Requests currently inside the pipeline.",
+            ),
+            connections: r.gauges(
                 "bsk_sidecar_connections_open",
                 "Open downstream connections, by listener.",
+                &["listener"],
             ),
-            &["listener"],
-        )
-        .expect("valid metric");
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
+            connections_refused: r.counters(
                 "bsk_sidecar_connections_refused_total",
                 "Connections closed at accept, by listener and reason.",
+                &["listener", "reason"],
             ),
-            &["listener", "reason"],
-        )
-        .expect("valid metric");
-        let schema_violations = IntCounterVec::new(
-            Opts::new(
+            schema_violations: r.counters(
                 "bsk_sidecar_schema_violations_total",
                 "Payload fields that failed a route's schema, by field and mode.",
+                &["listener", "route", "field", "mode"],
             ),
-            &["listener", "route", "field", "mode"],
-        )
-        .expect("valid metric");
-        let outbox_depth = IntGaugeVec::new(
-            Opts::new(
+            outbox_depth: r.gauges(
                 "bsk_sidecar_outbox_queue_depth",
                 "Egress pushes waiting in the durable outbox, by peer.",
+                per_peer,
             ),
-            &["peer"],
-        )
-        .expect("valid metric");
-        let outbox_oldest_age = prometheus::GaugeVec::new(
-            Opts::new(
+            outbox_oldest_age: r.float_gauges(
                 "bsk_sidecar_outbox_oldest_age_seconds",
                 "Age of the oldest queued push, by peer (0 when the queue is empty).",
+                per_peer,
             ),
-            &["peer"],
-        )
-        .expect("valid metric");
-        let outbox_enqueued = IntCounterVec::new(
-            Opts::new(
+            outbox_enqueued: r.counters(
                 "bsk_sidecar_outbox_enqueued_total",
                 "Pushes written durably to the outbox, by peer.",
+                per_peer,
             ),
-            &["peer"],
-        )
-        .expect("valid metric");
-        let outbox_attempts = IntCounterVec::new(
-            Opts::new(
+            outbox_attempts: r.counters(
                 "bsk_sidecar_outbox_attempts_total",
                 "Delivery attempts from the outbox, by peer and outcome.",
+                &["peer", "outcome"],
             ),
-            &["peer", "outcome"],
-        )
-        .expect("valid metric");
-        let outbox_deliveries = IntCounterVec::new(
-            Opts::new(
+            outbox_deliveries: r.counters(
                 "bsk_sidecar_outbox_deliveries_total",
                 "Pushes the peer accepted (2xx), by peer and delivery mode.",
+                &["peer", "delivery"],
             ),
-            &["peer", "delivery"],
-        )
-        .expect("valid metric");
-        let outbox_dead_letters = IntCounterVec::new(
-            Opts::new(
+            outbox_dead_letters: r.counters(
                 "bsk_sidecar_outbox_dead_letters_total",
                 "Pushes moved to the dead-letter list, by peer and reason.",
+                &["peer", "reason"],
             ),
-            &["peer", "reason"],
-        )
-        .expect("valid metric");
-        let outbox_dead_depth = IntGaugeVec::new(
-            Opts::new(
+            outbox_dead_depth: r.gauges(
                 "bsk_sidecar_outbox_dead_letter_depth",
                 "Pushes currently in the dead-letter list, by peer.",
+                per_peer,
             ),
-            &["peer"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(outbox_depth.clone()),
-            Box::new(outbox_oldest_age.clone()),
-            Box::new(outbox_enqueued.clone()),
-            Box::new(outbox_attempts.clone()),
-            Box::new(outbox_deliveries.clone()),
-            Box::new(outbox_dead_letters.clone()),
-            Box::new(outbox_dead_depth.clone()),
-            Box::new(rejections.clone()),
-            Box::new(request_seconds.clone()),
-            Box::new(upstream_seconds.clone()),
-            Box::new(backend_seconds.clone()),
-            Box::new(backend_errors.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(connections.clone()),
-            Box::new(connections_refused.clone()),
-            Box::new(schema_violations.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
-        let ops = OpsMetrics::new(&registry);
-        Metrics {
+            ops: OpsMetrics::new(r),
             registry,
-            requests,
-            rejections,
-            request_seconds,
-            upstream_seconds,
-            backend_seconds,
-            backend_errors,
-            in_flight,
-            connections,
-            connections_refused,
-            outbox_depth,
-            outbox_oldest_age,
-            outbox_enqueued,
-            outbox_attempts,
-            outbox_deliveries,
-            outbox_dead_letters,
-            outbox_dead_depth,
-            ops,
-            schema_violations,
         }
     }
 
@@ -271,32 +181,8 @@ pub struct OpsMetrics {
 }
 
 impl OpsMetrics {
-    // As for `Metrics::new`: registered once at start-up.
-    #[allow(clippy::expect_used)]
-    fn new(registry: &Registry) -> Self {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
-        };
-        let config_loaded = IntGauge::new(
-            "bsk_sidecar_config_last_load_timestamp_seconds",
-            "When the running configuration was loaded (start or last successful reload).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(config_loaded.clone()))
-            .expect("metric registered once");
-        let config_reloads = counter(
+    fn new(r: Register<'_>) -> Self {
+        let config_reloads = r.counters(
             "bsk_sidecar_config_reloads_total",
             "Configuration reloads (SIGHUP), by outcome.",
             &["outcome"],
@@ -306,34 +192,75 @@ impl OpsMetrics {
             config_reloads.with_label_values(&[outcome]);
         }
         OpsMetrics {
-            tls_reloads: counter(
+            tls_reloads: r.counters(
                 "bsk_sidecar_tls_reloads_total",
                 "TLS certificate reload attempts, by listener and outcome.",
                 &["listener", "outcome"],
             ),
-            tls_cert_expiry: gauge(
+            tls_cert_expiry: r.gauges(
                 "bsk_sidecar_tls_cert_expiry_timestamp_seconds",
                 "notAfter of the certificate a listener serves, in unix seconds.",
                 &["listener"],
             ),
-            dns_resolutions: counter(
+            dns_resolutions: r.counters(
                 "bsk_sidecar_dns_resolutions_total",
                 "Lookups of allowlisted DNS names, by name and outcome.",
                 &["name", "outcome"],
             ),
-            dns_addresses: gauge(
+            dns_addresses: r.gauges(
                 "bsk_sidecar_dns_addresses",
                 "Addresses an allowlisted DNS name currently allows.",
                 &["name"],
             ),
-            dns_last_success: gauge(
+            dns_last_success: r.gauges(
                 "bsk_sidecar_dns_last_success_timestamp_seconds",
                 "When an allowlisted DNS name last resolved, in unix seconds.",
                 &["name"],
             ),
             config_reloads,
-            config_loaded,
+            config_loaded: r.gauge(
+                "bsk_sidecar_config_last_load_timestamp_seconds",
+                "When the running configuration was loaded (start or last successful reload).",
+            ),
         }
+    }
+}
+
+/// Creates a metric and registers it. The set is fixed and registered once at start-up:
+/// a failure here (an invalid name, a name registered twice) is a bug every test hits,
+/// never something input can cause — hence the only `expect`s outside tests.
+#[derive(Clone, Copy)]
+struct Register<'a>(&'a Registry);
+
+#[allow(clippy::expect_used)]
+impl Register<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    }
+
+    fn counters(self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauges(self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn float_gauges(self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    /// A histogram with the [`LATENCY_BUCKETS`].
+    fn latency(self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
     }
 }
 

@@ -72,18 +72,16 @@ impl Default for AdminAccess {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The request carries `Origin`: it comes from a web page, never from an operator tool.
-    #[error("admin requests from web pages (an Origin header) are refused")]
+    #[error("{}", self.message())]
     CrossOrigin,
     /// `Host` names something other than this listener or loopback (DNS rebinding).
-    #[error("the Host header must name the admin listener's address or localhost")]
+    #[error("{}", self.message())]
     BadHost,
     /// The endpoint needs the token and none is configured.
-    #[error("admin.token is not configured; this endpoint stays closed until it is")]
+    #[error("{}", self.message())]
     NoToken,
     /// No token, or the wrong one.
-    #[error(
-        "admin token required (Authorization: Bearer TOKEN, or Basic with the token as password)"
-    )]
+    #[error("{}", self.message())]
     Unauthorized,
 }
 
@@ -95,6 +93,20 @@ impl Refusal {
             Refusal::BadHost => "bad_host",
             Refusal::NoToken => "admin_token_not_configured",
             Refusal::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// What the JSON answer tells the operator.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::CrossOrigin => {
+                "admin requests from web pages (an Origin header) are refused"
+            }
+            Refusal::BadHost => "the Host header must name the admin listener's address or localhost",
+            Refusal::NoToken => "admin.token is not configured; this endpoint stays closed until it is",
+            Refusal::Unauthorized => {
+                "admin token required (Authorization: Bearer TOKEN, or Basic with the token as password)"
+            }
         }
     }
 

@@ -297,61 +297,76 @@ pub async fn refresh(
         m.dns_resolutions.with_label_values(&[&name, "ok"]);
         m.dns_resolutions.with_label_values(&[&name, "error"]);
         match result {
-            Ok(addrs) => {
-                let changed = *cell.addresses() != addrs;
-                let at = SystemTime::now();
-                let addrs = Arc::new(addrs);
-                cell.addrs.store(addrs.clone());
-                *cell.lock() = State {
-                    last_attempt: Some(now),
-                    last_ok: true,
-                    last_success: Some(at),
-                };
-                m.dns_resolutions.with_label_values(&[&name, "ok"]).inc();
-                m.dns_addresses
-                    .with_label_values(&[&name])
-                    .set(addrs.len() as i64);
-                m.dns_last_success.with_label_values(&[&name]).set(unix(at));
-                let list = addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                if changed {
-                    tracing::info!(name = %name, addresses = %list, "allowlist name resolved");
-                } else {
-                    tracing::debug!(name = %name, addresses = %list, "allowlist name unchanged");
-                }
-            }
+            Ok(addrs) => resolved(cell, addrs, now, metrics),
             Err(error) => {
                 failed += 1;
-                {
-                    let mut st = cell.lock();
-                    st.last_attempt = Some(now);
-                    st.last_ok = false;
-                }
-                m.dns_resolutions.with_label_values(&[&name, "error"]).inc();
-                let kept = cell
-                    .addresses()
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let last = cell
-                    .last_success()
-                    .map(|t| format!("{}s ago", t.elapsed().map(|d| d.as_secs()).unwrap_or(0)))
-                    .unwrap_or_else(|| "never".into());
-                tracing::warn!(
-                    name = %name,
-                    error = %error,
-                    kept = %kept,
-                    last_success = %last,
-                    "allowlist name lookup failed; keeping the last good addresses"
-                );
+                lookup_failed(cell, &error, now, metrics);
             }
         }
     }
     failed
+}
+
+/// A successful lookup: the new addresses, the metrics, and a log line when they changed.
+fn resolved(cell: &DnsName, addrs: Vec<IpAddr>, now: Instant, metrics: &Metrics) {
+    let name = cell.name();
+    let changed = *cell.addresses() != addrs;
+    let at = SystemTime::now();
+    let addrs = Arc::new(addrs);
+    cell.addrs.store(addrs.clone());
+    *cell.lock() = State {
+        last_attempt: Some(now),
+        last_ok: true,
+        last_success: Some(at),
+    };
+    let m = &metrics.ops;
+    m.dns_resolutions.with_label_values(&[name, "ok"]).inc();
+    m.dns_addresses
+        .with_label_values(&[name])
+        .set(addrs.len() as i64);
+    m.dns_last_success.with_label_values(&[name]).set(unix(at));
+    let list = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if changed {
+        tracing::info!(name = %name, addresses = %list, "allowlist name resolved");
+    } else {
+        tracing::debug!(name = %name, addresses = %list, "allowlist name unchanged");
+    }
+}
+
+/// A failed lookup keeps the last good addresses, and says so.
+fn lookup_failed(cell: &DnsName, error: &str, now: Instant, metrics: &Metrics) {
+    let name = cell.name();
+    {
+        let mut st = cell.lock();
+        st.last_attempt = Some(now);
+        st.last_ok = false;
+    }
+    metrics
+        .ops
+        .dns_resolutions
+        .with_label_values(&[name, "error"])
+        .inc();
+    let kept = cell
+        .addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let last = cell
+        .last_success()
+        .map(|t| format!("{}s ago", t.elapsed().map(|d| d.as_secs()).unwrap_or(0)))
+        .unwrap_or_else(|| "never".into());
+    tracing::warn!(
+        name = %name,
+        error = %error,
+        kept = %kept,
+        last_success = %last,
+        "allowlist name lookup failed; keeping the last good addresses"
+    );
 }
 
 fn unix(t: SystemTime) -> i64 {
