@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -118,9 +117,13 @@ async fn standin_app(
     Ok(resp)
 }
 
-async fn start_standin() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+async fn start_standin() -> Result<SocketAddr, DemoError> {
+    let bind = |source| DemoError::Bind {
+        what: "the stand-in application on 127.0.0.1".into(),
+        source,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -140,10 +143,20 @@ pub async fn post(
     content_type: &str,
     authorization: Option<&str>,
     body: Vec<u8>,
-) -> anyhow::Result<(StatusCode, Bytes)> {
-    let stream = TcpStream::connect(addr)
+) -> Result<(StatusCode, Bytes), DemoError> {
+    exchange(addr, path, content_type, authorization, body)
         .await
-        .with_context(|| format!("connecting to {addr}"))?;
+        .map_err(|source| DemoError::Http { addr, source })
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), HttpError> {
+    let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = Request::post(path)
@@ -174,31 +187,60 @@ fn with_times(json: &str) -> Vec<u8> {
     format!(r#"{{"iat":{now},"exp":{},{inner}"#, now + 300).into_bytes()
 }
 
-pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the embedded demo config does not validate:\n{}", list(.0))]
+    Config(Vec<crate::config::ConfigError>),
+    #[error("the embedded demo config has no peer `bsk` or no listener `public`")]
+    Incomplete,
+    #[error("binding {what}: {source}")]
+    Bind {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::BuildError),
+    #[error("sealing a demo request: {0}")]
+    Seal(#[from] envelope::Failure),
+    #[error("demo request to {addr}: {source}")]
+    Http { addr: SocketAddr, source: HttpError },
+}
+
+/// One demo request that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Request(#[from] http::Error),
+}
+
+fn list(errs: &[crate::config::ConfigError]) -> String {
+    let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    lines.join("\n")
+}
+
+pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
     let app = start_standin().await?;
     let yaml = DEMO_CONFIG
         .replace("{LISTEN}", &listen)
         .replace("{APP}", &app.to_string());
     let settings = crate::config::from_yaml(&yaml, "<embedded demo config>", Path::new("."))
-        .map_err(|errs| {
-            anyhow!(errs
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"))
-        })?;
+        .map_err(DemoError::Config)?;
     let keys = settings
         .peers
         .get("bsk")
         .map(|p| p.keys.clone())
-        .ok_or_else(|| anyhow::anyhow!("the demo config has no peer `bsk`"))?;
+        .ok_or(DemoError::Incomplete)?;
     let rt: Arc<Runtime> = Runtime::new(settings, Metrics::new())?;
-    let bound = server::bind(&rt)
-        .await
-        .with_context(|| format!("binding {listen} (try --listen 127.0.0.1:0)"))?;
-    let addr = bound
-        .addr_of(&rt, "public")
-        .ok_or_else(|| anyhow!("public listener missing"))?;
+    let bound = server::bind(&rt).await.map_err(|source| DemoError::Bind {
+        what: format!("{listen} (try --listen 127.0.0.1:0)"),
+        source,
+    })?;
+    let addr = bound.addr_of(&rt, "public").ok_or(DemoError::Incomplete)?;
     let admin = bound.admin_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(rt.clone(), bound, async move {
@@ -212,7 +254,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
 
     // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
     let seal = |layers: &[Layer], plain: &[u8], shape| {
-        envelope::seal(layers, &keys, plain, shape).map_err(|e| anyhow!("{e}"))
+        envelope::seal(layers, &keys, plain, shape).map_err(DemoError::Seal)
     };
     let api1 = api1_sample(&ticket_now(0));
     let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
@@ -320,7 +362,7 @@ async fn step(
     body: &[u8],
     show_sent: bool,
     remark: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), DemoError> {
     if show_sent {
         println!("  caller sent   {}", String::from_utf8_lossy(body));
     }

@@ -277,7 +277,9 @@ fn main() -> ExitCode {
         Command::Keygen => keygen(),
         Command::Outbox { action } => outbox(action),
         Command::GenerateDocs { out } => generate_docs(&out),
-        Command::Demo { listen, once } => tokio_main(bsk_sidecar::demo::run(listen, once)),
+        Command::Demo { listen, once } => {
+            tokio_main(async move { Ok(bsk_sidecar::demo::run(listen, once).await?) })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
