@@ -5,18 +5,23 @@
 //! route's [`envelope`] layers (passcode, HS256 JWT, AES-256-CBC) — and only then is the
 //! opened JSON forwarded, byte for byte, to the application on loopback ([`forward`]).
 //! Every refusal is a JSON answer from one place ([`error`]); every stage counts what it
-//! refuses ([`metrics`]). [`config`] validates the YAML once into runtime types;
-//! [`server`] owns sockets, timeouts and graceful drain. The other direction — the
-//! application's own pushes sealed for a remote peer, a durable outbox, and the API-7
-//! journal — is [`egress`].
+//! refuses ([`metrics`]). The other direction — the application's own pushes sealed for a
+//! remote peer, a durable outbox, and the API-7 journal — is [`egress`].
 //!
-//! Operations: [`tls`] terminates HTTPS (and reloads certificates in place),
-//! [`guard::dns`] keeps allowlisted names resolved, [`guard::proxy`] finds the client
-//! behind a trusted load balancer, [`reload`] swaps the whole runtime on SIGHUP, and
-//! [`systemd`] speaks the service manager's notify protocol.
+//! Dependencies point one way (`tests/architecture.rs` checks it):
+//! - the [`server`] owns sockets, timeouts and drain; beside it run the [`admin`]
+//!   listener, the [`background`] loops, [`reload`] (SIGHUP swaps the whole runtime) and
+//!   the [`status`] page;
+//! - the [`pipeline`] runs one request through its stages on a [`runtime`];
+//! - `Runtime::build` in [`runtime`] is the only place live objects are made from the
+//!   validated [`config`] (plain values) or carried over a reload;
+//! - below that: [`egress`], [`config`], [`error`], [`envelope`], [`fleet`] (state shared by
+//!   replicas on Redis), [`guard`] (the checks), [`tls`], [`forward`], and plain values
+//!   ([`secret`], [`metrics`], [`state_dir`], [`systemd`]).
 //!
 //! Integration tools: [`demo`] runs the sidecar on an embedded config, [`probe`] checks a
-//! counterparty's endpoint for conformance, [`portal_sim`] stands in for the BSK portal.
+//! counterparty's endpoint for conformance, [`portal_sim`] stands in for the BSK portal,
+//! [`online`] checks what the config names from where it runs.
 #![forbid(unsafe_code)]
 // No panic reachable from input: every slice, index and unwrap in the request path is a
 // checked access instead. A reasoned `allow` marks the few start-up-only exceptions.

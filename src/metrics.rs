@@ -56,6 +56,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    // Longer than most functions on purpose: it is the catalogue, one entry per metric,
+    // read top to bottom.
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = Register(&registry);

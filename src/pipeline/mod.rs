@@ -2,25 +2,25 @@
 //! rejection first, and nothing reaches the upstream unless every stage passed. One
 //! stage, one file:
 //!
-//! 1. [`admission`] — the in-flight cap: a saturated sidecar answers 503 before any work;
-//! 2. [`route`] — exact path, then method (404 / 405), then who may use the route
+//! 1. `admission` — the in-flight cap: a saturated sidecar answers 503 before any work;
+//! 2. `route` — exact path, then method (404 / 405), then who may use the route
 //!    (egress `callers`, an mTLS peer's bound certificate): everything later is per route;
-//! 3. [`route`] — the allowlist: the peer's networks, so a stranger costs nothing more;
-//! 4. [`rate`] — per client address and per route (429 with `Retry-After`); the peer's
+//! 3. `route` — the allowlist: the peer's networks, so a stranger costs nothing more;
+//! 4. `rate` — per client address and per route (429 with `Retry-After`); the peer's
 //!    own budget only after stage 6 proved who is sending;
-//! 5. [`headers`], [`body`] — an ambiguous or compressed head is refused; the body's
+//! 5. `headers`, `body` — an ambiguous or compressed head is refused; the body's
 //!    content type fits the envelope, its size the limit (413), its arrival the deadline
 //!    (408) — before any crypto is spent on it;
-//! 6. [`open`] — the envelope's layers, outermost first (passcode, JWT, AES) — and
+//! 6. `open` — the envelope's layers, outermost first (passcode, JWT, AES) — and
 //! 7. the payload validator on every JSON a layer hands on (bounds before any tree);
-//! 8. [`replay`] — token lifetime, freshness and replay, only on authenticated content,
+//! 8. `replay` — token lifetime, freshness and replay, only on authenticated content,
 //!    so a forger cannot fill the replay cache (a request seen before answers 409);
-//! 9. [`schema`] — the API's field table (enforce: 400 naming the fields; warn: forward);
-//! 10. [`forward`] — the opened bytes, unchanged, with allowlisted headers (502 / 504),
-//!     or the API-7 answer from the journal; an egress route goes to [`egress`] instead;
-//! 11. [`respond`] — the application's answer as is, or sealed for the caller;
+//! 9. `schema` — the API's field table (enforce: 400 naming the fields; warn: forward);
+//! 10. `forward` — the opened bytes, unchanged, with allowlisted headers (502 / 504),
+//!     or the API-7 answer from the journal; an egress route goes to `egress` instead;
+//! 11. `respond` — the application's answer as is, or sealed for the caller;
 //!
-//! and [`access`] writes the log line and the metrics for every outcome.
+//! and `access` writes the log line and the metrics for every outcome.
 //!
 //! (Accept-time checks — listener allowlist and connection caps, then the PROXY header
 //! and the TLS handshake — run in `crate::server` before HTTP is parsed at all. The
