@@ -7,7 +7,7 @@
 //! certificate, replay journal or DNS resolver cannot be set up) changes nothing: every
 //! problem is logged and `bsk_sidecar_config_reloads_total{outcome="error"}` counts it.
 //!
-//! What outlives a swap is decided in [`carry`]: the replay cache always (while
+//! What outlives a swap is decided in `runtime` (its `carry` rules): the replay cache always (while
 //! `state.dir` is the same), rate-limit buckets whose rate did not change, TLS
 //! certificates whose files did not change (they are re-read), and the addresses of DNS
 //! names already resolved. Listener addresses are bound once: a reload may not add,

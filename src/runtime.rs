@@ -3,9 +3,9 @@
 //! upstream pools, DNS cells, TLS state, the replay cache, the shared-state backend and
 //! the egress store.
 //!
-//! [`Runtime::build`] is the only place those live objects are created, and the only
+//! `Runtime::build` is the only place those live objects are created, and the only
 //! place that decides what a new runtime takes over from the previous one after a
-//! reload ([`carry`]): the replay cache (while `state.dir` is the same), rate-limit
+//! reload (`carry`): the replay cache (while `state.dir` is the same), rate-limit
 //! buckets whose rate did not change, TLS certificates whose files did not change (they
 //! are re-read), and the addresses of DNS names already resolved.
 
@@ -125,7 +125,7 @@ impl Runtime {
     }
 
     /// The runtime for a reloaded config. What did not change carries over from `prev`
-    /// ([`carry`]): the replay cache, rate-limit buckets, certificates, DNS addresses.
+    /// (`carry`): the replay cache, rate-limit buckets, certificates, DNS addresses.
     pub fn reloaded(settings: Settings, prev: &Runtime) -> Result<Arc<Runtime>, BuildError> {
         Self::build(settings, prev.metrics.clone(), Some(prev))
     }
