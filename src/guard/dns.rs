@@ -159,8 +159,8 @@ impl Eq for DnsName {}
 
 /// Why the resolver could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("DNS resolver: {0}")]
-pub struct DnsError(String);
+#[error("DNS resolver: system configuration (/etc/resolv.conf): {0}")]
+pub struct DnsError(#[from] hickory_resolver::ResolveError);
 
 /// Looks names up: the system's resolver or the configured servers.
 #[derive(Clone)]
@@ -179,7 +179,7 @@ impl Resolver {
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let inner = if s.servers.is_empty() {
             TokioResolver::builder_tokio()
-                .map_err(|e| DnsError(format!("system configuration: {e}")))?
+                .map_err(DnsError)?
                 .with_options(opts)
                 .build()
         } else {
