@@ -265,7 +265,8 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.log_format, default_level);
+    // Held until `main` returns: dropping it writes out the lines still queued.
+    let _log = init_logging(cli.log_format, default_level);
     install_panic_hook();
     let result = match cli.command {
         Command::Run { config } => return run(&config),
@@ -320,15 +321,30 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
+/// Logs go to stderr off the request path: a request formats its line and queues it; one
+/// thread writes the queue out through a buffer, flushing whenever the queue is empty
+/// (so a quiet sidecar's lines appear at once, a busy one's in few writes). Never lossy:
+/// if the writer falls 64k lines behind, requests wait rather than lines vanish.
+fn init_logging(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("bsk-sidecar-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     // Colour only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder
@@ -337,6 +353,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
             .with_current_span(false)
             .init(),
     }
+    guard
 }
 
 /// A panic is a bug; its message may quote a payload. Log where it happened, as a log line
