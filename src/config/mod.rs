@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod ops;
 pub mod raw;
+mod routes;
 pub mod settings;
 
 use std::fmt;
@@ -39,16 +40,77 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Collects every problem in one config file with its field path: the one way
+/// validation reports, so a sysadmin sees all mistakes at once.
+pub(crate) struct Check<'a> {
+    origin: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Check<'a> {
+    pub(crate) fn new(origin: &'a str) -> Self {
+        Check {
+            origin,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at a field path (`peers.bsk.aes.keys[0].key`; empty: the file).
+    pub(crate) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.err_at(None, path, msg);
+    }
+
+    fn err_at(&mut self, line: Option<usize>, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_string(),
+            line,
+            path: path.into(),
+            message: msg.into(),
+        });
+    }
+
+    /// The value, or `None` with the error recorded at `path`.
+    pub(crate) fn ok<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.err(path, e)).ok()
+    }
+
+    /// The value of a closed set, or `None` with serde's words for the spelling recorded.
+    pub(crate) fn known<T: Copy>(
+        &mut self,
+        path: impl Into<String>,
+        v: &raw::OneOf<T>,
+    ) -> Option<T> {
+        match v {
+            raw::OneOf::Known(v) => Some(*v),
+            raw::OneOf::Unknown(msg) => {
+                self.err(path, msg.clone());
+                None
+            }
+        }
+    }
+
+    /// How many problems so far: a step compares before and after to see if it failed.
+    pub(crate) fn count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// `value` when nothing was recorded, else every problem.
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError {
-            origin: origin.clone(),
-            line: None,
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
+        let mut check = Check::new(&origin);
+        check.err("", format!("cannot read: {e}"));
+        check.errors
     })?;
     let base = path
         .parent()
@@ -75,12 +137,13 @@ pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Settings, Vec<
                 message = rest.to_string();
             }
         }
-        vec![ConfigError {
-            origin: origin.to_string(),
+        let mut check = Check::new(origin);
+        check.err_at(
             line,
-            path: if path == "." { String::new() } else { path },
+            if path == "." { String::new() } else { path },
             message,
-        }]
+        );
+        check.errors
     })?;
     settings::build(raw, origin, base)
 }

@@ -64,8 +64,9 @@ mod tests;
 /// Content type of a sealed body that is a bare base64 ciphertext or compact token.
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// One envelope layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// One envelope layer, named in config as in [`Layer::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layer {
     /// `agId` + `encData`, urlencoded or JSON object. Outermost only.
     Form,
