@@ -152,26 +152,7 @@ impl Settings {
     /// A human summary of the effective routes, as `bsk-sidecar check` prints it.
     pub fn describe(&self) -> String {
         use std::fmt::Write;
-        let mut out = String::new();
-        match self.admin {
-            Some(a) => {
-                let access = &self.admin_access;
-                let protection = if access.token.is_some() {
-                    "protected by admin.token"
-                } else {
-                    "no admin.token: /outbox (and /metrics unless open) answer 403"
-                };
-                let _ = writeln!(
-                    out,
-                    "admin    http://{a} (/metrics /healthz /readyz /outbox) {protection}; metrics={} max_connections={}",
-                    access.metrics.name(),
-                    access.max_connections
-                );
-            }
-            None => {
-                let _ = writeln!(out, "admin    off");
-            }
-        }
+        let mut out = self.describe_admin();
         let _ = writeln!(out, "state    {}", self.state_dir.display());
         if let Some(r) = &self.redis {
             let _ = writeln!(
@@ -186,30 +167,7 @@ impl Settings {
             let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
         }
         for (name, p) in &self.peers {
-            let allow = match &p.allow {
-                Some(a) => a.to_string(),
-                None => "(none)".into(),
-            };
-            let rate = p
-                .rate
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "unlimited".into());
-            let _ = writeln!(
-                out,
-                "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}",
-                p.keys.agid,
-                p.keys.aes.len(),
-                present(p.keys.jwt.as_ref().map(|j| &j.secret)),
-                present(p.keys.passcode.as_ref()),
-            );
-            if let Some(b) = &p.client_cert {
-                let _ = writeln!(
-                    out,
-                    "         {name}: client certificate bound: names [{}], {} key pin(s)",
-                    b.names.join(", "),
-                    b.spki_sha256.len()
-                );
-            }
+            out.push_str(&describe_peer(name, p));
         }
         for l in &self.listeners {
             let accept = if l.accept_allowlist().is_some() {
@@ -225,62 +183,31 @@ impl Settings {
                 ops::describe_listener(l)
             );
             for r in &l.routes {
-                let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
-                let response = match &r.response {
-                    ResponseMode::Pass => "pass",
-                    ResponseMode::Seal { wrap: None } => "seal",
-                    ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
-                };
-                let target = match &r.target {
-                    Target::Upstream(u) => format!(
-                        "from {} [{}] ip_check={} -> http://{}{} response={response}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.ip_check,
-                        u.authority,
-                        u.path_and_query,
-                    ),
-                    Target::Journal => format!(
-                        "from {} [{}] ip_check={} -> API-7 from the journal response={response}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.ip_check,
-                    ),
-                    Target::Remote(rm) => format!(
-                        "to {} [{}] -> {}{} delivery={} reply={} journal={}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.peer
-                            .url
-                            .as_ref()
-                            .map(|u| u.to_string().trim_end_matches('/').to_string())
-                            .unwrap_or_default(),
-                        rm.path,
-                        rm.delivery.name(),
-                        rm.reply.name(),
-                        rm.journal,
-                    ),
-                };
-                let protection = match (&r.target, &r.fresh) {
-                    (Target::Remote(_), _) => String::new(),
-                    (_, None) => " fresh=OFF".to_string(),
-                    (_, Some(w)) => format!(
-                        " fresh={} replay={}",
-                        humantime::format_duration(w.max_age),
-                        if r.replay { "on" } else { "OFF" }
-                    ),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {} {} {target} max_body={}{protection}",
-                    r.method, r.path, r.max_body,
-                );
+                let _ = writeln!(out, "  {}", describe_route(r));
             }
         }
         for w in self.relaxations() {
             let _ = writeln!(out, "warning  {w}");
         }
         out
+    }
+
+    /// The `admin` line of [`Settings::describe`].
+    fn describe_admin(&self) -> String {
+        let Some(a) = self.admin else {
+            return "admin    off\n".to_string();
+        };
+        let access = &self.admin_access;
+        let protection = if access.token.is_some() {
+            "protected by admin.token"
+        } else {
+            "no admin.token: /outbox (and /metrics unless open) answer 403"
+        };
+        format!(
+            "admin    http://{a} (/metrics /healthz /readyz /outbox) {protection}; metrics={} max_connections={}\n",
+            access.metrics.name(),
+            access.max_connections
+        )
     }
 
     /// Every place this config runs with less than the safe default, in words: what
@@ -339,6 +266,86 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// The `peer` line(s) of [`Settings::describe`].
+fn describe_peer(name: &str, p: &Peer) -> String {
+    let allow = match &p.allow {
+        Some(a) => a.to_string(),
+        None => "(none)".into(),
+    };
+    let rate = p
+        .rate
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "unlimited".into());
+    let mut out = format!(
+        "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}\n",
+        p.keys.agid,
+        p.keys.aes.len(),
+        present(p.keys.jwt.as_ref().map(|j| &j.secret)),
+        present(p.keys.passcode.as_ref()),
+    );
+    if let Some(b) = &p.client_cert {
+        out.push_str(&format!(
+            "         {name}: client certificate bound: names [{}], {} key pin(s)\n",
+            b.names.join(", "),
+            b.spki_sha256.len()
+        ));
+    }
+    out
+}
+
+/// One route of [`Settings::describe`]: method, path, where it goes, its protection.
+fn describe_route(r: &Route) -> String {
+    let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
+    let response = match &r.response {
+        ResponseMode::Pass => "pass",
+        ResponseMode::Seal { wrap: None } => "seal",
+        ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
+    };
+    let target = match &r.target {
+        Target::Upstream(u) => format!(
+            "from {} [{}] ip_check={} -> http://{}{} response={response}",
+            r.peer.name,
+            layers.join(","),
+            r.ip_check,
+            u.authority,
+            u.path_and_query,
+        ),
+        Target::Journal => format!(
+            "from {} [{}] ip_check={} -> API-7 from the journal response={response}",
+            r.peer.name,
+            layers.join(","),
+            r.ip_check,
+        ),
+        Target::Remote(rm) => format!(
+            "to {} [{}] -> {}{} delivery={} reply={} journal={}",
+            r.peer.name,
+            layers.join(","),
+            r.peer
+                .url
+                .as_ref()
+                .map(|u| u.to_string().trim_end_matches('/').to_string())
+                .unwrap_or_default(),
+            rm.path,
+            rm.delivery.name(),
+            rm.reply.name(),
+            rm.journal,
+        ),
+    };
+    let protection = match (&r.target, &r.fresh) {
+        (Target::Remote(_), _) => String::new(),
+        (_, None) => " fresh=OFF".to_string(),
+        (_, Some(w)) => format!(
+            " fresh={} replay={}",
+            humantime::format_duration(w.max_age),
+            if r.replay { "on" } else { "OFF" }
+        ),
+    };
+    format!(
+        "{} {} {target} max_body={}{protection}",
+        r.method, r.path, r.max_body,
+    )
+}
 
 /// `yes`, `no`, or during a rotation `yes (3 accepted, the first seals)`.
 fn present(secret: Option<&crate::secret::Secret>) -> String {
