@@ -490,6 +490,31 @@ listeners:
     }
 
     #[test]
+    fn every_delivery_and_reply_spelling_validates() {
+        for (delivery, want) in [
+            ("direct", Delivery::Direct),
+            ("queued", Delivery::Queued),
+            ("fallback", Delivery::Fallback),
+        ] {
+            for (reply, want_reply) in [
+                ("open", Reply::Open),
+                ("pass", Reply::Pass),
+                ("auto", Reply::Auto),
+            ] {
+                let s = ok(&yaml(
+                    URL,
+                    &format!("      - {{ path: /p, to: bsk, remote: /p, envelope: [token, jwt], delivery: {delivery}, reply: {reply} }}"),
+                ));
+                let Target::Remote(r) = &s.listeners[0].routes[0].target else {
+                    panic!("{:?}", s.listeners[0].routes[0].target)
+                };
+                assert_eq!((r.delivery, r.reply), (want, want_reply));
+                assert_eq!((r.delivery.name(), r.reply.name()), (delivery, reply));
+            }
+        }
+    }
+
+    #[test]
     fn a_route_has_exactly_one_shape() {
         let cases = [
             (
