@@ -18,7 +18,7 @@ use super::settings::{
     Peer, ResponseMode, Route, DEFAULT_FRESH_WINDOW,
 };
 use super::Check;
-use crate::envelope::{self, Layer};
+use crate::envelope::{self, Layer, Stack};
 use crate::guard::caller::Callers;
 use crate::guard::fresh::Window;
 use crate::guard::schema::{Api, Mode as SchemaMode};
@@ -237,7 +237,7 @@ fn route(
         path: rr.path,
         method: method?,
         peer: peer?,
-        layers,
+        layers: layers?,
         ip_check,
         target: target?,
         response,
@@ -290,24 +290,28 @@ fn route_peer(
     (peer, egress)
 }
 
-/// `envelope`: known layers, in an order the peer's keys can open.
+/// `envelope`: known layers, in an order the peer's keys can open. `None` when they are
+/// not (always reported here, or, without a peer, at `from`/`to`).
 fn layers(
     check: &mut Check<'_>,
     rp: &str,
     raw: &[OneOf<Layer>],
     peer: Option<&Peer>,
-) -> Vec<Layer> {
+) -> Option<Stack> {
     let layers: Vec<Layer> = raw
         .iter()
         .enumerate()
         .filter_map(|(i, l)| check.known(format!("{rp}.envelope[{i}]"), l))
         .collect();
-    if let Some(p) = peer.filter(|_| layers.len() == raw.len()) {
+    if layers.len() != raw.len() {
+        return None;
+    }
+    if let Some(p) = peer {
         for problem in envelope::validate_stack(&layers, &p.keys) {
             check.err(format!("{rp}.envelope"), problem);
         }
     }
-    layers
+    Stack::new(&layers).ok()
 }
 
 /// `response`: `pass` (default), or `seal` with optional fields around `encData`.

@@ -14,7 +14,7 @@ use http::{Method, Uri};
 use super::egress::{peer_tls, PeerTls, Target};
 use super::raw::*;
 use super::{Check, ConfigError};
-use crate::envelope::{aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
+use crate::envelope::{aes::AesKey, jwt::JwtKey, PeerKeys, Stack};
 use crate::guard::admin_access::AdminAccess;
 use crate::guard::bounds::JsonBounds;
 use crate::guard::caller::Callers;
@@ -159,7 +159,8 @@ pub struct Route {
     pub path: String,
     pub method: Method,
     pub peer: Arc<Peer>,
-    pub layers: Vec<Layer>,
+    /// The envelope, outermost first.
+    pub layers: Stack,
     pub ip_check: bool,
     /// What the route does: forward to an upstream, answer from the journal, or egress.
     pub target: Target,
