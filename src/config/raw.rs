@@ -99,7 +99,7 @@ pub struct RawEngines {
     /// How many replicas share the limits (local fallback at rate / replicas).
     pub replicas: Option<u32>,
     /// Rate limits while Redis is unreachable: `local` (default), `open` or `closed`.
-    pub on_redis_down: Option<RawOnRedisDown>,
+    pub on_redis_down: Option<OneOf<RawOnRedisDown>>,
     /// Deadline of one Redis call (default 250ms).
     pub redis_timeout: Option<RawDuration>,
     /// Prefix of every Redis key (default `bsk`).
@@ -332,7 +332,7 @@ pub struct RawRoute {
     /// `User-Agent`; every other client header is dropped.
     pub forward_headers: Option<Vec<String>>,
     /// The client's query string: `drop` (default) or `pass` to the application.
-    pub query: Option<RawQuery>,
+    pub query: Option<OneOf<RawQuery>>,
 }
 
 /// The request methods a route may take.

@@ -227,6 +227,10 @@ fn route(
     let schema = schema(check, rp, &rr);
     let fresh = freshness(check, rp, &rr, schema.map(|(api, _)| api), known.limits);
     let forward_headers = forward_headers(check, rp, rr.forward_headers.as_deref());
+    let query = rr
+        .query
+        .as_ref()
+        .and_then(|q| check.known(format!("{rp}.query"), q));
     // Freshness and replay judge what a peer sent; an egress route has no such input.
     let (window, replay) = if egress {
         (None, false)
@@ -250,7 +254,7 @@ fn route(
         fresh_on: fresh.on,
         schema,
         forward_headers,
-        pass_query: rr.query == Some(RawQuery::Pass),
+        pass_query: query == Some(RawQuery::Pass),
     })
 }
 

@@ -589,7 +589,11 @@ fn backend(
         .as_ref()
         .and_then(|d| positive(check, "state.backend.redis_timeout".into(), d))
         .unwrap_or(Duration::from_millis(250));
-    let on_down = match e.on_redis_down {
+    let on_down = match e
+        .on_redis_down
+        .as_ref()
+        .and_then(|d| check.known("state.backend.on_redis_down", d))
+    {
         None | Some(RawOnRedisDown::Local) => OnRedisDown::Local,
         Some(RawOnRedisDown::Open) => OnRedisDown::Open,
         Some(RawOnRedisDown::Closed) => OnRedisDown::Closed,

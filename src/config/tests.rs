@@ -388,6 +388,10 @@ fn state_backend_is_embedded_by_default_or_a_redis_url() {
             r#"{ redis: "redis://c/0", replicas: 0 }"#,
             "state.backend.replicas",
         ),
+        (
+            r#"{ redis: "redis://c/0", on_redis_down: ignore }"#,
+            "state.backend.on_redis_down",
+        ),
     ] {
         let errs = errors(&with(bad));
         assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
@@ -406,7 +410,7 @@ fn an_unknown_value_of_a_closed_set_is_named_with_the_allowed_ones_among_every_p
         .replace("response: { mode: seal,", "response: { mode: sealed,")
         .replace(
             "        max_body: 64KiB\n",
-            "        max_body: 64KiB\n        method: FETCH\n        schema: api9\n        schema_mode: strict\n",
+            "        max_body: 64KiB\n        method: FETCH\n        schema: api9\n        schema_mode: strict\n        query: keep\n",
         )
         + "limits: { max_in_flight: 0 }\n";
     let errs = errors(&yaml);
@@ -440,6 +444,10 @@ fn an_unknown_value_of_a_closed_set_is_named_with_the_allowed_ones_among_every_p
     assert_eq!(
         at("listeners[0].routes[1].schema_mode"),
         "unknown variant `strict`, expected `enforce` or `warn`"
+    );
+    assert_eq!(
+        at("listeners[0].routes[1].query"),
+        "unknown variant `keep`, expected `drop` or `pass`"
     );
     // A problem that is no spelling is reported in the same run.
     assert_eq!(at("limits.max_in_flight"), "must be at least 1");
@@ -502,6 +510,15 @@ fn every_spelling_of_each_closed_set_validates() {
         let s = from_yaml(&yaml, "t", Path::new(".")).unwrap();
         let jwt = s.peers["bsk"].keys.jwt.as_ref().unwrap();
         assert_eq!(format!("{:?}", jwt.algorithms), format!("[{alg}]"));
+    }
+    for (query, pass) in [("drop", false), ("pass", true)] {
+        let s = from_yaml(
+            &route(&format!("        query: {query}\n")),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.listeners[0].routes[1].pass_query, pass, "{query}");
     }
     let yaml = good().replace(
         "response: { mode: seal, wrap: { status: S, statusCode: 200 } }",
