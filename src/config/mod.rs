@@ -42,13 +42,13 @@ impl fmt::Display for ConfigError {
 
 /// Collects every problem in one config file with its field path: the one way
 /// validation reports, so a sysadmin sees all mistakes at once.
-pub(crate) struct Check<'a> {
+struct Check<'a> {
     origin: &'a str,
     errors: Vec<ConfigError>,
 }
 
 impl<'a> Check<'a> {
-    pub(crate) fn new(origin: &'a str) -> Self {
+    fn new(origin: &'a str) -> Self {
         Check {
             origin,
             errors: Vec::new(),
@@ -56,7 +56,7 @@ impl<'a> Check<'a> {
     }
 
     /// Records a problem at a field path (`peers.bsk.aes.keys[0].key`; empty: the file).
-    pub(crate) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.err_at(None, path, msg);
     }
 
@@ -70,16 +70,12 @@ impl<'a> Check<'a> {
     }
 
     /// The value, or `None` with the error recorded at `path`.
-    pub(crate) fn ok<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+    fn ok<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
         r.map_err(|e| self.err(path, e)).ok()
     }
 
     /// The value of a closed set, or `None` with serde's words for the spelling recorded.
-    pub(crate) fn known<T: Copy>(
-        &mut self,
-        path: impl Into<String>,
-        v: &raw::OneOf<T>,
-    ) -> Option<T> {
+    fn known<T: Copy>(&mut self, path: impl Into<String>, v: &raw::OneOf<T>) -> Option<T> {
         match v {
             raw::OneOf::Known(v) => Some(*v),
             raw::OneOf::Unknown(msg) => {
@@ -90,12 +86,12 @@ impl<'a> Check<'a> {
     }
 
     /// How many problems so far: a step compares before and after to see if it failed.
-    pub(crate) fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.errors.len()
     }
 
     /// `value` when nothing was recorded, else every problem.
-    pub(crate) fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
+    fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
         if self.errors.is_empty() {
             Ok(value)
         } else {

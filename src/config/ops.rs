@@ -1,7 +1,7 @@
 //! Validation of the operations blocks: a listener's `tls`, `trusted_proxies` and
 //! `proxy_protocol`, the top-level `dns`, and `{ credential: NAME }` secrets.
 //!
-//! Each function returns what it built and records every problem in the [`Check`].
+//! Each function returns what it built and records every problem in the config's `Check`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
