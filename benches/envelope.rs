@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bsk_sidecar::envelope::aes::AesKey;
 use bsk_sidecar::envelope::jwt::JwtKey;
-use bsk_sidecar::envelope::{self, BodyShape, Incoming, Layer, PeerKeys};
+use bsk_sidecar::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
 use bsk_sidecar::secret::Secret;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -52,13 +52,14 @@ fn keys() -> PeerKeys {
     }
 }
 
-fn stacks() -> [(&'static str, Vec<Layer>, BodyShape); 4] {
+fn stacks() -> [(&'static str, Stack, BodyShape); 4] {
     use Layer::*;
+    let stack = |layers: &[Layer]| Stack::new(layers).unwrap();
     [
-        ("form+aes", vec![Form, Aes], BodyShape::Form),
-        ("token+jwt", vec![Token, Jwt], BodyShape::Json),
-        ("bearer+jwt", vec![Bearer, Jwt], BodyShape::Json),
-        ("token+jwt+aes", vec![Token, Jwt, Aes], BodyShape::Json),
+        ("form+aes", stack(&[Form, Aes]), BodyShape::Form),
+        ("token+jwt", stack(&[Token, Jwt]), BodyShape::Json),
+        ("bearer+jwt", stack(&[Bearer, Jwt]), BodyShape::Json),
+        ("token+jwt+aes", stack(&[Token, Jwt, Aes]), BodyShape::Json),
     ]
 }
 

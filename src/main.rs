@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use bsk_sidecar::config;
-use bsk_sidecar::envelope::{self, aes::AesKey, jwt::JwtKey, BodyShape, Layer, PeerKeys};
+use bsk_sidecar::envelope::{self, aes::AesKey, jwt::JwtKey, BodyShape, Layer, PeerKeys, Stack};
 use bsk_sidecar::metrics::Metrics;
 use bsk_sidecar::runtime::Runtime;
 use bsk_sidecar::secret::Secret;
@@ -540,13 +540,14 @@ fn keys_of(a: &EnvelopeArgs) -> anyhow::Result<PeerKeys> {
     })
 }
 
-fn prepare(a: &EnvelopeArgs) -> anyhow::Result<(Vec<Layer>, PeerKeys, Vec<u8>)> {
+fn prepare(a: &EnvelopeArgs) -> anyhow::Result<(Stack, PeerKeys, Vec<u8>)> {
     let layers = layers_of(a, "aes")?;
     let keys = keys_of(a)?;
     let problems = envelope::validate_stack(&layers, &keys);
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
+    let layers = Stack::new(&layers).map_err(|problems| anyhow!("{}", problems.join("; ")))?;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::envelope::aes::AesKey;
 use crate::envelope::jwt::JwtKey;
-use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys};
+use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
 use crate::guard::fresh::unix_ms_to_ticket;
 use crate::guard::schema;
 use crate::probe::client::{Client, ClientError, Outgoing, Target};
@@ -72,6 +72,8 @@ pub enum SimError {
     },
     #[error("keys: {0}")]
     Keys(String),
+    #[error("layers: {0}")]
+    Layers(String),
     #[error("{0}")]
     Craft(#[from] craft::CraftError),
     #[error(transparent)]
@@ -137,7 +139,7 @@ impl Served {
 }
 
 struct Sim {
-    layers: Vec<Layer>,
+    layers: Stack,
     keys: PeerKeys,
     received: Mutex<VecDeque<Value>>,
     seq: Mutex<u64>,
@@ -219,7 +221,7 @@ impl Sim {
         let (stack, wrap_token) = if self.layers.first() == Some(&Layer::Bearer) {
             (self.layers.get(1..).unwrap_or_default(), true)
         } else {
-            (self.layers.as_slice(), false)
+            (&*self.layers, false)
         };
         let stack = stack.strip_suffix(&[Layer::Passcode]).unwrap_or(stack);
         if stack.is_empty() {
@@ -394,6 +396,7 @@ pub async fn start(listen: &str, layers: Vec<Layer>, keys: PeerKeys) -> Result<R
         addr: listen.to_string(),
         source,
     })?;
+    let layers = Stack::new(&layers).map_err(|problems| SimError::Layers(problems.join("; ")))?;
     let sim = Arc::new(Sim {
         layers,
         keys,

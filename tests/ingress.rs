@@ -376,7 +376,8 @@ listeners:
             passcode_header: None,
             body,
         };
-        envelope::open(layers, &open_keys, &req, unix_now() as u64)
+        let stack = envelope::Stack::new(layers).unwrap_or_else(|p| panic!("{p:?}"));
+        envelope::open(&stack, &open_keys, &req, unix_now() as u64)
             .unwrap_or_else(|e| panic!("answer does not open with {layers:?}: {e}"))
             .plain
     };

@@ -452,7 +452,9 @@ fn every_valid_stack_opens_what_it_sealed_byte_for_byte() {
                     passcode_header: None,
                     body: &sealed.body,
                 };
-                let opened = envelope::open(stack, &keys, &req, 1_700_000_000)
+                let valid = envelope::Stack::new(stack)
+                    .map_err(|p| TestCaseError::fail(format!("{stack:?}: {p:?}")))?;
+                let opened = envelope::open(&valid, &keys, &req, 1_700_000_000)
                     .map_err(|e| TestCaseError::fail(format!("{stack:?} open: {e:?}")))?;
                 prop_assert_eq!(
                     String::from_utf8_lossy(&opened.plain),

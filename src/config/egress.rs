@@ -17,8 +17,9 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::raw::{RawPeerTls, RawRoute};
-use super::settings::{parse_duration, Check, Upstream};
+use super::raw::{RawPeerTls, RawRetry, RawRoute, RawServe};
+use super::settings::{positive, Upstream};
+use super::Check;
 
 /// What a route does once a request has passed its checks.
 #[derive(Debug, Clone)]
@@ -51,8 +52,9 @@ pub struct Remote {
     pub reply: Reply,
 }
 
-/// How an egress route delivers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How an egress route delivers (`delivery:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Delivery {
     /// Synchronous: the application gets the peer's answer, or a 502/504.
     Direct,
@@ -72,8 +74,9 @@ impl Delivery {
     }
 }
 
-/// What to do with the peer's answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with the peer's answer (`reply:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Reply {
     /// The answer must open with the route's layers (502 otherwise).
     Open,
@@ -237,69 +240,83 @@ pub(super) fn route_target(
     egress: bool,
     peer_url: Option<Option<&http::Uri>>,
 ) -> Option<Target> {
-    let only = |check: &mut Check<'_>, field: &str, present: bool, side: &str| {
-        if present {
+    if egress {
+        egress_target(check, rp, rr, peer_url).map(Target::Remote)
+    } else {
+        ingress_target(check, rp, rr)
+    }
+}
+
+/// Reports each of `fields` (name, written) that is written, as belonging to `side`.
+fn only_on(check: &mut Check<'_>, rp: &str, side: &str, fields: &[(&str, bool)]) {
+    for (field, written) in fields {
+        if *written {
             check.err(
                 format!("{rp}.{field}"),
                 format!("`{field}` applies to {side} routes only"),
             );
         }
-    };
-    if !egress {
-        only(check, "remote", rr.remote.is_some(), "egress (`to:`)");
-        only(check, "delivery", rr.delivery.is_some(), "egress (`to:`)");
-        only(check, "max_age", rr.max_age.is_some(), "egress (`to:`)");
-        only(check, "retry", rr.retry.is_some(), "egress (`to:`)");
-        only(check, "journal", rr.journal.is_some(), "egress (`to:`)");
-        only(check, "reply", rr.reply.is_some(), "egress (`to:`)");
-        return match (&rr.upstream, rr.serve.as_deref()) {
-            (Some(u), None) => match Upstream::parse(u) {
-                Ok(u) => Some(Target::Upstream(u)),
-                Err(e) => {
-                    check.err(format!("{rp}.upstream"), e);
-                    None
-                }
-            },
-            (None, Some("journal")) => Some(Target::Journal),
-            (None, Some(other)) => {
-                check.err(
-                    format!("{rp}.serve"),
-                    format!("`{other}` is not something the sidecar serves; use `journal` (API-7)"),
-                );
-                None
-            }
-            (Some(_), Some(_)) => {
-                check.err(
-                    format!("{rp}.serve"),
-                    "a route has either `upstream` or `serve`, not both",
-                );
-                None
-            }
-            (None, None) => {
-                check.err(
-                    format!("{rp}.upstream"),
-                    "missing: an ingress route needs `upstream: http://...` or `serve: journal`",
-                );
-                None
-            }
-        };
     }
+}
 
-    only(
+/// A `from:` route: `upstream: URL` or `serve: journal`.
+fn ingress_target(check: &mut Check<'_>, rp: &str, rr: &RawRoute) -> Option<Target> {
+    only_on(
         check,
-        "upstream",
-        rr.upstream.is_some(),
-        "ingress (`from:`)",
+        rp,
+        "egress (`to:`)",
+        &[
+            ("remote", rr.remote.is_some()),
+            ("delivery", rr.delivery.is_some()),
+            ("max_age", rr.max_age.is_some()),
+            ("retry", rr.retry.is_some()),
+            ("journal", rr.journal.is_some()),
+            ("reply", rr.reply.is_some()),
+        ],
     );
-    only(check, "serve", rr.serve.is_some(), "ingress (`from:`)");
-    only(
+    match (&rr.upstream, &rr.serve) {
+        (Some(u), None) => check
+            .ok(format!("{rp}.upstream"), Upstream::parse(u))
+            .map(Target::Upstream),
+        (None, Some(serve)) => match check.known(format!("{rp}.serve"), serve)? {
+            RawServe::Journal => Some(Target::Journal),
+        },
+        (Some(_), Some(_)) => {
+            check.err(
+                format!("{rp}.serve"),
+                "a route has either `upstream` or `serve`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            check.err(
+                format!("{rp}.upstream"),
+                "missing: an ingress route needs `upstream: http://...` or `serve: journal`",
+            );
+            None
+        }
+    }
+}
+
+/// A `to:` route: where on the peer it sends, how it delivers, what it does with replies.
+fn egress_target(
+    check: &mut Check<'_>,
+    rp: &str,
+    rr: &RawRoute,
+    peer_url: Option<Option<&http::Uri>>,
+) -> Option<Remote> {
+    only_on(
         check,
-        "response",
-        rr.response.is_some(),
+        rp,
         "ingress (`from:`)",
+        &[
+            ("upstream", rr.upstream.is_some()),
+            ("serve", rr.serve.is_some()),
+            ("response", rr.response.is_some()),
+            ("fresh", rr.fresh.is_some()),
+            ("replay", rr.replay.is_some()),
+        ],
     );
-    only(check, "fresh", rr.fresh.is_some(), "ingress (`from:`)");
-    only(check, "replay", rr.replay.is_some(), "ingress (`from:`)");
     if rr.ip_check == Some(true) {
         check.err(
             format!("{rp}.ip_check"),
@@ -312,9 +329,48 @@ pub(super) fn route_target(
             "the peer has no `url`; egress needs peers.NAME.url",
         );
     }
-    let path = match &rr.remote {
+    let path = remote_path(check, rp, rr.remote.as_deref());
+    let delivery = rr
+        .delivery
+        .as_ref()
+        .and_then(|d| check.known(format!("{rp}.delivery"), d))
+        .unwrap_or(Delivery::Direct);
+    let max_age = rr
+        .max_age
+        .as_ref()
+        .and_then(|d| positive(check, format!("{rp}.max_age"), d))
+        .unwrap_or(DEFAULT_MAX_AGE);
+    let backoff = rr
+        .retry
+        .as_ref()
+        .map(|r| backoff(check, rp, r))
+        .unwrap_or_default();
+    if delivery == Delivery::Direct && (rr.max_age.is_some() || rr.retry.is_some()) {
+        check.err(
+            format!("{rp}.delivery"),
+            "max_age and retry apply to queued and fallback delivery only",
+        );
+    }
+    let reply = rr
+        .reply
+        .as_ref()
+        .and_then(|r| check.known(format!("{rp}.reply"), r))
+        .unwrap_or(Reply::Auto);
+    Some(Remote {
+        path: path?,
+        delivery,
+        max_age,
+        backoff,
+        journal: rr.journal.unwrap_or(delivery != Delivery::Direct),
+        reply,
+    })
+}
+
+/// `remote`: the path appended to the peer's `url`.
+fn remote_path(check: &mut Check<'_>, rp: &str, remote: Option<&str>) -> Option<String> {
+    match remote {
         Some(r) if r.starts_with('/') && r.parse::<http::uri::PathAndQuery>().is_ok() => {
-            Some(r.clone())
+            Some(r.to_owned())
         }
         Some(r) => {
             check.err(
@@ -330,81 +386,30 @@ pub(super) fn route_target(
             );
             None
         }
-    };
-    let delivery = match rr.delivery.as_deref() {
-        None | Some("direct") => Delivery::Direct,
-        Some("queued") => Delivery::Queued,
-        Some("fallback") => Delivery::Fallback,
-        Some(other) => {
-            check.err(
-                format!("{rp}.delivery"),
-                format!("`{other}` is not direct, queued or fallback"),
-            );
-            Delivery::Direct
-        }
-    };
-    let positive = |check: &mut Check<'_>, field: String, raw| match parse_duration(raw) {
-        Ok(d) if !d.is_zero() => Some(d),
-        Ok(_) => {
-            check.err(field, "must be longer than 0s");
-            None
-        }
-        Err(e) => {
-            check.err(field, e);
-            None
-        }
-    };
-    let max_age = rr
-        .max_age
-        .as_ref()
-        .and_then(|d| positive(check, format!("{rp}.max_age"), d))
-        .unwrap_or(DEFAULT_MAX_AGE);
+    }
+}
+
+/// `retry`: the first wait and the longest, the longest at least the first.
+fn backoff(check: &mut Check<'_>, rp: &str, r: &RawRetry) -> Backoff {
     let mut backoff = Backoff::default();
-    if let Some(r) = &rr.retry {
-        if let Some(d) = r
-            .initial
-            .as_ref()
-            .and_then(|d| positive(check, format!("{rp}.retry.initial"), d))
-        {
-            backoff.initial = d;
-        }
-        if let Some(d) = r
-            .max
-            .as_ref()
-            .and_then(|d| positive(check, format!("{rp}.retry.max"), d))
-        {
-            backoff.max = d;
-        }
-        if backoff.max < backoff.initial {
-            check.err(format!("{rp}.retry.max"), "must be at least retry.initial");
-        }
+    if let Some(d) = r
+        .initial
+        .as_ref()
+        .and_then(|d| positive(check, format!("{rp}.retry.initial"), d))
+    {
+        backoff.initial = d;
     }
-    if delivery == Delivery::Direct && (rr.max_age.is_some() || rr.retry.is_some()) {
-        check.err(
-            format!("{rp}.delivery"),
-            "max_age and retry apply to queued and fallback delivery only",
-        );
+    if let Some(d) = r
+        .max
+        .as_ref()
+        .and_then(|d| positive(check, format!("{rp}.retry.max"), d))
+    {
+        backoff.max = d;
     }
-    let reply = match rr.reply.as_deref() {
-        None | Some("auto") => Reply::Auto,
-        Some("open") => Reply::Open,
-        Some("pass") => Reply::Pass,
-        Some(other) => {
-            check.err(
-                format!("{rp}.reply"),
-                format!("`{other}` is not open, pass or auto"),
-            );
-            Reply::Auto
-        }
-    };
-    Some(Target::Remote(Remote {
-        path: path?,
-        delivery,
-        max_age,
-        backoff,
-        journal: rr.journal.unwrap_or(delivery != Delivery::Direct),
-        reply,
-    }))
+    if backoff.max < backoff.initial {
+        check.err(format!("{rp}.retry.max"), "must be at least retry.initial");
+    }
+    backoff
 }
 
 #[cfg(test)]
@@ -485,6 +490,31 @@ listeners:
     }
 
     #[test]
+    fn every_delivery_and_reply_spelling_validates() {
+        for (delivery, want) in [
+            ("direct", Delivery::Direct),
+            ("queued", Delivery::Queued),
+            ("fallback", Delivery::Fallback),
+        ] {
+            for (reply, want_reply) in [
+                ("open", Reply::Open),
+                ("pass", Reply::Pass),
+                ("auto", Reply::Auto),
+            ] {
+                let s = ok(&yaml(
+                    URL,
+                    &format!("      - {{ path: /p, to: bsk, remote: /p, envelope: [token, jwt], delivery: {delivery}, reply: {reply} }}"),
+                ));
+                let Target::Remote(r) = &s.listeners[0].routes[0].target else {
+                    panic!("{:?}", s.listeners[0].routes[0].target)
+                };
+                assert_eq!((r.delivery, r.reply), (want, want_reply));
+                assert_eq!((r.delivery.name(), r.reply.name()), (delivery, reply));
+            }
+        }
+    }
+
+    #[test]
     fn a_route_has_exactly_one_shape() {
         let cases = [
             (
@@ -513,7 +543,7 @@ listeners:
             ),
             (
                 "      - { path: /a, from: bsk, ip_check: false, envelope: [token, jwt], serve: files }",
-                "listeners[0].routes[0].serve: `files` is not something",
+                "listeners[0].routes[0].serve: unknown variant `files`, expected `journal`",
             ),
             (
                 "      - { path: /a, from: bsk, ip_check: false, envelope: [token, jwt], serve: journal, upstream: http://127.0.0.1:1/a }",
@@ -521,7 +551,7 @@ listeners:
             ),
             (
                 "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], delivery: later }",
-                "listeners[0].routes[0].delivery: `later` is not direct, queued or fallback",
+                "listeners[0].routes[0].delivery: unknown variant `later`, expected one of `direct`, `queued`, `fallback`",
             ),
             (
                 "      - { path: /a, to: bsk, remote: /p, envelope: [token, jwt], max_age: 1d }",

@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod ops;
 pub mod raw;
+mod routes;
 pub mod settings;
 
 use std::fmt;
@@ -39,16 +40,73 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Collects every problem in one config file with its field path: the one way
+/// validation reports, so a sysadmin sees all mistakes at once.
+struct Check<'a> {
+    origin: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Check<'a> {
+    fn new(origin: &'a str) -> Self {
+        Check {
+            origin,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Records a problem at a field path (`peers.bsk.aes.keys[0].key`; empty: the file).
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.err_at(None, path, msg);
+    }
+
+    fn err_at(&mut self, line: Option<usize>, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_string(),
+            line,
+            path: path.into(),
+            message: msg.into(),
+        });
+    }
+
+    /// The value, or `None` with the error recorded at `path`.
+    fn ok<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.err(path, e)).ok()
+    }
+
+    /// The value of a closed set, or `None` with serde's words for the spelling recorded.
+    fn known<T: Copy>(&mut self, path: impl Into<String>, v: &raw::OneOf<T>) -> Option<T> {
+        match v {
+            raw::OneOf::Known(v) => Some(*v),
+            raw::OneOf::Unknown(msg) => {
+                self.err(path, msg.clone());
+                None
+            }
+        }
+    }
+
+    /// How many problems so far: a step compares before and after to see if it failed.
+    fn count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// `value` when nothing was recorded, else every problem.
+    fn finish<T>(self, value: T) -> Result<T, Vec<ConfigError>> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError {
-            origin: origin.clone(),
-            line: None,
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
+        let mut check = Check::new(&origin);
+        check.err("", format!("cannot read: {e}"));
+        check.errors
     })?;
     let base = path
         .parent()
@@ -75,12 +133,13 @@ pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Settings, Vec<
                 message = rest.to_string();
             }
         }
-        vec![ConfigError {
-            origin: origin.to_string(),
+        let mut check = Check::new(origin);
+        check.err_at(
             line,
-            path: if path == "." { String::new() } else { path },
+            if path == "." { String::new() } else { path },
             message,
-        }]
+        );
+        check.errors
     })?;
     settings::build(raw, origin, base)
 }
@@ -89,26 +148,7 @@ impl Settings {
     /// A human summary of the effective routes, as `bsk-sidecar check` prints it.
     pub fn describe(&self) -> String {
         use std::fmt::Write;
-        let mut out = String::new();
-        match self.admin {
-            Some(a) => {
-                let access = &self.admin_access;
-                let protection = if access.token.is_some() {
-                    "protected by admin.token"
-                } else {
-                    "no admin.token: /outbox (and /metrics unless open) answer 403"
-                };
-                let _ = writeln!(
-                    out,
-                    "admin    http://{a} (/metrics /healthz /readyz /outbox) {protection}; metrics={} max_connections={}",
-                    access.metrics.name(),
-                    access.max_connections
-                );
-            }
-            None => {
-                let _ = writeln!(out, "admin    off");
-            }
-        }
+        let mut out = self.describe_admin();
         let _ = writeln!(out, "state    {}", self.state_dir.display());
         if let Some(r) = &self.redis {
             let _ = writeln!(
@@ -123,30 +163,7 @@ impl Settings {
             let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
         }
         for (name, p) in &self.peers {
-            let allow = match &p.allow {
-                Some(a) => a.to_string(),
-                None => "(none)".into(),
-            };
-            let rate = p
-                .rate
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "unlimited".into());
-            let _ = writeln!(
-                out,
-                "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}",
-                p.keys.agid,
-                p.keys.aes.len(),
-                present(p.keys.jwt.as_ref().map(|j| &j.secret)),
-                present(p.keys.passcode.as_ref()),
-            );
-            if let Some(b) = &p.client_cert {
-                let _ = writeln!(
-                    out,
-                    "         {name}: client certificate bound: names [{}], {} key pin(s)",
-                    b.names.join(", "),
-                    b.spki_sha256.len()
-                );
-            }
+            out.push_str(&describe_peer(name, p));
         }
         for l in &self.listeners {
             let accept = if l.accept_allowlist().is_some() {
@@ -162,62 +179,31 @@ impl Settings {
                 ops::describe_listener(l)
             );
             for r in &l.routes {
-                let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
-                let response = match &r.response {
-                    ResponseMode::Pass => "pass",
-                    ResponseMode::Seal { wrap: None } => "seal",
-                    ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
-                };
-                let target = match &r.target {
-                    Target::Upstream(u) => format!(
-                        "from {} [{}] ip_check={} -> http://{}{} response={response}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.ip_check,
-                        u.authority,
-                        u.path_and_query,
-                    ),
-                    Target::Journal => format!(
-                        "from {} [{}] ip_check={} -> API-7 from the journal response={response}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.ip_check,
-                    ),
-                    Target::Remote(rm) => format!(
-                        "to {} [{}] -> {}{} delivery={} reply={} journal={}",
-                        r.peer.name,
-                        layers.join(","),
-                        r.peer
-                            .url
-                            .as_ref()
-                            .map(|u| u.to_string().trim_end_matches('/').to_string())
-                            .unwrap_or_default(),
-                        rm.path,
-                        rm.delivery.name(),
-                        rm.reply.name(),
-                        rm.journal,
-                    ),
-                };
-                let protection = match (&r.target, &r.fresh) {
-                    (Target::Remote(_), _) => String::new(),
-                    (_, None) => " fresh=OFF".to_string(),
-                    (_, Some(w)) => format!(
-                        " fresh={} replay={}",
-                        humantime::format_duration(w.max_age),
-                        if r.replay { "on" } else { "OFF" }
-                    ),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {} {} {target} max_body={}{protection}",
-                    r.method, r.path, r.max_body,
-                );
+                let _ = writeln!(out, "  {}", describe_route(r));
             }
         }
         for w in self.relaxations() {
             let _ = writeln!(out, "warning  {w}");
         }
         out
+    }
+
+    /// The `admin` line of [`Settings::describe`].
+    fn describe_admin(&self) -> String {
+        let Some(a) = self.admin else {
+            return "admin    off\n".to_string();
+        };
+        let access = &self.admin_access;
+        let protection = if access.token.is_some() {
+            "protected by admin.token"
+        } else {
+            "no admin.token: /outbox (and /metrics unless open) answer 403"
+        };
+        format!(
+            "admin    http://{a} (/metrics /healthz /readyz /outbox) {protection}; metrics={} max_connections={}\n",
+            access.metrics.name(),
+            access.max_connections
+        )
     }
 
     /// Every place this config runs with less than the safe default, in words: what
@@ -276,6 +262,86 @@ impl Settings {
 
 #[cfg(test)]
 mod tests;
+
+/// The `peer` line(s) of [`Settings::describe`].
+fn describe_peer(name: &str, p: &Peer) -> String {
+    let allow = match &p.allow {
+        Some(a) => a.to_string(),
+        None => "(none)".into(),
+    };
+    let rate = p
+        .rate
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "unlimited".into());
+    let mut out = format!(
+        "peer     {name}: agId={} aes_keys={} jwt={} passcode={} allow={allow} rate={rate}\n",
+        p.keys.agid,
+        p.keys.aes.len(),
+        present(p.keys.jwt.as_ref().map(|j| &j.secret)),
+        present(p.keys.passcode.as_ref()),
+    );
+    if let Some(b) = &p.client_cert {
+        out.push_str(&format!(
+            "         {name}: client certificate bound: names [{}], {} key pin(s)\n",
+            b.names.join(", "),
+            b.spki_sha256.len()
+        ));
+    }
+    out
+}
+
+/// One route of [`Settings::describe`]: method, path, where it goes, its protection.
+fn describe_route(r: &Route) -> String {
+    let layers: Vec<&str> = r.layers.iter().map(|l| l.name()).collect();
+    let response = match &r.response {
+        ResponseMode::Pass => "pass",
+        ResponseMode::Seal { wrap: None } => "seal",
+        ResponseMode::Seal { wrap: Some(_) } => "seal+wrap",
+    };
+    let target = match &r.target {
+        Target::Upstream(u) => format!(
+            "from {} [{}] ip_check={} -> http://{}{} response={response}",
+            r.peer.name,
+            layers.join(","),
+            r.ip_check,
+            u.authority,
+            u.path_and_query,
+        ),
+        Target::Journal => format!(
+            "from {} [{}] ip_check={} -> API-7 from the journal response={response}",
+            r.peer.name,
+            layers.join(","),
+            r.ip_check,
+        ),
+        Target::Remote(rm) => format!(
+            "to {} [{}] -> {}{} delivery={} reply={} journal={}",
+            r.peer.name,
+            layers.join(","),
+            r.peer
+                .url
+                .as_ref()
+                .map(|u| u.to_string().trim_end_matches('/').to_string())
+                .unwrap_or_default(),
+            rm.path,
+            rm.delivery.name(),
+            rm.reply.name(),
+            rm.journal,
+        ),
+    };
+    let protection = match (&r.target, &r.fresh) {
+        (Target::Remote(_), _) => String::new(),
+        (_, None) => " fresh=OFF".to_string(),
+        (_, Some(w)) => format!(
+            " fresh={} replay={}",
+            humantime::format_duration(w.max_age),
+            if r.replay { "on" } else { "OFF" }
+        ),
+    };
+    format!(
+        "{} {} {target} max_body={}{protection}",
+        r.method, r.path, r.max_body,
+    )
+}
 
 /// `yes`, `no`, or during a rotation `yes (3 accepted, the first seals)`.
 fn present(secret: Option<&crate::secret::Secret>) -> String {

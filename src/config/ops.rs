@@ -1,8 +1,7 @@
 //! Validation of the operations blocks: a listener's `tls`, `trusted_proxies` and
 //! `proxy_protocol`, the top-level `dns`, and `{ credential: NAME }` secrets.
 //!
-//! Each function returns what it built plus every problem as (field path, message), which
-//! [`super::settings::build`] reports with the file name.
+//! Each function returns what it built and records every problem in the config's `Check`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,13 +9,11 @@ use std::time::Duration;
 
 use super::raw::{RawDns, RawDuration, RawTls};
 use super::settings::parse_duration;
+use super::Check;
 use crate::guard::dns::DnsSettings;
 use crate::guard::ip::AllowList;
 use crate::secret::Secret;
 use crate::tls::TlsSettings;
-
-/// Problems found, as (field path, message).
-pub type Problems = Vec<(String, String)>;
 
 /// What a listener's operations keys validate to.
 #[derive(Debug, Default)]
@@ -27,18 +24,13 @@ pub struct ListenerOps {
 }
 
 fn duration_or(
-    problems: &mut Problems,
+    check: &mut Check<'_>,
     path: String,
     raw: Option<&RawDuration>,
     default: Duration,
 ) -> Duration {
-    match raw.map(parse_duration).transpose() {
-        Ok(d) => d.unwrap_or(default),
-        Err(e) => {
-            problems.push((path, e));
-            default
-        }
-    }
+    raw.and_then(|d| check.ok(path, parse_duration(d)))
+        .unwrap_or(default)
 }
 
 fn relative(base: &Path, p: &Path) -> PathBuf {
@@ -50,138 +42,124 @@ fn relative(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// `lp` is the listener's field path (`listeners[0]`); `base` resolves relative paths.
-pub fn listener(
+pub(super) fn listener(
+    check: &mut Check<'_>,
     lp: &str,
     tls: Option<RawTls>,
     trusted_proxies: Option<Vec<String>>,
     proxy_protocol: Option<bool>,
     base: &Path,
-) -> (ListenerOps, Problems) {
-    let mut problems = Problems::new();
-    let tls = tls.map(|t| {
-        let tp = format!("{lp}.tls");
-        let handshake_timeout = duration_or(
-            &mut problems,
-            format!("{tp}.handshake_timeout"),
-            t.handshake_timeout.as_ref(),
-            Duration::from_secs(10),
-        );
-        if handshake_timeout.is_zero() {
-            problems.push((
-                format!("{tp}.handshake_timeout"),
-                "must be longer than 0s".into(),
-            ));
-        }
-        let watch = match &t.watch {
-            Some(RawDuration::Text(s)) if s.trim() == "off" => None,
-            other => Some(duration_or(
-                &mut problems,
-                format!("{tp}.watch"),
-                other.as_ref(),
-                Duration::from_secs(5),
-            ))
-            .filter(|d| !d.is_zero()),
-        };
-        let settings = TlsSettings {
-            cert: relative(base, &t.cert),
-            key: relative(base, &t.key),
-            client_ca: t.client_ca.as_deref().map(|p| relative(base, p)),
-            handshake_timeout,
-            watch,
-        };
-        // Load once now, so `check` and start-up report a bad certificate by field.
-        if let Err(e) = crate::tls::load(&settings) {
-            let field = match &e {
-                crate::tls::TlsError::ClientCa { .. } => "client_ca",
-                crate::tls::TlsError::Read { path, .. }
-                | crate::tls::TlsError::Pem { path, .. }
-                    if Some(path) == settings.client_ca.as_ref() =>
-                {
-                    "client_ca"
-                }
-                crate::tls::TlsError::Read { path, .. }
-                | crate::tls::TlsError::Pem { path, .. }
-                    if *path == settings.key =>
-                {
-                    "key"
-                }
-                _ => "cert",
-            };
-            problems.push((format!("{tp}.{field}"), e.to_string()));
-        }
-        settings
-    });
-    let trusted = trusted_proxies.map(|entries| {
-        let mut list = AllowList::default();
-        for (i, e) in entries.iter().enumerate() {
-            let path = format!("{lp}.trusted_proxies[{i}]");
-            // Names are not accepted here: a proxy's address must not follow DNS.
-            if crate::guard::dns::is_host_name(e.trim()) {
-                problems.push((
-                    path,
-                    format!("`{e}`: list proxies by address or CIDR block"),
-                ));
-            } else if let Err(msg) = list.push_str(e) {
-                problems.push((path, msg));
-            }
-        }
-        list
-    });
+) -> ListenerOps {
+    let tls = tls.map(|t| listener_tls(check, &format!("{lp}.tls"), t, base));
+    let trusted = trusted_proxies.map(|entries| proxies(check, lp, &entries));
     let proxy_protocol = proxy_protocol.unwrap_or(false);
     if proxy_protocol && trusted.is_none() {
-        problems.push((
+        check.err(
             format!("{lp}.proxy_protocol"),
-            "needs `trusted_proxies`: only those hops may send a PROXY header".into(),
-        ));
+            "needs `trusted_proxies`: only those hops may send a PROXY header",
+        );
     }
-    (
-        ListenerOps {
-            tls,
-            trusted_proxies: trusted,
-            proxy_protocol,
-        },
-        problems,
-    )
+    ListenerOps {
+        tls,
+        trusted_proxies: trusted,
+        proxy_protocol,
+    }
+}
+
+/// A listener's `tls`, loaded once now so `check` and start-up report a bad certificate
+/// by field. `tp` is its field path.
+fn listener_tls(check: &mut Check<'_>, tp: &str, t: RawTls, base: &Path) -> TlsSettings {
+    let handshake_timeout = duration_or(
+        check,
+        format!("{tp}.handshake_timeout"),
+        t.handshake_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    if handshake_timeout.is_zero() {
+        check.err(format!("{tp}.handshake_timeout"), "must be longer than 0s");
+    }
+    let watch = match &t.watch {
+        Some(RawDuration::Text(s)) if s.trim() == "off" => None,
+        other => Some(duration_or(
+            check,
+            format!("{tp}.watch"),
+            other.as_ref(),
+            Duration::from_secs(5),
+        ))
+        .filter(|d| !d.is_zero()),
+    };
+    let settings = TlsSettings {
+        cert: relative(base, &t.cert),
+        key: relative(base, &t.key),
+        client_ca: t.client_ca.as_deref().map(|p| relative(base, p)),
+        handshake_timeout,
+        watch,
+    };
+    if let Err(e) = crate::tls::load(&settings) {
+        let field = match &e {
+            crate::tls::TlsError::ClientCa { .. } => "client_ca",
+            crate::tls::TlsError::Read { path, .. } | crate::tls::TlsError::Pem { path, .. }
+                if Some(path) == settings.client_ca.as_ref() =>
+            {
+                "client_ca"
+            }
+            crate::tls::TlsError::Read { path, .. } | crate::tls::TlsError::Pem { path, .. }
+                if *path == settings.key =>
+            {
+                "key"
+            }
+            _ => "cert",
+        };
+        check.err(format!("{tp}.{field}"), e.to_string());
+    }
+    settings
+}
+
+/// A listener's `trusted_proxies`: addresses and blocks, never names.
+fn proxies(check: &mut Check<'_>, lp: &str, entries: &[String]) -> AllowList {
+    let mut list = AllowList::default();
+    for (i, e) in entries.iter().enumerate() {
+        let path = format!("{lp}.trusted_proxies[{i}]");
+        // Names are not accepted here: a proxy's address must not follow DNS.
+        if crate::guard::dns::is_host_name(e.trim()) {
+            check.err(
+                path,
+                format!("`{e}`: list proxies by address or CIDR block"),
+            );
+        } else if let Err(msg) = list.push_str(e) {
+            check.err(path, msg);
+        }
+    }
+    list
 }
 
 /// The top-level `dns:` block.
-pub fn dns(raw: Option<RawDns>) -> (DnsSettings, Problems) {
-    let mut problems = Problems::new();
+pub(super) fn dns(check: &mut Check<'_>, raw: Option<RawDns>) -> DnsSettings {
     let mut s = DnsSettings::default();
     let Some(raw) = raw else {
-        return (s, problems);
+        return s;
     };
     for (i, server) in raw.servers.unwrap_or_default().iter().enumerate() {
         match server.parse::<SocketAddr>() {
             Ok(a) => s.servers.push(a),
             Err(_) => match server.parse::<std::net::IpAddr>() {
                 Ok(ip) => s.servers.push(SocketAddr::new(ip, 53)),
-                Err(_) => problems.push((
+                Err(_) => check.err(
                     format!("dns.servers[{i}]"),
                     format!("`{server}` is not an address like 192.0.2.53 or 127.0.0.1:5353"),
-                )),
+                ),
             },
         }
     }
-    s.refresh = duration_or(
-        &mut problems,
-        "dns.refresh".into(),
-        raw.refresh.as_ref(),
-        s.refresh,
-    );
-    s.timeout = duration_or(
-        &mut problems,
-        "dns.timeout".into(),
-        raw.timeout.as_ref(),
-        s.timeout,
-    );
+    s.refresh = duration_or(check, "dns.refresh".into(), raw.refresh.as_ref(), s.refresh);
+    s.timeout = duration_or(check, "dns.timeout".into(), raw.timeout.as_ref(), s.timeout);
     if s.refresh < Duration::from_secs(1) {
-        problems.push(("dns.refresh".into(), "must be at least 1s".into()));
+        check.err("dns.refresh", "must be at least 1s");
     }
     if s.timeout.is_zero() {
-        problems.push(("dns.timeout".into(), "must be longer than 0s".into()));
+        check.err("dns.timeout", "must be longer than 0s");
     }
-    (s, problems)
+    s
 }
 
 /// A systemd credential (`LoadCredential=NAME:/path` in the unit): the file NAME in
@@ -251,11 +229,17 @@ pub fn describe_dns(d: &DnsSettings) -> String {
 mod tests {
     use super::*;
 
+    /// The field paths of the problems recorded.
+    fn paths(check: &Check<'_>) -> Vec<String> {
+        check.errors.iter().map(|e| e.path.clone()).collect()
+    }
+
     #[test]
     fn dns_block_defaults_ports_and_errors() {
-        let (d, p) = dns(None);
+        let mut check = Check::new("t.yaml");
+        let d = dns(&mut check, None);
         assert_eq!(d, DnsSettings::default());
-        assert!(p.is_empty());
+        assert_eq!(check.count(), 0);
         let raw = RawDns {
             servers: Some(vec![
                 "192.0.2.53".into(),
@@ -265,7 +249,7 @@ mod tests {
             refresh: Some(RawDuration::Text("500ms".into())),
             timeout: Some(RawDuration::Text("soon".into())),
         };
-        let (d, p) = dns(Some(raw));
+        let d = dns(&mut check, Some(raw));
         assert_eq!(
             d.servers,
             vec![
@@ -273,8 +257,10 @@ mod tests {
                 "127.0.0.1:5353".parse().unwrap()
             ]
         );
-        let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
-        assert_eq!(paths, ["dns.servers[2]", "dns.timeout", "dns.refresh"]);
+        assert_eq!(
+            paths(&check),
+            ["dns.servers[2]", "dns.timeout", "dns.refresh"]
+        );
     }
 
     #[test]
@@ -295,13 +281,20 @@ mod tests {
             handshake_timeout: Some(RawDuration::Seconds(0)),
             watch: Some(RawDuration::Text("off".into())),
         };
-        let (ops, p) = listener("listeners[0]", Some(raw), None, None, dir.path());
+        let mut check = Check::new("t.yaml");
+        let ops = listener(
+            &mut check,
+            "listeners[0]",
+            Some(raw),
+            None,
+            None,
+            dir.path(),
+        );
         let tls = ops.tls.unwrap();
         assert_eq!(tls.watch, None);
         assert_eq!(tls.cert, dir.path().join("missing.crt"));
-        let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
         assert_eq!(
-            paths,
+            paths(&check),
             [
                 "listeners[0].tls.handshake_timeout",
                 "listeners[0].tls.cert"

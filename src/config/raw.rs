@@ -5,7 +5,34 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer};
 use serde::Deserialize;
+
+use super::egress::{Delivery, Reply};
+use crate::envelope::Layer;
+use crate::guard::admin_access::MetricsAccess;
+use crate::guard::schema::{Api, Mode as SchemaMode};
+
+/// A value of the closed set `T` (a serde enum), or serde's words for a spelling outside
+/// it: "unknown variant `x`, expected one of `a`, `b`". An unknown spelling does not stop
+/// the parse, so validation reports it at its field path together with every other problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneOf<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for OneOf<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(d)?;
+        let parsed: Result<T, serde::de::value::Error> =
+            T::deserialize(written.as_str().into_deserializer());
+        Ok(match parsed {
+            Ok(value) => OneOf::Known(value),
+            Err(e) => OneOf::Unknown(e.to_string()),
+        })
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +60,7 @@ pub struct RawAdmin {
     /// Bearer token (or HTTP Basic password) for every admin endpoint but the health probes.
     pub token: Option<RawSecret>,
     /// `token` (default) or `open`: whether `/metrics` needs the token.
-    pub metrics: Option<String>,
+    pub metrics: Option<OneOf<MetricsAccess>>,
     /// Admin connections served at once (default 16).
     pub max_connections: Option<usize>,
 }
@@ -52,8 +79,16 @@ pub struct RawState {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawBackend {
-    Named(String),
+    Named(OneOf<RawBackendName>),
     Engines(RawEngines),
+}
+
+/// The backends written by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawBackendName {
+    /// State in this process only (the default).
+    Embedded,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,7 +99,7 @@ pub struct RawEngines {
     /// How many replicas share the limits (local fallback at rate / replicas).
     pub replicas: Option<u32>,
     /// Rate limits while Redis is unreachable: `local` (default), `open` or `closed`.
-    pub on_redis_down: Option<RawOnRedisDown>,
+    pub on_redis_down: Option<OneOf<RawOnRedisDown>>,
     /// Deadline of one Redis call (default 250ms).
     pub redis_timeout: Option<RawDuration>,
     /// Prefix of every Redis key (default `bsk`).
@@ -183,7 +218,7 @@ pub struct RawPeerTls {
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
     pub secret: RawSecrets,
-    pub algorithms: Option<Vec<String>>,
+    pub algorithms: Option<Vec<OneOf<RawAlgorithm>>>,
     pub require_exp: Option<bool>,
     pub leeway: Option<RawDuration>,
     /// When sealing for this peer (egress), add `iat` and `exp` = now + this to the claims.
@@ -193,6 +228,24 @@ pub struct RawJwt {
     pub max_lifetime: Option<RawDuration>,
     /// Accept a secret shorter than 32 bytes (a legacy counterparty); warned at start.
     pub allow_short_secret: Option<bool>,
+}
+
+/// The JWS algorithms a peer may use: HMAC only, never `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RawAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl RawAlgorithm {
+    pub fn algorithm(self) -> jsonwebtoken::Algorithm {
+        match self {
+            RawAlgorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+            RawAlgorithm::HS384 => jsonwebtoken::Algorithm::HS384,
+            RawAlgorithm::HS512 => jsonwebtoken::Algorithm::HS512,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,21 +290,22 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub path: String,
-    pub method: Option<String>,
+    /// `POST` (default), `GET` or `PUT`, in any case.
+    pub method: Option<OneOf<RawMethod>>,
     /// Ingress: the peer allowed to call this route.
     pub from: Option<String>,
-    pub envelope: Vec<String>,
+    pub envelope: Vec<OneOf<Layer>>,
     pub ip_check: Option<bool>,
     /// Ingress: where the opened JSON goes.
     pub upstream: Option<String>,
     /// Ingress: answered by the sidecar itself instead of an upstream (`journal` = API-7).
-    pub serve: Option<String>,
+    pub serve: Option<OneOf<RawServe>>,
     /// Egress: the peer the application's plain JSON is sealed for and sent to.
     pub to: Option<String>,
     /// Egress: path appended to the peer's `url`.
     pub remote: Option<String>,
     /// Egress: `direct` (default), `queued` or `fallback`.
-    pub delivery: Option<String>,
+    pub delivery: Option<OneOf<Delivery>>,
     /// Egress: a queued push older than this moves to the dead-letter list.
     pub max_age: Option<RawDuration>,
     /// Egress: backoff between delivery attempts of a queued push.
@@ -259,7 +313,7 @@ pub struct RawRoute {
     /// Egress: journal delivered/queued pushes for API-7 (default: on for queued/fallback).
     pub journal: Option<bool>,
     /// Egress: the peer's answer is `open`ed (must be sealed), `pass`ed, or `auto` (default).
-    pub reply: Option<String>,
+    pub reply: Option<OneOf<Reply>>,
     pub response: Option<RawResponse>,
     pub max_body: Option<RawBytes>,
     pub body_timeout: Option<RawDuration>,
@@ -271,14 +325,55 @@ pub struct RawRoute {
     /// window. Defaults to on when `fresh` is set.
     pub replay: Option<bool>,
     /// `api1` … `api7`, `api5a`, `api5b`: check the payload against the spec's table.
-    pub schema: Option<String>,
+    pub schema: Option<OneOf<Api>>,
     /// `enforce` (default) or `warn`.
-    pub schema_mode: Option<String>,
+    pub schema_mode: Option<OneOf<SchemaMode>>,
     /// Client headers forwarded to the application besides `Accept`, `Accept-Language` and
     /// `User-Agent`; every other client header is dropped.
     pub forward_headers: Option<Vec<String>>,
     /// The client's query string: `drop` (default) or `pass` to the application.
-    pub query: Option<RawQuery>,
+    pub query: Option<OneOf<RawQuery>>,
+}
+
+/// The request methods a route may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMethod {
+    Post,
+    Get,
+    Put,
+}
+
+impl RawMethod {
+    const NAMES: &'static [&'static str] = &["POST", "GET", "PUT"];
+
+    pub fn method(self) -> http::Method {
+        match self {
+            RawMethod::Post => http::Method::POST,
+            RawMethod::Get => http::Method::GET,
+            RawMethod::Put => http::Method::PUT,
+        }
+    }
+}
+
+/// Method names are case-insensitive (`post` is `POST`), which serde's derive cannot say.
+impl<'de> Deserialize<'de> for RawMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(d)?;
+        match written.to_ascii_uppercase().as_str() {
+            "POST" => Ok(RawMethod::Post),
+            "GET" => Ok(RawMethod::Get),
+            "PUT" => Ok(RawMethod::Put),
+            _ => Err(D::Error::unknown_variant(&written, RawMethod::NAMES)),
+        }
+    }
+}
+
+/// What the sidecar answers itself instead of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawServe {
+    /// API-7: the portal's pull of pushes from the egress journal.
+    Journal,
 }
 
 /// What happens to a request's query string, which no envelope protects.
@@ -302,9 +397,16 @@ pub struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub struct RawResponse {
     /// `pass` (default): the application's answer unchanged; `seal`: sealed for the caller.
-    pub mode: String,
+    pub mode: OneOf<RawResponseMode>,
     /// Extra JSON fields around `encData` when sealing, e.g. `{status: S, statusCode: 200}`.
     pub wrap: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawResponseMode {
+    Pass,
+    Seal,
 }
 
 /// `30s`, `10m`, `1h 30m`, or a number of seconds.

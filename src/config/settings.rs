@@ -12,11 +12,11 @@ use http::{Method, Uri};
 
 pub use crate::forward::Upstream;
 
-use super::egress::{peer_tls, route_target, PeerTls, Target};
+use super::egress::{peer_tls, PeerTls, Target};
 use super::raw::*;
-use super::ConfigError;
-use crate::envelope::{self, aes::AesKey, jwt::JwtKey, Layer, PeerKeys};
-use crate::guard::admin_access::{AdminAccess, MetricsAccess};
+use super::{Check, ConfigError};
+use crate::envelope::{aes::AesKey, jwt::JwtKey, PeerKeys, Stack};
+use crate::guard::admin_access::AdminAccess;
 use crate::guard::bounds::JsonBounds;
 use crate::guard::caller::Callers;
 use crate::guard::client_cert::CertBinding;
@@ -160,7 +160,8 @@ pub struct Route {
     pub path: String,
     pub method: Method,
     pub peer: Arc<Peer>,
-    pub layers: Vec<Layer>,
+    /// The envelope, outermost first.
+    pub layers: Stack,
     pub ip_check: bool,
     /// What the route does: forward to an upstream, answer from the journal, or egress.
     pub target: Target,
@@ -221,23 +222,6 @@ pub enum ResponseMode {
     },
 }
 
-/// Collects problems with their field paths while building.
-pub(super) struct Check<'a> {
-    origin: &'a str,
-    errors: Vec<ConfigError>,
-}
-
-impl Check<'_> {
-    pub(super) fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
-        self.errors.push(ConfigError {
-            origin: self.origin.to_string(),
-            line: None,
-            path: path.into(),
-            message: msg.into(),
-        });
-    }
-}
-
 pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
     match raw {
         RawDuration::Seconds(n) => Ok(Duration::from_secs(*n)),
@@ -277,7 +261,7 @@ pub fn parse_bytes(raw: &RawBytes) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| "size too large".to_string())
 }
 
-fn rate(check: &mut Check<'_>, path: &str, raw: Option<RawRate>) -> Option<RateSpec> {
+pub(super) fn rate(check: &mut Check<'_>, path: &str, raw: Option<RawRate>) -> Option<RateSpec> {
     let raw = raw?;
     match (NonZeroU32::new(raw.per_second), NonZeroU32::new(raw.burst)) {
         (Some(p), Some(b)) => Some(RateSpec::new(p, b)),
@@ -331,7 +315,12 @@ pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
     }
 }
 
-fn secret(check: &mut Check<'_>, path: &str, raw: &RawSecret, base: &Path) -> Option<Secret> {
+pub(super) fn secret(
+    check: &mut Check<'_>,
+    path: &str,
+    raw: &RawSecret,
+    base: &Path,
+) -> Option<Secret> {
     if let RawSecret::From(RawSecretSource { kid: Some(_), .. }) = raw {
         check.err(path, "`kid` names JWT secrets only (jwt.secret)");
         return None;
@@ -411,73 +400,22 @@ fn secrets(
     Secret::rotating(loaded)
 }
 
-/// `admin.token`, `admin.metrics`, `admin.max_connections`.
-fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> AdminAccess {
-    let mut access = AdminAccess::default();
-    let Some(raw) = raw else { return access };
-    access.token = raw
-        .token
-        .as_ref()
-        .and_then(|t| secret(check, "admin.token", t, base));
-    match raw.metrics.as_deref() {
-        None | Some("token") => {}
-        Some("open") => access.metrics = MetricsAccess::Open,
-        Some(other) => check.err("admin.metrics", format!("`{other}` is not token or open")),
+/// A duration that must be longer than 0s, or `None` with the problem recorded.
+pub(super) fn positive(check: &mut Check<'_>, path: String, raw: &RawDuration) -> Option<Duration> {
+    match parse_duration(raw) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            check.err(path, "must be longer than 0s");
+            None
+        }
+        Err(e) => {
+            check.err(path, e);
+            None
+        }
     }
-    match raw.max_connections {
-        None => {}
-        Some(0) => check.err("admin.max_connections", "must be at least 1"),
-        Some(n) => access.max_connections = n,
-    }
-    access
 }
 
-/// A listener's `callers` and `caller_token`: only where it has egress routes.
-fn callers(
-    check: &mut Check<'_>,
-    lp: &str,
-    rl: &RawListener,
-    egress: bool,
-    base: &Path,
-) -> Callers {
-    let mut callers = Callers::default();
-    if !egress {
-        for (field, set) in [
-            ("callers", rl.callers.is_some()),
-            ("caller_token", rl.caller_token.is_some()),
-        ] {
-            if set {
-                check.err(
-                    format!("{lp}.{field}"),
-                    "only a listener with egress routes (`to:`) has callers",
-                );
-            }
-        }
-        return callers;
-    }
-    if let Some(entries) = &rl.callers {
-        callers.nets.clear();
-        for (i, e) in entries.iter().enumerate() {
-            match Callers::parse_entry(e) {
-                Ok(net) => callers.nets.push(net),
-                Err(msg) => check.err(format!("{lp}.callers[{i}]"), msg),
-            }
-        }
-        if entries.is_empty() {
-            check.err(
-                format!("{lp}.callers"),
-                "list at least one address or block",
-            );
-        }
-    }
-    callers.token = rl
-        .caller_token
-        .as_ref()
-        .and_then(|t| secret(check, &format!("{lp}.caller_token"), t, base));
-    callers
-}
-
-fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
+pub(super) fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
     match s.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -490,176 +428,77 @@ fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr>
     }
 }
 
-fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<Peer> {
-    let p = format!("peers.{name}");
-    let before = check.errors.len();
-    if raw.agid.trim().is_empty() {
-        check.err(format!("{p}.agid"), "agid must not be empty");
+/// `admin.listen`: an address, `off`, or 127.0.0.1:9901 when not written.
+fn admin_listen(check: &mut Check<'_>, raw: Option<&RawAdmin>) -> Option<SocketAddr> {
+    match raw.and_then(|a| a.listen.as_deref()) {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        Some("off") => None,
+        Some(listen) => socket_addr(check, "admin.listen", listen),
     }
-    let passcode = raw
-        .passcode
+}
+
+/// `admin.token`, `admin.metrics`, `admin.max_connections`.
+fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> AdminAccess {
+    let mut access = AdminAccess::default();
+    let Some(raw) = raw else { return access };
+    access.token = raw
+        .token
         .as_ref()
-        .and_then(|s| secrets(check, &format!("{p}.passcode"), s, base, false));
-    let sign_exp = raw
-        .jwt
+        .and_then(|t| secret(check, "admin.token", t, base));
+    if let Some(metrics) = raw
+        .metrics
         .as_ref()
-        .and_then(|j| j.sign_exp.as_ref())
-        .and_then(|d| match parse_duration(d) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                check.err(format!("{p}.jwt.sign_exp"), "must be longer than 0s");
-                None
-            }
-            Err(e) => {
-                check.err(format!("{p}.jwt.sign_exp"), e);
-                None
-            }
-        });
-    let max_token_lifetime = match raw.jwt.as_ref().and_then(|j| j.max_lifetime.as_ref()) {
-        None => DEFAULT_TOKEN_LIFETIME,
-        Some(d) => match parse_duration(d) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                check.err(format!("{p}.jwt.max_lifetime"), "must be longer than 0s");
-                DEFAULT_TOKEN_LIFETIME
-            }
-            Err(e) => {
-                check.err(format!("{p}.jwt.max_lifetime"), e);
-                DEFAULT_TOKEN_LIFETIME
-            }
-        },
-    };
-    let mut short_jwt_secret = false;
-    let jwt = raw.jwt.and_then(|j| {
-        let jp = format!("{p}.jwt");
-        let secret = secrets(check, &format!("{jp}.secret"), &j.secret, base, true);
-        if let Some(s) = &secret {
-            if s.shortest() < MIN_JWT_SECRET {
-                if j.allow_short_secret == Some(true) {
-                    short_jwt_secret = true;
-                } else {
-                    check.err(
-                        format!("{jp}.secret"),
-                        format!(
-                            "the JWT secret is {} bytes; HMAC-SHA256 needs at least {MIN_JWT_SECRET} (RFC 7518 3.2). Use a longer one (bsk-sidecar keygen), or set `jwt.allow_short_secret: true` for a legacy counterparty",
-                            s.len()
-                        ),
-                    );
-                }
-            }
-        }
-        let mut algorithms = Vec::new();
-        for (i, a) in j
-            .algorithms
-            .unwrap_or_else(|| vec!["HS256".into()])
-            .iter()
-            .enumerate()
-        {
-            match a.as_str() {
-                "HS256" => algorithms.push(jsonwebtoken::Algorithm::HS256),
-                "HS384" => algorithms.push(jsonwebtoken::Algorithm::HS384),
-                "HS512" => algorithms.push(jsonwebtoken::Algorithm::HS512),
-                other => check.err(
-                    format!("{jp}.algorithms[{i}]"),
-                    format!("`{other}` is not supported; use HS256, HS384 or HS512 (never none)"),
-                ),
-            }
-        }
-        if algorithms.is_empty() {
-            check.err(
-                format!("{jp}.algorithms"),
-                "at least one algorithm is required",
-            );
-        }
-        let leeway = match j.leeway.as_ref().map(parse_duration).transpose() {
-            Ok(l) => l.unwrap_or(Duration::from_secs(30)),
-            Err(e) => {
-                check.err(format!("{jp}.leeway"), e);
+        .and_then(|m| check.known("admin.metrics", m))
+    {
+        access.metrics = metrics;
+    }
+    match raw.max_connections {
+        None => {}
+        Some(0) => check.err("admin.max_connections", "must be at least 1"),
+        Some(n) => access.max_connections = n,
+    }
+    access
+}
+
+/// What the `state` block validates to.
+struct State {
+    dir: PathBuf,
+    journal_retention: Duration,
+    redis: Option<crate::fleet::RedisSettings>,
+}
+
+/// `state`: where state lives, how long the journal keeps, what replicas share.
+fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -> State {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let journal_retention = match raw.as_ref().and_then(|s| s.journal_retention.as_ref()) {
+        None => 90 * DAY,
+        Some(d) => match check.ok("state.journal_retention", parse_duration(d)) {
+            Some(d) if d >= DAY => d,
+            Some(_) => {
+                check.err("state.journal_retention", "must be at least 1d");
                 Duration::ZERO
             }
-        };
-        Some(JwtKey {
-            secret: secret?,
-            algorithms,
-            require_exp: j.require_exp.unwrap_or(true),
-            leeway_secs: leeway.as_secs(),
-        })
-    });
-    let mut aes = Vec::new();
-    if let Some(a) = raw.aes {
-        if a.keys.is_empty() {
-            check.err(format!("{p}.aes.keys"), "list at least one key");
-        }
-        for (i, k) in a.keys.iter().enumerate() {
-            let kp = format!("{p}.aes.keys[{i}]");
-            let key = secret(check, &format!("{kp}.key"), &k.key, base);
-            let iv = secret(check, &format!("{kp}.iv"), &k.iv, base);
-            if let Some(key) = &key {
-                if key.len() != 32 {
-                    check.err(
-                        format!("{kp}.key"),
-                        format!("AES-256 key must be 32 characters, got {}", key.len()),
-                    );
-                }
-            }
-            if let Some(iv) = &iv {
-                if iv.len() != 16 {
-                    check.err(
-                        format!("{kp}.iv"),
-                        format!("IV must be 16 characters, got {}", iv.len()),
-                    );
-                }
-            }
-            if let (Some(key), Some(iv)) = (key, iv) {
-                if let Ok(k) = AesKey::new(key.expose(), iv.expose()) {
-                    aes.push(k);
-                }
-            }
-        }
-    }
-    let allow = raw.allow.map(|entries| {
-        let mut list = AllowList::default();
-        for (i, e) in entries.iter().enumerate() {
-            if let Err(msg) = list.push_str(e) {
-                check.err(format!("{p}.allow[{i}]"), msg);
-            }
-        }
-        list
-    });
-    let rate = rate(check, &format!("{p}.rate"), raw.rate);
-    let url = raw.url.and_then(|u| match u.parse::<Uri>() {
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
-        {
-            Some(uri)
-        }
-        _ => {
-            check.err(format!("{p}.url"), format!("`{u}` is not an http(s) URL"));
-            None
-        }
-    });
-    let tls = peer_tls(check, &p, raw.tls, base);
-    let client_cert = raw.tls_client.map(|t| cert_binding(check, &p, t));
-    if check.errors.len() > before {
-        return None;
-    }
-    Some(Peer {
-        name: name.to_string(),
-        keys: PeerKeys {
-            agid: raw.agid,
-            passcode,
-            jwt,
-            aes,
+            None => Duration::ZERO,
         },
-        allow,
-        rate,
-        url,
-        tls,
-        sign_exp,
-        max_token_lifetime,
-        short_jwt_secret,
-        client_cert,
-    })
+    };
+    let redis = raw
+        .as_ref()
+        .and_then(|s| s.backend.as_ref())
+        .and_then(|b| backend(check, b, base));
+    let dir = raw
+        .map(|s| {
+            if s.dir.is_absolute() {
+                s.dir
+            } else {
+                base.join(s.dir)
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/bsk-sidecar"));
+    State {
+        dir,
+        journal_retention,
+        redis,
+    }
 }
 
 /// `state.backend`: `embedded`, or `{ redis: URL, ... }`.
@@ -670,11 +509,11 @@ fn backend(
 ) -> Option<crate::fleet::RedisSettings> {
     use crate::fleet::{OnRedisDown, RedisSettings};
     let e = match raw {
-        RawBackend::Named(n) if n == "embedded" => return None,
-        RawBackend::Named(n) => {
+        RawBackend::Named(OneOf::Known(RawBackendName::Embedded)) => return None,
+        RawBackend::Named(OneOf::Unknown(msg)) => {
             check.err(
                 "state.backend",
-                format!("`{n}` is not `embedded`; for shared state write `{{ redis: URL }}`"),
+                format!("{msg}; for shared state write `{{ redis: URL }}`"),
             );
             return None;
         }
@@ -704,19 +543,16 @@ fn backend(
         }
         Some(n) => n,
     };
-    let timeout = match e.redis_timeout.as_ref().map(parse_duration).transpose() {
-        Ok(Some(d)) if !d.is_zero() => d,
-        Ok(Some(_)) => {
-            check.err("state.backend.redis_timeout", "must be longer than 0s");
-            Duration::from_millis(250)
-        }
-        Ok(None) => Duration::from_millis(250),
-        Err(msg) => {
-            check.err("state.backend.redis_timeout", msg);
-            Duration::from_millis(250)
-        }
-    };
-    let on_down = match e.on_redis_down {
+    let timeout = e
+        .redis_timeout
+        .as_ref()
+        .and_then(|d| positive(check, "state.backend.redis_timeout".into(), d))
+        .unwrap_or(Duration::from_millis(250));
+    let on_down = match e
+        .on_redis_down
+        .as_ref()
+        .and_then(|d| check.known("state.backend.on_redis_down", d))
+    {
         None | Some(RawOnRedisDown::Local) => OnRedisDown::Local,
         Some(RawOnRedisDown::Open) => OnRedisDown::Open,
         Some(RawOnRedisDown::Closed) => OnRedisDown::Closed,
@@ -730,63 +566,351 @@ fn backend(
     })
 }
 
-/// The freshness window of an ingress route that does not write one (API-2: 24h).
-pub const DEFAULT_FRESH_WINDOW: Duration = Duration::from_secs(600);
-
-/// Headers the sidecar writes itself, or that describe one hop or carry credentials: a
-/// route cannot ask for the client's copy of these.
-const NEVER_FORWARDED: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "authorization",
-    "proxy-authorization",
-    "x-passcode",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-    "x-request-id",
-    "x-bsk-peer",
-    "x-sidecar-token",
-];
-
-fn forward_headers(
-    check: &mut Check<'_>,
-    rp: &str,
-    raw: Option<&[String]>,
-) -> Vec<http::HeaderName> {
-    let mut out = Vec::new();
-    for (i, name) in raw.unwrap_or_default().iter().enumerate() {
-        let path = format!("{rp}.forward_headers[{i}]");
-        match http::HeaderName::from_bytes(name.trim().as_bytes()) {
-            // CGI, PHP and WSGI read `X_A` as `X-A`: an underscore name is a spoofing tool.
-            Ok(h) if h.as_str().contains('_') => check.err(
-                path,
-                format!("`{name}` has an underscore, which CGI/PHP read as `-`; not forwarded"),
-            ),
-            Ok(h) if NEVER_FORWARDED.contains(&h.as_str()) => check.err(
-                path,
-                format!(
-                    "`{name}` is set by the sidecar or carries credentials; it is never forwarded"
-                ),
-            ),
-            Ok(h) => out.push(h),
-            Err(_) => check.err(path, format!("`{name}` is not a header name")),
+/// `limits`: the defaults with what the file writes, each value in range.
+fn limits(check: &mut Check<'_>, l: &RawLimits) -> Limits {
+    let mut limits = Limits::default();
+    limit_times_and_sizes(check, l, &mut limits);
+    limit_counts(check, l, &mut limits);
+    if let Some(j) = l.json {
+        limits.json = json_bounds(check, j, limits.json);
+    }
+    if l.per_ip_rate.is_some() {
+        limits.per_ip_rate = rate(check, "limits.per_ip_rate", l.per_ip_rate);
+    }
+    for (name, v) in [
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+        ("max_in_flight", limits.max_in_flight),
+        ("max_tracked_ips", limits.max_tracked_ips),
+        ("max_replay_entries", limits.max_replay_entries),
+    ] {
+        if v == 0 {
+            check.err(format!("limits.{name}"), "must be at least 1");
         }
     }
-    out
+    if limits.max_header_bytes < 1024 {
+        check.err("limits.max_header_bytes", "must be at least 1KiB");
+    }
+    limits
 }
+
+/// The `limits` written as durations and sizes.
+fn limit_times_and_sizes(check: &mut Check<'_>, l: &RawLimits, limits: &mut Limits) {
+    for (name, raw, slot) in [
+        (
+            "header_read_timeout",
+            &l.header_read_timeout,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "keepalive_idle",
+            &l.keepalive_idle,
+            &mut limits.keepalive_idle,
+        ),
+        (
+            "body_read_timeout",
+            &l.body_read_timeout,
+            &mut limits.body_read_timeout,
+        ),
+        (
+            "upstream_connect_timeout",
+            &l.upstream_connect_timeout,
+            &mut limits.upstream_connect_timeout,
+        ),
+        (
+            "upstream_response_timeout",
+            &l.upstream_response_timeout,
+            &mut limits.upstream_response_timeout,
+        ),
+        (
+            "shutdown_grace",
+            &l.shutdown_grace,
+            &mut limits.shutdown_grace,
+        ),
+        ("clock_leeway", &l.clock_leeway, &mut limits.clock_leeway),
+    ] {
+        if let Some(d) = raw {
+            if let Some(v) = check.ok(format!("limits.{name}"), parse_duration(d)) {
+                *slot = v;
+            }
+        }
+    }
+    for (name, raw, slot) in [
+        (
+            "max_header_bytes",
+            &l.max_header_bytes,
+            &mut limits.max_header_bytes,
+        ),
+        ("max_body", &l.max_body, &mut limits.max_body),
+        (
+            "max_upstream_response",
+            &l.max_upstream_response,
+            &mut limits.max_upstream_response,
+        ),
+    ] {
+        if let Some(b) = raw {
+            if let Some(v) = check.ok(format!("limits.{name}"), parse_bytes(b)) {
+                *slot = v;
+            }
+        }
+    }
+}
+
+/// The `limits` written as counts and prefix lengths.
+fn limit_counts(check: &mut Check<'_>, l: &RawLimits, limits: &mut Limits) {
+    for (raw, slot) in [
+        (l.max_connections, &mut limits.max_connections),
+        (l.max_connections_per_ip, &mut limits.max_connections_per_ip),
+        (l.max_in_flight, &mut limits.max_in_flight),
+        (l.max_tracked_ips, &mut limits.max_tracked_ips),
+        (l.max_replay_entries, &mut limits.max_replay_entries),
+    ] {
+        if let Some(n) = raw {
+            *slot = n;
+        }
+    }
+    for (name, v, max, slot) in [
+        (
+            "per_ip_prefix_v4",
+            l.per_ip_prefix_v4,
+            32,
+            &mut limits.per_ip_prefix.0,
+        ),
+        (
+            "per_ip_prefix_v6",
+            l.per_ip_prefix_v6,
+            128,
+            &mut limits.per_ip_prefix.1,
+        ),
+    ] {
+        match v {
+            Some(v) if v == 0 || v > max => {
+                check.err(format!("limits.{name}"), format!("must be 1 to {max}"))
+            }
+            Some(v) => *slot = v,
+            None => {}
+        }
+    }
+}
+
+/// `limits.json`: each bound at least 1.
+fn json_bounds(check: &mut Check<'_>, j: RawJsonBounds, default: JsonBounds) -> JsonBounds {
+    for (name, v) in [
+        ("max_depth", j.max_depth),
+        ("max_values", j.max_values),
+        ("max_string", j.max_string),
+    ] {
+        if v == Some(0) {
+            check.err(format!("limits.json.{name}"), "must be at least 1");
+        }
+    }
+    JsonBounds {
+        max_depth: j.max_depth.unwrap_or(default.max_depth),
+        max_values: j.max_values.unwrap_or(default.max_values),
+        max_string: j.max_string.unwrap_or(default.max_string),
+    }
+}
+
+/// Every peer that validates, and the names of those that did not: routes naming a
+/// broken peer are not reported again.
+fn peers(
+    check: &mut Check<'_>,
+    raw: BTreeMap<String, RawPeer>,
+    base: &Path,
+) -> (BTreeMap<String, Arc<Peer>>, HashSet<String>) {
+    let mut peers = BTreeMap::new();
+    let mut broken = HashSet::new();
+    for (name, rp) in raw {
+        match peer(check, &name, rp, base) {
+            Some(p) => {
+                peers.insert(name, Arc::new(p));
+            }
+            None => {
+                broken.insert(name);
+            }
+        }
+    }
+    (peers, broken)
+}
+
+/// `peers.NAME`: `None` when any of its fields has a problem.
+fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<Peer> {
+    let p = format!("peers.{name}");
+    let before = check.count();
+    if raw.agid.trim().is_empty() {
+        check.err(format!("{p}.agid"), "agid must not be empty");
+    }
+    let passcode = raw
+        .passcode
+        .as_ref()
+        .and_then(|s| secrets(check, &format!("{p}.passcode"), s, base, false));
+    let sign_exp = raw
+        .jwt
+        .as_ref()
+        .and_then(|j| j.sign_exp.as_ref())
+        .and_then(|d| positive(check, format!("{p}.jwt.sign_exp"), d));
+    let max_token_lifetime = raw
+        .jwt
+        .as_ref()
+        .and_then(|j| j.max_lifetime.as_ref())
+        .and_then(|d| positive(check, format!("{p}.jwt.max_lifetime"), d))
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    let (jwt, short_jwt_secret) = match raw.jwt {
+        Some(j) => peer_jwt(check, &p, j, base),
+        None => (None, false),
+    };
+    let aes = raw
+        .aes
+        .map(|a| aes_keys(check, &p, a, base))
+        .unwrap_or_default();
+    let allow = raw.allow.map(|entries| allow_list(check, &p, &entries));
+    let rate = rate(check, &format!("{p}.rate"), raw.rate);
+    let url = raw.url.and_then(|u| peer_url(check, &p, u));
+    let tls = peer_tls(check, &p, raw.tls, base);
+    let client_cert = raw.tls_client.map(|t| cert_binding(check, &p, t));
+    if check.count() > before {
+        return None;
+    }
+    Some(Peer {
+        name: name.to_string(),
+        keys: PeerKeys {
+            agid: raw.agid,
+            passcode,
+            jwt,
+            aes,
+        },
+        allow,
+        rate,
+        url,
+        tls,
+        sign_exp,
+        max_token_lifetime,
+        short_jwt_secret,
+        client_cert,
+    })
+}
+
+/// `peers.NAME.jwt`: the key, and whether its secret is short by explicit permission.
+fn peer_jwt(check: &mut Check<'_>, p: &str, j: RawJwt, base: &Path) -> (Option<JwtKey>, bool) {
+    let jp = format!("{p}.jwt");
+    let secret = secrets(check, &format!("{jp}.secret"), &j.secret, base, true);
+    let mut short = false;
+    if let Some(s) = secret.as_ref().filter(|s| s.shortest() < MIN_JWT_SECRET) {
+        if j.allow_short_secret == Some(true) {
+            short = true;
+        } else {
+            check.err(
+                format!("{jp}.secret"),
+                format!(
+                    "the JWT secret is {} bytes; HMAC-SHA256 needs at least {MIN_JWT_SECRET} (RFC 7518 3.2). Use a longer one (bsk-sidecar keygen), or set `jwt.allow_short_secret: true` for a legacy counterparty",
+                    s.len()
+                ),
+            );
+        }
+    }
+    let algorithms = algorithms(check, &jp, j.algorithms.as_deref());
+    let leeway = match &j.leeway {
+        None => Duration::from_secs(30),
+        Some(d) => check
+            .ok(format!("{jp}.leeway"), parse_duration(d))
+            .unwrap_or(Duration::ZERO),
+    };
+    let key = secret.map(|secret| JwtKey {
+        secret,
+        algorithms,
+        require_exp: j.require_exp.unwrap_or(true),
+        leeway_secs: leeway.as_secs(),
+    });
+    (key, short)
+}
+
+/// `jwt.algorithms`: HS256 when not written; at least one.
+fn algorithms(
+    check: &mut Check<'_>,
+    jp: &str,
+    raw: Option<&[OneOf<RawAlgorithm>]>,
+) -> Vec<jsonwebtoken::Algorithm> {
+    let algorithms: Vec<jsonwebtoken::Algorithm> = match raw {
+        None => vec![jsonwebtoken::Algorithm::HS256],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| check.known(format!("{jp}.algorithms[{i}]"), a))
+            .map(RawAlgorithm::algorithm)
+            .collect(),
+    };
+    if algorithms.is_empty() {
+        check.err(
+            format!("{jp}.algorithms"),
+            "at least one algorithm is required",
+        );
+    }
+    algorithms
+}
+
+/// `peers.NAME.aes.keys`: 32-character keys with 16-character IVs, current first.
+fn aes_keys(check: &mut Check<'_>, p: &str, raw: RawAes, base: &Path) -> Vec<AesKey> {
+    if raw.keys.is_empty() {
+        check.err(format!("{p}.aes.keys"), "list at least one key");
+    }
+    let mut aes = Vec::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let kp = format!("{p}.aes.keys[{i}]");
+        let key = secret(check, &format!("{kp}.key"), &k.key, base);
+        let iv = secret(check, &format!("{kp}.iv"), &k.iv, base);
+        if let Some(key) = &key {
+            if key.len() != 32 {
+                check.err(
+                    format!("{kp}.key"),
+                    format!("AES-256 key must be 32 characters, got {}", key.len()),
+                );
+            }
+        }
+        if let Some(iv) = &iv {
+            if iv.len() != 16 {
+                check.err(
+                    format!("{kp}.iv"),
+                    format!("IV must be 16 characters, got {}", iv.len()),
+                );
+            }
+        }
+        if let (Some(key), Some(iv)) = (key, iv) {
+            if let Ok(k) = AesKey::new(key.expose(), iv.expose()) {
+                aes.push(k);
+            }
+        }
+    }
+    aes
+}
+
+/// `peers.NAME.allow`: addresses, CIDR blocks and names the peer connects from.
+fn allow_list(check: &mut Check<'_>, p: &str, entries: &[String]) -> AllowList {
+    let mut list = AllowList::default();
+    for (i, e) in entries.iter().enumerate() {
+        if let Err(msg) = list.push_str(e) {
+            check.err(format!("{p}.allow[{i}]"), msg);
+        }
+    }
+    list
+}
+
+/// `peers.NAME.url`: the http(s) base URL egress sends to.
+fn peer_url(check: &mut Check<'_>, p: &str, u: String) -> Option<Uri> {
+    match u.parse::<Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            Some(uri)
+        }
+        _ => {
+            check.err(format!("{p}.url"), format!("`{u}` is not an http(s) URL"));
+            None
+        }
+    }
+}
+
+/// The freshness window of an ingress route that does not write one (API-2: 24h).
+pub const DEFAULT_FRESH_WINDOW: Duration = Duration::from_secs(600);
 
 /// A peer's `tls_client`: names and/or SPKI pins, at least one.
 fn cert_binding(check: &mut Check<'_>, p: &str, raw: RawTlsClient) -> CertBinding {
@@ -813,500 +937,35 @@ fn cert_binding(check: &mut Check<'_>, p: &str, raw: RawTlsClient) -> CertBindin
     b
 }
 
-/// Validates the raw config. `origin` names the file in messages; `base` resolves
-/// relative secret paths.
+/// Validates the raw config, one step per section. `origin` names the file in messages;
+/// `base` resolves relative secret paths.
 pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let mut check = Check {
-        origin,
-        errors: Vec::new(),
-    };
-
-    let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_deref()) {
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
-        Some("off") => None,
-        Some(listen) => socket_addr(&mut check, "admin.listen", listen),
-    };
+    let mut check = Check::new(origin);
+    let admin = admin_listen(&mut check, raw.admin.as_ref());
     let admin_access = admin_access(&mut check, raw.admin.as_ref(), base);
-    let journal_retention = match raw
-        .state
-        .as_ref()
-        .and_then(|s| s.journal_retention.as_ref())
-        .map(parse_duration)
-    {
-        None => Duration::from_secs(90 * 24 * 3600),
-        Some(Ok(d)) if d >= Duration::from_secs(24 * 3600) => d,
-        Some(Ok(_)) => {
-            check.err("state.journal_retention", "must be at least 1d");
-            Duration::ZERO
-        }
-        Some(Err(e)) => {
-            check.err("state.journal_retention", e);
-            Duration::ZERO
-        }
-    };
-    let redis = raw
-        .state
-        .as_ref()
-        .and_then(|s| s.backend.as_ref())
-        .and_then(|b| backend(&mut check, b, base));
-    let state_dir = raw
-        .state
-        .map(|s| {
-            if s.dir.is_absolute() {
-                s.dir
-            } else {
-                base.join(s.dir)
-            }
-        })
-        .unwrap_or_else(|| PathBuf::from("/var/lib/bsk-sidecar"));
-
-    let mut limits = Limits::default();
-    let l = raw.limits;
-    macro_rules! dur {
-        ($field:ident) => {
-            if let Some(d) = &l.$field {
-                match parse_duration(d) {
-                    Ok(v) => limits.$field = v,
-                    Err(e) => check.err(concat!("limits.", stringify!($field)), e),
-                }
-            }
-        };
-    }
-    macro_rules! size {
-        ($field:ident) => {
-            if let Some(d) = &l.$field {
-                match parse_bytes(d) {
-                    Ok(v) => limits.$field = v,
-                    Err(e) => check.err(concat!("limits.", stringify!($field)), e),
-                }
-            }
-        };
-    }
-    dur!(header_read_timeout);
-    dur!(keepalive_idle);
-    dur!(body_read_timeout);
-    dur!(upstream_connect_timeout);
-    dur!(upstream_response_timeout);
-    dur!(shutdown_grace);
-    dur!(clock_leeway);
-    size!(max_header_bytes);
-    size!(max_body);
-    size!(max_upstream_response);
-    if let Some(n) = l.max_connections {
-        limits.max_connections = n;
-    }
-    if let Some(n) = l.max_connections_per_ip {
-        limits.max_connections_per_ip = n;
-    }
-    if let Some(n) = l.max_in_flight {
-        limits.max_in_flight = n;
-    }
-    if let Some(n) = l.max_tracked_ips {
-        limits.max_tracked_ips = n;
-    }
-    for (name, v, max, slot) in [
-        (
-            "per_ip_prefix_v4",
-            l.per_ip_prefix_v4,
-            32,
-            &mut limits.per_ip_prefix.0,
-        ),
-        (
-            "per_ip_prefix_v6",
-            l.per_ip_prefix_v6,
-            128,
-            &mut limits.per_ip_prefix.1,
-        ),
-    ] {
-        match v {
-            Some(v) if v == 0 || v > max => {
-                check.err(format!("limits.{name}"), format!("must be 1 to {max}"))
-            }
-            Some(v) => *slot = v,
-            None => {}
-        }
-    }
-    if let Some(n) = l.max_replay_entries {
-        limits.max_replay_entries = n;
-    }
-    if let Some(j) = l.json {
-        for (name, v) in [
-            ("max_depth", j.max_depth),
-            ("max_values", j.max_values),
-            ("max_string", j.max_string),
-        ] {
-            if v == Some(0) {
-                check.err(format!("limits.json.{name}"), "must be at least 1");
-            }
-        }
-        limits.json = JsonBounds {
-            max_depth: j.max_depth.unwrap_or(limits.json.max_depth),
-            max_values: j.max_values.unwrap_or(limits.json.max_values),
-            max_string: j.max_string.unwrap_or(limits.json.max_string),
-        };
-    }
-    if l.per_ip_rate.is_some() {
-        limits.per_ip_rate = rate(&mut check, "limits.per_ip_rate", l.per_ip_rate);
-    }
-    for (name, v) in [
-        ("max_connections", limits.max_connections),
-        ("max_connections_per_ip", limits.max_connections_per_ip),
-        ("max_in_flight", limits.max_in_flight),
-        ("max_tracked_ips", limits.max_tracked_ips),
-        ("max_replay_entries", limits.max_replay_entries),
-    ] {
-        if v == 0 {
-            check.err(format!("limits.{name}"), "must be at least 1");
-        }
-    }
-    if limits.max_header_bytes < 1024 {
-        check.err("limits.max_header_bytes", "must be at least 1KiB");
-    }
-
-    let mut peers = BTreeMap::new();
-    for (name, rp) in raw.peers {
-        if let Some(p) = peer(&mut check, &name, rp, base) {
-            peers.insert(name, Arc::new(p));
-        }
-    }
-    // Names of peers that failed validation: routes naming them are not reported twice.
-    let broken: HashSet<String> = check
-        .errors
-        .iter()
-        .filter_map(|e| {
-            e.path
-                .strip_prefix("peers.")
-                .and_then(|r| r.split('.').next())
-        })
-        .map(str::to_string)
-        .collect();
-
-    if raw.listeners.is_empty() {
-        check.err("listeners", "configure at least one listener");
-    }
-    let mut listeners = Vec::new();
-    let mut names = HashSet::new();
-    let mut addrs = HashSet::new();
-    for (li, rl) in raw.listeners.into_iter().enumerate() {
-        let lp = format!("listeners[{li}]");
-        if !names.insert(rl.name.clone()) {
-            check.err(
-                format!("{lp}.name"),
-                format!("listener name `{}` is used twice", rl.name),
-            );
-        }
-        let addr = socket_addr(&mut check, &format!("{lp}.listen"), &rl.listen);
-        if let Some(a) = addr {
-            // Port 0 asks the OS for a free port: two of those never collide.
-            if a.port() != 0 && !addrs.insert(a) {
-                check.err(
-                    format!("{lp}.listen"),
-                    format!("{a} is used by another listener"),
-                );
-            }
-        }
-        let callers = callers(
-            &mut check,
-            &lp,
-            &rl,
-            rl.routes.iter().any(|r| r.to.is_some()),
+    let state = state(&mut check, raw.state, base);
+    let limits = limits(&mut check, &raw.limits);
+    let (peers, broken) = peers(&mut check, raw.peers, base);
+    let listeners = super::routes::listeners(
+        &mut check,
+        raw.listeners,
+        &super::routes::Known {
+            peers: &peers,
+            broken: &broken,
+            limits: &limits,
             base,
-        );
-        let mut routes = Vec::new();
-        let mut seen = HashSet::new();
-        for (ri, rr) in rl.routes.into_iter().enumerate() {
-            let rp = format!("{lp}.routes[{ri}]");
-            if !rr.path.starts_with('/') {
-                check.err(format!("{rp}.path"), "path must start with /");
-            }
-            let method = match rr
-                .method
-                .as_deref()
-                .unwrap_or("POST")
-                .to_ascii_uppercase()
-                .as_str()
-            {
-                "POST" => Some(Method::POST),
-                "GET" => Some(Method::GET),
-                "PUT" => Some(Method::PUT),
-                other => {
-                    check.err(
-                        format!("{rp}.method"),
-                        format!("`{other}` is not one of POST, GET, PUT"),
-                    );
-                    None
-                }
-            };
-            if !seen.insert(rr.path.clone()) {
-                check.err(
-                    format!("{rp}.path"),
-                    format!("path `{}` is configured twice on this listener", rr.path),
-                );
-            }
-            // Exactly one direction: `from` (ingress) or `to` (egress).
-            let (peer_name, peer_field, egress) = match (&rr.from, &rr.to) {
-                (Some(f), None) => (Some(f.clone()), "from", false),
-                (None, Some(t)) => (Some(t.clone()), "to", true),
-                (Some(_), Some(_)) => {
-                    check.err(
-                        format!("{rp}.to"),
-                        "a route has either `from` (ingress) or `to` (egress), not both",
-                    );
-                    (None, "from", false)
-                }
-                (None, None) => {
-                    check.err(
-                        format!("{rp}.from"),
-                        "missing: write `from: PEER` (ingress) or `to: PEER` (egress)",
-                    );
-                    (None, "from", false)
-                }
-            };
-            let peer = peer_name.and_then(|n| match peers.get(&n) {
-                Some(p) => Some(p.clone()),
-                None if broken.contains(&n) => None,
-                None => {
-                    check.err(format!("{rp}.{peer_field}"), format!("no peer named `{n}`"));
-                    None
-                }
-            });
-            let target = route_target(
-                &mut check,
-                &rp,
-                &rr,
-                egress,
-                peer.as_ref().map(|p| p.url.as_ref()),
-            );
-            let mut layers = Vec::new();
-            for (i, l) in rr.envelope.iter().enumerate() {
-                match Layer::parse(l) {
-                    Some(layer) => layers.push(layer),
-                    None => check.err(
-                        format!("{rp}.envelope[{i}]"),
-                        format!("`{l}` is not a layer (form, aes, token, bearer, jwt, passcode)"),
-                    ),
-                }
-            }
-            if let Some(p) = &peer {
-                if layers.len() == rr.envelope.len() {
-                    for problem in envelope::validate_stack(&layers, &p.keys) {
-                        check.err(format!("{rp}.envelope"), problem);
-                    }
-                }
-            }
-            let ip_check = rr.ip_check.unwrap_or(!egress) && !egress;
-            if let Some(p) = &peer {
-                if ip_check && p.allow.is_none() {
-                    check.err(
-                        format!("{rp}.ip_check"),
-                        format!(
-                            "peer `{}` has no `allow` list; add one, or set `ip_check: false` on this route to accept any address",
-                            p.name
-                        ),
-                    );
-                }
-            }
-            let response = match rr.response {
-                None => ResponseMode::Pass,
-                Some(r) => match r.mode.as_str() {
-                    "pass" if r.wrap.is_some() => {
-                        check.err(format!("{rp}.response.wrap"), "wrap needs mode: seal");
-                        ResponseMode::Pass
-                    }
-                    "pass" => ResponseMode::Pass,
-                    "seal" => {
-                        if let Some(w) = &r.wrap {
-                            if w.contains_key("encData") {
-                                check.err(
-                                    format!("{rp}.response.wrap"),
-                                    "encData is added by the sidecar; remove it",
-                                );
-                            }
-                        }
-                        ResponseMode::Seal { wrap: r.wrap }
-                    }
-                    other => {
-                        check.err(
-                            format!("{rp}.response.mode"),
-                            format!("`{other}` is not pass or seal"),
-                        );
-                        ResponseMode::Pass
-                    }
-                },
-            };
-            let max_body = match rr.max_body.as_ref().map(parse_bytes).transpose() {
-                Ok(v) => v.unwrap_or(limits.max_body),
-                Err(e) => {
-                    check.err(format!("{rp}.max_body"), e);
-                    0
-                }
-            };
-            let body_timeout = match rr.body_timeout.as_ref().map(parse_duration).transpose() {
-                Ok(v) => v.unwrap_or(limits.body_read_timeout),
-                Err(e) => {
-                    check.err(format!("{rp}.body_timeout"), e);
-                    Duration::ZERO
-                }
-            };
-            let upstream_timeout =
-                match rr.upstream_timeout.as_ref().map(parse_duration).transpose() {
-                    Ok(v) => v.unwrap_or(limits.upstream_response_timeout),
-                    Err(e) => {
-                        check.err(format!("{rp}.upstream_timeout"), e);
-                        Duration::ZERO
-                    }
-                };
-            let rate = rate(&mut check, &format!("{rp}.rate"), rr.rate);
-            let schema_api = match rr.schema.as_deref() {
-                None => None,
-                Some(name) => match Api::parse(name) {
-                    Some(api) => Some(api),
-                    None => {
-                        check.err(
-                            format!("{rp}.schema"),
-                            format!("`{name}` is not one of api1, api2, api3, api4, api5a, api5b, api6, api7"),
-                        );
-                        None
-                    }
-                },
-            };
-            let schema_mode = match rr.schema_mode.as_deref() {
-                None | Some("enforce") => SchemaMode::Enforce,
-                Some("warn") => SchemaMode::Warn,
-                Some(other) => {
-                    check.err(
-                        format!("{rp}.schema_mode"),
-                        format!("`{other}` is not enforce or warn"),
-                    );
-                    SchemaMode::Enforce
-                }
-            };
-            if rr.schema_mode.is_some() && schema_api.is_none() && rr.schema.is_none() {
-                check.err(format!("{rp}.schema_mode"), "schema_mode needs a schema");
-            }
-            // Every ingress route is protected unless it says `fresh: off`: a JWT route by
-            // the token's `iat`/`exp` (each token once), any other by its `ticketNo` (or an
-            // API-2 record's `appSubTime`, whose ticket may be days older).
-            let default_fresh = match schema_api {
-                Some(Api::Api2) => Some(Duration::from_secs(24 * 3600)),
-                _ => Some(DEFAULT_FRESH_WINDOW),
-            };
-            let fresh_on = if schema_api == Some(Api::Api2) {
-                FreshOn::AppSubTime
-            } else {
-                FreshOn::Ticket
-            };
-            let fresh = match &rr.fresh {
-                None => default_fresh.map(|max_age| Window {
-                    max_age,
-                    leeway: limits.clock_leeway,
-                }),
-                Some(RawDuration::Text(t)) if t.trim() == "off" => None,
-                Some(d) => match parse_duration(d) {
-                    Ok(max_age) if !max_age.is_zero() => Some(Window {
-                        max_age,
-                        leeway: limits.clock_leeway,
-                    }),
-                    Ok(_) => {
-                        check.err(
-                            format!("{rp}.fresh"),
-                            "window must be longer than 0s (or `off`)",
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        check.err(format!("{rp}.fresh"), e);
-                        None
-                    }
-                },
-            };
-            let replay = rr.replay.unwrap_or(fresh.is_some());
-            if replay && fresh.is_none() {
-                check.err(
-                    format!("{rp}.replay"),
-                    "replay protection needs a `fresh` window to bound it",
-                );
-            }
-            let forward_headers = forward_headers(&mut check, &rp, rr.forward_headers.as_deref());
-            let pass_query = rr.query == Some(RawQuery::Pass);
-            // Freshness and replay judge what a peer sent; an egress route has no such input.
-            let (fresh, replay) = if egress {
-                (None, false)
-            } else {
-                (fresh, replay)
-            };
-            if let (Some(method), Some(peer), Some(target)) = (method, peer, target) {
-                routes.push(Arc::new(Route {
-                    path: rr.path,
-                    method,
-                    peer,
-                    layers,
-                    ip_check,
-                    target,
-                    response,
-                    max_body,
-                    body_timeout,
-                    upstream_timeout,
-                    rate,
-                    fresh,
-                    replay,
-                    fresh_on,
-                    schema: schema_api.map(|a| (a, schema_mode)),
-                    forward_headers,
-                    pass_query,
-                }));
-            }
-        }
-        let (ops, problems) =
-            super::ops::listener(&lp, rl.tls, rl.trusted_proxies, rl.proxy_protocol, base);
-        for (path, msg) in problems {
-            check.err(path, msg);
-        }
-        // A certificate bound to a peer needs a listener that asks for certificates.
-        if !ops.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
-            for r in routes.iter().filter(|r| !r.target.is_egress()) {
-                if r.peer.client_cert.is_some() {
-                    check.err(
-                        format!("{lp}.tls.client_ca"),
-                        format!(
-                            "route {} is from peer `{}`, which binds a client certificate (tls_client): this listener must require client certificates",
-                            r.path, r.peer.name
-                        ),
-                    );
-                }
-            }
-        }
-        if let Some(addr) = addr {
-            listeners.push(ListenerSettings {
-                name: rl.name,
-                addr,
-                routes,
-                tls: ops.tls,
-                trusted_proxies: ops.trusted_proxies,
-                proxy_protocol: ops.proxy_protocol,
-                callers: Arc::new(callers),
-            });
-        }
-    }
-
-    let (dns, problems) = super::ops::dns(raw.dns);
-    for (path, msg) in problems {
-        check.err(path, msg);
-    }
-
-    if check.errors.is_empty() {
-        Ok(Settings {
-            admin,
-            admin_access,
-            state_dir,
-            journal_retention,
-            redis,
-            limits,
-            peers,
-            listeners,
-            dns,
-        })
-    } else {
-        Err(check.errors)
-    }
+        },
+    );
+    let dns = super::ops::dns(&mut check, raw.dns);
+    check.finish(Settings {
+        admin,
+        admin_access,
+        state_dir: state.dir,
+        journal_retention: state.journal_retention,
+        redis: state.redis,
+        limits,
+        peers,
+        listeners,
+        dns,
+    })
 }

@@ -388,8 +388,145 @@ fn state_backend_is_embedded_by_default_or_a_redis_url() {
             r#"{ redis: "redis://c/0", replicas: 0 }"#,
             "state.backend.replicas",
         ),
+        (
+            r#"{ redis: "redis://c/0", on_redis_down: ignore }"#,
+            "state.backend.on_redis_down",
+        ),
     ] {
         let errs = errors(&with(bad));
         assert!(errs.iter().any(|e| e.path == path), "{bad}: {errs:?}");
     }
+}
+
+#[test]
+fn an_unknown_value_of_a_closed_set_is_named_with_the_allowed_ones_among_every_problem() {
+    let yaml = good()
+        .replace(
+            "admin: { listen: 127.0.0.1:0 }",
+            "admin: { listen: 127.0.0.1:0, metrics: public }",
+        )
+        .replace("algorithms: [HS256]", "algorithms: [HS256, RS256]")
+        .replace("envelope: [form, aes]", "envelope: [form, AES]")
+        .replace("response: { mode: seal,", "response: { mode: sealed,")
+        .replace(
+            "        max_body: 64KiB\n",
+            "        max_body: 64KiB\n        method: FETCH\n        schema: api9\n        schema_mode: strict\n        query: keep\n",
+        )
+        + "limits: { max_in_flight: 0 }\n";
+    let errs = errors(&yaml);
+    let at = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .map(|e| e.message.clone())
+            .unwrap_or_else(|| panic!("nothing at {path}: {errs:#?}"))
+    };
+    assert_eq!(
+        at("admin.metrics"),
+        "unknown variant `public`, expected `token` or `open`"
+    );
+    assert_eq!(
+        at("peers.bsk.jwt.algorithms[1]"),
+        "unknown variant `RS256`, expected one of `HS256`, `HS384`, `HS512`"
+    );
+    assert_eq!(
+        at("listeners[0].routes[0].envelope[1]"),
+        "unknown variant `AES`, expected one of `form`, `aes`, `token`, `bearer`, `jwt`, `passcode`"
+    );
+    assert_eq!(
+        at("listeners[0].routes[1].response.mode"),
+        "unknown variant `sealed`, expected `pass` or `seal`"
+    );
+    assert_eq!(
+        at("listeners[0].routes[1].method"),
+        "unknown variant `FETCH`, expected one of `POST`, `GET`, `PUT`"
+    );
+    assert!(at("listeners[0].routes[1].schema").contains("`api9`, expected one of `api1`"));
+    assert_eq!(
+        at("listeners[0].routes[1].schema_mode"),
+        "unknown variant `strict`, expected `enforce` or `warn`"
+    );
+    assert_eq!(
+        at("listeners[0].routes[1].query"),
+        "unknown variant `keep`, expected `drop` or `pass`"
+    );
+    // A problem that is no spelling is reported in the same run.
+    assert_eq!(at("limits.max_in_flight"), "must be at least 1");
+    // The peer's good algorithm was kept: no "at least one algorithm" on top.
+    assert!(!errs.iter().any(|e| e.path == "peers.bsk.jwt.algorithms"));
+}
+
+#[test]
+fn route_methods_are_case_insensitive_and_post_by_default() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(s.listeners[0].routes[0].method, http::Method::POST);
+    for (written, method) in [
+        ("GET", http::Method::GET),
+        ("get", http::Method::GET),
+        ("Put", http::Method::PUT),
+        ("post", http::Method::POST),
+    ] {
+        let yaml = good().replace(
+            "        max_body: 64KiB\n",
+            &format!("        max_body: 64KiB\n        method: {written}\n"),
+        );
+        let s = from_yaml(&yaml, "test.yaml", Path::new(".")).unwrap();
+        assert_eq!(s.listeners[0].routes[1].method, method, "{written}");
+    }
+}
+
+#[test]
+fn every_spelling_of_each_closed_set_validates() {
+    let route = |extra: &str| {
+        good().replace(
+            "        max_body: 64KiB\n",
+            &format!("        max_body: 64KiB\n{extra}"),
+        )
+    };
+    for api in [
+        "api1", "api2", "api3", "api4", "api5a", "api5b", "api6", "api7",
+    ] {
+        for mode in ["enforce", "warn"] {
+            let yaml = route(&format!(
+                "        schema: {api}\n        schema_mode: {mode}\n"
+            ));
+            let s = from_yaml(&yaml, "t", Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
+            let (got, got_mode) = s.listeners[0].routes[1].schema.unwrap();
+            assert_eq!(
+                (got.name(), format!("{got_mode:?}").to_lowercase()),
+                (api, mode.to_string())
+            );
+        }
+    }
+    for metrics in ["token", "open"] {
+        let yaml = good().replace(
+            "admin: { listen: 127.0.0.1:0 }",
+            &format!("admin: {{ listen: 127.0.0.1:0, metrics: {metrics} }}"),
+        );
+        let s = from_yaml(&yaml, "t", Path::new(".")).unwrap();
+        assert_eq!(s.admin_access.metrics.name(), metrics);
+    }
+    for alg in ["HS256", "HS384", "HS512"] {
+        let yaml = good().replace("algorithms: [HS256]", &format!("algorithms: [{alg}]"));
+        let s = from_yaml(&yaml, "t", Path::new(".")).unwrap();
+        let jwt = s.peers["bsk"].keys.jwt.as_ref().unwrap();
+        assert_eq!(format!("{:?}", jwt.algorithms), format!("[{alg}]"));
+    }
+    for (query, pass) in [("drop", false), ("pass", true)] {
+        let s = from_yaml(
+            &route(&format!("        query: {query}\n")),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.listeners[0].routes[1].pass_query, pass, "{query}");
+    }
+    let yaml = good().replace(
+        "response: { mode: seal, wrap: { status: S, statusCode: 200 } }",
+        "response: { mode: pass }",
+    );
+    let s = from_yaml(&yaml, "t", Path::new(".")).unwrap();
+    assert!(matches!(
+        s.listeners[0].routes[1].response,
+        ResponseMode::Pass
+    ));
 }

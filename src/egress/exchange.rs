@@ -9,7 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::client::{Outgoing, PeerClients, SendError};
 use crate::config::{Peer, Reply};
-use crate::envelope::{self, BodyShape, Failure, Incoming, Layer};
+use crate::envelope::{self, BodyShape, Failure, Incoming, Layer, Stack};
 
 /// Why a round trip failed before the peer answered.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ pub fn open_reply(
             passcode_header: None,
             body: &body,
         };
-        envelope::open(stack, &peer.keys, &req, now).ok()
+        envelope::open(&Stack::new(stack).ok()?, &peer.keys, &req, now).ok()
     };
     let mut opened = attempt(layers);
     if opened.is_none()

@@ -17,7 +17,7 @@
 //! claims `{"encData":"<base64>"}`; a `jwt` encrypted by `aes` is the bare compact token.
 //!
 //! ```
-//! use bsk_sidecar::envelope::{self, aes::AesKey, BodyShape, Incoming, Layer, PeerKeys};
+//! use bsk_sidecar::envelope::{self, aes::AesKey, BodyShape, Incoming, Layer, PeerKeys, Stack};
 //!
 //! let keys = PeerKeys {
 //!     agid: "BSK".into(),
@@ -25,7 +25,7 @@
 //!     jwt: None,
 //!     aes: vec![AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL").unwrap()],
 //! };
-//! let stack = [Layer::Form, Layer::Aes];
+//! let stack = Stack::new(&[Layer::Form, Layer::Aes]).unwrap();
 //! assert!(envelope::validate_stack(&stack, &keys).is_empty());
 //! let plain = br#"{"ticketNo":20221202153322882}"#;
 //! let sealed = envelope::seal(&stack, &keys, plain, BodyShape::Form).unwrap();
@@ -64,8 +64,9 @@ mod tests;
 /// Content type of a sealed body that is a bare base64 ciphertext or compact token.
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// One envelope layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// One envelope layer, named in config as in [`Layer::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layer {
     /// `agId` + `encData`, urlencoded or JSON object. Outermost only.
     Form,
@@ -144,10 +145,46 @@ pub struct PeerKeys {
     pub aes: Vec<aes::AesKey>,
 }
 
-/// Checks a layer stack against the keys it will use: non-empty; `form`/`token`/`bearer`
-/// only outermost; `token`/`bearer` followed by `jwt`; `passcode` last, right after `aes` or
-/// `jwt`; no layer twice; and each layer's keys present. Returns every problem in words (empty = usable).
+/// A layer list in an order that can be opened: non-empty; `form`/`token`/`bearer` only
+/// outermost; `token`/`bearer` followed by `jwt`; `passcode` last, right after `aes` or
+/// `jwt`; no layer twice. Made only by [`Stack::new`], so [`open`] never meets a bad order.
+/// Reads as the `[Layer]` slice, outermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack(Vec<Layer>);
+
+impl Stack {
+    /// The stack, or every rule `layers` breaks, in words.
+    pub fn new(layers: &[Layer]) -> Result<Stack, Vec<String>> {
+        let problems = order_problems(layers);
+        if problems.is_empty() {
+            Ok(Stack(layers.to_vec()))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl std::ops::Deref for Stack {
+    type Target = [Layer];
+
+    fn deref(&self) -> &[Layer] {
+        &self.0
+    }
+}
+
+/// Checks a layer stack against the keys it will use: the order rules of [`Stack`], and
+/// each layer's keys present. Returns every problem in words (empty = usable).
 pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
+    let mut problems = order_problems(layers);
+    if layers.is_empty() {
+        return problems;
+    }
+    problems.extend(key_problems(layers, keys));
+    problems
+}
+
+/// The order rules of [`Stack`] that `layers` breaks.
+fn order_problems(layers: &[Layer]) -> Vec<String> {
     let mut problems = Vec::new();
     if layers.is_empty() {
         problems.push(
@@ -179,6 +216,12 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
             );
         }
     }
+    problems
+}
+
+/// The keys `layers` need that `keys` lacks.
+fn key_problems(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
+    let mut problems = Vec::new();
     if layers.contains(&Layer::Form) && keys.agid.is_empty() {
         problems.push("`form` needs the peer's agid".to_owned());
     }
@@ -204,20 +247,13 @@ pub fn validate_stack(layers: &[Layer], keys: &PeerKeys) -> Vec<String> {
     problems
 }
 
-/// The runtime half of [`validate_stack`]'s order rules, so a bad stack fails closed.
+/// [`Stack`]'s order rules for a stack given as a slice (sealing takes any part of a
+/// route's stack, e.g. the layers inside `bearer`), so a bad stack fails closed.
 fn check_order(layers: &[Layer]) -> Result<(), Failure> {
-    let misordered = layers.is_empty()
-        || layers.iter().enumerate().any(|(i, &layer)| {
-            layers.iter().take(i).any(|&earlier| earlier == layer)
-                || (layer.reads_request() && i > 0)
-                || (layer == Layer::Passcode && Layer::misplaced_passcode(layers, i))
-                || (matches!(layer, Layer::Token | Layer::Bearer)
-                    && layers.get(i + 1) != Some(&Layer::Jwt))
-        });
-    if misordered {
-        Err(Failure::Misconfigured("layer stack"))
-    } else {
+    if order_problems(layers).is_empty() {
         Ok(())
+    } else {
+        Err(Failure::Misconfigured("layer stack"))
     }
 }
 
@@ -383,7 +419,7 @@ fn carries_token(plain: &[u8]) -> bool {
 /// ([`payload::validate_any`]), as the `open` tool and a peer's reply need. Ingress uses
 /// [`open_checked`].
 pub fn open(
-    layers: &[Layer],
+    layers: &Stack,
     keys: &PeerKeys,
     req: &Incoming<'_>,
     now_unix: u64,
@@ -397,7 +433,7 @@ pub fn open(
 /// [`Failure::Undecryptable`] like every other AES failure (CBC is malleable: anything
 /// else would be an oracle); of signed claims, [`Failure::InvalidPayload`].
 pub fn open_checked(
-    layers: &[Layer],
+    layers: &Stack,
     keys: &PeerKeys,
     req: &Incoming<'_>,
     now_unix: u64,
@@ -407,13 +443,12 @@ pub fn open_checked(
 }
 
 fn open_with(
-    layers: &[Layer],
+    layers: &Stack,
     keys: &PeerKeys,
     req: &Incoming<'_>,
     now_unix: u64,
     bounds: Option<&JsonBounds>,
 ) -> Result<Opened, Failure> {
-    check_order(layers)?;
     let valid = |p: &[u8]| match bounds {
         Some(b) => payload::validate(p, b).is_ok(),
         None => payload::validate_any(p).is_ok(),

@@ -67,7 +67,7 @@ mod tests {
     use super::*;
     use crate::envelope::aes::AesKey;
     use crate::envelope::jwt::JwtKey;
-    use crate::envelope::{self, validate_stack, BodyShape, Incoming, Layer, PeerKeys};
+    use crate::envelope::{self, validate_stack, BodyShape, Incoming, Layer, PeerKeys, Stack};
 
     const PULL: &str = r#"{"passcode": "376423", "fromdate": "2022-12-10", "todate": "2022-12-22", "limit": 100, "offset": 0}"#;
 
@@ -166,15 +166,10 @@ mod tests {
             &[Aes, Passcode, Passcode],
         ] {
             assert!(!validate_stack(bad, &keys()).is_empty(), "{bad:?}");
-            let req = Incoming {
-                content_type: None,
-                authorization: None,
-                passcode_header: None,
-                body: PULL.as_bytes(),
-            };
+            // Nor can `open` be given one: only a valid `Stack` reaches it.
             assert_eq!(
-                envelope::open(bad, &keys(), &req, 0).map(|o| o.plain),
-                Err(Failure::Misconfigured("layer stack")),
+                Stack::new(bad).map(|_| ()),
+                Err(validate_stack(bad, &keys())),
                 "{bad:?}"
             );
         }
@@ -191,7 +186,7 @@ mod tests {
                 passcode_header: None,
                 body: &sealed.body,
             };
-            envelope::open(&stack, &keys(), &req, 0).map(|o| o.plain)
+            envelope::open(&Stack::new(&stack).unwrap(), &keys(), &req, 0).map(|o| o.plain)
         };
         // Sealing adds nothing; opening hands on every byte, the passcode included.
         assert_eq!(open_sealed(PULL), Ok(PULL.as_bytes().to_vec()));

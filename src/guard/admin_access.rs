@@ -28,8 +28,9 @@ use http::{header, HeaderMap, StatusCode};
 
 use crate::secret::Secret;
 
-/// Whether `/metrics` needs the admin token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether `/metrics` needs the admin token (`admin.metrics:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MetricsAccess {
     /// The safe default: Prometheus sends the token (`authorization: { credentials_file }`).
     #[default]

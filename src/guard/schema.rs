@@ -24,7 +24,8 @@ use serde_json::Value;
 use super::fresh::ticket_to_unix;
 
 /// One of the spec's APIs, as named in a route's `schema:`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Api {
     Api1,
     Api2,
@@ -78,8 +79,9 @@ impl Api {
     }
 }
 
-/// What to do with a payload that does not match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with a payload that does not match (a route's `schema_mode:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// 400 with the failing fields; the application sees nothing.
     Enforce,

@@ -380,7 +380,8 @@ mod tests {
             passcode_header: b.passcode_header.as_deref(),
             body: &b.body,
         };
-        envelope::open(layers, &keys(), &req, now)
+        let stack = envelope::Stack::new(layers).unwrap_or_else(|p| panic!("{p:?}"));
+        envelope::open(&stack, &keys(), &req, now)
     }
 
     const STACKS: [&[Layer]; 6] = [

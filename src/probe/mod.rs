@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 
-use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys};
+use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
 use crate::guard::fresh::unix_ms_to_ticket;
 use client::{Answer, Client, ClientError, Outgoing, Target};
 use craft::{AesFault, PasscodeFault, Recipe, TokenFault};
@@ -160,7 +160,10 @@ pub fn open_answer(
             passcode_header: None,
             body,
         };
-        envelope::open(stack, keys, &req, now).ok().map(|o| o.plain)
+        let stack = Stack::new(stack).ok()?;
+        envelope::open(&stack, keys, &req, now)
+            .ok()
+            .map(|o| o.plain)
     };
     let framed = matches!(
         layers.first(),

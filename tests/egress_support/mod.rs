@@ -94,7 +94,8 @@ fn open_with(keys: &PeerKeys, content_type: Option<&str>, body: &[u8]) -> Result
         passcode_header: None,
         body,
     };
-    envelope::open(&STACK, keys, &req, unix_now())
+    let stack = envelope::Stack::new(&STACK).map_err(|p| p.join("; "))?;
+    envelope::open(&stack, keys, &req, unix_now())
         .map(|o| o.plain)
         .map_err(|e| e.to_string())
 }
