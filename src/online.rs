@@ -95,7 +95,7 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
         }
     }
 
-    let names = crate::config::ops::dns_names(settings);
+    let names = settings.dns_names();
     if !names.is_empty() {
         match Resolver::new(&settings.dns) {
             Ok(resolver) => {

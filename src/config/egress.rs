@@ -17,9 +17,11 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use super::raw::{Delivery, Reply};
 use super::raw::{RawPeerTls, RawRetry, RawRoute, RawServe};
-use super::settings::{positive, Upstream};
+use super::values::{positive, resolve};
 use super::Check;
+use crate::forward::Upstream;
 
 /// What a route does once a request has passed its checks.
 #[derive(Debug, Clone)]
@@ -50,50 +52,6 @@ pub struct Remote {
     /// Record delivered / queued pushes in the API-7 journal.
     pub journal: bool,
     pub reply: Reply,
-}
-
-/// How an egress route delivers (`delivery:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Delivery {
-    /// Synchronous: the application gets the peer's answer, or a 502/504.
-    Direct,
-    /// Written durably first, `202` to the application, delivered in the background.
-    Queued,
-    /// Synchronous; queued (and `202`) when the peer is unreachable, slow or answers 5xx.
-    Fallback,
-}
-
-impl Delivery {
-    pub fn name(self) -> &'static str {
-        match self {
-            Delivery::Direct => "direct",
-            Delivery::Queued => "queued",
-            Delivery::Fallback => "fallback",
-        }
-    }
-}
-
-/// What to do with the peer's answer (`reply:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Reply {
-    /// The answer must open with the route's layers (502 otherwise).
-    Open,
-    /// The answer is returned unchanged.
-    Pass,
-    /// Opened when it is sealed, returned unchanged when it is plain JSON.
-    Auto,
-}
-
-impl Reply {
-    pub fn name(self) -> &'static str {
-        match self {
-            Reply::Open => "open",
-            Reply::Pass => "pass",
-            Reply::Auto => "auto",
-        }
-    }
 }
 
 /// Exponential backoff between delivery attempts (with jitter, see `egress::deliver`).
@@ -137,14 +95,6 @@ impl fmt::Debug for PeerTls {
             .field("client_cert", &self.client.as_ref().map(|c| c.chain.len()))
             .field("client_key", &self.client.as_ref().map(|_| "***"))
             .finish()
-    }
-}
-
-fn resolve(base: &Path, p: &Path) -> std::path::PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
     }
 }
 

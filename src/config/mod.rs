@@ -10,6 +10,7 @@ pub mod ops;
 pub mod raw;
 mod routes;
 pub mod settings;
+mod values;
 
 use std::fmt;
 use std::path::Path;
@@ -141,7 +142,7 @@ pub fn from_yaml(text: &str, origin: &str, base: &Path) -> Result<Settings, Vec<
         );
         check.errors
     })?;
-    settings::build(raw, origin, base)
+    build(raw, origin, base)
 }
 
 impl Settings {
@@ -159,8 +160,8 @@ impl Settings {
                 humantime::format_duration(r.timeout)
             );
         }
-        if !ops::dns_names(self).is_empty() {
-            let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
+        if !self.dns_names().is_empty() {
+            let _ = writeln!(out, "dns      {}", describe_dns(&self.dns));
         }
         for (name, p) in &self.peers {
             out.push_str(&describe_peer(name, p));
@@ -176,7 +177,7 @@ impl Settings {
                 "listener {} on {}{accept}{}",
                 l.name,
                 l.addr,
-                ops::describe_listener(l)
+                describe_listener(l)
             );
             for r in &l.routes {
                 let _ = writeln!(out, "  {}", describe_route(r));
@@ -258,6 +259,75 @@ impl Settings {
         }
         out
     }
+}
+
+/// Validates the raw config, one step per section. `origin` names the file in messages;
+/// `base` resolves relative secret paths.
+fn build(raw: raw::RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let mut check = Check::new(origin);
+    let admin = settings::admin_listen(&mut check, raw.admin.as_ref());
+    let admin_access = settings::admin_access(&mut check, raw.admin.as_ref(), base);
+    let state = settings::state(&mut check, raw.state, base);
+    let limits = settings::limits(&mut check, &raw.limits);
+    let (peers, broken) = settings::peers(&mut check, raw.peers, base);
+    let listeners = routes::listeners(
+        &mut check,
+        raw.listeners,
+        &routes::Known {
+            peers: &peers,
+            broken: &broken,
+            limits: &limits,
+            base,
+        },
+    );
+    let dns = ops::dns(&mut check, raw.dns);
+    check.finish(Settings {
+        admin,
+        admin_access,
+        state_dir: state.dir,
+        journal_retention: state.journal_retention,
+        redis: state.redis,
+        limits,
+        peers,
+        listeners,
+        dns,
+    })
+}
+
+/// ` tls (client certificates required) trusted_proxies=[…] proxy_protocol` for `check`.
+fn describe_listener(l: &ListenerSettings) -> String {
+    let mut out = String::new();
+    if let Some(t) = &l.tls {
+        out.push_str(&format!(" tls={}", t.cert.display()));
+        if t.client_ca.is_some() {
+            out.push_str(" (client certificates required)");
+        }
+    }
+    if l.routes.iter().any(|r| r.target.is_egress()) {
+        out.push_str(&format!(" callers={}", l.callers));
+    }
+    if let Some(p) = &l.trusted_proxies {
+        out.push_str(&format!(" trusted_proxies={p}"));
+        if l.proxy_protocol {
+            out.push_str(" proxy_protocol");
+        }
+    }
+    out
+}
+
+/// `system resolver, refresh 60s` or `servers [..], refresh 60s`.
+fn describe_dns(d: &crate::guard::dns::DnsSettings) -> String {
+    let servers = if d.servers.is_empty() {
+        "system resolver".to_string()
+    } else {
+        let list: Vec<String> = d.servers.iter().map(|s| s.to_string()).collect();
+        format!("servers [{}]", list.join(", "))
+    };
+    format!(
+        "{servers}, refresh {}s, timeout {}ms",
+        d.refresh.as_secs(),
+        d.timeout.as_millis()
+    )
 }
 
 #[cfg(test)]

@@ -4,15 +4,14 @@
 //! Each function returns what it built and records every problem in the config's `Check`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawDns, RawDuration, RawTls};
-use super::settings::parse_duration;
+use super::values::{parse_duration, resolve};
 use super::Check;
 use crate::guard::dns::DnsSettings;
 use crate::guard::ip::AllowList;
-use crate::secret::Secret;
 use crate::tls::TlsSettings;
 
 /// What a listener's operations keys validate to.
@@ -31,14 +30,6 @@ fn duration_or(
 ) -> Duration {
     raw.and_then(|d| check.ok(path, parse_duration(d)))
         .unwrap_or(default)
-}
-
-fn relative(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
 }
 
 /// `lp` is the listener's field path (`listeners[0]`); `base` resolves relative paths.
@@ -89,9 +80,9 @@ fn listener_tls(check: &mut Check<'_>, tp: &str, t: RawTls, base: &Path) -> TlsS
         .filter(|d| !d.is_zero()),
     };
     let settings = TlsSettings {
-        cert: relative(base, &t.cert),
-        key: relative(base, &t.key),
-        client_ca: t.client_ca.as_deref().map(|p| relative(base, p)),
+        cert: resolve(base, &t.cert),
+        key: resolve(base, &t.key),
+        client_ca: t.client_ca.as_deref().map(|p| resolve(base, p)),
         handshake_timeout,
         watch,
     };
@@ -162,72 +153,10 @@ pub(super) fn dns(check: &mut Check<'_>, raw: Option<RawDns>) -> DnsSettings {
     s
 }
 
-/// A systemd credential (`LoadCredential=NAME:/path` in the unit): the file NAME in
-/// `$CREDENTIALS_DIRECTORY`, with a trailing newline dropped.
-pub fn credential(name: &str) -> Result<Secret, String> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(format!("`{name}` is not a credential name"));
-    }
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-        format!("credential `{name}`: $CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={name}:...)")
-    })?;
-    let path = Path::new(&dir).join(name);
-    let mut bytes = std::fs::read(&path)
-        .map_err(|e| format!("cannot read credential {}: {e}", path.display()))?;
-    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-        bytes.pop();
-    }
-    Ok(Secret::new(bytes))
-}
-
-/// ` tls (client certificates required) trusted_proxies=[…] proxy_protocol` for `check`.
-pub fn describe_listener(l: &super::ListenerSettings) -> String {
-    let mut out = String::new();
-    if let Some(t) = &l.tls {
-        out.push_str(&format!(" tls={}", t.cert.display()));
-        if t.client_ca.is_some() {
-            out.push_str(" (client certificates required)");
-        }
-    }
-    if l.routes.iter().any(|r| r.target.is_egress()) {
-        out.push_str(&format!(" callers={}", l.callers));
-    }
-    if let Some(p) = &l.trusted_proxies {
-        out.push_str(&format!(" trusted_proxies={p}"));
-        if l.proxy_protocol {
-            out.push_str(" proxy_protocol");
-        }
-    }
-    out
-}
-
-/// The allowlisted DNS names in the config.
-pub fn dns_names(s: &super::Settings) -> Vec<String> {
-    let names: std::collections::BTreeSet<&String> = (s.peers.values())
-        .filter_map(|p| p.allow.as_ref())
-        .flat_map(|a| a.names())
-        .collect();
-    names.into_iter().cloned().collect()
-}
-
-/// `system resolver, refresh 60s` or `servers [..], refresh 60s`.
-pub fn describe_dns(d: &DnsSettings) -> String {
-    let servers = if d.servers.is_empty() {
-        "system resolver".to_string()
-    } else {
-        let list: Vec<String> = d.servers.iter().map(|s| s.to_string()).collect();
-        format!("servers [{}]", list.join(", "))
-    };
-    format!(
-        "{servers}, refresh {}s, timeout {}ms",
-        d.refresh.as_secs(),
-        d.timeout.as_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::values::credential;
 
     /// The field paths of the problems recorded.
     fn paths(check: &Check<'_>) -> Vec<String> {

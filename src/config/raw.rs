@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use serde::de::{DeserializeOwned, Deserializer, Error as _, IntoDeserializer};
 use serde::Deserialize;
 
-use super::egress::{Delivery, Reply};
 use crate::envelope::Layer;
 use crate::guard::admin_access::MetricsAccess;
 use crate::guard::schema::{Api, Mode as SchemaMode};
@@ -449,4 +448,50 @@ pub struct RawDns {
     pub refresh: Option<RawDuration>,
     /// Per-query timeout (default 2s).
     pub timeout: Option<RawDuration>,
+}
+
+// Closed sets read straight into the types the rest of the sidecar uses.
+
+/// How an egress route delivers (`delivery:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Synchronous: the application gets the peer's answer, or a 502/504.
+    Direct,
+    /// Written durably first, `202` to the application, delivered in the background.
+    Queued,
+    /// Synchronous; queued (and `202`) when the peer is unreachable, slow or answers 5xx.
+    Fallback,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Direct => "direct",
+            Delivery::Queued => "queued",
+            Delivery::Fallback => "fallback",
+        }
+    }
+}
+
+/// What to do with the peer's answer (`reply:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    /// The answer must open with the route's layers (502 otherwise).
+    Open,
+    /// The answer is returned unchanged.
+    Pass,
+    /// Opened when it is sealed, returned unchanged when it is plain JSON.
+    Auto,
+}
+
+impl Reply {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reply::Open => "open",
+            Reply::Pass => "pass",
+            Reply::Auto => "auto",
+        }
+    }
 }

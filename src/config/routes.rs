@@ -14,9 +14,9 @@ use super::ops::ListenerOps;
 use super::raw::RawDuration;
 use super::raw::{OneOf, RawListener, RawMethod, RawQuery, RawResponse, RawResponseMode, RawRoute};
 use super::settings::{
-    parse_bytes, parse_duration, rate, secret, socket_addr, FreshOn, Limits, ListenerSettings,
-    Peer, ResponseMode, Route, DEFAULT_FRESH_WINDOW,
+    FreshOn, Limits, ListenerSettings, Peer, ResponseMode, Route, DEFAULT_FRESH_WINDOW,
 };
+use super::values::{parse_bytes, parse_duration, rate, secret, socket_addr};
 use super::Check;
 use crate::envelope::{self, Layer, Stack};
 use crate::guard::caller::Callers;

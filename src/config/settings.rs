@@ -14,7 +14,10 @@ pub use crate::forward::Upstream;
 
 use super::egress::{peer_tls, PeerTls, Target};
 use super::raw::*;
-use super::{Check, ConfigError};
+use super::values::{
+    parse_bytes, parse_duration, positive, rate, resolve, secret, secrets, socket_addr,
+};
+use super::Check;
 use crate::envelope::{aes::AesKey, jwt::JwtKey, PeerKeys, Stack};
 use crate::guard::admin_access::AdminAccess;
 use crate::guard::bounds::JsonBounds;
@@ -24,7 +27,6 @@ use crate::guard::fresh::Window;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::RateSpec;
 use crate::guard::schema::{Api, Mode as SchemaMode};
-use crate::secret::Secret;
 
 /// The whole validated configuration.
 #[derive(Debug)]
@@ -139,6 +141,17 @@ pub struct ListenerSettings {
     pub callers: Arc<Callers>,
 }
 
+impl Settings {
+    /// The allowlisted DNS names, each once, in order.
+    pub fn dns_names(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> = (self.peers.values())
+            .filter_map(|p| p.allow.as_ref())
+            .flat_map(|a| a.names())
+            .collect();
+        names.into_iter().cloned().collect()
+    }
+}
+
 impl ListenerSettings {
     /// The allowlist to enforce before reading a byte: only when every route on the
     /// listener checks the address, the union of their peers' lists.
@@ -222,214 +235,8 @@ pub enum ResponseMode {
     },
 }
 
-pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
-    match raw {
-        RawDuration::Seconds(n) => Ok(Duration::from_secs(*n)),
-        RawDuration::Text(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| format!("`{t}` is not a duration like 30s or 10m ({e})")),
-    }
-}
-
-pub fn parse_bytes(raw: &RawBytes) -> Result<usize, String> {
-    let n: u64 = match raw {
-        RawBytes::Count(n) => *n,
-        RawBytes::Text(t) => {
-            let t = t.trim();
-            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (num, unit) = t.split_at(split);
-            let num: u64 = num
-                .parse()
-                .map_err(|_| format!("`{t}` is not a size like 65536, 64KiB or 1MiB"))?;
-            let mult: u64 = match unit.trim() {
-                "" | "B" => 1,
-                "KB" | "kB" => 1000,
-                "KiB" => 1024,
-                "MB" => 1000 * 1000,
-                "MiB" => 1024 * 1024,
-                "GB" => 1000 * 1000 * 1000,
-                "GiB" => 1024 * 1024 * 1024,
-                other => {
-                    return Err(format!(
-                        "unknown size unit `{other}` (use B, KiB, MiB, GiB)"
-                    ))
-                }
-            };
-            num.checked_mul(mult)
-                .ok_or_else(|| format!("`{t}` is too large"))?
-        }
-    };
-    usize::try_from(n).map_err(|_| "size too large".to_string())
-}
-
-pub(super) fn rate(check: &mut Check<'_>, path: &str, raw: Option<RawRate>) -> Option<RateSpec> {
-    let raw = raw?;
-    match (NonZeroU32::new(raw.per_second), NonZeroU32::new(raw.burst)) {
-        (Some(p), Some(b)) => Some(RateSpec::new(p, b)),
-        _ => {
-            check.err(path, "per_second and burst must both be at least 1");
-            None
-        }
-    }
-}
-
-/// Reads a secret from where the config says. `base` resolves relative file paths.
-pub fn load_secret(raw: &RawSecret, base: &Path) -> Result<Secret, String> {
-    match raw {
-        RawSecret::Literal(s) => Ok(Secret::new(s.as_bytes().to_vec())),
-        RawSecret::From(RawSecretSource {
-            env: Some(name),
-            file: None,
-            credential: None,
-            ..
-        }) => std::env::var(name)
-            .map(|v| Secret::new(v.into_bytes()))
-            .map_err(|_| format!("environment variable `{name}` is not set")),
-        RawSecret::From(RawSecretSource {
-            env: None,
-            file: None,
-            credential: Some(name),
-            ..
-        }) => super::ops::credential(name),
-        RawSecret::From(RawSecretSource {
-            env: None,
-            file: Some(file),
-            credential: None,
-            ..
-        }) => {
-            let path = if file.is_absolute() {
-                file.clone()
-            } else {
-                base.join(file)
-            };
-            let mut bytes = std::fs::read(&path)
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-            // `echo secret > file` leaves a newline that is not part of the secret.
-            while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-                bytes.pop();
-            }
-            Ok(Secret::new(bytes))
-        }
-        RawSecret::From(_) => {
-            Err("write exactly one of `env: NAME`, `file: PATH` or `credential: NAME`".into())
-        }
-    }
-}
-
-pub(super) fn secret(
-    check: &mut Check<'_>,
-    path: &str,
-    raw: &RawSecret,
-    base: &Path,
-) -> Option<Secret> {
-    if let RawSecret::From(RawSecretSource { kid: Some(_), .. }) = raw {
-        check.err(path, "`kid` names JWT secrets only (jwt.secret)");
-        return None;
-    }
-    match load_secret(raw, base) {
-        Ok(s) if s.is_empty() => {
-            check.err(path, "secret is empty");
-            None
-        }
-        Ok(s) => Some(s),
-        Err(e) => {
-            check.err(path, e);
-            None
-        }
-    }
-}
-
-/// `passcode` or `jwt.secret`: one secret, or a list during a rotation (the first seals,
-/// all are accepted). `kids`: whether entries may carry a `kid` (JWT secrets).
-fn secrets(
-    check: &mut Check<'_>,
-    path: &str,
-    raw: &RawSecrets,
-    base: &Path,
-    kids: bool,
-) -> Option<Secret> {
-    let list: Vec<(String, &RawSecret)> = match raw {
-        RawSecrets::One(one) => vec![(path.to_owned(), one)],
-        RawSecrets::Many(many) => many
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("{path}[{i}]"), r))
-            .collect(),
-    };
-    if list.is_empty() {
-        check.err(path, "list at least one secret");
-        return None;
-    }
-    let mut loaded = Vec::new();
-    let mut seen_kids = std::collections::BTreeSet::new();
-    for (at, raw) in list {
-        let kid = match raw {
-            RawSecret::From(RawSecretSource { kid: Some(kid), .. }) => {
-                if !kids {
-                    check.err(&at, "`kid` names JWT secrets only (jwt.secret)");
-                    continue;
-                }
-                if kid.is_empty() || !seen_kids.insert(kid.clone()) {
-                    check.err(&at, format!("kid `{kid}` is empty or used twice"));
-                    continue;
-                }
-                Some(kid.clone())
-            }
-            _ => None,
-        };
-        let plain = match raw {
-            RawSecret::From(src) => RawSecret::From(RawSecretSource {
-                kid: None,
-                ..src.clone()
-            }),
-            other => other.clone(),
-        };
-        if let Some(s) = secret(check, &at, &plain, base) {
-            loaded.push(match kid {
-                Some(k) => s.with_kid(k),
-                None => s,
-            });
-        }
-    }
-    let duplicate = loaded
-        .iter()
-        .enumerate()
-        .any(|(i, a)| loaded.iter().skip(i + 1).any(|b| a.matches(b.expose())));
-    if duplicate {
-        check.err(path, "the same secret is listed twice");
-    }
-    Secret::rotating(loaded)
-}
-
-/// A duration that must be longer than 0s, or `None` with the problem recorded.
-pub(super) fn positive(check: &mut Check<'_>, path: String, raw: &RawDuration) -> Option<Duration> {
-    match parse_duration(raw) {
-        Ok(d) if !d.is_zero() => Some(d),
-        Ok(_) => {
-            check.err(path, "must be longer than 0s");
-            None
-        }
-        Err(e) => {
-            check.err(path, e);
-            None
-        }
-    }
-}
-
-pub(super) fn socket_addr(check: &mut Check<'_>, path: &str, s: &str) -> Option<SocketAddr> {
-    match s.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            check.err(
-                path,
-                format!("`{s}` is not an address like 127.0.0.1:8443 or [::1]:8443"),
-            );
-            None
-        }
-    }
-}
-
 /// `admin.listen`: an address, `off`, or 127.0.0.1:9901 when not written.
-fn admin_listen(check: &mut Check<'_>, raw: Option<&RawAdmin>) -> Option<SocketAddr> {
+pub(super) fn admin_listen(check: &mut Check<'_>, raw: Option<&RawAdmin>) -> Option<SocketAddr> {
     match raw.and_then(|a| a.listen.as_deref()) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
         Some("off") => None,
@@ -438,7 +245,11 @@ fn admin_listen(check: &mut Check<'_>, raw: Option<&RawAdmin>) -> Option<SocketA
 }
 
 /// `admin.token`, `admin.metrics`, `admin.max_connections`.
-fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> AdminAccess {
+pub(super) fn admin_access(
+    check: &mut Check<'_>,
+    raw: Option<&RawAdmin>,
+    base: &Path,
+) -> AdminAccess {
     let mut access = AdminAccess::default();
     let Some(raw) = raw else { return access };
     access.token = raw
@@ -461,14 +272,14 @@ fn admin_access(check: &mut Check<'_>, raw: Option<&RawAdmin>, base: &Path) -> A
 }
 
 /// What the `state` block validates to.
-struct State {
-    dir: PathBuf,
-    journal_retention: Duration,
-    redis: Option<crate::fleet::RedisSettings>,
+pub(super) struct State {
+    pub(super) dir: PathBuf,
+    pub(super) journal_retention: Duration,
+    pub(super) redis: Option<crate::fleet::RedisSettings>,
 }
 
 /// `state`: where state lives, how long the journal keeps, what replicas share.
-fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -> State {
+pub(super) fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -> State {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     let journal_retention = match raw.as_ref().and_then(|s| s.journal_retention.as_ref()) {
         None => 90 * DAY,
@@ -486,13 +297,7 @@ fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -> State {
         .and_then(|s| s.backend.as_ref())
         .and_then(|b| backend(check, b, base));
     let dir = raw
-        .map(|s| {
-            if s.dir.is_absolute() {
-                s.dir
-            } else {
-                base.join(s.dir)
-            }
-        })
+        .map(|s| resolve(base, &s.dir))
         .unwrap_or_else(|| PathBuf::from("/var/lib/bsk-sidecar"));
     State {
         dir,
@@ -567,7 +372,7 @@ fn backend(
 }
 
 /// `limits`: the defaults with what the file writes, each value in range.
-fn limits(check: &mut Check<'_>, l: &RawLimits) -> Limits {
+pub(super) fn limits(check: &mut Check<'_>, l: &RawLimits) -> Limits {
     let mut limits = Limits::default();
     limit_times_and_sizes(check, l, &mut limits);
     limit_counts(check, l, &mut limits);
@@ -713,7 +518,7 @@ fn json_bounds(check: &mut Check<'_>, j: RawJsonBounds, default: JsonBounds) -> 
 
 /// Every peer that validates, and the names of those that did not: routes naming a
 /// broken peer are not reported again.
-fn peers(
+pub(super) fn peers(
     check: &mut Check<'_>,
     raw: BTreeMap<String, RawPeer>,
     base: &Path,
@@ -935,37 +740,4 @@ fn cert_binding(check: &mut Check<'_>, p: &str, raw: RawTlsClient) -> CertBindin
         );
     }
     b
-}
-
-/// Validates the raw config, one step per section. `origin` names the file in messages;
-/// `base` resolves relative secret paths.
-pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let mut check = Check::new(origin);
-    let admin = admin_listen(&mut check, raw.admin.as_ref());
-    let admin_access = admin_access(&mut check, raw.admin.as_ref(), base);
-    let state = state(&mut check, raw.state, base);
-    let limits = limits(&mut check, &raw.limits);
-    let (peers, broken) = peers(&mut check, raw.peers, base);
-    let listeners = super::routes::listeners(
-        &mut check,
-        raw.listeners,
-        &super::routes::Known {
-            peers: &peers,
-            broken: &broken,
-            limits: &limits,
-            base,
-        },
-    );
-    let dns = super::ops::dns(&mut check, raw.dns);
-    check.finish(Settings {
-        admin,
-        admin_access,
-        state_dir: state.dir,
-        journal_retention: state.journal_retention,
-        redis: state.redis,
-        limits,
-        peers,
-        listeners,
-        dns,
-    })
 }

@@ -184,16 +184,16 @@ fn alg_none_cannot_be_configured() {
 fn sizes_and_durations_parse() {
     use raw::{RawBytes, RawDuration};
     assert_eq!(
-        settings::parse_bytes(&RawBytes::Text("1MiB".into())).unwrap(),
+        values::parse_bytes(&RawBytes::Text("1MiB".into())).unwrap(),
         1 << 20
     );
-    assert_eq!(settings::parse_bytes(&RawBytes::Count(512)).unwrap(), 512);
-    assert!(settings::parse_bytes(&RawBytes::Text("1 parsec".into())).is_err());
+    assert_eq!(values::parse_bytes(&RawBytes::Count(512)).unwrap(), 512);
+    assert!(values::parse_bytes(&RawBytes::Text("1 parsec".into())).is_err());
     assert_eq!(
-        settings::parse_duration(&RawDuration::Text("10m".into())).unwrap(),
+        values::parse_duration(&RawDuration::Text("10m".into())).unwrap(),
         std::time::Duration::from_secs(600)
     );
-    assert!(settings::parse_duration(&RawDuration::Text("soon".into())).is_err());
+    assert!(values::parse_duration(&RawDuration::Text("soon".into())).is_err());
 }
 
 #[test]
