@@ -267,6 +267,11 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
         slowest.as_secs_f64() * 1000.0,
         pings.load(Ordering::Relaxed)
     );
+    // The watchdog keeps pinging while the sidecar serves: wait for the third ping (the
+    // reloads may finish before it is due), each within the notify deadline.
+    while pings.load(Ordering::Relaxed) < 3 {
+        expect_notify(&mut nrx, "WATCHDOG=1", &pings).await;
+    }
     let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
     assert_eq!(failed, 0, "{failed} of {total} requests failed\n{log}");
     assert!(total > 100, "only {total} requests during the reloads");
