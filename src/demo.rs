@@ -144,33 +144,26 @@ pub async fn post(
     authorization: Option<&str>,
     body: Vec<u8>,
 ) -> Result<(StatusCode, Bytes), DemoError> {
-    exchange(addr, path, content_type, authorization, body)
-        .await
-        .map_err(|source| DemoError::Http { addr, source })
-}
-
-async fn exchange(
-    addr: SocketAddr,
-    path: &str,
-    content_type: &str,
-    authorization: Option<&str>,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), HttpError> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = Request::post(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, content_type);
-    if let Some(a) = authorization {
-        req = req.header(header::AUTHORIZATION, a);
+    let sent: Result<_, HttpError> = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::post(path)
+            .header(header::HOST, addr.to_string())
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(a) = authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body)))?)
-        .await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    .await;
+    sent.map_err(|source| DemoError::Http { addr, source })
 }
 
 fn unix_now() -> u64 {

@@ -73,17 +73,18 @@ impl AllowList {
     /// client seen on an IPv6 socket (`::ffff:a.b.c.d`) is matched as the IPv4 address
     /// it is.
     pub fn contains(&self, ip: IpAddr, resolved: &Names) -> bool {
-        self.contains_address(ip) || {
-            let ip = canonical(ip);
-            self.names.iter().any(|n| resolved.contains(n, ip))
-        }
+        let ip = canonical(ip);
+        self.in_nets(ip) || self.names.iter().any(|n| resolved.contains(n, ip))
     }
 
     /// Whether `ip` is inside a listed network, names not counted: for a list the
     /// config lets hold no names (`trusted_proxies` — a proxy must not follow DNS).
     pub fn contains_address(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.nets.iter().any(|n| n.contains(&ip))
+        self.in_nets(canonical(ip))
+    }
+
+    fn in_nets(&self, canonical_ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&canonical_ip))
     }
 
     pub fn is_empty(&self) -> bool {

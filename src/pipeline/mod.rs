@@ -150,8 +150,8 @@ where
         client,
         request_id,
     };
-    route::admit(rt, lst, route, client, &req)?;
-    rate::before_auth(rt, lst, route, client).await?;
+    route::admit(&cx, &req)?;
+    rate::before_auth(&cx).await?;
     headers::check_request(req.headers())?;
     let (parts, body) = req.into_parts();
     let cfg = &route.cfg;

@@ -3,26 +3,21 @@
 //! peer's own budget is charged only once the envelope proves the sender is that peer —
 //! so nothing an unauthenticated sender does spends what belongs to an authenticated one.
 
-use std::net::IpAddr;
-
+use super::Ctx;
 use crate::config::Route;
 use crate::error::{RateScope, Reject};
 use crate::fleet::{OnRedisDown, Verdict};
 use crate::guard::ip::prefix_of;
 use crate::guard::rate::{Limiter, RateSpec};
-use crate::runtime::{ListenerRt, RouteRt, Runtime};
+use crate::runtime::Runtime;
 
 /// The limits that apply before the sender is known: its address (keyed by prefix, so
 /// one IPv6 /64 cannot mint fresh buckets; always this replica's own) and the route.
-pub(super) async fn before_auth(
-    rt: &Runtime,
-    lst: &ListenerRt,
-    route: &RouteRt,
-    client: IpAddr,
-) -> Result<(), Reject> {
+pub(super) async fn before_auth(cx: &Ctx<'_>) -> Result<(), Reject> {
+    let (rt, lst, route) = (cx.rt, cx.lst, cx.route);
     if let Some(l) = &rt.per_ip {
         let (v4, v6) = rt.settings.limits.per_ip_prefix;
-        l.check(prefix_of(client, v4, v6))
+        l.check(prefix_of(cx.client, v4, v6))
             .map_err(|retry_after| Reject::RateLimited {
                 scope: RateScope::ClientIp,
                 retry_after,

@@ -6,16 +6,16 @@
 //! peer's own networks (unless the route sets `ip_check: false`), even when the listener
 //! already checked the union of its peers' lists at accept.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Method, Request};
 
 use super::access::Trace;
+use super::Ctx;
 use crate::error::Reject;
 use crate::guard::caller::TOKEN_HEADER;
 use crate::guard::client_cert::PresentedCert;
-use crate::runtime::{ListenerRt, RouteRt, Runtime};
+use crate::runtime::{ListenerRt, RouteRt};
 
 /// The route for the request's path and method.
 pub(super) fn select<'a, B>(
@@ -36,18 +36,12 @@ pub(super) fn select<'a, B>(
 }
 
 /// Whether `client` may use `route`: callers, client certificate, allowlist.
-pub(super) fn admit<B>(
-    rt: &Runtime,
-    lst: &ListenerRt,
-    route: &RouteRt,
-    client: IpAddr,
-    req: &Request<B>,
-) -> Result<(), Reject> {
-    let cfg = &route.cfg;
+pub(super) fn admit<B>(cx: &Ctx<'_>, req: &Request<B>) -> Result<(), Reject> {
+    let (cfg, client) = (&cx.route.cfg, cx.client);
     // Callers: only the listener's application may make the sidecar sign for a peer.
     if cfg.target.is_egress() {
         let token = req.headers().get(TOKEN_HEADER);
-        lst.callers.check(client, token.map(|v| v.as_bytes()))?;
+        cx.lst.callers.check(client, token.map(|v| v.as_bytes()))?;
     }
     // Client certificate: on mTLS, only the certificate bound to this peer (`tls_client`).
     if let (Some(binding), false) = (&cfg.peer.client_cert, cfg.target.is_egress()) {
@@ -56,7 +50,7 @@ pub(super) fn admit<B>(
     }
     // Allowlist: the peer's own networks.
     if cfg.ip_check {
-        let allowed = (cfg.peer.allow.as_ref()).is_some_and(|a| a.contains(client, &rt.names));
+        let allowed = (cfg.peer.allow.as_ref()).is_some_and(|a| a.contains(client, &cx.rt.names));
         if !allowed {
             return Err(Reject::IpDenied);
         }
