@@ -324,7 +324,8 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
 /// Logs go to stderr off the request path: a request formats its line and queues it; one
 /// thread writes the queue out through a buffer, flushing whenever the queue is empty
 /// (so a quiet sidecar's lines appear at once, a busy one's in few writes). Never lossy:
-/// if the writer falls 64k lines behind, requests wait rather than lines vanish.
+/// if the writer falls 4,096 lines behind, requests wait rather than lines vanish. (The
+/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.)
 fn init_logging(
     format: LogFormat,
     default_level: &str,
@@ -334,7 +335,7 @@ fn init_logging(
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .buffered_lines_limit(64 * 1024)
+        .buffered_lines_limit(4096)
         .thread_name("bsk-sidecar-log")
         .finish(std::io::BufWriter::with_capacity(
             64 * 1024,
