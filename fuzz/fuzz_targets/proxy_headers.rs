@@ -58,7 +58,7 @@ fn forwarded(which: u8, lines: &[u8]) {
         }
     }
     let client = client_from_forwarded(peer, &headers, &trusted);
-    if !trusted.contains(bsk_sidecar::guard::ip::canonical(peer)) {
+    if !trusted.contains_address(bsk_sidecar::guard::ip::canonical(peer)) {
         assert_eq!(client, peer, "an untrusted hop changed the client");
     }
 }
