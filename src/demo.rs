@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::clock::Clock;
 use crate::envelope::{self, BodyShape, Layer};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -66,12 +67,9 @@ fn api1_sample(ticket: &str) -> String {
     )
 }
 
-fn ticket_now(offset_ms: i64) -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    crate::guard::fresh::unix_ms_to_ticket(ms + offset_ms)
+/// A `ticketNo` `offset_ms` from now by `clock`.
+fn ticket_now(clock: &Clock, offset_ms: i64) -> String {
+    crate::calendar::unix_ms_to_ticket(clock.unix_ms_i64().saturating_add(offset_ms))
 }
 const API3_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","applicationNo":"123456"}"#;
 const API7_SAMPLE: &str = r#"{"fromDate":"2022-08-01","toDate":"2022-08-11"}"#;
@@ -160,16 +158,9 @@ pub async fn post(
     Ok((status, body))
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Adds `iat`/`exp` claims to a JSON object, as the portal's tokens carry them.
-fn with_times(json: &str) -> Vec<u8> {
-    let now = unix_now();
+fn with_times(clock: &Clock, json: &str) -> Vec<u8> {
+    let now = clock.unix_secs();
     let inner = json.trim().trim_start_matches('{');
     format!(r#"{{"iat":{now},"exp":{},{inner}"#, now + 300).into_bytes()
 }
@@ -214,7 +205,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     let seal = |layers: &[Layer], plain: &[u8], shape| {
         envelope::seal(layers, &keys, plain, shape).map_err(|e| anyhow!("{e}"))
     };
-    let api1 = api1_sample(&ticket_now(0));
+    let api1 = api1_sample(&ticket_now(&rt.clock, 0));
     let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
     println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
     step(
@@ -230,7 +221,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     // API-3: passcode + JWT.
     let status_req = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(API3_SAMPLE),
+        &with_times(&rt.clock, API3_SAMPLE),
         BodyShape::Json,
     )?;
     println!("2. API-3 status: {{passcode, token}} with an HS256 JWT");
@@ -247,7 +238,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     // API-7: the answer is sealed for the portal.
     let missed = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(API7_SAMPLE),
+        &with_times(&rt.clock, API7_SAMPLE),
         BodyShape::Json,
     )?;
     println!("3. API-7 missed data: the app's plain answer goes back sealed");
@@ -297,7 +288,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     // A request the demo has not sent, so its first use is accepted.
     let fresh = seal(
         &[Layer::Form, Layer::Aes],
-        api1_sample(&ticket_now(1)).as_bytes(),
+        api1_sample(&ticket_now(&rt.clock, 1)).as_bytes(),
         BodyShape::Form,
     )?;
     let enc_data = form_value(&String::from_utf8_lossy(&fresh.body), "encData").unwrap_or_default();

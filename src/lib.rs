@@ -79,6 +79,8 @@ macro_rules! delegate_async_write {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
+pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod egress;

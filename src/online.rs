@@ -5,8 +5,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::calendar;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::guard::dns::{self, Resolver};
 
@@ -46,24 +48,15 @@ impl fmt::Display for Finding {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// `expires 2027-01-01T00:00:00Z (in 31 days)`, failing when expired or within
-/// [`EXPIRY_WARNING`].
-fn expiry(what: String, not_after: Option<i64>) -> Finding {
+/// [`EXPIRY_WARNING`] of `now` (unix seconds).
+fn expiry(what: String, not_after: Option<i64>, now: i64) -> Finding {
     let Some(at) = not_after else {
         return Finding::fail(what, "cannot read the certificate's expiry");
     };
-    let left = at.saturating_sub(now_unix());
-    let when = u64::try_from(at)
-        .map(|s| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string())
-        .unwrap_or_else(|_| at.to_string());
-    let days = left / 86_400;
+    let left = at.saturating_sub(now);
+    let when = calendar::rfc3339(at);
+    let days = calendar::days_until(now, at);
     if left <= 0 {
         Finding::fail(what, format!("certificate expired {when}"))
     } else if u64::try_from(left).unwrap_or(0) < EXPIRY_WARNING.as_secs() {
@@ -82,14 +75,14 @@ fn millis(d: Duration) -> String {
 
 /// Every check, in the order of the report: listener certificates, DNS names,
 /// upstreams, peers.
-pub async fn probe(settings: &Settings) -> Vec<Finding> {
+pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
     let mut out = Vec::new();
 
     for l in &settings.listeners {
         if let Some(tls) = &l.tls {
             let what = format!("listener {} tls.cert {}", l.name, tls.cert.display());
             match crate::tls::load(tls) {
-                Ok(loaded) => out.push(expiry(what, loaded.not_after)),
+                Ok(loaded) => out.push(expiry(what, loaded.not_after, clock.unix_secs_i64())),
                 Err(e) => out.push(Finding::fail(what, e.to_string())),
             }
         }
@@ -148,7 +141,7 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
         let what = format!("peer {} {url}", p.name);
         // The handshake and the answer to HEAD, as a delivery would get them.
         let bound = connect_timeout + Duration::from_secs(5);
-        match crate::egress::client::probe(p, bound).await {
+        match crate::egress::client::probe(p, bound, clock).await {
             Err(e) => out.push(Finding::fail(what, e.to_string())),
             Ok(found) => {
                 let tls = if found.cert_not_after.is_some() {
@@ -169,9 +162,10 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
                     out.push(expiry(
                         format!("peer {} certificate", p.name),
                         found.cert_not_after,
+                        clock.unix_secs_i64(),
                     ));
                 }
-                out.push(clock(p, found.date, settings.limits.clock_leeway));
+                out.push(clock_offset(p, found.date, settings.limits.clock_leeway));
             }
         }
     }
@@ -180,7 +174,7 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
 
 /// The clock's offset from a peer's `Date`: beyond the leeway its tokens (`exp`, `iat`)
 /// and ours would be refused.
-fn clock(
+fn clock_offset(
     p: &crate::config::Peer,
     date: Option<(SystemTime, SystemTime)>,
     clock_leeway: Duration,

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -21,10 +21,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::calendar::unix_ms_to_ticket;
+use crate::clock::Clock;
 use crate::envelope::aes::AesKey;
 use crate::envelope::jwt::JwtKey;
 use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys};
-use crate::guard::fresh::unix_ms_to_ticket;
 use crate::guard::schema;
 use crate::probe::client::{Client, ClientError, Outgoing, Target};
 use crate::probe::craft::{self, AesFault, PasscodeFault, Recipe, TokenFault};
@@ -141,13 +142,8 @@ struct Sim {
     keys: PeerKeys,
     received: Mutex<VecDeque<Value>>,
     seq: Mutex<u64>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    /// Stamps what is recorded and sealed, judges what arrives.
+    clock: Clock,
 }
 
 fn json_response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -200,7 +196,7 @@ impl Sim {
         };
         if let Some(o) = entry.as_object_mut() {
             o.insert("seq".into(), json!(seq));
-            o.insert("at".into(), json!(unix_now()));
+            o.insert("at".into(), json!(self.clock.unix_secs()));
         }
         let mut all = self.received.lock().unwrap_or_else(|e| e.into_inner());
         if all.len() >= MAX_KEPT {
@@ -212,7 +208,7 @@ impl Sim {
     /// Seals the answer in the peer's layers, as the portal answers; plain JSON if it
     /// cannot be sealed.
     fn sealed(&self, status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let body = v.to_string();
         // A bearer token cannot travel back in a header: answer `{"token":…}` (as the
         // sidecar does).
@@ -297,7 +293,12 @@ impl Sim {
             passcode_header: passcode_header.as_deref(),
             body: &body,
         };
-        let opened = match envelope::open(&self.layers, &self.keys, &incoming, unix_now()) {
+        let opened = match envelope::open(
+            &self.layers,
+            &self.keys,
+            &incoming,
+            self.clock.unix_secs(),
+        ) {
             Ok(o) => o,
             Err(e) => {
                 // A development tool: the department is told exactly what was wrong.
@@ -383,7 +384,12 @@ impl Running {
 }
 
 /// Binds `listen` and serves the portal's side for `layers` and `keys`.
-pub async fn start(listen: &str, layers: Vec<Layer>, keys: PeerKeys) -> Result<Running, SimError> {
+pub async fn start(
+    listen: &str,
+    layers: Vec<Layer>,
+    keys: PeerKeys,
+    clock: Clock,
+) -> Result<Running, SimError> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| SimError::Bind {
@@ -399,6 +405,7 @@ pub async fn start(listen: &str, layers: Vec<Layer>, keys: PeerKeys) -> Result<R
         keys,
         received: Mutex::new(VecDeque::new()),
         seq: Mutex::new(0),
+        clock,
     });
     let task = tokio::spawn(async move {
         while let Ok((stream, from)) = listener.accept().await {
@@ -436,6 +443,7 @@ pub async fn call(
     keys: &PeerKeys,
     shape: BodyShape,
     timeout: Duration,
+    clock: &Clock,
 ) -> Result<CallOutcome, SimError> {
     if matches!(sample, Sample::Api2 | Sample::Api6) {
         return Err(SimError::NotACall(sample.name()));
@@ -447,10 +455,7 @@ pub async fn call(
         None
     };
     let mut client = Client::new(target, tls, crate::probe::client::MAX_RATE, timeout)?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = clock.unix_ms_i64();
     let mut id = [0u8; 6];
     let _ = getrandom::getrandom(&mut id);
     let recipe = Recipe {
@@ -462,7 +467,7 @@ pub async fn call(
             "portal-sim-{}",
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         ),
-        now: (now_ms / 1000).max(0) as u64,
+        now: clock.unix_secs(),
     };
     let built = craft::build(layers, keys, &recipe, shape)?;
     let mut headers = Vec::new();
@@ -486,7 +491,13 @@ pub async fn call(
         recipe.plain
     );
     let answer = client.post(&out).await?;
-    let opened = open_answer(layers, keys, answer.header("content-type"), &answer.body);
+    let opened = open_answer(
+        layers,
+        keys,
+        answer.header("content-type"),
+        &answer.body,
+        clock,
+    );
     let (how, plain) = match &opened {
         Some(p) => ("opened", p.clone()),
         None => ("in clear", answer.body.to_vec()),

@@ -17,7 +17,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -34,7 +33,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(rt: Arc<Runtime>) -> Arc<Live> {
-        rt.metrics.ops.config_loaded.set(unix_now());
+        rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
         Arc::new(Live {
             current: ArcSwap::new(rt),
             reloading: tokio::sync::Mutex::new(()),
@@ -116,7 +115,7 @@ pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
         dns::Resolver::new(&rt.settings.dns).map_err(|e| ReloadError::Setup(e.to_string()))?;
     dns::refresh(&rt.settings, &resolver, &rt.metrics, false).await;
     live.current.store(rt.clone());
-    rt.metrics.ops.config_loaded.set(unix_now());
+    rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
     Ok(())
 }
 
@@ -185,13 +184,6 @@ impl SighupHandler {
             }
         })
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// What a new runtime takes over from the previous one.

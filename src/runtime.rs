@@ -6,7 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Peer, Route, Settings};
 use crate::forward::Forwarder;
@@ -49,6 +48,8 @@ pub struct Runtime {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Egress routes and the API-7 journal; `None` when no route needs them.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// The wall clock every time-based decision on the request path reads.
+    pub clock: crate::clock::Clock,
     request_ids: RequestIds,
 }
 
@@ -142,13 +143,11 @@ impl Runtime {
                 .iter()
                 .flat_map(|l| &l.routes)
                 .any(|r| r.replay);
+        let clock = prev.map_or_else(crate::clock::Clock::system, |p| p.clock.clone());
         let replay = if let Some(kept) = carry::replay(prev, &settings).filter(|_| wants_replay) {
             Some(kept)
         } else if wants_replay {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = clock.unix_secs();
             Some(Arc::new(
                 ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
                     .map_err(|e| {
@@ -163,7 +162,7 @@ impl Runtime {
         };
         // Egress: the outbox store (shared with a previous runtime after a reload), peer
         // clients, and the delivery tasks (started here when running inside tokio).
-        let egress = crate::egress::Egress::new(&settings)
+        let egress = crate::egress::Egress::new(&settings, clock.clone())
             .map_err(|e| io::Error::other(e.to_string()))?
             .map(Arc::new);
         if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
@@ -180,6 +179,7 @@ impl Runtime {
             listeners,
             request_ids: RequestIds::new(),
             settings,
+            clock,
         }))
     }
 

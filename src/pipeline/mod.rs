@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -320,7 +320,7 @@ async fn run(
             .and_then(|v| v.to_str().ok()),
         body: &body,
     };
-    let now = unix_now();
+    let now = rt.clock.unix_secs();
     let opened = envelope::open_checked(
         &cfg.layers,
         &cfg.peer.keys,
@@ -381,7 +381,7 @@ async fn run(
                 r.keep();
             }
             trace.upstream_status = Some(answer.status().as_u16());
-            return respond(cfg, shape, answer, request_id);
+            return respond(cfg, shape, answer, request_id, &rt.clock);
         }
         Target::Remote(_) => return Err(Reject::Internal),
     };
@@ -412,7 +412,7 @@ async fn run(
     trace.upstream_status = Some(upstream_resp.status().as_u16());
 
     // Respond: as the application answered, or sealed for the caller.
-    respond(cfg, shape, upstream_resp, request_id)
+    respond(cfg, shape, upstream_resp, request_id, &rt.clock)
 }
 
 /// An egress route's request: the application's JSON (bounded like any payload) handed
@@ -446,6 +446,8 @@ fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
 }
 
 /// The media type of a `Content-Type` header, lower-cased, without parameters.
+// Not the `mime` crate: only the essence is compared against short allowlists, and a
+// header it would refuse to parse must still pass on routes that take any type.
 fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<String>, Reject> {
     let Some(ct) = ct else { return Ok(None) };
     let mime = ct
@@ -562,13 +564,6 @@ fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), 
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The identifying fields of an opened payload (any documented spelling), as written.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct PayloadIds {
@@ -579,33 +574,28 @@ struct PayloadIds {
 }
 
 fn ids_of(plain: &[u8]) -> PayloadIds {
+    use crate::guard::fields::{self, Object};
     use serde_json::value::RawValue;
-    #[derive(serde::Deserialize)]
-    struct Ids<'a> {
-        #[serde(alias = "userId", borrow)]
-        userid: Option<&'a RawValue>,
-        #[serde(rename = "ticketNo", alias = "ticketno", alias = "tokenNo", borrow)]
-        ticket_no: Option<&'a RawValue>,
-        #[serde(rename = "appSubTime", alias = " appSubTime ", borrow)]
-        app_sub_time: Option<&'a RawValue>,
-        #[serde(rename = "applicationStatus", borrow)]
-        application_status: Option<&'a RawValue>,
-    }
     let clean = |v: &RawValue| {
         let s = v.get().trim_matches('"').trim();
         // Only short digit strings: an id, never a free-text field smuggled into the log.
         (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.to_string())
     };
-    match serde_json::from_slice::<Ids<'_>>(plain) {
-        Ok(ids) => PayloadIds {
-            userid: ids.userid.and_then(clean),
-            ticket_no: ids.ticket_no.and_then(clean),
-            app_sub_time: ids.app_sub_time.and_then(clean),
-            application_status: ids.application_status.and_then(clean),
-        },
-        Err(_) => PayloadIds::default(),
-    }
+    let Some(obj) = Object::parse(plain) else {
+        return PayloadIds::default();
+    };
+    // A field given twice (under one spelling or two) leaves every id unknown.
+    let id = |names: &[&str]| obj.one(names).map(|v| v.and_then(clean));
+    let ids = || {
+        Ok::<_, fields::Ambiguous>(PayloadIds {
+            userid: id(fields::USERID)?,
+            ticket_no: id(fields::TICKET_NO)?,
+            app_sub_time: id(fields::APP_SUB_TIME)?,
+            application_status: id(fields::APPLICATION_STATUS)?,
+        })
+    };
+    ids().unwrap_or_default()
 }
 
 fn respond(
@@ -613,13 +603,14 @@ fn respond(
     shape: BodyShape,
     upstream: Response<Bytes>,
     request_id: &str,
+    clock: &crate::clock::Clock,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let (parts, body) = upstream.into_parts();
     let extra_hop = headers::connection_listed(&parts.headers);
     let (body, content_type) = match &cfg.response {
         ResponseMode::Pass => (body, None),
         ResponseMode::Seal { wrap } => {
-            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref())?;
+            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref(), clock)?;
             (b, Some(ct))
         }
     };
@@ -650,13 +641,14 @@ fn seal_response(
     shape: BodyShape,
     body: &Bytes,
     wrap: Option<&serde_json::Map<String, serde_json::Value>>,
+    clock: &crate::clock::Clock,
 ) -> Result<(Bytes, &'static str), Reject> {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         return Err(Reject::UpstreamBadResponse);
     }
     let keys = &cfg.peer.keys;
     // `jwt.sign_exp`: a peer that requires `exp` gets it in what we seal for it.
-    let now = unix_now();
+    let now = clock.unix_secs();
     let times = cfg.peer.sign_exp.map(|ttl| (now, now + ttl.as_secs()));
     let sealing_failed = |e: Failure| {
         tracing::error!(error = %e, "sealing the response failed");
