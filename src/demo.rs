@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::clock::Clock;
-use crate::envelope::{self, BodyShape, Layer};
+use crate::envelope::{self, BodyShape, Layer, PeerKeys};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
@@ -201,11 +201,29 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
         println!("metrics on http://{a}/metrics\n");
     }
 
-    // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
+    let tampered = walkthrough(addr, &rt.clock, &keys).await?;
+
+    if once {
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+        return Ok(());
+    }
+    try_it_yourself(addr, &rt.clock, &keys, &tampered)?;
+    println!("Press Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    Ok(())
+}
+
+/// The five requests of the walk-through, printed as they go; returns the tampered
+/// form body of step 4.
+async fn walkthrough(addr: SocketAddr, clock: &Clock, keys: &PeerKeys) -> anyhow::Result<String> {
     let seal = |layers: &[Layer], plain: &[u8], shape| {
-        envelope::seal(layers, &keys, plain, shape).map_err(|e| anyhow!("{e}"))
+        envelope::seal(layers, keys, plain, shape).map_err(|e| anyhow!("{e}"))
     };
-    let api1 = api1_sample(&ticket_now(&rt.clock, 0));
+    // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
+    let api1 = api1_sample(&ticket_now(clock, 0));
     let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
     println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
     step(
@@ -221,7 +239,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     // API-3: passcode + JWT.
     let status_req = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(&rt.clock, API3_SAMPLE),
+        &with_times(clock, API3_SAMPLE),
         BodyShape::Json,
     )?;
     println!("2. API-3 status: {{passcode, token}} with an HS256 JWT");
@@ -238,7 +256,7 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
     // API-7: the answer is sealed for the portal.
     let missed = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(&rt.clock, API7_SAMPLE),
+        &with_times(clock, API7_SAMPLE),
         BodyShape::Json,
     )?;
     println!("3. API-7 missed data: the app's plain answer goes back sealed");
@@ -279,27 +297,30 @@ pub async fn run(listen: String, once: bool) -> anyhow::Result<()> {
         refused,
     )
     .await?;
+    Ok(tampered)
+}
 
-    if once {
-        let _ = stop_tx.send(());
-        let _ = serving.await;
-        return Ok(());
-    }
+/// Prints requests to try by hand: one not yet sent (accepted once), the tampered one.
+fn try_it_yourself(
+    addr: SocketAddr,
+    clock: &Clock,
+    keys: &PeerKeys,
+    tampered: &str,
+) -> anyhow::Result<()> {
+    let seal = |layers: &[Layer], plain: &[u8], shape| {
+        envelope::seal(layers, keys, plain, shape).map_err(|e| anyhow!("{e}"))
+    };
     // A request the demo has not sent, so its first use is accepted.
     let fresh = seal(
         &[Layer::Form, Layer::Aes],
-        api1_sample(&ticket_now(&rt.clock, 1)).as_bytes(),
+        api1_sample(&ticket_now(clock, 1)).as_bytes(),
         BodyShape::Form,
     )?;
     let enc_data = form_value(&String::from_utf8_lossy(&fresh.body), "encData").unwrap_or_default();
     println!("Still serving. Try it yourself (the first is accepted once, within 10 minutes):");
     println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={enc_data}'");
-    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(&tampered, "encData").unwrap_or_default());
+    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(tampered, "encData").unwrap_or_default());
     println!("  bsk-sidecar seal --envelope form,aes --agid BSK --key {DEMO_KEY} --iv {DEMO_IV} <<< '{{\"userid\":8527419636,\"ticketNo\":20221202153322882}}'");
-    println!("Press Ctrl-C to stop.");
-    let _ = tokio::signal::ctrl_c().await;
-    let _ = stop_tx.send(());
-    let _ = serving.await;
     Ok(())
 }
 

@@ -76,8 +76,16 @@ fn millis(d: Duration) -> String {
 /// Every check, in the order of the report: listener certificates, DNS names,
 /// upstreams, peers.
 pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
-    let mut out = Vec::new();
+    let mut out = listener_certificates(settings, clock);
+    out.extend(dns_names(settings).await);
+    out.extend(upstreams(settings).await);
+    out.extend(peers(settings, clock).await);
+    out
+}
 
+/// Each listener's certificate loads and is not about to expire.
+fn listener_certificates(settings: &Settings, clock: &Clock) -> Vec<Finding> {
+    let mut out = Vec::new();
     for l in &settings.listeners {
         if let Some(tls) = &l.tls {
             let what = format!("listener {} tls.cert {}", l.name, tls.cert.display());
@@ -87,26 +95,37 @@ pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
             }
         }
     }
+    out
+}
 
+/// Every allowlisted DNS name resolves.
+async fn dns_names(settings: &Settings) -> Vec<Finding> {
+    let mut out = Vec::new();
     let names = dns::names_of(settings);
-    if !names.is_empty() {
-        match Resolver::new(&settings.dns) {
-            Ok(resolver) => {
-                for name in names.keys() {
-                    let what = format!("dns {name}");
-                    match resolver.lookup(name).await {
-                        Ok(addrs) => {
-                            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-                            out.push(Finding::ok(what, list.join(", ")));
-                        }
-                        Err(e) => out.push(Finding::fail(what, e)),
+    if names.is_empty() {
+        return out;
+    }
+    match Resolver::new(&settings.dns) {
+        Ok(resolver) => {
+            for name in names.keys() {
+                let what = format!("dns {name}");
+                match resolver.lookup(name).await {
+                    Ok(addrs) => {
+                        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                        out.push(Finding::ok(what, list.join(", ")));
                     }
+                    Err(e) => out.push(Finding::fail(what, e)),
                 }
             }
-            Err(e) => out.push(Finding::fail("dns resolver", e.to_string())),
         }
+        Err(e) => out.push(Finding::fail("dns resolver", e.to_string())),
     }
+    out
+}
 
+/// Every upstream accepts a connection (each address once).
+async fn upstreams(settings: &Settings) -> Vec<Finding> {
+    let mut out = Vec::new();
     let connect_timeout = settings.limits.upstream_connect_timeout;
     let mut seen = BTreeSet::new();
     for l in &settings.listeners {
@@ -135,7 +154,14 @@ pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
             }
         }
     }
+    out
+}
 
+/// Every peer with a `url` answers, with a certificate not about to expire and a clock
+/// close to ours.
+async fn peers(settings: &Settings, clock: &Clock) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let connect_timeout = settings.limits.upstream_connect_timeout;
     for p in settings.peers.values() {
         let Some(url) = &p.url else { continue };
         let what = format!("peer {} {url}", p.name);
@@ -204,5 +230,39 @@ fn clock_offset(
         Finding::fail(what, format!("{detail}: fix the clock (NTP)"))
     } else {
         Finding::ok(what, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `check --online` ages a certificate by the clock it is given: ok with a week
+    /// left, a failure inside the last week, expired from `notAfter` on.
+    #[test]
+    fn certificate_expiry_at_chosen_instants() {
+        let at = 1_936_742_400; // 2031-05-17T00:00:00Z
+        let clock = Clock::manual((at - 7 * 86_400) as u64 * 1000);
+        let judge = |clock: &Clock| expiry("cert".into(), Some(at), clock.unix_secs_i64());
+        let f = judge(&clock);
+        assert!(f.ok, "{f}");
+        assert_eq!(
+            f.detail,
+            "certificate expires 2031-05-17T00:00:00Z (in 7 days)"
+        );
+        clock.advance(Duration::from_secs(1));
+        let f = judge(&clock);
+        assert!(!f.ok);
+        assert_eq!(
+            f.detail,
+            "certificate expires 2031-05-17T00:00:00Z (in 6 days): renew it"
+        );
+        clock.set_ms(at as u64 * 1000 - 1);
+        assert!(judge(&clock).detail.ends_with("(in 0 days): renew it"));
+        clock.advance(Duration::from_millis(1));
+        let f = judge(&clock);
+        assert!(!f.ok);
+        assert_eq!(f.detail, "certificate expired 2031-05-17T00:00:00Z");
+        assert!(!expiry("cert".into(), None, 0).ok);
     }
 }

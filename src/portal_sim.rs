@@ -321,10 +321,20 @@ impl Sim {
                 );
             }
         };
-        let payload = masked(serde_json::from_slice(&opened.plain).unwrap_or(Value::Null));
-        let problems = schema::check(served.api(), &opened.plain)
-            .err()
-            .unwrap_or_default();
+        self.judge(served, &path, from, &opened.plain)
+    }
+
+    /// An opened request checked against its API's table: logged, recorded, answered
+    /// sealed (the spec's answer, or 400 naming the failing fields).
+    fn judge(
+        &self,
+        served: Served,
+        path: &str,
+        from: SocketAddr,
+        plain: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let payload = masked(serde_json::from_slice(plain).unwrap_or(Value::Null));
+        let problems = schema::check(served.api(), plain).err().unwrap_or_default();
         let listed: Vec<Value> = problems
             .iter()
             .map(|p| json!({"field": p.field, "problem": p.what}))
@@ -455,31 +465,7 @@ pub async fn call(
         None
     };
     let mut client = Client::new(target, tls, crate::probe::client::MAX_RATE, timeout)?;
-    let now_ms = clock.unix_ms_i64();
-    let mut id = [0u8; 6];
-    let _ = getrandom::getrandom(&mut id);
-    let recipe = Recipe {
-        plain: sample.request(&unix_ms_to_ticket(now_ms)),
-        aes: AesFault::None,
-        token: TokenFault::None,
-        passcode: PasscodeFault::None,
-        jti: format!(
-            "portal-sim-{}",
-            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
-        now: clock.unix_secs(),
-    };
-    let built = craft::build(layers, keys, &recipe, shape)?;
-    let mut headers = Vec::new();
-    if let Some(p) = built.passcode_header {
-        headers.push(("x-passcode", p));
-    }
-    let out = Outgoing {
-        content_type: built.content_type.to_string(),
-        authorization: built.authorization,
-        headers,
-        body: built.body,
-    };
+    let (plain_sent, out) = sealed_request(sample, layers, keys, shape, clock)?;
     let stack = layers
         .iter()
         .map(|l| l.name())
@@ -488,7 +474,7 @@ pub async fn call(
     let mut text = format!(
         "POST {url} ({}, [{stack}])\n  sent       {}\n",
         sample.name(),
-        recipe.plain
+        plain_sent
     );
     let answer = client.post(&out).await?;
     let opened = open_answer(
@@ -516,34 +502,75 @@ pub async fn call(
         answer.status,
         String::from_utf8_lossy(&plain)
     ));
-    let matches = match serde_json::from_slice::<Value>(&plain) {
-        Err(_) => {
-            text.push_str("  response table: the answer is not JSON\n");
-            false
-        }
+    let (verdict, matches) = response_table(sample, &plain);
+    text.push_str(&verdict);
+    Ok(CallOutcome { text, matches })
+}
+
+/// The sample's request with a ticket and token times from `clock`, sealed in `layers`:
+/// the plain JSON sent, and the request that carries it.
+fn sealed_request(
+    sample: Sample,
+    layers: &[Layer],
+    keys: &PeerKeys,
+    shape: BodyShape,
+    clock: &Clock,
+) -> Result<(String, Outgoing), SimError> {
+    let now_ms = clock.unix_ms_i64();
+    let mut id = [0u8; 6];
+    let _ = getrandom::getrandom(&mut id);
+    let recipe = Recipe {
+        plain: sample.request(&unix_ms_to_ticket(now_ms)),
+        aes: AesFault::None,
+        token: TokenFault::None,
+        passcode: PasscodeFault::None,
+        jti: format!(
+            "portal-sim-{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+        now: clock.unix_secs(),
+    };
+    let built = craft::build(layers, keys, &recipe, shape)?;
+    let mut headers = Vec::new();
+    if let Some(p) = built.passcode_header {
+        headers.push(("x-passcode", p));
+    }
+    let out = Outgoing {
+        content_type: built.content_type.to_string(),
+        authorization: built.authorization,
+        headers,
+        body: built.body,
+    };
+    Ok((recipe.plain, out))
+}
+
+/// The `response table:` line for an opened 2xx answer, and whether it matches the
+/// sample's response table.
+fn response_table(sample: Sample, plain: &[u8]) -> (String, bool) {
+    match serde_json::from_slice::<Value>(plain) {
+        Err(_) => ("  response table: the answer is not JSON\n".into(), false),
         Ok(v) => match sample.missing_response_fields(&v) {
-            Err(shape) => {
-                text.push_str(&format!("  response table: does not match: {shape}\n"));
-                false
-            }
-            Ok(missing) if missing.is_empty() => {
-                text.push_str(&format!(
+            Err(shape) => (
+                format!("  response table: does not match: {shape}\n"),
+                false,
+            ),
+            Ok(missing) if missing.is_empty() => (
+                format!(
                     "  response table: matches the {} response table\n",
                     sample.name()
-                ));
-                true
-            }
-            Ok(missing) => {
-                text.push_str(&format!(
+                ),
+                true,
+            ),
+            Ok(missing) => (
+                format!(
                     "  response table: does not match the {} response table: missing {}\n",
                     sample.name(),
                     missing.join(", ")
-                ));
-                false
-            }
+                ),
+                false,
+            ),
         },
-    };
-    Ok(CallOutcome { text, matches })
+    }
 }
 
 #[cfg(test)]

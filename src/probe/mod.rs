@@ -511,6 +511,12 @@ impl Probe {
                 worst,
             );
         }
+        self.padding_oracle(&prints);
+        self.timing(&medians);
+    }
+
+    /// Every envelope failure must get the same answer: a difference is an oracle.
+    fn padding_oracle(&mut self, prints: &[(AesFault, String, String)]) {
         let distinct: BTreeMap<&str, Vec<(AesFault, &str)>> =
             prints.iter().fold(BTreeMap::new(), |mut m, (f, fp, d)| {
                 m.entry(fp.as_str()).or_default().push((*f, d.as_str()));
@@ -550,6 +556,10 @@ impl Probe {
                 ),
             );
         }
+    }
+
+    /// Failure kinds told apart by time beyond the noise within one kind: a warning.
+    fn timing(&mut self, medians: &[(AesFault, Duration, Duration)]) {
         // Noise: the widest spread within one kind; a spread of medians beyond it (and
         // beyond a millisecond) is a timing difference worth a look.
         let noise = medians.iter().map(|m| m.2).max().unwrap_or_default();
