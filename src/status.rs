@@ -202,11 +202,10 @@ fn unix(t: SystemTime) -> i64 {
 
 /// `2026-11-30T21:40:00Z (3m ago)` / `(in 89d)`.
 fn when(unix_secs: i64, now: i64) -> String {
-    let Ok(secs) = u64::try_from(unix_secs) else {
+    if unix_secs < 0 {
         return "—".into();
-    };
-    let at = UNIX_EPOCH + Duration::from_secs(secs);
-    let stamp = humantime::format_rfc3339_seconds(at).to_string();
+    }
+    let stamp = crate::calendar::rfc3339(unix_secs);
     let rel = if unix_secs <= now {
         format!(
             "{} ago",
