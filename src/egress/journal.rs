@@ -135,9 +135,23 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     let obj = Object::parse(plain).ok_or(NOT_A_PULL)?;
     // A field given twice, under one spelling or two, is refused like a malformed body.
     let one = |names: &[&str]| obj.one(names).map_err(|_| NOT_A_PULL);
-    let date = |names: &[&str], missing: &'static str| -> Result<String, &'static str> {
-        let v = one(names)?.filter(|v| !is_null(v)).ok_or(missing)?;
-        let d = serde_json::from_str::<Cow<'_, str>>(v.get()).map_err(|_| NOT_A_PULL)?;
+    // Every field's type is checked before any value is judged.
+    let text = |names: &[&str]| -> Result<Option<String>, &'static str> {
+        match one(names)?.filter(|v| !is_null(v)) {
+            None => Ok(None),
+            Some(v) => serde_json::from_str::<String>(v.get())
+                .map(Some)
+                .map_err(|_| NOT_A_PULL),
+        }
+    };
+    let (from, to) = (text(fields::FROM_DATE)?, text(fields::TO_DATE)?);
+    let (limit, offset) = (one(&["limit"])?, one(&["offset"])?);
+    let (limit, offset) = (
+        limit.filter(|v| !is_null(v)),
+        offset.filter(|v| !is_null(v)),
+    );
+    let date = |d: Option<String>, missing: &'static str| -> Result<String, &'static str> {
+        let d = d.ok_or(missing)?;
         let d = d.trim();
         if is_date(d) {
             Ok(d.to_string())
@@ -145,12 +159,6 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
             Err("dates must be YYYY-MM-DD")
         }
     };
-    let (from, to) = (fields::FROM_DATE, fields::TO_DATE);
-    let (limit, offset) = (one(&["limit"])?, one(&["offset"])?);
-    let (limit, offset) = (
-        limit.filter(|v| !is_null(v)),
-        offset.filter(|v| !is_null(v)),
-    );
     let from = date(from, "fromDate is missing")?;
     let to = date(to, "toDate is missing")?;
     if from > to {
@@ -373,6 +381,27 @@ mod tests {
         ] {
             assert!(parse_pull(body.as_bytes()).is_err(), "{body}");
         }
+    }
+
+    /// Every field's type is checked before a value is judged, so a body with a wrong
+    /// type anywhere gets the malformed-body answer, whatever else is wrong with it.
+    #[test]
+    fn pull_refuses_a_wrong_type_before_judging_values() {
+        let not_a_pull = Err("API-7 request must be a JSON object with fromDate and toDate");
+        for body in [
+            r#"{"fromDate":"2022-13-01","toDate":5}"#,
+            r#"{"toDate":["2022-12-22"]}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","todate":"2022-12-22"}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":1,"limit":2}"#,
+        ] {
+            assert_eq!(parse_pull(body.as_bytes()), not_a_pull, "{body}");
+        }
+        assert_eq!(
+            parse_pull(br#"{"fromDate":null,"toDate":"2022-12-22"}"#),
+            Err("fromDate is missing")
+        );
+        let p = parse_pull(br#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":null}"#);
+        assert_eq!(p.map(|p| p.limit), Ok(MAX_PULL), "null is an absent limit");
     }
 
     #[test]
