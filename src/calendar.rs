@@ -46,10 +46,10 @@ pub fn ticket_instant(ticket: &str) -> Option<OffsetDateTime> {
         return None;
     }
     let day = date_of_digits(t)?;
-    let time = Time::from_hms(num(t, 8..10)?, num(t, 10..12)?, num(t, 12..14)?).ok()?;
+    let hms = Time::from_hms(num(t, 8..10)?, num(t, 10..12)?, num(t, 12..14)?).ok()?;
     let ms: u16 = if t.len() == 17 { num(t, 14..17)? } else { 0 };
-    let at = PrimitiveDateTime::new(day, time).assume_offset(IST);
-    Some(at + Duration::from_millis(u64::from(ms)))
+    let at = PrimitiveDateTime::new(day, hms).assume_offset(IST);
+    at.checked_add(time::Duration::milliseconds(i64::from(ms)))
 }
 
 /// Unix seconds of a `ticketNo` (its milliseconds dropped); `None` as for
