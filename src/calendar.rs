@@ -222,6 +222,20 @@ mod tests {
         assert_eq!(unix_ms_to_ticket(i64::MIN), "00000101000000000");
     }
 
+    proptest::proptest! {
+        /// Every millisecond a ticket can spell, 0000-01-01 to 9999-12-31 IST, comes
+        /// back from its ticket exactly.
+        #[test]
+        fn every_spellable_instant_round_trips(
+            ms in -62_167_239_000_000i64..=253_402_280_999_999
+        ) {
+            let t = unix_ms_to_ticket(ms);
+            proptest::prop_assert_eq!(t.len(), 17);
+            let back = ticket_instant(&t).map(|at| at.unix_timestamp_nanos() / 1_000_000);
+            proptest::prop_assert_eq!(back, Some(i128::from(ms)), "{}", t);
+        }
+    }
+
     #[test]
     fn fourteen_and_seventeen_digits_are_one_instant_when_the_milliseconds_are_zero() {
         assert_eq!(
