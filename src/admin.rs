@@ -90,7 +90,9 @@ pub async fn serve(
                     // The outbox's operator endpoints (a running sidecar holds the store).
                     let store = rt.egress.as_ref().map(|e| &e.store);
                     let path = req.uri().path();
-                    if let Some(r) = crate::egress::ops::admin(store, req.method(), path).await {
+                    if let Some(r) =
+                        crate::egress::ops::admin(store, req.method(), path, &rt.clock).await
+                    {
                         return Ok::<_, Infallible>(r);
                     }
                     Ok::<_, Infallible>(answer(&rt, &history, &ready, &req))

@@ -33,7 +33,15 @@ pub async fn resolve_names(live: Arc<Live>) {
             }
         }
         if let Some((_, r)) = &resolver {
-            dns::refresh(&rt.names, settings.refresh, r, &rt.metrics, false).await;
+            dns::refresh(
+                &rt.names,
+                settings.refresh,
+                r,
+                &rt.metrics,
+                &rt.clock,
+                false,
+            )
+            .await;
         }
     }
 }

@@ -14,7 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::envelope::{self, BodyShape, Layer};
+use crate::clock::Clock;
+use crate::envelope::{self, BodyShape, Layer, PeerKeys};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::server;
@@ -65,12 +66,9 @@ fn api1_sample(ticket: &str) -> String {
     )
 }
 
-fn ticket_now(offset_ms: i64) -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    crate::guard::fresh::unix_ms_to_ticket(ms + offset_ms)
+/// A `ticketNo` `offset_ms` from now by `clock`.
+fn ticket_now(clock: &Clock, offset_ms: i64) -> String {
+    crate::calendar::unix_ms_to_ticket(clock.unix_ms_i64().saturating_add(offset_ms))
 }
 const API3_SAMPLE: &str = r#"{"userid":9054233544,"ticketNo":20220811130723,"serviceCode":"AMD/003","applicationNo":"123456"}"#;
 const API7_SAMPLE: &str = r#"{"fromDate":"2022-08-01","toDate":"2022-08-11"}"#;
@@ -166,16 +164,9 @@ pub async fn post(
     sent.map_err(|source| DemoError::Http { addr, source })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Adds `iat`/`exp` claims to a JSON object, as the portal's tokens carry them.
-fn with_times(json: &str) -> Vec<u8> {
-    let now = unix_now();
+fn with_times(clock: &Clock, json: &str) -> Vec<u8> {
+    let now = clock.unix_secs();
     let inner = json.trim().trim_start_matches('{');
     format!(r#"{{"iat":{now},"exp":{},{inner}"#, now + 300).into_bytes()
 }
@@ -245,11 +236,33 @@ pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
         println!("metrics on http://{a}/metrics\n");
     }
 
-    // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
+    let tampered = walkthrough(addr, &rt.clock, &keys).await?;
+
+    if once {
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+        return Ok(());
+    }
+    try_it_yourself(addr, &rt.clock, &keys, &tampered)?;
+    println!("Press Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    Ok(())
+}
+
+/// The five requests of the walk-through, printed as they go; returns the tampered
+/// form body of step 4.
+async fn walkthrough(
+    addr: SocketAddr,
+    clock: &Clock,
+    keys: &PeerKeys,
+) -> Result<String, DemoError> {
     let seal = |layers: &[Layer], plain: &[u8], shape| {
-        envelope::seal(layers, &keys, plain, shape).map_err(DemoError::Seal)
+        envelope::seal(layers, keys, plain, shape).map_err(DemoError::Seal)
     };
-    let api1 = api1_sample(&ticket_now(0));
+    // API-1: the portal's encrypted form post, exactly as section 15's samples build it.
+    let api1 = api1_sample(&ticket_now(clock, 0));
     let landing = seal(&[Layer::Form, Layer::Aes], api1.as_bytes(), BodyShape::Form)?;
     println!("1. API-1 landing: form POST with agId + encData (AES-256-CBC)");
     step(
@@ -265,7 +278,7 @@ pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
     // API-3: passcode + JWT.
     let status_req = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(API3_SAMPLE),
+        &with_times(clock, API3_SAMPLE),
         BodyShape::Json,
     )?;
     println!("2. API-3 status: {{passcode, token}} with an HS256 JWT");
@@ -282,7 +295,7 @@ pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
     // API-7: the answer is sealed for the portal.
     let missed = seal(
         &[Layer::Token, Layer::Jwt],
-        &with_times(API7_SAMPLE),
+        &with_times(clock, API7_SAMPLE),
         BodyShape::Json,
     )?;
     println!("3. API-7 missed data: the app's plain answer goes back sealed");
@@ -323,27 +336,30 @@ pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
         refused,
     )
     .await?;
+    Ok(tampered)
+}
 
-    if once {
-        let _ = stop_tx.send(());
-        let _ = serving.await;
-        return Ok(());
-    }
+/// Prints requests to try by hand: one not yet sent (accepted once), the tampered one.
+fn try_it_yourself(
+    addr: SocketAddr,
+    clock: &Clock,
+    keys: &PeerKeys,
+    tampered: &str,
+) -> Result<(), DemoError> {
+    let seal = |layers: &[Layer], plain: &[u8], shape| {
+        envelope::seal(layers, keys, plain, shape).map_err(DemoError::Seal)
+    };
     // A request the demo has not sent, so its first use is accepted.
     let fresh = seal(
         &[Layer::Form, Layer::Aes],
-        api1_sample(&ticket_now(1)).as_bytes(),
+        api1_sample(&ticket_now(clock, 1)).as_bytes(),
         BodyShape::Form,
     )?;
     let enc_data = form_value(&String::from_utf8_lossy(&fresh.body), "encData").unwrap_or_default();
     println!("Still serving. Try it yourself (the first is accepted once, within 10 minutes):");
     println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={enc_data}'");
-    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(&tampered, "encData").unwrap_or_default());
+    println!("  curl -i http://{addr}/bsk/landing --data-urlencode agId=BSK --data-urlencode 'encData={}'", form_value(tampered, "encData").unwrap_or_default());
     println!("  bsk-sidecar seal --envelope form,aes --agid BSK --key {DEMO_KEY} --iv {DEMO_IV} <<< '{{\"userid\":8527419636,\"ticketNo\":20221202153322882}}'");
-    println!("Press Ctrl-C to stop.");
-    let _ = tokio::signal::ctrl_c().await;
-    let _ = stop_tx.send(());
-    let _ = serving.await;
     Ok(())
 }
 

@@ -85,6 +85,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod admin;
 pub mod background;
+pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod egress;

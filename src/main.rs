@@ -13,11 +13,11 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use bsk_sidecar::clock::Clock;
 use bsk_sidecar::config;
 use bsk_sidecar::envelope::{self, aes::AesKey, jwt::JwtKey, BodyShape, Layer, PeerKeys, Stack};
 use bsk_sidecar::metrics::Metrics;
@@ -423,7 +423,9 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
 }
 
 fn check_online(settings: &config::Settings) -> ExitCode {
-    let findings = match tokio_main(async { Ok(bsk_sidecar::online::probe(settings).await) }) {
+    let findings = match tokio_main(async {
+        Ok(bsk_sidecar::online::probe(settings, &Clock::system()).await)
+    }) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -599,10 +601,7 @@ fn open(a: &EnvelopeArgs) -> anyhow::Result<()> {
     } else {
         (None, body)
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = Clock::system().unix_secs();
     let req = envelope::Incoming {
         content_type: None,
         authorization: authorization.as_deref(),
@@ -668,6 +667,7 @@ fn probe(a: &ProbeArgs) -> ExitCode {
             None => None,
         };
         let opts = bsk_sidecar::probe::Options {
+            clock: Clock::system(),
             url: a.url.clone(),
             layers,
             keys,
@@ -713,10 +713,16 @@ fn portal_sim(a: PortalSimArgs) -> ExitCode {
             let sample = bsk_sidecar::probe::samples::Sample::parse(&api)
                 .ok_or_else(|| anyhow!("--api {api}: not an API name"))?;
             let outcome = tokio_main(async {
-                Ok(
-                    portal_sim::call(&url, sample, &layers, &peer_keys, keys.shape(), timeout)
-                        .await?,
+                Ok(portal_sim::call(
+                    &url,
+                    sample,
+                    &layers,
+                    &peer_keys,
+                    keys.shape(),
+                    timeout,
+                    &Clock::system(),
                 )
+                .await?)
             })?;
             print!("{}", outcome.text);
             Ok(outcome.matches)
@@ -729,7 +735,7 @@ fn portal_sim(a: PortalSimArgs) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(",");
             tokio_main(async {
-                let running = portal_sim::start(&a.listen, layers, keys).await?;
+                let running = portal_sim::start(&a.listen, layers, keys, Clock::system()).await?;
                 println!(
                     "bsk-sidecar portal-sim: a stand-in BSK portal on http://{}",
                     running.addr
@@ -807,14 +813,14 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
     };
     match action {
         OutboxAction::List { json, .. } => {
-            let v = ops::list(&store)?;
+            let v = ops::list(&store, &Clock::system())?;
             if json {
                 println!("{v}");
             } else {
                 print!("{}", ops::render(&v));
             }
         }
-        OutboxAction::Retry { id, .. } => match ops::retry(&store, id)? {
+        OutboxAction::Retry { id, .. } => match ops::retry(&store, id, &Clock::system())? {
             Some(peer) => println!("push {id} for {peer} is due now"),
             None => bail!("no push with id {id}"),
         },

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::calendar;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::guard::dns::Resolver;
 
@@ -46,24 +48,15 @@ impl fmt::Display for Finding {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// `expires 2027-01-01T00:00:00Z (in 31 days)`, failing when expired or within
-/// [`EXPIRY_WARNING`].
-fn expiry(what: String, not_after: Option<i64>) -> Finding {
+/// [`EXPIRY_WARNING`] of `now` (unix seconds).
+fn expiry(what: String, not_after: Option<i64>, now: i64) -> Finding {
     let Some(at) = not_after else {
         return Finding::fail(what, "cannot read the certificate's expiry");
     };
-    let left = at.saturating_sub(now_unix());
-    let when = u64::try_from(at)
-        .map(|s| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string())
-        .unwrap_or_else(|_| at.to_string());
-    let days = left / 86_400;
+    let left = at.saturating_sub(now);
+    let when = calendar::rfc3339(at);
+    let days = calendar::days_until(now, at);
     if left <= 0 {
         Finding::fail(what, format!("certificate expired {when}"))
     } else if u64::try_from(left).unwrap_or(0) < EXPIRY_WARNING.as_secs() {
@@ -82,38 +75,57 @@ fn millis(d: Duration) -> String {
 
 /// Every check, in the order of the report: listener certificates, DNS names,
 /// upstreams, peers.
-pub async fn probe(settings: &Settings) -> Vec<Finding> {
-    let mut out = Vec::new();
+pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
+    let mut out = listener_certificates(settings, clock);
+    out.extend(dns_names(settings).await);
+    out.extend(upstreams(settings).await);
+    out.extend(peers(settings, clock).await);
+    out
+}
 
+/// Each listener's certificate loads and is not about to expire.
+fn listener_certificates(settings: &Settings, clock: &Clock) -> Vec<Finding> {
+    let mut out = Vec::new();
     for l in &settings.listeners {
         if let Some(tls) = &l.tls {
             let what = format!("listener {} tls.cert {}", l.name, tls.cert.display());
             match crate::tls::load(tls) {
-                Ok(loaded) => out.push(expiry(what, loaded.not_after)),
+                Ok(loaded) => out.push(expiry(what, loaded.not_after, clock.unix_secs_i64())),
                 Err(e) => out.push(Finding::fail(what, e.to_string())),
             }
         }
     }
+    out
+}
 
+/// Every allowlisted DNS name resolves.
+async fn dns_names(settings: &Settings) -> Vec<Finding> {
+    let mut out = Vec::new();
     let names = settings.dns_names();
-    if !names.is_empty() {
-        match Resolver::new(&settings.dns) {
-            Ok(resolver) => {
-                for name in &names {
-                    let what = format!("dns {name}");
-                    match resolver.lookup(name).await {
-                        Ok(addrs) => {
-                            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-                            out.push(Finding::ok(what, list.join(", ")));
-                        }
-                        Err(e) => out.push(Finding::fail(what, e)),
+    if names.is_empty() {
+        return out;
+    }
+    match Resolver::new(&settings.dns) {
+        Ok(resolver) => {
+            for name in &names {
+                let what = format!("dns {name}");
+                match resolver.lookup(name).await {
+                    Ok(addrs) => {
+                        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                        out.push(Finding::ok(what, list.join(", ")));
                     }
+                    Err(e) => out.push(Finding::fail(what, e)),
                 }
             }
-            Err(e) => out.push(Finding::fail("dns resolver", e.to_string())),
         }
+        Err(e) => out.push(Finding::fail("dns resolver", e.to_string())),
     }
+    out
+}
 
+/// Every upstream accepts a connection (each address once).
+async fn upstreams(settings: &Settings) -> Vec<Finding> {
+    let mut out = Vec::new();
     let connect_timeout = settings.limits.upstream_connect_timeout;
     let mut seen = BTreeSet::new();
     for l in &settings.listeners {
@@ -142,13 +154,20 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
             }
         }
     }
+    out
+}
 
+/// Every peer with a `url` answers, with a certificate not about to expire and a clock
+/// close to ours.
+async fn peers(settings: &Settings, clock: &Clock) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let connect_timeout = settings.limits.upstream_connect_timeout;
     for p in settings.peers.values() {
         let Some(url) = &p.url else { continue };
         let what = format!("peer {} {url}", p.name);
         // The handshake and the answer to HEAD, as a delivery would get them.
         let bound = connect_timeout + Duration::from_secs(5);
-        match crate::egress::client::probe(p, bound).await {
+        match crate::egress::client::probe(p, bound, clock).await {
             Err(e) => out.push(Finding::fail(what, e.to_string())),
             Ok(found) => {
                 let tls = if found.cert_not_after.is_some() {
@@ -169,9 +188,10 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
                     out.push(expiry(
                         format!("peer {} certificate", p.name),
                         found.cert_not_after,
+                        clock.unix_secs_i64(),
                     ));
                 }
-                out.push(clock(p, found.date, settings.limits.clock_leeway));
+                out.push(clock_offset(p, found.date, settings.limits.clock_leeway));
             }
         }
     }
@@ -180,7 +200,7 @@ pub async fn probe(settings: &Settings) -> Vec<Finding> {
 
 /// The clock's offset from a peer's `Date`: beyond the leeway its tokens (`exp`, `iat`)
 /// and ours would be refused.
-fn clock(
+fn clock_offset(
     p: &crate::config::Peer,
     date: Option<(SystemTime, SystemTime)>,
     clock_leeway: Duration,
@@ -210,5 +230,39 @@ fn clock(
         Finding::fail(what, format!("{detail}: fix the clock (NTP)"))
     } else {
         Finding::ok(what, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `check --online` ages a certificate by the clock it is given: ok with a week
+    /// left, a failure inside the last week, expired from `notAfter` on.
+    #[test]
+    fn certificate_expiry_at_chosen_instants() {
+        let at = 1_936_742_400; // 2031-05-17T00:00:00Z
+        let clock = Clock::manual((at - 7 * 86_400) as u64 * 1000);
+        let judge = |clock: &Clock| expiry("cert".into(), Some(at), clock.unix_secs_i64());
+        let f = judge(&clock);
+        assert!(f.ok, "{f}");
+        assert_eq!(
+            f.detail,
+            "certificate expires 2031-05-17T00:00:00Z (in 7 days)"
+        );
+        clock.advance(Duration::from_secs(1));
+        let f = judge(&clock);
+        assert!(!f.ok);
+        assert_eq!(
+            f.detail,
+            "certificate expires 2031-05-17T00:00:00Z (in 6 days): renew it"
+        );
+        clock.set_ms(at as u64 * 1000 - 1);
+        assert!(judge(&clock).detail.ends_with("(in 0 days): renew it"));
+        clock.advance(Duration::from_millis(1));
+        let f = judge(&clock);
+        assert!(!f.ok);
+        assert_eq!(f.detail, "certificate expired 2031-05-17T00:00:00Z");
+        assert!(!expiry("cert".into(), None, 0).ok);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -21,10 +21,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::calendar::unix_ms_to_ticket;
+use crate::clock::Clock;
 use crate::envelope::aes::AesKey;
 use crate::envelope::jwt::JwtKey;
 use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
-use crate::guard::fresh::unix_ms_to_ticket;
 use crate::guard::schema;
 use crate::probe::client::{Client, ClientError, Outgoing, Target};
 use crate::probe::craft::{self, AesFault, PasscodeFault, Recipe, TokenFault};
@@ -143,13 +144,8 @@ struct Sim {
     keys: PeerKeys,
     received: Mutex<VecDeque<Value>>,
     seq: Mutex<u64>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    /// Stamps what is recorded and sealed, judges what arrives.
+    clock: Clock,
 }
 
 fn json_response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -202,7 +198,7 @@ impl Sim {
         };
         if let Some(o) = entry.as_object_mut() {
             o.insert("seq".into(), json!(seq));
-            o.insert("at".into(), json!(unix_now()));
+            o.insert("at".into(), json!(self.clock.unix_secs()));
         }
         let mut all = self.received.lock().unwrap_or_else(|e| e.into_inner());
         if all.len() >= MAX_KEPT {
@@ -214,7 +210,7 @@ impl Sim {
     /// Seals the answer in the peer's layers, as the portal answers; plain JSON if it
     /// cannot be sealed.
     fn sealed(&self, status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let body = v.to_string();
         // A bearer token cannot travel back in a header: answer `{"token":…}` (as the
         // sidecar does).
@@ -299,7 +295,12 @@ impl Sim {
             passcode_header: passcode_header.as_deref(),
             body: &body,
         };
-        let opened = match envelope::open(&self.layers, &self.keys, &incoming, unix_now()) {
+        let opened = match envelope::open(
+            &self.layers,
+            &self.keys,
+            &incoming,
+            self.clock.unix_secs(),
+        ) {
             Ok(o) => o,
             Err(e) => {
                 // A development tool: the department is told exactly what was wrong.
@@ -322,10 +323,20 @@ impl Sim {
                 );
             }
         };
-        let payload = masked(serde_json::from_slice(&opened.plain).unwrap_or(Value::Null));
-        let problems = schema::check(served.api(), &opened.plain)
-            .err()
-            .unwrap_or_default();
+        self.judge(served, &path, from, &opened.plain)
+    }
+
+    /// An opened request checked against its API's table: logged, recorded, answered
+    /// sealed (the spec's answer, or 400 naming the failing fields).
+    fn judge(
+        &self,
+        served: Served,
+        path: &str,
+        from: SocketAddr,
+        plain: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let payload = masked(serde_json::from_slice(plain).unwrap_or(Value::Null));
+        let problems = schema::check(served.api(), plain).err().unwrap_or_default();
         let listed: Vec<Value> = problems
             .iter()
             .map(|p| json!({"field": p.field, "problem": p.what}))
@@ -385,7 +396,12 @@ impl Running {
 }
 
 /// Binds `listen` and serves the portal's side for `layers` and `keys`.
-pub async fn start(listen: &str, layers: Vec<Layer>, keys: PeerKeys) -> Result<Running, SimError> {
+pub async fn start(
+    listen: &str,
+    layers: Vec<Layer>,
+    keys: PeerKeys,
+    clock: Clock,
+) -> Result<Running, SimError> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| SimError::Bind {
@@ -402,6 +418,7 @@ pub async fn start(listen: &str, layers: Vec<Layer>, keys: PeerKeys) -> Result<R
         keys,
         received: Mutex::new(VecDeque::new()),
         seq: Mutex::new(0),
+        clock,
     });
     let task = tokio::spawn(async move {
         while let Ok((stream, from)) = listener.accept().await {
@@ -439,6 +456,7 @@ pub async fn call(
     keys: &PeerKeys,
     shape: BodyShape,
     timeout: Duration,
+    clock: &Clock,
 ) -> Result<CallOutcome, SimError> {
     if matches!(sample, Sample::Api2 | Sample::Api6) {
         return Err(SimError::NotACall(sample.name()));
@@ -450,34 +468,7 @@ pub async fn call(
         None
     };
     let mut client = Client::new(target, tls, crate::probe::client::MAX_RATE, timeout)?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let mut id = [0u8; 6];
-    let _ = getrandom::getrandom(&mut id);
-    let recipe = Recipe {
-        plain: sample.request(&unix_ms_to_ticket(now_ms)),
-        aes: AesFault::None,
-        token: TokenFault::None,
-        passcode: PasscodeFault::None,
-        jti: format!(
-            "portal-sim-{}",
-            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ),
-        now: (now_ms / 1000).max(0) as u64,
-    };
-    let built = craft::build(layers, keys, &recipe, shape)?;
-    let mut headers = Vec::new();
-    if let Some(p) = built.passcode_header {
-        headers.push(("x-passcode", p));
-    }
-    let out = Outgoing {
-        content_type: built.content_type.to_string(),
-        authorization: built.authorization,
-        headers,
-        body: built.body,
-    };
+    let (plain_sent, out) = sealed_request(sample, layers, keys, shape, clock)?;
     let stack = layers
         .iter()
         .map(|l| l.name())
@@ -486,10 +477,16 @@ pub async fn call(
     let mut text = format!(
         "POST {url} ({}, [{stack}])\n  sent       {}\n",
         sample.name(),
-        recipe.plain
+        plain_sent
     );
     let answer = client.post(&out).await?;
-    let opened = open_answer(layers, keys, answer.header("content-type"), &answer.body);
+    let opened = open_answer(
+        layers,
+        keys,
+        answer.header("content-type"),
+        &answer.body,
+        clock,
+    );
     let (how, plain) = match &opened {
         Some(p) => ("opened", p.clone()),
         None => ("in clear", answer.body.to_vec()),
@@ -508,34 +505,75 @@ pub async fn call(
         answer.status,
         String::from_utf8_lossy(&plain)
     ));
-    let matches = match serde_json::from_slice::<Value>(&plain) {
-        Err(_) => {
-            text.push_str("  response table: the answer is not JSON\n");
-            false
-        }
+    let (verdict, matches) = response_table(sample, &plain);
+    text.push_str(&verdict);
+    Ok(CallOutcome { text, matches })
+}
+
+/// The sample's request with a ticket and token times from `clock`, sealed in `layers`:
+/// the plain JSON sent, and the request that carries it.
+fn sealed_request(
+    sample: Sample,
+    layers: &[Layer],
+    keys: &PeerKeys,
+    shape: BodyShape,
+    clock: &Clock,
+) -> Result<(String, Outgoing), SimError> {
+    let now_ms = clock.unix_ms_i64();
+    let mut id = [0u8; 6];
+    let _ = getrandom::getrandom(&mut id);
+    let recipe = Recipe {
+        plain: sample.request(&unix_ms_to_ticket(now_ms)),
+        aes: AesFault::None,
+        token: TokenFault::None,
+        passcode: PasscodeFault::None,
+        jti: format!(
+            "portal-sim-{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+        now: clock.unix_secs(),
+    };
+    let built = craft::build(layers, keys, &recipe, shape)?;
+    let mut headers = Vec::new();
+    if let Some(p) = built.passcode_header {
+        headers.push(("x-passcode", p));
+    }
+    let out = Outgoing {
+        content_type: built.content_type.to_string(),
+        authorization: built.authorization,
+        headers,
+        body: built.body,
+    };
+    Ok((recipe.plain, out))
+}
+
+/// The `response table:` line for an opened 2xx answer, and whether it matches the
+/// sample's response table.
+fn response_table(sample: Sample, plain: &[u8]) -> (String, bool) {
+    match serde_json::from_slice::<Value>(plain) {
+        Err(_) => ("  response table: the answer is not JSON\n".into(), false),
         Ok(v) => match sample.missing_response_fields(&v) {
-            Err(shape) => {
-                text.push_str(&format!("  response table: does not match: {shape}\n"));
-                false
-            }
-            Ok(missing) if missing.is_empty() => {
-                text.push_str(&format!(
+            Err(shape) => (
+                format!("  response table: does not match: {shape}\n"),
+                false,
+            ),
+            Ok(missing) if missing.is_empty() => (
+                format!(
                     "  response table: matches the {} response table\n",
                     sample.name()
-                ));
-                true
-            }
-            Ok(missing) => {
-                text.push_str(&format!(
+                ),
+                true,
+            ),
+            Ok(missing) => (
+                format!(
                     "  response table: does not match the {} response table: missing {}\n",
                     sample.name(),
                     missing.join(", ")
-                ));
-                false
-            }
+                ),
+                false,
+            ),
         },
-    };
-    Ok(CallOutcome { text, matches })
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -34,7 +33,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(rt: Arc<Runtime>) -> Arc<Live> {
-        rt.metrics.ops.config_loaded.set(unix_now());
+        rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
         Arc::new(Live {
             current: ArcSwap::new(rt),
             reloading: tokio::sync::Mutex::new(()),
@@ -117,9 +116,9 @@ pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
     // Names new in this config resolve before they are relied on.
     let resolver = dns::Resolver::new(&rt.settings.dns)?;
     let every = rt.settings.dns.refresh;
-    dns::refresh(&rt.names, every, &resolver, &rt.metrics, false).await;
+    dns::refresh(&rt.names, every, &resolver, &rt.metrics, &rt.clock, false).await;
     live.current.store(rt.clone());
-    rt.metrics.ops.config_loaded.set(unix_now());
+    rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
     Ok(())
 }
 
@@ -188,11 +187,4 @@ impl SighupHandler {
             }
         })
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Peer, Remote, Route, Settings, Target, Upstream};
 use crate::egress::Egress;
@@ -92,6 +91,8 @@ pub struct Runtime {
     pub egress: Option<Arc<crate::egress::Egress>>,
     /// The allowlisted DNS names and the addresses each last resolved to.
     pub names: Names,
+    /// The wall clock every time-based decision on the request path reads.
+    pub clock: crate::clock::Clock,
     request_ids: RequestIds,
 }
 
@@ -163,9 +164,10 @@ impl Runtime {
             limits.max_upstream_response,
             limits.max_in_flight,
         );
+        let clock = prev.map_or_else(crate::clock::Clock::system, |p| p.clock.clone());
         // Egress: the outbox store (shared with a previous runtime after a reload), peer
         // clients, and the delivery tasks (started here when running inside tokio).
-        let egress = crate::egress::Egress::new(&settings)?.map(Arc::new);
+        let egress = crate::egress::Egress::new(&settings, clock.clone())?.map(Arc::new);
         if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
             e.start(&settings, &metrics);
         }
@@ -180,7 +182,7 @@ impl Runtime {
             prev.map(|p| &p.names),
         );
         Ok(Arc::new(Runtime {
-            replay: replay_cache(&settings, prev)?,
+            replay: replay_cache(&settings, prev, &clock)?,
             egress,
             names,
             metrics,
@@ -191,6 +193,7 @@ impl Runtime {
             listeners,
             request_ids: RequestIds::new(),
             settings,
+            clock,
         }))
     }
 
@@ -249,6 +252,7 @@ fn listeners(
 fn replay_cache(
     settings: &Settings,
     prev: Option<&Runtime>,
+    clock: &crate::clock::Clock,
 ) -> Result<Option<Arc<ReplayCache>>, BuildError> {
     let wanted = settings.redis.is_none()
         && (settings.listeners.iter())
@@ -260,10 +264,7 @@ fn replay_cache(
     if let Some(kept) = carry::replay(prev, settings) {
         return Ok(Some(kept));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = clock.unix_secs();
     let cache = ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
         .map_err(|source| BuildError::Replay {
             dir: settings.state_dir.clone(),

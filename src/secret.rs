@@ -1,10 +1,17 @@
-//! Secret values (keys, passcodes, JWT secrets): never printed, compared in constant time.
+//! Secret values (keys, passcodes, JWT secrets): never printed, compared in constant time,
+//! overwritten with zeros when dropped.
+//!
+//! `zeroize` rather than `secrecy`'s wrapper: the wrapper would hold the bytes but not the
+//! rotation list, the `kid` and the constant-time comparison this type carries, so it would
+//! add a layer without removing any of this code.
 
 use std::fmt;
 
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
-/// Bytes that must never reach a log line, a `Debug` print or an error message.
+/// Bytes that must never reach a log line, a `Debug` print or an error message; zeroed
+/// in memory when the value is dropped (and the input it was made from, when owned).
 ///
 /// `Debug` and `Display` print `***`; equality is constant-time in the content (the length
 /// of a secret is not treated as secret).
@@ -22,8 +29,13 @@ pub struct Secret {
 
 impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        let mut owned: Vec<u8> = bytes.into();
+        // A copy of exactly the length, then the whole of the original's capacity zeroed:
+        // `into_boxed_slice` would leave a reallocated buffer's old bytes behind.
+        let exact = Box::<[u8]>::from(owned.as_slice());
+        owned.zeroize();
         Secret {
-            bytes: bytes.into().into_boxed_slice(),
+            bytes: exact,
             kid: None,
             also: Vec::new(),
         }
@@ -88,6 +100,12 @@ impl Secret {
             found | s.bytes.as_ref().ct_eq(presented)
         });
         bool::from(found)
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
     }
 }
 
@@ -163,6 +181,17 @@ mod tests {
             s,
             Secret::rotating(vec![Secret::new("b"), Secret::new("a")]).unwrap()
         );
+    }
+
+    #[test]
+    fn an_owned_input_with_spare_capacity_keeps_exactly_its_bytes() {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"376423");
+        let s = Secret::new(v);
+        assert_eq!((s.expose(), s.len()), (&b"376423"[..], 6));
+        let cloned = s.clone();
+        drop(s);
+        assert_eq!(cloned.expose(), b"376423", "a clone owns its own copy");
     }
 
     #[test]

@@ -152,7 +152,8 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     match crate::guard::dns::Resolver::new(&rt.settings.dns) {
         Ok(r) => {
             let dns = &rt.settings.dns;
-            crate::guard::dns::refresh(&rt.names, dns.refresh, &r, &rt.metrics, true).await;
+            crate::guard::dns::refresh(&rt.names, dns.refresh, &r, &rt.metrics, &rt.clock, true)
+                .await;
         }
         Err(e) => tracing::error!(error = %e, "cannot set up the DNS resolver"),
     }

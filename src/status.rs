@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 
@@ -54,6 +55,8 @@ struct Seen {
 /// Samples of the last [`WINDOW`] and what they showed about upstreams. Held by the admin
 /// listener for the life of the process, so it survives config reloads.
 pub struct History {
+    /// Stamps the samples' wall-clock times.
+    clock: Clock,
     started: SystemTime,
     samples: Mutex<VecDeque<(Instant, Sample)>>,
     seen: Mutex<BTreeMap<RouteKey, Seen>>,
@@ -61,8 +64,10 @@ pub struct History {
 
 impl Default for History {
     fn default() -> Self {
+        let clock = Clock::system();
         History {
-            started: SystemTime::now(),
+            started: clock.now(),
+            clock,
             samples: Mutex::new(VecDeque::new()),
             seen: Mutex::new(BTreeMap::new()),
         }
@@ -122,7 +127,7 @@ impl History {
     pub fn sample(&self, metrics: &Metrics) {
         let now = sample(metrics);
         let at = Instant::now();
-        let wall = SystemTime::now();
+        let wall = self.clock.now();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let start = Sample::default();
         {
@@ -196,13 +201,11 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 /// `2026-11-30T21:40:00Z (3m ago)` / `(in 89d)`.
-fn when(unix_secs: i64) -> String {
-    let Ok(secs) = u64::try_from(unix_secs) else {
+fn when(unix_secs: i64, now: i64) -> String {
+    if unix_secs < 0 {
         return "—".into();
-    };
-    let at = UNIX_EPOCH + Duration::from_secs(secs);
-    let stamp = humantime::format_rfc3339_seconds(at).to_string();
-    let now = unix(SystemTime::now());
+    }
+    let stamp = crate::calendar::rfc3339(unix_secs);
     let rel = if unix_secs <= now {
         format!(
             "{} ago",
@@ -328,9 +331,9 @@ pub fn page(rt: &Runtime, history: &History) -> String {
          th{{background:#f3f3f3}}.bad{{color:#a00;font-weight:bold}}.muted{{color:#777}}\
          </style></head><body>"
     );
-    let uptime = SystemTime::now()
-        .duration_since(history.started)
-        .unwrap_or_default();
+    let wall = rt.clock.now();
+    let wall_secs = unix(wall);
+    let uptime = wall.duration_since(history.started).unwrap_or_default();
     let _ = write!(
         h,
         "<h1>bsk-sidecar {}</h1><p>Up {} (since {}). Config loaded at {}. \
@@ -338,8 +341,8 @@ pub fn page(rt: &Runtime, history: &History) -> String {
          this page reloads every {}s where JavaScript runs.</span></p>",
         esc(env!("CARGO_PKG_VERSION")),
         short(uptime),
-        esc(&when(unix(history.started))),
-        esc(&when(m.ops.config_loaded.get())),
+        esc(&when(unix(history.started), wall_secs)),
+        esc(&when(m.ops.config_loaded.get(), wall_secs)),
         short(window),
         SAMPLE_EVERY.as_secs(),
         RELOAD_MS / 1000,
@@ -350,7 +353,7 @@ pub fn page(rt: &Runtime, history: &History) -> String {
     let expiry = gauge_by(&m.ops.tls_cert_expiry, "listener");
     for l in &rt.listeners {
         let cert = match expiry.get(&l.name) {
-            Some(t) => format!("; certificate expires {}", esc(&when(*t as i64))),
+            Some(t) => format!("; certificate expires {}", esc(&when(*t as i64, wall_secs))),
             None if l.tls.is_some() => "; certificate expiry unknown".into(),
             None => String::new(),
         };
@@ -378,7 +381,7 @@ pub fn page(rt: &Runtime, history: &History) -> String {
             let empty = (BTreeMap::new(), BTreeMap::new());
             let r = recent.get(&key).unwrap_or(&empty);
             let t = total.get(&key).unwrap_or(&empty);
-            let upstream = upstream_cell(&key, &now, base_sample, seen.get(&key));
+            let upstream = upstream_cell(&key, &now, base_sample, seen.get(&key), wall_secs);
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -436,7 +439,7 @@ pub fn page(rt: &Runtime, history: &History) -> String {
             let addrs: Vec<String> = cell.addresses().iter().map(|a| a.to_string()).collect();
             let last = cell
                 .last_success()
-                .map(|t| when(unix(t)))
+                .map(|t| when(unix(t), wall_secs))
                 .unwrap_or_else(|| "never".into());
             let _ = write!(
                 h,
@@ -476,6 +479,7 @@ fn upstream_cell(
     now: &Sample,
     base: Option<&Sample>,
     seen: Option<&Seen>,
+    wall_secs: i64,
 ) -> String {
     let Some((count, sum)) = now.upstream.get(key) else {
         return "<span class=\"muted\">no calls yet</span>".into();
@@ -492,7 +496,10 @@ fn upstream_cell(
         }
     };
     let seen = seen.copied().unwrap_or_default();
-    let at = |t: Option<SystemTime>| t.map(|t| when(unix(t))).unwrap_or_else(|| "—".into());
+    let at = |t: Option<SystemTime>| {
+        t.map(|t| when(unix(t), wall_secs))
+            .unwrap_or_else(|| "—".into())
+    };
     format!(
         "mean {} recently, {} since start; last success {}; last failure <span{}>{}</span>",
         mean(count.saturating_sub(c0), sum - s0),

@@ -246,7 +246,7 @@ impl TlsState {
                     listener = %self.listener,
                     cert = %self.settings.cert.display(),
                     trigger = why,
-                    not_after = loaded.not_after.map(format_unix).as_deref().unwrap_or("unknown"),
+                    not_after = loaded.not_after.map(crate::calendar::rfc3339).as_deref().unwrap_or("unknown"),
                     "TLS certificate loaded"
                 );
                 true
@@ -291,174 +291,51 @@ impl TlsState {
     }
 }
 
-/// `2026-11-27T20:53:44Z` for a log line.
-fn format_unix(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// The leaf certificate's `notAfter` as unix seconds, read straight from the DER
-/// (`Certificate → tbsCertificate → validity → notAfter`). `None` if it cannot be read.
+/// The leaf certificate's `notAfter` as unix seconds. `None` if the certificate does not
+/// parse.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (tag, cert_body, _) = der_tlv(cert.as_ref())?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, mut tbs, _) = der_tlv(cert_body)?;
-    if tag != 0x30 {
-        return None;
-    }
-    // [0] EXPLICIT version is optional.
-    if tbs.first() == Some(&0xa0) {
-        tbs = der_tlv(tbs)?.2;
-    }
-    // serialNumber, signature, issuer.
-    for _ in 0..3 {
-        tbs = der_tlv(tbs)?.2;
-    }
-    let (tag, validity, _) = der_tlv(tbs)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let rest = der_tlv(validity)?.2;
-    let (tag, time, _) = der_tlv(rest)?;
-    parse_der_time(tag, time)
-}
-
-/// One DER tag-length-value: (tag, content, what follows).
-fn der_tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *buf.first()?;
-    let first = *buf.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for b in buf.get(2..2 + n)? {
-            len = (len << 8) | usize::from(*b);
-        }
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    Some((tag, buf.get(header..end)?, buf.get(end..)?))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18).
-fn parse_der_time(tag: u8, s: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(s).ok()?.strip_suffix('Z')?;
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (year, rest) = match tag {
-        0x17 if s.len() == 12 => {
-            let yy = num(0..2)?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
-        }
-        0x18 if s.len() == 14 => (num(0..4)?, 4),
-        _ => return None,
-    };
-    let month = num(rest..rest + 2)?;
-    let day = num(rest + 2..rest + 4)?;
-    let hour = num(rest + 4..rest + 6)?;
-    let min = num(rest + 6..rest + 8)?;
-    let sec = num(rest + 8..rest + 10)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::days_until;
+    use crate::clock::Clock;
 
-    #[test]
-    fn der_times_both_forms() {
-        assert_eq!(parse_der_time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(parse_der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(
-            parse_der_time(0x18, b"20260101000000Z"),
-            Some(1_767_225_600)
-        );
-        assert_eq!(parse_der_time(0x18, b"2026010100000Z"), None);
-        assert_eq!(parse_der_time(0x17, b"261301000000Z"), None);
-    }
-
-    #[test]
-    fn civil_round_trip() {
-        for days in [-1, 0, 59, 10_957, 20_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(format_unix(1_767_225_600), "2026-01-01T00:00:00Z");
-    }
-
-    #[test]
-    fn der_lengths_past_the_buffer_are_refused() {
-        assert!(der_tlv(&[0x30, 0x05, 1, 2]).is_none());
-        assert!(der_tlv(&[0x30, 0x85, 0, 0, 0, 0, 1]).is_none());
-        assert_eq!(
-            der_tlv(&[0x02, 0x01, 7, 9]),
-            Some((0x02, &[7u8][..], &[9u8][..]))
-        );
+    fn cert_expiring(y: i32, m: u8, d: u8) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
     }
 
     #[test]
     fn not_after_of_a_generated_certificate() {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(
-            not_after(cert.der()),
-            Some(days_from_civil(2031, 5, 17) * 86_400)
-        );
+        // 2031-05-17T00:00:00Z, written as UTCTime.
+        assert_eq!(not_after(&cert_expiring(2031, 5, 17)), Some(1_936_742_400));
         // GeneralizedTime after 2049.
-        params.not_after = rcgen::date_time_ymd(2051, 1, 2);
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(
-            not_after(cert.der()),
-            Some(days_from_civil(2051, 1, 2) * 86_400)
-        );
+        assert_eq!(not_after(&cert_expiring(2051, 1, 2)), Some(2_556_230_400));
         assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x00])), None);
+        assert_eq!(not_after(&CertificateDer::from(Vec::new())), None);
+    }
+
+    /// Days to expiry as `check --online` and `probe` report them, at chosen instants.
+    #[test]
+    fn days_to_expiry_at_chosen_instants() {
+        let at = not_after(&cert_expiring(2031, 5, 17)).unwrap();
+        let clock = Clock::manual(1_936_742_400_000 - 31 * 86_400_000);
+        assert_eq!(days_until(clock.unix_secs_i64(), at), 31);
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(days_until(clock.unix_secs_i64(), at), 30);
+        clock.set_ms(1_936_742_399_999);
+        assert_eq!(days_until(clock.unix_secs_i64(), at), 0, "the last second");
+        clock.set_ms(1_936_742_400_000);
+        assert_eq!(days_until(clock.unix_secs_i64(), at), 0);
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(days_until(clock.unix_secs_i64(), at), -1, "expired");
+        assert_eq!(crate::calendar::rfc3339(at), "2031-05-17T00:00:00Z");
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! Like [`crate::forward`], one task drives each *connection*; a request takes an idle
 //! connection from a short-held lock (or dials one) and puts it back when done.
+//!
+//! Not `hyper-util`'s pooled client with `hyper-rustls`: this shares the idle pool, the
+//! exchange and its failure classification with the forwarder (so "the peer may have
+//! received it" means the same on both paths, which the outbox's retry rule relies on),
+//! and adds per-peer CA bundles and client certificates in a few lines; the swap would
+//! bring in a second pool and connector stack to configure the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::clock::Clock;
 use crate::config::Peer;
 use crate::forward::{exchange, ExchangeFailure, IdlePool};
 
@@ -105,6 +112,8 @@ pub struct PeerClients {
     peers: HashMap<String, Arc<Endpoint>>,
     connect_timeout: Duration,
     max_response: usize,
+    /// Stamps what is sealed for a peer (`iat`, `exp`) and judges its answers.
+    pub clock: Clock,
 }
 
 impl PeerClients {
@@ -122,6 +131,7 @@ impl PeerClients {
             peers: map,
             connect_timeout,
             max_response,
+            clock: Clock::system(),
         })
     }
 
@@ -337,7 +347,7 @@ pub struct PeerProbe {
 
 /// Connects to peer `p`'s `url` the way deliveries do (its CA or the system's, its client
 /// certificate) and sends `HEAD <url>`: any answer proves the path works.
-pub async fn probe(p: &Peer, timeout: Duration) -> Result<PeerProbe, SendError> {
+pub async fn probe(p: &Peer, timeout: Duration, clock: &Clock) -> Result<PeerProbe, SendError> {
     let url = p
         .url
         .as_ref()
@@ -389,7 +399,7 @@ pub async fn probe(p: &Peer, timeout: Duration) -> Result<PeerProbe, SendError> 
                 (connected_in, not_after, sender.send_request(req).await?)
             }
         };
-        let received = std::time::SystemTime::now();
+        let received = clock.now();
         let date = answer
             .headers()
             .get(header::DATE)

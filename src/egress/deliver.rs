@@ -9,12 +9,13 @@
 //! `ticketNo`), which the spec makes unique.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::client::PeerClients;
 use super::exchange::{self, ExchangeError};
 use super::outbox::{Push, Store};
 use super::{blocking, journal};
+use crate::clock::Clock;
 use crate::config::Peer;
 use crate::envelope::Layer;
 use crate::guard::rate::Limiter;
@@ -22,13 +23,6 @@ use crate::metrics::Metrics;
 
 /// Longest a task sleeps before looking at its queue again, whatever it expects.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Wait before attempt `attempts + 1`: `initial · 2^(attempts-1)` capped at `max`, of
 /// which a random half is taken off ("equal jitter") so peers recovering from an outage
@@ -57,6 +51,8 @@ pub(crate) struct Worker {
     pub metrics: Metrics,
     /// When the gauges were last read from the store (reading them scans the queue).
     pub gauges_at: Option<std::time::Instant>,
+    /// When a push is due, expired, delivered.
+    pub clock: Clock,
 }
 
 enum Next {
@@ -98,7 +94,7 @@ impl Worker {
                 .set(stats.dead as i64);
             let age = stats
                 .oldest_queued_ms
-                .map(|o| now_ms().saturating_sub(o) as f64 / 1000.0)
+                .map(|o| self.clock.unix_ms().saturating_sub(o) as f64 / 1000.0)
                 .unwrap_or(0.0);
             self.metrics
                 .outbox_oldest_age
@@ -110,7 +106,8 @@ impl Worker {
     /// Dead-letters every push past its `max_age`, wherever it sits in the queue.
     async fn expire(&self) -> Result<(), super::outbox::StoreError> {
         let peer = self.peer.name.clone();
-        let gone = blocking(&self.store, move |s| s.expire(&peer, now_ms())).await?;
+        let now = self.clock.unix_ms();
+        let gone = blocking(&self.store, move |s| s.expire(&peer, now)).await?;
         for p in &gone {
             self.metrics
                 .outbox_attempts
@@ -160,7 +157,7 @@ impl Worker {
             self.gauges().await;
             return Ok(Next::Wait(IDLE_CHECK));
         };
-        let now = now_ms();
+        let now = self.clock.unix_ms();
         if now >= push.queued_ms.saturating_add(push.max_age_ms) {
             self.dead(&push, "max_age").await?;
             return Ok(Next::Again);
@@ -193,8 +190,8 @@ impl Worker {
         .await;
         let failure = match sent {
             Ok(resp) if resp.status().is_success() => {
-                let p = push.clone();
-                blocking(&self.store, move |s| s.delivered(&p, now_ms())).await?;
+                let (p, at) = (push.clone(), self.clock.unix_ms());
+                blocking(&self.store, move |s| s.delivered(&p, at)).await?;
                 self.metrics
                     .outbox_attempts
                     .with_label_values(&[&self.peer.name, "delivered"])
@@ -228,7 +225,7 @@ impl Worker {
             push.attempts,
             random_u64(),
         );
-        push.next_attempt_ms = now_ms() + wait.as_millis() as u64;
+        push.next_attempt_ms = self.clock.unix_ms() + wait.as_millis() as u64;
         tracing::info!(peer = %self.peer.name, id = push.id, attempts = push.attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "push not delivered; will retry");
         push.last_error = Some(failure);
         let p = push.clone();
@@ -251,11 +248,11 @@ fn reason_label(reason: &str) -> &'static str {
 }
 
 /// Forgets journal records and delivered idempotency keys past the retention, hourly.
-pub(crate) async fn prune_forever(store: Arc<Store>, retention: Duration) {
+pub(crate) async fn prune_forever(store: Arc<Store>, retention: Duration, clock: Clock) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every.tick().await;
-        let now = now_ms();
+        let now = clock.unix_ms();
         let oldest_ms = now.saturating_sub(retention.as_millis() as u64);
         let oldest_date = journal::ist_date(oldest_ms / 1000);
         match blocking(&store, move |s| s.prune(&oldest_date, oldest_ms)).await {

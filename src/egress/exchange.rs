@@ -2,12 +2,13 @@
 //! the peer's `url` + the route's `remote`, and open the peer's answer for the
 //! application. Used by direct sends and by the outbox's delivery task alike.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::client::{Outgoing, PeerClients, SendError};
+use crate::clock::Clock;
 use crate::config::{Peer, Reply};
 use crate::envelope::{self, BodyShape, Failure, Incoming, Layer, Stack};
 
@@ -26,13 +27,6 @@ impl ExchangeError {
     pub fn retryable(&self) -> bool {
         matches!(self, ExchangeError::Send(_))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A 2xx answer that `reply: open` required to be sealed was not.
@@ -55,7 +49,7 @@ pub async fn send(
     } else {
         BodyShape::Json
     };
-    let now = unix_now();
+    let now = clients.clock.unix_secs();
     let times = peer.sign_exp.map(|ttl| (now, now + ttl.as_secs()));
     let sealed = envelope::seal_timed(layers, &peer.keys, plain, shape, times)
         .map_err(ExchangeError::Seal)?;
@@ -77,6 +71,7 @@ pub fn open_reply(
     peer: &Peer,
     reply: Reply,
     resp: Response<Bytes>,
+    clock: &Clock,
 ) -> Result<Response<Bytes>, Unopened> {
     if reply == Reply::Pass {
         return Ok(resp);
@@ -89,7 +84,7 @@ pub fn open_reply(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let now = unix_now();
+    let now = clock.unix_secs();
     let attempt = |stack: &[Layer]| {
         let req = Incoming {
             content_type: content_type.as_deref(),

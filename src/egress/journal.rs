@@ -17,30 +17,28 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
-const USERID: &[&str] = &["userid", "userId"];
-const TICKET: &[&str] = &["ticketNo", "ticketno", "tokenNo"];
-const STATUS: &[&str] = &["applicationStatus"];
+use crate::calendar;
+use crate::clock::Clock;
+use crate::guard::fields::{self, Object, APPLICATION_STATUS, TICKET_NO, USERID};
 
 /// Fields kept, in the spec's order; each row lists the spellings seen in the spec. An
 /// allowlist: a citizen's `name`/`citizenname`, `mobile`/`citizenmobile`,
 /// `email`/`citizenemail`, gender, age or address is never stored (nor logged).
 const KEPT: &[&[&str]] = &[
     USERID,
-    TICKET,
-    &["serviceCode", "ServiceCode"],
+    TICKET_NO,
+    fields::SERVICE_CODE,
     &["appNo"],
-    &["appSubTime", " appSubTime "],
+    fields::APP_SUB_TIME,
     &["deptPayRefNo"],
     &["transNo"],
     &["bankRefNo"],
     &["paidAmt"],
     &["message"],
-    STATUS,
+    APPLICATION_STATUS,
     &["statusCode"],
 ];
 
@@ -51,19 +49,6 @@ pub struct Record {
     /// `YYYY-MM-DD` of the `ticketNo` (IST); `None` when it has none the journal can read
     /// (the caller files it under the day it was received).
     pub date: Option<String>,
-}
-
-type Fields<'a> = HashMap<Cow<'a, str>, &'a RawValue>;
-
-fn fields(plain: &[u8]) -> Option<Fields<'_>> {
-    serde_json::from_slice::<Fields<'_>>(plain).ok()
-}
-
-fn first<'a>(f: &Fields<'a>, names: &[&str]) -> Option<(&'a RawValue, usize)> {
-    names
-        .iter()
-        .enumerate()
-        .find_map(|(i, n)| f.get(*n).map(|v| (*v, i)))
 }
 
 /// A scalar's text: a number's digits, a string's content; `None` for anything else or a
@@ -85,22 +70,17 @@ fn scalar(v: &RawValue) -> Option<String> {
 /// The transactional fields of an API-2 push, or `None` when it is not one (a JSON
 /// object with at least `userid` and `ticketNo`).
 pub fn extract(plain: &[u8]) -> Option<Record> {
-    let f = fields(plain)?;
-    let (_, _) = first(&f, USERID)?;
-    let (ticket, _) = first(&f, TICKET)?;
+    let f = Object::parse(plain)?;
+    f.first(USERID)?;
+    let (_, ticket) = f.first(TICKET_NO)?;
     let mut json = String::from("{");
-    for names in KEPT {
-        for n in *names {
-            if let Some(v) = f.get(*n) {
-                if json.len() > 1 {
-                    json.push(',');
-                }
-                json.push_str(&serde_json::Value::from(*n).to_string());
-                json.push(':');
-                json.push_str(v.get().trim());
-                break;
-            }
+    for (n, v) in KEPT.iter().filter_map(|names| f.first(names)) {
+        if json.len() > 1 {
+            json.push(',');
         }
+        json.push_str(&serde_json::Value::from(n).to_string());
+        json.push(':');
+        json.push_str(v.get().trim());
     }
     json.push('}');
     let date = scalar(ticket).and_then(|t| date_of_ticket(&t));
@@ -110,55 +90,26 @@ pub fn extract(plain: &[u8]) -> Option<Record> {
 /// (`userid`, `ticketNo`, `applicationStatus`) of a push, normalised so a number and the
 /// same digits as a string are one key. `None` when any is missing.
 pub fn idempotency_key(peer: &str, plain: &[u8]) -> Option<String> {
-    let f = fields(plain)?;
-    let user = scalar(first(&f, USERID)?.0)?;
-    let ticket = scalar(first(&f, TICKET)?.0)?;
-    let status = scalar(first(&f, STATUS)?.0)?;
+    let f = Object::parse(plain)?;
+    let user = scalar(f.first(USERID)?.1)?;
+    let ticket = scalar(f.first(TICKET_NO)?.1)?;
+    let status = scalar(f.first(APPLICATION_STATUS)?.1)?;
     Some(format!("{peer}\u{1f}{user}\u{1f}{ticket}\u{1f}{status}"))
 }
 
 /// `YYYY-MM-DD` of a `YYYYMMDDHHmmSS[mmm]` ticket, when it is a real calendar date.
 pub fn date_of_ticket(ticket: &str) -> Option<String> {
-    if !(14..=17).contains(&ticket.len()) || !ticket.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let y: u32 = ticket.get(0..4)?.parse().ok()?;
-    let m: u32 = ticket.get(4..6)?.parse().ok()?;
-    let d: u32 = ticket.get(6..8)?.parse().ok()?;
-    valid_date(y, m, d).then(|| format!("{y:04}-{m:02}-{d:02}"))
-}
-
-fn valid_date(y: u32, m: u32, d: u32) -> bool {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1970..=9999).contains(&y) && (1..=days).contains(&d)
+    calendar::ticket_date(ticket).map(calendar::format_date)
 }
 
 /// The date in India (UTC+05:30) at Unix time `unix_secs`, as `YYYY-MM-DD`.
 pub fn ist_date(unix_secs: u64) -> String {
-    let days = (unix_secs + 5 * 3600 + 1800) / 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}")
+    calendar::ist_date(unix_secs)
 }
 
-/// Howard Hinnant's days-to-civil: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// The date a record is filed under: its ticket's, else today's in India by `clock`.
+pub fn filing_date(ticket_date: Option<String>, clock: &Clock) -> String {
+    ticket_date.unwrap_or_else(|| ist_date(clock.unix_secs()))
 }
 
 /// Most records one API-7 answer carries; page with `limit` / `offset` beyond it.
@@ -180,35 +131,26 @@ pub struct Pull {
 /// optional `limit` / `offset` (numbers or digit strings). Other fields (a `passcode` the
 /// `passcode` layer has checked) are ignored. Errors are the caller-facing message.
 pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
-    #[derive(Deserialize)]
-    struct Raw<'a> {
-        #[serde(
-            rename = "fromDate",
-            alias = "formDate",
-            alias = "From Date",
-            alias = "From_Date",
-            alias = "fromdate",
-            alias = "from_date",
-            borrow
-        )]
-        from: Option<Cow<'a, str>>,
-        #[serde(
-            rename = "toDate",
-            alias = "To Date",
-            alias = "To_Date",
-            alias = "todate",
-            alias = "to_date",
-            borrow
-        )]
-        to: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        limit: Option<&'a RawValue>,
-        #[serde(borrow)]
-        offset: Option<&'a RawValue>,
-    }
-    let raw: Raw<'_> = serde_json::from_slice(plain)
-        .map_err(|_| "API-7 request must be a JSON object with fromDate and toDate")?;
-    let date = |d: Option<Cow<'_, str>>, missing: &'static str| -> Result<String, &'static str> {
+    const NOT_A_PULL: &str = "API-7 request must be a JSON object with fromDate and toDate";
+    let obj = Object::parse(plain).ok_or(NOT_A_PULL)?;
+    // A field given twice, under one spelling or two, is refused like a malformed body.
+    let one = |names: &[&str]| obj.one(names).map_err(|_| NOT_A_PULL);
+    // Every field's type is checked before any value is judged.
+    let text = |names: &[&str]| -> Result<Option<String>, &'static str> {
+        match one(names)?.filter(|v| !is_null(v)) {
+            None => Ok(None),
+            Some(v) => serde_json::from_str::<String>(v.get())
+                .map(Some)
+                .map_err(|_| NOT_A_PULL),
+        }
+    };
+    let (from, to) = (text(fields::FROM_DATE)?, text(fields::TO_DATE)?);
+    let (limit, offset) = (one(&["limit"])?, one(&["offset"])?);
+    let (limit, offset) = (
+        limit.filter(|v| !is_null(v)),
+        offset.filter(|v| !is_null(v)),
+    );
+    let date = |d: Option<String>, missing: &'static str| -> Result<String, &'static str> {
         let d = d.ok_or(missing)?;
         let d = d.trim();
         if is_date(d) {
@@ -217,8 +159,8 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
             Err("dates must be YYYY-MM-DD")
         }
     };
-    let from = date(raw.from, "fromDate is missing")?;
-    let to = date(raw.to, "toDate is missing")?;
+    let from = date(from, "fromDate is missing")?;
+    let to = date(to, "toDate is missing")?;
     if from > to {
         return Err("fromDate is after toDate");
     }
@@ -228,8 +170,8 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
             Some(v) => whole_number(v).ok_or("limit and offset must be whole numbers"),
         }
     };
-    let limit = number(raw.limit, MAX_PULL)?;
-    let offset = number(raw.offset, 0)?;
+    let limit = number(limit, MAX_PULL)?;
+    let offset = number(offset, 0)?;
     if limit == 0 || limit > MAX_PULL {
         return Err("limit must be between 1 and 10000");
     }
@@ -241,19 +183,14 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     })
 }
 
-/// `YYYY-MM-DD`, a real calendar date.
+/// JSON `null`: the same as leaving the field out.
+fn is_null(v: &RawValue) -> bool {
+    v.get().trim() == "null"
+}
+
+/// `YYYY-MM-DD`, a real calendar date from 1970 on.
 fn is_date(d: &str) -> bool {
-    let mut parts = d.split('-');
-    let (Some(y), Some(m), Some(dd), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(y, 4) && digits(m, 2) && digits(dd, 2)) {
-        return false;
-    }
-    matches!((y.parse(), m.parse(), dd.parse()), (Ok(y), Ok(m), Ok(dd)) if valid_date(y, m, dd))
+    calendar::parse_date(d).is_some_and(|d| d.year() >= 1970)
 }
 
 /// A JSON number of digits (`100`) or a string of them (`"100"`, stray spaces tolerated).
@@ -359,6 +296,24 @@ mod tests {
         assert_eq!(ist_date(0), "1970-01-01");
     }
 
+    /// A record whose ticket gives no date is filed under the day in India when it is
+    /// received: the 1st up to 18:29:59Z, the 2nd from 18:30:00Z.
+    #[test]
+    fn undated_records_file_under_the_clocks_ist_day() {
+        let rec = extract(br#"{"userid":9054233544,"ticketNo":"pending"}"#).unwrap();
+        assert_eq!(rec.date, None);
+        let clock = Clock::manual(1_669_919_399_999); // 2022-12-01T18:29:59.999Z
+        assert_eq!(filing_date(rec.date.clone(), &clock), "2022-12-01");
+        clock.advance(std::time::Duration::from_millis(1));
+        assert_eq!(filing_date(rec.date, &clock), "2022-12-02");
+        let dated = extract(br#"{"userid":9054233544,"ticketNo":20221130235959}"#).unwrap();
+        assert_eq!(
+            filing_date(dated.date, &clock),
+            "2022-11-30",
+            "the ticket's day wins"
+        );
+    }
+
     #[test]
     fn pull_accepts_the_documented_spellings() {
         for body in [
@@ -426,6 +381,27 @@ mod tests {
         ] {
             assert!(parse_pull(body.as_bytes()).is_err(), "{body}");
         }
+    }
+
+    /// Every field's type is checked before a value is judged, so a body with a wrong
+    /// type anywhere gets the malformed-body answer, whatever else is wrong with it.
+    #[test]
+    fn pull_refuses_a_wrong_type_before_judging_values() {
+        let not_a_pull = Err("API-7 request must be a JSON object with fromDate and toDate");
+        for body in [
+            r#"{"fromDate":"2022-13-01","toDate":5}"#,
+            r#"{"toDate":["2022-12-22"]}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","todate":"2022-12-22"}"#,
+            r#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":1,"limit":2}"#,
+        ] {
+            assert_eq!(parse_pull(body.as_bytes()), not_a_pull, "{body}");
+        }
+        assert_eq!(
+            parse_pull(br#"{"fromDate":null,"toDate":"2022-12-22"}"#),
+            Err("fromDate is missing")
+        );
+        let p = parse_pull(br#"{"fromDate":"2022-12-10","toDate":"2022-12-22","limit":null}"#);
+        assert_eq!(p.map(|p| p.limit), Ok(MAX_PULL), "null is an absent limit");
     }
 
     #[test]

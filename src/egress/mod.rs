@@ -33,12 +33,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::{Delivery, Remote, Route, Settings, Target};
 use crate::error::{json_response, RateScope, Reject};
 use crate::guard::rate::Limiter;
 use crate::metrics::Metrics;
 use client::{ClientError, PeerClients};
-use deliver::now_ms;
 use exchange::ExchangeError;
 use outbox::{Enqueued, JournalEntry, Push, Seen, Store, StoreError};
 
@@ -59,6 +59,8 @@ pub struct Egress {
     limiters: HashMap<String, Arc<Limiter>>,
     retention: std::time::Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Journal dates, outbox timestamps, what is sealed for a peer.
+    pub clock: Clock,
 }
 
 impl Drop for Egress {
@@ -85,7 +87,7 @@ where
 impl Egress {
     /// Builds egress for `settings` when a route needs it: opens the outbox (a corrupt
     /// store is an error, never an empty start) and the peers' TLS clients.
-    pub fn new(settings: &Settings) -> Result<Option<Egress>, EgressError> {
+    pub fn new(settings: &Settings, clock: Clock) -> Result<Option<Egress>, EgressError> {
         let needed = settings
             .listeners
             .iter()
@@ -96,11 +98,12 @@ impl Egress {
         }
         let store = Store::open(&settings.state_dir)?;
         let limits = &settings.limits;
-        let clients = PeerClients::new(
+        let mut clients = PeerClients::new(
             settings.peers.values(),
             limits.upstream_connect_timeout,
             limits.max_upstream_response,
         )?;
+        clients.clock = clock.clone();
         let limiters = settings
             .peers
             .iter()
@@ -112,6 +115,7 @@ impl Egress {
             limiters,
             retention: settings.journal_retention,
             tasks: Mutex::new(Vec::new()),
+            clock,
         }))
     }
 
@@ -130,12 +134,14 @@ impl Egress {
                 limiter: self.limiters.get(&peer.name).cloned(),
                 metrics: metrics.clone(),
                 gauges_at: None,
+                clock: self.clock.clone(),
             };
             tasks.push(tokio::spawn(worker.run()));
         }
         tasks.push(tokio::spawn(deliver::prune_forever(
             self.store.clone(),
             self.retention,
+            self.clock.clone(),
         )));
     }
 }
@@ -278,9 +284,7 @@ impl PushCtx<'_> {
             return None;
         }
         let rec = journal::extract(self.plain)?;
-        let date = rec
-            .date
-            .unwrap_or_else(|| journal::ist_date(now_ms() / 1000));
+        let date = journal::filing_date(rec.date, &self.egress.clock);
         Some(JournalEntry {
             date,
             json: rec.json,
@@ -289,7 +293,7 @@ impl PushCtx<'_> {
 
     /// Writes the push durably, then answers 202 (or the first copy's answer).
     async fn enqueue(&self, why: Option<&str>) -> Result<Response<Full<Bytes>>, Reject> {
-        let now = now_ms();
+        let now = self.egress.clock.unix_ms();
         let push = Push {
             id: 0,
             peer: self.cfg.peer.name.clone(),
@@ -377,8 +381,9 @@ impl PushCtx<'_> {
             if journal.is_some() || self.idem.is_some() {
                 let name = peer.name.clone();
                 let idem = self.idem.map(str::to_string);
+                let now = self.egress.clock.unix_ms();
                 let written = blocking(&self.egress.store, move |s| {
-                    s.record_delivered(&name, idem.as_deref(), journal.as_ref(), now_ms())
+                    s.record_delivered(&name, idem.as_deref(), journal.as_ref(), now)
                 })
                 .await;
                 // Delivered already: the application gets the peer's answer either way.
@@ -387,7 +392,7 @@ impl PushCtx<'_> {
                 }
             }
         }
-        let opened = exchange::open_reply(&self.cfg.layers, peer, self.remote.reply, resp)
+        let opened = exchange::open_reply(&self.cfg.layers, peer, self.remote.reply, resp, &self.egress.clock)
             .map_err(|e| {
                 tracing::warn!(request_id = self.request_id, peer = %peer.name, error = %e, "peer answer refused");
                 Reject::PeerBadResponse

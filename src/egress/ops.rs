@@ -12,8 +12,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::deliver::now_ms;
 use super::outbox::{Push, Store, StoreError};
+use crate::clock::Clock;
 use crate::error::{error_body, json_response};
 
 fn describe(p: &Push, state: &str, now: u64) -> Value {
@@ -34,9 +34,9 @@ fn describe(p: &Push, state: &str, now: u64) -> Value {
 }
 
 /// `{"queued":[…],"dead":[…]}` without bodies.
-pub fn list(store: &Store) -> Result<Value, StoreError> {
+pub fn list(store: &Store, clock: &Clock) -> Result<Value, StoreError> {
     let (queued, dead) = store.list()?;
-    let now = now_ms();
+    let now = clock.unix_ms();
     Ok(json!({
         "queued": queued.iter().map(|p| describe(p, "queued", now)).collect::<Vec<_>>(),
         "dead": dead.iter().map(|p| describe(p, "dead", now)).collect::<Vec<_>>(),
@@ -81,8 +81,8 @@ pub fn render(v: &Value) -> String {
 
 /// Makes push `id` due now (a dead letter goes back to its queue) and wakes its peer's
 /// delivery task. Returns its peer, or `None` when there is no such push.
-pub fn retry(store: &Store, id: u64) -> Result<Option<String>, StoreError> {
-    let peer = store.retry(id, now_ms())?;
+pub fn retry(store: &Store, id: u64, clock: &Clock) -> Result<Option<String>, StoreError> {
+    let peer = store.retry(id, clock.unix_ms())?;
     if let Some(p) = &peer {
         store.waker(p).notify_one();
     }
@@ -106,6 +106,7 @@ pub async fn admin(
     store: Option<&Arc<Store>>,
     method: &Method,
     path: &str,
+    clock: &Clock,
 ) -> Option<Response<Full<Bytes>>> {
     let rest = path.strip_prefix("/outbox")?;
     let Some(store) = store else {
@@ -125,7 +126,12 @@ pub async fn admin(
     };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let resp = match (method, parts.as_slice()) {
-        (&Method::GET, []) => match super::blocking(store, list).await {
+        (&Method::GET, []) => match super::blocking(store, {
+            let clock = clock.clone();
+            move |s| list(s, &clock)
+        })
+        .await
+        {
             Ok(v) => json_response(StatusCode::OK, Bytes::from(v.to_string())),
             Err(e) => failed(e),
         },
@@ -134,7 +140,8 @@ pub async fn admin(
                 return Some(not_found("no such push"));
             };
             let done = if *action == "retry" {
-                super::blocking(store, move |s| retry(s, id).map(|p| p.is_some())).await
+                let clock = clock.clone();
+                super::blocking(store, move |s| retry(s, id, &clock).map(|p| p.is_some())).await
             } else {
                 super::blocking(store, move |s| drop_push(s, id)).await
             };

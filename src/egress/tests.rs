@@ -76,6 +76,13 @@ fn replies_on_a_passcode_stack_open_without_a_passcode() {
         .header("content-type", sealed.content_type)
         .body(Bytes::from(sealed.body))
         .unwrap();
-    let opened = open_reply(&stack, &peer, Reply::Open, resp).expect("reply opens");
+    let opened = open_reply(
+        &stack,
+        &peer,
+        Reply::Open,
+        resp,
+        &crate::clock::Clock::system(),
+    )
+    .expect("reply opens");
     assert_eq!(opened.body().as_ref(), answer);
 }

@@ -29,6 +29,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// The `dns:` block, validated.
@@ -270,6 +271,7 @@ pub async fn refresh(
     every: Duration,
     resolver: &Resolver,
     metrics: &Metrics,
+    clock: &Clock,
     force: bool,
 ) -> usize {
     let now = Instant::now();
@@ -297,7 +299,7 @@ pub async fn refresh(
         m.dns_resolutions.with_label_values(&[&name, "ok"]);
         m.dns_resolutions.with_label_values(&[&name, "error"]);
         match result {
-            Ok(addrs) => resolved(cell, addrs, now, metrics),
+            Ok(addrs) => resolved(cell, addrs, now, clock.now(), metrics),
             Err(error) => {
                 failed += 1;
                 lookup_failed(cell, &error, now, metrics);
@@ -308,10 +310,9 @@ pub async fn refresh(
 }
 
 /// A successful lookup: the new addresses, the metrics, and a log line when they changed.
-fn resolved(cell: &DnsName, addrs: Vec<IpAddr>, now: Instant, metrics: &Metrics) {
+fn resolved(cell: &DnsName, addrs: Vec<IpAddr>, now: Instant, at: SystemTime, metrics: &Metrics) {
     let name = cell.name();
     let changed = *cell.addresses() != addrs;
-    let at = SystemTime::now();
     let addrs = Arc::new(addrs);
     cell.addrs.store(addrs.clone());
     *cell.lock() = State {

@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-/// IST is UTC+05:30.
-const IST_OFFSET_SECS: i64 = 5 * 3600 + 30 * 60;
+/// The `ticketNo` conversions live with the rest of the calendar; these names are the
+/// ones freshness and replay protection are read by.
+pub use crate::calendar::{canonical_ticket, ticket_to_unix, unix_ms_to_ticket};
 
 /// Why a request is not fresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -84,97 +85,6 @@ impl Window {
     }
 }
 
-/// Unix seconds of a `ticketNo` (14 or 17 digits, IST); `None` if it is not a real
-/// date and time.
-pub fn ticket_to_unix(ticket: &str) -> Option<i64> {
-    let t = ticket.trim();
-    if !(t.len() == 14 || t.len() == 17) || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| t.get(r).and_then(|d| d.parse::<i64>().ok());
-    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, mi, s) = (num(8..10)?, num(10..12)?, num(12..14)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
-        return None;
-    }
-    let days = days_from_civil(y, mo, d);
-    Some(days * 86_400 + h * 3600 + mi * 60 + s - IST_OFFSET_SECS)
-}
-
-/// The spelling of a `ticketNo` that replay protection keys on: the 17 digits of its
-/// instant. `20221202153322` and `20221202153322000` are one instant, so a sender cannot
-/// replay one as the other; `20221202153322882` is another. `None` if it is not a real
-/// date and time.
-///
-/// ```
-/// use bsk_sidecar::guard::fresh::canonical_ticket;
-/// assert_eq!(canonical_ticket("20221202153322").as_deref(), Some("20221202153322000"));
-/// assert_eq!(canonical_ticket(" 20221202153322000 ").as_deref(), Some("20221202153322000"));
-/// assert_eq!(canonical_ticket("20221202153322882").as_deref(), Some("20221202153322882"));
-/// assert_eq!(canonical_ticket("2022120215332"), None);
-/// ```
-pub fn canonical_ticket(ticket: &str) -> Option<String> {
-    ticket_to_unix(ticket)?;
-    let t = ticket.trim();
-    Some(if t.len() == 14 {
-        format!("{t}000")
-    } else {
-        t.to_owned()
-    })
-}
-
-/// The 17-digit `ticketNo` (IST, with milliseconds) for a Unix time in milliseconds.
-pub fn unix_ms_to_ticket(unix_ms: i64) -> String {
-    let ist_ms = unix_ms + IST_OFFSET_SECS * 1000;
-    let (secs, ms) = (ist_ms.div_euclid(1000), ist_ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}{ms:03}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if is_leap(y) => 29,
-        _ => 28,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +141,38 @@ mod tests {
         assert_eq!(W.check(now, None, Some(now)), Ok(()));
         assert_eq!(W.check(now, None, None), Err(Stale::MissingTimestamp));
         assert_eq!(W.check(now, Some("garbage"), None), Err(Stale::BadTicket));
+    }
+
+    /// The pipeline judges at its runtime's clock: stepped here to each edge of the
+    /// window around one ticket, to the millisecond.
+    #[test]
+    fn window_edges_on_a_manual_clock() {
+        use crate::clock::Clock;
+        let ticket = "20221202153322882";
+        let issued_ms = 1_669_975_402_882;
+        let clock = Clock::manual(issued_ms);
+        let judge = |clock: &Clock| W.check(clock.unix_secs_i64(), Some(ticket), None);
+        assert_eq!(judge(&clock), Ok(()));
+        // Ten minutes later, to the last millisecond of the ticket's second: still fresh.
+        clock.set_ms(1_669_975_402_000 + 600_999);
+        assert_eq!(judge(&clock), Ok(()));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(judge(&clock), Err(Stale::TooOld));
+        // A sender whose clock runs a minute ahead is tolerated; a minute and a second not.
+        clock.set_ms(1_669_975_402_000 - 60_000);
+        assert_eq!(judge(&clock), Ok(()));
+        clock.set_ms(1_669_975_402_000 - 60_001);
+        assert_eq!(judge(&clock), Err(Stale::FutureDated));
+        // The JWT `iat` is held to the same edges.
+        clock.set_ms(issued_ms);
+        let iat = clock.unix_secs_i64();
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(W.check(clock.unix_secs_i64(), None, Some(iat)), Ok(()));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            W.check(clock.unix_secs_i64(), None, Some(iat)),
+            Err(Stale::TooOld)
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod caller;
 pub mod client_cert;
 pub mod dns;
+pub mod fields;
 pub mod fresh;
 pub mod ip;
 pub mod payload;

@@ -287,6 +287,38 @@ mod tests {
         assert_eq!(c.check_and_insert(key("1"), 201, 300), Ok(()));
     }
 
+    /// A record held until `expiry` refuses the key through the millisecond before it
+    /// and frees it at that second, in memory and after a restart, read at a manual clock.
+    #[test]
+    fn a_record_expires_exactly_at_its_expiry() {
+        use crate::clock::Clock;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(1_669_975_402_882);
+        let expiry = clock.unix_secs() + 660;
+        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        assert_eq!(
+            c.check_and_insert(key("1"), clock.unix_secs(), expiry),
+            Ok(())
+        );
+        clock.set_ms(expiry * 1000 - 1);
+        let again = |c: &ReplayCache| c.check_and_insert(key("1"), clock.unix_secs(), expiry + 660);
+        assert_eq!(again(&c), Err(Replayed));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(again(&c), Ok(()), "free at its expiry");
+        // The new record, until expiry + 660, survives a restart a second before it ...
+        drop(c);
+        clock.set_ms((expiry + 659) * 1000);
+        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(again(&c), Err(Replayed));
+        drop(c);
+        // ... and not one at it.
+        clock.advance(Duration::from_secs(1));
+        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        assert!(c.is_empty());
+    }
+
     #[test]
     fn keys_differ_by_peer_and_field_boundaries() {
         assert_ne!(

@@ -21,7 +21,8 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::fresh::ticket_to_unix;
+use super::fields::{self, APPLICATION_STATUS, APP_SUB_TIME, SERVICE_CODE, TICKET_NO, USERID};
+use crate::calendar::{parse_date, ticket_to_unix};
 
 /// One of the spec's APIs, as named in a route's `schema:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -123,7 +124,9 @@ enum Kind {
 }
 
 struct Field {
+    /// The spec's name for the field, as problems report it.
     name: &'static str,
+    /// Other accepted spellings; a shared list from [`fields`] may hold `name` too.
     aliases: &'static [&'static str],
     kind: Kind,
     required: bool,
@@ -152,9 +155,6 @@ const APPLICATION_STATUSES: &[i64] = &[0, 1, 2, 3, 4, 5];
 /// `documentType`: 0 default, 1 URL, 2 base64, 3 image, 4–6 other formats.
 const DOCUMENT_TYPES: &[i64] = &[0, 1, 2, 3, 4, 5, 6];
 
-const USERID: &[&str] = &["userId"];
-const TICKET: &[&str] = &["ticketno", "tokenNo"];
-const SERVICE: &[&str] = &["ServiceCode"];
 const NONE: &[&str] = &[];
 
 // Only what identifies the service entry is required: (`userid`, `ticketNo`) is jointly
@@ -163,10 +163,14 @@ const NONE: &[&str] = &[];
 // `serviceCode`, no gender or age, `citizen…` spellings of name, mobile and email.
 const API1: &[Field] = &[
     req("userid", USERID, Kind::UserId),
-    req("ticketNo", TICKET, Kind::Timestamp),
-    opt("serviceCode", SERVICE, Kind::ServiceCode),
+    req("ticketNo", TICKET_NO, Kind::Timestamp),
+    opt("serviceCode", SERVICE_CODE, Kind::ServiceCode),
     opt("name", &["citizenname"], Kind::Text),
-    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
+    opt(
+        "applicationStatus",
+        APPLICATION_STATUS,
+        Kind::OneOf(APPLICATION_STATUSES),
+    ),
     opt("mobile", &["citizenmobile"], Kind::Text),
     opt("email", &["citizenemail"], Kind::Text),
     opt("gender", NONE, Kind::Text),
@@ -175,35 +179,47 @@ const API1: &[Field] = &[
 
 const API2: &[Field] = &[
     req("userid", USERID, Kind::UserId),
-    req("ticketNo", TICKET, Kind::Timestamp),
-    req("serviceCode", SERVICE, Kind::ServiceCode),
+    req("ticketNo", TICKET_NO, Kind::Timestamp),
+    req("serviceCode", SERVICE_CODE, Kind::ServiceCode),
     req("appNo", NONE, Kind::Text),
-    req("appSubTime", &[" appSubTime "], Kind::Timestamp),
+    req("appSubTime", APP_SUB_TIME, Kind::Timestamp),
     opt("deptPayRefNo", NONE, Kind::Text),
     opt("transNo", NONE, Kind::Text),
     opt("bankRefNo", NONE, Kind::Text),
     opt("paidAmt", NONE, Kind::Number),
     opt("message", NONE, Kind::Text),
-    req("applicationStatus", NONE, Kind::OneOf(&[2, 3])),
+    req(
+        "applicationStatus",
+        APPLICATION_STATUS,
+        Kind::OneOf(&[2, 3]),
+    ),
     opt("statusCode", NONE, Kind::Number),
 ];
 
 const API3: &[Field] = &[
     req("userid", USERID, Kind::UserId),
-    req("ticketNo", TICKET, Kind::Timestamp),
-    req("serviceCode", SERVICE, Kind::ServiceCode),
+    req("ticketNo", TICKET_NO, Kind::Timestamp),
+    req("serviceCode", SERVICE_CODE, Kind::ServiceCode),
     req("applicationNo", NONE, Kind::Text),
-    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
+    opt(
+        "applicationStatus",
+        APPLICATION_STATUS,
+        Kind::OneOf(APPLICATION_STATUSES),
+    ),
 ];
 
 const API4: &[Field] = &[
     req("userid", USERID, Kind::UserId),
-    req("ticketNo", TICKET, Kind::Timestamp),
-    req("serviceCode", SERVICE, Kind::ServiceCode),
+    req("ticketNo", TICKET_NO, Kind::Timestamp),
+    req("serviceCode", SERVICE_CODE, Kind::ServiceCode),
     // The table says documentNo; the example request sends applicationNo.
     req("documentNo", &["applicationNo"], Kind::Text),
     opt("documentType", NONE, Kind::OneOf(DOCUMENT_TYPES)),
-    opt("applicationStatus", NONE, Kind::OneOf(APPLICATION_STATUSES)),
+    opt(
+        "applicationStatus",
+        APPLICATION_STATUS,
+        Kind::OneOf(APPLICATION_STATUSES),
+    ),
 ];
 
 const API5A: &[Field] = &[
@@ -217,28 +233,14 @@ const API5B: &[Field] = &[
 ];
 
 const API6: &[Field] = &[
-    req("userId", &["userid"], Kind::UserId),
+    req("userId", USERID, Kind::UserId),
     req("deptCode", NONE, Kind::DeptCode),
     req("accessCode", NONE, Kind::Number),
 ];
 
 const API7: &[Field] = &[
-    req(
-        "fromDate",
-        &[
-            "formDate",
-            "From Date",
-            "From_Date",
-            "from_date",
-            "fromdate",
-        ],
-        Kind::Date,
-    ),
-    req(
-        "toDate",
-        &["To Date", "To_Date", "to_date", "todate"],
-        Kind::Date,
-    ),
+    req("fromDate", fields::FROM_DATE, Kind::Date),
+    req("toDate", fields::TO_DATE, Kind::Date),
 ];
 
 /// Department codes of section 14.4.
@@ -270,8 +272,9 @@ pub fn check(api: Api, plain: &[u8]) -> Result<(), Vec<Problem>> {
     let mut problems = Vec::new();
     let mut dates = (None, None);
     for f in api.fields() {
+        let aliases = f.aliases.iter().copied().filter(|a| *a != f.name);
         let found: Vec<&Value> = std::iter::once(f.name)
-            .chain(f.aliases.iter().copied())
+            .chain(aliases)
             .filter_map(|k| obj.get(k))
             .collect();
         let v = match found.as_slice() {
@@ -400,14 +403,7 @@ fn check_kind(kind: Kind, v: &Value) -> Result<(), &'static str> {
 
 /// `YYYY-MM-DD`, a real calendar date.
 fn is_date(s: &str) -> bool {
-    let mut parts = s.split('-');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(y), Some(m), Some(d), None) if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
-            // `ticket_to_unix` insists on ASCII digits and a real date.
-            ticket_to_unix(&format!("{y}{m}{d}000000")).is_some()
-        }
-        _ => false,
-    }
+    parse_date(s).is_some()
 }
 
 #[cfg(test)]

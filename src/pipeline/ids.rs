@@ -11,33 +11,28 @@ pub(super) struct PayloadIds {
 }
 
 pub(super) fn ids_of(plain: &[u8]) -> PayloadIds {
+    use crate::guard::fields::{self, Object};
     use serde_json::value::RawValue;
-    #[derive(serde::Deserialize)]
-    struct Ids<'a> {
-        #[serde(alias = "userId", borrow)]
-        userid: Option<&'a RawValue>,
-        #[serde(rename = "ticketNo", alias = "ticketno", alias = "tokenNo", borrow)]
-        ticket_no: Option<&'a RawValue>,
-        #[serde(rename = "appSubTime", alias = " appSubTime ", borrow)]
-        app_sub_time: Option<&'a RawValue>,
-        #[serde(rename = "applicationStatus", borrow)]
-        application_status: Option<&'a RawValue>,
-    }
     let clean = |v: &RawValue| {
         let s = v.get().trim_matches('"').trim();
         // Only short digit strings: an id, never a free-text field smuggled into the log.
         (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.to_string())
     };
-    match serde_json::from_slice::<Ids<'_>>(plain) {
-        Ok(ids) => PayloadIds {
-            userid: ids.userid.and_then(clean),
-            ticket_no: ids.ticket_no.and_then(clean),
-            app_sub_time: ids.app_sub_time.and_then(clean),
-            application_status: ids.application_status.and_then(clean),
-        },
-        Err(_) => PayloadIds::default(),
-    }
+    let Some(obj) = Object::parse(plain) else {
+        return PayloadIds::default();
+    };
+    // A field given twice (under one spelling or two) leaves every id unknown.
+    let id = |names: &[&str]| obj.one(names).map(|v| v.and_then(clean));
+    let ids = || {
+        Ok::<_, fields::Ambiguous>(PayloadIds {
+            userid: id(fields::USERID)?,
+            ticket_no: id(fields::TICKET_NO)?,
+            app_sub_time: id(fields::APP_SUB_TIME)?,
+            application_status: id(fields::APPLICATION_STATUS)?,
+        })
+    };
+    ids().unwrap_or_default()
 }
 
 #[cfg(test)]

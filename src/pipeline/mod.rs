@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -164,7 +164,7 @@ where
         Destination::Journal(egress) => Ingress::Journal(egress),
     };
 
-    let now = unix_now();
+    let now = rt.clock.unix_secs();
     let opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
     rate::peer(rt, cfg).await?;
     let ids = ids::ids_of(&opened.plain);
@@ -181,14 +181,7 @@ where
         Ingress::Upstream(u) => forward::to_upstream(&cx, u, &parts, plain, held, trace).await?,
         Ingress::Journal(egress) => forward::to_journal(&cx, egress, &plain, held, trace).await?,
     };
-    respond::respond(cfg, shape, answer, request_id)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    respond::respond(cfg, shape, answer, request_id, now)
 }
 
 #[cfg(test)]

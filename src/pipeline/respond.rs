@@ -11,19 +11,21 @@ use crate::config::{ResponseMode, Route};
 use crate::envelope::{self, BodyShape, Failure, Layer};
 use crate::error::Reject;
 
-/// The client's answer to `upstream`, the application's (or the journal's) answer.
+/// The client's answer to `upstream`, the application's (or the journal's) answer;
+/// `now` (unix seconds, the request's instant) stamps a sealed answer's `iat`/`exp`.
 pub(super) fn respond(
     cfg: &Route,
     shape: BodyShape,
     upstream: Response<Bytes>,
     request_id: &str,
+    now: u64,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let (parts, body) = upstream.into_parts();
     let extra_hop = headers::connection_listed(&parts.headers);
     let (body, content_type) = match &cfg.response {
         ResponseMode::Pass => (body, None),
         ResponseMode::Seal { wrap } => {
-            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref())?;
+            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref(), now)?;
             (b, Some(ct))
         }
     };
@@ -54,13 +56,13 @@ fn seal_response(
     shape: BodyShape,
     body: &Bytes,
     wrap: Option<&serde_json::Map<String, serde_json::Value>>,
+    now: u64,
 ) -> Result<(Bytes, &'static str), Reject> {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         return Err(Reject::UpstreamBadResponse);
     }
     let keys = &cfg.peer.keys;
     // `jwt.sign_exp`: a peer that requires `exp` gets it in what we seal for it.
-    let now = super::unix_now();
     let times = cfg.peer.sign_exp.map(|ttl| (now, now + ttl.as_secs()));
     let sealing_failed = |e: Failure| {
         tracing::error!(error = %e, "sealing the response failed");

@@ -262,6 +262,17 @@ pub fn build(
     }
     let framing = matches!(outer, Layer::Form | Layer::Token | Layer::Bearer);
     let to_seal: &[Layer] = if framing { inner } else { layers };
+    let text = seal_inner(to_seal, keys, recipe, plain)?;
+    frame(outer, keys, recipe, shape, text)
+}
+
+/// The layers inside the framing, innermost first, applied to `plain`.
+fn seal_inner(
+    to_seal: &[Layer],
+    keys: &PeerKeys,
+    recipe: &Recipe,
+    plain: String,
+) -> Result<String, CraftError> {
     let mut made = Carried::Json(plain);
     for &layer in to_seal.iter().rev() {
         made = match layer {
@@ -288,7 +299,18 @@ pub fn build(
             Layer::Form | Layer::Token | Layer::Bearer => return Err(CraftError::Stack),
         };
     }
-    let text = made.into_text();
+    Ok(made.into_text())
+}
+
+/// `text` in the outer layer's framing: a form, a `{"token":…}` object, a bearer header,
+/// or the text alone when the outer layer is not a framing.
+fn frame(
+    outer: Layer,
+    keys: &PeerKeys,
+    recipe: &Recipe,
+    shape: BodyShape,
+    text: String,
+) -> Result<Built, CraftError> {
     let passcode_json = |fault| passcode_value(keys, fault);
     Ok(match outer {
         Layer::Form => {

@@ -13,13 +13,14 @@ pub mod samples;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 
+use crate::calendar::{days_until, unix_ms_to_ticket};
+use crate::clock::Clock;
 use crate::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
-use crate::guard::fresh::unix_ms_to_ticket;
 use client::{Answer, Client, ClientError, Outgoing, Target};
 use craft::{AesFault, PasscodeFault, Recipe, TokenFault};
 use samples::Sample;
@@ -47,6 +48,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Trust these certificates instead of the system's roots.
     pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// Stamps tickets and tokens, ages certificates.
+    pub clock: Clock,
 }
 
 /// Why a probe could not run at all.
@@ -135,13 +138,6 @@ impl Report {
     }
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Opens an answer the way a peer reads it: with the stack (without `passcode`, which
 /// answers never carry), else with the layers inside the framing, else the inner layers
 /// on a wrap object's `encData`. `None` when it does not open.
@@ -150,8 +146,9 @@ pub fn open_answer(
     keys: &PeerKeys,
     content_type: Option<&str>,
     body: &[u8],
+    clock: &Clock,
 ) -> Option<Vec<u8>> {
-    let now = (unix_ms() / 1000).max(0) as u64;
+    let now = clock.unix_secs();
     let layers = layers.strip_suffix(&[Layer::Passcode]).unwrap_or(layers);
     let attempt = |stack: &[Layer], body: &[u8]| {
         let req = Incoming {
@@ -328,7 +325,7 @@ impl Probe {
 
     /// A `ticketNo` for now, distinct from every one this probe sent before.
     fn fresh_ticket(&mut self) -> String {
-        let ms = unix_ms().max(self.last_ticket_ms + 1);
+        let ms = self.opts.clock.unix_ms_i64().max(self.last_ticket_ms + 1);
         self.last_ticket_ms = ms;
         unix_ms_to_ticket(ms)
     }
@@ -342,7 +339,7 @@ impl Probe {
             token: TokenFault::None,
             passcode: PasscodeFault::None,
             jti: format!("probe-{}-{}", self.run_id, self.n),
-            now: (unix_ms() / 1000).max(0) as u64,
+            now: self.opts.clock.unix_secs(),
         }
     }
 
@@ -409,7 +406,7 @@ impl Probe {
             Ok(t) => {
                 let days = t
                     .not_after
-                    .map(|na| (na - unix_ms() / 1000).div_euclid(86_400));
+                    .map(|na| days_until(self.opts.clock.unix_secs_i64(), na));
                 let verdict = match days {
                     Some(d) if d < 0 => Verdict::Fail,
                     Some(d) if d < EXPIRY_WARN_DAYS => Verdict::Warn,
@@ -445,6 +442,7 @@ impl Probe {
                     &self.opts.keys,
                     a.header("content-type"),
                     &a.body,
+                    &self.opts.clock,
                 );
                 let what = match opened {
                     Some(p) => format!("answer opened: {} bytes of JSON", p.len()),
@@ -516,6 +514,12 @@ impl Probe {
                 worst,
             );
         }
+        self.padding_oracle(&prints);
+        self.timing(&medians);
+    }
+
+    /// Every envelope failure must get the same answer: a difference is an oracle.
+    fn padding_oracle(&mut self, prints: &[(AesFault, String, String)]) {
         let distinct: BTreeMap<&str, Vec<(AesFault, &str)>> =
             prints.iter().fold(BTreeMap::new(), |mut m, (f, fp, d)| {
                 m.entry(fp.as_str()).or_default().push((*f, d.as_str()));
@@ -555,6 +559,10 @@ impl Probe {
                 ),
             );
         }
+    }
+
+    /// Failure kinds told apart by time beyond the noise within one kind: a warning.
+    fn timing(&mut self, medians: &[(AesFault, Duration, Duration)]) {
         // Noise: the widest spread within one kind; a spread of medians beyond it (and
         // beyond a millisecond) is a timing difference worth a look.
         let noise = medians.iter().map(|m| m.2).max().unwrap_or_default();
@@ -667,7 +675,7 @@ impl Probe {
             return;
         }
         let mut r = self.recipe();
-        let old = unix_ms_to_ticket(unix_ms() - (STALE_SECS * 1000) as i64);
+        let old = unix_ms_to_ticket(self.opts.clock.unix_ms_i64() - (STALE_SECS * 1000) as i64);
         r.plain = self.opts.sample.request(&old);
         let mut sent = Vec::new();
         if self.opts.sample.has_ticket() {

@@ -1,0 +1,141 @@
+//! The one wall clock every time-based decision reads: freshness windows, replay expiry,
+//! journal dates, outbox timestamps, certificate expiry, the config-loaded stamp.
+//!
+//! [`Clock::System`] is the operating system's clock; [`Clock::Manual`] holds an instant a
+//! test sets and advances, so a decision can be checked at the exact edge of a window.
+//! An enum rather than a trait object: reading the clock on the request path is a match,
+//! not a virtual call. Durations measured within the process (uptime, latency) use
+//! [`std::time::Instant`] and are not the clock's business.
+//!
+//! ```
+//! use std::time::Duration;
+//! use bsk_sidecar::clock::Clock;
+//! let clock = Clock::manual(1_669_975_402_882);
+//! assert_eq!(clock.unix_secs(), 1_669_975_402);
+//! clock.advance(Duration::from_millis(118));
+//! assert_eq!(clock.unix_ms(), 1_669_975_403_000);
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where "now" comes from. Cloning a manual clock shares its instant.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// The operating system's wall clock.
+    #[default]
+    System,
+    /// Unix milliseconds held in memory; only [`Clock::set_ms`] and [`Clock::advance`]
+    /// move it.
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The operating system's clock.
+    pub fn system() -> Clock {
+        Clock::System
+    }
+
+    /// A clock standing at `unix_ms` until set or advanced.
+    pub fn manual(unix_ms: u64) -> Clock {
+        Clock::Manual(Arc::new(AtomicU64::new(unix_ms)))
+    }
+
+    /// Milliseconds since the Unix epoch (0 for a system clock set before 1970).
+    pub fn unix_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            Clock::Manual(ms) => ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whole seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_ms() / 1000
+    }
+
+    /// [`Clock::unix_secs`] as the signed seconds date arithmetic uses.
+    pub fn unix_secs_i64(&self) -> i64 {
+        i64::try_from(self.unix_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// [`Clock::unix_ms`] as signed milliseconds.
+    pub fn unix_ms_i64(&self) -> i64 {
+        i64::try_from(self.unix_ms()).unwrap_or(i64::MAX)
+    }
+
+    /// Now, as a [`SystemTime`].
+    pub fn now(&self) -> SystemTime {
+        match self {
+            Clock::System => SystemTime::now(),
+            Clock::Manual(_) => UNIX_EPOCH + Duration::from_millis(self.unix_ms()),
+        }
+    }
+
+    /// Moves a manual clock to `unix_ms`; a system clock is not ours to set, so this
+    /// does nothing to it.
+    pub fn set_ms(&self, unix_ms: u64) {
+        if let Clock::Manual(ms) = self {
+            ms.store(unix_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves a manual clock forward by `by`; does nothing to a system clock.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(ms) = self {
+            let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+            let _ = ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(m.saturating_add(by))
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_clones_share_it() {
+        let c = Clock::manual(1_000_999);
+        let shared = c.clone();
+        assert_eq!((c.unix_ms(), c.unix_secs()), (1_000_999, 1000));
+        assert_eq!(c.now(), UNIX_EPOCH + Duration::from_millis(1_000_999));
+        c.advance(Duration::from_millis(1));
+        assert_eq!(shared.unix_secs(), 1001);
+        shared.set_ms(5);
+        assert_eq!(c.unix_ms(), 5);
+        c.set_ms(u64::MAX - 1);
+        c.advance(Duration::from_secs(10));
+        assert_eq!(
+            c.unix_ms(),
+            u64::MAX,
+            "saturates instead of wrapping to 1970"
+        );
+        assert_eq!(c.unix_ms_i64(), i64::MAX);
+    }
+
+    #[test]
+    fn the_system_clock_reads_the_operating_system() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let c = Clock::system();
+        c.set_ms(0);
+        c.advance(Duration::from_secs(3600));
+        let read = c.unix_secs();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        assert!(
+            before <= read && read <= after,
+            "{before} <= {read} <= {after}"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The payload's field names and the spellings deployed peers send them under
+//! (`spec/NOTES.md`), in one table that the schema check, the replay key and the API-7
+//! journal all read; and a JSON object's entries looked up by any spelling.
+//!
+//! Each list is the spec's spelling first, then its aliases. A field given under two
+//! spellings (or one spelling twice) is ambiguous: which value was meant is not for us
+//! to guess.
+//!
+//! ```
+//! use bsk_sidecar::guard::fields::{self, Object};
+//! let obj = Object::parse(br#"{"userId":"9054233544","tokenNo":20221202153322882}"#).unwrap();
+//! assert_eq!(obj.one(fields::TICKET_NO).unwrap().map(|v| v.get()), Some("20221202153322882"));
+//! let twice = Object::parse(br#"{"userid":1,"userId":2}"#).unwrap();
+//! assert!(twice.one(fields::USERID).is_err());
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The citizen's mobile number that identifies them.
+pub const USERID: &[&str] = &["userid", "userId"];
+/// The request's IST timestamp, which with `userid` identifies a service entry.
+pub const TICKET_NO: &[&str] = &["ticketNo", "ticketno", "tokenNo"];
+/// API-2's application time; a deployed sender pads the name with spaces.
+pub const APP_SUB_TIME: &[&str] = &["appSubTime", " appSubTime "];
+/// Where an application stands (0–5).
+pub const APPLICATION_STATUS: &[&str] = &["applicationStatus"];
+/// Department code and sequence (`AMD/003`).
+pub const SERVICE_CODE: &[&str] = &["serviceCode", "ServiceCode"];
+/// API-7's first day: the spec's spellings and the deployed department code's.
+pub const FROM_DATE: &[&str] = &[
+    "fromDate",
+    "formDate",
+    "From Date",
+    "From_Date",
+    "from_date",
+    "fromdate",
+];
+/// API-7's last day.
+pub const TO_DATE: &[&str] = &["toDate", "To Date", "To_Date", "to_date", "todate"];
+
+/// A field given more than once, under one spelling or several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a field is given twice")]
+pub struct Ambiguous;
+
+/// A JSON object's entries in document order, values unparsed.
+#[derive(Debug, Default)]
+pub struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Object<'a> {
+    /// `None` when `json` is not one JSON object.
+    pub fn parse(json: &'a [u8]) -> Option<Object<'a>> {
+        serde_json::from_slice(json).ok()
+    }
+
+    /// The value under the last occurrence of exactly `name`.
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// The value under the first of `spellings` present (and which one it was), in the
+    /// list's order; a repeated key counts as its last value.
+    pub fn first(&self, spellings: &[&'static str]) -> Option<(&'static str, &'a RawValue)> {
+        spellings.iter().find_map(|n| self.get(n).map(|v| (*n, v)))
+    }
+
+    /// The one value given under any of `spellings`; an error when more than one entry
+    /// carries it.
+    pub fn one(&self, spellings: &[&str]) -> Result<Option<&'a RawValue>, Ambiguous> {
+        let mut found = self
+            .0
+            .iter()
+            .filter(|(k, _)| spellings.contains(&k.as_ref()));
+        match (found.next(), found.next()) {
+            (None, _) => Ok(None),
+            (Some((_, v)), None) => Ok(Some(*v)),
+            (Some(_), Some(_)) => Err(Ambiguous),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Entries<'a> {
+            type Value = Object<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Object<'a>, M::Error> {
+                let mut entries = Vec::with_capacity(m.size_hint().unwrap_or(8).min(64));
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    entries.push((k, m.next_value::<&'de RawValue>()?));
+                }
+                Ok(Object(entries))
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_is_found_and_two_are_ambiguous() {
+        for (json, table) in [
+            (r#"{"userid":1}"#, USERID),
+            (r#"{"userId":1}"#, USERID),
+            (r#"{"ticketno":1}"#, TICKET_NO),
+            (r#"{"tokenNo":1}"#, TICKET_NO),
+            (r#"{" appSubTime ":1}"#, APP_SUB_TIME),
+            (r#"{"From Date":1}"#, FROM_DATE),
+            (r#"{"todate":1}"#, TO_DATE),
+        ] {
+            let obj = Object::parse(json.as_bytes()).unwrap();
+            assert_eq!(
+                obj.one(table).unwrap().map(RawValue::get),
+                Some("1"),
+                "{json}"
+            );
+        }
+        let obj = Object::parse(br#"{"UserId":1,"ticket_no":2}"#).unwrap();
+        assert!(
+            matches!(obj.one(USERID), Ok(None)),
+            "not a deployed spelling"
+        );
+        assert!(matches!(obj.one(TICKET_NO), Ok(None)));
+        for json in [
+            r#"{"ticketNo":1,"tokenNo":1}"#,
+            r#"{"ticketNo":1,"ticketNo":1}"#,
+        ] {
+            let obj = Object::parse(json.as_bytes()).unwrap();
+            assert!(matches!(obj.one(TICKET_NO), Err(Ambiguous)), "{json}");
+        }
+    }
+
+    #[test]
+    fn first_follows_the_tables_order_and_get_the_last_repeat() {
+        let obj = Object::parse(br#"{"tokenNo":3,"ticketno":2,"ticketno":4}"#).unwrap();
+        let (name, v) = obj.first(TICKET_NO).unwrap();
+        assert_eq!((name, v.get()), ("ticketno", "4"));
+        assert_eq!(obj.get("tokenNo").map(RawValue::get), Some("3"));
+    }
+
+    #[test]
+    fn only_an_object_is_an_object() {
+        for json in ["[1,2,3,4]", "\"x\"", "12", "null", "{", ""] {
+            assert!(Object::parse(json.as_bytes()).is_none(), "{json}");
+        }
+        let escaped = Object::parse(br#"{"user\u0069d":5}"#).unwrap();
+        assert_eq!(escaped.one(USERID).unwrap().map(RawValue::get), Some("5"));
+    }
+}
