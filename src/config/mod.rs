@@ -119,6 +119,18 @@ impl Settings {
                 humantime::format_duration(r.timeout)
             );
         }
+        if let Some(p) = &self.postgres {
+            let tls = if crate::egress::pg::schema::tls_disabled(p) {
+                "off (sslmode=disable)"
+            } else {
+                "require"
+            };
+            let _ = writeln!(
+                out,
+                "shared   postgres (outbox, dead letters, idempotency keys, API-7 journal) tls={tls} schema=v{}",
+                crate::egress::pg::schema::SCHEMA_VERSION
+            );
+        }
         if !ops::dns_names(self).is_empty() {
             let _ = writeln!(out, "dns      {}", ops::describe_dns(&self.dns));
         }
@@ -231,6 +243,16 @@ impl Settings {
         {
             out.push(
                 "state.backend: rate limits are off while Redis is unreachable (on_redis_down: open)"
+                    .to_string(),
+            );
+        }
+        if self
+            .postgres
+            .as_ref()
+            .is_some_and(crate::egress::pg::schema::tls_disabled)
+        {
+            out.push(
+                "state.backend.postgres: traffic to PostgreSQL is not encrypted (sslmode=disable)"
                     .to_string(),
             );
         }

@@ -61,6 +61,8 @@ pub enum RawBackend {
 pub struct RawEngines {
     /// `redis://` or `rediss://` URL (secret syntax: it may carry a password).
     pub redis: Option<RawSecret>,
+    /// `postgres://` URL (secret syntax): outbox, dead letters, idempotency, API-7 journal.
+    pub postgres: Option<RawSecret>,
     /// How many replicas share the limits (local fallback at rate / replicas).
     pub replicas: Option<u32>,
     /// Rate limits while Redis is unreachable: `local` (default), `open` or `closed`.

@@ -37,6 +37,8 @@ pub struct Settings {
     pub journal_retention: Duration,
     /// State shared by replicas: `None` = embedded (in this process only).
     pub redis: Option<crate::fleet::RedisSettings>,
+    /// `state.backend.postgres`: the outbox and journal shared by replicas (`None` = redb).
+    pub postgres: Option<crate::egress::pg::PgSettings>,
     pub limits: Limits,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub listeners: Vec<ListenerSettings>,
@@ -715,17 +717,19 @@ fn backend(
         RawBackend::Named(n) => {
             check.err(
                 "state.backend",
-                format!("`{n}` is not `embedded`; for shared state write `{{ redis: URL }}`"),
+                format!("`{n}` is not `embedded`; for shared state write `{{ redis: URL }}` and/or `{{ postgres: URL }}`"),
             );
             return None;
         }
         RawBackend::Engines(e) => e,
     };
     let Some(raw_url) = &e.redis else {
-        check.err(
-            "state.backend.redis",
-            "missing: the Redis URL the replicas share",
-        );
+        if e.postgres.is_none() {
+            check.err(
+                "state.backend.redis",
+                "missing: the Redis URL the replicas share",
+            );
+        }
         return None;
     };
     let url = secret(check, "state.backend.redis", raw_url, base)?;
@@ -769,6 +773,33 @@ fn backend(
         timeout,
         prefix: e.redis_prefix.clone().unwrap_or_else(|| "bsk".into()),
     })
+}
+
+/// `state.backend.postgres`: a `postgres://` URL that parses, TLS unless it says
+/// `sslmode=disable`. The URL is never printed (it may carry a password).
+fn postgres_backend(
+    check: &mut Check<'_>,
+    raw: &RawBackend,
+    base: &Path,
+) -> Option<crate::egress::pg::PgSettings> {
+    let RawBackend::Engines(e) = raw else {
+        return None;
+    };
+    let url = secret(check, "state.backend.postgres", e.postgres.as_ref()?, base)?;
+    let text = String::from_utf8_lossy(url.expose()).into_owned();
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        check.err(
+            "state.backend.postgres",
+            "must be a postgres:// URL (postgres://user:password@host:port/database?sslmode=require)",
+        );
+        return None;
+    }
+    let settings = crate::egress::pg::PgSettings { url };
+    if let Err(e) = crate::egress::pg::schema::parse(&settings.url) {
+        check.err("state.backend.postgres", e.to_string());
+        return None;
+    }
+    Some(settings)
 }
 
 /// The freshness window of an ingress route that does not write one (API-2: 24h).
@@ -890,6 +921,11 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
         .as_ref()
         .and_then(|s| s.backend.as_ref())
         .and_then(|b| backend(&mut check, b, base));
+    let postgres = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.backend.as_ref())
+        .and_then(|b| postgres_backend(&mut check, b, base));
     let state_dir = raw
         .state
         .map(|s| {
@@ -1342,6 +1378,7 @@ pub fn build(raw: RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec<
             state_dir,
             journal_retention,
             redis,
+            postgres,
             limits,
             peers,
             listeners,

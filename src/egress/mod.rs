@@ -24,6 +24,8 @@ pub mod exchange;
 pub mod journal;
 pub mod ops;
 pub mod outbox;
+pub mod pg;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,7 @@ use client::{ClientError, PeerClients};
 use deliver::now_ms;
 use exchange::ExchangeError;
 use outbox::{Enqueued, JournalEntry, Push, Seen, Store, StoreError};
+use store::Outbox;
 
 /// Why egress could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,7 @@ pub enum EgressError {
 
 /// Egress state shared by every request of one runtime.
 pub struct Egress {
-    pub store: Arc<Store>,
+    pub store: Outbox,
     pub clients: Arc<PeerClients>,
     /// Outbound rate limits (`peers.NAME.rate`), separate from the inbound buckets.
     limiters: HashMap<String, Arc<Limiter>>,
@@ -94,7 +97,12 @@ impl Egress {
         if !needed {
             return Ok(None);
         }
-        let store = Store::open(&settings.state_dir)?;
+        let store = match &settings.postgres {
+            Some(pg) => {
+                Outbox::Postgres(Arc::new(pg::PgStore::open(pg).map_err(StoreError::from)?))
+            }
+            None => Outbox::Embedded(Store::open(&settings.state_dir)?),
+        };
         let limits = &settings.limits;
         let clients = PeerClients::new(
             settings.peers.values(),
@@ -121,6 +129,9 @@ impl Egress {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if !tasks.is_empty() {
             return;
+        }
+        if let Outbox::Postgres(p) = &self.store {
+            p.set_metrics(metrics);
         }
         for peer in settings.peers.values().filter(|p| p.url.is_some()) {
             let worker = deliver::Worker {
@@ -226,16 +237,14 @@ pub async fn push(
         Delivery::Direct => push_ctx.send_now().await,
         Delivery::Fallback => {
             if let Some(k) = &idem {
-                let key = k.clone();
-                let seen = blocking(&egress.store, move |s| s.seen(&key))
-                    .await
-                    .map_err(store_failed)?;
+                let seen = egress.store.seen(k).await.map_err(store_failed)?;
                 if let Some(seen) = seen {
                     return Ok((duplicate(seen, request_id), Outcome::default()));
                 }
             }
-            let name = peer.name.clone();
-            let behind = blocking(&egress.store, move |s| s.has_queued(&name))
+            let behind = egress
+                .store
+                .has_queued(&peer.name)
                 .await
                 .map_err(store_failed)?;
             if behind {
@@ -316,7 +325,10 @@ impl PushCtx<'_> {
             dead_reason: None,
         };
         let journal = self.journal_entry();
-        let done = blocking(&self.egress.store, move |s| s.enqueue(push, journal))
+        let done = self
+            .egress
+            .store
+            .enqueue(push, journal)
             .await
             .map_err(store_failed)?;
         match done {
@@ -375,12 +387,11 @@ impl PushCtx<'_> {
                 .inc();
             let journal = self.journal_entry();
             if journal.is_some() || self.idem.is_some() {
-                let name = peer.name.clone();
-                let idem = self.idem.map(str::to_string);
-                let written = blocking(&self.egress.store, move |s| {
-                    s.record_delivered(&name, idem.as_deref(), journal.as_ref(), now_ms())
-                })
-                .await;
+                let written = self
+                    .egress
+                    .store
+                    .record_delivered(&peer.name, self.idem, journal, now_ms())
+                    .await;
                 // Delivered already: the application gets the peer's answer either way.
                 if let Err(e) = written {
                     tracing::error!(request_id = self.request_id, error = %e, "recording a delivered push failed");
@@ -405,14 +416,14 @@ pub async fn serve_journal(
 ) -> Result<Response<Bytes>, Reject> {
     let pull = journal::parse_pull(plain).map_err(Reject::BadRequest)?;
     let peer = journal_peer(cfg);
-    let records = blocking(&egress.store, move |s| {
-        s.journal(&peer, &pull.from, &pull.to, pull.offset, pull.limit)
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "reading the journal failed");
-        Reject::StoreUnavailable
-    })?;
+    let records = egress
+        .store
+        .journal(&peer, &pull.from, &pull.to, pull.offset, pull.limit)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the journal failed");
+            Reject::StoreUnavailable
+        })?;
     let mut resp = Response::new(Bytes::from(journal::answer(&records)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -47,6 +47,12 @@ pub enum StoreError {
     /// A stored entry is not what this version writes.
     #[error("outbox entry {0} cannot be read")]
     BadEntry(u64),
+    /// The PostgreSQL store (`state.backend.postgres`) failed.
+    #[error("outbox store: {0}")]
+    Postgres(#[from] super::pg::PgError),
+    /// A head taken from one kind of store was handed to another.
+    #[error("outbox store: a queue head was finished on the wrong store")]
+    MixedHead,
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
