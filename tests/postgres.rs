@@ -1,0 +1,443 @@
+//! Sidecar processes sharing one PostgreSQL (`state.backend.postgres`) for the outbox,
+//! idempotency keys and the API-7 journal: a replica killed with pushes queued has them
+//! delivered by another, exactly once and in order; the same push through two replicas
+//! is one push; PostgreSQL down means 503 `store_unavailable` and recovery without a
+//! restart; a schema newer than the binary refuses start-up.
+//!
+//! Each test starts its own cluster (`initdb` + `pg_ctl`) on an ephemeral loopback port,
+//! stopped when the test ends, however it ends. As root (CI), PostgreSQL runs as the
+//! `postgres` user via `runuser`. Needs the PostgreSQL server binaries
+//! (`.ci/install-state-deps`); under `CI=true` missing ones fail the test.
+
+mod egress_support;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use egress_support::*;
+
+/// Where `initdb` and `pg_ctl` are: `pg_config --bindir`, else PATH, else the Debian
+/// layout.
+fn pg_bindir() -> Option<PathBuf> {
+    let from_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let mut candidates: Vec<PathBuf> = from_config.into_iter().collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut found: Vec<PathBuf> = dirs.flatten().map(|d| d.path().join("bin")).collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+}
+
+fn pg_available() -> Option<PathBuf> {
+    let found = pg_bindir();
+    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("initdb/pg_ctl are missing; `bash .ci/install-state-deps` installs PostgreSQL");
+    }
+    if found.is_none() {
+        eprintln!("SKIPPED: initdb/pg_ctl are missing; `bash .ci/install-state-deps` installs PostgreSQL. Under CI=true this is a failure.");
+    }
+    found
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A PostgreSQL cluster of the test's own; stopped on drop.
+struct Cluster {
+    bindir: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+impl Cluster {
+    fn start(bindir: &Path) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = is_root();
+        if as_postgres {
+            // PostgreSQL refuses to run as root: the cluster belongs to `postgres`.
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown the cluster directory to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = Cluster {
+            bindir: bindir.to_path_buf(),
+            dir,
+            port,
+            as_postgres,
+            running: false,
+        };
+        let data = c.data();
+        let out = c
+            .tool("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.pg_ctl_start();
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn tool(&self, name: &str) -> Command {
+        let bin = self.bindir.join(name);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    fn pg_ctl_start(&mut self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self
+            .tool("pg_ctl")
+            .arg("start")
+            .arg("-w")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &opts])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+        self.running = true;
+    }
+
+    fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = self
+            .tool("pg_ctl")
+            .args(["stop", "-w", "-m", "fast", "-D"])
+            .arg(self.data())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A client of the test's own, for what the sidecar must find in the database.
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The egress test config with `state.backend.postgres` added.
+fn write_config(dir: &Path, name: &str, peer: &RemotePeer, pki: &Pki, pg: &Cluster) -> PathBuf {
+    let state = dir.join(format!("state-{name}"));
+    let text = config(&peer.url(), &pki.ca_file(), &state);
+    let plain = format!("dir: \"{}\" }}", state.display());
+    let with_pg = format!(
+        "dir: \"{}\", backend: {{ postgres: \"{}\" }} }}",
+        state.display(),
+        pg.url()
+    );
+    assert!(text.contains(&plain));
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, text.replacen(&plain, &with_pg, 1)).unwrap();
+    cfg
+}
+
+/// Starts two replicas at once (both migrate at start: the advisory lock orders them).
+fn two_replicas(a: &Path, b: &Path) -> (Sidecar, Sidecar) {
+    std::thread::scope(|s| {
+        let ta = s.spawn(|| Sidecar::start(a));
+        let tb = s.spawn(|| Sidecar::start(b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    })
+}
+
+async fn pull_journal(sc: &Sidecar, json: &str) -> Vec<String> {
+    let sealed = seal(json.as_bytes());
+    let (status, ct, body) = request(
+        sc.public(),
+        "POST",
+        "/bsk/missed",
+        sealed.content_type,
+        sealed.body,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let plain = open_array(ct.as_deref(), &body).expect("sealed API-7 answer");
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&plain).expect("JSON array");
+    records.iter().map(key_of).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_pushes_are_delivered_by_the_other_once_and_in_order() {
+    let Some(bindir) = pg_available() else { return };
+    let pg = Cluster::start(&bindir);
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peer = RemotePeer::down(&pki).await;
+    let (ca, cb) = (
+        write_config(dir.path(), "a", &peer, &pki, &pg),
+        write_config(dir.path(), "b", &peer, &pki, &pg),
+    );
+    let (a, b) = two_replicas(&ca, &cb);
+
+    // The portal is down: 50 pushes, alternating between the replicas, all queued.
+    let mut made = Vec::new();
+    for n in 0..50u32 {
+        let body = api2(n, "20221210", 2);
+        let sc = if n % 2 == 0 { &a } else { &b };
+        let (status, v) = push(sc, "/push/queued", &body).await;
+        assert_eq!(status, 202, "{v}");
+        made.push(ticket_of(&body));
+    }
+    // Either replica lists the whole fleet's queue.
+    assert_eq!(outbox(&b).await["queued"].as_array().unwrap().len(), 50);
+
+    a.kill9();
+    peer.start().await;
+    peer.wait_for(50).await;
+    wait_outbox_empty(&b).await;
+
+    let got = tickets(&peer.received());
+    assert_eq!(got, made, "each push once, in the order they were made");
+
+    // API-7 on the surviving replica answers from every replica's pushes.
+    let journal = pull_journal(&b, r#"{"fromDate":"2022-12-10","toDate":"2022-12-10"}"#).await;
+    assert_eq!(journal, made);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_push_through_two_replicas_is_one_push() {
+    let Some(bindir) = pg_available() else { return };
+    let pg = Cluster::start(&bindir);
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peer = RemotePeer::down(&pki).await;
+    let (ca, cb) = (
+        write_config(dir.path(), "a", &peer, &pki, &pg),
+        write_config(dir.path(), "b", &peer, &pki, &pg),
+    );
+    let (a, b) = two_replicas(&ca, &cb);
+
+    // Sent to both at the same instant: one row wins, both answers name it.
+    let body = api2(7, "20221211", 2);
+    let (ra, rb) = tokio::join!(
+        push(&a, "/push/queued", &body),
+        push(&b, "/push/queued", &body)
+    );
+    assert_eq!((ra.0, rb.0), (202, 202), "{} {}", ra.1, rb.1);
+    assert_eq!(ra.1["id"], rb.1["id"]);
+    let id = ra.1["id"].clone();
+
+    peer.start().await;
+    peer.wait_for(1).await;
+    wait_outbox_empty(&a).await;
+    // Delivered: a later copy through either replica is answered from the record.
+    for sc in [&a, &b] {
+        let (status, v) = push(sc, "/push/queued", &body).await;
+        assert_eq!((status, &v["message"]), (200, &"Already delivered".into()));
+        assert_eq!(v["id"], id);
+    }
+    assert_eq!(count_of_ticket(&peer, &ticket_of(&body)), 1);
+    assert_eq!(peer.received().len(), 1);
+}
+
+fn count_of_ticket(peer: &RemotePeer, ticket: &str) -> usize {
+    tickets(&peer.received())
+        .iter()
+        .filter(|t| *t == ticket)
+        .count()
+}
+
+/// `bsk_sidecar_backend_errors_total{backend="postgres"}`, summed over operations.
+async fn store_errors(sc: &Sidecar) -> u64 {
+    let (_, _, m) = request(sc.admin, "GET", "/metrics", "text/plain", Vec::new()).await;
+    String::from_utf8_lossy(&m)
+        .lines()
+        .filter(|l| {
+            l.starts_with("bsk_sidecar_backend_errors_total{")
+                && l.contains(r#"backend="postgres""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_refuses_pushes_with_503_and_recovers_without_a_restart() {
+    let Some(bindir) = pg_available() else { return };
+    let mut pg = Cluster::start(&bindir);
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peer = RemotePeer::down(&pki).await;
+    let cfg = write_config(dir.path(), "a", &peer, &pki, &pg);
+    let sc = Sidecar::start(&cfg);
+
+    let before = api2(1, "20221212", 2);
+    let (status, v) = push(&sc, "/push/queued", &before).await;
+    assert_eq!(status, 202, "{v}");
+
+    pg.stop();
+    let refused = api2(2, "20221212", 2);
+    for route in ["/push/queued", "/push/fallback"] {
+        let (status, v) = push(&sc, route, &refused).await;
+        assert_eq!(
+            (status, v["reason"].as_str()),
+            (503, Some("store_unavailable")),
+            "{route}: {v}"
+        );
+    }
+    assert!(store_errors(&sc).await > 0, "store failures are counted");
+
+    // Back: the same sidecar accepts again, on its own.
+    pg.pg_ctl_start();
+    let after = api2(3, "20221212", 2);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, v) = push(&sc, "/push/queued", &after).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(v["reason"], "store_unavailable", "{v}");
+        assert!(Instant::now() < deadline, "pushes not accepted again: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing accepted was lost; nothing refused was sent.
+    peer.start().await;
+    peer.wait_for(2).await;
+    wait_outbox_empty(&sc).await;
+    let got: HashSet<String> = tickets(&peer.received()).into_iter().collect();
+    let want: HashSet<String> = [ticket_of(&before), ticket_of(&after)].into();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_newer_than_the_binary_refuses_start_up() {
+    let Some(bindir) = pg_available() else { return };
+    let pg = Cluster::start(&bindir);
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = RemotePeer::down(&pki).await;
+    let cfg = write_config(dir.path(), "a", &peer, &pki, &pg);
+
+    // A first start creates the schema; `check --online` reports its version.
+    Sidecar::start(&cfg).kill9();
+    let (_, out, err) = cli(&["check", "--online", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        out.contains("state.backend.postgres") && out.contains("schema v1"),
+        "{out}{err}"
+    );
+    assert!(
+        !out.contains(&pg.url()) && !err.contains(&pg.url()),
+        "URL never printed"
+    );
+
+    let client = pg.client().await;
+    client
+        .execute("INSERT INTO bsk_schema_version (version) VALUES (99)", &[])
+        .await
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a sidecar started on a newer schema");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("schema is version 99, newer than this bsk-sidecar knows (1)"),
+        "{err}"
+    );
+}
+
+/// `ticketNo/applicationStatus` of a push.
+fn ticket_of(json: &str) -> String {
+    key_of(&serde_json::from_str(json).unwrap())
+}
