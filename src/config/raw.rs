@@ -51,6 +51,7 @@ pub struct RawState {
 /// `embedded`, or the engines a fleet of replicas shares.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // parsed once per load
 pub enum RawBackend {
     Named(String),
     Engines(RawEngines),

@@ -34,6 +34,7 @@ pub struct Head {
     hold: Hold,
 }
 
+#[allow(clippy::large_enum_variant)] // one per delivery step, moved, never stored
 enum Hold {
     /// redb: the delivery lock is held by the caller for the whole step.
     Embedded,
@@ -41,6 +42,7 @@ enum Hold {
 }
 
 /// What [`Outbox::take_head`] found.
+#[allow(clippy::large_enum_variant)] // one per delivery step, moved, never stored
 pub enum Taken {
     Empty,
     /// Another replica is sending the head: look again shortly.

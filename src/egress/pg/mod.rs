@@ -90,6 +90,7 @@ impl Drop for PgHead {
 }
 
 /// What the head of a peer's queue is.
+#[allow(clippy::large_enum_variant)] // one per delivery step, moved, never stored
 pub enum PgTaken {
     Empty,
     /// Another worker (any replica) is sending it.
