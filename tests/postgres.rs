@@ -261,8 +261,11 @@ async fn a_killed_replicas_pushes_are_delivered_by_the_other_once_and_in_order()
         assert_eq!(status, 202, "{v}");
         made.push(ticket_of(&body));
     }
-    // Either replica lists the whole fleet's queue.
+    // Either replica lists the whole fleet's queue, and so does the CLI, straight from
+    // PostgreSQL (no admin listener needed).
     assert_eq!(outbox(&b).await["queued"].as_array().unwrap().len(), 50);
+    let (ok, out, err) = cli(&["outbox", "list", "--config", ca.to_str().unwrap()]);
+    assert!(ok && out.contains("50 push(es)"), "{out}{err}");
 
     a.kill9();
     peer.start().await;
@@ -300,6 +303,17 @@ async fn the_same_push_through_two_replicas_is_one_push() {
     assert_eq!(ra.1["id"], rb.1["id"]);
     let id = ra.1["id"].clone();
 
+    // An operator drops another queued push through the CLI of the other replica's
+    // config: it is never sent, nor journaled.
+    let dropped = api2(8, "20221211", 2);
+    let (status, v) = push(&a, "/push/queued", &dropped).await;
+    assert_eq!(status, 202, "{v}");
+    let drop_id = v["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = cli(&["outbox", "drop", &drop_id, "--config", cb.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&["outbox", "drop", &drop_id, "--config", cb.to_str().unwrap()]);
+    assert!(!ok && err.contains("no push with id"), "{err}");
+
     peer.start().await;
     peer.wait_for(1).await;
     wait_outbox_empty(&a).await;
@@ -311,6 +325,37 @@ async fn the_same_push_through_two_replicas_is_one_push() {
     }
     assert_eq!(count_of_ticket(&peer, &ticket_of(&body)), 1);
     assert_eq!(peer.received().len(), 1);
+    let journal = pull_journal(&b, r#"{"fromDate":"2022-12-11","toDate":"2022-12-11"}"#).await;
+    assert_eq!(journal, vec![ticket_of(&body)]);
+
+    // `delivery: fallback` sends at once, before any row exists: the fleet-wide claim
+    // lets one replica send; the other is told the push is in progress, or (once it is
+    // done) that it was delivered.
+    let sync = api2(9, "20221213", 2);
+    let (ra, rb) = tokio::join!(
+        push(&a, "/push/fallback", &sync),
+        push(&b, "/push/fallback", &sync)
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort();
+    assert!(
+        statuses == [200, 200] || statuses == [200, 409],
+        "{} {}",
+        ra.1,
+        rb.1
+    );
+    for (status, v) in [&ra, &rb] {
+        if *status == 409 {
+            assert_eq!(v["reason"], "push_in_progress", "{v}");
+        }
+    }
+    let (status, v) = push(&b, "/push/fallback", &sync).await;
+    assert_eq!(
+        (status, &v["message"]),
+        (200, &"Already delivered".into()),
+        "{v}"
+    );
+    assert_eq!(count_of_ticket(&peer, &ticket_of(&sync)), 1);
 }
 
 fn count_of_ticket(peer: &RemotePeer, ticket: &str) -> usize {
@@ -393,6 +438,49 @@ async fn a_schema_newer_than_the_binary_refuses_start_up() {
 
     // A first start creates the schema; `check --online` reports its version.
     Sidecar::start(&cfg).kill9();
+    let client = pg.client().await;
+
+    // Rows past the retention (90 days by default) go at the next start's pruning;
+    // recent ones and keys of pushes still queued stay.
+    let today = unix_now() * 1000;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO bsk_journal VALUES ('bsk', '2001-01-01', 1, '{{}}'), ('bsk', '2099-01-01', 2, '{{}}');
+             INSERT INTO bsk_idempotency VALUES ('old', 1, true, 1000), ('queued', 3, false, 1000),
+                 ('recent', 2, true, {today});"
+        ))
+        .await
+        .unwrap();
+    let sc = Sidecar::start(&cfg);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left: i64 = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM bsk_journal) + (SELECT count(*) FROM bsk_idempotency)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old rows not pruned ({left} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept: Vec<String> = client
+        .query("SELECT key FROM bsk_idempotency ORDER BY key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, ["queued", "recent"]);
+    sc.kill9();
+
     let (_, out, err) = cli(&["check", "--online", "--config", cfg.to_str().unwrap()]);
     assert!(
         out.contains("state.backend.postgres") && out.contains("schema v1"),
@@ -403,7 +491,6 @@ async fn a_schema_newer_than_the_binary_refuses_start_up() {
         "URL never printed"
     );
 
-    let client = pg.client().await;
     client
         .execute("INSERT INTO bsk_schema_version (version) VALUES (99)", &[])
         .await

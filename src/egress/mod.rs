@@ -219,8 +219,15 @@ pub async fn push(
         Delivery::Queued | Delivery::Fallback => journal::idempotency_key(&peer.name, &plain),
     };
     // A concurrent copy of the same push waits its turn instead of racing this one.
-    let _claim = match &idem {
-        Some(k) => Some(egress.store.claim(k).ok_or(Reject::PushInProgress)?),
+    let claim = match &idem {
+        Some(k) => Some(
+            egress
+                .store
+                .claim(k, fallback_lease(remote, cfg))
+                .await
+                .map_err(store_failed)?
+                .ok_or(Reject::PushInProgress)?,
+        ),
         None => None,
     };
     let push_ctx = PushCtx {
@@ -232,43 +239,61 @@ pub async fn push(
         idem: idem.as_deref(),
         request_id,
     };
-    match remote.delivery {
-        Delivery::Queued => Ok((push_ctx.enqueue(None).await?, Outcome::default())),
-        Delivery::Direct => push_ctx.send_now().await,
-        Delivery::Fallback => {
-            if let Some(k) = &idem {
-                let seen = egress.store.seen(k).await.map_err(store_failed)?;
-                if let Some(seen) = seen {
-                    return Ok((duplicate(seen, request_id), Outcome::default()));
+    let out = push_ctx.run().await;
+    // Released before the answer: the application's next copy finds the outcome.
+    if let Some(c) = claim {
+        c.release().await;
+    }
+    out
+}
+
+impl PushCtx<'_> {
+    async fn run(&self) -> Result<(Response<Full<Bytes>>, Outcome), Reject> {
+        let (egress, peer, request_id, push_ctx) =
+            (self.egress, &self.cfg.peer, self.request_id, self);
+        match self.remote.delivery {
+            Delivery::Queued => Ok((push_ctx.enqueue(None).await?, Outcome::default())),
+            Delivery::Direct => push_ctx.send_now().await,
+            Delivery::Fallback => {
+                if let Some(k) = self.idem {
+                    let seen = egress.store.seen(k).await.map_err(store_failed)?;
+                    if let Some(seen) = seen {
+                        return Ok((duplicate(seen, request_id), Outcome::default()));
+                    }
                 }
-            }
-            let behind = egress
-                .store
-                .has_queued(&peer.name)
-                .await
-                .map_err(store_failed)?;
-            if behind {
-                return Ok((
-                    push_ctx.enqueue(Some("older pushes queued")).await?,
-                    Outcome::default(),
-                ));
-            }
-            match push_ctx.send_now().await {
-                Ok((resp, outcome)) if !resp.status().is_server_error() => Ok((resp, outcome)),
-                Ok((resp, outcome)) => {
-                    let why = format!("peer answered {}", resp.status().as_u16());
-                    Ok((push_ctx.enqueue(Some(&why)).await?, outcome))
+                let behind = egress
+                    .store
+                    .has_queued(&peer.name)
+                    .await
+                    .map_err(store_failed)?;
+                if behind {
+                    return Ok((
+                        push_ctx.enqueue(Some("older pushes queued")).await?,
+                        Outcome::default(),
+                    ));
                 }
-                Err(Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. }) => {
-                    Ok((
+                match push_ctx.send_now().await {
+                    Ok((resp, outcome)) if !resp.status().is_server_error() => Ok((resp, outcome)),
+                    Ok((resp, outcome)) => {
+                        let why = format!("peer answered {}", resp.status().as_u16());
+                        Ok((push_ctx.enqueue(Some(&why)).await?, outcome))
+                    }
+                    Err(
+                        Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. },
+                    ) => Ok((
                         push_ctx.enqueue(Some("peer unreachable")).await?,
                         Outcome::default(),
-                    ))
+                    )),
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
             }
         }
     }
+}
+
+/// How long a fallback push's claim holds fleet-wide: its send, then the writes after.
+fn fallback_lease(remote: &Remote, cfg: &Route) -> Option<std::time::Duration> {
+    (remote.delivery == Delivery::Fallback).then(|| cfg.upstream_timeout + pg::OP_TIMEOUT * 2)
 }
 
 struct PushCtx<'a> {

@@ -22,10 +22,20 @@ pub enum Outbox {
     Postgres(Arc<PgStore>),
 }
 
-/// A key claimed by a synchronous send; released on drop.
+/// A key claimed by a send; released by [`Claim::release`], or on drop.
 pub enum Claim {
     Embedded(#[allow(dead_code)] Sending),
-    Postgres(#[allow(dead_code)] PgClaim),
+    Postgres(PgClaim),
+}
+
+impl Claim {
+    /// Lets go of the key now (for PostgreSQL: the fleet-wide claim is deleted before
+    /// this returns, so the application's next copy finds the first one's outcome).
+    pub async fn release(self) {
+        if let Claim::Postgres(c) = self {
+            c.release().await;
+        }
+    }
 }
 
 /// The head of a peer's queue, taken for sending.
@@ -78,10 +88,17 @@ impl Outbox {
         }
     }
 
-    pub fn claim(&self, key: &str) -> Option<Claim> {
+    /// Claims an idempotency key for the length of one request; `None` when another
+    /// request holds it. With PostgreSQL and a `lease` (a synchronous send, which no row
+    /// guards while under way), no other replica holds it either, for that long at most.
+    pub async fn claim(
+        &self,
+        key: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<Claim>, StoreError> {
         match self {
-            Outbox::Embedded(s) => s.claim(key).map(Claim::Embedded),
-            Outbox::Postgres(p) => p.claim(key).map(Claim::Postgres),
+            Outbox::Embedded(s) => Ok(s.claim(key).map(Claim::Embedded)),
+            Outbox::Postgres(p) => Ok(p.claim(key, lease).await?.map(Claim::Postgres)),
         }
     }
 

@@ -207,6 +207,12 @@ impl PgStore {
                 &[&i(oldest_ms)],
             )
             .await?;
+            // Claims left by a replica that died mid-send (their lease long over).
+            tx.execute(
+                "DELETE FROM bsk_claims WHERE until_ms < $1",
+                &[&i(oldest_ms)],
+            )
+            .await?;
             tx.commit().await?;
             Ok(n)
         })

@@ -98,16 +98,39 @@ pub enum PgTaken {
     Head(Push, PgHead),
 }
 
-/// An idempotency key claimed by a synchronous send in this process.
+/// An idempotency key claimed by a send in this process and, for a synchronous send,
+/// fleet-wide: a row in `bsk_claims` with a lease (the send's deadline), deleted again
+/// when the claim is dropped. A replica that dies holding one leaves it to expire.
 pub struct PgClaim {
     set: Arc<Mutex<HashSet<String>>>,
     key: String,
+    /// The store and the lease's end, when claimed fleet-wide.
+    lease: Option<(Arc<PgStore>, i64)>,
+}
+
+impl PgClaim {
+    /// Deletes the fleet-wide claim now (a failure leaves it to its lease).
+    pub async fn release(mut self) {
+        if let Some((store, until)) = self.lease.take() {
+            let _ = store.release_claim(&self.key, until).await;
+        }
+    }
 }
 
 impl Drop for PgClaim {
     fn drop(&mut self) {
         let mut s = self.set.lock().unwrap_or_else(|p| p.into_inner());
         s.remove(&self.key);
+        let Some((store, until)) = self.lease.take() else {
+            return;
+        };
+        let key = std::mem::take(&mut self.key);
+        // Should this fail (or there be no runtime), the lease runs out by itself.
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                let _ = store.release_claim(&key, until).await;
+            });
+        }
     }
 }
 
@@ -156,12 +179,63 @@ impl PgStore {
         w.entry(peer.to_string()).or_default().clone()
     }
 
-    pub fn claim(&self, key: &str) -> Option<PgClaim> {
-        let mut s = self.sending.lock().unwrap_or_else(|p| p.into_inner());
-        s.insert(key.to_string()).then(|| PgClaim {
-            set: self.sending.clone(),
-            key: key.to_string(),
+    /// Claims `key` in this process and, with a `lease`, in every replica for that long
+    /// at most (a synchronous send, which no row guards while it is under way). `None`:
+    /// another request holds it.
+    pub async fn claim(
+        self: &Arc<Self>,
+        key: &str,
+        lease: Option<Duration>,
+    ) -> Result<Option<PgClaim>, PgError> {
+        let mut claim = {
+            let mut s = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+            if !s.insert(key.to_string()) {
+                return Ok(None);
+            }
+            PgClaim {
+                set: self.sending.clone(),
+                key: key.to_string(),
+                lease: None,
+            }
+        };
+        let Some(lease) = lease else {
+            return Ok(Some(claim));
+        };
+        let now = i(super::deliver::now_ms());
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let got = self
+            .timed("claim", async {
+                let c = self.conn().await?;
+                let row = c
+                    .query_opt(
+                        "INSERT INTO bsk_claims (key, until_ms) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET until_ms = EXCLUDED.until_ms
+                         WHERE bsk_claims.until_ms < $3
+                         RETURNING key",
+                        &[&key, &until, &now],
+                    )
+                    .await?;
+                Ok(row.is_some())
+            })
+            .await?;
+        if !got {
+            return Ok(None);
+        }
+        claim.lease = Some((self.clone(), until));
+        Ok(Some(claim))
+    }
+
+    async fn release_claim(&self, key: &str, until: i64) -> Result<(), PgError> {
+        self.timed("claim_release", async {
+            let c = self.conn().await?;
+            c.execute(
+                "DELETE FROM bsk_claims WHERE key = $1 AND until_ms = $2",
+                &[&key, &until],
+            )
+            .await?;
+            Ok(())
         })
+        .await
     }
 
     async fn conn(&self) -> Result<Object, PgError> {

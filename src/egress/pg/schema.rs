@@ -80,7 +80,10 @@ const MIGRATIONS: &[&str] = &[
          date TEXT NOT NULL,
          id BIGINT NOT NULL,
          record TEXT NOT NULL,
-         PRIMARY KEY (peer, date, id));",
+         PRIMARY KEY (peer, date, id));
+     CREATE TABLE bsk_claims (
+         key TEXT PRIMARY KEY,
+         until_ms BIGINT NOT NULL);",
 ];
 
 /// The schema version this binary writes.
