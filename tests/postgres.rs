@@ -66,11 +66,45 @@ struct Cluster {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// `-c` options for TLS, when it serves TLS.
+    tls_opts: String,
+}
+
+/// A CA and a certificate it issued for 127.0.0.1: (CA PEM, certificate PEM, key PEM).
+fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 impl Cluster {
     fn start(bindir: &Path) -> Cluster {
+        Cluster::start_with(bindir, None)
+    }
+
+    /// With `tls` (certificate PEM, key PEM), the server accepts TLS with that identity.
+    fn start_with(bindir: &Path, tls: Option<(&str, &str)>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let mut tls_opts = String::new();
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            tls_opts = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            );
+        }
         let as_postgres = is_root();
         if as_postgres {
             // PostgreSQL refuses to run as root: the cluster belongs to `postgres`.
@@ -92,6 +126,7 @@ impl Cluster {
             port,
             as_postgres,
             running: false,
+            tls_opts,
         };
         let data = c.data();
         let out = c
@@ -135,9 +170,10 @@ impl Cluster {
 
     fn pg_ctl_start(&mut self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.tls_opts
         );
         let out = self
             .tool("pg_ctl")
@@ -200,13 +236,19 @@ impl Drop for Cluster {
 
 /// The egress test config with `state.backend.postgres` added.
 fn write_config(dir: &Path, name: &str, peer: &RemotePeer, pki: &Pki, pg: &Cluster) -> PathBuf {
+    write_config_url(dir, name, peer, pki, &pg.url())
+}
+
+fn write_config_url(dir: &Path, name: &str, peer: &RemotePeer, pki: &Pki, url: &str) -> PathBuf {
     let state = dir.join(format!("state-{name}"));
     let text = config(&peer.url(), &pki.ca_file(), &state);
     let plain = format!("dir: \"{}\" }}", state.display());
+    // The pushes are dated December 2022: a retention of ~24 years keeps them from the
+    // pruning every start runs (and still prunes what a test dates 2001).
     let with_pg = format!(
-        "dir: \"{}\", backend: {{ postgres: \"{}\" }} }}",
+        "dir: \"{}\", journal_retention: 9000d, backend: {{ postgres: \"{}\" }} }}",
         state.display(),
-        pg.url()
+        url
     );
     assert!(text.contains(&plain));
     let cfg = dir.join(format!("{name}.yaml"));
@@ -440,7 +482,7 @@ async fn a_schema_newer_than_the_binary_refuses_start_up() {
     Sidecar::start(&cfg).kill9();
     let client = pg.client().await;
 
-    // Rows past the retention (90 days by default) go at the next start's pruning;
+    // Rows past the retention (9000 days here) go at the next start's pruning;
     // recent ones and keys of pushes still queued stay.
     let today = unix_now() * 1000;
     client
@@ -527,4 +569,54 @@ async fn a_schema_newer_than_the_binary_refuses_start_up() {
 /// `ticketNo/applicationStatus` of a push.
 fn ticket_of(json: &str) -> String {
     key_of(&serde_json::from_str(json).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_used_and_its_certificate_verified() {
+    let Some(bindir) = pg_available() else { return };
+    let (ca, cert, key) = test_ca();
+    let pg = Cluster::start_with(&bindir, Some((&cert, &key)));
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = RemotePeer::up(&pki).await;
+    let ca_file = dir.path().join("pg-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    // No sslmode: TLS is the default.
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let cfg = write_config_url(dir.path(), "a", &peer, &pki, &url);
+
+    // Trusting the CA that issued PostgreSQL's certificate: pushes go through, over TLS.
+    let sc = Sidecar::start_with_env(&cfg, &[("SSL_CERT_FILE", &ca_file)]);
+    let (status, v) = push(&sc, "/push/queued", &api2(1, "20221214", 2)).await;
+    assert_eq!(status, 202, "{v}");
+    let client = pg.client().await;
+    let over_tls: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE s.ssl AND a.application_name = 'bsk-sidecar'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(over_tls > 0, "the sidecar's connections use TLS");
+    let plain: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE NOT s.ssl AND a.application_name = 'bsk-sidecar'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+
+    // Without that CA the certificate is not trusted: `check --online` fails on it.
+    let (ok, out, err) = cli(&["check", "--online", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL state.backend.postgres")),
+        "{out}{err}"
+    );
 }
