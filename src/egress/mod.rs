@@ -17,6 +17,9 @@
 //! once: a second copy is answered from the record of the first. Pushes queued or
 //! delivered are journaled ([`journal`]: transactional fields only), and an ingress route
 //! with `serve: journal` answers API-7 from it ([`serve_journal`]).
+//!
+//! Where that state lives is [`store::Outbox`]: the embedded [`outbox`] file by default,
+//! or PostgreSQL ([`pg`], `state.backend.postgres`) shared by a fleet of replicas.
 
 pub mod client;
 pub mod deliver;
@@ -248,40 +251,40 @@ pub async fn push(
 }
 
 impl PushCtx<'_> {
+    /// Queues, sends, or (`fallback`) sends and queues on failure.
     async fn run(&self) -> Result<(Response<Full<Bytes>>, Outcome), Reject> {
-        let (egress, peer, request_id, push_ctx) =
-            (self.egress, &self.cfg.peer, self.request_id, self);
         match self.remote.delivery {
-            Delivery::Queued => Ok((push_ctx.enqueue(None).await?, Outcome::default())),
-            Delivery::Direct => push_ctx.send_now().await,
+            Delivery::Queued => Ok((self.enqueue(None).await?, Outcome::default())),
+            Delivery::Direct => self.send_now().await,
             Delivery::Fallback => {
                 if let Some(k) = self.idem {
-                    let seen = egress.store.seen(k).await.map_err(store_failed)?;
+                    let seen = self.egress.store.seen(k).await.map_err(store_failed)?;
                     if let Some(seen) = seen {
-                        return Ok((duplicate(seen, request_id), Outcome::default()));
+                        return Ok((duplicate(seen, self.request_id), Outcome::default()));
                     }
                 }
-                let behind = egress
+                let behind = self
+                    .egress
                     .store
-                    .has_queued(&peer.name)
+                    .has_queued(&self.cfg.peer.name)
                     .await
                     .map_err(store_failed)?;
                 if behind {
                     return Ok((
-                        push_ctx.enqueue(Some("older pushes queued")).await?,
+                        self.enqueue(Some("older pushes queued")).await?,
                         Outcome::default(),
                     ));
                 }
-                match push_ctx.send_now().await {
+                match self.send_now().await {
                     Ok((resp, outcome)) if !resp.status().is_server_error() => Ok((resp, outcome)),
                     Ok((resp, outcome)) => {
                         let why = format!("peer answered {}", resp.status().as_u16());
-                        Ok((push_ctx.enqueue(Some(&why)).await?, outcome))
+                        Ok((self.enqueue(Some(&why)).await?, outcome))
                     }
                     Err(
                         Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. },
                     ) => Ok((
-                        push_ctx.enqueue(Some("peer unreachable")).await?,
+                        self.enqueue(Some("peer unreachable")).await?,
                         Outcome::default(),
                     )),
                     Err(e) => Err(e),
