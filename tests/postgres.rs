@@ -356,6 +356,44 @@ async fn the_same_push_through_two_replicas_is_one_push() {
     let (ok, _, err) = cli(&["outbox", "drop", &drop_id, "--config", cb.to_str().unwrap()]);
     assert!(!ok && err.contains("no push with id"), "{err}");
 
+    // A push past its max_age is dead-lettered by whichever replica sees it first; the
+    // admin API of the other retries it (back to the queue) and then drops it.
+    let short = api2(10, "20221211", 2);
+    let (status, v) = push(&a, "/push/short", &short).await;
+    assert_eq!(status, 202, "{v}");
+    let short_id = v["id"].as_str().unwrap().to_string();
+    let listed_in = |v: &serde_json::Value, state: &str| {
+        v[state]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"].to_string() == short_id)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !listed_in(&outbox(&b).await, "dead") {
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let admin = |action: &str, id: &str| {
+        let path = format!("/outbox/{id}/{action}");
+        let auth = auth.clone();
+        let addr = b.admin;
+        async move {
+            admin_request(addr, "POST", &path, &[("authorization", &auth)])
+                .await
+                .0
+        }
+    };
+    assert_eq!(admin("retry", &short_id).await, 200);
+    assert_eq!(admin("retry", "999999").await, 404);
+    assert_eq!(admin("drop", &short_id).await, 200);
+    let after = outbox(&b).await;
+    assert!(
+        !listed_in(&after, "dead") && !listed_in(&after, "queued"),
+        "{after}"
+    );
+
     peer.start().await;
     peer.wait_for(1).await;
     wait_outbox_empty(&a).await;
