@@ -367,7 +367,7 @@ async fn the_same_push_through_two_replicas_is_one_push() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["id"].to_string() == short_id)
+            .any(|p| p["id"].as_u64() == short_id.parse::<u64>().ok())
     };
     let deadline = Instant::now() + PATIENCE;
     while !listed_in(&outbox(&b).await, "dead") {
