@@ -787,15 +787,20 @@ fn keygen() -> anyhow::Result<()> {
 }
 
 /// `outbox list|retry|drop`: on the store directly, or — while a sidecar holds it —
-/// through that sidecar's admin listener.
+/// through that sidecar's admin listener. With `state.backend.postgres`, always directly:
+/// PostgreSQL serves every replica and this command at once.
 fn outbox(action: OutboxAction) -> anyhow::Result<()> {
-    use bsk_sidecar::egress::{ops, outbox::Store, outbox::StoreError};
+    use bsk_sidecar::egress::{outbox::Store, outbox::StoreError, pg::PgStore, store::Outbox};
     let path = match &action {
         OutboxAction::List { config, .. }
         | OutboxAction::Retry { config, .. }
         | OutboxAction::Drop { config, .. } => config,
     };
     let settings = load_quietly(path)?;
+    if let Some(pg) = &settings.postgres {
+        let store = Outbox::Postgres(std::sync::Arc::new(PgStore::open(pg)?));
+        return tokio_main(outbox_on(store, action));
+    }
     let store = match Store::open(&settings.state_dir) {
         Ok(s) => Some(s),
         Err(StoreError::Locked { .. }) => None,
@@ -811,21 +816,30 @@ fn outbox(action: OutboxAction) -> anyhow::Result<()> {
         let token = settings.admin_access.token.clone();
         return tokio_main(outbox_via_admin(admin, token, action));
     };
+    tokio_main(outbox_on(Outbox::Embedded(store), action))
+}
+
+/// `outbox` on a store this process opened.
+async fn outbox_on(
+    store: bsk_sidecar::egress::store::Outbox,
+    action: OutboxAction,
+) -> anyhow::Result<()> {
+    use bsk_sidecar::egress::ops;
     match action {
         OutboxAction::List { json, .. } => {
-            let v = ops::list(&store, &Clock::system())?;
+            let v = ops::list(&store, &Clock::system()).await?;
             if json {
                 println!("{v}");
             } else {
                 print!("{}", ops::render(&v));
             }
         }
-        OutboxAction::Retry { id, .. } => match ops::retry(&store, id, &Clock::system())? {
+        OutboxAction::Retry { id, .. } => match ops::retry(&store, id, &Clock::system()).await? {
             Some(peer) => println!("push {id} for {peer} is due now"),
             None => bail!("no push with id {id}"),
         },
         OutboxAction::Drop { id, .. } => {
-            if !ops::drop_push(&store, id)? {
+            if !ops::drop_push(&store, id).await? {
                 bail!("no push with id {id}");
             }
             println!("push {id} dropped");

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Upstream round trip by route.
     pub upstream_seconds: HistogramVec,
-    /// Calls to a shared state backend (Redis), by operation.
+    /// Calls to a shared state backend (Redis, PostgreSQL), by operation.
     pub backend_seconds: HistogramVec,
     /// Failed calls to a shared state backend, by operation.
     pub backend_errors: IntCounterVec,

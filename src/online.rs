@@ -74,11 +74,14 @@ fn millis(d: Duration) -> String {
 }
 
 /// Every check, in the order of the report: listener certificates, DNS names,
-/// upstreams, peers.
+/// upstreams, the shared PostgreSQL, peers.
 pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
     let mut out = listener_certificates(settings, clock);
     out.extend(dns_names(settings).await);
     out.extend(upstreams(settings).await);
+    if let Some(pg) = &settings.postgres {
+        out.push(postgres(pg).await);
+    }
     out.extend(peers(settings, clock).await);
     out
 }
@@ -196,6 +199,33 @@ async fn peers(settings: &Settings, clock: &Clock) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// `state.backend.postgres`: connects (TLS as the URL says) and reads the schema version.
+async fn postgres(pg: &crate::egress::pg::PgSettings) -> Finding {
+    use crate::egress::pg::schema::{probe, SCHEMA_VERSION};
+    let what = "state.backend.postgres";
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), probe(pg)).await {
+        Err(_) => Finding::fail(what, "no answer within 10s"),
+        Ok(Err(e)) => Finding::fail(what, e.to_string()),
+        Ok(Ok(found)) if found > SCHEMA_VERSION => Finding::fail(
+            what,
+            format!("schema v{found} is newer than this binary knows (v{SCHEMA_VERSION})"),
+        ),
+        Ok(Ok(found)) => Finding::ok(
+            what,
+            format!(
+                "connected in {}; schema v{found} (this binary: v{SCHEMA_VERSION}{})",
+                millis(started.elapsed()),
+                if found < SCHEMA_VERSION {
+                    ", migrates at start"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    }
 }
 
 /// The clock's offset from a peer's `Date`: beyond the leeway its tokens (`exp`, `iat`)

@@ -7,6 +7,7 @@
 
 pub mod egress;
 pub mod ops;
+mod postgres;
 pub mod raw;
 mod routes;
 pub mod settings;
@@ -16,6 +17,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use egress::{Backoff, Delivery, Remote, Reply, Target};
+pub use postgres::{PgSettings, PgUrlError};
 pub use settings::{Limits, ListenerSettings, Peer, ResponseMode, Route, Settings, Upstream};
 
 /// One problem in a config file, located by field path (and line when the parser knows it).
@@ -160,6 +162,17 @@ impl Settings {
                 humantime::format_duration(r.timeout)
             );
         }
+        if let Some(p) = &self.postgres {
+            let tls = if p.tls_disabled() {
+                "off (sslmode=disable)"
+            } else {
+                "require"
+            };
+            let _ = writeln!(
+                out,
+                "shared   postgres (outbox, dead letters, idempotency keys, API-7 journal) tls={tls}"
+            );
+        }
         if !self.dns_names().is_empty() {
             let _ = writeln!(out, "dns      {}", describe_dns(&self.dns));
         }
@@ -218,6 +231,12 @@ impl Settings {
         {
             out.push(
                 "state.backend: rate limits are off while Redis is unreachable (on_redis_down: open)"
+                    .to_string(),
+            );
+        }
+        if self.postgres.as_ref().is_some_and(PgSettings::tls_disabled) {
+            out.push(
+                "state.backend.postgres: traffic to PostgreSQL is not encrypted (sslmode=disable)"
                     .to_string(),
             );
         }
@@ -287,6 +306,7 @@ fn build(raw: raw::RawConfig, origin: &str, base: &Path) -> Result<Settings, Vec
         state_dir: state.dir,
         journal_retention: state.journal_retention,
         redis: state.redis,
+        postgres: state.postgres,
         limits,
         peers,
         listeners,

@@ -77,6 +77,7 @@ pub struct RawState {
 /// `embedded`, or the engines a fleet of replicas shares.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // parsed once per load
 pub enum RawBackend {
     Named(OneOf<RawBackendName>),
     Engines(RawEngines),
@@ -95,6 +96,8 @@ pub enum RawBackendName {
 pub struct RawEngines {
     /// `redis://` or `rediss://` URL (secret syntax: it may carry a password).
     pub redis: Option<RawSecret>,
+    /// `postgres://` URL (secret syntax): outbox, dead letters, idempotency, API-7 journal.
+    pub postgres: Option<RawSecret>,
     /// How many replicas share the limits (local fallback at rate / replicas).
     pub replicas: Option<u32>,
     /// Rate limits while Redis is unreachable: `local` (default), `open` or `closed`.

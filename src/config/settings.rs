@@ -40,6 +40,8 @@ pub struct Settings {
     pub journal_retention: Duration,
     /// State shared by replicas: `None` = embedded (in this process only).
     pub redis: Option<crate::fleet::RedisSettings>,
+    /// `state.backend.postgres`: the outbox and journal shared by replicas (`None` = redb).
+    pub postgres: Option<super::PgSettings>,
     pub limits: Limits,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub listeners: Vec<ListenerSettings>,
@@ -276,6 +278,7 @@ pub(super) struct State {
     pub(super) dir: PathBuf,
     pub(super) journal_retention: Duration,
     pub(super) redis: Option<crate::fleet::RedisSettings>,
+    pub(super) postgres: Option<super::PgSettings>,
 }
 
 /// `state`: where state lives, how long the journal keeps, what replicas share.
@@ -296,6 +299,10 @@ pub(super) fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -
         .as_ref()
         .and_then(|s| s.backend.as_ref())
         .and_then(|b| backend(check, b, base));
+    let postgres = raw
+        .as_ref()
+        .and_then(|s| s.backend.as_ref())
+        .and_then(|b| postgres_backend(check, b, base));
     let dir = raw
         .map(|s| resolve(base, &s.dir))
         .unwrap_or_else(|| PathBuf::from("/var/lib/bsk-sidecar"));
@@ -303,10 +310,11 @@ pub(super) fn state(check: &mut Check<'_>, raw: Option<RawState>, base: &Path) -
         dir,
         journal_retention,
         redis,
+        postgres,
     }
 }
 
-/// `state.backend`: `embedded`, or `{ redis: URL, ... }`.
+/// `state.backend`: `embedded`, or `{ redis: URL, ... }` (with or without `postgres`).
 fn backend(
     check: &mut Check<'_>,
     raw: &RawBackend,
@@ -318,17 +326,21 @@ fn backend(
         RawBackend::Named(OneOf::Unknown(msg)) => {
             check.err(
                 "state.backend",
-                format!("{msg}; for shared state write `{{ redis: URL }}`"),
+                format!(
+                    "{msg}; for shared state write `{{ redis: URL }}` and/or `{{ postgres: URL }}`"
+                ),
             );
             return None;
         }
         RawBackend::Engines(e) => e,
     };
     let Some(raw_url) = &e.redis else {
-        check.err(
-            "state.backend.redis",
-            "missing: the Redis URL the replicas share",
-        );
+        if e.postgres.is_none() {
+            check.err(
+                "state.backend.redis",
+                "missing: the Redis URL the replicas share",
+            );
+        }
         return None;
     };
     let url = secret(check, "state.backend.redis", raw_url, base)?;
@@ -369,6 +381,33 @@ fn backend(
         timeout,
         prefix: e.redis_prefix.clone().unwrap_or_else(|| "bsk".into()),
     })
+}
+
+/// `state.backend.postgres`: a `postgres://` URL that parses, TLS unless it says
+/// `sslmode=disable`. The URL is never printed (it may carry a password).
+fn postgres_backend(
+    check: &mut Check<'_>,
+    raw: &RawBackend,
+    base: &Path,
+) -> Option<super::PgSettings> {
+    let RawBackend::Engines(e) = raw else {
+        return None;
+    };
+    let url = secret(check, "state.backend.postgres", e.postgres.as_ref()?, base)?;
+    let text = String::from_utf8_lossy(url.expose()).into_owned();
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        check.err(
+            "state.backend.postgres",
+            "must be a postgres:// URL (postgres://user:password@host:port/database?sslmode=require)",
+        );
+        return None;
+    }
+    let settings = super::PgSettings { url };
+    if let Err(e) = settings.connect_config() {
+        check.err("state.backend.postgres", e.to_string());
+        return None;
+    }
+    Some(settings)
 }
 
 /// `limits`: the defaults with what the file writes, each value in range.

@@ -530,3 +530,61 @@ fn every_spelling_of_each_closed_set_validates() {
         ResponseMode::Pass
     ));
 }
+
+#[test]
+fn state_backend_postgres_is_a_url_with_tls_unless_it_says_otherwise() {
+    let with = |backend: &str| {
+        good().replace(
+            "state: { dir: /tmp/bsk-state }",
+            &format!("state: {{ dir: /tmp/bsk-state, backend: {backend} }}"),
+        )
+    };
+    let s = from_yaml(
+        &with(r#"{ postgres: "postgres://bsk:s3cret@db.internal:5432/bsk" }"#),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let pg = s.postgres.as_ref().unwrap();
+    assert!(s.redis.is_none(), "postgres alone needs no redis");
+    assert!(!pg.tls_disabled());
+    assert!(!format!("{s:?}").contains("s3cret"), "the password leaked");
+    assert!(!s.describe().contains("s3cret"));
+    assert!(
+        s.describe().contains("shared   postgres"),
+        "{}",
+        s.describe()
+    );
+    assert!(s.describe().contains("tls=require"));
+    assert!(s.relaxations().is_empty());
+    // Both engines at once: each keeps its part.
+    let s = from_yaml(
+        &with(r#"{ redis: "redis://c/0", postgres: "postgres://db/bsk?sslmode=require" }"#),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(s.redis.is_some() && s.postgres.is_some());
+    // Plain text is allowed, and said.
+    let s = from_yaml(
+        &with(r#"{ postgres: "postgres://db/bsk?sslmode=disable" }"#),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(s
+        .relaxations()
+        .iter()
+        .any(|r| r.contains("sslmode=disable")));
+    for bad in [
+        r#"{ postgres: "mysql://db/bsk" }"#,
+        r#"{ postgres: "postgres://db/bsk?sslmode=prefer" }"#,
+        r#"{ postgres: "postgres://db:notaport/bsk" }"#,
+    ] {
+        let errs = errors(&with(bad));
+        assert!(
+            errs.iter().any(|e| e.path == "state.backend.postgres"),
+            "{bad}: {errs:?}"
+        );
+    }
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::client::PeerClients;
 use super::exchange::{self, ExchangeError};
-use super::outbox::{Push, Store};
-use super::{blocking, journal};
+use super::journal;
+use super::store::{Head, Outbox, Taken};
 use crate::clock::Clock;
 use crate::config::Peer;
 use crate::envelope::Layer;
@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 
 /// Longest a task sleeps before looking at its queue again, whatever it expects.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+/// How soon to look again when another replica is sending the peer's head.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 
 /// Wait before attempt `attempts + 1`: `initial · 2^(attempts-1)` capped at `max`, of
 /// which a random half is taken off ("equal jitter") so peers recovering from an outage
@@ -44,7 +47,7 @@ fn random_u64() -> u64 {
 
 /// Delivers one peer's queue until aborted.
 pub(crate) struct Worker {
-    pub store: Arc<Store>,
+    pub store: Outbox,
     pub clients: Arc<PeerClients>,
     pub peer: Arc<Peer>,
     pub limiter: Option<Arc<Limiter>>,
@@ -74,15 +77,15 @@ impl Worker {
                 }
             };
             if let Next::Wait(d) = next {
-                let _ = tokio::time::timeout(d.min(IDLE_CHECK), wake.notified()).await;
+                let idle = self.store.idle_check(IDLE_CHECK);
+                let _ = tokio::time::timeout(d.min(idle), wake.notified()).await;
             }
         }
     }
 
     /// Refreshes the peer's gauges from the store.
     async fn gauges(&self) {
-        let peer = self.peer.name.clone();
-        if let Ok(stats) = blocking(&self.store, move |s| s.stats(&peer)).await {
+        if let Ok(stats) = self.store.stats(&self.peer.name).await {
             let name = &self.peer.name;
             self.metrics
                 .outbox_depth
@@ -105,9 +108,10 @@ impl Worker {
 
     /// Dead-letters every push past its `max_age`, wherever it sits in the queue.
     async fn expire(&self) -> Result<(), super::outbox::StoreError> {
-        let peer = self.peer.name.clone();
-        let now = self.clock.unix_ms();
-        let gone = blocking(&self.store, move |s| s.expire(&peer, now)).await?;
+        let gone = self
+            .store
+            .expire(&self.peer.name, self.clock.unix_ms())
+            .await?;
         for p in &gone {
             self.metrics
                 .outbox_attempts
@@ -122,10 +126,9 @@ impl Worker {
         Ok(())
     }
 
-    async fn dead(&self, push: &Push, reason: &str) -> Result<(), super::outbox::StoreError> {
-        let p = push.clone();
-        let r = reason.to_string();
-        blocking(&self.store, move |s| s.dead_letter(&p, &r)).await?;
+    async fn dead(&self, head: Head, reason: &str) -> Result<(), super::outbox::StoreError> {
+        let (id, attempts) = (head.push.id, head.push.attempts);
+        self.store.dead_letter(head, reason).await?;
         self.metrics
             .outbox_attempts
             .with_label_values(&[&self.peer.name, "dead"])
@@ -134,14 +137,13 @@ impl Worker {
             .outbox_dead_letters
             .with_label_values(&[&self.peer.name, reason_label(reason)])
             .inc();
-        tracing::warn!(peer = %self.peer.name, id = push.id, attempts = push.attempts, reason, "push moved to the dead-letter list");
+        tracing::warn!(peer = %self.peer.name, id, attempts, reason, "push moved to the dead-letter list");
         Ok(())
     }
 
     async fn step(&mut self) -> Result<Next, super::outbox::StoreError> {
         // One sender per peer queue, even while an old runtime drains after a reload.
-        let lock = self.store.delivery_lock(&self.peer.name);
-        let _held = lock.lock().await;
+        let _held = self.store.delivery_guard(&self.peer.name).await;
         // At most once a second while draining a backlog: the count scans the queue.
         let stale = match self.gauges_at {
             None => true,
@@ -152,31 +154,37 @@ impl Worker {
             self.gauges().await;
             self.gauges_at = Some(std::time::Instant::now());
         }
-        let peer = self.peer.name.clone();
-        let Some(mut push) = blocking(&self.store, move |s| s.head(&peer)).await? else {
-            self.gauges().await;
-            return Ok(Next::Wait(IDLE_CHECK));
+        let mut head = match self.store.take_head(&self.peer.name).await? {
+            Taken::Head(h) => h,
+            Taken::Busy => return Ok(Next::Wait(BUSY_RETRY)),
+            Taken::Empty => {
+                self.gauges().await;
+                return Ok(Next::Wait(IDLE_CHECK));
+            }
         };
         let now = self.clock.unix_ms();
+        let push = &head.push;
         if now >= push.queued_ms.saturating_add(push.max_age_ms) {
-            self.dead(&push, "max_age").await?;
+            self.dead(head, "max_age").await?;
             return Ok(Next::Again);
         }
         if push.next_attempt_ms > now {
-            return Ok(Next::Wait(Duration::from_millis(
-                push.next_attempt_ms - now,
-            )));
+            let wait = Duration::from_millis(push.next_attempt_ms - now);
+            self.store.release(head).await?;
+            return Ok(Next::Wait(wait));
         }
         if let Some(l) = &self.limiter {
             if let Err(wait) = l.check() {
+                self.store.release(head).await?;
                 return Ok(Next::Wait(wait.max(Duration::from_millis(5))));
             }
         }
         let layers: Option<Vec<Layer>> = push.layers.iter().map(|l| Layer::parse(l)).collect();
         let Some(layers) = layers else {
-            self.dead(&push, "bad_layers").await?;
+            self.dead(head, "bad_layers").await?;
             return Ok(Next::Again);
         };
+        let push = &mut head.push;
         let request_id = format!("outbox-{}-{}", push.id, push.attempts + 1);
         let sent = exchange::send(
             &self.clients,
@@ -190,8 +198,8 @@ impl Worker {
         .await;
         let failure = match sent {
             Ok(resp) if resp.status().is_success() => {
-                let (p, at) = (push.clone(), self.clock.unix_ms());
-                blocking(&self.store, move |s| s.delivered(&p, at)).await?;
+                let (id, attempts) = (push.id, push.attempts);
+                self.store.delivered(head, self.clock.unix_ms()).await?;
                 self.metrics
                     .outbox_attempts
                     .with_label_values(&[&self.peer.name, "delivered"])
@@ -200,20 +208,20 @@ impl Worker {
                     .outbox_deliveries
                     .with_label_values(&[&self.peer.name, "outbox"])
                     .inc();
-                tracing::info!(peer = %self.peer.name, id = push.id, attempts = push.attempts + 1, status = resp.status().as_u16(), "queued push delivered");
+                tracing::info!(peer = %self.peer.name, id, attempts = attempts + 1, status = resp.status().as_u16(), "queued push delivered");
                 return Ok(Next::Again);
             }
             Ok(resp) if exchange::permanent(resp.status()) => {
                 push.last_error = Some(format!("peer answered {}", resp.status().as_u16()));
                 push.attempts += 1;
-                self.dead(&push, &format!("rejected_{}", resp.status().as_u16()))
+                self.dead(head, &format!("rejected_{}", resp.status().as_u16()))
                     .await?;
                 return Ok(Next::Again);
             }
             Ok(resp) => format!("peer answered {}", resp.status().as_u16()),
             Err(e @ ExchangeError::Seal(_)) => {
                 push.last_error = Some(e.to_string());
-                self.dead(&push, "seal_failed").await?;
+                self.dead(head, "seal_failed").await?;
                 return Ok(Next::Again);
             }
             Err(e) => e.to_string(),
@@ -228,8 +236,7 @@ impl Worker {
         push.next_attempt_ms = self.clock.unix_ms() + wait.as_millis() as u64;
         tracing::info!(peer = %self.peer.name, id = push.id, attempts = push.attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "push not delivered; will retry");
         push.last_error = Some(failure);
-        let p = push.clone();
-        blocking(&self.store, move |s| s.reschedule(&p)).await?;
+        self.store.reschedule(head).await?;
         self.metrics
             .outbox_attempts
             .with_label_values(&[&self.peer.name, "retry"])
@@ -248,14 +255,14 @@ fn reason_label(reason: &str) -> &'static str {
 }
 
 /// Forgets journal records and delivered idempotency keys past the retention, hourly.
-pub(crate) async fn prune_forever(store: Arc<Store>, retention: Duration, clock: Clock) {
+pub(crate) async fn prune_forever(store: Outbox, retention: Duration, clock: Clock) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         every.tick().await;
         let now = clock.unix_ms();
         let oldest_ms = now.saturating_sub(retention.as_millis() as u64);
         let oldest_date = journal::ist_date(oldest_ms / 1000);
-        match blocking(&store, move |s| s.prune(&oldest_date, oldest_ms)).await {
+        match store.prune(&oldest_date, oldest_ms).await {
             Ok(n) if n > 0 => tracing::info!(removed = n, "journal records past retention removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the journal failed"),

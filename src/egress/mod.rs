@@ -17,13 +17,19 @@
 //! once: a second copy is answered from the record of the first. Pushes queued or
 //! delivered are journaled ([`journal`]: transactional fields only), and an ingress route
 //! with `serve: journal` answers API-7 from it ([`serve_journal`]).
+//!
+//! Where that state lives is [`store::Outbox`]: the embedded [`outbox`] file by default,
+//! or PostgreSQL ([`pg`], `state.backend.postgres`) shared by a fleet of replicas.
 
 pub mod client;
 pub mod deliver;
+pub mod entry;
 pub mod exchange;
 pub mod journal;
 pub mod ops;
 pub mod outbox;
+pub mod pg;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,7 @@ use crate::metrics::Metrics;
 use client::{ClientError, PeerClients};
 use exchange::ExchangeError;
 use outbox::{Enqueued, JournalEntry, Push, Seen, Store, StoreError};
+use store::Outbox;
 
 /// Why egress could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +60,7 @@ pub enum EgressError {
 
 /// Egress state shared by every request of one runtime.
 pub struct Egress {
-    pub store: Arc<Store>,
+    pub store: Outbox,
     pub clients: Arc<PeerClients>,
     /// Outbound rate limits (`peers.NAME.rate`), separate from the inbound buckets.
     limiters: HashMap<String, Arc<Limiter>>,
@@ -96,7 +103,12 @@ impl Egress {
         if !needed {
             return Ok(None);
         }
-        let store = Store::open(&settings.state_dir)?;
+        let store = match &settings.postgres {
+            Some(pg) => {
+                Outbox::Postgres(Arc::new(pg::PgStore::open(pg).map_err(StoreError::from)?))
+            }
+            None => Outbox::Embedded(Store::open(&settings.state_dir)?),
+        };
         let limits = &settings.limits;
         let mut clients = PeerClients::new(
             settings.peers.values(),
@@ -125,6 +137,9 @@ impl Egress {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if !tasks.is_empty() {
             return;
+        }
+        if let Outbox::Postgres(p) = &self.store {
+            p.set_metrics(metrics);
         }
         for peer in settings.peers.values().filter(|p| p.url.is_some()) {
             let worker = deliver::Worker {
@@ -214,8 +229,15 @@ pub async fn push(
         Delivery::Queued | Delivery::Fallback => journal::idempotency_key(&peer.name, &plain),
     };
     // A concurrent copy of the same push waits its turn instead of racing this one.
-    let _claim = match &idem {
-        Some(k) => Some(egress.store.claim(k).ok_or(Reject::PushInProgress)?),
+    let claim = match &idem {
+        Some(k) => Some(
+            egress
+                .store
+                .claim(k, fallback_lease(remote, cfg), egress.clock.unix_ms())
+                .await
+                .map_err(store_failed)?
+                .ok_or(Reject::PushInProgress)?,
+        ),
         None => None,
     };
     let push_ctx = PushCtx {
@@ -227,45 +249,61 @@ pub async fn push(
         idem: idem.as_deref(),
         request_id,
     };
-    match remote.delivery {
-        Delivery::Queued => Ok((push_ctx.enqueue(None).await?, Outcome::default())),
-        Delivery::Direct => push_ctx.send_now().await,
-        Delivery::Fallback => {
-            if let Some(k) = &idem {
-                let key = k.clone();
-                let seen = blocking(&egress.store, move |s| s.seen(&key))
+    let out = push_ctx.run().await;
+    // Released before the answer: the application's next copy finds the outcome.
+    if let Some(c) = claim {
+        c.release().await;
+    }
+    out
+}
+
+impl PushCtx<'_> {
+    /// Queues, sends, or (`fallback`) sends and queues on failure.
+    async fn run(&self) -> Result<(Response<Full<Bytes>>, Outcome), Reject> {
+        match self.remote.delivery {
+            Delivery::Queued => Ok((self.enqueue(None).await?, Outcome::default())),
+            Delivery::Direct => self.send_now().await,
+            Delivery::Fallback => {
+                if let Some(k) = self.idem {
+                    let seen = self.egress.store.seen(k).await.map_err(store_failed)?;
+                    if let Some(seen) = seen {
+                        return Ok((duplicate(seen, self.request_id), Outcome::default()));
+                    }
+                }
+                let behind = self
+                    .egress
+                    .store
+                    .has_queued(&self.cfg.peer.name)
                     .await
                     .map_err(store_failed)?;
-                if let Some(seen) = seen {
-                    return Ok((duplicate(seen, request_id), Outcome::default()));
-                }
-            }
-            let name = peer.name.clone();
-            let behind = blocking(&egress.store, move |s| s.has_queued(&name))
-                .await
-                .map_err(store_failed)?;
-            if behind {
-                return Ok((
-                    push_ctx.enqueue(Some("older pushes queued")).await?,
-                    Outcome::default(),
-                ));
-            }
-            match push_ctx.send_now().await {
-                Ok((resp, outcome)) if !resp.status().is_server_error() => Ok((resp, outcome)),
-                Ok((resp, outcome)) => {
-                    let why = format!("peer answered {}", resp.status().as_u16());
-                    Ok((push_ctx.enqueue(Some(&why)).await?, outcome))
-                }
-                Err(Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. }) => {
-                    Ok((
-                        push_ctx.enqueue(Some("peer unreachable")).await?,
+                if behind {
+                    return Ok((
+                        self.enqueue(Some("older pushes queued")).await?,
                         Outcome::default(),
-                    ))
+                    ));
                 }
-                Err(e) => Err(e),
+                match self.send_now().await {
+                    Ok((resp, outcome)) if !resp.status().is_server_error() => Ok((resp, outcome)),
+                    Ok((resp, outcome)) => {
+                        let why = format!("peer answered {}", resp.status().as_u16());
+                        Ok((self.enqueue(Some(&why)).await?, outcome))
+                    }
+                    Err(
+                        Reject::PeerUnavailable | Reject::PeerTimeout | Reject::RateLimited { .. },
+                    ) => Ok((
+                        self.enqueue(Some("peer unreachable")).await?,
+                        Outcome::default(),
+                    )),
+                    Err(e) => Err(e),
+                }
             }
         }
     }
+}
+
+/// How long a fallback push's claim holds fleet-wide: its send, then the writes after.
+fn fallback_lease(remote: &Remote, cfg: &Route) -> Option<std::time::Duration> {
+    (remote.delivery == Delivery::Fallback).then(|| cfg.upstream_timeout + pg::OP_TIMEOUT * 2)
 }
 
 struct PushCtx<'a> {
@@ -320,7 +358,10 @@ impl PushCtx<'_> {
             dead_reason: None,
         };
         let journal = self.journal_entry();
-        let done = blocking(&self.egress.store, move |s| s.enqueue(push, journal))
+        let done = self
+            .egress
+            .store
+            .enqueue(push, journal)
             .await
             .map_err(store_failed)?;
         match done {
@@ -379,13 +420,11 @@ impl PushCtx<'_> {
                 .inc();
             let journal = self.journal_entry();
             if journal.is_some() || self.idem.is_some() {
-                let name = peer.name.clone();
-                let idem = self.idem.map(str::to_string);
-                let now = self.egress.clock.unix_ms();
-                let written = blocking(&self.egress.store, move |s| {
-                    s.record_delivered(&name, idem.as_deref(), journal.as_ref(), now)
-                })
-                .await;
+                let written = self
+                    .egress
+                    .store
+                    .record_delivered(&peer.name, self.idem, journal, self.egress.clock.unix_ms())
+                    .await;
                 // Delivered already: the application gets the peer's answer either way.
                 if let Err(e) = written {
                     tracing::error!(request_id = self.request_id, error = %e, "recording a delivered push failed");
@@ -410,14 +449,14 @@ pub async fn serve_journal(
 ) -> Result<Response<Bytes>, Reject> {
     let pull = journal::parse_pull(plain).map_err(Reject::BadRequest)?;
     let peer = journal_peer(cfg);
-    let records = blocking(&egress.store, move |s| {
-        s.journal(&peer, &pull.from, &pull.to, pull.offset, pull.limit)
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "reading the journal failed");
-        Reject::StoreUnavailable
-    })?;
+    let records = egress
+        .store
+        .journal(&peer, &pull.from, &pull.to, pull.offset, pull.limit)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the journal failed");
+            Reject::StoreUnavailable
+        })?;
     let mut resp = Response::new(Bytes::from(journal::answer(&records)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -5,14 +5,13 @@
 //! Listings never show a push's body (it may hold a citizen's personal data): only its
 //! id, peer, route, timing, attempts, errors and idempotency key.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::outbox::{Push, Store, StoreError};
+use super::outbox::{Push, StoreError};
+use super::store::Outbox;
 use crate::clock::Clock;
 use crate::error::{error_body, json_response};
 
@@ -34,8 +33,8 @@ fn describe(p: &Push, state: &str, now: u64) -> Value {
 }
 
 /// `{"queued":[…],"dead":[…]}` without bodies.
-pub fn list(store: &Store, clock: &Clock) -> Result<Value, StoreError> {
-    let (queued, dead) = store.list()?;
+pub async fn list(store: &Outbox, clock: &Clock) -> Result<Value, StoreError> {
+    let (queued, dead) = store.list().await?;
     let now = clock.unix_ms();
     Ok(json!({
         "queued": queued.iter().map(|p| describe(p, "queued", now)).collect::<Vec<_>>(),
@@ -81,8 +80,8 @@ pub fn render(v: &Value) -> String {
 
 /// Makes push `id` due now (a dead letter goes back to its queue) and wakes its peer's
 /// delivery task. Returns its peer, or `None` when there is no such push.
-pub fn retry(store: &Store, id: u64, clock: &Clock) -> Result<Option<String>, StoreError> {
-    let peer = store.retry(id, clock.unix_ms())?;
+pub async fn retry(store: &Outbox, id: u64, clock: &Clock) -> Result<Option<String>, StoreError> {
+    let peer = store.retry(id, clock.unix_ms()).await?;
     if let Some(p) = &peer {
         store.waker(p).notify_one();
     }
@@ -90,8 +89,8 @@ pub fn retry(store: &Store, id: u64, clock: &Clock) -> Result<Option<String>, St
 }
 
 /// Deletes push `id`, queued or dead. Returns whether it existed.
-pub fn drop_push(store: &Store, id: u64) -> Result<bool, StoreError> {
-    store.drop_push(id)
+pub async fn drop_push(store: &Outbox, id: u64) -> Result<bool, StoreError> {
+    store.drop_push(id).await
 }
 
 fn not_found(what: &str) -> Response<Full<Bytes>> {
@@ -103,7 +102,7 @@ fn not_found(what: &str) -> Response<Full<Bytes>> {
 
 /// The admin listener's `/outbox` endpoints; `None` when `path` is not one of them.
 pub async fn admin(
-    store: Option<&Arc<Store>>,
+    store: Option<&Outbox>,
     method: &Method,
     path: &str,
     clock: &Clock,
@@ -126,12 +125,7 @@ pub async fn admin(
     };
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let resp = match (method, parts.as_slice()) {
-        (&Method::GET, []) => match super::blocking(store, {
-            let clock = clock.clone();
-            move |s| list(s, &clock)
-        })
-        .await
-        {
+        (&Method::GET, []) => match list(store, clock).await {
             Ok(v) => json_response(StatusCode::OK, Bytes::from(v.to_string())),
             Err(e) => failed(e),
         },
@@ -140,10 +134,9 @@ pub async fn admin(
                 return Some(not_found("no such push"));
             };
             let done = if *action == "retry" {
-                let clock = clock.clone();
-                super::blocking(store, move |s| retry(s, id, &clock).map(|p| p.is_some())).await
+                retry(store, id, clock).await.map(|p| p.is_some())
             } else {
-                super::blocking(store, move |s| drop_push(s, id)).await
+                drop_push(store, id).await
             };
             match done {
                 Ok(true) => json_response(

@@ -498,9 +498,15 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `bsk-sidecar run` and waits for its listeners' addresses in its log.
     pub fn start(config: &Path) -> Sidecar {
+        Sidecar::start_with_env(config, &[])
+    }
+
+    /// [`Sidecar::start`] with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Sidecar {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
