@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::client::PeerClients;
 use super::exchange::{self, ExchangeError};
 use super::journal;
+use super::outbox::StoreError;
 use super::store::{Head, Outbox, Taken};
 use crate::clock::Clock;
 use crate::config::Peer;
@@ -107,7 +108,7 @@ impl Worker {
     }
 
     /// Dead-letters every push past its `max_age`, wherever it sits in the queue.
-    async fn expire(&self) -> Result<(), super::outbox::StoreError> {
+    async fn expire(&self) -> Result<(), StoreError> {
         let gone = self
             .store
             .expire(&self.peer.name, self.clock.unix_ms())
@@ -126,7 +127,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn dead(&self, head: Head, reason: &str) -> Result<(), super::outbox::StoreError> {
+    async fn dead(&self, head: Head, reason: &str) -> Result<(), StoreError> {
         let (id, attempts) = (head.push.id, head.push.attempts);
         self.store.dead_letter(head, reason).await?;
         self.metrics
@@ -141,10 +142,28 @@ impl Worker {
         Ok(())
     }
 
-    async fn step(&mut self) -> Result<Next, super::outbox::StoreError> {
+    /// One turn of the peer's queue: take the head, and send it when it is due.
+    async fn step(&mut self) -> Result<Next, StoreError> {
         // One sender per peer queue, even while an old runtime drains after a reload.
         let _held = self.store.delivery_guard(&self.peer.name).await;
-        // At most once a second while draining a backlog: the count scans the queue.
+        self.refresh_gauges().await?;
+        let head = match self.store.take_head(&self.peer.name).await? {
+            Taken::Head(h) => h,
+            Taken::Busy => return Ok(Next::Wait(BUSY_RETRY)),
+            Taken::Empty => {
+                self.gauges().await;
+                return Ok(Next::Wait(IDLE_CHECK));
+            }
+        };
+        match self.due(head).await? {
+            Due::Send(head, layers) => self.attempt(*head, &layers).await,
+            Due::Not(next) => Ok(next),
+        }
+    }
+
+    /// Expires old pushes and refreshes the queue gauges, at most once a second while
+    /// draining a backlog (the count scans the queue).
+    async fn refresh_gauges(&mut self) -> Result<(), StoreError> {
         let stale = match self.gauges_at {
             None => true,
             Some(t) => t.elapsed() >= Duration::from_secs(1),
@@ -154,42 +173,48 @@ impl Worker {
             self.gauges().await;
             self.gauges_at = Some(std::time::Instant::now());
         }
-        let mut head = match self.store.take_head(&self.peer.name).await? {
-            Taken::Head(h) => h,
-            Taken::Busy => return Ok(Next::Wait(BUSY_RETRY)),
-            Taken::Empty => {
-                self.gauges().await;
-                return Ok(Next::Wait(IDLE_CHECK));
-            }
-        };
+        Ok(())
+    }
+
+    /// Whether the head goes out now: not past its age, its retry time come, the peer's
+    /// rate not spent, its layers readable. Otherwise it is released or dead-lettered.
+    async fn due(&mut self, head: Head) -> Result<Due, StoreError> {
         let now = self.clock.unix_ms();
         let push = &head.push;
         if now >= push.queued_ms.saturating_add(push.max_age_ms) {
             self.dead(head, "max_age").await?;
-            return Ok(Next::Again);
+            return Ok(Due::Not(Next::Again));
         }
         if push.next_attempt_ms > now {
             let wait = Duration::from_millis(push.next_attempt_ms - now);
             self.store.release(head).await?;
-            return Ok(Next::Wait(wait));
+            return Ok(Due::Not(Next::Wait(wait)));
         }
         if let Some(l) = &self.limiter {
             if let Err(wait) = l.check() {
                 self.store.release(head).await?;
-                return Ok(Next::Wait(wait.max(Duration::from_millis(5))));
+                return Ok(Due::Not(Next::Wait(wait.max(Duration::from_millis(5)))));
             }
         }
         let layers: Option<Vec<Layer>> = push.layers.iter().map(|l| Layer::parse(l)).collect();
-        let Some(layers) = layers else {
-            self.dead(head, "bad_layers").await?;
-            return Ok(Next::Again);
-        };
+        match layers {
+            Some(layers) => Ok(Due::Send(Box::new(head), layers)),
+            None => {
+                self.dead(head, "bad_layers").await?;
+                Ok(Due::Not(Next::Again))
+            }
+        }
+    }
+
+    /// Sends the head once and files the outcome: delivered, dead-lettered (a refusal
+    /// that no retry mends), or rescheduled with backoff.
+    async fn attempt(&mut self, mut head: Head, layers: &[Layer]) -> Result<Next, StoreError> {
         let push = &mut head.push;
         let request_id = format!("outbox-{}-{}", push.id, push.attempts + 1);
         let sent = exchange::send(
             &self.clients,
             &self.peer,
-            &layers,
+            layers,
             &push.remote,
             push.body.as_bytes(),
             &request_id,
@@ -198,17 +223,7 @@ impl Worker {
         .await;
         let failure = match sent {
             Ok(resp) if resp.status().is_success() => {
-                let (id, attempts) = (push.id, push.attempts);
-                self.store.delivered(head, self.clock.unix_ms()).await?;
-                self.metrics
-                    .outbox_attempts
-                    .with_label_values(&[&self.peer.name, "delivered"])
-                    .inc();
-                self.metrics
-                    .outbox_deliveries
-                    .with_label_values(&[&self.peer.name, "outbox"])
-                    .inc();
-                tracing::info!(peer = %self.peer.name, id, attempts = attempts + 1, status = resp.status().as_u16(), "queued push delivered");
+                self.delivered(head, resp.status().as_u16()).await?;
                 return Ok(Next::Again);
             }
             Ok(resp) if exchange::permanent(resp.status()) => {
@@ -226,6 +241,28 @@ impl Worker {
             }
             Err(e) => e.to_string(),
         };
+        self.retry_later(head, failure).await
+    }
+
+    /// The peer took the push: it leaves the queue (and joins the journal).
+    async fn delivered(&mut self, head: Head, status: u16) -> Result<(), StoreError> {
+        let (id, attempts) = (head.push.id, head.push.attempts);
+        self.store.delivered(head, self.clock.unix_ms()).await?;
+        self.metrics
+            .outbox_attempts
+            .with_label_values(&[&self.peer.name, "delivered"])
+            .inc();
+        self.metrics
+            .outbox_deliveries
+            .with_label_values(&[&self.peer.name, "outbox"])
+            .inc();
+        tracing::info!(peer = %self.peer.name, id, attempts = attempts + 1, status, "queued push delivered");
+        Ok(())
+    }
+
+    /// A failure worth retrying: the next attempt after a jittered, growing delay.
+    async fn retry_later(&mut self, mut head: Head, failure: String) -> Result<Next, StoreError> {
+        let push = &mut head.push;
         push.attempts += 1;
         let wait = backoff_delay(
             Duration::from_millis(push.backoff_initial_ms),
@@ -243,6 +280,13 @@ impl Worker {
             .inc();
         Ok(Next::Wait(wait))
     }
+}
+
+/// What [`Worker::due`] decided about the head it was given.
+enum Due {
+    /// Boxed: a head holds a whole push (and, on PostgreSQL, its open transaction).
+    Send(Box<Head>, Vec<Layer>),
+    Not(Next),
 }
 
 /// Bounded label for a dead-letter reason.
