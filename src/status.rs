@@ -310,29 +310,22 @@ pub fn page(rt: &Runtime, history: &History) -> String {
         Some((d, s)) => (*d, Some(s)),
         None => (Duration::ZERO, None),
     };
-    let recent = per_route(&now, base_sample);
-    let total = per_route(&now, None);
     let seen = history
         .seen
         .lock()
         .map(|s| s.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
+    let wall = rt.clock.now();
+    let view = View {
+        window,
+        wall_secs: unix(wall),
+        now: &now,
+        base: base_sample,
+        seen: &seen,
+    };
 
     let mut h = String::with_capacity(16 * 1024);
-    let _ = write!(
-        h,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>bsk-sidecar status</title><style>\
-         body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}}\
-         h1{{font-size:1.4em}}h2{{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}}\
-         table{{border-collapse:collapse;margin:.4em 0}}\
-         th,td{{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}}\
-         th{{background:#f3f3f3}}.bad{{color:#a00;font-weight:bold}}.muted{{color:#777}}\
-         </style></head><body>"
-    );
-    let wall = rt.clock.now();
-    let wall_secs = unix(wall);
+    h.push_str(HEAD);
     let uptime = wall.duration_since(history.started).unwrap_or_default();
     let _ = write!(
         h,
@@ -341,16 +334,55 @@ pub fn page(rt: &Runtime, history: &History) -> String {
          this page reloads every {}s where JavaScript runs.</span></p>",
         esc(env!("CARGO_PKG_VERSION")),
         short(uptime),
-        esc(&when(unix(history.started), wall_secs)),
-        esc(&when(m.ops.config_loaded.get(), wall_secs)),
+        esc(&when(unix(history.started), view.wall_secs)),
+        esc(&when(m.ops.config_loaded.get(), view.wall_secs)),
         short(window),
         SAMPLE_EVERY.as_secs(),
         RELOAD_MS / 1000,
     );
+    listeners_section(&mut h, rt, &view);
+    outbox_section(&mut h, m);
+    dns_section(&mut h, rt, view.wall_secs);
+    let _ = write!(
+        h,
+        "<h2>Replay cache</h2><p>{}</p>",
+        match &rt.replay {
+            Some(r) => format!("{} entries", r.len()),
+            None => "off (no route asks for replay protection)".into(),
+        }
+    );
+    let _ = write!(h, "<script>{SCRIPT}</script></body></html>");
+    h
+}
 
-    // Listeners and routes.
+/// What every section of one rendering reads: the recent window, the wall clock, the
+/// sample taken now and the baseline it is compared with, each route's last outcomes.
+struct View<'a> {
+    window: Duration,
+    wall_secs: i64,
+    now: &'a Sample,
+    base: Option<&'a Sample>,
+    seen: &'a BTreeMap<RouteKey, Seen>,
+}
+
+/// The document head and its inline style (the CSP allows inline style, no other source).
+const HEAD: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+     <meta name=\"viewport\" content=\"width=device-width\">\
+     <title>bsk-sidecar status</title><style>\
+     body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+     h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}\
+     table{border-collapse:collapse;margin:.4em 0}\
+     th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}\
+     th{background:#f3f3f3}.bad{color:#a00;font-weight:bold}.muted{color:#777}\
+     </style></head><body>";
+
+/// Each listener's routes: requests and refusals recent and since start, the upstream.
+fn listeners_section(h: &mut String, rt: &Runtime, v: &View<'_>) {
+    let (window, wall_secs) = (v.window, v.wall_secs);
+    let recent = per_route(v.now, v.base);
+    let total = per_route(v.now, None);
     h.push_str("<h2>Listeners and routes</h2>");
-    let expiry = gauge_by(&m.ops.tls_cert_expiry, "listener");
+    let expiry = gauge_by(&rt.metrics.ops.tls_cert_expiry, "listener");
     for l in &rt.listeners {
         let cert = match expiry.get(&l.name) {
             Some(t) => format!("; certificate expires {}", esc(&when(*t as i64, wall_secs))),
@@ -381,7 +413,7 @@ pub fn page(rt: &Runtime, history: &History) -> String {
             let empty = (BTreeMap::new(), BTreeMap::new());
             let r = recent.get(&key).unwrap_or(&empty);
             let t = total.get(&key).unwrap_or(&empty);
-            let upstream = upstream_cell(&key, &now, base_sample, seen.get(&key), wall_secs);
+            let upstream = upstream_cell(&key, v.now, v.base, v.seen.get(&key), wall_secs);
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -395,8 +427,10 @@ pub fn page(rt: &Runtime, history: &History) -> String {
         }
         h.push_str("</table>");
     }
+}
 
-    // Outbox.
+/// Each peer's outbox: queued, oldest, dead letters. Absent without egress.
+fn outbox_section(h: &mut String, m: &Metrics) {
     let depth = gauge_by(&m.outbox_depth, "peer");
     if !depth.is_empty() {
         let oldest = gauge_by(&m.outbox_oldest_age, "peer");
@@ -426,8 +460,10 @@ pub fn page(rt: &Runtime, history: &History) -> String {
         }
         h.push_str("</table>");
     }
+}
 
-    // DNS names.
+/// The allowlisted DNS names, the addresses each resolved to and when.
+fn dns_section(h: &mut String, rt: &Runtime, wall_secs: i64) {
     let names = &rt.names;
     if !names.is_empty() {
         h.push_str(
@@ -460,17 +496,6 @@ pub fn page(rt: &Runtime, history: &History) -> String {
         }
         h.push_str("</table>");
     }
-
-    let _ = write!(
-        h,
-        "<h2>Replay cache</h2><p>{}</p>",
-        match &rt.replay {
-            Some(r) => format!("{} entries", r.len()),
-            None => "off (no route asks for replay protection)".into(),
-        }
-    );
-    let _ = write!(h, "<script>{SCRIPT}</script></body></html>");
-    h
 }
 
 /// Last success and failure of a route's upstream, and its mean latency.
