@@ -252,7 +252,8 @@ pub async fn run(listen: String, once: bool) -> Result<(), DemoError> {
 }
 
 /// The five requests of the walk-through, printed as they go; returns the tampered
-/// form body of step 4.
+/// form body of step 4. Longer than most functions on purpose: it is the script a
+/// newcomer reads beside the demo's output, one step after another.
 async fn walkthrough(
     addr: SocketAddr,
     clock: &Clock,

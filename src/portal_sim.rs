@@ -295,35 +295,40 @@ impl Sim {
             passcode_header: passcode_header.as_deref(),
             body: &body,
         };
-        let opened = match envelope::open(
-            &self.layers,
-            &self.keys,
-            &incoming,
-            self.clock.unix_secs(),
-        ) {
-            Ok(o) => o,
-            Err(e) => {
-                // A development tool: the department is told exactly what was wrong.
-                println!(
-                    "{} {path} from {from}: refused: {} ({e})",
-                    served.label(),
-                    e.reason()
-                );
-                self.record(json!({
-                    "api": served.api().name(), "path": path, "verdict": "refused",
-                    "reason": e.reason(), "payload": Value::Null, "problems": [],
-                }));
-                let status = match e {
-                    envelope::Failure::Undecryptable(_) => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::UNAUTHORIZED,
-                };
-                return plain_json(
-                    status,
-                    &json!({"statusCode": status.as_u16(), "message": "could not open the request", "reason": e.reason()}),
-                );
-            }
-        };
+        let opened =
+            match envelope::open(&self.layers, &self.keys, &incoming, self.clock.unix_secs()) {
+                Ok(o) => o,
+                Err(e) => return self.refused(served, &path, from, &e),
+            };
         self.judge(served, &path, from, &opened.plain)
+    }
+
+    /// A request that did not open: printed and recorded with its reason (a development
+    /// tool tells the department exactly what was wrong), answered 400 or 401.
+    fn refused(
+        &self,
+        served: Served,
+        path: &str,
+        from: SocketAddr,
+        e: &envelope::Failure,
+    ) -> Response<Full<Bytes>> {
+        println!(
+            "{} {path} from {from}: refused: {} ({e})",
+            served.label(),
+            e.reason()
+        );
+        self.record(json!({
+            "api": served.api().name(), "path": path, "verdict": "refused",
+            "reason": e.reason(), "payload": Value::Null, "problems": [],
+        }));
+        let status = match e {
+            envelope::Failure::Undecryptable(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        plain_json(
+            status,
+            &json!({"statusCode": status.as_u16(), "message": "could not open the request", "reason": e.reason()}),
+        )
     }
 
     /// An opened request checked against its API's table: logged, recorded, answered
