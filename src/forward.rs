@@ -21,6 +21,24 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never
+/// carried from one hop to the next, in either direction. The one list: routes may not
+/// ask to forward them (config) and the application's answer loses them (pipeline).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` (lower case, as `http::HeaderName` holds it) is in [`HOP_BY_HOP`].
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Why forwarding failed (`crate::error` maps it to the answer the client gets).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {

@@ -439,20 +439,13 @@ fn freshness(
     Freshness { window, replay, on }
 }
 
-/// Headers the sidecar writes itself, or that describe one hop or carry credentials: a
-/// route cannot ask for the client's copy of these.
+/// Headers the sidecar writes itself or that carry credentials — with the hop-by-hop
+/// ones (`forward::HOP_BY_HOP`), a route cannot ask for the client's copy of these.
 const NEVER_FORWARDED: &[&str] = &[
     "host",
     "content-length",
     "content-type",
     "content-encoding",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
     "expect",
     "authorization",
     "proxy-authorization",
@@ -481,12 +474,17 @@ fn forward_headers(
                 path,
                 format!("`{name}` has an underscore, which CGI/PHP read as `-`; not forwarded"),
             ),
-            Ok(h) if NEVER_FORWARDED.contains(&h.as_str()) => check.err(
-                path,
-                format!(
+            Ok(h)
+                if NEVER_FORWARDED.contains(&h.as_str())
+                    || crate::forward::is_hop_by_hop(h.as_str()) =>
+            {
+                check.err(
+                    path,
+                    format!(
                     "`{name}` is set by the sidecar or carries credentials; it is never forwarded"
                 ),
-            ),
+                )
+            }
             Ok(h) => out.push(h),
             Err(_) => check.err(path, format!("`{name}` is not a header name")),
         }

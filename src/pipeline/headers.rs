@@ -119,19 +119,10 @@ pub(super) fn upstream_request(
     Ok(req)
 }
 
-/// Response headers that describe the application's hop, not the answer.
+/// Response headers that describe the application's hop, not the answer (and its
+/// length, which the answer sent on is framed anew with).
 pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-    )
+    crate::forward::is_hop_by_hop(name.as_str()) || name == http::header::CONTENT_LENGTH
 }
 
 #[cfg(test)]
