@@ -88,7 +88,7 @@ where
     let s = store.clone();
     tokio::task::spawn_blocking(move || f(&s))
         .await
-        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+        .map_err(StoreError::Task)?
 }
 
 impl Egress {

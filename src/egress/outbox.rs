@@ -42,7 +42,13 @@ pub enum StoreError {
     Locked { path: PathBuf },
     /// A read or write failed after opening.
     #[error("outbox store: {0}")]
-    Db(String),
+    Db(#[source] Box<redb::Error>),
+    /// A record could not be encoded for writing.
+    #[error("outbox store: encoding a record: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The blocking task running a store call did not finish.
+    #[error("outbox store task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// A stored entry is not what this version writes.
     #[error("outbox entry {0} cannot be read")]
     BadEntry(u64),
@@ -55,7 +61,7 @@ pub enum StoreError {
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into().to_string())
+    StoreError::Db(Box::new(e.into()))
 }
 
 pub use super::entry::{Enqueued, JournalEntry, PeerStats, Push, Seen};
@@ -231,7 +237,7 @@ impl Store {
                     delivered: false,
                     at_ms: push.created_ms,
                 };
-                let v = serde_json::to_vec(&s).map_err(|e| StoreError::Db(e.to_string()))?;
+                let v = serde_json::to_vec(&s).map_err(StoreError::Encode)?;
                 seen.insert(key.as_str(), v.as_slice()).map_err(db)?;
             }
             if let Some(j) = &journal {
@@ -240,7 +246,7 @@ impl Store {
                     .map_err(db)?;
                 push.journal_date = Some(j.date.clone());
             }
-            let v = serde_json::to_vec(&push).map_err(|e| StoreError::Db(e.to_string()))?;
+            let v = serde_json::to_vec(&push).map_err(StoreError::Encode)?;
             let mut out = tx.open_table(OUTBOX).map_err(db)?;
             out.insert((push.peer.as_str(), id), v.as_slice())
                 .map_err(db)?;
@@ -270,7 +276,7 @@ impl Store {
                     delivered: true,
                     at_ms: now_ms,
                 };
-                let v = serde_json::to_vec(&s).map_err(|e| StoreError::Db(e.to_string()))?;
+                let v = serde_json::to_vec(&s).map_err(StoreError::Encode)?;
                 seen.insert(key, v.as_slice()).map_err(db)?;
             }
             if let Some(j) = journal {
@@ -319,7 +325,7 @@ impl Store {
                     delivered: true,
                     at_ms: now_ms,
                 };
-                let v = serde_json::to_vec(&s).map_err(|e| StoreError::Db(e.to_string()))?;
+                let v = serde_json::to_vec(&s).map_err(StoreError::Encode)?;
                 seen.insert(key.as_str(), v.as_slice()).map_err(db)?;
             }
         }
@@ -339,7 +345,7 @@ impl Store {
             {
                 return Ok(());
             }
-            let v = serde_json::to_vec(push).map_err(|e| StoreError::Db(e.to_string()))?;
+            let v = serde_json::to_vec(push).map_err(StoreError::Encode)?;
             out.insert((push.peer.as_str(), push.id), v.as_slice())
                 .map_err(db)?;
         }
@@ -360,7 +366,7 @@ impl Store {
             }
             let mut dead = push.clone();
             dead.dead_reason = Some(reason.to_string());
-            let v = serde_json::to_vec(&dead).map_err(|e| StoreError::Db(e.to_string()))?;
+            let v = serde_json::to_vec(&dead).map_err(StoreError::Encode)?;
             let mut d = tx.open_table(DEAD).map_err(db)?;
             d.insert(push.id, v.as_slice()).map_err(db)?;
         }
@@ -386,7 +392,7 @@ impl Store {
             for p in &mut expired {
                 out.remove((peer, p.id)).map_err(db)?;
                 p.dead_reason = Some("max_age".into());
-                let v = serde_json::to_vec(&*p).map_err(|e| StoreError::Db(e.to_string()))?;
+                let v = serde_json::to_vec(&*p).map_err(StoreError::Encode)?;
                 dead.insert(p.id, v.as_slice()).map_err(db)?;
             }
         }
@@ -467,7 +473,7 @@ impl Store {
                         p.attempts = 0;
                     }
                     p.next_attempt_ms = 0;
-                    let v = serde_json::to_vec(&p).map_err(|e| StoreError::Db(e.to_string()))?;
+                    let v = serde_json::to_vec(&p).map_err(StoreError::Encode)?;
                     out.insert((p.peer.as_str(), id), v.as_slice())
                         .map_err(db)?;
                     Some(p.peer)
