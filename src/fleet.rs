@@ -147,6 +147,38 @@ impl Fleet {
         &self.settings
     }
 
+    /// For `check --online`: connects (TLS as the URL says), sends `PING` and loads the
+    /// rate-limit script (a Redis that refuses scripts cannot hold the limits). Returns
+    /// the server's version.
+    pub async fn probe(&self) -> Result<String, FleetError> {
+        let mut conn = self.connection().await?;
+        let deadline = self.settings.timeout;
+        let answer = async {
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            if pong != "PONG" {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::ResponseError,
+                    "PING was not answered PONG",
+                )));
+            }
+            let _sha: String = self.script.prepare_invoke().load_async(&mut conn).await?;
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await?;
+            Ok(info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .unwrap_or("unknown")
+                .trim()
+                .to_string())
+        };
+        tokio::time::timeout(deadline, answer)
+            .await
+            .map_err(|_| FleetError::Timeout)?
+            .map_err(FleetError::from)
+    }
+
     async fn connection(&self) -> Result<ConnectionManager, FleetError> {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());

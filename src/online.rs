@@ -74,11 +74,14 @@ fn millis(d: Duration) -> String {
 }
 
 /// Every check, in the order of the report: listener certificates, DNS names,
-/// upstreams, the shared PostgreSQL, peers.
+/// upstreams, the shared Redis and PostgreSQL, peers.
 pub async fn probe(settings: &Settings, clock: &Clock) -> Vec<Finding> {
     let mut out = listener_certificates(settings, clock);
     out.extend(dns_names(settings).await);
     out.extend(upstreams(settings).await);
+    if let Some(r) = &settings.redis {
+        out.push(redis(r).await);
+    }
     if let Some(pg) = &settings.postgres {
         out.push(postgres(pg).await);
     }
@@ -199,6 +202,27 @@ async fn peers(settings: &Settings, clock: &Clock) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// `state.backend.redis`: connects (TLS as the URL says), `PING`, and loads the
+/// rate-limit script.
+async fn redis(settings: &crate::fleet::RedisSettings) -> Finding {
+    let what = "state.backend.redis";
+    let started = std::time::Instant::now();
+    let fleet = match crate::fleet::Fleet::new(settings.clone()) {
+        Ok(f) => f,
+        Err(e) => return Finding::fail(what, e.to_string()),
+    };
+    match fleet.probe().await {
+        Ok(version) => Finding::ok(
+            what,
+            format!(
+                "connected in {}; PING answered, rate-limit script loaded; Redis {version}",
+                millis(started.elapsed())
+            ),
+        ),
+        Err(e) => Finding::fail(what, e.to_string()),
+    }
 }
 
 /// `state.backend.postgres`: connects (TLS as the URL says) and reads the schema version.

@@ -119,7 +119,19 @@ impl Drop for Replica {
 
 fn replica(redis_port: u16, app: SocketAddr) -> Replica {
     let state = tempfile::tempdir().unwrap();
-    let config = state.path().join("sidecar.yaml");
+    let config = replica_config(state.path(), redis_port, app);
+    let (child, addr) = spawn_sidecar(&config);
+    Replica {
+        child,
+        addr,
+        _state: state,
+    }
+}
+
+/// A replica's config in `dir`: one Redis shared by two replicas, a replay-protected
+/// route and one with `fresh: off`.
+fn replica_config(dir: &std::path::Path, redis_port: u16, app: SocketAddr) -> std::path::PathBuf {
+    let config = dir.join("sidecar.yaml");
     std::fs::write(
         &config,
         format!(
@@ -142,16 +154,11 @@ listeners:
       - {{ path: /bsk/landing, from: bsk, envelope: [form, aes], ip_check: false, upstream: "http://{app}/landing" }}
       - {{ path: /bsk/open, from: bsk, envelope: [form, aes], ip_check: false, fresh: off, upstream: "http://{app}/open" }}
 "#,
-            dir = state.path().display(),
+            dir = dir.display(),
         ),
     )
     .unwrap();
-    let (child, addr) = spawn_sidecar(&config);
-    Replica {
-        child,
-        addr,
-        _state: state,
-    }
+    config
 }
 
 /// A landing body with a ticket of its own (a distinct millisecond per `n`).
@@ -258,4 +265,52 @@ async fn redis_down_fails_replay_closed_and_recovers_without_a_restart() {
     post_to(&a, "/bsk/landing", &body)
         .await
         .assert_error(409, "replayed");
+}
+
+/// `check --online` with `state.backend.redis`: one line for Redis, `ok` while it answers
+/// (PING, and the rate-limit script loads), `FAIL` and a non-zero exit once it is gone.
+#[test]
+fn check_online_reaches_the_fleets_redis_and_fails_without_it() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    // An upstream that accepts connections, so Redis is the only thing that can fail.
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = replica_config(state.path(), redis.port, app.local_addr().unwrap());
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let redis_line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("state.backend.redis"))
+            .unwrap_or_else(|| panic!("no Redis line in:\n{text}"))
+            .to_string()
+    };
+
+    let (code, text) = check();
+    let line = redis_line(&text);
+    assert!(
+        line.starts_with("ok   state.backend.redis: connected in"),
+        "{text}"
+    );
+    assert!(line.contains("rate-limit script loaded; Redis "), "{line}");
+    assert_eq!(code, Some(0), "{text}");
+
+    let _gone = redis.stop();
+    let (code, text) = check();
+    assert!(
+        redis_line(&text).starts_with("FAIL state.backend.redis: "),
+        "{text}"
+    );
+    assert_ne!(code, Some(0), "{text}");
 }
