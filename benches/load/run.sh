@@ -11,6 +11,9 @@
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
+#   REDIS=1                         also measure the sidecar with `state.backend.redis` on a
+#                                   local redis-server (replay cache and peer/route limits
+#                                   shared) as "redis", and print what the Redis checks add
 #
 # The sidecar route is `[token, jwt, aes]` with the defaults: allowlist, per-address,
 # per-peer and per-route limits, passcode, HS256, AES-256-CBC, freshness (10 min) and replay
@@ -40,6 +43,9 @@ BODIES=${BODIES:-$((DUR * 60000))}
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   apt-get install -y wrk nginx >/dev/null
 fi
+if [ "${REDIS:-0}" = 1 ] && ! command -v redis-server >/dev/null; then
+  apt-get install -y redis-server >/dev/null
+fi
 [ -x "$BIN" ] || cargo build --release --bin bsk-sidecar
 GEN=$TARGET_DIR/release/load-bodies
 [ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
@@ -47,8 +53,10 @@ ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
 SC_PID=
+RD_PID=
 cleanup() {
   [ -n "$SC_PID" ] && kill "$SC_PID" 2>/dev/null
+  [ -n "$RD_PID" ] && kill "$RD_PID" 2>/dev/null
   nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
   nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null || true
   rm -rf "$WORK"
@@ -56,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port)
+UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port); RD=$(free_port)
 
 nginx_conf() { # $1 dir, $2 server blocks
   mkdir -p "$1/logs"
@@ -91,10 +99,10 @@ PX_PIDS="$PX_MASTER $(pgrep -P "$PX_MASTER" | tr '\n' ' ')"
 
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
 # limits are raised so the benchmark measures the work, not the refusals.
-sidecar_conf() { # $1 state dir
+sidecar_conf() { # $1 state dir, $2 backend (empty: embedded)
   cat <<CONF
 admin: { listen: "off" }
-state: { dir: $1 }
+state: { dir: $1${2:+, backend: $2} }
 limits:
   per_ip_rate: { per_second: 10000000, burst: 10000000 }
   max_connections: 20000
@@ -133,10 +141,10 @@ listeners:
 CONF
 }
 
-start_sidecar() { # $1 binary; sets SC_PID
+start_sidecar() { # $1 binary, $2 backend (optional); sets SC_PID
   local state
   state=$(mktemp -d "$WORK/state.XXXX")
-  sidecar_conf "$state" > "$state.yaml"
+  sidecar_conf "$state" "${2:-}" > "$state.yaml"
   RUST_LOG=warn "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
@@ -199,7 +207,15 @@ TARGETS="nginx"
 [ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
 TARGETS="$TARGETS sidecar"
 [ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
-bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+if [ "${REDIS:-0}" = 1 ]; then
+  TARGETS="$TARGETS redis"
+  redis-server --port "$RD" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    > "$WORK/redis.log" 2>&1 &
+  RD_PID=$!
+  wait_port "$RD" || { cat "$WORK/redis.log" >&2; exit 1; }
+fi
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+backend_of() { if [ "$1" = redis ]; then echo "{ redis: \"redis://127.0.0.1:$RD/0\", replicas: 1 }"; fi; }
 echo "load: $(nproc) cores; $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
   "$GEN" "$BODIES" > "$WORK/bodies.txt"
@@ -213,7 +229,13 @@ for round in $(seq "$ROUNDS"); do
       if [ "$t" = nginx ]; then
         measure nginx "$c" "$PX" $PX_PIDS
       else
-        start_sidecar "$(bin_of "$t")"; measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
+        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")"
+        r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
+        measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
+        # redis-server's own CPU, per request of the run just measured.
+        if [ "$t" = redis ]; then
+          echo -e "rcpu\t$c\t$(( $(ticks "$RD_PID") - r0 ))\t$(tail -1 "$RESULTS" | cut -f3)" >> "$RESULTS"
+        fi
       fi
     done
   done
@@ -223,7 +245,7 @@ done
 if [ "$IDLE" -gt 0 ]; then
   "$GEN" 1 > "$WORK/one.txt"
   for t in $TARGETS; do
-    [ "$t" = nginx ] && continue
+    if [ "$t" = nginx ] || [ "$t" = redis ]; then continue; fi
     start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
     python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt"
@@ -265,11 +287,15 @@ if [ "${FLOOD:-1}" = 1 ]; then
   done
 fi
 
-python3 - "$RESULTS" "$HZ" <<'PY'
+python3 - "$RESULTS" "$HZ" "$DUR" <<'PY'
 import sys, statistics as st
-rows, idle, flood = {}, [], {}
+rows, idle, flood, rcpu = {}, [], {}, {}
 for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
+    if f[0] == "rcpu":
+        # redis-server ticks over one run, and that run's req/s.
+        us = int(f[2]) / int(sys.argv[2]) * 1e6 / max(float(f[3]) * int(sys.argv[3]), 1)
+        rcpu.setdefault(int(f[1]), []).append(us); continue
     if f[0] == "idle":
         idle.append(f); continue
     if f[0] == "flood":
@@ -290,6 +316,10 @@ for c in sorted({c for _, c in med}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+    if ("redis", c) in med and ("sidecar", c) in med:
+        r, e = med[("redis", c)], med[("sidecar", c)]
+        extra = f"  redis-server {st.median(rcpu[c]):.1f} µs CPU/req" if c in rcpu else ""
+        print(f"c={c} redis vs embedded: p50 {r[1] - e[1]:+.2f} ms  p99 {r[2] - e[2]:+.2f} ms  sidecar CPU/req {r[3] - e[3]:+.1f} µs ({r[3]/e[3]:.2f}x)  req/s {r[0]/e[0]:.2f}x{extra}")
 for f in idle:
     print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
 if "solo" in flood:
