@@ -11,6 +11,8 @@
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
+#   LOGS=1                          also measure the sidecar with its access log on (one line
+#                                   per request, to a file) as "logged"
 #   REDIS=1                         also measure the sidecar with `state.backend.redis` on a
 #                                   local redis-server (replay cache and peer/route limits
 #                                   shared) as "redis", and print what the Redis checks add
@@ -141,11 +143,11 @@ listeners:
 CONF
 }
 
-start_sidecar() { # $1 binary, $2 backend (optional); sets SC_PID
+start_sidecar() { # $1 binary, $2 backend (optional), $3 log level (default warn: no access log); sets SC_PID
   local state
   state=$(mktemp -d "$WORK/state.XXXX")
   sidecar_conf "$state" "${2:-}" > "$state.yaml"
-  RUST_LOG=warn "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
+  RUST_LOG=${3:-warn} "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
 }
@@ -207,6 +209,7 @@ TARGETS="nginx"
 [ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
 TARGETS="$TARGETS sidecar"
 [ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
+[ "${LOGS:-0}" = 1 ] && TARGETS="$TARGETS logged"
 if [ "${REDIS:-0}" = 1 ]; then
   TARGETS="$TARGETS redis"
   redis-server --port "$RD" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
@@ -214,8 +217,16 @@ if [ "${REDIS:-0}" = 1 ]; then
   RD_PID=$!
   wait_port "$RD" || { cat "$WORK/redis.log" >&2; exit 1; }
 fi
-bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
-backend_of() { if [ "$1" = redis ]; then echo "{ redis: \"redis://127.0.0.1:$RD/0\", replicas: 1 }"; fi; }
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+level_of() { if [ "$1" = logged ]; then echo info; else echo warn; fi; }
+# A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
+# between its measurements, so a shared prefix would turn the next run's requests into
+# replays.
+backend_of() {
+  if [ "$1" = redis ]; then
+    echo "{ redis: \"redis://127.0.0.1:$RD/0\", replicas: 1, redis_prefix: \"bench$(date +%s%N)\" }"
+  fi
+}
 echo "load: $(nproc) cores; $(uptime)" >&2
 for round in $(seq "$ROUNDS"); do
   "$GEN" "$BODIES" > "$WORK/bodies.txt"
@@ -229,7 +240,7 @@ for round in $(seq "$ROUNDS"); do
       if [ "$t" = nginx ]; then
         measure nginx "$c" "$PX" $PX_PIDS
       else
-        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")"
+        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")" "$(level_of "$t")"
         r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
         measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
         # redis-server's own CPU, per request of the run just measured.
@@ -245,7 +256,7 @@ done
 if [ "$IDLE" -gt 0 ]; then
   "$GEN" 1 > "$WORK/one.txt"
   for t in $TARGETS; do
-    if [ "$t" = nginx ] || [ "$t" = redis ]; then continue; fi
+    if [ "$t" = nginx ] || [ "$t" = redis ] || [ "$t" = logged ]; then continue; fi
     start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
     python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt"
@@ -316,6 +327,9 @@ for c in sorted({c for _, c in med}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+    if ("logged", c) in med and ("sidecar", c) in med:
+        l, e = med[("logged", c)], med[("sidecar", c)]
+        print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms")
     if ("redis", c) in med and ("sidecar", c) in med:
         r, e = med[("redis", c)], med[("sidecar", c)]
         extra = f"  redis-server {st.median(rcpu[c]):.1f} µs CPU/req" if c in rcpu else ""
