@@ -1,5 +1,6 @@
 //! Criterion benches for `envelope::open` and `envelope::seal` on each wire shape, with the
-//! spec's API-1 sample payload and a ~1 MiB API-4 response carrying a base64 document.
+//! spec's API-1 sample payload and a ~1 MiB API-4 response carrying a base64 document,
+//! and AES-256-CBC alone on 1 MiB.
 //!
 //! Run with `cargo bench --bench envelope`; the whole run takes well under two minutes.
 
@@ -93,9 +94,34 @@ fn bench_payload(c: &mut Criterion, label: &str, plain: &[u8], samples: usize) {
     group.finish();
 }
 
+/// AES-256-CBC on 1 MiB alone, comparable with `openssl speed -evp aes-256-cbc -decrypt`
+/// (`benches/aes/run.sh` prints the ratio): the raw decryption with unpadding, and
+/// `aes::decrypt` as `encData` reaches it (base64 decoding first).
+fn aes_one_mib(c: &mut Criterion) {
+    use bsk_sidecar::envelope::aes;
+    let key = &keys().aes[0];
+    let plain = vec![b'x'; 1 << 20];
+    let ct = aes::encrypt_raw(key, &plain);
+    let b64 = aes::encrypt(key, &plain);
+    let mut group = c.benchmark_group("aes/1MiB");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Bytes(ct.len() as u64));
+    group.bench_function("decrypt_raw", |b| {
+        b.iter(|| aes::decrypt_raw(key, black_box(&ct)).unwrap())
+    });
+    group.bench_function("decrypt_base64", |b| {
+        b.iter(|| aes::decrypt(std::slice::from_ref(key), black_box(&b64), |_| true).unwrap())
+    });
+    group.finish();
+}
+
 fn envelope_benches(c: &mut Criterion) {
     bench_payload(c, "api1_sample", API1.as_bytes(), 50);
     bench_payload(c, "api4_1MiB", &api4_one_mib(), 20);
+    aes_one_mib(c);
 }
 
 criterion_group!(benches, envelope_benches);
