@@ -24,7 +24,9 @@ struct Counting;
 /// The allocator the sidecar itself uses (src/lib.rs).
 #[cfg(feature = "mimalloc")]
 static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-#[cfg(not(feature = "mimalloc"))]
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+static INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(not(any(feature = "mimalloc", feature = "jemalloc")))]
 static INNER: std::alloc::System = std::alloc::System;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
