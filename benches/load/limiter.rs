@@ -27,7 +27,16 @@ fn address(i: u32) -> IpAddr {
     if i % 2 == 0 {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
     } else {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16))
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            (i >> 16) as u16,
+            i as u16,
+        ))
     }
 }
 
