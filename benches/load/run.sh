@@ -7,6 +7,7 @@
 #
 #   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
 #   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
+#   ALT_LEVEL=info                  run the variant with its access log on
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   FLOOD=0                         skip the flood-isolation scenario
@@ -218,7 +219,13 @@ if [ "${REDIS:-0}" = 1 ]; then
   wait_port "$RD" || { cat "$WORK/redis.log" >&2; exit 1; }
 fi
 bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
-level_of() { if [ "$1" = logged ]; then echo info; else echo warn; fi; }
+level_of() {
+  case $1 in
+    logged) echo info ;;
+    nginx | baseline | sidecar | redis) echo warn ;;
+    *) echo "${ALT_LEVEL:-warn}" ;;
+  esac
+}
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
