@@ -509,7 +509,7 @@ async fn run_serves_sealed_requests_and_exits_cleanly_on_sigterm() {
     // The shipped default protects the route: a fresh ticket passes once, then is a replay.
     let plain = format!(
         r#"{{"userid":8527419636,"ticketNo":{},"name":"Anupam Ghosh"}}"#,
-        bsk_sidecar::guard::fresh::unix_ms_to_ticket(unix_now() * 1000)
+        bsk_sidecar::calendar::unix_ms_to_ticket(unix_now() * 1000)
     );
     let body = form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, plain.as_bytes()));
     let landing = || {

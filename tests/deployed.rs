@@ -8,9 +8,9 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bsk_sidecar::calendar::unix_ms_to_ticket;
 use bsk_sidecar::egress::journal::date_of_ticket;
 use bsk_sidecar::envelope::{self, BodyShape, Layer};
-use bsk_sidecar::guard::fresh::unix_ms_to_ticket;
 
 use support::*;
 

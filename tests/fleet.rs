@@ -163,7 +163,7 @@ listeners:
 
 /// A landing body with a ticket of its own (a distinct millisecond per `n`).
 fn landing_body(n: i64) -> Vec<u8> {
-    let ticket = bsk_sidecar::guard::fresh::unix_ms_to_ticket(unix_now() * 1000 - 1000 - n);
+    let ticket = bsk_sidecar::calendar::unix_ms_to_ticket(unix_now() * 1000 - 1000 - n);
     let plain = format!(r#"{{"userid":"8527419636","ticketNo":"{ticket}"}}"#);
     form_body("BSK", &aes_b64(SPEC_KEY, SPEC_IV, plain.as_bytes()))
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bsk_sidecar::guard::fresh::unix_ms_to_ticket;
+use bsk_sidecar::calendar::unix_ms_to_ticket;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use jsonwebtoken::Algorithm;

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use bsk_sidecar::calendar::unix_ms_to_ticket;
 use bsk_sidecar::envelope::{BodyShape, Layer, PeerKeys};
-use bsk_sidecar::guard::fresh::unix_ms_to_ticket;
 use support::*;
 
 fn ticket_at(offset_secs: i64) -> String {

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{header, Method};
 use http_body_util::Full;
 
+use bsk_sidecar::calendar::unix_ms_to_ticket;
 use bsk_sidecar::envelope::{BodyShape, Layer};
-use bsk_sidecar::guard::fresh::unix_ms_to_ticket;
 use support::*;
 
 /// The shipped shapes, with nothing relaxed: landing `[form, aes]` without `ip_check`,

@@ -5,7 +5,7 @@
 //! in India Standard Time (UTC+05:30).
 //!
 //! ```
-//! use bsk_sidecar::guard::fresh::ticket_to_unix;
+//! use bsk_sidecar::calendar::ticket_to_unix;
 //! // 2022-12-02 15:33:22.882 IST is 10:03:22 UTC.
 //! assert_eq!(ticket_to_unix("20221202153322882"), Some(1_669_975_402));
 //! assert_eq!(ticket_to_unix("20221302153322"), None); // month 13
@@ -13,9 +13,7 @@
 
 use std::time::Duration;
 
-/// The `ticketNo` conversions live with the rest of the calendar; these names are the
-/// ones freshness and replay protection are read by.
-pub use crate::calendar::{canonical_ticket, ticket_to_unix, unix_ms_to_ticket};
+use crate::calendar::ticket_to_unix;
 
 /// Why a request is not fresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,27 +91,6 @@ mod tests {
         max_age: Duration::from_secs(600),
         leeway: Duration::from_secs(60),
     };
-
-    #[test]
-    fn ticket_numbers_are_ist() {
-        // 2022-08-11 13:07:23 IST = 07:37:23 UTC.
-        assert_eq!(ticket_to_unix("20220811130723"), Some(1_660_203_443));
-        assert_eq!(ticket_to_unix("19700101053000"), Some(0));
-        assert!(ticket_to_unix("20240229000000").is_some());
-        assert_eq!(ticket_to_unix("20230229000000"), None);
-        assert_eq!(ticket_to_unix("2022081113072"), None);
-        assert_eq!(ticket_to_unix("2022081113072x"), None);
-        assert_eq!(ticket_to_unix("20220811250723"), None);
-    }
-
-    #[test]
-    fn ticket_round_trip() {
-        assert_eq!(unix_ms_to_ticket(1_669_975_402_882), "20221202153322882");
-        for ms in [0i64, 951_782_400_000, 1_709_164_799_999, 4_102_444_800_123] {
-            let t = unix_ms_to_ticket(ms);
-            assert_eq!(ticket_to_unix(&t), Some(ms.div_euclid(1000)), "{t}");
-        }
-    }
 
     #[test]
     fn window_edges() {

@@ -18,12 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::calendar::canonical_ticket;
 use crate::config::settings::FreshOn;
 use crate::config::Route;
 use crate::envelope::{Failure, Layer, Opened, TokenProblem};
 use crate::error::Reject;
 use crate::fleet::FleetReservation;
-use crate::guard::fresh::{canonical_ticket, Stale};
+use crate::guard::fresh::Stale;
 use crate::guard::replay::{ReplayCache, ReplayKey, Reservation};
 use crate::runtime::Runtime;
 
