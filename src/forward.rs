@@ -247,26 +247,34 @@ impl UpConn {
     }
 }
 
-/// One upstream address and its idle connections, most recently used first out.
+/// One upstream address and its idle connections, most recently used first out, kept per
+/// connection worker: a connection is registered with the reactor of the worker that
+/// opened it, so only that worker uses it again (slot 0 serves any other thread).
 struct Pool {
     authority: Authority,
     addr: String,
-    idle: Mutex<Vec<UpConn>>,
+    idle: Box<[Mutex<Vec<UpConn>>]>,
     max_idle: usize,
 }
 
 impl Pool {
-    fn new(authority: Authority, addr: String, max_idle: usize) -> Self {
+    fn new(authority: Authority, addr: String, max_idle: usize, workers: usize) -> Self {
         Pool {
             authority,
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle,
         }
     }
 
+    /// The calling worker's idle connections (`new` makes slot 0 and one per worker).
+    fn slot(&self) -> Option<std::sync::MutexGuard<'_, Vec<UpConn>>> {
+        let slot = (self.idle.get(crate::workers::current())).or_else(|| self.idle.first());
+        slot.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn take(&self) -> Option<UpConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.slot()?;
         while let Some(c) = idle.pop() {
             if c.is_open() {
                 return Some(c);
@@ -279,7 +287,9 @@ impl Pool {
         if !c.is_open() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut idle) = self.slot() else {
+            return;
+        };
         if idle.len() < self.max_idle {
             idle.push(c);
         }
@@ -378,16 +388,19 @@ pub struct Forwarder {
     connect_timeout: Duration,
     max_response: usize,
     max_idle: usize,
+    workers: usize,
 }
 
 impl Forwarder {
-    /// `max_idle`: idle connections kept per upstream (the sidecar uses its in-flight cap,
-    /// the most it can have busy at once).
+    /// `max_idle`: idle connections kept per upstream and worker (the sidecar uses its
+    /// in-flight cap, the most it can have busy at once); `workers`: how many connection
+    /// workers will send through it (each keeps its own idle connections).
     pub fn new<'a>(
         upstreams: impl IntoIterator<Item = &'a Upstream>,
         connect_timeout: Duration,
         max_response: usize,
         max_idle: usize,
+        workers: usize,
     ) -> Self {
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         for u in upstreams {
@@ -396,6 +409,7 @@ impl Forwarder {
                     u.authority.clone(),
                     u.connect_addr(),
                     max_idle,
+                    workers,
                 )));
             }
         }
@@ -404,6 +418,7 @@ impl Forwarder {
             connect_timeout,
             max_response,
             max_idle,
+            workers,
         }
     }
 
@@ -424,6 +439,7 @@ impl Forwarder {
                 upstream.authority.clone(),
                 upstream.connect_addr(),
                 self.max_idle,
+                self.workers,
             )),
         };
         let deadline = Instant::now() + timeout;

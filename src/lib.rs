@@ -117,3 +117,4 @@ pub mod state_dir;
 pub mod status;
 pub mod systemd;
 pub mod tls;
+pub mod workers;

@@ -377,6 +377,17 @@ fn tokio_main<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> an
         .block_on(f)
 }
 
+/// `run`'s runtime: accept loops, the admin listener, reloads, background and delivery
+/// tasks. Connections are served on the connection workers (`bsk_sidecar::workers`), so
+/// the main thread is enough here, and adds no allocator caches or wake-ups beside them.
+fn control_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}
+
 fn load_or_report(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     config::load(path).map_err(|errs| {
         for e in &errs {
@@ -454,7 +465,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         tracing::warn!(dir = %settings.state_dir.display(), mode = format!("{mode:o}"), "state.dir is wider than 0700; chmod 0700 it");
     }
     let config_path = path.to_path_buf();
-    let result = tokio_main(async move {
+    let result = control_main(async move {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         // SIGHUP re-reads the config; installed before systemd hears READY.
         let sighup = bsk_sidecar::reload::on_sighup(config_path).context("installing SIGHUP")?;

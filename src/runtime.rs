@@ -163,6 +163,7 @@ impl Runtime {
             limits.upstream_connect_timeout,
             limits.max_upstream_response,
             limits.max_in_flight,
+            crate::workers::count(limits.workers),
         );
         let clock = prev.map_or_else(crate::clock::Clock::system, |p| p.clock.clone());
         // Egress: the outbox store (shared with a previous runtime after a reload), peer

@@ -33,11 +33,14 @@ use crate::pipeline::{self, InFlight};
 use crate::reload::Live;
 use crate::runtime::{ListenerRt, Runtime};
 use crate::tls::TlsState;
+use crate::workers::Workers;
 
-/// Listeners bound before serving, so callers (tests, the demo) can learn the ports.
+/// Listeners bound and connection workers started before serving, so callers (tests, the
+/// demo) can learn the ports.
 pub struct Bound {
     pub listeners: Vec<(usize, TcpListener)>,
     pub admin: Option<TcpListener>,
+    pub workers: Workers,
 }
 
 impl Bound {
@@ -70,7 +73,13 @@ pub async fn bind(rt: &Runtime) -> io::Result<Bound> {
         ),
         None => None,
     };
-    Ok(Bound { listeners, admin })
+    let workers = Workers::start(crate::workers::count(rt.settings.limits.workers))
+        .map_err(|e| io::Error::new(e.kind(), format!("starting connection workers: {e}")))?;
+    Ok(Bound {
+        listeners,
+        admin,
+        workers,
+    })
 }
 
 /// Counts one open connection in its gauge until dropped — however the connection ends.
@@ -173,16 +182,20 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
         per_ip: Mutex::new(HashMap::new()),
     });
 
+    let workers = Arc::new(bound.workers);
     let mut accept_tasks = Vec::new();
     for (idx, listener) in bound.listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
             live.clone(),
             idx,
             listener,
-            conns.clone(),
-            in_flight.clone(),
-            stop_rx.clone(),
-            done_tx.clone(),
+            Shared {
+                workers: workers.clone(),
+                conns: conns.clone(),
+                in_flight: in_flight.clone(),
+                stop: stop_rx.clone(),
+                done: done_tx.clone(),
+            },
         )));
     }
     if let Some(admin) = bound.admin {
@@ -210,6 +223,19 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     }
     let grace = live.load().settings.limits.shutdown_grace;
     drain(grace, done_rx).await;
+    // The workers stop with the last reference: connections still open past the grace
+    // period close with their runtimes.
+    drop(workers);
+}
+
+/// What every accept loop shares: where connections run, the caps they count against,
+/// and the drain signals.
+struct Shared {
+    workers: Arc<Workers>,
+    conns: Arc<Connections>,
+    in_flight: Arc<InFlight>,
+    stop: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
 }
 
 /// Waits until every connection task has ended (each holds a sender of `done`), or
@@ -224,15 +250,14 @@ async fn drain(grace: Duration, mut done: mpsc::Receiver<()>) {
     }
 }
 
-async fn accept_loop(
-    live: Arc<Live>,
-    idx: usize,
-    listener: TcpListener,
-    conns: Arc<Connections>,
-    in_flight: Arc<InFlight>,
-    mut stop: watch::Receiver<bool>,
-    done: mpsc::Sender<()>,
-) {
+async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared: Shared) {
+    let Shared {
+        workers,
+        conns,
+        in_flight,
+        mut stop,
+        done,
+    } = shared;
     let Some(name) = live.load().listeners.get(idx).map(|l| l.name.clone()) else {
         return;
     };
@@ -290,17 +315,29 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(open_connection(
-            live.clone(),
-            idx,
-            stream,
-            ip,
-            via_proxy,
-            slot,
-            in_flight.clone(),
-            stop.clone(),
-            done.clone(),
-        ));
+        // Off this runtime's reactor, onto the worker's (registered there, on its thread).
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        let (live, in_flight, stop, done) =
+            (live.clone(), in_flight.clone(), stop.clone(), done.clone());
+        workers.spawn(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    open_connection(
+                        live, idx, stream, ip, via_proxy, slot, in_flight, stop, done,
+                    )
+                    .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the connection with its worker")
+                }
+            }
+        });
     }
 }
 

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "clock",
             "calendar",
+            "workers",
         ],
     ),
     ("checks and codecs", &["guard", "tls", "forward"]),

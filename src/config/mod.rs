@@ -153,6 +153,11 @@ impl Settings {
         use std::fmt::Write;
         let mut out = self.describe_admin();
         let _ = writeln!(out, "state    {}", self.state_dir.display());
+        let workers = crate::workers::count(self.limits.workers);
+        let _ = match self.limits.workers {
+            Some(_) => writeln!(out, "workers  {workers} (limits.workers)"),
+            None => writeln!(out, "workers  {workers} (one per core)"),
+        };
         if let Some(r) = &self.redis {
             let _ = writeln!(
                 out,

@@ -122,6 +122,8 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_in_flight: Option<usize>,
+    /// Connection worker threads (default: one per core).
+    pub workers: Option<usize>,
     pub header_read_timeout: Option<RawDuration>,
     pub max_header_bytes: Option<RawBytes>,
     pub keepalive_idle: Option<RawDuration>,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_in_flight: usize,
+    /// Connection worker threads; `None`: one per core. Read at start (a reload keeps the
+    /// workers running).
+    pub workers: Option<NonZeroUsize>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub keepalive_idle: Duration,
@@ -80,6 +83,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_in_flight: 1024,
+            workers: None,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             keepalive_idle: Duration::from_secs(60),
@@ -431,6 +435,14 @@ pub(super) fn limits(check: &mut Check<'_>, l: &RawLimits) -> Limits {
         if v == 0 {
             check.err(format!("limits.{name}"), "must be at least 1");
         }
+    }
+    match l.workers {
+        Some(0) => check.err(
+            "limits.workers",
+            "must be at least 1 (leave it out for one per core)",
+        ),
+        Some(n) => limits.workers = NonZeroUsize::new(n),
+        None => {}
     }
     if limits.max_header_bytes < 1024 {
         check.err("limits.max_header_bytes", "must be at least 1KiB");

@@ -412,7 +412,7 @@ fn an_unknown_value_of_a_closed_set_is_named_with_the_allowed_ones_among_every_p
             "        max_body: 64KiB\n",
             "        max_body: 64KiB\n        method: FETCH\n        schema: api9\n        schema_mode: strict\n        query: keep\n",
         )
-        + "limits: { max_in_flight: 0 }\n";
+        + "limits: { max_in_flight: 0, workers: 0 }\n";
     let errs = errors(&yaml);
     let at = |path: &str| {
         errs.iter()
@@ -451,8 +451,26 @@ fn an_unknown_value_of_a_closed_set_is_named_with_the_allowed_ones_among_every_p
     );
     // A problem that is no spelling is reported in the same run.
     assert_eq!(at("limits.max_in_flight"), "must be at least 1");
+    assert_eq!(
+        at("limits.workers"),
+        "must be at least 1 (leave it out for one per core)"
+    );
     // The peer's good algorithm was kept: no "at least one algorithm" on top.
     assert!(!errs.iter().any(|e| e.path == "peers.bsk.jwt.algorithms"));
+}
+
+#[test]
+fn workers_are_one_per_core_unless_written_and_check_shows_them() {
+    let s = from_yaml(&good(), "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(s.limits.workers, None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(s
+        .describe()
+        .contains(&format!("workers  {cores} (one per core)")));
+    let yaml = good() + "limits: { workers: 3 }\n";
+    let s = from_yaml(&yaml, "test.yaml", Path::new(".")).unwrap();
+    assert_eq!(s.limits.workers.map(|n| n.get()), Some(3));
+    assert!(s.describe().contains("workers  3 (limits.workers)"));
 }
 
 #[test]

@@ -1,0 +1,152 @@
+//! Connection workers: one thread each, each running its own single-threaded runtime, as
+//! nginx runs one worker process per core.
+//!
+//! The accept loop hands every admitted connection to one worker, in turn, and the
+//! connection stays there until it closes: its reads, the pipeline, the upstream exchange
+//! and the answer all run on that thread. A request then costs no work-stealing hand-off
+//! and no cross-thread wake-up; the work-stealing runtime measured about one futex call
+//! per request for those (BENCHMARKS.md, "Connection workers").
+//!
+//! A socket is registered with the reactor of the runtime that opened it, so whatever a
+//! connection keeps between requests is kept per worker too: the upstream pool has one
+//! slot per worker, found by [`current`].
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+thread_local! {
+    /// 1..=n on worker n's thread; 0 anywhere else.
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Which worker the calling thread is: `1..=n` on a worker, `0` on any other thread (the
+/// main runtime, tests, tools).
+pub fn current() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// How many workers `configured` asks for: the number written, or one per core.
+pub fn count(configured: Option<NonZeroUsize>) -> usize {
+    configured
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get)
+}
+
+/// The running workers. Dropping this stops them: each runtime is shut down, and the
+/// connections still on it are closed.
+pub struct Workers {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+    /// Dropped to stop the workers.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads (at least one), each with its runtime ready before this
+    /// returns.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let n = n.max(1);
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for index in 1..=n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (tx, rx) = oneshot::channel::<()>();
+            stop.push(tx);
+            std::thread::Builder::new()
+                .name(format!("bsk-worker-{index}"))
+                .spawn(move || {
+                    INDEX.with(|i| i.set(index));
+                    // Resolves when `Workers` is dropped (the sender goes with it).
+                    let _ = runtime.block_on(rx);
+                    // Blocking tasks (a file write) finish; connections still open close.
+                    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            next: AtomicUsize::new(0),
+            _stop: stop,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Runs `task` on the next worker in turn. `task` is called on that worker's thread, so
+    /// the sockets it registers (`TcpStream::from_std`) belong to that worker's reactor.
+    pub fn spawn<T, F>(&self, task: T)
+    where
+        T: FnOnce() -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = self.handles.get(turn % self.handles.len().max(1)) {
+            h.spawn(async move { task().await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::mpsc;
+
+    #[test]
+    fn connections_go_to_each_worker_in_turn_and_run_on_its_thread() {
+        let workers = Workers::start(3).unwrap();
+        assert_eq!(workers.len(), 3);
+        assert_eq!(current(), 0, "the test's own thread is no worker");
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..6 {
+            let tx = tx.clone();
+            workers.spawn(move || async move {
+                let name = std::thread::current().name().map(str::to_owned);
+                tx.send((current(), name)).unwrap();
+            });
+        }
+        let seen: Vec<(usize, Option<String>)> = (0..6).map(|_| rx.recv().unwrap()).collect();
+        let indices: BTreeSet<usize> = seen.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, BTreeSet::from([1, 2, 3]));
+        for (i, name) in &seen {
+            assert_eq!(name.as_deref(), Some(format!("bsk-worker-{i}").as_str()));
+        }
+        assert_eq!(seen.iter().filter(|(i, _)| *i == 2).count(), 2);
+    }
+
+    #[test]
+    fn dropping_the_workers_ends_their_tasks() {
+        let workers = Workers::start(1).unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        workers.spawn(move || async move {
+            // Holds `tx` until the runtime drops the task.
+            let _held = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(workers);
+        assert!(
+            rx.recv().is_err(),
+            "the task was dropped with its runtime, so its sender is gone"
+        );
+    }
+
+    #[test]
+    fn count_is_what_is_written_or_one_per_core() {
+        assert_eq!(count(NonZeroUsize::new(3)), 3);
+        assert!(count(None) >= 1);
+    }
+}
