@@ -354,6 +354,17 @@ fn key_rotation_opens_what_the_old_key_sealed() {
     assert_eq!(opened.plain, TICKET_PLAIN.as_bytes());
     // And seal uses the first (current) key, which the old-only peer cannot open.
     let resealed = seal(&stack, &rotated, TICKET_PLAIN.as_bytes(), BodyShape::Form).unwrap();
+    // The current key opens too (the last key decrypts in place, the others a copy).
+    let opened = open_sealed(&stack, &rotated, &resealed).unwrap();
+    assert_eq!(opened.plain, TICKET_PLAIN.as_bytes());
+    // The failure reported is the furthest any key got, whichever place that key has.
+    let not_utf8 = aes::encrypt(&spec_key(), &[0xff, 0xfe, 0x00]);
+    for keys in [[spec_key(), other_key()], [other_key(), spec_key()]] {
+        assert_eq!(
+            aes::decrypt(&keys, &not_utf8, |_| true),
+            Err(AesFailure::NotUtf8)
+        );
+    }
     assert!(matches!(
         open_sealed(&stack, &old, &resealed),
         Err(Failure::Undecryptable(_))
