@@ -33,6 +33,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Open downstream connections by listener.
     pub connections: IntGaugeVec,
+    /// Of those, idle keep-alive connections held without HTTP buffers, by listener.
+    pub connections_parked: IntGaugeVec,
     /// Connections closed at accept, by listener and reason.
     pub connections_refused: IntCounterVec,
     /// Egress pushes waiting in the durable outbox, by peer.
@@ -102,6 +104,11 @@ impl Metrics {
             connections: r.gauges(
                 "bsk_sidecar_connections_open",
                 "Open downstream connections, by listener.",
+                &["listener"],
+            ),
+            connections_parked: r.gauges(
+                "bsk_sidecar_connections_parked",
+                "Idle keep-alive connections held without HTTP buffers until their next request, by listener.",
                 &["listener"],
             ),
             connections_refused: r.counters(

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -390,9 +390,9 @@ async fn open_connection(
     match &lst.tls {
         None => serve_http(conn, stream).await,
         Some(tls) => {
-            if let Err(reason) = serve_https(conn, stream, tls, &lst.name).await {
-                refuse(reason);
-            }
+            // Boxed: the handshake and the TLS session are several KiB, and a future
+            // holding them inline would make every plain connection's task that large.
+            Box::pin(serve_https(conn, stream, tls, &lst.name, refuse)).await;
         }
     }
 }
@@ -429,18 +429,21 @@ async fn read_proxy_header(
 
 /// The TLS handshake within its deadline, then HTTP; `Err` names why the connection was
 /// refused.
+/// A failed handshake is counted by `refuse` before the connection closes, so whoever
+/// sees it closed also sees it counted.
 async fn serve_https<S>(
     conn: Conn,
     stream: S,
     tls: &TlsState,
     listener: &str,
-) -> Result<(), &'static str>
-where
+    refuse: impl Fn(&'static str),
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = conn.client;
-    let handshake = tls.acceptor().accept(stream);
-    match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+    let handshake = tls.acceptor().accept(stream).into_fallible();
+    tokio::pin!(handshake);
+    match tokio::time::timeout(tls.handshake_timeout(), &mut handshake).await {
         Ok(Ok(tls_stream)) => {
             // Read once per connection; the pipeline matches it to a peer's binding.
             let client_cert = tls_stream
@@ -458,15 +461,15 @@ where
                 tls_stream,
             )
             .await;
-            Ok(())
         }
-        Ok(Err(e)) => {
+        Ok(Err((e, stream))) => {
             tracing::info!(listener, client = %client, error = %e, "TLS handshake failed");
-            Err("tls_handshake")
+            refuse("tls_handshake");
+            drop(stream);
         }
         Err(_) => {
             tracing::info!(listener, client = %client, "TLS handshake timed out");
-            Err("tls_handshake_timeout")
+            refuse("tls_handshake_timeout");
         }
     }
 }
@@ -495,6 +498,8 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// When the first byte of a new request head arrived; 0 while none has.
     head_started_ms: AtomicU64,
+    /// `PARK_NO`, `PARK_ASKED` or `PARK_DONE`.
+    park: AtomicU8,
 }
 
 impl Activity {
@@ -517,6 +522,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let activity = &self.activity;
+        if r.is_pending()
+            && activity.park.load(Ordering::Relaxed) == PARK_ASKED
+            && activity.in_progress.load(Ordering::Relaxed) == 0
+            && activity.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            // Between requests, nothing arriving: hyper reads the end of input and lets
+            // the connection go without closing the socket (the connection is parked).
+            activity.park.store(PARK_DONE, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        if buf.filled().len() > before && activity.park.load(Ordering::Relaxed) == PARK_ASKED {
+            // A request came before the park: serve on.
+            activity.park.store(PARK_NO, Ordering::Relaxed);
+        }
         if buf.filled().len() > before
             && self.activity.in_progress.load(Ordering::Relaxed) == 0
             && self.activity.head_started_ms.load(Ordering::Relaxed) == 0
@@ -544,13 +564,14 @@ type HandleFuture = Pin<
 
 async fn serve_http<S>(conn: Conn, stream: S)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Park + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let rt = conn.live.load();
     let Some(name) = rt.listeners.get(conn.idx).map(|l| l.name.clone()) else {
         return;
     };
     let gauge = OpenGauge::new(rt.metrics.connections.with_label_values(&[&name]));
+    let parked_gauge = rt.metrics.connections_parked.with_label_values(&[&name]);
     let limits = rt.settings.limits.clone();
     drop(rt);
     let activity = Arc::new(Activity {
@@ -559,13 +580,9 @@ where
         served: AtomicU64::new(0),
         idle_since_ms: AtomicU64::new(1),
         head_started_ms: AtomicU64::new(0),
-    });
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        activity: activity.clone(),
+        park: AtomicU8::new(PARK_NO),
     });
     let mut stop = conn.stop.clone();
-    let svc = request_service(conn, activity.clone());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -573,45 +590,181 @@ where
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192) + 64 * 1024)
         .max_headers(100);
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-
     let deadlines = Deadlines {
         header_ms: limits.header_read_timeout.as_millis() as u64,
         idle_ms: limits.keepalive_idle.as_millis() as u64,
     };
-    let mut ticker = tokio::time::interval(deadlines.tick());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing = *stop.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(listener = %name, error = %e, "connection ended with error");
-                }
-                break;
-            }
-            _ = stop.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = ticker.tick() => match deadlines.check(&activity, closing) {
-                Watchdog::Wait => {}
-                Watchdog::Close => {
-                    tracing::debug!(listener = %name, "request head not complete in time; closing");
-                    break;
-                }
-                Watchdog::Finish => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            },
+    let mut phase = Phase {
+        builder: &builder,
+        activity: &activity,
+        deadlines: &deadlines,
+        stop: &mut stop,
+        closing: false,
+        name: &name,
+    };
+    let mut stream = stream;
+    let mut svc = request_service(conn, activity.clone());
+    // Served by hyper while requests come; parked without hyper's buffers between them.
+    while let Some((s, service)) = phase.serve(stream, svc).await {
+        let counted = OpenGauge::new(parked_gauge.clone());
+        let woken = phase.parked(s).await;
+        drop(counted);
+        match woken {
+            Some(s) => (stream, svc) = (s, service),
+            None => break,
         }
     }
     drop(gauge);
+}
+
+/// A connection stream that can wait for its next bytes without a buffer, so an idle
+/// keep-alive connection is held without hyper's 16 KiB of read and write buffers. Plain
+/// TCP only: a TLS session keeps its own buffers, and is not parked.
+trait Park {
+    fn parkable(&self) -> bool;
+    /// Ready once there are bytes to read (or the peer has closed).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Bytes hyper had read and not used, to be read again first.
+    fn unread(&mut self, bytes: &[u8]);
+}
+
+impl Park for Rewind<TcpStream> {
+    fn parkable(&self) -> bool {
+        true
+    }
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.has_prefix() {
+            return Poll::Ready(Ok(()));
+        }
+        self.get_mut().poll_read_ready(cx)
+    }
+
+    fn unread(&mut self, bytes: &[u8]) {
+        Rewind::unread(self, bytes)
+    }
+}
+
+impl<S> Park for tokio_rustls::server::TlsStream<S> {
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    fn poll_readable(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn unread(&mut self, _: &[u8]) {}
+}
+
+/// How long a keep-alive connection stays idle before it is parked (or half of
+/// `keepalive_idle`, when that is shorter): long enough that a client sending requests back
+/// to back never pays for a new hyper connection.
+const PARK_AFTER_MS: u64 = 500;
+
+/// `Activity::park`: not parking; asked to park (the next read that would wait ends
+/// hyper's connection instead); parked that way (not the client's end of input).
+const PARK_NO: u8 = 0;
+const PARK_ASKED: u8 = 1;
+const PARK_DONE: u8 = 2;
+
+/// What serving one connection needs across its hyper phases and parked phases.
+struct Phase<'a> {
+    builder: &'a http1::Builder,
+    activity: &'a Arc<Activity>,
+    deadlines: &'a Deadlines,
+    stop: &'a mut watch::Receiver<bool>,
+    /// Draining: no new request is started.
+    closing: bool,
+    name: &'a str,
+}
+
+impl Phase<'_> {
+    /// Serves requests with hyper until the connection ends (`None`) or is parked, which
+    /// gives back the stream and the service.
+    async fn serve<S, Svc>(&mut self, stream: S, svc: Svc) -> Option<(S, Svc)>
+    where
+        S: Park + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        Svc: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+                Error = std::convert::Infallible,
+            > + Unpin,
+        Svc::Future: Unpin + Send + 'static,
+    {
+        let parkable = stream.parkable();
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: self.activity.clone(),
+        });
+        // Boxed: parked, the connection frees hyper's state and buffers.
+        let mut conn = Box::new(self.builder.serve_connection(io, svc));
+        let mut ticker = tokio::time::interval(self.deadlines.tick());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.closing {
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = %self.name, error = %e, "connection ended with error");
+                        return None;
+                    }
+                    let parked = self.activity.park.swap(PARK_NO, Ordering::Relaxed) == PARK_DONE;
+                    let parts = conn.into_parts();
+                    if !parked {
+                        // What hyper does when it closes a connection itself: a TLS
+                        // close_notify, a FIN, within the head deadline.
+                        let mut stream = parts.io.into_inner().inner;
+                        let wait = Duration::from_millis(self.deadlines.header_ms.max(1));
+                        let _ = tokio::time::timeout(wait, stream.shutdown()).await;
+                        return None;
+                    }
+                    let mut stream = parts.io.into_inner().inner;
+                    stream.unread(&parts.read_buf);
+                    return Some((stream, parts.service));
+                }
+                _ = self.stop.changed(), if !self.closing => {
+                    self.closing = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+                _ = ticker.tick() => match self.deadlines.check(self.activity, self.closing) {
+                    Watchdog::Wait => {}
+                    Watchdog::Idle(ms) if parkable && ms >= self.deadlines.park_after_ms() => {
+                        // The next read that would wait ends hyper's connection (see
+                        // `Watched`); `poll_without_shutdown` then hands the stream back.
+                        self.activity.park.store(PARK_ASKED, Ordering::Relaxed);
+                    }
+                    Watchdog::Idle(_) => {}
+                    Watchdog::Close => {
+                        tracing::debug!(listener = %self.name, "request head not complete in time; closing");
+                        return None;
+                    }
+                    Watchdog::Finish => {
+                        self.closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Holds a parked connection until its next bytes arrive (the stream, to be served
+    /// again), or until it has been idle for `keepalive_idle` or a drain starts (`None`:
+    /// closed, as hyper closes an idle connection).
+    async fn parked<S: Park>(&mut self, mut stream: S) -> Option<S> {
+        if self.closing {
+            return None;
+        }
+        let idle_since = self.activity.idle_since_ms.load(Ordering::Relaxed);
+        let left = (idle_since + self.deadlines.idle_ms).saturating_sub(self.activity.now_ms());
+        tokio::select! {
+            r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => r.ok().map(|()| stream),
+            _ = self.stop.changed() => None,
+            _ = tokio::time::sleep(Duration::from_millis(left)) => None,
+        }
+    }
 }
 
 /// Each request of a connection into the pipeline, on the runtime current when the
@@ -668,6 +821,8 @@ fn request_service(
 #[derive(Debug, PartialEq, Eq)]
 enum Watchdog {
     Wait,
+    /// Idle between requests for this many ms, within the deadline.
+    Idle(u64),
     /// A request head started and did not complete in time: close now.
     Close,
     /// Idle past the deadline: finish gracefully.
@@ -681,6 +836,10 @@ struct Deadlines {
 }
 
 impl Deadlines {
+    fn park_after_ms(&self) -> u64 {
+        PARK_AFTER_MS.min(self.idle_ms / 2)
+    }
+
     /// Often enough to hold either deadline to within a quarter of it.
     fn tick(&self) -> Duration {
         Duration::from_millis((self.header_ms.min(self.idle_ms.max(1)) / 4).clamp(20, 1000))
@@ -711,8 +870,10 @@ impl Deadlines {
         let idle = now.saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed));
         if idle > limit {
             Watchdog::Finish
-        } else {
+        } else if activity.served.load(Ordering::Relaxed) == 0 {
             Watchdog::Wait
+        } else {
+            Watchdog::Idle(idle)
         }
     }
 }
@@ -729,6 +890,7 @@ mod tests {
             served: AtomicU64::new(served),
             idle_since_ms: AtomicU64::new(idle_since),
             head_started_ms: AtomicU64::new(head),
+            park: AtomicU8::new(PARK_NO),
         }
     }
 
@@ -746,8 +908,11 @@ mod tests {
         assert_eq!(d.check(&activity(0, 3, 1, 9_500), false), Watchdog::Wait);
         // No request yet after 10 s: the head deadline applies, finish gracefully.
         assert_eq!(d.check(&activity(0, 0, 1, 0), false), Watchdog::Finish);
-        // Idle 3 s after a request: within keepalive_idle.
-        assert_eq!(d.check(&activity(0, 1, 7_000, 0), false), Watchdog::Wait);
+        // Idle 3 s after a request: within keepalive_idle, and how long is told (to park).
+        assert!(matches!(
+            d.check(&activity(0, 1, 7_000, 0), false),
+            Watchdog::Idle(ms) if (3_000..3_100).contains(&ms)
+        ));
         // Idle 6 s after a request: past it.
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), false), Watchdog::Finish);
         // Already finishing: nothing more to decide.

@@ -37,6 +37,7 @@ listeners:
 
 struct Sidecar {
     addr: std::net::SocketAddr,
+    rt: std::sync::Arc<Runtime>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,14 +49,36 @@ impl Sidecar {
         let bound = server::bind(&rt).await.unwrap();
         let addr = bound.addr_of(&rt, "public").unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(rt, bound, async move {
+        let task = tokio::spawn(server::serve(rt.clone(), bound, async move {
             let _ = rx.await;
         }));
         Sidecar {
             addr,
+            rt,
             stop: Some(tx),
             task,
         }
+    }
+
+    /// Idle keep-alive connections held without HTTP buffers.
+    fn parked(&self) -> i64 {
+        let gauge = &self.rt.metrics.connections_parked;
+        gauge.with_label_values(&["public"]).get()
+    }
+
+    /// Waits until `parked()` is `n`; the bound only keeps a broken build from hanging.
+    async fn until_parked(&self, n: i64) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.parked() != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "parked connections stayed {}",
+            self.parked()
+        );
     }
 
     async fn stop(mut self) {
@@ -134,6 +157,67 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
     let text = String::from_utf8_lossy(&got);
     assert_eq!(text.matches("HTTP/1.1 404").count(), 2, "{text}");
     sc.stop().await;
+}
+
+/// Reads one whole answer (head and a `Content-Length` body) off a kept-alive connection.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed before a whole answer: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_parked_then_serves_its_next_request_and_closes_when_idle() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(GET_404).await.unwrap();
+    assert!(read_answer(&mut s).await.starts_with("HTTP/1.1 404"));
+    // Idle between requests: held without hyper's buffers.
+    sc.until_parked(1).await;
+    // The next request on the same connection is served as if nothing happened.
+    s.write_all(GET_404).await.unwrap();
+    let second = read_answer(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 404"), "{second}");
+    assert!(second.contains(r#""reason":"not_found""#), "{second}");
+    assert!(!second.contains("connection: close"), "{second}");
+    // Parked again, and closed once idle for keepalive_idle: nothing more arrives.
+    sc.until_parked(1).await;
+    assert!(read_until_closed(&mut s).await.is_empty());
+    sc.until_parked(0).await;
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_closes_at_once_on_shutdown() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(GET_404).await.unwrap();
+    read_answer(&mut s).await;
+    sc.until_parked(1).await;
+    // The drain waits for every connection; a parked one has nothing in flight, so
+    // shutting down closes it instead of waiting out shutdown_grace (30 s by default).
+    tokio::time::timeout(Duration::from_secs(10), sc.stop())
+        .await
+        .expect("the drain did not wait for the parked connection");
+    assert!(read_until_closed(&mut s).await.is_empty());
 }
 
 #[tokio::test]

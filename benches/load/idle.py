@@ -1,11 +1,15 @@
 """Idle keep-alive connections: opens COUNT connections to HOST:PORT, BATCH at a time,
 sends one request on each (a line of BODIES, a distinct sealed body per connection),
-reads its answer, and holds every connection open until all are done.
+reads its answer, and holds every connection open until all are done. With PID and HOLD,
+it then holds them HOLD seconds more and prints that process's resident set (VmRSS, KiB):
+what holding the idle connections costs once the server has settled, beside the peak
+of the ramp.
 
-    python3 idle.py HOST PORT COUNT BATCH BODIES
+    python3 idle.py HOST PORT COUNT BATCH BODIES [PID HOLD]
 """
 import asyncio
 import sys
+import time
 
 
 async def one(host, port, body, held, status):
@@ -36,6 +40,11 @@ async def main():
     for start in range(0, count, batch):
         await asyncio.gather(*(one(host, port, b, held, status) for b in bodies[start:start + batch]))
     print(f"  idle: {len(held)} connections open after one request each; statuses {status}", file=sys.stderr)
+    if len(sys.argv) > 7:
+        time.sleep(float(sys.argv[7]))
+        with open(f"/proc/{sys.argv[6]}/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        print(rss)
     for w in held:
         w.close()
 

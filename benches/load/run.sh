@@ -10,6 +10,7 @@
 #   ALT_LEVEL=info                  run the variant with its access log on
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
+#   IDLE_HOLD=15                    seconds they are held before the settled RSS is read
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
 #   LOGS=1                          also measure the sidecar with its access log on (one line
@@ -36,6 +37,7 @@ DUR=${1:-8}
 ROUNDS=${2:-3}
 CONNS=${CONNS:-"32 256"}
 IDLE=${IDLE:-10000}
+IDLE_HOLD=${IDLE_HOLD:-15}
 TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
 BASE_BIN=${BASE_BIN:-}
@@ -266,8 +268,8 @@ if [ "$IDLE" -gt 0 ]; then
     if [ "$t" = nginx ] || [ "$t" = redis ] || [ "$t" = logged ]; then continue; fi
     start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
-    python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt"
-    echo -e "idle\t$t\t$IDLE\t$(awk "BEGIN {printf \"%.1f\", $rss0/1024}")\t$(awk "BEGIN {printf \"%.1f\", $(hwm_kib "$SC_PID")/1024}")" >> "$RESULTS"
+    held=$(python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt" "$SC_PID" "$IDLE_HOLD")
+    echo -e "idle\t$t\t$IDLE\t$(awk "BEGIN {printf \"%.1f\", $rss0/1024}")\t$(awk "BEGIN {printf \"%.1f\", $(hwm_kib "$SC_PID")/1024}")\t$(awk "BEGIN {printf \"%.1f\", $held/1024}")" >> "$RESULTS"
     stop_sidecar
   done
 fi
@@ -305,7 +307,7 @@ if [ "${FLOOD:-1}" = 1 ]; then
   done
 fi
 
-python3 - "$RESULTS" "$HZ" "$DUR" <<'PY'
+python3 - "$RESULTS" "$HZ" "$DUR" "$IDLE_HOLD" <<'PY'
 import sys, statistics as st
 rows, idle, flood, rcpu = {}, [], {}, {}
 for line in open(sys.argv[1]):
@@ -342,7 +344,7 @@ for c in sorted({c for _, c in med}):
         extra = f"  redis-server {st.median(rcpu[c]):.1f} µs CPU/req" if c in rcpu else ""
         print(f"c={c} redis vs embedded: p50 {r[1] - e[1]:+.2f} ms  p99 {r[2] - e[2]:+.2f} ms  sidecar CPU/req {r[3] - e[3]:+.1f} µs ({r[3]/e[3]:.2f}x)  req/s {r[0]/e[0]:.2f}x{extra}")
 for f in idle:
-    print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB)")
+    print(f"idle: {f[1]} holding {f[2]} keep-alive connections: peak RSS {f[4]} MiB (at start {f[3]} MiB), {f[5]} MiB after holding them {sys.argv[4]} s")
 if "solo" in flood:
     hz = int(sys.argv[2])
     solo_reqs = int(flood["solo"][2])

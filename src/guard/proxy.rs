@@ -250,6 +250,25 @@ impl<S> Rewind<S> {
             inner,
         }
     }
+
+    /// Bytes given back to be read before the stream's own.
+    pub fn has_prefix(&self) -> bool {
+        self.pos < self.prefix.len()
+    }
+
+    /// Gives `bytes` back: they are read next, before what was already given back.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let rest = self.prefix.get(self.pos..).unwrap_or_default();
+        self.prefix = [bytes, rest].concat();
+        self.pos = 0;
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
@@ -296,6 +315,21 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn bytes_given_back_are_read_first_in_order() {
+        use tokio::io::AsyncReadExt;
+        let mut r = Rewind::new(&b"stream"[..], b"prefix-".to_vec());
+        let mut first = [0u8; 3];
+        r.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"pre");
+        assert!(r.has_prefix());
+        r.unread(b"again-");
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "again-fix-stream");
+        assert!(!r.has_prefix());
     }
 
     #[test]
