@@ -251,13 +251,7 @@ async fn drain(grace: Duration, mut done: mpsc::Receiver<()>) {
 }
 
 async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared: Shared) {
-    let Shared {
-        workers,
-        conns,
-        in_flight,
-        mut stop,
-        done,
-    } = shared;
+    let mut stop = shared.stop.clone();
     let Some(name) = live.load().listeners.get(idx).map(|l| l.name.clone()) else {
         return;
     };
@@ -307,25 +301,40 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
         } else {
             limits.max_connections_per_ip
         };
-        let slot = match conns.admit(ip, limits.max_connections, per_ip_cap) {
+        let slot = match shared.conns.admit(ip, limits.max_connections, per_ip_cap) {
             Ok(s) => s,
             Err(reason) => {
                 refuse(reason);
                 continue;
             }
         };
+        shared.hand_off(&live, idx, stream, ip, via_proxy, slot);
+    }
+}
+
+impl Shared {
+    /// Moves an admitted connection off this runtime's reactor onto the next worker's
+    /// (registered there, on its thread), where it is served until it closes.
+    fn hand_off(
+        &self,
+        live: &Arc<Live>,
+        idx: usize,
+        stream: TcpStream,
+        ip: IpAddr,
+        via_proxy: bool,
+        slot: ConnSlot,
+    ) {
         let _ = stream.set_nodelay(true);
-        // Off this runtime's reactor, onto the worker's (registered there, on its thread).
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(listener = %name, error = %e, "cannot hand the connection to a worker");
-                continue;
+                tracing::warn!(client = %ip, error = %e, "cannot hand the connection to a worker");
+                return;
             }
         };
-        let (live, in_flight, stop, done) =
-            (live.clone(), in_flight.clone(), stop.clone(), done.clone());
-        workers.spawn(move || async move {
+        let (live, in_flight) = (live.clone(), self.in_flight.clone());
+        let (stop, done) = (self.stop.clone(), self.done.clone());
+        self.workers.spawn(move || async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     open_connection(
@@ -334,7 +343,7 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
                     .await
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot register the connection with its worker")
+                    tracing::warn!(client = %ip, error = %e, "cannot register the connection with its worker")
                 }
             }
         });
