@@ -370,18 +370,21 @@ fn install_panic_hook() {
 }
 
 fn tokio_main<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(f)
+    block_on(tokio::runtime::Builder::new_multi_thread(), f)
 }
 
 /// `run`'s runtime: accept loops, the admin listener, reloads, background and delivery
 /// tasks. Connections are served on the connection workers (`bsk_sidecar::workers`), so
 /// the main thread is enough here, and adds no allocator caches or wake-ups beside them.
 fn control_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
+    block_on(tokio::runtime::Builder::new_current_thread(), f)
+}
+
+fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    mut builder: tokio::runtime::Builder,
+    f: F,
+) -> anyhow::Result<T> {
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")?

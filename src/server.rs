@@ -436,9 +436,7 @@ async fn read_proxy_header(
     Ok((client, rest))
 }
 
-/// The TLS handshake within its deadline, then HTTP; `Err` names why the connection was
-/// refused.
-/// A failed handshake is counted by `refuse` before the connection closes, so whoever
+/// The TLS handshake within its deadline, then HTTP. A failed handshake is counted by `refuse` before the connection closes, so whoever
 /// sees it closed also sees it counted.
 async fn serve_https<S>(
     conn: Conn,
@@ -531,27 +529,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let activity = &self.activity;
-        if r.is_pending()
-            && activity.park.load(Ordering::Relaxed) == PARK_ASKED
-            && activity.in_progress.load(Ordering::Relaxed) == 0
-            && activity.head_started_ms.load(Ordering::Relaxed) == 0
-        {
-            // Between requests, nothing arriving: hyper reads the end of input and lets
-            // the connection go without closing the socket (the connection is parked).
-            activity.park.store(PARK_DONE, Ordering::Relaxed);
-            return Poll::Ready(Ok(()));
-        }
-        if buf.filled().len() > before && activity.park.load(Ordering::Relaxed) == PARK_ASKED {
-            // A request came before the park: serve on.
-            activity.park.store(PARK_NO, Ordering::Relaxed);
-        }
-        if buf.filled().len() > before
-            && self.activity.in_progress.load(Ordering::Relaxed) == 0
-            && self.activity.head_started_ms.load(Ordering::Relaxed) == 0
-        {
-            let now = self.activity.now_ms();
-            self.activity.head_started_ms.store(now, Ordering::Relaxed);
+        let a = &self.activity;
+        let asked = a.park.load(Ordering::Relaxed) == PARK_ASKED;
+        let between = a.in_progress.load(Ordering::Relaxed) == 0
+            && a.head_started_ms.load(Ordering::Relaxed) == 0;
+        if r.is_pending() {
+            if asked && between {
+                // Nothing arriving between requests: hyper reads the end of input and
+                // lets the connection go without closing the socket (it is parked).
+                a.park.store(PARK_DONE, Ordering::Relaxed);
+                return Poll::Ready(Ok(()));
+            }
+        } else if buf.filled().len() > before {
+            if asked {
+                // A request came before the park: serve on.
+                a.park.store(PARK_NO, Ordering::Relaxed);
+            }
+            if between {
+                a.head_started_ms.store(a.now_ms(), Ordering::Relaxed);
+            }
         }
         r
     }
@@ -592,6 +588,8 @@ where
         park: AtomicU8::new(PARK_NO),
     });
     let mut stop = conn.stop.clone();
+    // A connection accepted just before a drain started is finished at once.
+    let closing = *stop.borrow();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -608,7 +606,7 @@ where
         activity: &activity,
         deadlines: &deadlines,
         stop: &mut stop,
-        closing: false,
+        closing,
         name: &name,
     };
     let mut stream = stream;
@@ -722,15 +720,14 @@ impl Phase<'_> {
                     }
                     let parked = self.activity.park.swap(PARK_NO, Ordering::Relaxed) == PARK_DONE;
                     let parts = conn.into_parts();
+                    let mut stream = parts.io.into_inner().inner;
                     if !parked {
                         // What hyper does when it closes a connection itself: a TLS
                         // close_notify, a FIN, within the head deadline.
-                        let mut stream = parts.io.into_inner().inner;
                         let wait = Duration::from_millis(self.deadlines.header_ms.max(1));
                         let _ = tokio::time::timeout(wait, stream.shutdown()).await;
                         return None;
                     }
-                    let mut stream = parts.io.into_inner().inner;
                     stream.unread(&parts.read_buf);
                     return Some((stream, parts.service));
                 }

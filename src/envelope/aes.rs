@@ -157,35 +157,22 @@ pub fn decrypt(
         Ok(_) => Ok(()),
     };
     let mut furthest = AesFailure::BadPadding;
-    let Some((last, earlier)) = keys.split_last() else {
-        return Err(furthest);
-    };
-    // Every key but the last decrypts a copy; the last (the only one, unless a rotation
-    // is under way) decrypts the decoded buffer in place: one allocation per document.
-    for key in earlier {
-        let failure = match decrypt_raw(key, &ct) {
-            Ok(plain) => match judge(&plain) {
-                Ok(()) => return Ok(plain),
-                Err(f) => f,
-            },
-            Err(f) => f,
+    for (i, key) in keys.iter().enumerate() {
+        // Every key but the last decrypts a copy; the last (the only one, unless a
+        // rotation is under way) decrypts the decoded buffer in place: one allocation per
+        // document.
+        let plain = if i + 1 == keys.len() {
+            decrypt_in_place(key, &mut ct).map(|()| std::mem::take(&mut ct))
+        } else {
+            decrypt_raw(key, &ct)
         };
-        if failure.depth() > furthest.depth() {
-            furthest = failure;
+        match plain.and_then(|p| judge(&p).map(|()| p)) {
+            Ok(p) => return Ok(p),
+            Err(f) if f.depth() > furthest.depth() => furthest = f,
+            Err(_) => {}
         }
     }
-    let failure = match decrypt_in_place(last, &mut ct) {
-        Ok(()) => match judge(&ct) {
-            Ok(()) => return Ok(ct),
-            Err(f) => f,
-        },
-        Err(f) => f,
-    };
-    Err(if failure.depth() > furthest.depth() {
-        failure
-    } else {
-        furthest
-    })
+    Err(furthest)
 }
 
 /// [`decrypt_raw`] on `buf` itself: on success `buf` holds the plaintext.
