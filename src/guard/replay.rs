@@ -8,11 +8,11 @@
 //! process being killed; a power cut may lose the last few seconds of records, which the
 //! freshness window bounds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -73,17 +73,23 @@ pub struct Replayed;
 
 #[derive(Default)]
 struct Inner {
-    /// Key → expiry (unix seconds).
-    seen: HashMap<ReplayKey, u64>,
-    /// Insertion order, for eviction when full.
-    order: VecDeque<(ReplayKey, u64)>,
-    journal: Option<File>,
+    /// Key → expiry (unix seconds). 20 bytes an entry: no order queue beside it, and
+    /// the expiry as `u32` (seconds to the year 2106). Expired entries are swept out
+    /// when the table is about to grow or is full, not one by one.
+    seen: HashMap<ReplayKey, u32>,
+    /// Records inserted since the last sweep, so a sweep that frees little is not
+    /// repeated at every insert.
+    since_sweep: usize,
     /// Records in the journal file, to decide when to compact it.
     journal_records: usize,
 }
 
 pub struct ReplayCache {
     inner: Mutex<Inner>,
+    /// Appended to outside `inner`'s lock, so one worker's write does not hold up
+    /// another's lookup; a compaction takes it whole (while holding `inner`), so no
+    /// record lands in a file being replaced.
+    journal: RwLock<Option<File>>,
     capacity: usize,
     path: Option<PathBuf>,
 }
@@ -93,6 +99,7 @@ impl ReplayCache {
     pub fn in_memory(capacity: usize) -> ReplayCache {
         ReplayCache {
             inner: Mutex::new(Inner::default()),
+            journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: None,
         }
@@ -119,6 +126,7 @@ impl ReplayCache {
         }
         let cache = ReplayCache {
             inner: Mutex::new(Inner::default()),
+            journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: Some(path),
         };
@@ -137,23 +145,36 @@ impl ReplayCache {
     }
 
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
+    /// The record is in the journal (written to the kernel) when this returns.
     pub fn check_and_insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<(), Replayed> {
-        let mut inner = self.lock();
-        if let Some(&e) = inner.seen.get(&key) {
-            if e > now {
-                return Err(Replayed);
+        let compact = {
+            let mut inner = self.lock();
+            if let Some(&e) = inner.seen.get(&key) {
+                if u64::from(e) > now {
+                    return Err(Replayed);
+                }
             }
-        }
-        self.remember(&mut inner, key, expiry, now);
-        if let Some(j) = inner.journal.as_mut() {
+            self.remember(&mut inner, key, expiry, now);
+            inner.journal_records += 1;
+            self.path.is_some() && inner.journal_records > 2 * self.capacity
+        };
+        // Appends are whole records on an `O_APPEND` file: concurrent ones do not mix.
+        if let Some(mut j) = self
+            .journal
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             if let Err(e) = j.write_all(&record(&key, expiry)) {
                 tracing::error!(error = %e, "replay journal write failed; protection continues in memory");
             }
-            inner.journal_records += 1;
         }
-        if inner.journal_records > 2 * self.capacity {
-            if let Err(e) = self.rewrite(&mut inner) {
-                tracing::error!(error = %e, "replay journal compaction failed");
+        if compact {
+            let mut inner = self.lock();
+            if inner.journal_records > 2 * self.capacity {
+                if let Err(e) = self.rewrite(&mut inner) {
+                    tracing::error!(error = %e, "replay journal compaction failed");
+                }
             }
         }
         Ok(())
@@ -187,53 +208,70 @@ impl ReplayCache {
     }
 
     fn remember(&self, inner: &mut Inner, key: ReplayKey, expiry: u64, now: u64) {
-        while inner.seen.len() >= self.capacity {
-            // Expired entries first; else the oldest (the freshness window still bounds
-            // how old a replay of it could be).
-            let Some((k, e)) = inner.order.pop_front() else {
-                break;
-            };
-            if inner.seen.get(&k) == Some(&e) {
-                if e > now {
-                    tracing::warn!("replay cache full; evicting an unexpired entry");
-                }
-                inner.seen.remove(&k);
-            }
+        if !inner.seen.contains_key(&key) {
+            self.make_room(inner, now);
         }
-        inner.seen.insert(key, expiry);
-        inner.order.push_back((key, expiry));
-        // Drop stale order entries opportunistically so the queue tracks the map.
-        while let Some(&(k, e)) = inner.order.front() {
-            if inner.seen.get(&k) == Some(&e) && e > now {
-                break;
-            }
-            if inner.seen.get(&k) == Some(&e) {
-                inner.seen.remove(&k);
-            }
-            inner.order.pop_front();
-        }
+        inner
+            .seen
+            .insert(key, u32::try_from(expiry).unwrap_or(u32::MAX));
+        inner.since_sweep += 1;
     }
 
-    /// Rewrites the journal with just the live entries (atomic rename).
+    /// Before an insert: when the table is full, or about to double, sweep out the
+    /// expired entries — unless the last sweep was so recent that this one would free
+    /// little, in which case the table grows. When it is full of unexpired entries, the
+    /// earliest to expire go (a sixteenth of the capacity at once, so the sweep is not
+    /// repeated at every insert); the freshness window bounds how old a replay of them
+    /// could be.
+    fn make_room(&self, inner: &mut Inner, now: u64) {
+        let len = inner.seen.len();
+        let full = len >= self.capacity;
+        if !full && (len < inner.seen.capacity() || inner.since_sweep < len / 8) {
+            return;
+        }
+        inner.since_sweep = 0;
+        inner.seen.retain(|_, e| u64::from(*e) > now);
+        let len = inner.seen.len();
+        if len < self.capacity {
+            return;
+        }
+        tracing::warn!("replay cache full; evicting the unexpired entries nearest their expiry");
+        let evict = (len + 1 - self.capacity).max(self.capacity / 16).min(len);
+        let mut expiries: Vec<u32> = inner.seen.values().copied().collect();
+        let (_, &mut cut, _) = expiries.select_nth_unstable(evict.saturating_sub(1));
+        // Everything expiring before `cut` goes, then entries at `cut` until `evict`.
+        let mut at_cut = evict.saturating_sub(expiries.iter().filter(|&&e| e < cut).count());
+        inner.seen.retain(|_, e| match (*e).cmp(&cut) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal if at_cut > 0 => {
+                at_cut -= 1;
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Rewrites the journal with just the live entries (atomic rename). Called with
+    /// `inner` locked: every key inserted before is in the map, so in the new file —
+    /// and an append still under way finishes (into either file) before the swap.
     fn rewrite(&self, inner: &mut Inner) -> io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        let mut journal = self.journal.write().unwrap_or_else(|p| p.into_inner());
         let tmp = path.with_extension("log.tmp");
         {
             let mut f = crate::state_dir::create_file(&tmp)?;
             let mut buf = Vec::with_capacity(inner.seen.len() * RECORD);
-            for (k, e) in &inner.order {
-                if inner.seen.get(k) == Some(e) {
-                    buf.extend_from_slice(&record(k, *e));
-                }
+            for (k, e) in &inner.seen {
+                buf.extend_from_slice(&record(k, u64::from(*e)));
             }
             f.write_all(&buf)?;
             f.sync_all()?;
             inner.journal_records = buf.len() / RECORD;
         }
         fs::rename(&tmp, path)?;
-        inner.journal = Some(OpenOptions::new().append(true).open(path)?);
+        *journal = Some(OpenOptions::new().append(true).open(path)?);
         Ok(())
     }
 
@@ -340,6 +378,42 @@ mod tests {
         assert!(c.len() <= 100);
     }
 
+    /// A full cache of unexpired entries lets go of the one nearest its expiry, not the
+    /// newest and not at random.
+    #[test]
+    fn a_full_cache_evicts_the_entry_nearest_its_expiry() {
+        let c = ReplayCache::in_memory(4);
+        for (t, expiry) in [("a", 50), ("b", 10), ("c", 40), ("d", 30)] {
+            c.check_and_insert(key(t), 0, expiry).unwrap();
+        }
+        c.check_and_insert(key("e"), 0, 60).unwrap();
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.check_and_insert(key("b"), 1, 70), Ok(()), "b was evicted");
+        // b's return evicted d (expiry 30), the nearest then; a, c and e are still held.
+        for t in ["a", "c", "e"] {
+            assert_eq!(c.check_and_insert(key(t), 1, 70), Err(Replayed), "{t}");
+        }
+        assert_eq!(c.check_and_insert(key("d"), 1, 70), Ok(()), "d was evicted");
+    }
+
+    /// Expired entries are swept out before the table grows: a second window's worth of
+    /// keys takes the room of the first, expired one, and memory stays at one window.
+    #[test]
+    fn expired_entries_make_room_before_the_table_grows() {
+        let c = ReplayCache::in_memory(1_000_000);
+        for i in 0..10_000 {
+            c.check_and_insert(key(&format!("old{i}")), 0, 100).unwrap();
+        }
+        let held = c.lock().seen.capacity();
+        for i in 0..10_000 {
+            c.check_and_insert(key(&format!("new{i}")), 200, 300)
+                .unwrap();
+        }
+        assert_eq!(c.len(), 10_000, "only the unexpired window is held");
+        assert!(c.lock().seen.capacity() <= held, "the table did not grow");
+        assert_eq!(c.check_and_insert(key("new9999"), 201, 300), Err(Replayed));
+    }
+
     #[test]
     fn survives_restart_and_drops_expired() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,6 +426,33 @@ mod tests {
         assert_eq!(c.check_and_insert(key("live"), 200, 1_000), Err(Replayed));
         assert_eq!(c.check_and_insert(key("short"), 200, 1_000), Ok(()));
         assert_eq!(c.len(), 2);
+    }
+
+    /// Workers appending outside the map's lock while compactions replace the file: every
+    /// key the cache holds is still in the journal after a restart.
+    #[test]
+    fn no_record_is_lost_to_a_compaction_under_concurrent_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 64, 100).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1_000 {
+                        let k = key(&format!("{t}-{i}"));
+                        c.check_and_insert(k, 100, 1_000 + i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let held: Vec<ReplayKey> = c.lock().seen.keys().copied().collect();
+        assert_eq!(held.len(), 64);
+        drop(c);
+        let c = ReplayCache::open(dir.path(), 10_000, 200).unwrap();
+        for k in held {
+            assert_eq!(c.check_and_insert(k, 200, 2_000), Err(Replayed));
+        }
     }
 
     #[test]
