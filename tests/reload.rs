@@ -272,7 +272,18 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
     while pings.load(Ordering::Relaxed) < 3 {
         expect_notify(&mut nrx, "WATCHDOG=1", &pings).await;
     }
-    let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
+    // Log lines are written in batches: wait for the last reload's line to be out.
+    let read_log = || std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
+    let deadline = Instant::now() + PATIENCE;
+    let mut log = read_log();
+    while !log.contains("configuration reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refused reload logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        log = read_log();
+    }
     assert_eq!(failed, 0, "{failed} of {total} requests failed\n{log}");
     assert!(total > 100, "only {total} requests during the reloads");
     assert!(
