@@ -8,11 +8,13 @@
 #   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
 #   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
 #   ALT_LEVEL=info                  run the variant with its access log on
+#   ALT_WORKERS=1                   run the variant with `limits.workers` set to this
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   IDLE_HOLD=15                    seconds they are held before the settled RSS is read
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
+#   PERF_LABEL=logged               profile this target instead of "sidecar"
 #   LOGS=1                          also measure the sidecar with its access log on (one line
 #                                   per request, to a file) as "logged"
 #   REDIS=1                         also measure the sidecar with `state.backend.redis` on a
@@ -29,7 +31,8 @@
 # Per target and connection count it prints the median over rounds of: requests/s,
 # p50/p99 latency, CPU µs per request of the proxy (utime+stime from /proc), CPU µs the
 # upstream spent per request it served, new upstream connections (nginx stub_status
-# `accepts`), and peak RSS (VmHWM; nginx: master + worker), then the ratio lines.
+# `accepts`), peak RSS (VmHWM; nginx: master + worker), and context switches per request
+# (every thread of the proxy, from /proc), then the ratio lines.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -104,11 +107,12 @@ PX_PIDS="$PX_MASTER $(pgrep -P "$PX_MASTER" | tr '\n' ' ')"
 
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
 # limits are raised so the benchmark measures the work, not the refusals.
-sidecar_conf() { # $1 state dir, $2 backend (empty: embedded)
+sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core)
   cat <<CONF
 admin: { listen: "off" }
 state: { dir: $1${2:+, backend: $2} }
-limits:
+limits:${3:+
+  workers: $3}
   per_ip_rate: { per_second: 10000000, burst: 10000000 }
   max_connections: 20000
   max_connections_per_ip: 20000
@@ -146,10 +150,10 @@ listeners:
 CONF
 }
 
-start_sidecar() { # $1 binary, $2 backend (optional), $3 log level (default warn: no access log); sets SC_PID
+start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access log), $4 workers; sets SC_PID
   local state
   state=$(mktemp -d "$WORK/state.XXXX")
-  sidecar_conf "$state" "${2:-}" > "$state.yaml"
+  sidecar_conf "$state" "${2:-}" "${4:-}" > "$state.yaml"
   RUST_LOG=${3:-warn} "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
@@ -174,22 +178,25 @@ LUA
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + a + b)); done; echo "$t"; }
 hwm_kib() { local t=0 v; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo "$t"; }
+# Context switches of every thread of the processes (voluntary: a thread waited; not:
+# it was preempted), for the wake-ups a design costs per request.
+switches() { cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null | awk '/ctxt_switches/ {t += $2} END {print t + 0}'; }
 accepts() { curl -s "http://127.0.0.1:$ST/" | awk 'NR==3 {print $1}'; }
 
 RESULTS="$WORK/results.tsv"
 measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
   local label=$1 c=$2 port=$3; shift 3
-  local t0 u0 a0 out t1 u1 a1
-  a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS)
-  if [ -n "${PERF:-}" ] && [ "$label" = sidecar ]; then
+  local t0 u0 a0 s0 out t1 u1 a1 s1
+  a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS); s0=$(switches "$@")
+  if [ -n "${PERF:-}" ] && [ "$label" = "${PERF_LABEL:-sidecar}" ]; then
     perf record -q -F 499 -g -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
   fi
   out=$(wrk -t1 -c"$c" -d"${DUR}s" --latency -s "$WORK/bodies.lua" "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
-  t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts)
+  t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts); s1=$(switches "$@")
   echo "$out" | python3 -c '
 import re, sys
 out = sys.stdin.read()
-label, c, hz, cpu, up, newc, hwm = sys.argv[1:]
+label, c, hz, cpu, up, newc, hwm, sw = sys.argv[1:]
 def ms(s):
     v, unit = re.match(r"([\d.]+)(us|ms|s)", s).groups()
     return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
@@ -203,9 +210,10 @@ m = re.search(r"Socket errors: (.*)", out)
 errs = m.group(1) if m else "none"
 us = int(cpu) / int(hz) * 1e6 / max(reqs, 1)
 uu = int(up) / int(hz) * 1e6 / max(reqs, 1)
-print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}")
-print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  socket errors: {errs}", file=sys.stderr)
-' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" >> "$RESULTS"
+cs = int(sw) / max(reqs, 1)
+print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}")
+print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
+' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) >> "$RESULTS"
 }
 
 TARGETS="nginx"
@@ -228,6 +236,7 @@ level_of() {
     *) echo "${ALT_LEVEL:-warn}" ;;
   esac
 }
+workers_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
@@ -249,7 +258,7 @@ for round in $(seq "$ROUNDS"); do
       if [ "$t" = nginx ]; then
         measure nginx "$c" "$PX" $PX_PIDS
       else
-        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")" "$(level_of "$t")"
+        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")" "$(level_of "$t")" "$(workers_of "$t")"
         r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
         measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
         # redis-server's own CPU, per request of the run just measured.
@@ -322,7 +331,7 @@ for line in open(sys.argv[1]):
         flood[f[1]] = f; continue
     rows.setdefault((f[0], int(f[1])), []).append([float(x) for x in f[2:]])
 med = {k: [st.median(col) for col in zip(*v)] for k, v in rows.items()}
-cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx"]
+cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req"]
 print("\nmedian over rounds:")
 print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -338,7 +347,7 @@ for c in sorted({c for _, c in med}):
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
     if ("logged", c) in med and ("sidecar", c) in med:
         l, e = med[("logged", c)], med[("sidecar", c)]
-        print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms")
+        print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms  context switches/req {l[8]:.3f}/{e[8]:.3f}")
     if ("redis", c) in med and ("sidecar", c) in med:
         r, e = med[("redis", c)], med[("sidecar", c)]
         extra = f"  redis-server {st.median(rcpu[c]):.1f} µs CPU/req" if c in rcpu else ""
