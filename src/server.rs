@@ -666,8 +666,9 @@ impl<S> Park for tokio_rustls::server::TlsStream<S> {
 
 /// How long a keep-alive connection stays idle before it is parked (or half of
 /// `keepalive_idle`, when that is shorter): long enough that a client sending requests back
-/// to back never pays for a new hyper connection.
-const PARK_AFTER_MS: u64 = 500;
+/// to back never pays for a new hyper connection, short enough that a wave of clients that
+/// each send one request and keep the connection does not hold a hyper connection each.
+const PARK_AFTER_MS: u64 = 100;
 
 /// `Activity::park`: not parking; asked to park (the next read that would wait ends
 /// hyper's connection instead); parked that way (not the client's end of input).
@@ -846,9 +847,11 @@ impl Deadlines {
         PARK_AFTER_MS.min(self.idle_ms / 2)
     }
 
-    /// Often enough to hold either deadline to within a quarter of it.
+    /// Often enough to hold either deadline to within a quarter of it, and to park an idle
+    /// connection within twice `park_after_ms`.
     fn tick(&self) -> Duration {
-        Duration::from_millis((self.header_ms.min(self.idle_ms.max(1)) / 4).clamp(20, 1000))
+        let quarter = (self.header_ms.min(self.idle_ms.max(1)) / 4).clamp(20, 1000);
+        Duration::from_millis(quarter.min(self.park_after_ms().max(20)))
     }
 
     fn check(&self, activity: &Activity, closing: bool) -> Watchdog {
@@ -923,6 +926,6 @@ mod tests {
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), false), Watchdog::Finish);
         // Already finishing: nothing more to decide.
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), true), Watchdog::Wait);
-        assert_eq!(d.tick(), Duration::from_millis(500));
+        assert_eq!(d.tick(), Duration::from_millis(PARK_AFTER_MS));
     }
 }
