@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -86,6 +86,9 @@ struct Inner {
 
 pub struct ReplayCache {
     inner: Mutex<Inner>,
+    /// Records being gathered into one journal write, one batch per connection worker
+    /// (index 0 also for any other thread).
+    batches: Box<[Mutex<Batch>]>,
     /// Appended to outside `inner`'s lock, so one worker's write does not hold up
     /// another's lookup; a compaction takes it whole (while holding `inner`), so no
     /// record lands in a file being replaced.
@@ -99,6 +102,7 @@ impl ReplayCache {
     pub fn in_memory(capacity: usize) -> ReplayCache {
         ReplayCache {
             inner: Mutex::new(Inner::default()),
+            batches: batches(),
             journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: None,
@@ -126,6 +130,7 @@ impl ReplayCache {
         }
         let cache = ReplayCache {
             inner: Mutex::new(Inner::default()),
+            batches: batches(),
             journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: Some(path),
@@ -147,55 +152,116 @@ impl ReplayCache {
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
     /// The record is in the journal (written to the kernel) when this returns.
     pub fn check_and_insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<(), Replayed> {
-        let compact = {
-            let mut inner = self.lock();
-            if let Some(&e) = inner.seen.get(&key) {
-                if u64::from(e) > now {
-                    return Err(Replayed);
-                }
+        let compact = self.insert(key, now, expiry)?;
+        self.append(&record(&key, expiry));
+        if compact {
+            self.compact();
+        }
+        Ok(())
+    }
+
+    /// The map's part of an insert; whether the journal is due for compaction.
+    fn insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<bool, Replayed> {
+        let mut inner = self.lock();
+        if let Some(&e) = inner.seen.get(&key) {
+            if u64::from(e) > now {
+                return Err(Replayed);
             }
-            self.remember(&mut inner, key, expiry, now);
-            inner.journal_records += 1;
-            self.path.is_some() && inner.journal_records > 2 * self.capacity
-        };
-        // Appends are whole records on an `O_APPEND` file: concurrent ones do not mix.
-        if let Some(mut j) = self
-            .journal
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            if let Err(e) = j.write_all(&record(&key, expiry)) {
+        }
+        self.remember(&mut inner, key, expiry, now);
+        inner.journal_records += 1;
+        Ok(self.path.is_some() && inner.journal_records > 2 * self.capacity)
+    }
+
+    /// Appends whole records to the journal, outside the map's lock (`O_APPEND`:
+    /// concurrent appends do not mix).
+    fn append(&self, records: &[u8]) {
+        let journal = self.journal.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut j) = journal.as_ref() {
+            if let Err(e) = j.write_all(records) {
                 tracing::error!(error = %e, "replay journal write failed; protection continues in memory");
             }
         }
-        if compact {
-            let mut inner = self.lock();
-            if inner.journal_records > 2 * self.capacity {
-                if let Err(e) = self.rewrite(&mut inner) {
-                    tracing::error!(error = %e, "replay journal compaction failed");
-                }
+    }
+
+    fn compact(&self) {
+        let mut inner = self.lock();
+        if inner.journal_records > 2 * self.capacity {
+            if let Err(e) = self.rewrite(&mut inner) {
+                tracing::error!(error = %e, "replay journal compaction failed");
             }
         }
-        Ok(())
     }
 
     /// Records `key` like [`ReplayCache::check_and_insert`], held by a guard: unless
     /// [`Reservation::keep`] is called, dropping the guard forgets the key — on a refusal
     /// after this stage, a request that never reached the application, or a panic — so
     /// the peer's retry is not refused as a replay of something that never happened.
-    pub fn reserve(
-        self: &std::sync::Arc<Self>,
+    ///
+    /// The journal record is written together with those of the other requests that
+    /// reach this stage on the same connection worker in the same turn of its scheduler:
+    /// one write for the batch, and every request of it waits for that write, so a
+    /// record is still in the kernel before its request goes on.
+    pub async fn reserve(
+        self: &Arc<Self>,
         key: ReplayKey,
         now: u64,
         expiry: u64,
     ) -> Result<Reservation, Replayed> {
-        self.check_and_insert(key, now, expiry)?;
-        Ok(Reservation {
-            cache: std::sync::Arc::clone(self),
+        let compact = self.insert(key, now, expiry)?;
+        // Made first: a request dropped while its batch is gathered forgets its key.
+        let reservation = Reservation {
+            cache: Arc::clone(self),
             key,
             kept: false,
-        })
+        };
+        if self.path.is_some() {
+            self.append_batched(&record(&key, expiry)).await;
+        }
+        if compact {
+            self.compact();
+        }
+        Ok(reservation)
+    }
+
+    /// Adds `rec` to this worker's batch and returns once the batch is written. The
+    /// first request of a batch gathers it: it lets every other ready task of the
+    /// worker run once (they add their records), then writes the batch.
+    async fn append_batched(&self, rec: &[u8]) {
+        let Some(slot) = self
+            .batches
+            .get(crate::workers::current())
+            .or_else(|| self.batches.first())
+        else {
+            self.append(rec);
+            return;
+        };
+        let (mine, gather) = {
+            let mut b = lock_batch(slot);
+            b.records.extend_from_slice(rec);
+            let gather = !b.gathering;
+            b.gathering = true;
+            (b.started, gather)
+        };
+        if gather {
+            let mut gathering = Gathering {
+                cache: self,
+                slot,
+                done: false,
+            };
+            tokio::task::yield_now().await;
+            gathering.write();
+        } else {
+            std::future::poll_fn(|cx| {
+                let mut b = lock_batch(slot);
+                if b.written > mine {
+                    return std::task::Poll::Ready(());
+                }
+                b.waiters.push(cx.waker().clone());
+                std::task::Poll::Pending
+            })
+            .await;
+        }
     }
 
     /// Forgets `key` — for a request that never reached the application, so the peer's
@@ -281,6 +347,71 @@ impl ReplayCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One worker's journal batch.
+#[derive(Default)]
+struct Batch {
+    /// Records of the batch being gathered.
+    records: Vec<u8>,
+    /// A request is gathering the batch (and will write it).
+    gathering: bool,
+    /// Number of the batch being gathered; batches written so far (in order: a batch is
+    /// written with its slot locked).
+    started: u64,
+    written: u64,
+    /// Requests waiting for their batch to be written.
+    waiters: Vec<std::task::Waker>,
+}
+
+/// Enough slots for the connection workers of any machine this runs on; a worker past
+/// the last shares slot 0.
+const BATCH_SLOTS: usize = 256;
+
+fn batches() -> Box<[Mutex<Batch>]> {
+    (0..BATCH_SLOTS)
+        .map(|_| Mutex::new(Batch::default()))
+        .collect()
+}
+
+fn lock_batch(slot: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The gathering request's duty to write its batch: done after its yield, or when it is
+/// dropped first (its request cancelled), so the batch's other requests never wait
+/// forever.
+struct Gathering<'a> {
+    cache: &'a ReplayCache,
+    slot: &'a Mutex<Batch>,
+    done: bool,
+}
+
+impl Gathering<'_> {
+    fn write(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut b = lock_batch(self.slot);
+        let records = std::mem::take(&mut b.records);
+        b.gathering = false;
+        b.started += 1;
+        // Written with the slot locked: batches of one slot complete in order.
+        self.cache.append(&records);
+        b.written = b.started;
+        // The buffer's room is kept for the next batch.
+        b.records = records;
+        b.records.clear();
+        for w in b.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.write();
     }
 }
 
@@ -472,24 +603,106 @@ mod tests {
         assert_eq!(c.check_and_insert(key("a"), 200, 1_000), Err(Replayed));
     }
 
+    /// An in-memory cache's reservation, which never waits for a journal.
+    fn reserve_now(
+        c: &std::sync::Arc<ReplayCache>,
+        k: ReplayKey,
+        now: u64,
+    ) -> Result<Reservation, Replayed> {
+        use futures_util::FutureExt;
+        c.reserve(k, now, 100)
+            .now_or_never()
+            .expect("no journal to wait for")
+    }
+
     #[test]
     fn a_reservation_is_forgotten_unless_kept_even_on_panic() {
         let c = std::sync::Arc::new(ReplayCache::in_memory(10));
-        let r = c.reserve(key("kept"), 0, 100).unwrap();
+        let r = reserve_now(&c, key("kept"), 0).unwrap();
         r.keep();
-        assert!(c.reserve(key("kept"), 1, 100).is_err());
-        drop(c.reserve(key("dropped"), 0, 100).unwrap());
-        assert!(c.reserve(key("dropped"), 1, 100).is_ok());
+        assert!(reserve_now(&c, key("kept"), 1).is_err());
+        drop(reserve_now(&c, key("dropped"), 0).unwrap());
+        assert!(reserve_now(&c, key("dropped"), 1).is_ok());
         let c2 = c.clone();
         let panicked = std::panic::catch_unwind(move || {
-            let _r = c2.reserve(key("panic"), 0, 100).unwrap();
+            let _r = reserve_now(&c2, key("panic"), 0).unwrap();
             panic!("a bug after the replay stage");
         });
         assert!(panicked.is_err());
         assert!(
-            c.reserve(key("panic"), 1, 100).is_ok(),
+            reserve_now(&c, key("panic"), 1).is_ok(),
             "nothing remembered"
         );
+    }
+
+    /// Requests that reach the replay stage in one turn of a worker's scheduler share one
+    /// journal write, and each returns only once it is written: after a restart every
+    /// one of them is refused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_of_one_turn_share_one_journal_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 10).unwrap());
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.reserve(key(&format!("t{i}")), 10, 1_000)
+                        .await
+                        .unwrap()
+                        .keep();
+                    // The record is in the file by now.
+                    let len = std::fs::metadata(c.path.as_ref().unwrap()).unwrap().len();
+                    assert!(len >= RECORD as u64 * (i + 1), "task {i}: {len} bytes");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            lock_batch(&c.batches[0]).started,
+            1,
+            "one write for the eight"
+        );
+        drop(c);
+        let c = ReplayCache::open(dir.path(), 100, 20).unwrap();
+        for i in 0..8 {
+            assert_eq!(
+                c.check_and_insert(key(&format!("t{i}")), 20, 1_000),
+                Err(Replayed)
+            );
+        }
+    }
+
+    /// The request gathering a batch is cancelled before it writes: the batch is written
+    /// as it is dropped, so the request waiting on it goes on, its record in the file.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cancelled_gatherer_still_writes_its_batch() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 10).unwrap());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = Box::pin(c.reserve(key("first"), 10, 1_000));
+        let mut second = Box::pin(c.reserve(key("second"), 10, 1_000));
+        assert!(first.as_mut().poll(&mut cx).is_pending(), "gathering");
+        assert!(
+            second.as_mut().poll(&mut cx).is_pending(),
+            "waiting on the batch"
+        );
+        drop(first);
+        let Poll::Ready(Ok(r)) = second.as_mut().poll(&mut cx) else {
+            panic!("the batch was not written");
+        };
+        r.keep();
+        // The cancelled request's key is forgotten in memory; both records are in the
+        // journal (which errs on the side of refusing after a restart).
+        assert_eq!(c.check_and_insert(key("first"), 11, 1_000), Ok(()));
+        assert_eq!(c.check_and_insert(key("second"), 11, 1_000), Err(Replayed));
+        drop(second);
+        drop(c);
+        let c = ReplayCache::open(dir.path(), 100, 20).unwrap();
+        assert_eq!(c.check_and_insert(key("second"), 20, 1_000), Err(Replayed));
     }
 
     #[test]

@@ -97,6 +97,7 @@ async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Hel
     let cache: &Arc<ReplayCache> = rt.replay.as_ref().ok_or(Reject::Internal)?;
     cache
         .reserve(key, now, expiry)
+        .await
         .map(Held::Local)
         .map_err(|_| Reject::Replayed)
 }
