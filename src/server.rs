@@ -507,6 +507,8 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// `PARK_NO`, `PARK_ASKED` or `PARK_DONE`.
     park: AtomicU8,
+    /// After a 429, the connection is not read from before this (ms); 0: not paused.
+    paused_until_ms: AtomicU64,
 }
 
 impl Activity {
@@ -515,10 +517,48 @@ impl Activity {
     }
 }
 
-/// The connection's stream, noting when a new request starts arriving.
+/// How long a connection answered 429 goes unread: a client told to come back in at
+/// least a second (`Retry-After`) that sends on at once costs a refusal per pause, not
+/// one per request it can write — so a flood past a rate limit spends little of the CPU
+/// the peers within theirs need. Short, so a client that does wait never notices.
+const PAUSE_AFTER_429_MS: u64 = 100;
+
+/// The connection's stream, noting when a new request starts arriving, and holding back
+/// reads while the connection is paused after a 429.
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Watched {
+            inner,
+            activity,
+            pause: None,
+        }
+    }
+
+    /// Pending while the connection is paused (woken when the pause ends).
+    fn poll_pause(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let until = self.activity.paused_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return Poll::Ready(());
+        }
+        let left = until.saturating_sub(self.activity.now_ms());
+        if left > 0 {
+            let sleep = self
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(left))));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.pause = None;
+        self.activity.paused_until_ms.store(0, Ordering::Relaxed);
+        Poll::Ready(())
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -527,6 +567,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.poll_pause(cx).is_pending() {
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let a = &self.activity;
@@ -586,6 +629,7 @@ where
         idle_since_ms: AtomicU64::new(1),
         head_started_ms: AtomicU64::new(0),
         park: AtomicU8::new(PARK_NO),
+        paused_until_ms: AtomicU64::new(0),
     });
     let mut stop = conn.stop.clone();
     // A connection accepted just before a drain started is finished at once.
@@ -701,10 +745,7 @@ impl Phase<'_> {
         Svc::Future: Unpin + Send + 'static,
     {
         let parkable = stream.parkable();
-        let io = TokioIo::new(Watched {
-            inner: stream,
-            activity: self.activity.clone(),
-        });
+        let io = TokioIo::new(Watched::new(stream, self.activity.clone()));
         // Boxed: parked, the connection frees hyper's state and buffers.
         let mut conn = Box::new(self.builder.serve_connection(io, svc));
         let mut ticker = tokio::time::interval(self.deadlines.tick());
@@ -813,6 +854,10 @@ fn request_service(
             activity.in_progress.fetch_add(1, Ordering::Relaxed);
             activity.head_started_ms.store(0, Ordering::Relaxed);
             let r = pipeline::handle(rt, in_flight, idx, client, req).await;
+            if matches!(&r, Ok(resp) if resp.status() == http::StatusCode::TOO_MANY_REQUESTS) {
+                let until = activity.now_ms() + PAUSE_AFTER_429_MS;
+                activity.paused_until_ms.store(until, Ordering::Relaxed);
+            }
             activity.served.fetch_add(1, Ordering::Relaxed);
             activity
                 .idle_since_ms
@@ -900,6 +945,7 @@ mod tests {
             idle_since_ms: AtomicU64::new(idle_since),
             head_started_ms: AtomicU64::new(head),
             park: AtomicU8::new(PARK_NO),
+            paused_until_ms: AtomicU64::new(0),
         }
     }
 

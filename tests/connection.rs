@@ -44,7 +44,11 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start() -> Sidecar {
-        let settings = bsk_sidecar::config::from_yaml(CONFIG, "test.yaml", Path::new(".")).unwrap();
+        Sidecar::start_with(CONFIG).await
+    }
+
+    async fn start_with(yaml: &str) -> Sidecar {
+        let settings = bsk_sidecar::config::from_yaml(yaml, "test.yaml", Path::new(".")).unwrap();
         let rt = Runtime::new(settings, Metrics::new()).unwrap();
         let bound = server::bind(&rt).await.unwrap();
         let addr = bound.addr_of(&rt, "public").unwrap();
@@ -218,6 +222,37 @@ async fn a_parked_connection_closes_at_once_on_shutdown() {
         .await
         .expect("the drain did not wait for the parked connection");
     assert!(read_until_closed(&mut s).await.is_empty());
+}
+
+/// A client answered 429 that sends on at once is not read for a pause: its next
+/// request is answered no sooner than 100 ms after the 429, however fast it writes.
+#[tokio::test]
+async fn a_connection_answered_429_is_not_read_for_a_pause() {
+    let yaml = CONFIG.replace(
+        "  max_connections_per_ip: 2\n",
+        "  max_connections_per_ip: 2\n  per_ip_rate: { per_second: 1, burst: 1 }\n",
+    );
+    let sc = Sidecar::start_with(&yaml).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let post = b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nencData=x";
+    // The first spends the address's only token (and fails later, on its envelope).
+    s.write_all(post).await.unwrap();
+    let first = read_answer(&mut s).await;
+    assert!(!first.starts_with("HTTP/1.1 429"), "{first}");
+    s.write_all(post).await.unwrap();
+    let limited = read_answer(&mut s).await;
+    assert!(limited.starts_with("HTTP/1.1 429"), "{limited}");
+    let refused_at = std::time::Instant::now();
+    // Written at once; read only after the pause.
+    s.write_all(post).await.unwrap();
+    let next = read_answer(&mut s).await;
+    assert!(next.starts_with("HTTP/1.1 429"), "{next}");
+    let waited = refused_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(90),
+        "answered after {waited:?}"
+    );
+    sc.stop().await;
 }
 
 #[tokio::test]
