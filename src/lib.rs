@@ -104,7 +104,6 @@ pub mod error;
 pub mod fleet;
 pub mod forward;
 pub mod guard;
-pub mod logging;
 pub mod metrics;
 pub mod online;
 pub mod pipeline;

@@ -22,7 +22,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "calendar",
             "workers",
-            "logging",
         ],
     ),
     ("checks and codecs", &["guard", "tls", "forward"]),
