@@ -266,11 +266,17 @@ fn replay_cache(
         return Ok(Some(kept));
     }
     let now = clock.unix_secs();
-    let cache = ReplayCache::open(&settings.state_dir, settings.limits.max_replay_entries, now)
-        .map_err(|source| BuildError::Replay {
-            dir: settings.state_dir.clone(),
-            source,
-        })?;
+    let workers = crate::workers::count(settings.limits.workers);
+    let cache = ReplayCache::open(
+        &settings.state_dir,
+        settings.limits.max_replay_entries,
+        workers,
+        now,
+    )
+    .map_err(|source| BuildError::Replay {
+        dir: settings.state_dir.clone(),
+        source,
+    })?;
     Ok(Some(Arc::new(cache)))
 }
 

@@ -272,7 +272,7 @@ async fn twenty_reloads_under_load_lose_nothing_and_sigterm_drains() {
     while pings.load(Ordering::Relaxed) < 3 {
         expect_notify(&mut nrx, "WATCHDOG=1", &pings).await;
     }
-    // Log lines are written in batches: wait for the last reload's line to be out.
+    // The log is written by its own thread: wait for the last reload's line to be out.
     let read_log = || std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
     let deadline = Instant::now() + PATIENCE;
     let mut log = read_log();

@@ -86,8 +86,9 @@ struct Inner {
 
 pub struct ReplayCache {
     inner: Mutex<Inner>,
-    /// Records being gathered into one journal write, one batch per connection worker
-    /// (index 0 also for any other thread).
+    /// Records being gathered into one journal write: one batch per connection worker,
+    /// indexed like the upstream pool's idle connections (`crate::workers::current()`:
+    /// 0 for any other thread, which is also where a worker past the last falls back).
     batches: Box<[Mutex<Batch>]>,
     /// Appended to outside `inner`'s lock, so one worker's write does not hold up
     /// another's lookup; a compaction takes it whole (while holding `inner`), so no
@@ -102,15 +103,18 @@ impl ReplayCache {
     pub fn in_memory(capacity: usize) -> ReplayCache {
         ReplayCache {
             inner: Mutex::new(Inner::default()),
-            batches: batches(),
+            // Nothing to write, so nothing to gather.
+            batches: Box::default(),
             journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: None,
         }
     }
 
-    /// Opens (or creates) the journal in `dir`, keeping entries still unexpired at `now`.
-    pub fn open(dir: &Path, capacity: usize, now: u64) -> io::Result<ReplayCache> {
+    /// Opens (or creates) the journal in `dir`, keeping entries still unexpired at `now`;
+    /// `workers`: how many connection workers will write to it (each gathers its own
+    /// batches).
+    pub fn open(dir: &Path, capacity: usize, workers: usize, now: u64) -> io::Result<ReplayCache> {
         crate::state_dir::create(dir)?;
         let path = dir.join(FILE_NAME);
         let mut entries = Vec::new();
@@ -130,7 +134,7 @@ impl ReplayCache {
         }
         let cache = ReplayCache {
             inner: Mutex::new(Inner::default()),
-            batches: batches(),
+            batches: (0..=workers).map(|_| Mutex::default()).collect(),
             journal: RwLock::new(None),
             capacity: capacity.max(1),
             path: Some(path),
@@ -138,7 +142,8 @@ impl ReplayCache {
         {
             let mut inner = cache.lock();
             for (k, e) in entries {
-                cache.remember(&mut inner, k, e, now);
+                let present = inner.seen.contains_key(&k);
+                cache.store(&mut inner, k, e, now, present);
             }
             cache.rewrite(&mut inner)?;
         }
@@ -163,12 +168,12 @@ impl ReplayCache {
     /// The map's part of an insert; whether the journal is due for compaction.
     fn insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<bool, Replayed> {
         let mut inner = self.lock();
-        if let Some(&e) = inner.seen.get(&key) {
-            if u64::from(e) > now {
-                return Err(Replayed);
-            }
-        }
-        self.remember(&mut inner, key, expiry, now);
+        let present = match inner.seen.get(&key) {
+            Some(&e) if u64::from(e) > now => return Err(Replayed),
+            Some(_) => true,
+            None => false,
+        };
+        self.store(&mut inner, key, expiry, now, present);
         inner.journal_records += 1;
         Ok(self.path.is_some() && inner.journal_records > 2 * self.capacity)
     }
@@ -273,8 +278,10 @@ impl ReplayCache {
         // which errs on the side of refusing.
     }
 
-    fn remember(&self, inner: &mut Inner, key: ReplayKey, expiry: u64, now: u64) {
-        if !inner.seen.contains_key(&key) {
+    /// `present`: `key` is in the map already (an expired entry it replaces), so no room
+    /// needs making.
+    fn store(&self, inner: &mut Inner, key: ReplayKey, expiry: u64, now: u64, present: bool) {
+        if !present {
             self.make_room(inner, now);
         }
         inner
@@ -365,16 +372,6 @@ struct Batch {
     waiters: Vec<std::task::Waker>,
 }
 
-/// Enough slots for the connection workers of any machine this runs on; a worker past
-/// the last shares slot 0.
-const BATCH_SLOTS: usize = 256;
-
-fn batches() -> Box<[Mutex<Batch>]> {
-    (0..BATCH_SLOTS)
-        .map(|_| Mutex::new(Batch::default()))
-        .collect()
-}
-
 fn lock_batch(slot: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -394,15 +391,12 @@ impl Gathering<'_> {
             return;
         }
         let mut b = lock_batch(self.slot);
-        let records = std::mem::take(&mut b.records);
+        // Written with the slot locked: batches of one slot complete in order.
+        self.cache.append(&b.records);
+        b.records.clear();
         b.gathering = false;
         b.started += 1;
-        // Written with the slot locked: batches of one slot complete in order.
-        self.cache.append(&records);
         b.written = b.started;
-        // The buffer's room is kept for the next batch.
-        b.records = records;
-        b.records.clear();
         for w in b.waiters.drain(..) {
             w.wake();
         }
@@ -465,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Clock::manual(1_669_975_402_882);
         let expiry = clock.unix_secs() + 660;
-        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        let c = ReplayCache::open(dir.path(), 10, 1, clock.unix_secs()).unwrap();
         assert_eq!(
             c.check_and_insert(key("1"), clock.unix_secs(), expiry),
             Ok(())
@@ -478,13 +472,13 @@ mod tests {
         // The new record, until expiry + 660, survives a restart a second before it ...
         drop(c);
         clock.set_ms((expiry + 659) * 1000);
-        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        let c = ReplayCache::open(dir.path(), 10, 1, clock.unix_secs()).unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!(again(&c), Err(Replayed));
         drop(c);
         // ... and not one at it.
         clock.advance(Duration::from_secs(1));
-        let c = ReplayCache::open(dir.path(), 10, clock.unix_secs()).unwrap();
+        let c = ReplayCache::open(dir.path(), 10, 1, clock.unix_secs()).unwrap();
         assert!(c.is_empty());
     }
 
@@ -549,11 +543,11 @@ mod tests {
     fn survives_restart_and_drops_expired() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = ReplayCache::open(dir.path(), 100, 100).unwrap();
+            let c = ReplayCache::open(dir.path(), 100, 1, 100).unwrap();
             c.check_and_insert(key("live"), 100, 1_000).unwrap();
             c.check_and_insert(key("short"), 100, 150).unwrap();
         }
-        let c = ReplayCache::open(dir.path(), 100, 200).unwrap();
+        let c = ReplayCache::open(dir.path(), 100, 1, 200).unwrap();
         assert_eq!(c.check_and_insert(key("live"), 200, 1_000), Err(Replayed));
         assert_eq!(c.check_and_insert(key("short"), 200, 1_000), Ok(()));
         assert_eq!(c.len(), 2);
@@ -564,7 +558,7 @@ mod tests {
     #[test]
     fn no_record_is_lost_to_a_compaction_under_concurrent_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 64, 100).unwrap());
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 64, 1, 100).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let c = c.clone();
@@ -580,7 +574,7 @@ mod tests {
         let held: Vec<ReplayKey> = c.lock().seen.keys().copied().collect();
         assert_eq!(held.len(), 64);
         drop(c);
-        let c = ReplayCache::open(dir.path(), 10_000, 200).unwrap();
+        let c = ReplayCache::open(dir.path(), 10_000, 1, 200).unwrap();
         for k in held {
             assert_eq!(c.check_and_insert(k, 200, 2_000), Err(Replayed));
         }
@@ -590,7 +584,7 @@ mod tests {
     fn torn_last_record_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = ReplayCache::open(dir.path(), 100, 100).unwrap();
+            let c = ReplayCache::open(dir.path(), 100, 1, 100).unwrap();
             c.check_and_insert(key("a"), 100, 1_000).unwrap();
         }
         let mut f = OpenOptions::new()
@@ -599,7 +593,7 @@ mod tests {
             .unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
         drop(f);
-        let c = ReplayCache::open(dir.path(), 100, 200).unwrap();
+        let c = ReplayCache::open(dir.path(), 100, 1, 200).unwrap();
         assert_eq!(c.check_and_insert(key("a"), 200, 1_000), Err(Replayed));
     }
 
@@ -641,7 +635,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn requests_of_one_turn_share_one_journal_write() {
         let dir = tempfile::tempdir().unwrap();
-        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 10).unwrap());
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 1, 10).unwrap());
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let c = c.clone();
@@ -665,7 +659,7 @@ mod tests {
             "one write for the eight"
         );
         drop(c);
-        let c = ReplayCache::open(dir.path(), 100, 20).unwrap();
+        let c = ReplayCache::open(dir.path(), 100, 1, 20).unwrap();
         for i in 0..8 {
             assert_eq!(
                 c.check_and_insert(key(&format!("t{i}")), 20, 1_000),
@@ -681,7 +675,7 @@ mod tests {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
         let dir = tempfile::tempdir().unwrap();
-        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 10).unwrap());
+        let c = std::sync::Arc::new(ReplayCache::open(dir.path(), 100, 1, 10).unwrap());
         let mut cx = Context::from_waker(Waker::noop());
         let mut first = Box::pin(c.reserve(key("first"), 10, 1_000));
         let mut second = Box::pin(c.reserve(key("second"), 10, 1_000));
@@ -701,7 +695,7 @@ mod tests {
         assert_eq!(c.check_and_insert(key("second"), 11, 1_000), Err(Replayed));
         drop(second);
         drop(c);
-        let c = ReplayCache::open(dir.path(), 100, 20).unwrap();
+        let c = ReplayCache::open(dir.path(), 100, 1, 20).unwrap();
         assert_eq!(c.check_and_insert(key("second"), 20, 1_000), Err(Replayed));
     }
 
