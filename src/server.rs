@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::guard::client_cert::PresentedCert;
 use crate::guard::ip::canonical;
+use crate::guard::log_budget::LogBudget;
 use crate::guard::proxy::{self, ProxyHeader, Rewind};
 use crate::pipeline::{self, InFlight};
 use crate::reload::Live;
@@ -183,6 +184,7 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     });
 
     let workers = Arc::new(bound.workers);
+    let refusal_log = Arc::new(LogBudget::refusals());
     let mut accept_tasks = Vec::new();
     for (idx, listener) in bound.listeners {
         accept_tasks.push(tokio::spawn(accept_loop(
@@ -195,6 +197,7 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
                 in_flight: in_flight.clone(),
                 stop: stop_rx.clone(),
                 done: done_tx.clone(),
+                refusal_log: refusal_log.clone(),
             },
         )));
     }
@@ -236,6 +239,20 @@ struct Shared {
     in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
+    /// The log lines refused connections may write, shared by every listener.
+    refusal_log: Arc<LogBudget>,
+}
+
+/// An info line about a refused connection, within `budget`: a flood of refusals writes
+/// a burst, then a few a second, each saying how many were left out before it.
+macro_rules! refusal_line {
+    ($budget:expr, $($line:tt)+) => {
+        match $budget.admit() {
+            Some(0) => tracing::info!($($line)+),
+            Some(left_out) => tracing::info!(suppressed = left_out, $($line)+),
+            None => {}
+        }
+    };
 }
 
 /// Waits until every connection task has ended (each holds a sender of `done`), or
@@ -291,7 +308,7 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
             if let Some(allow) = &lst.accept_allow {
                 if !allow.contains(ip, &rt.names) {
                     refuse("ip_denied");
-                    tracing::info!(listener = %name, client = %ip, "connection refused: address not allowed");
+                    refusal_line!(shared.refusal_log, listener = %name, client = %ip, "connection refused: address not allowed");
                     continue;
                 }
             }
@@ -334,11 +351,21 @@ impl Shared {
         };
         let (live, in_flight) = (live.clone(), self.in_flight.clone());
         let (stop, done) = (self.stop.clone(), self.done.clone());
+        let refusal_log = self.refusal_log.clone();
         self.workers.spawn(move || async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     open_connection(
-                        live, idx, stream, ip, via_proxy, slot, in_flight, stop, done,
+                        live,
+                        idx,
+                        stream,
+                        ip,
+                        via_proxy,
+                        slot,
+                        in_flight,
+                        stop,
+                        done,
+                        refusal_log,
                     )
                     .await
                 }
@@ -363,6 +390,7 @@ async fn open_connection(
     in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
+    refusal_log: Arc<LogBudget>,
 ) {
     let rt = live.load();
     let Some(lst) = rt.listeners.get(idx) else {
@@ -377,7 +405,7 @@ async fn open_connection(
     };
     let (client, prefix) = if via_proxy && proxy_protocol {
         let deadline = rt.settings.limits.header_read_timeout;
-        match read_proxy_header(&rt, lst, &mut stream, peer, deadline).await {
+        match read_proxy_header(&rt, lst, &mut stream, peer, deadline, &refusal_log).await {
             Ok(found) => found,
             Err(reason) => return refuse(reason),
         }
@@ -401,7 +429,15 @@ async fn open_connection(
         Some(tls) => {
             // Boxed: the handshake and the TLS session are several KiB, and a future
             // holding them inline would make every plain connection's task that large.
-            Box::pin(serve_https(conn, stream, tls, &lst.name, refuse)).await;
+            Box::pin(serve_https(
+                conn,
+                stream,
+                tls,
+                &lst.name,
+                refuse,
+                &refusal_log,
+            ))
+            .await;
         }
     }
 }
@@ -414,11 +450,12 @@ async fn read_proxy_header(
     stream: &mut TcpStream,
     peer: IpAddr,
     deadline: Duration,
+    refusal_log: &LogBudget,
 ) -> Result<(IpAddr, Vec<u8>), &'static str> {
     let (header, rest) = match tokio::time::timeout(deadline, proxy::read_header(stream)).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
-            tracing::info!(listener = %lst.name, proxy = %peer, error = %e, "connection refused: bad PROXY header");
+            refusal_line!(refusal_log, listener = %lst.name, proxy = %peer, error = %e, "connection refused: bad PROXY header");
             return Err("proxy_header");
         }
         Err(_) => return Err("proxy_header"),
@@ -429,7 +466,7 @@ async fn read_proxy_header(
     };
     if let Some(allow) = &lst.accept_allow {
         if !allow.contains(client, &rt.names) {
-            tracing::info!(listener = %lst.name, client = %client, "connection refused: address not allowed");
+            refusal_line!(refusal_log, listener = %lst.name, client = %client, "connection refused: address not allowed");
             return Err("ip_denied");
         }
     }
@@ -444,6 +481,7 @@ async fn serve_https<S>(
     tls: &TlsState,
     listener: &str,
     refuse: impl Fn(&'static str),
+    refusal_log: &LogBudget,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -470,12 +508,12 @@ async fn serve_https<S>(
             .await;
         }
         Ok(Err((e, stream))) => {
-            tracing::info!(listener, client = %client, error = %e, "TLS handshake failed");
+            refusal_line!(refusal_log, listener, client = %client, error = %e, "TLS handshake failed");
             refuse("tls_handshake");
             drop(stream);
         }
         Err(_) => {
-            tracing::info!(listener, client = %client, "TLS handshake timed out");
+            refusal_line!(refusal_log, listener, client = %client, "TLS handshake timed out");
             refuse("tls_handshake_timeout");
         }
     }

@@ -4204,3 +4204,100 @@ async fn regression_egress_caller_denied() {
     )
     .await;
 }
+
+/// Connects from `from` and waits for the sidecar to close the connection unread.
+async fn refused_connection(from: IpAddr, to: SocketAddr) {
+    let mut s = connect_from(from, to).await.expect("connect");
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+}
+
+/// A flood of connections from an address off the allowlist writes a burst of log lines,
+/// then a few a second, each later one saying how many it stands for; the metric counts
+/// every refusal. (Before: one info line per refused connection, so a stranger's
+/// `connect` loop filled the disk and spent the sidecar's CPU on formatting.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_refused_connections_do_not_flood_the_log() {
+    const LINE: &str = "connection refused: address not allowed";
+    const FLOOD: usize = 400;
+    let app = Upstream::start(Behaviour::Echo).await;
+    let yaml = format!(
+        r#"
+admin: {{ listen: "127.0.0.1:0", metrics: open }}
+state: {{ dir: "STATE" }}
+peers:{PEER}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - {{ path: /bsk/status, from: bsk, envelope: [token, jwt], upstream: "http://APP/bsk/status" }}
+"#
+    );
+    let proc = Proc::start(&yaml, &[("APP", app.addr.to_string())]).await;
+    let to = proc.addr("public");
+    let stranger = ip(127, 0, 0, 9);
+    let refused = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("bsk_sidecar_connections_refused_total{")
+                    && l.contains(r#"reason="ip_denied""#)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    // Each line of the refusal, as the number of refusals it stands for.
+    let lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(LINE))
+            .map(|l| {
+                1 + l
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("suppressed="))
+                    .map_or(0, |n| n.parse::<usize>().expect("a count"))
+            })
+            .collect::<Vec<usize>>()
+    };
+
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        refused_connection(stranger, to).await;
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    // Counted before the close the client saw.
+    assert_eq!(refused(&proc.metrics().await), FLOOD);
+    // The burst reaches the log (written off the request path, so polled)...
+    let until = Instant::now() + PATIENCE;
+    while lines(&proc.log_tail()).len() < 20 {
+        assert!(Instant::now() < until, "the burst never reached the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and little more: 10 lines a second after it.
+    let written = lines(&proc.log_tail()).len();
+    let allowed = 20 + (flood_secs * 10.0).ceil() as usize + 1;
+    assert!(
+        written <= allowed,
+        "{written} lines for {FLOOD} refusals in {flood_secs:.2} s (at most {allowed})"
+    );
+
+    // A refusal after a pause (the budget refills at 10 a second) is written, and says
+    // how many were left out before it: then the log accounts for every refusal.
+    let mut sent = FLOOD;
+    let until = Instant::now() + PATIENCE;
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        refused_connection(stranger, to).await;
+        sent += 1;
+        let accounted: usize = lines(&proc.log_tail()).iter().sum();
+        assert!(accounted <= sent, "{accounted} logged of {sent} refusals");
+        if accounted == sent {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the log accounts for {accounted} of {sent} refusals"
+        );
+    }
+    assert_eq!(refused(&proc.metrics().await), sent);
+    assert!(app.recorded().is_empty());
+}

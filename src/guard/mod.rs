@@ -9,6 +9,7 @@ pub mod dns;
 pub mod fields;
 pub mod fresh;
 pub mod ip;
+pub mod log_budget;
 pub mod payload;
 pub mod proxy;
 pub mod rate;
