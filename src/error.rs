@@ -18,6 +18,10 @@ use crate::guard::fresh::Stale;
 use crate::guard::payload::Invalid;
 use crate::guard::schema::Problem;
 
+/// The header every answer and every forwarded request carries the request id in (named
+/// once: a name made from a `&str` is copied each time).
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Whose fault a failed request was: decides the log level and the metric outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -363,7 +367,7 @@ impl Reject {
             _ => {}
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert("x-request-id", v);
+            headers.insert(X_REQUEST_ID, v);
         }
         resp
     }

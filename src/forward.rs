@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
+use http::HeaderValue;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -62,6 +63,8 @@ pub enum ForwardError {
 pub struct Upstream {
     pub authority: Authority,
     pub path_and_query: PathAndQuery,
+    /// The `Host` header the application receives: the authority, made once.
+    pub host: HeaderValue,
 }
 
 impl Upstream {
@@ -81,9 +84,12 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{authority}` is not a Host header value"))?;
         Ok(Upstream {
             authority,
             path_and_query,
+            host,
         })
     }
 

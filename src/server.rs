@@ -675,6 +675,9 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        // The head's deadline is the watchdog's (below); hyper's own default (30 s)
+        // would arm and drop a timer for every request.
+        .header_read_timeout(None)
         .keep_alive(!limits.keepalive_idle.is_zero())
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192) + 64 * 1024)

@@ -4,6 +4,9 @@
 //! protection, between a blocking client and a stub upstream that allocate nothing per
 //! request, so every allocation counted is the sidecar's.
 //!
+//! It also prints the size of one request's pipeline future: the server boxes it per
+//! request, so every byte of it is allocated (and moved) for every request.
+//!
 //!   cargo run --release --features bench-tools --bin load-allocs [REQUESTS]
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -147,6 +150,15 @@ listeners:
         .enable_all()
         .build()?;
     let rt = Runtime::new(settings, Metrics::new())?;
+    let future = bsk_sidecar::pipeline::handle(
+        rt.clone(),
+        std::sync::Arc::new(bsk_sidecar::pipeline::InFlight::new()),
+        0,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        http::Request::new(http_body_util::Full::new(bytes::Bytes::new())),
+    );
+    let future_bytes = std::mem::size_of_val(&future);
+    drop(future);
     let bound = tokio.block_on(bsk_sidecar::server::bind(&rt))?;
     let addr = bound.addr_of(&rt, "public").ok_or("no listener")?;
     tokio.spawn(bsk_sidecar::server::serve(
@@ -217,7 +229,8 @@ listeners:
     let allocs = ALLOCS.load(Ordering::Relaxed) - counted.0;
     let bytes = BYTES.load(Ordering::Relaxed) - counted.1;
     println!(
-        "{requests} requests: {:.1} allocations and {:.0} bytes allocated per request",
+        "{requests} requests: {:.1} allocations and {:.0} bytes allocated per request; \
+         the pipeline's future is {future_bytes} bytes",
         allocs as f64 / requests as f64,
         bytes as f64 / requests as f64
     );

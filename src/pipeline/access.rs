@@ -12,11 +12,12 @@ use http_body_util::Full;
 use crate::error::{Fault, Reject};
 use crate::runtime::{ListenerRt, Runtime};
 
-/// What the log line and metrics learn about a request as it goes.
+/// What the log line and metrics learn about a request as it goes (the route and peer
+/// names borrowed from the runtime the request is served by).
 #[derive(Default)]
-pub(super) struct Trace {
-    pub(super) route: Option<String>,
-    pub(super) peer: Option<String>,
+pub(super) struct Trace<'a> {
+    pub(super) route: Option<&'a str>,
+    pub(super) peer: Option<&'a str>,
     pub(super) userid: Option<String>,
     pub(super) ticket_no: Option<String>,
     pub(super) upstream_status: Option<u16>,
@@ -28,12 +29,12 @@ pub(super) fn finish(
     lst: &ListenerRt,
     client: IpAddr,
     request_id: &str,
-    trace: &Trace,
+    trace: &Trace<'_>,
     start: Instant,
     result: Result<Response<Full<Bytes>>, Reject>,
 ) -> Response<Full<Bytes>> {
-    let route_label = trace.route.as_deref().unwrap_or("unmatched");
-    let peer_label = trace.peer.as_deref().unwrap_or("none");
+    let route_label = trace.route.unwrap_or("unmatched");
+    let peer_label = trace.peer.unwrap_or("none");
     let elapsed = start.elapsed();
     rt.metrics
         .request_seconds

@@ -19,7 +19,7 @@ pub(super) async fn push(
     egress: &Egress,
     remote: &Remote,
     body: Bytes,
-    trace: &mut Trace,
+    trace: &mut Trace<'_>,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let rt = cx.rt;
     rt.settings.limits.json.check(&body)?;

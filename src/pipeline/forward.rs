@@ -26,7 +26,7 @@ pub(super) async fn to_upstream(
     parts: &Parts,
     plain: Bytes,
     held: Option<Held>,
-    trace: &mut Trace,
+    trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let cfg = &cx.route.cfg;
     let req = headers::upstream_request(cfg, upstream, parts, cx.client, cx.request_id, plain)?;
@@ -63,7 +63,7 @@ pub(super) async fn to_journal(
     egress: &Egress,
     plain: &Bytes,
     held: Option<Held>,
-    trace: &mut Trace,
+    trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let answer = crate::egress::serve_journal(egress, &cx.route.cfg, plain).await?;
     if let Some(r) = held {

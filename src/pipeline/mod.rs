@@ -130,13 +130,13 @@ where
 }
 
 /// The stages, in order. Each `?` is a place a request can be refused.
-async fn run<B>(
-    rt: &Runtime,
-    lst: &ListenerRt,
+async fn run<'a, B>(
+    rt: &'a Runtime,
+    lst: &'a ListenerRt,
     client: IpAddr,
     req: Request<B>,
     request_id: &str,
-    trace: &mut access::Trace,
+    trace: &mut access::Trace<'a>,
 ) -> Result<Response<Full<Bytes>>, Reject>
 where
     B: Body<Data = Bytes>,
@@ -157,8 +157,10 @@ where
     let cfg = &route.cfg;
     let body = body::read(cfg, &parts.headers, body).await?;
     let ingress = match &route.destination {
+        // The egress and journal paths are boxed: their futures are large, and an
+        // ingress request's future would otherwise carry room for them.
         Destination::Remote(remote, egress) => {
-            return egress::push(&cx, egress, remote, body, trace).await
+            return Box::pin(egress::push(&cx, egress, remote, body, trace)).await
         }
         Destination::Upstream(u) => Ingress::Upstream(u),
         Destination::Journal(egress) => Ingress::Journal(egress),
@@ -179,7 +181,9 @@ where
     let plain = Bytes::from(opened.plain);
     let answer = match ingress {
         Ingress::Upstream(u) => forward::to_upstream(&cx, u, &parts, plain, held, trace).await?,
-        Ingress::Journal(egress) => forward::to_journal(&cx, egress, &plain, held, trace).await?,
+        Ingress::Journal(egress) => {
+            Box::pin(forward::to_journal(&cx, egress, &plain, held, trace)).await?
+        }
     };
     respond::respond(cfg, shape, answer, request_id, now)
 }

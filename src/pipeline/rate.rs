@@ -55,7 +55,9 @@ async fn limit(
     let Some(fleet) = &rt.fleet else {
         return local_check();
     };
-    match fleet.check_rate(&rt.metrics, &name(), spec).await {
+    // Boxed: the Redis exchange's future is several KiB, and every request's future
+    // would otherwise keep room for it.
+    match Box::pin(fleet.check_rate(&rt.metrics, &name(), spec)).await {
         Ok(Verdict::Admit) => Ok(()),
         Ok(Verdict::Wait(d)) => Err(refused(d)),
         Err(_) => match fleet.settings().on_down {

@@ -84,7 +84,8 @@ impl Held {
 async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Held, Reject> {
     if let Some(fleet) = &rt.fleet {
         let ttl = Duration::from_secs(expiry.saturating_sub(now).max(1));
-        return match fleet.reserve(&rt.metrics, key, ttl).await {
+        // Boxed, as in the rate stage: only a fleet's requests pay for the room.
+        return match Box::pin(fleet.reserve(&rt.metrics, key, ttl)).await {
             Ok(true) => Ok(Held::Fleet(Box::new(FleetReservation::new(
                 fleet.clone(),
                 rt.metrics.clone(),
@@ -115,7 +116,10 @@ fn admit(
     };
     let now_i = i64::try_from(now).unwrap_or(i64::MAX);
     let leeway = window.leeway.as_secs();
-    let (kind, id, expiry) = if cfg.layers.contains(&Layer::Jwt) {
+    // The key hashes its parts where they lie: the route's path, then the token's id, or
+    // the user, ticket and status the payload names.
+    let path = cfg.path.as_str();
+    if cfg.layers.contains(&Layer::Jwt) {
         if opened.jwt_iat.is_none() && opened.jwt_exp.is_none() {
             return Err(Reject::Stale(Stale::MissingTimestamp));
         }
@@ -137,7 +141,11 @@ fn admit(
                 .saturating_add(leeway),
             (None, None) => now,
         };
-        (kind, vec![id.to_owned()], until.max(now.saturating_add(1)))
+        if !cfg.replay {
+            return Ok(None);
+        }
+        let key = ReplayKey::new(&cfg.peer.name, kind, &[path, id]);
+        Ok(Some((key, until.max(now.saturating_add(1)))))
     } else {
         let stamp = match cfg.fresh_on {
             FreshOn::Ticket => ids.ticket_no.as_deref(),
@@ -152,17 +160,18 @@ fn admit(
         let until = now
             .saturating_add(window.max_age.as_secs())
             .saturating_add(2 * leeway);
-        let parts = vec![
-            ids.userid.clone().unwrap_or_default(),
-            ticket,
-            ids.application_status.clone().unwrap_or_default(),
+        if !cfg.replay {
+            return Ok(None);
+        }
+        let parts = [
+            path,
+            ids.userid.as_deref().unwrap_or_default(),
+            &ticket,
+            ids.application_status.as_deref().unwrap_or_default(),
         ];
-        ("ticket", parts, until)
-    };
-    if !cfg.replay {
-        return Ok(None);
+        Ok(Some((
+            ReplayKey::new(&cfg.peer.name, "ticket", &parts),
+            until,
+        )))
     }
-    let mut parts = vec![cfg.path.as_str()];
-    parts.extend(id.iter().map(String::as_str));
-    Ok(Some((ReplayKey::new(&cfg.peer.name, kind, &parts), expiry)))
 }

@@ -44,7 +44,7 @@ pub(super) fn respond(
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(crate::error::X_REQUEST_ID, v);
     }
     Ok(resp)
 }

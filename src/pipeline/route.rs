@@ -21,12 +21,12 @@ use crate::runtime::{ListenerRt, RouteRt};
 pub(super) fn select<'a, B>(
     lst: &'a ListenerRt,
     req: &Request<B>,
-    trace: &mut Trace,
+    trace: &mut Trace<'a>,
 ) -> Result<&'a RouteRt, Reject> {
     let route = lst.routes.get(req.uri().path()).ok_or(Reject::NotFound)?;
     let cfg = &route.cfg;
-    trace.route = Some(cfg.path.clone());
-    trace.peer = Some(cfg.peer.name.clone());
+    trace.route = Some(&cfg.path);
+    trace.peer = Some(&cfg.peer.name);
     if req.method() != cfg.method {
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
