@@ -17,6 +17,9 @@
 #   PERF_LABEL=logged               profile this target instead of "sidecar"
 #   LOGS=1                          also measure the sidecar with its access log on (one line
 #                                   per request, to a file) as "logged"
+#   NGINX_ALL=1                     also measure nginx with one worker process per core
+#                                   ("nginx-all"; "nginx" runs one), and print the ratios
+#                                   against it
 #   REDIS=1                         also measure the sidecar with `state.backend.redis` on a
 #                                   local redis-server (replay cache and peer/route limits
 #                                   shared) as "redis", and print what the Redis checks add
@@ -67,6 +70,7 @@ cleanup() {
   [ -n "$RD_PID" ] && kill "$RD_PID" 2>/dev/null
   nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
   nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null || true
+  [ -f "$WORK/pa/nginx.conf" ] && nginx -p "$WORK/pa" -c "$WORK/pa/nginx.conf" -s stop 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -74,10 +78,10 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port); RD=$(free_port)
 
-nginx_conf() { # $1 dir, $2 server blocks
+nginx_conf() { # $1 dir, $2 server blocks, $3 worker processes (default 1)
   mkdir -p "$1/logs"
   cat > "$1/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes ${3:-1};
 daemon on;
 pid $1/nginx.pid;
 error_log $1/logs/error.log warn;
@@ -100,6 +104,16 @@ nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "$UP"; wait_port "$PX"
+# NGINX_ALL=1: the same proxy with one worker process per core, as the sidecar's default
+# runs one connection worker per core.
+if [ "${NGINX_ALL:-0}" = 1 ]; then
+  PA=$(free_port)
+  nginx_conf "$WORK/pa" "server { listen 127.0.0.1:$PA; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" auto
+  nginx -p "$WORK/pa" -c "$WORK/pa/nginx.conf"
+  wait_port "$PA"
+  PA_MASTER=$(cat "$WORK/pa/nginx.pid")
+  PA_PIDS="$PA_MASTER $(pgrep -P "$PA_MASTER" | tr '\n' ' ')"
+fi
 UP_MASTER=$(cat "$WORK/up/nginx.pid")
 UP_PIDS="$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')"
 PX_MASTER=$(cat "$WORK/px/nginx.pid")
@@ -217,6 +231,7 @@ print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f}
 }
 
 TARGETS="nginx"
+[ "${NGINX_ALL:-0}" = 1 ] && TARGETS="$TARGETS nginx-all"
 [ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
 TARGETS="$TARGETS sidecar"
 [ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
@@ -257,6 +272,8 @@ for round in $(seq "$ROUNDS"); do
     for t in $order; do
       if [ "$t" = nginx ]; then
         measure nginx "$c" "$PX" $PX_PIDS
+      elif [ "$t" = nginx-all ]; then
+        measure nginx-all "$c" "$PA" $PA_PIDS
       else
         start_sidecar "$(bin_of "$t")" "$(backend_of "$t")" "$(level_of "$t")" "$(workers_of "$t")"
         r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
@@ -274,7 +291,7 @@ done
 if [ "$IDLE" -gt 0 ]; then
   "$GEN" 1 > "$WORK/one.txt"
   for t in $TARGETS; do
-    if [ "$t" = nginx ] || [ "$t" = redis ] || [ "$t" = logged ]; then continue; fi
+    if [ "$t" = nginx ] || [ "$t" = nginx-all ] || [ "$t" = redis ] || [ "$t" = logged ]; then continue; fi
     start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
     held=$(python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt" "$SC_PID" "$IDLE_HOLD")
@@ -337,11 +354,15 @@ print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     print(f"{t:9} {c:>5} " + " ".join(f"{x:>18.2f}" for x in v))
 for c in sorted({c for _, c in med}):
-    for t in sorted({t for t, _ in med} - {"nginx"}):
+    for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
             print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
-    for t in sorted({t for t, _ in med} - {"nginx", "baseline"}):
+    for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
+        if (t, c) in med and ("nginx-all", c) in med:
+            a, n = med[(t, c)], med[("nginx-all", c)]
+            print(f"c={c} {t}/nginx-all: CPU/req {a[3]/n[3]:.2f}x  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms")
+    for t in sorted({t for t, _ in med} - {"nginx", "nginx-all", "baseline"}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
