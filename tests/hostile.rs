@@ -4238,13 +4238,11 @@ listeners:
     let to = proc.addr("public");
     let stranger = ip(127, 0, 0, 9);
     let refused = |text: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with("bsk_sidecar_connections_refused_total{")
-                    && l.contains(r#"reason="ip_denied""#)
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            .unwrap_or(0)
+        let denied: String = (text.lines())
+            .filter(|l| l.contains(r#"reason="ip_denied""#))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        metric_sum(&denied, "bsk_sidecar_connections_refused_total") as usize
     };
     // Each line of the refusal, as the number of refusals it stands for.
     let lines = |log: &str| {

@@ -99,7 +99,11 @@ CONF
 }
 nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }
   server { listen 127.0.0.1:$ST; location / { stub_status; } }"
-nginx_conf "$WORK/px" "server { listen 127.0.0.1:$PX; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+# nginx as a plain reverse proxy to the upstream, listening on port $1.
+proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"; }
+# An nginx instance's master and worker pids, from its directory.
+pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+nginx_conf "$WORK/px" "$(proxy_block "$PX")"
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
@@ -108,16 +112,13 @@ wait_port "$UP"; wait_port "$PX"
 # runs one connection worker per core.
 if [ "${NGINX_ALL:-0}" = 1 ]; then
   PA=$(free_port)
-  nginx_conf "$WORK/pa" "server { listen 127.0.0.1:$PA; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" auto
+  nginx_conf "$WORK/pa" "$(proxy_block "$PA")" auto
   nginx -p "$WORK/pa" -c "$WORK/pa/nginx.conf"
   wait_port "$PA"
-  PA_MASTER=$(cat "$WORK/pa/nginx.pid")
-  PA_PIDS="$PA_MASTER $(pgrep -P "$PA_MASTER" | tr '\n' ' ')"
+  PA_PIDS=$(pids_of "$WORK/pa")
 fi
-UP_MASTER=$(cat "$WORK/up/nginx.pid")
-UP_PIDS="$UP_MASTER $(pgrep -P "$UP_MASTER" | tr '\n' ' ')"
-PX_MASTER=$(cat "$WORK/px/nginx.pid")
-PX_PIDS="$PX_MASTER $(pgrep -P "$PX_MASTER" | tr '\n' ' ')"
+UP_PIDS=$(pids_of "$WORK/up")
+PX_PIDS=$(pids_of "$WORK/px")
 
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
 # limits are raised so the benchmark measures the work, not the refusals.

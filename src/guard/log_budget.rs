@@ -10,18 +10,18 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+
+use crate::guard::rate::{Limiter, RateSpec};
 
 /// Lines per second for refusals of unauthenticated connections, process-wide.
 pub const REFUSALS_PER_SECOND: u32 = 10;
 /// Lines written at once before the rate applies.
 pub const REFUSAL_BURST: u32 = 20;
 
-/// One budget of log lines, shared by every thread that writes such lines.
+/// One budget of log lines, shared by every thread that writes such lines: a bucket
+/// like a peer's or a route's, and the count of lines it left out.
 pub struct LogBudget<C: Clock = DefaultClock> {
-    limiter: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    bucket: Limiter<C>,
     suppressed: AtomicU64,
 }
 
@@ -36,10 +36,12 @@ impl LogBudget {
 impl<C: Clock> LogBudget<C> {
     /// `per_second` lines a second after a burst of `burst` (each at least 1).
     pub fn with_clock(per_second: u32, burst: u32, clock: C) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let at_least_1 = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         LogBudget {
-            limiter: RateLimiter::direct_with_clock(quota, clock),
+            bucket: Limiter::with_clock(
+                RateSpec::new(at_least_1(per_second), at_least_1(burst)),
+                clock,
+            ),
             suppressed: AtomicU64::new(0),
         }
     }
@@ -47,7 +49,7 @@ impl<C: Clock> LogBudget<C> {
     /// `Some(n)` when a line may be written now, `n` being the lines left out since the
     /// last one written; `None` when this line is to be left out (and is counted).
     pub fn admit(&self) -> Option<u64> {
-        if self.limiter.check().is_ok() {
+        if self.bucket.check().is_ok() {
             Some(self.suppressed.swap(0, Ordering::Relaxed))
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
