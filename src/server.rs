@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -275,9 +276,22 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = %name, %addr, "listening");
     }
+    // Accepted as plain sockets: a refused connection is closed without ever being
+    // registered with a reactor, and an admitted one is registered once, on its worker
+    // (a refusal costs 0.88x the CPU: BENCHMARKS.md). `AsyncFd::new` is deprecated
+    // because a type could close its descriptor while it is registered; the listener
+    // here is owned by the `AsyncFd` and closed only when it is dropped.
+    #[allow(deprecated)]
+    let listener = match listener.into_std().and_then(AsyncFd::new) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot watch the listening socket");
+            return;
+        }
+    };
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = accept(&listener) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -329,26 +343,35 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
     }
 }
 
+/// The next connection on `listener` (non-blocking), as a socket no reactor watches yet.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+            return accepted;
+        }
+    }
+}
+
 impl Shared {
-    /// Moves an admitted connection off this runtime's reactor onto the next worker's
-    /// (registered there, on its thread), where it is served until it closes.
+    /// Hands an admitted connection to the next worker, whose reactor registers it (on
+    /// that worker's thread) and where it is served until it closes.
     fn hand_off(
         &self,
         live: &Arc<Live>,
         idx: usize,
-        stream: TcpStream,
+        stream: std::net::TcpStream,
         ip: IpAddr,
         via_proxy: bool,
         slot: ConnSlot,
     ) {
         let _ = stream.set_nodelay(true);
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(client = %ip, error = %e, "cannot hand the connection to a worker");
-                return;
-            }
-        };
+        if let Err(e) = stream.set_nonblocking(true) {
+            tracing::warn!(client = %ip, error = %e, "cannot hand the connection to a worker");
+            return;
+        }
         let (live, in_flight) = (live.clone(), self.in_flight.clone());
         let (stop, done) = (self.stop.clone(), self.done.clone());
         let refusal_log = self.refusal_log.clone();
