@@ -297,9 +297,24 @@ impl RequestIds {
         }
     }
 
+    /// `{prefix:08x}-{counter:010x}`, written digit by digit: one per request, so without
+    /// the formatting machinery.
     fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{:010x}", self.prefix, n)
+        let mut id = String::with_capacity(19);
+        push_hex(&mut id, u64::from(self.prefix), 8);
+        id.push('-');
+        push_hex(&mut id, n, 10);
+        id
+    }
+}
+
+/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
+fn push_hex(s: &mut String, v: u64, width: u32) {
+    let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
+        s.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
     }
 }
 
@@ -385,5 +400,29 @@ mod carry {
             out.push(Some(state));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_read_as_zero_padded_hex_and_never_repeat() {
+        let cases = [
+            (0u32, 0u64),
+            (0xdead_beef, 1),
+            (7, 0xff_ffff_ffff),
+            (u32::MAX, 0x100_0000_0000),
+            (1, u64::MAX - 1),
+        ];
+        for (prefix, n) in cases {
+            let ids = RequestIds {
+                prefix,
+                counter: AtomicU64::new(n),
+            };
+            assert_eq!(ids.next(), format!("{prefix:08x}-{n:010x}"));
+            assert_eq!(ids.next(), format!("{prefix:08x}-{:010x}", n + 1));
+        }
     }
 }

@@ -120,12 +120,20 @@ pub(super) fn upstream_request(
         X_BSK_PEER,
         HeaderValue::from_str(&cfg.peer.name).map_err(|_| Reject::Internal)?,
     );
-    headers.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&crate::guard::ip::canonical(client).to_string())
-            .map_err(|_| Reject::Internal)?,
-    );
+    headers.insert(X_FORWARDED_FOR, address_value(client)?);
     Ok(req)
+}
+
+/// The client's address as a header value, written on the stack rather than into a
+/// `String` first.
+fn address_value(client: IpAddr) -> Result<HeaderValue, Reject> {
+    use std::io::Write;
+    // The longest text form of an IPv6 address is 45 bytes.
+    let mut text = std::io::Cursor::new([0u8; 48]);
+    write!(text, "{}", crate::guard::ip::canonical(client)).map_err(|_| Reject::Internal)?;
+    let len = usize::try_from(text.position()).map_err(|_| Reject::Internal)?;
+    let bytes = text.get_ref().get(..len).ok_or(Reject::Internal)?;
+    HeaderValue::from_bytes(bytes).map_err(|_| Reject::Internal)
 }
 
 /// Response headers that describe the application's hop, not the answer (and its
@@ -182,5 +190,20 @@ mod tests {
             ("connection", "Foo"),
         ]);
         assert_eq!(connection_listed(&h), ["keep-alive", "x-secret", "foo"]);
+    }
+
+    #[test]
+    fn the_client_address_is_written_as_text() {
+        for (ip, text) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:198.51.100.1", "198.51.100.1"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+            ),
+        ] {
+            let v = address_value(ip.parse().unwrap()).unwrap();
+            assert_eq!(v.to_str().unwrap(), text);
+        }
     }
 }
