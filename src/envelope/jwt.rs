@@ -1,6 +1,6 @@
 //! `jwt` layer: compact JWS with an HMAC algorithm (HS256 by default), verified with
-//! `jsonwebtoken`'s header parser and HMAC, with the time claims checked against an injected
-//! clock so tests can pin it.
+//! `jsonwebtoken`'s header parser and the HMAC it uses (RustCrypto's `hmac`), with the time
+//! claims checked against an injected clock so tests can pin it.
 //!
 //! The payload handed on is the base64url-decoded middle segment exactly as the sender wrote
 //! it, never a re-serialisation of the claims (a 17-digit `ticketNo` survives byte-for-byte).
@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -250,13 +250,7 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     let named = kid
         .as_deref()
         .and_then(|kid| key.secret.accepted().find(|s| s.kid() == Some(kid)));
-    let verifies = |s: &Secret| {
-        let decoding_key = DecodingKey::from_secret(s.expose());
-        matches!(
-            jsonwebtoken::crypto::verify(signature_b64, message, &decoding_key, alg),
-            Ok(true)
-        )
-    };
+    let verifies = |s: &Secret| hmac_verifies(alg, s.expose(), message, signature_b64);
     let verified = match named {
         Some(s) => verifies(s),
         None => key.secret.accepted().any(verifies),
@@ -268,6 +262,41 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| Failure::MalformedToken)
+}
+
+/// Whether `signature_b64` (base64url without padding, as the token carries it) is `alg`'s
+/// HMAC of `message` under `secret`, compared in constant time. The HMAC crate is the one
+/// `jsonwebtoken` verifies with, used here directly: its state stays on the stack, where
+/// the crate's verifier copied the secret into a key and a boxed verifier per token.
+fn hmac_verifies(alg: Algorithm, secret: &[u8], message: &[u8], signature_b64: &str) -> bool {
+    use hmac::digest::KeyInit;
+    use hmac::{Hmac, Mac};
+    use sha2::{Sha256, Sha384, Sha512};
+
+    fn check<M: Mac + KeyInit>(secret: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret) else {
+            return false;
+        };
+        mac.update(message);
+        // Refuses a tag of any other length than the algorithm's.
+        mac.verify_slice(signature).is_ok()
+    }
+
+    // Room for the longest tag (HS512: 64 bytes) and the decoder's estimate of it; a longer
+    // signature does not fit and is refused.
+    let mut tag = [0u8; 72];
+    let Ok(len) = URL_SAFE_NO_PAD.decode_slice(signature_b64, &mut tag) else {
+        return false;
+    };
+    let Some(tag) = tag.get(..len) else {
+        return false;
+    };
+    match alg {
+        Algorithm::HS256 => check::<Hmac<Sha256>>(secret, message, tag),
+        Algorithm::HS384 => check::<Hmac<Sha384>>(secret, message, tag),
+        Algorithm::HS512 => check::<Hmac<Sha512>>(secret, message, tag),
+        _ => false,
+    }
 }
 
 /// Reads the JOSE header far enough to decide whether its `alg` is acceptable.
@@ -452,5 +481,72 @@ mod rotation_tests {
         // A kid we do not hold: every secret is tried.
         let unknown = sign(&key(Secret::new(OLD).with_kid("elsewhere")), b"{}").unwrap();
         assert!(verify(&both, &unknown, 0).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod hmac_tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"a shared secret of at least 32 bytes";
+
+    /// `message` signed by `jsonwebtoken` itself, as `(message, signature)`.
+    fn signed(alg: Algorithm) -> (String, String) {
+        let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg:?}"}}"#));
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode("{}"));
+        let key = EncodingKey::from_secret(SECRET);
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
+        (message, signature)
+    }
+
+    #[test]
+    fn tags_made_by_jsonwebtoken_verify_and_any_change_to_them_is_refused() {
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let (message, sig) = signed(alg);
+            assert!(
+                hmac_verifies(alg, SECRET, message.as_bytes(), &sig),
+                "{alg:?}"
+            );
+            assert!(!hmac_verifies(
+                alg,
+                b"another secret",
+                message.as_bytes(),
+                &sig
+            ));
+            assert!(!hmac_verifies(alg, SECRET, b"another message", &sig));
+            // Truncated, lengthened, one character changed, padded, not base64url.
+            let shorter = sig.get(..sig.len() - 2).unwrap();
+            let mut flipped = sig.clone().into_bytes();
+            flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+            let flipped = String::from_utf8(flipped).unwrap();
+            for bad in [
+                shorter.to_owned(),
+                format!("{sig}AA"),
+                flipped,
+                format!("{sig}="),
+                sig.replace(|c: char| c.is_ascii_alphanumeric(), "+"),
+                String::new(),
+            ] {
+                assert!(
+                    !hmac_verifies(alg, SECRET, message.as_bytes(), &bad),
+                    "{alg:?} {bad}"
+                );
+            }
+            // Another algorithm's tag over the same message.
+            for other in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+                if other != alg {
+                    let (_, theirs) = signed(other);
+                    assert!(!hmac_verifies(alg, SECRET, message.as_bytes(), &theirs));
+                }
+            }
+        }
+        // Not an HMAC algorithm: never verifies, whatever the tag.
+        let (message, sig) = signed(Algorithm::HS256);
+        assert!(!hmac_verifies(
+            Algorithm::RS256,
+            SECRET,
+            message.as_bytes(),
+            &sig
+        ));
     }
 }
