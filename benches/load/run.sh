@@ -15,6 +15,9 @@
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
 #   PERF_LABEL=logged               profile this target instead of "sidecar"
+#   PERF_ARGS="-F 2999 --call-graph dwarf,16384"
+#                                   perf's sampling options (default: -F 499 -g); with DWARF
+#                                   call graphs, components.py groups the samples by component
 #   LOGS=1                          also measure the sidecar with its access log on (one line
 #                                   per request, to a file) as "logged"
 #   NGINX_ALL=1                     also measure nginx with one worker process per core
@@ -204,7 +207,8 @@ measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
   local t0 u0 a0 s0 out t1 u1 a1 s1
   a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS); s0=$(switches "$@")
   if [ -n "${PERF:-}" ] && [ "$label" = "${PERF_LABEL:-sidecar}" ]; then
-    perf record -q -F 499 -g -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of perf options
+    perf record -q ${PERF_ARGS:--F 499 -g} -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
   fi
   out=$(wrk -t1 -c"$c" -d"${DUR}s" --latency -s "$WORK/bodies.lua" "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
   t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts); s1=$(switches "$@")
