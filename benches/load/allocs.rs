@@ -34,19 +34,34 @@ static INNER: std::alloc::System = std::alloc::System;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Allocations by size: index n counts sizes of n significant bits (up to 2^n - 1 bytes),
+/// the last one everything larger.
+const CLASSES: usize = 24;
+static BY_SIZE: [AtomicU64; CLASSES] = [const { AtomicU64::new(0) }; CLASSES];
+
+fn count(size: usize) {
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
+    BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    let class = (usize::BITS - size.leading_zeros()) as usize;
+    if let Some(c) = BY_SIZE.get(class.min(CLASSES - 1)) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn by_size() -> [u64; CLASSES] {
+    std::array::from_fn(|i| BY_SIZE.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        count(layout.size());
         INNER.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         INNER.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        count(new_size);
         INNER.realloc(ptr, layout, new_size)
     }
 }
@@ -207,12 +222,14 @@ listeners:
     s.set_nodelay(true)?;
     let mut buf = vec![0u8; 1 << 16];
     let mut counted = (0, 0);
+    let mut sizes_before = [0; CLASSES];
     for (i, req) in wire.iter().enumerate() {
         if i == WARMUP {
             counted = (
                 ALLOCS.load(Ordering::Relaxed),
                 BYTES.load(Ordering::Relaxed),
             );
+            sizes_before = by_size();
         }
         s.write_all(req)?;
         if !read_message(&mut s, &mut buf)? {
@@ -234,6 +251,19 @@ listeners:
         allocs as f64 / requests as f64,
         bytes as f64 / requests as f64
     );
+    println!("by size, per request:");
+    for (class, (after, before)) in by_size().iter().zip(sizes_before).enumerate() {
+        let per_request = (after - before) as f64 / requests as f64;
+        if per_request >= 0.05 {
+            let low = if class == 0 { 0 } else { 1u64 << (class - 1) };
+            let high = if class == CLASSES - 1 {
+                "more".to_owned()
+            } else {
+                ((1u64 << class) - 1).to_string()
+            };
+            println!("  {low:>7}..{high:<7} bytes: {per_request:5.1}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
