@@ -353,6 +353,11 @@ for line in open(sys.argv[1]):
         flood[f[1]] = f; continue
     rows.setdefault((f[0], int(f[1])), []).append([float(x) for x in f[2:]])
 med = {k: [st.median(col) for col in zip(*v)] for k, v in rows.items()}
+def per_round(t, other, c):
+    # CPU/req of t against other, round by round (the two measured within minutes of
+    # each other), to show how far this machine's noise moves one ratio.
+    pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
+    return ", ".join(f"{a[3] / b[3]:.2f}" for a, b in pairs if b[3])
 cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req"]
 print("\nmedian over rounds:")
 print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
@@ -362,7 +367,7 @@ for c in sorted({c for _, c in med}):
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
-            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
+            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c)})  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx-all", c) in med:
             a, n = med[(t, c)], med[("nginx-all", c)]
@@ -370,7 +375,7 @@ for c in sorted({c for _, c in med}):
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all", "baseline"}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
-            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)})  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
     if ("logged", c) in med and ("sidecar", c) in med:
         l, e = med[("logged", c)], med[("sidecar", c)]
         print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms  context switches/req {l[8]:.3f}/{e[8]:.3f}")
