@@ -111,6 +111,8 @@ fn nz(n: u32) -> NonZeroU32 {
 #[derive(Debug)]
 pub struct Peer {
     pub name: String,
+    /// The name as the application receives it in `X-BSK-Peer`, made once.
+    pub header: http::HeaderValue,
     pub keys: PeerKeys,
     pub allow: Option<AllowList>,
     pub rate: Option<RateSpec>,
@@ -624,11 +626,20 @@ fn peer(check: &mut Check<'_>, name: &str, raw: RawPeer, base: &Path) -> Option<
     let url = raw.url.and_then(|u| peer_url(check, &p, u));
     let tls = peer_tls(check, &p, raw.tls, base);
     let client_cert = raw.tls_client.map(|t| cert_binding(check, &p, t));
+    let header = http::HeaderValue::from_str(name).ok();
+    if header.is_none() {
+        check.err(
+            p.clone(),
+            "the name is sent to the application in the X-BSK-Peer header, so it must not \
+             hold a control character",
+        );
+    }
     if check.count() > before {
         return None;
     }
     Some(Peer {
         name: name.to_string(),
+        header: header?,
         keys: PeerKeys {
             agid: raw.agid,
             passcode,

@@ -117,6 +117,28 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn a_peer_name_the_application_header_cannot_carry_is_refused() {
+    // The name reaches the application as `X-BSK-Peer`; a control character in it would
+    // otherwise fail every forwarded request of the peer.
+    let yaml = good()
+        .replace("  bsk:\n", "  \"bsk\\t\\a\":\n")
+        .replace("from: bsk", "from: \"bsk\\t\\a\"");
+    let errs = errors(&yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "peers.bsk\t\u{7}" && e.message.contains("X-BSK-Peer")),
+        "{errs:?}"
+    );
+    // Tabs, spaces and letters beyond ASCII are carried as they are.
+    let yaml = good()
+        .replace("  bsk:\n", "  \"বিএসকে portal\t1\":\n")
+        .replace("from: bsk", "from: \"বিএসকে portal\t1\"");
+    let s = from_yaml(&yaml, "test.yaml", Path::new(".")).unwrap();
+    let peer = &s.peers["বিএসকে portal\t1"];
+    assert_eq!(peer.header.as_bytes(), "বিএসকে portal\t1".as_bytes());
+}
+
+#[test]
 fn unknown_peer_in_route_is_named() {
     let yaml = good().replace(
         "        from: bsk\n        envelope: [token, jwt]",

@@ -52,6 +52,7 @@ fn replies_on_a_passcode_stack_open_without_a_passcode() {
 
     let peer = Peer {
         name: "bsk".into(),
+        header: http::HeaderValue::from_static("bsk"),
         keys: PeerKeys {
             agid: "BSK".into(),
             passcode: Some(Secret::new("376423")),

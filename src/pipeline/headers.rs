@@ -116,10 +116,7 @@ pub(super) fn upstream_request(
         X_REQUEST_ID,
         HeaderValue::from_str(request_id).map_err(|_| Reject::Internal)?,
     );
-    headers.insert(
-        X_BSK_PEER,
-        HeaderValue::from_str(&cfg.peer.name).map_err(|_| Reject::Internal)?,
-    );
+    headers.insert(X_BSK_PEER, cfg.peer.header.clone());
     headers.insert(X_FORWARDED_FOR, address_value(client)?);
     Ok(req)
 }
