@@ -117,8 +117,13 @@ fn admit(
     let now_i = i64::try_from(now).unwrap_or(i64::MAX);
     let leeway = window.leeway.as_secs();
     // The key hashes its parts where they lie: the route's path, then the token's id, or
-    // the user, ticket and status the payload names.
+    // the user, ticket and status the payload names. Freshness is checked either way; the
+    // key is made only when the route refuses replays.
     let path = cfg.path.as_str();
+    let held = |kind: &str, parts: &[&str], until: u64| {
+        cfg.replay
+            .then(|| (ReplayKey::new(&cfg.peer.name, kind, parts), until))
+    };
     if cfg.layers.contains(&Layer::Jwt) {
         if opened.jwt_iat.is_none() && opened.jwt_exp.is_none() {
             return Err(Reject::Stale(Stale::MissingTimestamp));
@@ -141,11 +146,7 @@ fn admit(
                 .saturating_add(leeway),
             (None, None) => now,
         };
-        if !cfg.replay {
-            return Ok(None);
-        }
-        let key = ReplayKey::new(&cfg.peer.name, kind, &[path, id]);
-        Ok(Some((key, until.max(now.saturating_add(1)))))
+        Ok(held(kind, &[path, id], until.max(now.saturating_add(1))))
     } else {
         let stamp = match cfg.fresh_on {
             FreshOn::Ticket => ids.ticket_no.as_deref(),
@@ -160,18 +161,8 @@ fn admit(
         let until = now
             .saturating_add(window.max_age.as_secs())
             .saturating_add(2 * leeway);
-        if !cfg.replay {
-            return Ok(None);
-        }
-        let parts = [
-            path,
-            ids.userid.as_deref().unwrap_or_default(),
-            &ticket,
-            ids.application_status.as_deref().unwrap_or_default(),
-        ];
-        Ok(Some((
-            ReplayKey::new(&cfg.peer.name, "ticket", &parts),
-            until,
-        )))
+        let user = ids.userid.as_deref().unwrap_or_default();
+        let status = ids.application_status.as_deref().unwrap_or_default();
+        Ok(held("ticket", &[path, user, &ticket, status], until))
     }
 }
