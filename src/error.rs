@@ -22,6 +22,15 @@ use crate::guard::schema::Problem;
 /// once: a name made from a `&str` is copied each time).
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// Names the request in `headers` (`X-Request-Id`), as every answer and every forwarded
+/// request carries it. The sidecar's own ids are hex; one that is no header value (an id
+/// from elsewhere) is left out rather than failing the message.
+pub fn tag_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+}
+
 /// Whose fault a failed request was: decides the log level and the metric outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -366,9 +375,7 @@ impl Reject {
             }
             _ => {}
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+        tag_request_id(headers, request_id);
         resp
     }
 }

@@ -162,7 +162,7 @@ impl PeerClients {
             .header(header::CONTENT_LENGTH, body.len())
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "bsk-sidecar")
-            .header("x-request-id", request_id)
+            .header(crate::error::X_REQUEST_ID, request_id)
             .body(Full::new(body))
             .map_err(|e| SendError::Request(e.to_string()))?;
         let ct =

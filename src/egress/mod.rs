@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{Delivery, Remote, Route, Settings, Target};
-use crate::error::{json_response, RateScope, Reject};
+use crate::error::{json_response, tag_request_id, RateScope, Reject};
 use crate::guard::rate::Limiter;
 use crate::metrics::Metrics;
 use client::{ClientError, PeerClients};
@@ -175,9 +175,7 @@ fn answer(status: StatusCode, message: &str, id: u64, request_id: &str) -> Respo
         serde_json::Value::from(message)
     );
     let mut r = json_response(status, Bytes::from(body));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        r.headers_mut().insert("x-request-id", v);
-    }
+    tag_request_id(r.headers_mut(), request_id);
     r
 }
 
@@ -200,9 +198,7 @@ fn peer_reply(resp: Response<Bytes>, request_id: &str) -> Response<Full<Bytes>> 
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        out.headers_mut().insert("x-request-id", v);
-    }
+    tag_request_id(out.headers_mut(), request_id);
     out
 }
 

@@ -19,7 +19,7 @@ use http::{Request, Uri};
 use http_body_util::Full;
 
 use crate::config::{Route, Upstream};
-use crate::error::{Reject, X_REQUEST_ID};
+use crate::error::{tag_request_id, Reject};
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
 const X_BSK_PEER: HeaderName = HeaderName::from_static("x-bsk-peer");
@@ -112,10 +112,7 @@ pub(super) fn upstream_request(
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(
-        X_REQUEST_ID,
-        HeaderValue::from_str(request_id).map_err(|_| Reject::Internal)?,
-    );
+    tag_request_id(headers, request_id);
     headers.insert(X_BSK_PEER, cfg.peer.header.clone());
     headers.insert(X_FORWARDED_FOR, address_value(client)?);
     Ok(req)

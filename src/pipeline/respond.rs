@@ -43,9 +43,7 @@ pub(super) fn respond(
     if let Some(ct) = content_type {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert(crate::error::X_REQUEST_ID, v);
-    }
+    crate::error::tag_request_id(headers, request_id);
     Ok(resp)
 }
 
