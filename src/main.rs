@@ -325,7 +325,8 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
 /// thread writes the queue out through a buffer, flushing whenever the queue is empty
 /// (so a quiet sidecar's lines appear at once, a busy one's in few writes). Never lossy:
 /// if the writer falls 4,096 lines behind, requests wait rather than lines vanish. (The
-/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.)
+/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp
+/// and the human format's fields are written by `logfmt`: the defaults' text, for less CPU.
 fn init_logging(
     format: LogFormat,
     default_level: &str,
@@ -345,9 +346,10 @@ fn init_logging(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_timer(bsk_sidecar::logfmt::Timestamp)
         .with_writer(writer);
     match format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Human => builder.fmt_fields(bsk_sidecar::logfmt::Fields).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

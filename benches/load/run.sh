@@ -20,6 +20,8 @@
 #                                   call graphs, components.py groups the samples by component
 #   LOGS=1                          also measure the sidecar with its access log on (one line
 #                                   per request, to a file) as "logged"
+#   LOG_FORMAT=json                 the sidecar's log format (default: human; the shipped
+#                                   systemd unit writes json)
 #   NGINX_ALL=1                     also measure nginx with one worker process per core
 #                                   ("nginx-all"; "nginx" runs one), and print the ratios
 #                                   against it
@@ -172,7 +174,7 @@ start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access
   local state
   state=$(mktemp -d "$WORK/state.XXXX")
   sidecar_conf "$state" "${2:-}" "${4:-}" > "$state.yaml"
-  RUST_LOG=${3:-warn} "$1" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
+  RUST_LOG=${3:-warn} "$1" --log-format "${LOG_FORMAT:-human}" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
 }
