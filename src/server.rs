@@ -323,6 +323,7 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
                 if !allow.contains(ip, &rt.names) {
                     refuse("ip_denied");
                     refusal_line!(shared.refusal_log, listener = %name, client = %ip, "connection refused: address not allowed");
+                    reset(stream);
                     continue;
                 }
             }
@@ -336,10 +337,21 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
             Ok(s) => s,
             Err(reason) => {
                 refuse(reason);
+                reset(stream);
                 continue;
             }
         };
         shared.hand_off(&live, idx, stream, ip, via_proxy, slot);
+    }
+}
+
+/// Closes a connection refused at accept with a reset (`SO_LINGER` 0): its kernel state
+/// is freed at once, where an orderly close keeps it (`FIN_WAIT`, then `TIME_WAIT`) for
+/// up to a minute after every refusal — state a stranger's flood of connections would
+/// otherwise pile up, and work the kernel does per refusal.
+fn reset(stream: std::net::TcpStream) {
+    if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(error = %e, "SO_LINGER not set; the refused connection closes in order");
     }
 }
 
