@@ -10,15 +10,26 @@
 //!   printable ASCII, integers and `%`/`?` values are written directly, anything else
 //!   (the message, strings to escape, floats, errors, colour) by `DefaultFields`' own
 //!   visitor.
+//! - [`Json`]: the line of `fmt().json().flatten_event(true).with_current_span(false)`,
+//!   written field by field without serde's map state; serde_json still writes floats.
+//!
+//! Unit tests format the same events through these and through the defaults and
+//! compare the text byte for byte.
 
 use std::cell::Cell;
 use std::fmt;
 
+use std::fmt::Write as _;
+
 use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
-use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{
+    DefaultFields, DefaultVisitor, Format, Json as JsonFormat, Writer,
+};
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// `YYYY-MM-DDThh:mm:ss`.
 const PREFIX: usize = 19;
@@ -175,31 +186,36 @@ impl Visitor<'_> {
         self.writer.write_char('=')
     }
 
-    fn number(&mut self, field: &Field, negative: bool, mut n: u64) {
+    fn number(&mut self, field: &Field, negative: bool, n: u64) {
         if self.result.is_err() {
             return;
         }
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-            start -= 1;
-            if n == 0 {
-                break;
-            }
-        }
-        let text = digits
-            .get(start..)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .unwrap_or_default();
-        self.result = self.name(field).and_then(|()| {
-            if negative {
-                self.writer.write_char('-')?;
-            }
-            self.writer.write_str(text)
-        });
+        self.result = self
+            .name(field)
+            .and_then(|()| decimal(&mut self.writer, negative, n));
     }
+}
+
+/// `n` in decimal, after a `-` when `negative`.
+fn decimal(w: &mut Writer<'_>, negative: bool, mut n: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+        start -= 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let text = digits
+        .get(start..)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .unwrap_or_default();
+    if negative {
+        w.write_char('-')?;
+    }
+    w.write_str(text)
 }
 
 /// What `{:?}` writes for `s` unchanged between quotes: printable ASCII but for `"`
@@ -276,6 +292,171 @@ impl Visit for Visitor<'_> {
     }
 }
 
+/// One JSON object per line, as `fmt().json().flatten_event(true).with_current_span(false)`
+/// writes it: `timestamp`, `level`, the fields (the message among them), `target`. An
+/// event inside a span (which adds `spans`) is written by that formatter itself.
+pub struct Json {
+    in_span: Format<JsonFormat, Timestamp>,
+}
+
+impl Default for Json {
+    fn default() -> Self {
+        Json {
+            in_span: tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_timer(Timestamp),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let span = (event.parent().and_then(|id| ctx.span(id))).or_else(|| ctx.lookup_current());
+        if span.is_some() {
+            return self.in_span.format_event(ctx, writer, event);
+        }
+        let meta = event.metadata();
+        writer.write_str("{\"timestamp\":\"")?;
+        Timestamp.format_time(&mut writer)?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(meta.level().as_str())?;
+        writer.write_char('"')?;
+        let mut v = JsonVisitor {
+            writer: writer.by_ref(),
+            result: Ok(()),
+        };
+        event.record(&mut v);
+        v.result?;
+        writer.write_str(",\"target\":")?;
+        json_str(&mut writer, meta.target())?;
+        writer.write_str("}\n")
+    }
+}
+
+/// `,"name":value` per field, as serde_json writes each.
+struct JsonVisitor<'a> {
+    writer: Writer<'a>,
+    result: fmt::Result,
+}
+
+impl JsonVisitor<'_> {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        let w = &mut self.writer;
+        self.result = w
+            .write_char(',')
+            .and_then(|()| json_str(w, field.name()))
+            .and_then(|()| w.write_char(':'))
+            .and_then(|()| value(w));
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field, |w| json_str(w, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.entry(field, |w| decimal(w, false, value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field, |w| decimal(w, value < 0, value.unsigned_abs()));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // serde_json's own number text (and `null` for NaN and the infinities).
+        self.entry(field, |w| {
+            serde_json::to_writer(FmtIo(w), &value).map_err(|_| fmt::Error)
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field, |w| {
+            w.write_char('"')?;
+            write!(JsonEscaped(w), "{value:?}")?;
+            w.write_char('"')
+        });
+    }
+}
+
+/// `s` as a JSON string.
+fn json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    JsonEscaped(w).write_str(s)?;
+    w.write_char('"')
+}
+
+/// Text written through this is escaped as serde_json escapes a string's contents: `"`,
+/// `\` and the control characters below U+0020; everything else, `DEL` and all of
+/// Unicode included, is written as it is.
+struct JsonEscaped<'a, 'b>(&'a mut Writer<'b>);
+
+impl fmt::Write for JsonEscaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let short = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.write_str(s.get(start..i).unwrap_or_default())?;
+            start = i + 1;
+            if short.is_empty() {
+                let hex = |n: u8| char::from(HEX.get(usize::from(n)).copied().unwrap_or(b'0'));
+                self.0.write_str("\\u00")?;
+                self.0.write_char(hex(b >> 4))?;
+                self.0.write_char(hex(b & 0xf))?;
+            } else {
+                self.0.write_str(short)?;
+            }
+        }
+        self.0.write_str(s.get(start..).unwrap_or_default())
+    }
+}
+
+/// serde_json's writer side, onto a log line.
+struct FmtIo<'a, 'b>(&'a mut Writer<'b>);
+
+impl std::io::Write for FmtIo<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf).map_err(|_| std::io::ErrorKind::InvalidData)?;
+        self.0
+            .write_str(text)
+            .map_err(|_| std::io::Error::other("log line not written"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +525,18 @@ mod tests {
         tracing::error!(error = &err as &(dyn std::error::Error + 'static), "failed");
         tracing::info!(only = 1u64);
         tracing::info!("bare message");
+        tracing::info!(
+            nan = f64::NAN,
+            inf = f64::INFINITY,
+            big = 1e21f64,
+            small = -1.5e-7f64,
+            whole = 3.0f64,
+            every_ascii = (0u8..0x80).map(char::from).collect::<String>().as_str(),
+            "floats and every ASCII character"
+        );
+        let span = tracing::info_span!("outer", id = 7u64, name = "a \"quoted\" span");
+        let _entered = span.enter();
+        tracing::info!(inside = true, "in a span");
     }
 
     fn subscriber_text(fast: bool, ansi: bool) -> String {
@@ -365,7 +558,7 @@ mod tests {
     #[test]
     fn fields_are_written_as_the_default_writes_them() {
         let default = subscriber_text(false, false);
-        assert_eq!(default.lines().count(), 5, "{default}");
+        assert_eq!(default.lines().count(), 7, "{default}");
         assert!(default.contains(r#"route="/bsk/api1""#), "{default}");
         assert_eq!(subscriber_text(true, false), default);
     }
@@ -375,6 +568,44 @@ mod tests {
         let default = subscriber_text(false, true);
         assert!(default.contains('\x1b'), "{default}");
         assert_eq!(subscriber_text(true, true), default);
+    }
+
+    /// The JSON lines of `events`, their timestamps blanked (the default's clock and
+    /// ours are read at different instants).
+    fn json_text(fast: bool) -> String {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .json()
+            .flatten_event(true)
+            .with_current_span(false);
+        if fast {
+            let s = builder.event_format(Json::default()).finish();
+            tracing::subscriber::with_default(s, events);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), events);
+        }
+        let key = "\"timestamp\":\"";
+        sink.text()
+            .lines()
+            .map(|l| {
+                let (head, rest) = l.split_once(key).expect("a timestamp");
+                let (stamp, tail) = rest.split_once('"').expect("a closed timestamp");
+                assert_eq!(stamp.len(), PREFIX + 8, "{l}");
+                format!("{head}{key}T\"{tail}\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_are_written_as_the_default_writes_them() {
+        let default = json_text(false);
+        assert_eq!(default.lines().count(), 7, "{default}");
+        assert!(default.contains(r#""spans":[{"#), "{default}");
+        assert!(default.contains(r#""nan":null"#), "{default}");
+        assert_eq!(json_text(true), default);
     }
 
     fn text(secs: u64, micros: u32) -> String {

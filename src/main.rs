@@ -325,8 +325,9 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
 /// thread writes the queue out through a buffer, flushing whenever the queue is empty
 /// (so a quiet sidecar's lines appear at once, a busy one's in few writes). Never lossy:
 /// if the writer falls 4,096 lines behind, requests wait rather than lines vanish. (The
-/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp
-/// and the human format's fields are written by `logfmt`: the defaults' text, for less CPU.
+/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp,
+/// the human format's fields and the JSON lines are written by `logfmt`: the text of
+/// tracing-subscriber's formatters, for less CPU.
 fn init_logging(
     format: LogFormat,
     default_level: &str,
@@ -352,8 +353,7 @@ fn init_logging(
         LogFormat::Human => builder.fmt_fields(bsk_sidecar::logfmt::Fields).init(),
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(bsk_sidecar::logfmt::Json::default())
             .init(),
     }
     guard
