@@ -1,6 +1,6 @@
 //! Criterion benches for `envelope::open` and `envelope::seal` on each wire shape, with the
 //! spec's API-1 sample payload and a ~1 MiB API-4 response carrying a base64 document,
-//! and AES-256-CBC alone on 1 MiB.
+//! AES-256-CBC alone on 1 MiB, and the JSON bounds scan on both payloads.
 //!
 //! Run with `cargo bench --bench envelope`; the whole run takes well under two minutes.
 
@@ -118,10 +118,35 @@ fn aes_one_mib(c: &mut Criterion) {
     group.finish();
 }
 
+/// The structural bounds scan (`guard::bounds`) that every opened body passes before it is
+/// parsed, on the API-1 sample and on the 1 MiB API-4 answer (its string bound raised to
+/// let the document through).
+fn bounds(c: &mut Criterion) {
+    use bsk_sidecar::guard::bounds::JsonBounds;
+    let api4 = api4_one_mib();
+    let b = JsonBounds {
+        max_string: 2 << 20,
+        ..JsonBounds::default()
+    };
+    let mut group = c.benchmark_group("bounds");
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for (name, doc) in [("api1_sample", API1.as_bytes()), ("api4_1MiB", &api4)] {
+        group.throughput(Throughput::Bytes(doc.len() as u64));
+        group.bench_with_input(BenchmarkId::new("check", name), doc, |bench, doc| {
+            bench.iter(|| b.check(black_box(doc)).unwrap())
+        });
+    }
+    group.finish();
+}
+
 fn envelope_benches(c: &mut Criterion) {
     bench_payload(c, "api1_sample", API1.as_bytes(), 50);
     bench_payload(c, "api4_1MiB", &api4_one_mib(), 20);
     aes_one_mib(c);
+    bounds(c);
 }
 
 criterion_group!(benches, envelope_benches);

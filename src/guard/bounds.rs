@@ -2,7 +2,8 @@
 //! length — checked on every route before anything parses the document into a tree,
 //! so a JSON bomb is refused before it costs memory (in the sidecar or the application).
 //!
-//! The scan is a single pass over bytes already known to be JSON.
+//! The scan is a single pass over bytes already known to be JSON; the inside of a string
+//! is crossed from one quote or backslash to the next.
 //!
 //! ```
 //! use bsk_sidecar::guard::bounds::JsonBounds;
@@ -47,49 +48,68 @@ impl JsonBounds {
     pub fn check(&self, json: &[u8]) -> Result<(), TooComplex> {
         let mut depth = 0usize;
         let mut values = 0usize;
-        let mut in_string = false;
-        let mut escaped = false;
-        let mut string_len = 0usize;
-        for &b in json {
-            if in_string {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_string = false;
-                    continue;
-                }
-                string_len += 1;
-                if string_len > self.max_string {
-                    return Err(TooComplex::String(self.max_string));
-                }
-                continue;
-            }
+        let mut rest = json;
+        while let Some((&b, tail)) = rest.split_first() {
+            rest = tail;
             match b {
-                b'"' => {
-                    in_string = true;
-                    string_len = 0;
-                }
-                b'{' | b'[' => {
-                    depth += 1;
-                    if depth > self.max_depth {
-                        return Err(TooComplex::Depth(self.max_depth));
-                    }
-                    values += 1;
-                }
-                b'}' | b']' => depth = depth.saturating_sub(1),
-                // Every separator starts one more member or element.
-                b',' | b':' => {
-                    values += 1;
-                    if values > self.max_values {
-                        return Err(TooComplex::Values(self.max_values));
-                    }
-                }
-                _ => {}
+                b'"' => rest = self.skip_string(rest)?,
+                other => self.structural(other, &mut depth, &mut values)?,
             }
         }
         Ok(())
+    }
+
+    /// A byte outside strings: the nesting depth and the count of values so far.
+    fn structural(&self, b: u8, depth: &mut usize, values: &mut usize) -> Result<(), TooComplex> {
+        match b {
+            b'{' | b'[' => {
+                *depth += 1;
+                if *depth > self.max_depth {
+                    return Err(TooComplex::Depth(self.max_depth));
+                }
+                *values += 1;
+            }
+            b'}' | b']' => *depth = depth.saturating_sub(1),
+            // Every separator starts one more member or element.
+            b',' | b':' => {
+                *values += 1;
+                if *values > self.max_values {
+                    return Err(TooComplex::Values(self.max_values));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// From just past a string's opening quote: what follows its closing quote (nothing
+    /// when it is never closed). Jumps from one `"` or `\` to the next rather than
+    /// looking at every byte: most of a payload is the inside of strings.
+    fn skip_string<'a>(&self, mut s: &'a [u8]) -> Result<&'a [u8], TooComplex> {
+        let mut len = 0usize;
+        loop {
+            let (ordinary, special) = match memchr::memchr2(b'"', b'\\', s) {
+                Some(at) => s.split_at(at),
+                None => (s, &[][..]),
+            };
+            len += ordinary.len();
+            let rest = match special.split_first() {
+                Some((b'"', after)) => Some(after),
+                // A backslash and the byte it escapes (which may be a quote) both count.
+                Some((_, after)) => {
+                    len += 1 + usize::from(!after.is_empty());
+                    s = after.get(1..).unwrap_or_default();
+                    None
+                }
+                None => Some(special),
+            };
+            if len > self.max_string {
+                return Err(TooComplex::String(self.max_string));
+            }
+            if let Some(after) = rest {
+                return Ok(after);
+            }
+        }
     }
 }
 
@@ -132,6 +152,63 @@ mod tests {
         );
         assert!(B.check(br#"{"k":"12345678"}"#).is_ok());
         assert_eq!(B.check(br#"{"k":"123456789"}"#), Err(TooComplex::String(8)));
+    }
+
+    /// The scan as it was, byte by byte inside strings too: the model the jumping one
+    /// must agree with.
+    fn bytewise(b: &JsonBounds, json: &[u8]) -> Result<(), TooComplex> {
+        let (mut depth, mut values, mut string_len) = (0usize, 0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &c in json {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == b'"' {
+                    in_string = false;
+                    continue;
+                }
+                string_len += 1;
+                if string_len > b.max_string {
+                    return Err(TooComplex::String(b.max_string));
+                }
+                continue;
+            }
+            match c {
+                b'"' => (in_string, string_len) = (true, 0),
+                other => b.structural(other, &mut depth, &mut values)?,
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn escapes_count_both_bytes_and_an_unclosed_string_counts_to_the_end() {
+        assert!(B.check(br#"{"k":"123456\""}"#).is_ok());
+        assert_eq!(B.check(br#"{"k":"1234567\""}"#), Err(TooComplex::String(8)));
+        assert!(B.check(br#"{"k":"1234567\"#).is_ok());
+        assert_eq!(B.check(br#"{"k":"123456789"#), Err(TooComplex::String(8)));
+        // An escaped quote does not close the string: the brackets after it are inside.
+        assert!(B.check(br#"["\"[[[[[["]"#).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Documents made of the bytes that matter (and some that do not), against the
+        /// byte-by-byte scan, with small bounds so every kind of refusal is reached.
+        #[test]
+        fn agrees_with_the_bytewise_scan(
+            json in proptest::collection::vec(
+                proptest::sample::select(b"{}[]\":,\\ab1 \xe0".to_vec()),
+                0..160,
+            ),
+            depth in 1usize..6,
+            values in 1usize..24,
+            string in 0usize..12,
+        ) {
+            let b = JsonBounds { max_depth: depth, max_values: values, max_string: string };
+            proptest::prop_assert_eq!(b.check(&json), bytewise(&b, &json));
+        }
     }
 
     #[test]
