@@ -22,6 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "calendar",
             "workers",
+            "logfmt",
         ],
     ),
     ("checks and codecs", &["guard", "tls", "forward"]),
