@@ -7,9 +7,9 @@
 //! - [`Timestamp`]: RFC 3339 UTC with microseconds, as `fmt::time::SystemTime` writes
 //!   it; the date and time of day are made once a second per thread.
 //! - [`Fields`]: `name=value` as `fmt::format::DefaultFields` writes it; strings of
-//!   printable ASCII, integers and `%`/`?` values are written directly, anything else
-//!   (the message, strings to escape, floats, errors, colour) by `DefaultFields`' own
-//!   visitor.
+//!   printable ASCII, integers, floats and `%`/`?` values are written directly,
+//!   anything else (the message, strings to escape, errors, colour) by `DefaultFields`'
+//!   own visitor.
 //! - [`Json`]: the line of `fmt().json().flatten_event(true).with_current_span(false)`,
 //!   written field by field without serde's map state; serde_json still writes floats.
 //!
@@ -17,9 +17,7 @@
 //! compare the text byte for byte.
 
 use std::cell::Cell;
-use std::fmt;
-
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -270,9 +268,7 @@ impl Visit for Visitor<'_> {
         }
     }
 
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.fallback(|v| v.record_f64(field, value));
-    }
+    // A float takes the trait's default, `record_debug`: `{:?}`, as `DefaultFields` writes it.
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.fallback(|v| v.record_error(field, value));
