@@ -348,7 +348,7 @@ async fn accept_loop(live: Arc<Live>, idx: usize, listener: TcpListener, shared:
 /// Closes a connection refused at accept with a reset (`SO_LINGER` 0): its kernel state
 /// is freed at once, where an orderly close keeps it (`FIN_WAIT`, then `TIME_WAIT`) for
 /// up to a minute after every refusal — state a stranger's flood of connections would
-/// otherwise pile up, and work the kernel does per refusal.
+/// otherwise pile up.
 fn reset(stream: std::net::TcpStream) {
     if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
         tracing::debug!(error = %e, "SO_LINGER not set; the refused connection closes in order");
