@@ -578,8 +578,8 @@ async fn run_table(
 async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, Vec<String>) {
     let mut problems = Vec::new();
     let before = app.count();
-    let answer = match connect_from(c.from, to).await {
-        Ok(mut s) => {
+    let answer = match connect_unless_reset(c.from, to).await {
+        Ok(Some(mut s)) => {
             let _ = s.write_all(&c.bytes).await;
             let head_only = c.bytes.starts_with(b"HEAD ");
             let got = read_response(&mut s, head_only).await;
@@ -597,8 +597,7 @@ async fn run_case(app: &Upstream, to: SocketAddr, c: &Case) -> (Option<Answer>, 
             }
             answer
         }
-        // Refused at accept: the reset can reach the client before its connect completes.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Ok(None) => None,
         Err(e) => return (None, vec![format!("connect from {}: {e}", c.from)]),
     };
     match (&c.want, &answer) {
@@ -4211,16 +4210,29 @@ async fn regression_egress_caller_denied() {
 /// Connects from `from` and waits for the sidecar to reset the connection unread: a
 /// reset, not an orderly close, so no kernel state outlives the refusal on its side.
 async fn refused_connection(from: IpAddr, to: SocketAddr) {
-    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
-    // The reset can reach the client before its connect completes.
-    let mut s = match connect_from(from, to).await {
-        Ok(s) => s,
-        Err(e) if reset(&e) => return,
-        Err(e) => panic!("connect: {e}"),
+    let Some(mut s) = connect_unless_reset(from, to).await.expect("connect") else {
+        return;
     };
     let mut buf = [0u8; 1];
     let closed = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await;
-    assert!(matches!(&closed, Ok(Err(e)) if reset(e)), "{closed:?}");
+    assert!(matches!(&closed, Ok(Err(e)) if is_reset(e)), "{closed:?}");
+}
+
+/// A connection from `from`, or `None` when the sidecar refused it at accept and its
+/// reset reached the client before `connect` completed.
+async fn connect_unless_reset(
+    from: IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<Option<tokio::net::TcpStream>> {
+    match connect_from(from, to).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if is_reset(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionReset
 }
 
 /// A flood of connections from an address off the allowlist writes a burst of log lines,
