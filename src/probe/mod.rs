@@ -25,8 +25,11 @@ use client::{Answer, Client, ClientError, Outgoing, Target};
 use craft::{AesFault, PasscodeFault, Recipe, TokenFault};
 use samples::Sample;
 
-/// How many times each envelope failure kind is sent (for the median time).
-const ROUNDS: usize = 3;
+/// How many times each envelope failure kind is sent (for the timing check).
+const ROUNDS: usize = 7;
+/// Two failure kinds whose answer times are apart by more than this, every answer of
+/// one slower than every answer of the other, can be told apart by time.
+const TIMING_GAP: Duration = Duration::from_millis(1);
 /// Age of the "stale" ticket: beyond the 24-hour window of API-2 routes.
 const STALE_SECS: u64 = 26 * 3600;
 /// Size of the filler in the oversized request.
@@ -234,6 +237,24 @@ fn fingerprint(a: &Answer) -> String {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// The widest gap between two failure kinds: the fastest answer to the slow kind less
+/// the slowest answer to the fast kind, over every ordered pair with answers to both.
+fn widest_gap(timings: &[(AesFault, Vec<Duration>)]) -> Option<(AesFault, AesFault, Duration)> {
+    let mut widest = None;
+    for (slow, s) in timings {
+        for (fast, f) in timings {
+            let (Some(s_min), Some(f_max)) = (s.iter().min(), f.iter().max()) else {
+                continue;
+            };
+            let gap = s_min.saturating_sub(*f_max);
+            if widest.map_or(true, |(_, _, w)| gap > w) {
+                widest = Some((*slow, *fast, gap));
+            }
+        }
+    }
+    widest
 }
 
 fn ms(d: Duration) -> String {
@@ -486,17 +507,13 @@ impl Probe {
             }
         }
         let mut prints: Vec<(AesFault, String, String)> = Vec::new();
-        let mut medians: Vec<(AesFault, Duration, Duration)> = Vec::new();
+        let mut timings: Vec<(AesFault, Vec<Duration>)> = Vec::new();
         for (i, &fault) in AesFault::ALL.iter().enumerate() {
             let got = answers.remove(&i).unwrap_or_default();
             let sent = format!("{} x{ROUNDS}", fault.label());
             let mut times: Vec<Duration> = got.iter().flatten().map(|a| a.elapsed).collect();
-            let range = match (times.iter().min(), times.iter().max()) {
-                (Some(lo), Some(hi)) => *hi - *lo,
-                _ => Duration::ZERO,
-            };
             let med = median(&mut times);
-            medians.push((fault, med, range));
+            timings.push((fault, times));
             for a in got.iter().flatten() {
                 prints.push((fault, fingerprint(a), describe(a)));
             }
@@ -515,7 +532,7 @@ impl Probe {
             );
         }
         self.padding_oracle(&prints);
-        self.timing(&medians);
+        self.timing(&timings);
     }
 
     /// Every envelope failure must get the same answer: a difference is an oracle.
@@ -561,39 +578,40 @@ impl Probe {
         }
     }
 
-    /// Failure kinds told apart by time beyond the noise within one kind: a warning.
-    fn timing(&mut self, medians: &[(AesFault, Duration, Duration)]) {
-        // Noise: the widest spread within one kind; a spread of medians beyond it (and
-        // beyond a millisecond) is a timing difference worth a look.
-        let noise = medians.iter().map(|m| m.2).max().unwrap_or_default();
-        let lo = medians.iter().map(|m| m.1).min().unwrap_or_default();
-        let hi = medians.iter().map(|m| m.1).max().unwrap_or_default();
-        let spread = hi - lo;
-        let listing = medians
+    /// Failure kinds told apart by time: a warning. Two kinds are told apart when every
+    /// answer to one came more than [`TIMING_GAP`] later than every answer to the other;
+    /// a difference of medians alone is not enough, for a loaded machine's noise moves
+    /// a median of a few samples by milliseconds.
+    fn timing(&mut self, timings: &[(AesFault, Vec<Duration>)]) {
+        let listing = timings
             .iter()
-            .map(|(f, m, _)| format!("{} {}", f.label(), ms(*m)))
+            .map(|(f, t)| format!("{} {}", f.label(), ms(median(&mut t.clone()))))
             .collect::<Vec<_>>()
             .join(", ");
-        let verdict = if spread > noise.max(Duration::from_millis(1)) {
-            Verdict::Warn
-        } else {
-            Verdict::Ok
-        };
-        self.check(
-            verdict,
-            "timing",
-            format!("median time per failure kind: {listing}"),
-            format!(
-                "spread {} against noise {}{}",
-                ms(spread),
-                ms(noise),
-                if verdict == Verdict::Warn {
-                    " (beyond noise: the kinds may be told apart by time)"
-                } else {
-                    ""
-                }
+        let sent = format!("median time per failure kind: {listing}");
+        match widest_gap(timings) {
+            Some((slow, fast, gap)) if gap > TIMING_GAP => self.check(
+                Verdict::Warn,
+                "timing",
+                sent,
+                format!(
+                    "every {} answer came at least {} later than every {} answer: \
+                     the kinds may be told apart by time",
+                    slow.label(),
+                    ms(gap),
+                    fast.label()
+                ),
             ),
-        );
+            _ => self.check(
+                Verdict::Ok,
+                "timing",
+                sent,
+                format!(
+                    "no two kinds apart by more than {} in every answer",
+                    ms(TIMING_GAP)
+                ),
+            ),
+        }
     }
 
     async fn passcodes(&mut self) {
@@ -790,5 +808,37 @@ mod tests {
         ];
         assert_eq!(median(&mut v), Duration::from_millis(5));
         assert_eq!(median(&mut []), Duration::ZERO);
+    }
+
+    fn times(ms: &[u64]) -> Vec<Duration> {
+        ms.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    #[test]
+    fn noisy_kinds_whose_times_overlap_are_not_told_apart() {
+        // Medians 3 and 7 ms, 4 ms apart, but one slow answer of the fast kind
+        // reaches the slow kind's fastest: noise, no gap.
+        let t = [
+            (AesFault::BadPadding, times(&[2, 3, 3, 8])),
+            (AesFault::WrongKey, times(&[7, 7, 8, 9])),
+        ];
+        assert_eq!(widest_gap(&t).map(|(_, _, gap)| gap), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_kind_slower_in_every_answer_is_named_with_its_gap() {
+        let t = [
+            (AesFault::BadPadding, times(&[2, 3, 3, 4])),
+            (AesFault::WrongKey, times(&[7, 7, 8, 9])),
+            (AesFault::Truncated, times(&[])),
+        ];
+        assert_eq!(
+            widest_gap(&t),
+            Some((
+                AesFault::WrongKey,
+                AesFault::BadPadding,
+                Duration::from_millis(3)
+            ))
+        );
     }
 }
