@@ -11,17 +11,9 @@ use std::time::Instant;
 
 use bsk_sidecar::guard::rate::{PerIpLimiter, RateSpec};
 
-/// Resident set (VmRSS) of this process, KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
+#[path = "rss.rs"]
+mod rss;
+use rss::rss_kib;
 
 fn address(i: u32) -> IpAddr {
     if i % 2 == 0 {

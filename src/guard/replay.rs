@@ -4,6 +4,10 @@
 //! One cache for the whole process (every listener shares it), bounded in memory, and
 //! journaled to `replay.log` in the state directory so a restart does not reopen the
 //! window. Keys are stored as truncated SHA-256 digests: no user id reaches the disk.
+//! The journal and a shared store get 16 bytes of the digest; the table in memory keeps
+//! 8 (12 bytes an entry with its expiry, against 20): two different requests share 8
+//! bytes by chance once in 2^64 / (entries held) — a retry refused as a replay, never a
+//! replay let through.
 //! Each record is written to the kernel before the request goes on, so it survives the
 //! process being killed; a power cut may lose the last few seconds of records, which the
 //! freshness window bounds.
@@ -36,23 +40,41 @@ impl ReplayKey {
     }
 }
 
-/// One journal record: the key, then its expiry (little-endian unix seconds).
-fn record(key: &ReplayKey, expiry: u64) -> [u8; RECORD] {
+/// What the table in memory keeps of a key: its first 8 bytes (see the module's note).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tag([u8; 8]);
+
+impl std::hash::Hash for Tag {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(self.0));
+    }
+}
+
+impl ReplayKey {
+    fn tag(&self) -> Tag {
+        Tag(self.0.first_chunk::<8>().copied().unwrap_or_default())
+    }
+}
+
+/// One journal record: 16 bytes of key, then its expiry (little-endian unix seconds). A
+/// record rewritten from memory has the 8 bytes the table keeps, then zeros.
+fn record(key: &[u8], expiry: u64) -> [u8; RECORD] {
     let mut rec = [0u8; RECORD];
-    for (d, s) in rec
-        .iter_mut()
-        .zip(key.0.iter().chain(&expiry.to_le_bytes()))
-    {
+    let (k, e) = rec.split_at_mut(16);
+    for (d, s) in k.iter_mut().zip(key) {
+        *d = *s;
+    }
+    for (d, s) in e.iter_mut().zip(&expiry.to_le_bytes()) {
         *d = *s;
     }
     rec
 }
 
-/// A journal record read back; `None` for one of the wrong length.
-fn parse_record(rec: &[u8]) -> Option<(ReplayKey, u64)> {
+/// A journal record read back, as the table keeps it; `None` for one of the wrong length.
+fn parse_record(rec: &[u8]) -> Option<(Tag, u64)> {
     let (k, rest) = rec.split_first_chunk::<16>()?;
     let e = rest.first_chunk::<8>()?;
-    Some((ReplayKey(*k), u64::from_le_bytes(*e)))
+    Some((ReplayKey(*k).tag(), u64::from_le_bytes(*e)))
 }
 
 impl ReplayKey {
@@ -73,10 +95,10 @@ pub struct Replayed;
 
 #[derive(Default)]
 struct Inner {
-    /// Key → expiry (unix seconds). 20 bytes an entry: no order queue beside it, and
-    /// the expiry as `u32` (seconds to the year 2106). Expired entries are swept out
-    /// when the table is about to grow or is full, not one by one.
-    seen: HashMap<ReplayKey, u32>,
+    /// Key → expiry (unix seconds). 12 bytes an entry: 8 of the key, no order queue
+    /// beside it, and the expiry as `u32` (seconds to the year 2106). Expired entries
+    /// are swept out when the table is about to grow or is full, not one by one.
+    seen: HashMap<Tag, u32>,
     /// Records inserted since the last sweep, so a sweep that frees little is not
     /// repeated at every insert.
     since_sweep: usize,
@@ -157,8 +179,8 @@ impl ReplayCache {
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
     /// The record is in the journal (written to the kernel) when this returns.
     pub fn check_and_insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<(), Replayed> {
-        let compact = self.insert(key, now, expiry)?;
-        self.append(&record(&key, expiry));
+        let compact = self.insert(key.tag(), now, expiry)?;
+        self.append(&record(&key.0, expiry));
         if compact {
             self.compact();
         }
@@ -166,7 +188,7 @@ impl ReplayCache {
     }
 
     /// The map's part of an insert; whether the journal is due for compaction.
-    fn insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<bool, Replayed> {
+    fn insert(&self, key: Tag, now: u64, expiry: u64) -> Result<bool, Replayed> {
         let mut inner = self.lock();
         let present = match inner.seen.get(&key) {
             Some(&e) if u64::from(e) > now => return Err(Replayed),
@@ -213,7 +235,7 @@ impl ReplayCache {
         now: u64,
         expiry: u64,
     ) -> Result<Reservation, Replayed> {
-        let compact = self.insert(key, now, expiry)?;
+        let compact = self.insert(key.tag(), now, expiry)?;
         // Made first: a request dropped while its batch is gathered forgets its key.
         let reservation = Reservation {
             cache: Arc::clone(self),
@@ -221,7 +243,7 @@ impl ReplayCache {
             kept: false,
         };
         if self.path.is_some() {
-            self.append_batched(&record(&key, expiry)).await;
+            self.append_batched(&record(&key.0, expiry)).await;
         }
         if compact {
             self.compact();
@@ -273,14 +295,14 @@ impl ReplayCache {
     /// retry is not refused as a replay.
     pub fn forget(&self, key: ReplayKey) {
         let mut inner = self.lock();
-        inner.seen.remove(&key);
+        inner.seen.remove(&key.tag());
         // The journal keeps the record; on restart the key returns until it expires,
         // which errs on the side of refusing.
     }
 
     /// `present`: `key` is in the map already (an expired entry it replaces), so no room
     /// needs making.
-    fn store(&self, inner: &mut Inner, key: ReplayKey, expiry: u64, now: u64, present: bool) {
+    fn store(&self, inner: &mut Inner, key: Tag, expiry: u64, now: u64, present: bool) {
         if !present {
             self.make_room(inner, now);
         }
@@ -337,7 +359,7 @@ impl ReplayCache {
             let mut f = crate::state_dir::create_file(&tmp)?;
             let mut buf = Vec::with_capacity(inner.seen.len() * RECORD);
             for (k, e) in &inner.seen {
-                buf.extend_from_slice(&record(k, u64::from(*e)));
+                buf.extend_from_slice(&record(&k.0, u64::from(*e)));
             }
             f.write_all(&buf)?;
             f.sync_all()?;
@@ -571,11 +593,16 @@ mod tests {
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        let held: Vec<ReplayKey> = c.lock().seen.keys().copied().collect();
-        assert_eq!(held.len(), 64);
+        let tags: Vec<Tag> = c.lock().seen.keys().copied().collect();
+        assert_eq!(tags.len(), 64);
+        let keys: Vec<ReplayKey> = (0..4)
+            .flat_map(|t| (0..1_000).map(move |i| key(&format!("{t}-{i}"))))
+            .filter(|k| tags.contains(&k.tag()))
+            .collect();
+        assert_eq!(keys.len(), 64);
         drop(c);
         let c = ReplayCache::open(dir.path(), 10_000, 1, 200).unwrap();
-        for k in held {
+        for k in keys {
             assert_eq!(c.check_and_insert(k, 200, 2_000), Err(Replayed));
         }
     }
@@ -697,6 +724,34 @@ mod tests {
         drop(c);
         let c = ReplayCache::open(dir.path(), 100, 1, 20).unwrap();
         assert_eq!(c.check_and_insert(key("second"), 20, 1_000), Err(Replayed));
+    }
+
+    /// The table's entry is 12 bytes (the memory a held request costs, beside the
+    /// table's one control byte), and a journal of whole 16-byte keys — as appended, and
+    /// as an earlier version compacted it — still refuses its keys after a restart, as
+    /// does one compacted from the table's 8 bytes.
+    #[test]
+    fn eight_bytes_held_and_whole_keys_in_the_journal_refuse_alike() {
+        assert_eq!(std::mem::size_of::<(Tag, u32)>(), 12);
+        let dir = tempfile::tempdir().unwrap();
+        let whole: Vec<u8> = (0..3)
+            .flat_map(|i| record(&key(&format!("w{i}")).0, 1_000))
+            .collect();
+        std::fs::write(dir.path().join(FILE_NAME), &whole).unwrap();
+        // Opening compacts: the file now holds 8-byte keys padded with zeros.
+        drop(ReplayCache::open(dir.path(), 100, 1, 100).unwrap());
+        let rewritten = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(rewritten.len(), whole.len());
+        assert_ne!(rewritten, whole);
+        let c = ReplayCache::open(dir.path(), 100, 1, 200).unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                c.check_and_insert(key(&format!("w{i}")), 200, 1_000),
+                Err(Replayed),
+                "w{i}"
+            );
+        }
+        assert_eq!(c.check_and_insert(key("new"), 200, 1_000), Ok(()));
     }
 
     #[test]
