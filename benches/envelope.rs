@@ -142,11 +142,37 @@ fn bounds(c: &mut Criterion) {
     group.finish();
 }
 
+/// The payload check (`guard::payload::validate`: bounds, then one parse for UTF-8, one
+/// value, no repeated key, numbers in range) that every opened body passes, on the API-1
+/// sample and on the 1 MiB API-4 answer.
+fn payload(c: &mut Criterion) {
+    use bsk_sidecar::guard::bounds::JsonBounds;
+    use bsk_sidecar::guard::payload::validate;
+    let api4 = api4_one_mib();
+    let b = JsonBounds {
+        max_string: 2 << 20,
+        ..JsonBounds::default()
+    };
+    let mut group = c.benchmark_group("payload");
+    group
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for (name, doc) in [("api1_sample", API1.as_bytes()), ("api4_1MiB", &api4)] {
+        group.throughput(Throughput::Bytes(doc.len() as u64));
+        group.bench_with_input(BenchmarkId::new("validate", name), doc, |bench, doc| {
+            bench.iter(|| validate(black_box(doc), &b).unwrap())
+        });
+    }
+    group.finish();
+}
+
 fn envelope_benches(c: &mut Criterion) {
     bench_payload(c, "api1_sample", API1.as_bytes(), 50);
     bench_payload(c, "api4_1MiB", &api4_one_mib(), 20);
     aes_one_mib(c);
     bounds(c);
+    payload(c);
 }
 
 criterion_group!(benches, envelope_benches);

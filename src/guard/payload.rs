@@ -157,7 +157,7 @@ impl<'de> Visitor<'de> for Value<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // Keys are borrowed from the input unless they hold an escape: no allocation per
         // key on the request path.
-        let mut keys = HashSet::new();
+        let mut keys = SeenKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
             if !keys.insert(key) {
                 *self.duplicate = true;
@@ -168,6 +168,35 @@ impl<'de> Visitor<'de> for Value<'_> {
             })?;
         }
         Ok(())
+    }
+}
+
+/// How many keys of one object are compared in turn before they are hashed.
+const FEW_KEYS: usize = 16;
+
+/// The keys of one object seen so far. The first [`FEW_KEYS`] are kept on the stack and
+/// compared in turn — the objects the spec's APIs carry have fewer, so checking them
+/// allocates nothing — and any beyond go to a hash set, so an object with many keys still
+/// costs linear time, not quadratic.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: [Option<Cow<'de, str>>; FEW_KEYS],
+    many: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> SeenKeys<'de> {
+    /// Adds `key`; `false` when the object already had it.
+    fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        if self.few.iter().flatten().any(|k| *k == key) {
+            return false;
+        }
+        match self.few.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => {
+                *slot = Some(key);
+                true
+            }
+            None => self.many.insert(key),
+        }
     }
 }
 
@@ -220,6 +249,28 @@ mod tests {
         assert_eq!(v(" {\"name\":\"বাংলা ÀÀÀ 😀\"} \n".as_bytes()), Ok(()));
         assert_eq!(v(br#"{"big":18446744073709551616,"f":1.5e300}"#), Ok(()));
         assert_eq!(v(br#"{"e":"\u00e9","k":"\ud83d\ude00"}"#), Ok(()));
+    }
+
+    /// An object of `n` distinct keys `k0`..; `repeat` appends a second `k{repeat}`.
+    fn object(n: usize, repeat: Option<usize>) -> Vec<u8> {
+        let keys = (0..n).chain(repeat).map(|i| format!("\"k{i}\":{i}"));
+        format!("{{{}}}", keys.collect::<Vec<_>>().join(",")).into_bytes()
+    }
+
+    /// Keys are compared in turn while few and hashed beyond: a repeat is found wherever
+    /// its first use was, and many distinct keys are not mistaken for one.
+    #[test]
+    fn a_repeated_key_is_found_among_few_and_many_keys() {
+        for n in [1, FEW_KEYS - 1, FEW_KEYS, FEW_KEYS + 1, 4 * FEW_KEYS] {
+            assert_eq!(v(&object(n, None)), Ok(()), "{n} distinct keys");
+            for repeat in [0, n / 2, n - 1] {
+                assert_eq!(
+                    v(&object(n, Some(repeat))),
+                    Err(Invalid::DuplicateKey),
+                    "k{repeat} repeated after {n} keys"
+                );
+            }
+        }
     }
 
     #[test]
