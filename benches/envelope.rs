@@ -118,34 +118,12 @@ fn aes_one_mib(c: &mut Criterion) {
     group.finish();
 }
 
-/// The structural bounds scan (`guard::bounds`) that every opened body passes before it is
-/// parsed, on the API-1 sample and on the 1 MiB API-4 answer (its string bound raised to
-/// let the document through).
-fn bounds(c: &mut Criterion) {
-    use bsk_sidecar::guard::bounds::JsonBounds;
-    let api4 = api4_one_mib();
-    let b = JsonBounds {
-        max_string: 2 << 20,
-        ..JsonBounds::default()
-    };
-    let mut group = c.benchmark_group("bounds");
-    group
-        .sample_size(50)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    for (name, doc) in [("api1_sample", API1.as_bytes()), ("api4_1MiB", &api4)] {
-        group.throughput(Throughput::Bytes(doc.len() as u64));
-        group.bench_with_input(BenchmarkId::new("check", name), doc, |bench, doc| {
-            bench.iter(|| b.check(black_box(doc)).unwrap())
-        });
-    }
-    group.finish();
-}
-
-/// The payload check (`guard::payload::validate`: bounds, then one parse for UTF-8, one
-/// value, no repeated key, numbers in range) that every opened body passes, on the API-1
-/// sample and on the 1 MiB API-4 answer.
-fn payload(c: &mut Criterion) {
+/// The checks every opened body passes, on the API-1 sample and on the 1 MiB API-4 answer
+/// (the string bound raised to let the document through): the structural bounds scan
+/// (`guard::bounds`, group `bounds`), and the payload check (`guard::payload::validate`:
+/// the bounds, then one parse for UTF-8, one value, no repeated key, numbers in range;
+/// group `payload`).
+fn json_checks(c: &mut Criterion) {
     use bsk_sidecar::guard::bounds::JsonBounds;
     use bsk_sidecar::guard::payload::validate;
     let api4 = api4_one_mib();
@@ -153,15 +131,30 @@ fn payload(c: &mut Criterion) {
         max_string: 2 << 20,
         ..JsonBounds::default()
     };
-    let mut group = c.benchmark_group("payload");
+    let docs = [("api1_sample", API1.as_bytes()), ("api4_1MiB", &api4)];
+    on_docs(c, "bounds", "check", &docs, |doc| b.check(doc).unwrap());
+    on_docs(c, "payload", "validate", &docs, |doc| {
+        validate(doc, &b).unwrap()
+    });
+}
+
+/// One criterion group: `check` timed on each document.
+fn on_docs(
+    c: &mut Criterion,
+    group: &str,
+    function: &str,
+    docs: &[(&str, &[u8])],
+    check: impl Fn(&[u8]),
+) {
+    let mut group = c.benchmark_group(group);
     group
         .sample_size(50)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    for (name, doc) in [("api1_sample", API1.as_bytes()), ("api4_1MiB", &api4)] {
+    for (name, doc) in docs {
         group.throughput(Throughput::Bytes(doc.len() as u64));
-        group.bench_with_input(BenchmarkId::new("validate", name), doc, |bench, doc| {
-            bench.iter(|| validate(black_box(doc), &b).unwrap())
+        group.bench_with_input(BenchmarkId::new(function, name), doc, |bench, doc| {
+            bench.iter(|| check(black_box(doc)))
         });
     }
     group.finish();
@@ -171,8 +164,7 @@ fn envelope_benches(c: &mut Criterion) {
     bench_payload(c, "api1_sample", API1.as_bytes(), 50);
     bench_payload(c, "api4_1MiB", &api4_one_mib(), 20);
     aes_one_mib(c);
-    bounds(c);
-    payload(c);
+    json_checks(c);
 }
 
 criterion_group!(benches, envelope_benches);
