@@ -239,18 +239,26 @@ fn median(v: &mut [Duration]) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// One failure kind's answer times, and their median.
+struct KindTimes {
+    fault: AesFault,
+    median: Duration,
+    times: Vec<Duration>,
+}
+
 /// The widest gap between two failure kinds: the fastest answer to the slow kind less
 /// the slowest answer to the fast kind, over every ordered pair with answers to both.
-fn widest_gap(timings: &[(AesFault, Vec<Duration>)]) -> Option<(AesFault, AesFault, Duration)> {
+fn widest_gap(timings: &[KindTimes]) -> Option<(AesFault, AesFault, Duration)> {
     let mut widest = None;
-    for (slow, s) in timings {
-        for (fast, f) in timings {
-            let (Some(s_min), Some(f_max)) = (s.iter().min(), f.iter().max()) else {
+    for slow in timings {
+        for fast in timings {
+            let (Some(s_min), Some(f_max)) = (slow.times.iter().min(), fast.times.iter().max())
+            else {
                 continue;
             };
             let gap = s_min.saturating_sub(*f_max);
             if widest.map_or(true, |(_, _, w)| gap > w) {
-                widest = Some((*slow, *fast, gap));
+                widest = Some((slow.fault, fast.fault, gap));
             }
         }
     }
@@ -507,13 +515,17 @@ impl Probe {
             }
         }
         let mut prints: Vec<(AesFault, String, String)> = Vec::new();
-        let mut timings: Vec<(AesFault, Vec<Duration>)> = Vec::new();
+        let mut timings: Vec<KindTimes> = Vec::new();
         for (i, &fault) in AesFault::ALL.iter().enumerate() {
             let got = answers.remove(&i).unwrap_or_default();
             let sent = format!("{} x{ROUNDS}", fault.label());
             let mut times: Vec<Duration> = got.iter().flatten().map(|a| a.elapsed).collect();
             let med = median(&mut times);
-            timings.push((fault, times));
+            timings.push(KindTimes {
+                fault,
+                median: med,
+                times,
+            });
             for a in got.iter().flatten() {
                 prints.push((fault, fingerprint(a), describe(a)));
             }
@@ -582,10 +594,10 @@ impl Probe {
     /// answer to one came more than [`TIMING_GAP`] later than every answer to the other;
     /// a difference of medians alone is not enough, for a loaded machine's noise moves
     /// a median of a few samples by milliseconds.
-    fn timing(&mut self, timings: &[(AesFault, Vec<Duration>)]) {
+    fn timing(&mut self, timings: &[KindTimes]) {
         let listing = timings
             .iter()
-            .map(|(f, t)| format!("{} {}", f.label(), ms(median(&mut t.clone()))))
+            .map(|k| format!("{} {}", k.fault.label(), ms(k.median)))
             .collect::<Vec<_>>()
             .join(", ");
         let sent = format!("median time per failure kind: {listing}");
@@ -810,8 +822,13 @@ mod tests {
         assert_eq!(median(&mut []), Duration::ZERO);
     }
 
-    fn times(ms: &[u64]) -> Vec<Duration> {
-        ms.iter().map(|&m| Duration::from_millis(m)).collect()
+    fn times(fault: AesFault, ms: &[u64]) -> KindTimes {
+        let mut times: Vec<Duration> = ms.iter().map(|&m| Duration::from_millis(m)).collect();
+        KindTimes {
+            fault,
+            median: median(&mut times),
+            times,
+        }
     }
 
     #[test]
@@ -819,8 +836,8 @@ mod tests {
         // Medians 3 and 7 ms, 4 ms apart, but one slow answer of the fast kind
         // reaches the slow kind's fastest: noise, no gap.
         let t = [
-            (AesFault::BadPadding, times(&[2, 3, 3, 8])),
-            (AesFault::WrongKey, times(&[7, 7, 8, 9])),
+            times(AesFault::BadPadding, &[2, 3, 3, 8]),
+            times(AesFault::WrongKey, &[7, 7, 8, 9]),
         ];
         assert_eq!(widest_gap(&t).map(|(_, _, gap)| gap), Some(Duration::ZERO));
     }
@@ -828,9 +845,9 @@ mod tests {
     #[test]
     fn a_kind_slower_in_every_answer_is_named_with_its_gap() {
         let t = [
-            (AesFault::BadPadding, times(&[2, 3, 3, 4])),
-            (AesFault::WrongKey, times(&[7, 7, 8, 9])),
-            (AesFault::Truncated, times(&[])),
+            times(AesFault::BadPadding, &[2, 3, 3, 4]),
+            times(AesFault::WrongKey, &[7, 7, 8, 9]),
+            times(AesFault::Truncated, &[]),
         ];
         assert_eq!(
             widest_gap(&t),
