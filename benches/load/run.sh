@@ -44,6 +44,7 @@
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/common.sh
 DUR=${1:-8}
 ROUNDS=${2:-3}
 CONNS=${CONNS:-"32 256"}
@@ -80,38 +81,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port); RD=$(free_port)
 
-nginx_conf() { # $1 dir, $2 server blocks, $3 worker processes (default 1)
-  mkdir -p "$1/logs"
-  cat > "$1/nginx.conf" <<CONF
-worker_processes ${3:-1};
-daemon on;
-pid $1/nginx.pid;
-error_log $1/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  # Pools and keep-alive sized so neither side closes connections during a run (nginx's
-  # defaults close an upstream connection after 1000 requests and keep 64 idle at most).
-  upstream app { server 127.0.0.1:$UP; keepalive 1024; keepalive_requests 100000000; }
-  keepalive_requests 100000000;
-  $2
-}
-CONF
-}
 nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }
   server { listen 127.0.0.1:$ST; location / { stub_status; } }"
-# nginx as a plain reverse proxy to the upstream, listening on port $1.
-proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"; }
-# An nginx instance's master and worker pids, from its directory.
-pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 nginx_conf "$WORK/px" "$(proxy_block "$PX")"
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 wait_port "$UP"; wait_port "$PX"
 # NGINX_ALL=1: the same proxy with one worker process per core, as the sidecar's default
 # runs one connection worker per core.
@@ -125,50 +101,6 @@ fi
 UP_PIDS=$(pids_of "$WORK/up")
 PX_PIDS=$(pids_of "$WORK/px")
 
-# The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
-# limits are raised so the benchmark measures the work, not the refusals.
-sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core)
-  cat <<CONF
-admin: { listen: "off" }
-state: { dir: $1${2:+, backend: $2} }
-limits:${3:+
-  workers: $3}
-  per_ip_rate: { per_second: 10000000, burst: 10000000 }
-  max_connections: 20000
-  max_connections_per_ip: 20000
-  max_in_flight: 4096
-  max_replay_entries: 2000000
-peers:
-  bsk:
-    agid: BSK
-    passcode: "376423"
-    jwt: { secret: "bench-jwt-secret-0123456789abcdef" }
-    aes:
-      keys:
-        - { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }
-    allow: [127.0.0.1/32]
-    rate: { per_second: 10000000, burst: 10000000 }
-  flood:                            # the flood scenario's allowlisted flooder
-    agid: FLOOD
-    passcode: "111111"
-    jwt: { secret: "flood-jwt-secret-0123456789abcdef" }
-    allow: [127.0.0.3/32]
-listeners:
-  - name: public
-    listen: 127.0.0.1:$SC
-    routes:
-      - path: /bsk/status
-        from: bsk
-        envelope: [token, jwt, aes]
-        rate: { per_second: 10000000, burst: 10000000 }
-        upstream: http://127.0.0.1:$UP/bsk/status
-      - path: /flood/status
-        from: flood
-        envelope: [token, jwt]
-        rate: { per_second: 100, burst: 100 }
-        upstream: http://127.0.0.1:$UP/flood/status
-CONF
-}
 
 start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access log), $4 workers; sets SC_PID
   local state
@@ -179,21 +111,8 @@ start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
 }
 stop_sidecar() { kill "$SC_PID"; wait "$SC_PID" 2>/dev/null || true; SC_PID=; }
+bodies_lua "$WORK/bodies.lua"
 
-cat > "$WORK/bodies.lua" <<'LUA'
--- One distinct sealed body per request, in file order; past the end they repeat (and a
--- replay-protected route answers 409, which the report shows as non-2xx).
-local bodies, i = {}, 0
-function init(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-end
-function request()
-  i = i + 1
-  local b = bodies[i]
-  if b == nil then i = 1; b = bodies[1] end
-  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, b)
-end
-LUA
 
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + a + b)); done; echo "$t"; }

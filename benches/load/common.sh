@@ -1,0 +1,95 @@
+# Shared by the load benchmarks (run.sh, instructions.sh): ports, the nginx
+# configurations, the sidecar's benchmark configuration and wrk's body script. Sourced;
+# the functions read UP (the upstream's port) and SC (the sidecar's) when called.
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+nginx_conf() { # $1 dir, $2 server blocks, $3 worker processes (default 1)
+  mkdir -p "$1/logs"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes ${3:-1};
+daemon on;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  # Pools and keep-alive sized so neither side closes connections during a run (nginx's
+  # defaults close an upstream connection after 1000 requests and keep 64 idle at most).
+  upstream app { server 127.0.0.1:$UP; keepalive 1024; keepalive_requests 100000000; }
+  keepalive_requests 100000000;
+  $2
+}
+CONF
+}
+
+# nginx as a plain reverse proxy to the upstream, listening on port $1.
+proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"; }
+# An nginx instance's master and worker pids, from its directory.
+pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+
+# The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
+# limits are raised so the benchmark measures the work, not the refusals.
+sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core)
+  cat <<CONF
+admin: { listen: "off" }
+state: { dir: $1${2:+, backend: $2} }
+limits:${3:+
+  workers: $3}
+  per_ip_rate: { per_second: 10000000, burst: 10000000 }
+  max_connections: 20000
+  max_connections_per_ip: 20000
+  max_in_flight: 4096
+  max_replay_entries: 2000000
+peers:
+  bsk:
+    agid: BSK
+    passcode: "376423"
+    jwt: { secret: "bench-jwt-secret-0123456789abcdef" }
+    aes:
+      keys:
+        - { key: "IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", iv: "V0ZMZO6WZ45KY2PL" }
+    allow: [127.0.0.1/32]
+    rate: { per_second: 10000000, burst: 10000000 }
+  flood:                            # the flood scenario's allowlisted flooder
+    agid: FLOOD
+    passcode: "111111"
+    jwt: { secret: "flood-jwt-secret-0123456789abcdef" }
+    allow: [127.0.0.3/32]
+listeners:
+  - name: public
+    listen: 127.0.0.1:$SC
+    routes:
+      - path: /bsk/status
+        from: bsk
+        envelope: [token, jwt, aes]
+        rate: { per_second: 10000000, burst: 10000000 }
+        upstream: http://127.0.0.1:$UP/bsk/status
+      - path: /flood/status
+        from: flood
+        envelope: [token, jwt]
+        rate: { per_second: 100, burst: 100 }
+        upstream: http://127.0.0.1:$UP/flood/status
+CONF
+}
+
+# wrk's script: one distinct sealed body per request, in file order (from the SKIP-th,
+# so a second wrk run on one sidecar sends bodies the first did not); past the end they
+# repeat (and a replay-protected route answers 409, which the reports show as non-2xx).
+bodies_lua() { # $1 path of the script to write
+  cat > "$1" <<'LUA'
+local bodies, i = {}, tonumber(os.getenv("SKIP") or "0")
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+function request()
+  i = i + 1
+  local b = bodies[i]
+  if b == nil then i = 1; b = bodies[1] end
+  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, b)
+end
+LUA
+}

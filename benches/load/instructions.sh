@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Instructions per request: the sidecar's whole pipeline and nginx as a plain reverse
+# proxy, each run under valgrind's callgrind in front of the same nginx upstream, counted
+# over the requests of one wrk run. The count is the user-space work a request costs; it
+# does not move with this machine's load, so it tells apart changes of a few percent that
+# the timed load test (run.sh) cannot. It does not count the kernel's work or cache misses.
+# Loopback only; about 30 s per target.
+#
+#   benches/load/instructions.sh [SECONDS]
+#
+#   BASE_BIN=/path/to/bsk-sidecar   also count this binary (a baseline build) as "baseline"
+#   ALT_BIN=/path ALT_LABEL=name    and this one as "name"
+#   CONNS=8                         wrk's connections
+#   KEEP=/tmp/cg                    keep each target's callgrind file there, for
+#                                   `callgrind_annotate --inclusive=yes KEEP/<target>.out`
+#   TOP=25                          how many of the sidecar's functions to list, by
+#                                   inclusive count (0: none)
+#
+# Under valgrind the CPU has no SHA extensions, so SHA-256 (the JWT's HMAC, the replay
+# key) runs in software and counts far more instructions than it costs natively with
+# SHA-NI; the report gives each count with and without SHA-256's compression function.
+# Needs valgrind, wrk and nginx (installed from Debian when missing, as root).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. benches/load/common.sh
+DUR=${1:-6}
+CONNS=${CONNS:-8}
+TOP=${TOP:-25}
+TARGET_DIR=${CARGO_TARGET_DIR:-./target}
+BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
+BASE_BIN=${BASE_BIN:-}
+ALT_BIN=${ALT_BIN:-}
+ALT_LABEL=${ALT_LABEL:-alt}
+
+for tool in valgrind wrk nginx; do
+  command -v "$tool" >/dev/null || apt-get install -y "$tool" >/dev/null
+done
+[ -x "$BIN" ] || cargo build --release --bin bsk-sidecar
+GEN=$TARGET_DIR/release/load-bodies
+[ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
+
+WORK=$(mktemp -d)
+OUT=${KEEP:-$WORK}
+mkdir -p "$OUT"
+VG_PID=
+cleanup() {
+  [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null
+  nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP=$(free_port); SC=$(free_port)
+nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }"
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+wait_port "$UP"
+# The proxy in the foreground, one process, so valgrind follows it.
+nginx_conf "$WORK/px" "$(proxy_block "$SC")"
+sed -i 's/^daemon on;/daemon off;\nmaster_process off;/' "$WORK/px/nginx.conf"
+bodies_lua "$WORK/bodies.lua"
+# Warm-up bodies first, then the counted ones (SKIP), so none is a replay.
+WARM=20000
+"$GEN" $((WARM + 60000)) > "$WORK/bodies.txt"
+
+RESULTS="$WORK/results.tsv"
+count() { # $1 label, $2.. the command to run under callgrind
+  local label=$1 out reqs bad total sha; shift
+  rm -f "$OUT/$label.out"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$label.out" "$@" \
+    > "$WORK/$label.log" 2>&1 &
+  VG_PID=$!
+  wait_port "$SC" || { sleep 5; wait_port "$SC"; } || { cat "$WORK/$label.log" >&2; exit 1; }
+  wrk -t1 -c"$CONNS" -d2s -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt" > /dev/null
+  callgrind_control -i on "$VG_PID" > /dev/null 2>&1
+  out=$(SKIP=$WARM wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" -- "$WORK/bodies.txt")
+  callgrind_control -i off "$VG_PID" > /dev/null 2>&1
+  kill "$VG_PID"; wait "$VG_PID" 2>/dev/null || true; VG_PID=
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  total=$(awk '/^(totals|summary):/ {print $2}' "$OUT/$label.out" | sort -n | tail -1)
+  # SHA-256's compression function, by its own count (all its inlined lines).
+  sha=$(callgrind_annotate --threshold=100 --auto=no "$OUT/$label.out" 2>/dev/null \
+    | awk '/sha2::sha256::compress256/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+  echo -e "$label\t$reqs\t${bad:-0}\t$total\t$sha" >> "$RESULTS"
+  echo "  $label: $reqs requests (non-2xx ${bad:-0}), $total instructions" >&2
+}
+
+state() { local d; d=$(mktemp -d "$WORK/state.XXXX"); sidecar_conf "$d" > "$d.yaml"; echo "$d.yaml"; }
+count nginx nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+[ -n "$BASE_BIN" ] && RUST_LOG=warn count baseline "$BASE_BIN" run --config "$(state)"
+RUST_LOG=warn count sidecar "$BIN" run --config "$(state)"
+[ -n "$ALT_BIN" ] && RUST_LOG=warn count "$ALT_LABEL" "$ALT_BIN" run --config "$(state)"
+
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, reqs, bad, total, sha = line.split("\t")
+    reqs = max(int(reqs), 1)
+    rows[label] = (int(total) / reqs, (int(total) - int(sha)) / reqs, int(bad))
+print(f"\n{'target':10} {'instructions/request':>21} {'without SHA-256':>16} {'non-2xx':>8}")
+for label, (all_, rest, bad) in rows.items():
+    print(f"{label:10} {all_:>21,.0f} {rest:>16,.0f} {bad:>8}")
+n = rows.get("nginx")
+for label, (all_, rest, _) in rows.items():
+    if label != "nginx" and n:
+        print(f"{label}/nginx: {all_ / n[0]:.2f}x ({rest / n[1]:.2f}x without SHA-256)")
+b = rows.get("baseline")
+for label, (all_, rest, _) in rows.items():
+    if label not in ("nginx", "baseline") and b:
+        print(f"{label}/baseline: {all_ / b[0]:.3f}x ({rest / b[1]:.3f}x without SHA-256)")
+PY
+
+if [ "$TOP" -gt 0 ]; then
+  echo "the sidecar's functions by inclusive count, per request:"
+  reqs=$(awk -F'\t' '$1 == "sidecar" {print $2}' "$RESULTS")
+  callgrind_annotate --inclusive=yes "$OUT/sidecar.out" 2>/dev/null \
+    | awk -v n="$TOP" -v r="$reqs" '/^ *[0-9,]+ \(/ && !/PROGRAM TOTALS/ {
+        c = $1; gsub(",", "", c); f = $0; sub(/^[^)]*\) +/, "", f); sub(/ \[.*$/, "", f)
+        sub(/^[^ ]*\.(rs|c|h|S):/, "", f); if (seen[f]++) next
+        printf "  %8.0f  %s\n", c / r, substr(f, 1, 150); if (++k >= n) exit }'
+fi
