@@ -807,6 +807,35 @@ struct Phase<'a> {
     name: &'a str,
 }
 
+/// What ended one wait of [`Phase::serve`].
+enum Event {
+    /// hyper's connection returned: closed, failed, or parked.
+    Conn(hyper::Result<()>),
+    /// A drain started.
+    Stop,
+    /// The watchdog's tick.
+    Tick,
+}
+
+/// The waker [`Phase::serve`] gives its tick and drain signal: it notes that one of them
+/// is due to be polled, then wakes the connection's task.
+#[derive(Default)]
+struct Nudge {
+    due: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Nudge {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 impl Phase<'_> {
     /// Serves requests with hyper until the connection ends (`None`) or is parked, which
     /// gives back the stream and the service.
@@ -829,9 +858,35 @@ impl Phase<'_> {
         if self.closing {
             Pin::new(&mut *conn).graceful_shutdown();
         }
+        // The watchdog's tick and the drain signal wake the task through `nudge`, so
+        // they are polled only after one of them woke it, not on each of the several
+        // wake-ups of every request (its reads, writes and upstream exchange).
+        let nudge = Arc::new(Nudge::default());
+        let nudge_waker = std::task::Waker::from(nudge.clone());
         loop {
-            tokio::select! {
-                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+            nudge.due.store(true, Ordering::Relaxed);
+            let stop = self.stop.changed();
+            tokio::pin!(stop);
+            let closing = self.closing;
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
+                    return Poll::Ready(Event::Conn(r));
+                }
+                nudge.task.register(cx.waker());
+                if nudge.due.swap(false, Ordering::AcqRel) {
+                    let mut side = Context::from_waker(&nudge_waker);
+                    if !closing && stop.as_mut().poll(&mut side).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                    if ticker.poll_tick(&mut side).is_ready() {
+                        return Poll::Ready(Event::Tick);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Conn(r) => {
                     if let Err(e) = r {
                         tracing::debug!(listener = %self.name, error = %e, "connection ended with error");
                         return None;
@@ -849,11 +904,11 @@ impl Phase<'_> {
                     stream.unread(&parts.read_buf);
                     return Some((stream, parts.service));
                 }
-                _ = self.stop.changed(), if !self.closing => {
+                Event::Stop => {
                     self.closing = true;
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
-                _ = ticker.tick() => match self.deadlines.check(self.activity, self.closing) {
+                Event::Tick => match self.deadlines.check(self.activity, self.closing) {
                     Watchdog::Wait => {}
                     Watchdog::Idle(ms) if parkable && ms >= self.deadlines.park_after_ms() => {
                         // The next read that would wait ends hyper's connection (see
