@@ -23,7 +23,7 @@ pub(super) fn open(
     let sealed = Incoming {
         content_type: header_str(&header::CONTENT_TYPE),
         authorization: header_str(&header::AUTHORIZATION),
-        passcode_header: headers.get("x-passcode").and_then(|v| v.to_str().ok()),
+        passcode_header: header_str(&super::headers::X_PASSCODE),
         body,
     };
     Ok(envelope::open_checked(
