@@ -16,6 +16,7 @@
 //! assert_eq!(verified.payload, br#"{"ticketNo":20221202153322882}"#);
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -230,14 +231,9 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
         return Err(Failure::MalformedToken);
     };
     // The algorithm is judged first so that `alg: none` (empty signature) is reported as such.
-    let (alg, kid) = allowed_algorithm(key, header_b64)?;
+    let (alg, kid) = judged_header(key, token, header_b64)?;
     if payload_b64.is_empty() || signature_b64.is_empty() {
         return Err(Failure::MalformedToken);
-    }
-    // The crate's own header parser must agree, so nothing it would read differently slips by.
-    match jsonwebtoken::decode_header(token) {
-        Ok(header) if header.alg == alg => {}
-        _ => return Err(Failure::MalformedToken),
     }
 
     let message_len = header_b64.len() + 1 + payload_b64.len();
@@ -297,6 +293,50 @@ fn hmac_verifies(alg: Algorithm, secret: &[u8], message: &[u8], signature_b64: &
         Algorithm::HS512 => check::<Hmac<Sha512>>(secret, message, tag),
         _ => false,
     }
+}
+
+/// The header segment of `token` judged: [`allowed_algorithm`], and the crate's own header
+/// parser agreeing, so nothing it would read differently slips by. The verdict depends on
+/// the segment's text and the accepted algorithms alone, and a peer sends the same header
+/// text with every token, so each thread keeps the last segment it accepted and skips
+/// both parses when the next token repeats it.
+fn judged_header(
+    key: &JwtKey,
+    token: &str,
+    header_b64: &str,
+) -> Result<(Algorithm, Option<String>), Failure> {
+    struct Accepted {
+        segment: String,
+        algorithms: Vec<Algorithm>,
+        alg: Algorithm,
+        kid: Option<String>,
+    }
+    thread_local! {
+        static LAST: RefCell<Option<Accepted>> = const { RefCell::new(None) };
+    }
+    let seen = LAST.with(|last| {
+        last.borrow()
+            .as_ref()
+            .filter(|a| a.segment == header_b64 && a.algorithms == key.algorithms)
+            .map(|a| (a.alg, a.kid.clone()))
+    });
+    if let Some(verdict) = seen {
+        return Ok(verdict);
+    }
+    let (alg, kid) = allowed_algorithm(key, header_b64)?;
+    match jsonwebtoken::decode_header(token) {
+        Ok(header) if header.alg == alg => {}
+        _ => return Err(Failure::MalformedToken),
+    }
+    LAST.with(|last| {
+        *last.borrow_mut() = Some(Accepted {
+            segment: header_b64.to_owned(),
+            algorithms: key.algorithms.clone(),
+            alg,
+            kid: kid.clone(),
+        });
+    });
+    Ok((alg, kid))
 }
 
 /// Reads the JOSE header far enough to decide whether its `alg` is acceptable.
@@ -481,6 +521,52 @@ mod rotation_tests {
         // A kid we do not hold: every secret is tried.
         let unknown = sign(&key(Secret::new(OLD).with_kid("elsewhere")), b"{}").unwrap();
         assert!(verify(&both, &unknown, 0).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    const SECRET: &str = "a shared secret of at least 32 bytes";
+
+    fn key(algorithms: Vec<Algorithm>) -> JwtKey {
+        let mut k = JwtKey::new(Secret::new(SECRET));
+        k.require_exp = false;
+        k.algorithms = algorithms;
+        k
+    }
+
+    #[test]
+    fn a_header_accepted_under_one_key_is_judged_anew_under_another() {
+        // Signed with HS384, which only `wide` accepts.
+        let wide = key(vec![Algorithm::HS384, Algorithm::HS256]);
+        let narrow = key(vec![Algorithm::HS256]);
+        let token = sign(&wide, br#"{"a":1}"#).unwrap();
+        let hs256 = sign(&narrow, br#"{"a":2}"#).unwrap();
+        // In turn on one thread: the header this thread last accepted never decides
+        // for a key that does not accept its algorithm.
+        for _ in 0..2 {
+            assert_eq!(verify(&wide, &token, 0).unwrap().payload, br#"{"a":1}"#);
+            assert!(matches!(
+                verify(&narrow, &token, 0),
+                Err(Failure::BadToken(TokenProblem::AlgNotAllowed))
+            ));
+            assert_eq!(verify(&narrow, &hs256, 0).unwrap().payload, br#"{"a":2}"#);
+            assert_eq!(verify(&wide, &hs256, 0).unwrap().payload, br#"{"a":2}"#);
+        }
+        // A header that differs from the accepted one by any byte is read again.
+        let (_, rest) = token.split_once('.').unwrap();
+        let none = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#));
+        assert!(matches!(
+            verify(&wide, &none, 0),
+            Err(Failure::BadToken(TokenProblem::AlgNotAllowed))
+        ));
+        let critical = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS384","crit":["x"]}"#);
+        assert!(matches!(
+            verify(&wide, &format!("{critical}.{rest}"), 0),
+            Err(Failure::MalformedToken)
+        ));
     }
 }
 
