@@ -47,6 +47,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::guard::bounds::JsonBounds;
+use crate::guard::fields::BorrowedStr;
 use crate::guard::payload;
 
 use crate::secret::Secret;
@@ -375,28 +376,32 @@ impl Carried<'_> {
 /// The chaining rule: a JSON string's content, else the field of a JSON object, else the
 /// bytes trimmed of whitespace.
 fn string_in(bytes: &[u8], field: Field) -> Option<Cow<'_, str>> {
+    // Borrowed from `bytes` unless the value has escapes: the base64 of a whole body
+    // is not copied on its way to the decoder.
     #[derive(Deserialize)]
-    struct EncData {
-        #[serde(rename = "encData")]
-        value: Option<String>,
+    struct EncData<'a> {
+        #[serde(rename = "encData", borrow)]
+        value: Option<BorrowedStr<'a>>,
     }
     #[derive(Deserialize)]
-    struct Token {
-        #[serde(rename = "token")]
-        value: Option<String>,
+    struct Token<'a> {
+        #[serde(rename = "token", borrow)]
+        value: Option<BorrowedStr<'a>>,
     }
 
     let trimmed = bytes.trim_ascii();
     let found = match (trimmed.first(), field) {
-        (Some(b'"'), _) => serde_json::from_slice::<Cow<'_, str>>(trimmed).ok(),
-        (Some(b'{'), Field::EncData) => serde_json::from_slice::<EncData>(trimmed)
+        (Some(b'"'), _) => serde_json::from_slice::<BorrowedStr<'_>>(trimmed)
+            .ok()
+            .map(|v| v.0),
+        (Some(b'{'), Field::EncData) => serde_json::from_slice::<EncData<'_>>(trimmed)
             .ok()
             .and_then(|o| o.value)
-            .map(Cow::Owned),
-        (Some(b'{'), Field::Token) => serde_json::from_slice::<Token>(trimmed)
+            .map(|v| v.0),
+        (Some(b'{'), Field::Token) => serde_json::from_slice::<Token<'_>>(trimmed)
             .ok()
             .and_then(|o| o.value)
-            .map(Cow::Owned),
+            .map(|v| v.0),
         _ => None,
     };
     match found {
@@ -466,9 +471,7 @@ fn open_with(
                 shape = body_shape;
                 Carried::Text(Cow::Owned(enc_data))
             }
-            Layer::Token => {
-                Carried::Text(Cow::Owned(token::open(keys.passcode.as_ref(), req.body)?))
-            }
+            Layer::Token => Carried::Text(token::open(keys.passcode.as_ref(), req.body)?),
             Layer::Bearer => Carried::Text(Cow::Owned(bearer::open(
                 keys.passcode.as_ref(),
                 req.authorization,

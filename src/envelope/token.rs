@@ -19,18 +19,20 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Failure;
+use crate::guard::fields::BorrowedStr;
 use crate::secret::Secret;
 
 /// Returns the token after checking the passcode. No passcode configured for the peer means
 /// this layer cannot be used (`Misconfigured`); a body that is not such an object is
 /// `MalformedToken`; a passcode that does not match is `BadPasscode`.
-pub fn open(passcode: Option<&Secret>, body: &[u8]) -> Result<String, Failure> {
+pub fn open<'a>(passcode: Option<&Secret>, body: &'a [u8]) -> Result<Cow<'a, str>, Failure> {
     // Derived `Deserialize` refuses duplicated fields, so a second `passcode` cannot sneak by.
     #[derive(Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
         passcode: &'a RawValue,
-        token: String,
+        #[serde(borrow)]
+        token: BorrowedStr<'a>,
     }
 
     let expected = passcode.ok_or(Failure::Misconfigured("passcode"))?;
@@ -39,7 +41,7 @@ pub fn open(passcode: Option<&Secret>, body: &[u8]) -> Result<String, Failure> {
     if !expected.matches(presented.as_bytes()) {
         return Err(Failure::BadPasscode);
     }
-    Ok(body.token)
+    Ok(body.token.0)
 }
 
 /// Builds `{"passcode":"…","token":"…"}`. The passcode must be UTF-8 to go into JSON.
@@ -59,7 +61,9 @@ pub fn seal(passcode: &Secret, token: &str) -> Result<Vec<u8>, Failure> {
 pub(crate) fn passcode_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.as_bytes().first()? {
-        b'"' => serde_json::from_str::<Cow<'_, str>>(text).ok(),
+        b'"' => serde_json::from_str::<BorrowedStr<'_>>(text)
+            .ok()
+            .map(|t| t.0),
         b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
         _ => None,
     }

@@ -97,7 +97,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Object<'a>, M::Error> {
                 let mut entries = Vec::with_capacity(m.size_hint().unwrap_or(8).min(64));
-                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                while let Some(BorrowedStr(k)) = m.next_key()? {
                     entries.push((k, m.next_value::<&'de RawValue>()?));
                 }
                 Ok(Object(entries))
@@ -107,9 +107,48 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
     }
 }
 
+/// A JSON string borrowed from the document when it has no escapes, else unescaped into
+/// its own `String`. (serde's own `Cow<str>` always copies, even with `#[serde(borrow)]`
+/// inside an `Option`.)
+pub struct BorrowedStr<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Text<'a> {
+            type Value = BorrowedStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Text(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_borrowed_unless_escaped() {
+        let plain: BorrowedStr<'_> = serde_json::from_str(r#""encData""#).unwrap();
+        assert!(matches!(plain.0, Cow::Borrowed("encData")));
+        let escaped: BorrowedStr<'_> = serde_json::from_str(r#""enc\u0044ata\n""#).unwrap();
+        assert!(matches!(escaped.0, Cow::Owned(ref s) if s == "encData\n"));
+        assert!(serde_json::from_str::<BorrowedStr<'_>>("1").is_err());
+        let obj = Object::parse(br#"{"a\u0062":1,"cd":2}"#).unwrap();
+        assert_eq!(obj.get("ab").map(RawValue::get), Some("1"));
+        assert_eq!(obj.get("cd").map(RawValue::get), Some("2"));
+    }
 
     #[test]
     fn every_spelling_is_found_and_two_are_ambiguous() {
