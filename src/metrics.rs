@@ -3,9 +3,11 @@
 //! Names follow `bsk_sidecar_<subsystem>_<name>_<unit|total>`; labels are bounded
 //! (listener, route, peer, outcome, reason) — never an address, user id or token.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: 100 µs to 30 s.
@@ -273,8 +275,82 @@ impl Register<'_> {
     }
 }
 
+/// One route's series of the metrics every answered request updates, looked up by their
+/// label values on first use and kept: a lookup hashes the values and takes the vector's
+/// lock, once per request per metric otherwise. A series still appears on its first use,
+/// as before.
+#[derive(Default)]
+pub struct RouteSeries {
+    request_seconds: OnceLock<Histogram>,
+    forwarded: OnceLock<IntCounter>,
+    upstream_seconds: OnceLock<Histogram>,
+}
+
+/// The labels of a route's series.
+#[derive(Clone, Copy)]
+pub struct RouteLabels<'a> {
+    pub listener: &'a str,
+    pub route: &'a str,
+    pub peer: &'a str,
+}
+
+impl RouteSeries {
+    /// `bsk_sidecar_request_duration_seconds` of the route.
+    pub fn request_seconds(&self, m: &Metrics, l: RouteLabels<'_>) -> &Histogram {
+        self.request_seconds
+            .get_or_init(|| m.request_seconds.with_label_values(&[l.listener, l.route]))
+    }
+
+    /// `bsk_sidecar_requests_total` of the route's peer with the outcome `forwarded`.
+    pub fn forwarded(&self, m: &Metrics, l: RouteLabels<'_>) -> &IntCounter {
+        self.forwarded.get_or_init(|| {
+            m.requests
+                .with_label_values(&[l.listener, l.route, l.peer, "forwarded"])
+        })
+    }
+
+    /// `bsk_sidecar_upstream_duration_seconds` of the route.
+    pub fn upstream_seconds(&self, m: &Metrics, l: RouteLabels<'_>) -> &Histogram {
+        self.upstream_seconds
+            .get_or_init(|| m.upstream_seconds.with_label_values(&[l.listener, l.route]))
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_series_is_its_labelled_series_and_appears_on_first_use() {
+        let m = Metrics::new();
+        let series = RouteSeries::default();
+        let labels = RouteLabels {
+            listener: "public",
+            route: "/bsk/status",
+            peer: "bsk",
+        };
+        let text = || String::from_utf8(m.render()).unwrap();
+        assert!(!text().contains("bsk_sidecar_upstream_duration_seconds_count"));
+        series.forwarded(&m, labels).inc();
+        series.forwarded(&m, labels).inc();
+        series.request_seconds(&m, labels).observe(0.5);
+        series.upstream_seconds(&m, labels).observe(0.25);
+        let forwarded = ["public", "/bsk/status", "bsk", "forwarded"];
+        assert_eq!(m.requests.with_label_values(&forwarded).get(), 2);
+        let route = ["public", "/bsk/status"];
+        let seconds = m.request_seconds.with_label_values(&route);
+        assert_eq!(seconds.get_sample_count(), 1);
+        assert_eq!(seconds.get_sample_sum(), 0.5);
+        let upstream = m.upstream_seconds.with_label_values(&route);
+        assert_eq!(upstream.get_sample_sum(), 0.25);
+        assert!(text().contains(
+            r#"bsk_sidecar_upstream_duration_seconds_count{listener="public",route="/bsk/status"} 1"#
+        ));
     }
 }

@@ -22,7 +22,7 @@ use crate::guard::dns::Names;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
 use crate::guard::replay::ReplayCache;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::tls::TlsState;
 
 /// A route with its own limiter and its destination.
@@ -30,6 +30,10 @@ pub struct RouteRt {
     pub cfg: Arc<Route>,
     pub limiter: Option<Arc<Limiter>>,
     pub destination: Destination,
+    /// The route's request metrics, kept from their first use.
+    pub series: RouteSeries,
+    /// The local bucket of the route's peer (`peers.<name>.rate`), found once here.
+    pub peer_limiter: Option<Arc<Limiter>>,
 }
 
 /// Where a route's requests go, with what that needs already built — so the pipeline
@@ -172,7 +176,7 @@ impl Runtime {
         if let (Some(e), Ok(_)) = (&egress, tokio::runtime::Handle::try_current()) {
             e.start(&settings, &metrics);
         }
-        let listeners = listeners(&settings, &metrics, egress.as_ref(), prev)?;
+        let listeners = listeners(&settings, &metrics, &peer_limiters, egress.as_ref(), prev)?;
         let names = Names::new(
             settings
                 .peers
@@ -216,6 +220,7 @@ fn local_share(settings: &Settings, spec: RateSpec) -> RateSpec {
 fn listeners(
     settings: &Settings,
     metrics: &Metrics,
+    peer_limiters: &HashMap<String, Arc<Limiter>>,
     egress: Option<&Arc<Egress>>,
     prev: Option<&Runtime>,
 ) -> Result<Vec<ListenerRt>, BuildError> {
@@ -231,6 +236,8 @@ fn listeners(
                 cfg: r.clone(),
                 limiter,
                 destination: Destination::new(&r.target, egress, &r.path)?,
+                series: RouteSeries::default(),
+                peer_limiter: peer_limiters.get(&r.peer.name).cloned(),
             };
             routes.insert(r.path.clone(), route);
         }

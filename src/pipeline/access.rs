@@ -10,6 +10,7 @@ use http::Response;
 use http_body_util::Full;
 
 use crate::error::{Fault, Reject};
+use crate::metrics::{RouteLabels, RouteSeries};
 use crate::runtime::{ListenerRt, Runtime};
 
 /// What the log line and metrics learn about a request as it goes (the route and peer
@@ -18,6 +19,8 @@ use crate::runtime::{ListenerRt, Runtime};
 pub(super) struct Trace<'a> {
     pub(super) route: Option<&'a str>,
     pub(super) peer: Option<&'a str>,
+    /// The route's metric series, once the route is known.
+    pub(super) series: Option<&'a RouteSeries>,
     pub(super) userid: Option<String>,
     pub(super) ticket_no: Option<String>,
     pub(super) upstream_status: Option<u16>,
@@ -36,16 +39,26 @@ pub(super) fn finish(
     let route_label = trace.route.unwrap_or("unmatched");
     let peer_label = trace.peer.unwrap_or("none");
     let elapsed = start.elapsed();
-    rt.metrics
-        .request_seconds
-        .with_label_values(&[&lst.name, route_label])
-        .observe(elapsed.as_secs_f64());
+    let labels = RouteLabels {
+        listener: &lst.name,
+        route: route_label,
+        peer: peer_label,
+    };
+    let seconds = elapsed.as_secs_f64();
+    match trace.series {
+        Some(s) => s.request_seconds(&rt.metrics, labels).observe(seconds),
+        None => (rt.metrics.request_seconds)
+            .with_label_values(&[&lst.name, route_label])
+            .observe(seconds),
+    }
     match result {
         Ok(resp) => {
-            rt.metrics
-                .requests
-                .with_label_values(&[&lst.name, route_label, peer_label, "forwarded"])
-                .inc();
+            match trace.series {
+                Some(s) => s.forwarded(&rt.metrics, labels).inc(),
+                None => (rt.metrics.requests)
+                    .with_label_values(&[&lst.name, route_label, peer_label, "forwarded"])
+                    .inc(),
+            }
             tracing::info!(
                 target: "bsk_sidecar::access",
                 request_id = %request_id,

@@ -36,10 +36,9 @@ pub(super) async fn to_upstream(
         .forwarder
         .send(upstream, req, cfg.upstream_timeout)
         .await;
-    cx.rt
-        .metrics
-        .upstream_seconds
-        .with_label_values(&[&cx.lst.name, &cfg.path])
+    cx.route
+        .series
+        .upstream_seconds(&cx.rt.metrics, cx.labels())
         .observe(started.elapsed().as_secs_f64());
     let answer = sent.map_err(|e| {
         tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");

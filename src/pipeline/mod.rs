@@ -45,6 +45,7 @@ use hyper::body::Body;
 use crate::config::Upstream;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::metrics::RouteLabels;
 use crate::runtime::{Destination, ListenerRt, RouteRt, Runtime};
 
 mod access;
@@ -77,6 +78,17 @@ struct Ctx<'a> {
     route: &'a RouteRt,
     client: IpAddr,
     request_id: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The labels of the route's metric series.
+    fn labels(&self) -> RouteLabels<'_> {
+        RouteLabels {
+            listener: &self.lst.name,
+            route: &self.route.cfg.path,
+            peer: &self.route.cfg.peer.name,
+        }
+    }
 }
 
 /// Serves one request on listener `listener` from `client`. Never fails: every error
@@ -168,7 +180,7 @@ where
 
     let now = rt.clock.unix_secs();
     let opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
-    rate::peer(rt, cfg).await?;
+    rate::peer(rt, route).await?;
     let ids = ids::ids_of(&opened.plain);
     trace.userid = ids.userid.clone();
     trace.ticket_no = ids.ticket_no.clone();

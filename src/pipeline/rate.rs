@@ -4,12 +4,11 @@
 //! so nothing an unauthenticated sender does spends what belongs to an authenticated one.
 
 use super::Ctx;
-use crate::config::Route;
 use crate::error::{RateScope, Reject};
 use crate::fleet::{OnRedisDown, Verdict};
 use crate::guard::ip::prefix_of;
 use crate::guard::rate::{Limiter, RateSpec};
-use crate::runtime::Runtime;
+use crate::runtime::{RouteRt, Runtime};
 
 /// The limits that apply before the sender is known: its address (keyed by prefix, so
 /// one IPv6 /64 cannot mint fresh buckets; always this replica's own) and the route.
@@ -32,9 +31,10 @@ pub(super) async fn before_auth(cx: &Ctx<'_>) -> Result<(), Reject> {
 
 /// The peer's own budget, spent only by requests that proved to be that peer. (On an
 /// egress route the peer's bucket limits what goes *to* it: crate::egress.)
-pub(super) async fn peer(rt: &Runtime, cfg: &Route) -> Result<(), Reject> {
+pub(super) async fn peer(rt: &Runtime, route: &RouteRt) -> Result<(), Reject> {
+    let cfg = &route.cfg;
     if let Some(spec) = cfg.peer.rate {
-        let local = rt.peer_limiters.get(&cfg.peer.name).map(|l| &**l);
+        let local = route.peer_limiter.as_deref();
         let name = || format!("peer:{}", cfg.peer.name);
         limit(rt, name, spec, local, RateScope::Peer).await?;
     }

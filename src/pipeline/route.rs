@@ -27,6 +27,7 @@ pub(super) fn select<'a, B>(
     let cfg = &route.cfg;
     trace.route = Some(&cfg.path);
     trace.peer = Some(&cfg.peer.name);
+    trace.series = Some(&route.series);
     if req.method() != cfg.method {
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
