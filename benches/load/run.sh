@@ -37,7 +37,8 @@
 # Access logs are off on both sides (sidecar: RUST_LOG=warn; nginx: access_log off).
 #
 # Per target and connection count it prints the median over rounds of: requests/s,
-# p50/p99 latency, CPU µs per request of the proxy (utime+stime from /proc), CPU µs the
+# p50/p99 latency, CPU µs per request of the proxy (utime+stime from /proc; utime alone
+# too, and the user and system ratios against nginx), CPU µs the
 # upstream spent per request it served, new upstream connections (nginx stub_status
 # `accepts`), peak RSS (VmHWM; nginx: master + worker), and context switches per request
 # (every thread of the proxy, from /proc), then the ratio lines.
@@ -116,6 +117,8 @@ bodies_lua "$WORK/bodies.lua"
 
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + a + b)); done; echo "$t"; }
+# The user-space share of those ticks (utime alone).
+uticks() { local t=0 a; for p in "$@"; do a=$(cut -d' ' -f14 "/proc/$p/stat"); t=$((t + a)); done; echo "$t"; }
 hwm_kib() { local t=0 v; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo "$t"; }
 # Context switches of every thread of the processes (voluntary: a thread waited; not:
 # it was preempted), for the wake-ups a design costs per request.
@@ -126,17 +129,17 @@ RESULTS="$WORK/results.tsv"
 measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
   local label=$1 c=$2 port=$3; shift 3
   local t0 u0 a0 s0 out t1 u1 a1 s1
-  a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS); s0=$(switches "$@")
+  a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS); s0=$(switches "$@"); o0=$(uticks "$@")
   if [ -n "${PERF:-}" ] && [ "$label" = "${PERF_LABEL:-sidecar}" ]; then
     # shellcheck disable=SC2086 # PERF_ARGS is a list of perf options
     perf record -q ${PERF_ARGS:--F 499 -g} -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
   fi
   out=$(wrk -t1 -c"$c" -d"${DUR}s" --latency -s "$WORK/bodies.lua" "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
-  t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts); s1=$(switches "$@")
+  t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts); s1=$(switches "$@"); o1=$(uticks "$@")
   echo "$out" | python3 -c '
 import re, sys
 out = sys.stdin.read()
-label, c, hz, cpu, up, newc, hwm, sw = sys.argv[1:]
+label, c, hz, cpu, up, newc, hwm, sw, ucpu = sys.argv[1:]
 def ms(s):
     v, unit = re.match(r"([\d.]+)(us|ms|s)", s).groups()
     return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
@@ -149,11 +152,12 @@ bad = int(m.group(1)) if m else 0
 m = re.search(r"Socket errors: (.*)", out)
 errs = m.group(1) if m else "none"
 us = int(cpu) / int(hz) * 1e6 / max(reqs, 1)
+user = int(ucpu) / int(hz) * 1e6 / max(reqs, 1)
 uu = int(up) / int(hz) * 1e6 / max(reqs, 1)
 cs = int(sw) / max(reqs, 1)
-print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}")
-print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
-' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) >> "$RESULTS"
+print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}\t{user:.1f}")
+print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req (user {user:4.1f})  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
+' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) $((o1 - o0)) >> "$RESULTS"
 }
 
 TARGETS="nginx"
@@ -279,7 +283,7 @@ def per_round(t, other, c):
     # each other), to show how far this machine's noise moves one ratio.
     pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
     return ", ".join(f"{a[3] / b[3]:.2f}" for a, b in pairs if b[3])
-cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req"]
+cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req"]
 print("\nmedian over rounds:")
 print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -288,7 +292,7 @@ for c in sorted({c for _, c in med}):
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
-            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c)})  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
+            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c)}; user {a[9]/n[9]:.2f}x, system {(a[3]-a[9])/(n[3]-n[9]):.2f}x)  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx-all", c) in med:
             a, n = med[(t, c)], med[("nginx-all", c)]
@@ -296,7 +300,7 @@ for c in sorted({c for _, c in med}):
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all", "baseline"}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
-            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)})  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+            print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)}; user {a[9]/b[9]:.2f}x)  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
     if ("logged", c) in med and ("sidecar", c) in med:
         l, e = med[("logged", c)], med[("sidecar", c)]
         print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms  context switches/req {l[8]:.3f}/{e[8]:.3f}")
