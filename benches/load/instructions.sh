@@ -10,6 +10,10 @@
 #
 #   BASE_BIN=/path/to/bsk-sidecar   also count this binary (a baseline build) as "baseline"
 #   ALT_BIN=/path ALT_LABEL=name    and this one as "name"
+#   ALT_LEVEL=info                  run the variant with its access log on (one line per
+#                                   request, to a file): ALT_BIN=$BIN ALT_LEVEL=info counts
+#                                   what the access log costs
+#   LOG_FORMAT=json                 the sidecars' log format (default: human)
 #   CONNS=8                         wrk's connections
 #   KEEP=/tmp/cg                    keep each target's callgrind file there, for
 #                                   `callgrind_annotate --inclusive=yes KEEP/<target>.out`
@@ -87,9 +91,10 @@ count() { # $1 label, $2.. the command to run under callgrind
 
 state() { local d; d=$(mktemp -d "$WORK/state.XXXX"); sidecar_conf "$d" > "$d.yaml"; echo "$d.yaml"; }
 count nginx nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
-[ -n "$BASE_BIN" ] && RUST_LOG=warn count baseline "$BASE_BIN" run --config "$(state)"
-RUST_LOG=warn count sidecar "$BIN" run --config "$(state)"
-[ -n "$ALT_BIN" ] && RUST_LOG=warn count "$ALT_LABEL" "$ALT_BIN" run --config "$(state)"
+LOG=(--log-format "${LOG_FORMAT:-human}")
+[ -n "$BASE_BIN" ] && RUST_LOG=warn count baseline "$BASE_BIN" "${LOG[@]}" run --config "$(state)"
+RUST_LOG=warn count sidecar "$BIN" "${LOG[@]}" run --config "$(state)"
+[ -n "$ALT_BIN" ] && RUST_LOG=${ALT_LEVEL:-warn} count "$ALT_LABEL" "$ALT_BIN" "${LOG[@]}" run --config "$(state)"
 
 python3 - "$RESULTS" <<'PY'
 import sys
