@@ -77,6 +77,8 @@ pub struct ListenerRt {
     pub trusted_proxies: Option<AllowList>,
     /// Trusted proxies open each connection with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// The metric series of requests that matched no route (`route="unmatched"`).
+    pub unmatched: RouteSeries,
 }
 
 pub struct Runtime {
@@ -250,6 +252,7 @@ fn listeners(
             trusted_proxies: l.trusted_proxies.clone(),
             proxy_protocol: l.proxy_protocol,
             routes,
+            unmatched: RouteSeries::default(),
         });
     }
     Ok(out)

@@ -116,9 +116,10 @@ bodies_lua "$WORK/bodies.lua"
 
 
 HZ=$(getconf CLK_TCK)
-ticks() { local t=0 a b; for p in "$@"; do read -r a b < <(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + a + b)); done; echo "$t"; }
-# The user-space share of those ticks (utime alone).
-uticks() { local t=0 a; for p in "$@"; do a=$(cut -d' ' -f14 "/proc/$p/stat"); t=$((t + a)); done; echo "$t"; }
+# CPU ticks of the processes: fields $1 of /proc/<pid>/stat (14 utime, 15 stime), summed.
+stat_ticks() { local f=$1 t=0 v; shift; for p in "$@"; do for v in $(cut -d' ' -f"$f" "/proc/$p/stat"); do t=$((t + v)); done; done; echo "$t"; }
+ticks() { stat_ticks 14,15 "$@"; }
+uticks() { stat_ticks 14 "$@"; } # the user-space share alone
 hwm_kib() { local t=0 v; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo "$t"; }
 # Context switches of every thread of the processes (voluntary: a thread waited; not:
 # it was preempted), for the wake-ups a design costs per request.

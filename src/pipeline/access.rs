@@ -44,21 +44,14 @@ pub(super) fn finish(
         route: route_label,
         peer: peer_label,
     };
-    let seconds = elapsed.as_secs_f64();
-    match trace.series {
-        Some(s) => s.request_seconds(&rt.metrics, labels).observe(seconds),
-        None => (rt.metrics.request_seconds)
-            .with_label_values(&[&lst.name, route_label])
-            .observe(seconds),
-    }
+    // Set with the route's names; without a route, the listener's own "unmatched" series.
+    let series = trace.series.unwrap_or(&lst.unmatched);
+    series
+        .request_seconds(&rt.metrics, labels)
+        .observe(elapsed.as_secs_f64());
     match result {
         Ok(resp) => {
-            match trace.series {
-                Some(s) => s.forwarded(&rt.metrics, labels).inc(),
-                None => (rt.metrics.requests)
-                    .with_label_values(&[&lst.name, route_label, peer_label, "forwarded"])
-                    .inc(),
-            }
+            series.forwarded(&rt.metrics, labels).inc();
             tracing::info!(
                 target: "bsk_sidecar::access",
                 request_id = %request_id,

@@ -275,5 +275,14 @@ listeners:
             .with_label_values(&["public", "/bsk/status", "bsk", "rejected"])
             .get();
         assert_eq!(refused, 3);
+        // Timed under their route's series, and the 404 under the listener's "unmatched".
+        let timed = |route: &str| {
+            (rt.metrics.request_seconds)
+                .with_label_values(&["public", route])
+                .get_sample_count()
+        };
+        assert_eq!((timed("/bsk/status"), timed("unmatched")), (3, 1));
+        let unmatched = ["public", "unmatched", "none", "rejected"];
+        assert_eq!(rt.metrics.requests.with_label_values(&unmatched).get(), 1);
     }
 }
