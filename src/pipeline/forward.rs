@@ -34,24 +34,23 @@ pub(super) async fn to_upstream(
     let sent = cx
         .rt
         .forwarder
-        .send(upstream, req, cfg.upstream_timeout)
+        .send(upstream, &req, cfg.upstream_timeout)
         .await;
     cx.route
         .series
         .upstream_seconds(&cx.rt.metrics, cx.labels())
         .observe(started.elapsed().as_secs_f64());
-    let answer = sent.map_err(|e| {
-        tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");
-        Reject::from(e)
-    });
-    // Anything but "never delivered" (an answer, a timeout) may have reached the
-    // application: the record stays.
+    // Anything but "never delivered" (an answer, a timeout, a connection that broke after
+    // the request was written) may have reached the application: the record stays.
     if let Some(r) = held {
-        if !matches!(answer, Err(Reject::UpstreamUnavailable)) {
+        if sent.as_ref().map_or_else(|e| e.maybe_delivered(), |_| true) {
             r.keep();
         }
     }
-    let answer = answer?;
+    let answer = sent.map_err(|e| {
+        tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");
+        Reject::from(e)
+    })?;
     trace.upstream_status = Some(answer.status().as_u16());
     Ok(answer)
 }

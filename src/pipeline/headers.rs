@@ -16,7 +16,6 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::Full;
 
 use crate::config::{Route, Upstream};
 use crate::error::{tag_request_id, Reject};
@@ -80,7 +79,7 @@ pub(super) fn upstream_request(
     client: IpAddr,
     request_id: &str,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, Reject> {
+) -> Result<Request<Bytes>, Reject> {
     // The upstream's own path, shared rather than parsed again, unless the client's
     // query string is passed on.
     let query = parts
@@ -97,7 +96,7 @@ pub(super) fn upstream_request(
     let mut req = Request::builder()
         .method(cfg.method.clone())
         .uri(uri)
-        .body(Full::new(body))
+        .body(body)
         .map_err(|_| Reject::Internal)?;
     let hop = connection_listed(&parts.headers);
     let headers = req.headers_mut();

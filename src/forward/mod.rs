@@ -2,23 +2,25 @@
 //! pool per upstream address, connect and response deadlines.
 //!
 //! Deliberately lean: a request takes an idle connection from a short-held lock (or
-//! dials a new one), and its own task drives that connection while it sends and reads
-//! the answer, then puts the connection back. No task per connection or per request, no
-//! hand-off between threads.
+//! dials a new one), and its own task writes the request and reads the answer on it
+//! ([`h1`]), then puts the connection back. No task per connection or per request, no
+//! hand-off between threads. (The egress client's hyper connections share
+//! [`IdlePool`] and [`exchange`].)
 
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+mod h1;
+
+use h1::Conn;
+pub use h1::Fault;
+
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::HeaderValue;
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
@@ -55,7 +57,27 @@ pub enum ForwardError {
     #[error("upstream answer larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("upstream connection failed: {0}")]
-    Http(#[from] hyper::Error),
+    Upstream(Fault),
+}
+
+impl ForwardError {
+    fn from_fault(fault: Fault, limit: usize) -> ForwardError {
+        match fault {
+            Fault::TooLarge => ForwardError::TooLarge { limit },
+            other => ForwardError::Upstream(other),
+        }
+    }
+
+    /// Whether the request may have reached the application: anything but a connection
+    /// that never opened or never took a byte of it.
+    pub fn maybe_delivered(&self) -> bool {
+        !matches!(
+            self,
+            ForwardError::Connect { .. }
+                | ForwardError::ConnectTimeout { .. }
+                | ForwardError::Upstream(Fault::Unsent(_))
+        )
+    }
 }
 
 /// A plain-HTTP upstream on loopback or the local network.
@@ -213,53 +235,13 @@ where
     }
 }
 
-/// One keep-alive connection to an upstream: the request handle and the connection state
-/// machine itself, which the request's own task drives while it uses the connection (no
-/// task per connection, no hand-off between tasks or threads per request). `conn` is
-/// `None` once the connection has ended.
-struct UpConn {
-    sender: SendRequest<Full<Bytes>>,
-    conn: Option<Pin<Box<UpConnection>>>,
-}
-
-type UpConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
-/// Runs `fut` to completion, polling the connection alongside it so the request is written
-/// and the answer read. When the connection ends first it is dropped, which fails whatever
-/// `fut` still waits for, and `fut` resolves with that.
-async fn drive<F: Future>(conn: &mut Option<Pin<Box<UpConnection>>>, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(out);
-        }
-        if let Some(c) = conn.as_mut() {
-            if let Poll::Ready(r) = c.as_mut().poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream connection closed with error");
-                }
-                *conn = None;
-            }
-            return fut.as_mut().poll(cx);
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-impl UpConn {
-    fn is_open(&self) -> bool {
-        self.conn.is_some() && !self.sender.is_closed()
-    }
-}
-
 /// One upstream address and its idle connections, most recently used first out, kept per
 /// connection worker: a connection is registered with the reactor of the worker that
 /// opened it, so only that worker uses it again (slot 0 serves any other thread).
 struct Pool {
     authority: Authority,
     addr: String,
-    idle: Box<[Mutex<Vec<UpConn>>]>,
+    idle: Box<[Mutex<Vec<Conn>>]>,
     max_idle: usize,
 }
 
@@ -274,25 +256,22 @@ impl Pool {
     }
 
     /// The calling worker's idle connections (`new` makes slot 0 and one per worker).
-    fn slot(&self) -> Option<std::sync::MutexGuard<'_, Vec<UpConn>>> {
+    fn slot(&self) -> Option<std::sync::MutexGuard<'_, Vec<Conn>>> {
         let slot = (self.idle.get(crate::workers::current())).or_else(|| self.idle.first());
         slot.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn take(&self) -> Option<UpConn> {
+    fn take(&self) -> Option<Conn> {
         let mut idle = self.slot()?;
         while let Some(c) = idle.pop() {
-            if c.is_open() {
+            if c.is_idle_open() {
                 return Some(c);
             }
         }
         None
     }
 
-    fn put(&self, c: UpConn) {
-        if !c.is_open() {
-            return;
-        }
+    fn put(&self, c: Conn) {
         let Some(mut idle) = self.slot() else {
             return;
         };
@@ -301,7 +280,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<UpConn, ForwardError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ForwardError> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| ForwardError::ConnectTimeout {
@@ -312,76 +291,42 @@ impl Pool {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(UpConn {
-            sender,
-            conn: Some(Box::pin(conn)),
-        })
+        Ok(Conn::new(stream))
     }
 
     /// Sends `req` on an idle connection (or a new one) and reads the whole answer, at most
-    /// `max_response` bytes, before `deadline`. A request that was never written to a
-    /// pooled connection that had just closed is retried on another.
+    /// `max_response` bytes. A request that a pooled connection failed to take (not one
+    /// byte written: the application had closed it) goes on another.
     async fn exchange(
         &self,
-        mut req: Request<Full<Bytes>>,
-        deadline: Instant,
+        req: &Request<Bytes>,
         connect_timeout: Duration,
         max_response: usize,
     ) -> Result<Response<Bytes>, ForwardError> {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head_request = req.method() == Method::HEAD;
+        let fault = |e| ForwardError::from_fault(e, max_response);
         loop {
-            let (mut up, reused) = match self.take() {
+            let (mut conn, reused) = match self.take() {
                 Some(c) => (c, true),
-                None => {
-                    let c = timeout_at(deadline, self.connect(connect_timeout))
-                        .await
-                        .map_err(|_| ForwardError::Timeout)??;
-                    (c, false)
-                }
+                None => (self.connect(connect_timeout).await?, false),
             };
-            let ready = timeout_at(deadline, drive(&mut up.conn, up.sender.ready()))
+            match conn
+                .send(req.method(), target, req.headers(), req.body())
                 .await
-                .map_err(|_| ForwardError::Timeout)?;
-            if let Err(e) = ready {
-                if reused {
-                    continue;
-                }
-                return Err(ForwardError::Http(e));
+            {
+                Ok(()) => {}
+                Err(Fault::Unsent(_)) if reused => continue,
+                Err(e) => return Err(fault(e)),
             }
-            let send = up.sender.try_send_request(req);
-            let sent = timeout_at(deadline, drive(&mut up.conn, send))
+            let (resp, reusable) = conn
+                .receive(head_request, max_response)
                 .await
-                .map_err(|_| ForwardError::Timeout)?;
-            let resp = match sent {
-                Ok(resp) => resp,
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => {
-                        req = back;
-                        continue;
-                    }
-                    _ => return Err(ForwardError::Http(e.into_error())),
-                },
-            };
-            let (parts, body) = resp.into_parts();
-            let collected = timeout_at(
-                deadline,
-                drive(&mut up.conn, Limited::new(body, max_response).collect()),
-            )
-            .await
-            .map_err(|_| ForwardError::Timeout)?;
-            let body = match collected {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    return Err(match e.downcast::<hyper::Error>() {
-                        Ok(h) => ForwardError::Http(*h),
-                        Err(_) => ForwardError::TooLarge {
-                            limit: max_response,
-                        },
-                    })
-                }
-            };
-            self.put(up);
-            return Ok(Response::from_parts(parts, body));
+                .map_err(fault)?;
+            if reusable {
+                self.put(conn);
+            }
+            return Ok(resp);
         }
     }
 }
@@ -432,7 +377,7 @@ impl Forwarder {
     pub async fn send(
         &self,
         upstream: &Upstream,
-        req: Request<Full<Bytes>>,
+        req: &Request<Bytes>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
         let pool = match self
@@ -448,8 +393,141 @@ impl Forwarder {
                 self.workers,
             )),
         };
-        let deadline = Instant::now() + timeout;
-        pool.exchange(req, deadline, self.connect_timeout, self.max_response)
+        let exchange = pool.exchange(req, self.connect_timeout, self.max_response);
+        tokio::time::timeout(timeout, exchange)
             .await
+            .map_err(|_| ForwardError::Timeout)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A stand-in application on loopback that answers every request `{"n":<count>}`;
+    /// with `one_each` it closes each connection after its first answer (without saying
+    /// so). Counts connections and requests.
+    async fn stand_in(one_each: bool) -> (Upstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (conns.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        // Each request here is a head and a two-byte body.
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if seen.len() < end + 6 {
+                                break;
+                            }
+                            seen.drain(..end + 6);
+                            let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                            let body = format!("{{\"n\":{n}}}");
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            s.write_all(answer.as_bytes()).await.unwrap();
+                            if one_each {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let up = Upstream::parse(&format!("http://{addr}/api")).unwrap();
+        (up, conns, requests)
+    }
+
+    fn request(up: &Upstream) -> Request<Bytes> {
+        let mut req = Request::new(Bytes::from_static(b"{}"));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = Uri::from(up.path_and_query.clone());
+        req.headers_mut()
+            .insert(http::header::HOST, up.host.clone());
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
+        req
+    }
+
+    /// Sends a request through `fwd` and asserts the stand-in counted it the `n`th.
+    async fn assert_answer_n(fwd: &Forwarder, up: &Upstream, n: usize) {
+        let resp = fwd
+            .send(up, &request(up), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(resp.body().as_ref(), format!("{{\"n\":{n}}}").as_bytes());
+    }
+
+    fn forwarder(up: &Upstream) -> Forwarder {
+        Forwarder::new([up], Duration::from_secs(5), 1024, 8, 1)
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_carries_the_next_requests() {
+        let (up, conns, _) = stand_in(false).await;
+        let fwd = forwarder(&up);
+        for n in 1..=3 {
+            assert_answer_n(&fwd, &up, n).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_application_closed_while_idle_is_not_used_again() {
+        let (up, conns, requests) = stand_in(true).await;
+        let fwd = forwarder(&up);
+        let pool = fwd.pools.first().unwrap().clone();
+        for n in 1..=3 {
+            assert_answer_n(&fwd, &up, n).await;
+            // The answer said nothing of the close: the connection went back to the pool,
+            // until the reactor sees its end.
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while pool.slot().unwrap().iter().any(|c| c.is_idle_open()) {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the application's close was never seen");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_never_delivered_and_an_oversized_answer_is_refused() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let up = Upstream::parse(&format!("http://{addr}/")).unwrap();
+        let err = forwarder(&up)
+            .send(&up, &request(&up), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::Connect { .. }), "{err}");
+        assert!(!err.maybe_delivered());
+
+        let (up, _, _) = stand_in(false).await;
+        let small = Forwarder::new([&up], Duration::from_secs(5), 4, 8, 1);
+        let err = small
+            .send(&up, &request(&up), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ForwardError::TooLarge { limit: 4 }), "{err}");
+        assert!(err.maybe_delivered());
     }
 }

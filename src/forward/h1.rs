@@ -1,0 +1,771 @@
+//! HTTP/1.1 on one connection to the application, for the forwarder's one shape of
+//! exchange: a whole request out, a whole answer in.
+//!
+//! A general client streams bodies both ways and keeps a dispatcher and a state machine
+//! per connection. The forwarder holds both bodies whole, so this codec only frames: the
+//! request head goes out beside its body in one `writev`, and the answer is read into one
+//! buffer and framed by `httparse` as RFC 9112 §6.3 says. Header values and a
+//! `Content-Length` body are slices of that buffer, not copies.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The most header fields an answer (or its trailer section) may carry.
+const MAX_HEADERS: usize = 100;
+/// The longest answer head, status line to blank line, 1xx heads before it included; also
+/// the longest trailer section.
+const MAX_HEAD: usize = 64 * 1024;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The read buffer an exchange starts with: a typical answer arrives whole in it.
+const FIRST_READ: usize = 8 * 1024;
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// Not one byte of the request was written: it never reached the application.
+    #[error("connection failed before the request was sent: {0}")]
+    Unsent(io::Error),
+    #[error("connection failed while the request was sent: {0}")]
+    Write(io::Error),
+    #[error("connection failed while the answer was read: {0}")]
+    Read(io::Error),
+    #[error("connection closed before the answer was complete")]
+    Closed,
+    #[error("malformed answer: {0}")]
+    Malformed(&'static str),
+    #[error("answer larger than the limit")]
+    TooLarge,
+}
+
+/// How the answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body: a `HEAD` request, 204 or 304.
+    Empty,
+    Length(usize),
+    Chunked,
+    /// Until the application closes the connection.
+    Close,
+}
+
+/// One keep-alive connection to the application (a `TcpStream`; tests use others).
+pub(crate) struct Conn<S = TcpStream> {
+    stream: S,
+    /// The request head, written anew for each request (kept: its allocation is reused).
+    head: Vec<u8>,
+}
+
+impl Conn {
+    /// Whether an idle connection can carry another request: the application has neither
+    /// closed it nor sent anything unasked since the last answer. Costs no system call
+    /// unless the reactor saw the socket become readable.
+    pub(crate) fn is_idle_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(crate) fn new(stream: S) -> Conn<S> {
+        Conn {
+            stream,
+            head: Vec::new(),
+        }
+    }
+
+    /// Writes the request: its head and `body` in one `writev` when the socket takes both.
+    pub(crate) async fn send(
+        &mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), Fault> {
+        write_head(&mut self.head, method, target, headers);
+        let mut head = self.head.as_slice();
+        let mut body = body;
+        let mut written = false;
+        while !head.is_empty() || !body.is_empty() {
+            let parts = [IoSlice::new(head), IoSlice::new(body)];
+            let n = match self.stream.write_vectored(&parts).await {
+                Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                other => other,
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if written => return Err(Fault::Write(e)),
+                Err(e) => return Err(Fault::Unsent(e)),
+            };
+            written = true;
+            let from_head = n.min(head.len());
+            head = head.get(from_head..).unwrap_or_default();
+            body = body.get(n.saturating_sub(from_head)..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Reads the whole answer to a request just sent (`head_request`: it was `HEAD`, so the
+    /// answer has no body), its body at most `max` bytes. Also says whether the connection
+    /// can carry another request.
+    pub(crate) async fn receive(
+        &mut self,
+        head_request: bool,
+        max: usize,
+    ) -> Result<(Response<Bytes>, bool), Fault> {
+        let mut buf = BytesMut::with_capacity(FIRST_READ);
+        // The final head, after any interim (1xx) ones; `seen` counts every head byte. The
+        // head is parsed once a blank line has arrived (one parse, however the answer is
+        // cut into reads).
+        let mut seen = 0usize;
+        let mut new_from = 0usize;
+        let (parts, framing, mut reusable, rest) = loop {
+            let scan = match blank_line_from(&buf, new_from) {
+                true => take_head(&mut buf, head_request)?,
+                false => Scan::Partial,
+            };
+            match scan {
+                Scan::Final(head) => break head,
+                Scan::Interim(len) => {
+                    seen = seen.saturating_add(len);
+                    new_from = 0;
+                }
+                Scan::Partial if seen.saturating_add(buf.len()) >= MAX_HEAD => {
+                    return Err(Fault::Malformed("head longer than 64 KiB"))
+                }
+                Scan::Partial => {
+                    new_from = buf.len();
+                    self.fill(&mut buf, 0).await?;
+                }
+            }
+        };
+        // `rest`: what arrived after the head, usually the whole body.
+        let (body, past) = match framing {
+            Framing::Empty => (Bytes::new(), rest.len()),
+            Framing::Length(n) if n > max => return Err(Fault::TooLarge),
+            Framing::Length(n) if rest.len() >= n => {
+                let mut rest = rest;
+                (rest.split_to(n), rest.len())
+            }
+            Framing::Length(n) => {
+                let mut buf = BytesMut::with_capacity(n);
+                buf.extend_from_slice(&rest);
+                while buf.len() < n {
+                    let want = n.saturating_sub(buf.len());
+                    self.fill(&mut buf, want).await?;
+                }
+                let body = buf.split_to(n).freeze();
+                (body, buf.len())
+            }
+            Framing::Chunked => {
+                let mut buf = BytesMut::from(rest.as_ref());
+                let body = self.dechunk(&mut buf, max).await?;
+                (body, buf.len())
+            }
+            Framing::Close => {
+                reusable = false;
+                let body = self
+                    .read_to_close(BytesMut::from(rest.as_ref()), max)
+                    .await?;
+                (body, 0)
+            }
+        };
+        // Bytes past the answer were never asked for: the connection is not trusted again.
+        if past > 0 {
+            reusable = false;
+        }
+        Ok((Response::from_parts(parts, body), reusable))
+    }
+
+    /// Reads more into `buf`, with room for at least `want` more bytes; the connection's
+    /// end before the answer's is [`Fault::Closed`].
+    async fn fill(&mut self, buf: &mut BytesMut, want: usize) -> Result<(), Fault> {
+        if buf.capacity().saturating_sub(buf.len()) < want.max(1024) {
+            buf.reserve(want.max(FIRST_READ));
+        }
+        match self.stream.read_buf(buf).await {
+            Ok(0) => Err(Fault::Closed),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Fault::Read(e)),
+        }
+    }
+
+    /// A chunked body, decoded, and its trailer section read past (trailers are not
+    /// passed on: the answer goes on with a length).
+    async fn dechunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<Bytes, Fault> {
+        let mut body = BytesMut::new();
+        loop {
+            let (line, size) = match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete(c)) => c,
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_CHUNK_LINE => {
+                    return Err(Fault::Malformed("chunk-size line too long"))
+                }
+                Ok(httparse::Status::Partial) => {
+                    self.fill(buf, 0).await?;
+                    continue;
+                }
+                Err(_) => return Err(Fault::Malformed("bad chunk size")),
+            };
+            buf.advance(line);
+            if size == 0 {
+                break;
+            }
+            let size = usize::try_from(size).map_err(|_| Fault::TooLarge)?;
+            if body.len().saturating_add(size) > max {
+                return Err(Fault::TooLarge);
+            }
+            let need = size.saturating_add(2);
+            while buf.len() < need {
+                let want = need.saturating_sub(buf.len());
+                self.fill(buf, want).await?;
+            }
+            body.extend_from_slice(buf.get(..size).unwrap_or_default());
+            buf.advance(size);
+            if buf.get(..2) != Some(b"\r\n".as_slice()) {
+                return Err(Fault::Malformed("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+        }
+        let mut new_from = 0usize;
+        loop {
+            let end = match buf.starts_with(b"\r\n")
+                || buf.starts_with(b"\n")
+                || blank_line_from(buf, new_from)
+            {
+                true => trailers_end(buf)?,
+                false => None,
+            };
+            match end {
+                Some(len) => {
+                    buf.advance(len);
+                    return Ok(body.freeze());
+                }
+                None if buf.len() >= MAX_HEAD => {
+                    return Err(Fault::Malformed("trailer section longer than 64 KiB"))
+                }
+                None => {
+                    new_from = buf.len();
+                    self.fill(buf, 0).await?;
+                }
+            }
+        }
+    }
+
+    /// A body delimited by the connection's end.
+    async fn read_to_close(&mut self, mut buf: BytesMut, max: usize) -> Result<Bytes, Fault> {
+        loop {
+            if buf.len() > max {
+                return Err(Fault::TooLarge);
+            }
+            match self.fill(&mut buf, 0).await {
+                Ok(()) => {}
+                Err(Fault::Closed) => return Ok(buf.freeze()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `method target HTTP/1.1`, the header fields and the blank line, into `out`. Names and
+/// values are valid by construction (`http`'s types refuse CR, LF and NUL).
+fn write_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the start of the read buffer holds.
+enum Scan {
+    /// Not all of a head yet.
+    Partial,
+    /// A 1xx answer other than 101, this long: taken off the buffer; the final one follows.
+    Interim(usize),
+    /// The final answer's head, taken off the buffer.
+    Final(Head),
+}
+
+/// The final answer's status and header fields, how its body is framed, whether the
+/// connection may be kept, and the bytes read past the head.
+type Head = (Parts, Framing, bool, Bytes);
+
+/// Parses the head at the start of `buf` once it has all arrived and takes it off the
+/// buffer. The bytes read so far are frozen first, so the header values and what follows
+/// the head are slices of them, not copies.
+fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
+    let bad = Fault::Malformed;
+    let all = buf.split().freeze();
+    let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        &all,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            buf.extend_from_slice(&all);
+            return Ok(Scan::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(bad("more than 100 header fields")),
+        Err(_) => return Err(bad("bad status line or header field")),
+    };
+    let rest = all.slice(len.min(all.len())..);
+    let code = res.code.unwrap_or(0);
+    if code == 101 {
+        return Err(bad("protocol switch not asked for"));
+    }
+    if (100..=199).contains(&code) {
+        buf.extend_from_slice(&rest);
+        return Ok(Scan::Interim(len));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
+    let http11 = res.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    let mut length: Option<usize> = None;
+    let mut coded = false;
+    let mut chunked = false;
+    let mut close = !http11;
+    for field in res.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| bad("bad header field name"))?;
+        if name == CONTENT_LENGTH {
+            let n = content_length(field.value)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            // The last coding of the last field decides (RFC 9112 §6.3).
+            let text =
+                std::str::from_utf8(field.value).map_err(|_| bad("bad Transfer-Encoding"))?;
+            coded = true;
+            chunked = text
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == CONNECTION {
+            close |= field
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        let value = HeaderValue::from_maybe_shared(all.slice_ref(field.value))
+            .map_err(|_| bad("bad header field value"))?;
+        headers.append(name, value);
+    }
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if coded {
+            if !chunked {
+                return Err(bad("transfer coding other than chunked"));
+            }
+            // A length beside a coding is a framing conflict (RFC 9112 §6.1): the coding wins,
+            // and the connection is not used again.
+            close |= length.is_some() || !http11;
+            Framing::Chunked
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    parts.headers = headers;
+    Ok(Scan::Final((parts, framing, !close, rest)))
+}
+
+/// A `Content-Length` value: decimal digits, or a list of one value repeated
+/// (RFC 9110 §8.6).
+fn content_length(value: &[u8]) -> Result<usize, Fault> {
+    let mut length = None;
+    for item in value.split(|b| *b == b',') {
+        let digits = item.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Fault::Malformed("bad Content-Length"));
+        }
+        let n = digits.iter().try_fold(0usize, |n, d| {
+            n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        });
+        let n = n.ok_or(Fault::TooLarge)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Fault::Malformed("conflicting Content-Length"));
+        }
+        length = Some(n);
+    }
+    length.ok_or(Fault::Malformed("bad Content-Length"))
+}
+
+/// Whether a blank line (`\n\n` or `\n\r\n`: `httparse` accepts either) ends in `buf` at
+/// or after `from`, where the bytes not yet looked at begin.
+fn blank_line_from(buf: &[u8], from: usize) -> bool {
+    let window = buf.get(from.saturating_sub(2)..).unwrap_or_default();
+    memchr::memchr_iter(b'\n', window).any(|i| match window.get(i.saturating_add(1)) {
+        Some(b'\n') => true,
+        Some(b'\r') => window.get(i.saturating_add(2)) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
+/// Where the trailer section at the start of `buf` ends (its blank line included), once
+/// all of it has arrived.
+fn trailers_end(buf: &[u8]) -> Result<Option<usize>, Fault> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, _))) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(Fault::Malformed("bad trailer field")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A connection whose application side is scripted: reads return `answer` at most
+    /// `step` bytes at a time (then end), writes take at most `step` bytes at a time.
+    struct Scripted {
+        answer: Vec<u8>,
+        read: usize,
+        step: usize,
+        written: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Scripted {
+        fn new(answer: &[u8], step: usize) -> Self {
+            Scripted {
+                answer: answer.to_vec(),
+                read: 0,
+                step,
+                written: Vec::new(),
+                writes: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let end = (self.read + self.step)
+                .min(self.answer.len())
+                .min(self.read + buf.remaining());
+            let piece = self.answer[self.read..end].to_vec();
+            buf.put_slice(&piece);
+            self.read = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.written.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.written.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `answer` read whole, delivered 1, 7 and 4096 bytes at a time: the same result each
+    /// way (or the same fault).
+    async fn read(
+        answer: &str,
+        head_request: bool,
+        max: usize,
+    ) -> Result<(Response<Bytes>, bool), Fault> {
+        let mut outcomes = Vec::new();
+        for step in [1, 7, 4096] {
+            let mut conn = Conn::new(Scripted::new(answer.as_bytes(), step));
+            outcomes.push(conn.receive(head_request, max).await);
+        }
+        let last = outcomes.pop().unwrap();
+        for other in outcomes {
+            match (&other, &last) {
+                (Ok((a, ra)), Ok((b, rb))) => {
+                    assert_eq!(
+                        (a.status(), a.headers(), a.body(), ra),
+                        (b.status(), b.headers(), b.body(), rb)
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("{answer:?} read differently in pieces: {other:?} / {last:?}"),
+            }
+        }
+        last
+    }
+
+    fn body(r: &Result<(Response<Bytes>, bool), Fault>) -> (&[u8], bool) {
+        let (resp, reusable) = r.as_ref().unwrap();
+        (resp.body().as_ref(), *reusable)
+    }
+
+    fn fault(r: Result<(Response<Bytes>, bool), Fault>) -> String {
+        match r {
+            Ok((resp, _)) => panic!("read as an answer: {resp:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_out_head_and_body_together() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("app.local:8080"));
+        headers.insert("content-length", HeaderValue::from_static("11"));
+        headers.append("x-two", HeaderValue::from_static("a"));
+        headers.append("x-two", HeaderValue::from_static("b"));
+        let expected = "POST /api/x?y=1 HTTP/1.1\r\nhost: app.local:8080\r\ncontent-length: 11\r\n\
+                        x-two: a\r\nx-two: b\r\n\r\n{\"a\":\"\u{995}\"}";
+        // Whole in one write, and again when the socket takes 5 bytes a write.
+        for (step, writes) in [(4096, 1), (5, expected.len().div_ceil(5))] {
+            let mut conn = Conn::new(Scripted::new(b"", step));
+            let body = "{\"a\":\"\u{995}\"}".as_bytes();
+            conn.send(&Method::POST, "/api/x?y=1", &headers, body)
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(conn.stream.written.clone()).unwrap(),
+                expected
+            );
+            assert_eq!(conn.stream.writes, writes, "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_framed_each_way_are_read_whole() {
+        let r = read("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 7\r\n\r\n{\"a\":1}", false, 100).await;
+        let (resp, reusable) = r.as_ref().unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let xa: Vec<_> = resp.headers().get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(
+            (resp.body().as_ref(), *reusable),
+            (b"{\"a\":1}".as_slice(), true)
+        );
+
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       3;ext=1\r\n{\"a\r\n4\r\n\":1}\r\n0\r\nX-Trailer: t\r\n\r\n";
+        assert_eq!(
+            body(&read(chunked, false, 100).await),
+            (b"{\"a\":1}".as_slice(), true)
+        );
+        let coded =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity , CHUNKED\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        assert_eq!(
+            body(&read(coded, false, 100).await),
+            (b"{}".as_slice(), true)
+        );
+
+        // Interim answers are skipped; the final one is read.
+        let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                       HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(
+            body(&read(interim, false, 100).await),
+            (b"{}".as_slice(), true)
+        );
+
+        // No length and no coding: the body ends with the connection, which is not kept.
+        let close =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"until\":\"closed\"}";
+        assert_eq!(
+            body(&read(close, false, 100).await),
+            (b"{\"until\":\"closed\"}".as_slice(), false)
+        );
+
+        // No body: 204, 304, and any answer to HEAD.
+        for (answer, head) in [
+            ("HTTP/1.1 204 No Content\r\n\r\n", false),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true),
+        ] {
+            assert_eq!(
+                body(&read(answer, head, 100).await),
+                (b"".as_slice(), true),
+                "{answer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_only_when_the_answer_allows_it() {
+        for (answer, kept) in [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
+            ("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\n{}", false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", false),
+            // A length beside a coding: the coding frames it, and the connection ends.
+            ("HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", false),
+        ] {
+            assert_eq!(body(&read(answer, false, 100).await), (b"{}".as_slice(), kept), "{answer}");
+        }
+        // Bytes past the answer, read with it, were never asked for.
+        let extra = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n";
+        let mut conn = Conn::new(Scripted::new(extra.as_bytes(), 4096));
+        let r = conn.receive(false, 100).await;
+        assert_eq!(body(&r), (b"{}".as_slice(), false));
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_refused() {
+        let long_head = format!(
+            "HTTP/1.1 200 OK\r\nX-Long: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        for (answer, expected) in [
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+                "protocol switch",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+                "conflicting Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n{}",
+                "conflicting Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}",
+                "bad Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+                "transfer coding other than chunked",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+                "bad chunk size",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}xx0\r\n\r\n",
+                "not followed by CRLF",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}",
+                "closed before the answer was complete",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n",
+                "closed before the answer was complete",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Le",
+                "closed before the answer was complete",
+            ),
+            ("", "closed before the answer was complete"),
+            ("HTTP/1.1 2000 OK\r\n\r\n", "bad status line"),
+            (
+                "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+                "bad status line or header field",
+            ),
+            (&long_head, "head longer than 64 KiB"),
+            (&many, "more than 100 header fields"),
+        ] {
+            let got = fault(read(answer, false, 100).await);
+            assert!(got.contains(expected), "{answer:.80}: {got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_refused() {
+        let big = "x".repeat(101);
+        for answer in [
+            // Refused from the length alone, before the body is read.
+            "HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n".to_string(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_string(),
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n{}\r\n51\r\n{}\r\n0\r\n\r\n", &big[..80], &big[..81]),
+            format!("HTTP/1.1 200 OK\r\n\r\n{big}"),
+        ] {
+            assert!(matches!(read(&answer, false, 100).await, Err(Fault::TooLarge)), "{answer:.60}");
+        }
+        // Exactly the limit is read.
+        let at = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",
+            &big[..100]
+        );
+        assert_eq!(body(&read(&at, false, 100).await).0.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_application_closed_is_seen_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(conn.is_idle_open());
+        drop(server);
+        // The reactor sees the end on one of its next turns.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while conn.is_idle_open() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the closed connection was never seen closed");
+    }
+}
