@@ -56,11 +56,83 @@ enum Framing {
     Close,
 }
 
+/// A request head as it goes on the wire, written field by field: no header map is built
+/// for a request that is sent once. Names are `http`'s (valid by construction) and a value
+/// with a byte a field may not hold (CR, LF, NUL, other controls) is left out, so nothing
+/// written here can end the head early or add a field.
+pub struct RequestHead {
+    bytes: Vec<u8>,
+    head_request: bool,
+}
+
+impl RequestHead {
+    /// `method path[?query] HTTP/1.1`; `path` and `query` are an `http::Uri`'s parts.
+    pub fn new(method: &Method, path: &str, query: Option<&str>) -> RequestHead {
+        let mut bytes = Vec::with_capacity(512);
+        bytes.extend_from_slice(method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(path.as_bytes());
+        if let Some(q) = query {
+            bytes.push(b'?');
+            bytes.extend_from_slice(q.as_bytes());
+        }
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        RequestHead {
+            bytes,
+            head_request: method == Method::HEAD,
+        }
+    }
+
+    /// Adds `name: value` (left out when `value` holds a byte no field may hold).
+    pub fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if value.iter().all(|&b| field_byte(b)) {
+            self.bytes.extend_from_slice(name.as_str().as_bytes());
+            self.bytes.extend_from_slice(b": ");
+            self.bytes.extend_from_slice(value);
+            self.bytes.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Adds `name: value` with `value` written as text, without an intermediate string.
+    pub fn field_display(&mut self, name: &HeaderName, value: impl std::fmt::Display) {
+        use std::io::Write;
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name.as_str().as_bytes());
+        self.bytes.extend_from_slice(b": ");
+        let at = self.bytes.len();
+        let written = write!(self.bytes, "{value}").is_ok();
+        let valid = self
+            .bytes
+            .get(at..)
+            .is_some_and(|v| v.iter().all(|&b| field_byte(b)));
+        if written && valid {
+            self.bytes.extend_from_slice(b"\r\n");
+        } else {
+            self.bytes.truncate(start);
+        }
+    }
+
+    /// Whether the request is `HEAD` (its answer has no body).
+    pub fn is_head(&self) -> bool {
+        self.head_request
+    }
+
+    /// The head so far, for tests.
+    #[cfg(test)]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Whether `b` may appear in a field value (RFC 9110 §5.5: visible characters, space,
+/// tab and obs-text; no CR, LF, NUL or other controls).
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
 /// One keep-alive connection to the application (a `TcpStream`; tests use others).
 pub(crate) struct Conn<S = TcpStream> {
     stream: S,
-    /// The request head, written anew for each request (kept: its allocation is reused).
-    head: Vec<u8>,
 }
 
 impl Conn {
@@ -75,26 +147,18 @@ impl Conn {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(crate) fn new(stream: S) -> Conn<S> {
-        Conn {
-            stream,
-            head: Vec::new(),
-        }
+        Conn { stream }
     }
 
-    /// Writes the request: its head and `body` in one `writev` when the socket takes both.
-    pub(crate) async fn send(
-        &mut self,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(), Fault> {
-        write_head(&mut self.head, method, target, headers);
-        let mut head = self.head.as_slice();
+    /// Writes the request: its head, the blank line and `body` in one `writev` when the
+    /// socket takes them all.
+    pub(crate) async fn send(&mut self, head: &RequestHead, body: &[u8]) -> Result<(), Fault> {
+        let mut head = head.bytes.as_slice();
+        let mut blank = b"\r\n".as_slice();
         let mut body = body;
         let mut written = false;
-        while !head.is_empty() || !body.is_empty() {
-            let parts = [IoSlice::new(head), IoSlice::new(body)];
+        while !head.is_empty() || !blank.is_empty() || !body.is_empty() {
+            let parts = [IoSlice::new(head), IoSlice::new(blank), IoSlice::new(body)];
             let n = match self.stream.write_vectored(&parts).await {
                 Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
                 other => other,
@@ -105,9 +169,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Err(e) => return Err(Fault::Unsent(e)),
             };
             written = true;
-            let from_head = n.min(head.len());
-            head = head.get(from_head..).unwrap_or_default();
-            body = body.get(n.saturating_sub(from_head)..).unwrap_or_default();
+            let mut n = n;
+            for part in [&mut head, &mut blank, &mut body] {
+                let taken = n.min(part.len());
+                *part = part.get(taken..).unwrap_or_default();
+                n = n.saturating_sub(taken);
+            }
         }
         Ok(())
     }
@@ -271,23 +338,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
-}
-
-/// `method target HTTP/1.1`, the header fields and the blank line, into `out`. Names and
-/// values are valid by construction (`http`'s types refuse CR, LF and NUL).
-fn write_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
-    out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// What the start of the read buffer holds.
@@ -567,26 +617,31 @@ mod tests {
 
     #[tokio::test]
     async fn the_request_goes_out_head_and_body_together() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("app.local:8080"));
-        headers.insert("content-length", HeaderValue::from_static("11"));
-        headers.append("x-two", HeaderValue::from_static("a"));
-        headers.append("x-two", HeaderValue::from_static("b"));
+        let mut head = RequestHead::new(&Method::POST, "/api/x", Some("y=1"));
+        head.field(&http::header::HOST, b"app.local:8080");
+        head.field_display(&CONTENT_LENGTH, 11);
+        let two = HeaderName::from_static("x-two");
+        head.field(&two, b"a");
+        head.field(&two, b"b\tc \xe0\xa6\x95");
+        // A value that would end the head or add a field is left out, whole.
+        head.field(&two, b"x\r\nx-evil: 1");
+        head.field(&two, b"x\0");
+        head.field_display(&two, "y\nz");
         let expected = "POST /api/x?y=1 HTTP/1.1\r\nhost: app.local:8080\r\ncontent-length: 11\r\n\
-                        x-two: a\r\nx-two: b\r\n\r\n{\"a\":\"\u{995}\"}";
+                        x-two: a\r\nx-two: b\tc \u{995}\r\n\r\n{\"a\":\"\u{995}\"}";
         // Whole in one write, and again when the socket takes 5 bytes a write.
         for (step, writes) in [(4096, 1), (5, expected.len().div_ceil(5))] {
             let mut conn = Conn::new(Scripted::new(b"", step));
             let body = "{\"a\":\"\u{995}\"}".as_bytes();
-            conn.send(&Method::POST, "/api/x?y=1", &headers, body)
-                .await
-                .unwrap();
+            conn.send(&head, body).await.unwrap();
             assert_eq!(
                 String::from_utf8(conn.stream.written.clone()).unwrap(),
                 expected
             );
             assert_eq!(conn.stream.writes, writes, "step {step}");
         }
+        assert!(!head.is_head());
+        assert!(RequestHead::new(&Method::HEAD, "/", None).is_head());
     }
 
     #[tokio::test]

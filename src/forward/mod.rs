@@ -10,7 +10,7 @@
 mod h1;
 
 use h1::Conn;
-pub use h1::Fault;
+pub use h1::{Fault, RequestHead};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::HeaderValue;
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
@@ -299,28 +299,24 @@ impl Pool {
     /// byte written: the application had closed it) goes on another.
     async fn exchange(
         &self,
-        req: &Request<Bytes>,
+        head: &RequestHead,
+        body: &[u8],
         connect_timeout: Duration,
         max_response: usize,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let head_request = req.method() == Method::HEAD;
         let fault = |e| ForwardError::from_fault(e, max_response);
         loop {
             let (mut conn, reused) = match self.take() {
                 Some(c) => (c, true),
                 None => (self.connect(connect_timeout).await?, false),
             };
-            match conn
-                .send(req.method(), target, req.headers(), req.body())
-                .await
-            {
+            match conn.send(head, body).await {
                 Ok(()) => {}
                 Err(Fault::Unsent(_)) if reused => continue,
                 Err(e) => return Err(fault(e)),
             }
             let (resp, reusable) = conn
-                .receive(head_request, max_response)
+                .receive(head.is_head(), max_response)
                 .await
                 .map_err(fault)?;
             if reusable {
@@ -373,11 +369,13 @@ impl Forwarder {
         }
     }
 
-    /// Sends `req` to `upstream` and reads the whole answer before `timeout` elapses.
+    /// Sends the request (`head`, then `body`) to `upstream` and reads the whole answer
+    /// before `timeout` elapses.
     pub async fn send(
         &self,
         upstream: &Upstream,
-        req: &Request<Bytes>,
+        head: &RequestHead,
+        body: &[u8],
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
         let pool = match self
@@ -393,7 +391,7 @@ impl Forwarder {
                 self.workers,
             )),
         };
-        let exchange = pool.exchange(req, self.connect_timeout, self.max_response);
+        let exchange = pool.exchange(head, body, self.connect_timeout, self.max_response);
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ForwardError::Timeout)?
@@ -453,21 +451,17 @@ mod tests {
         (up, conns, requests)
     }
 
-    fn request(up: &Upstream) -> Request<Bytes> {
-        let mut req = Request::new(Bytes::from_static(b"{}"));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = Uri::from(up.path_and_query.clone());
-        req.headers_mut()
-            .insert(http::header::HOST, up.host.clone());
-        req.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
-        req
+    fn request(up: &Upstream) -> RequestHead {
+        let mut head = RequestHead::new(&http::Method::POST, up.path_and_query.path(), None);
+        head.field(&http::header::HOST, up.host.as_bytes());
+        head.field_display(&http::header::CONTENT_LENGTH, 2);
+        head
     }
 
     /// Sends a request through `fwd` and asserts the stand-in counted it the `n`th.
     async fn assert_answer_n(fwd: &Forwarder, up: &Upstream, n: usize) {
         let resp = fwd
-            .send(up, &request(up), Duration::from_secs(5))
+            .send(up, &request(up), b"{}", Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(resp.body().as_ref(), format!("{{\"n\":{n}}}").as_bytes());
@@ -515,7 +509,7 @@ mod tests {
         drop(closed);
         let up = Upstream::parse(&format!("http://{addr}/")).unwrap();
         let err = forwarder(&up)
-            .send(&up, &request(&up), Duration::from_secs(5))
+            .send(&up, &request(&up), b"{}", Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(err, ForwardError::Connect { .. }), "{err}");
@@ -524,7 +518,7 @@ mod tests {
         let (up, _, _) = stand_in(false).await;
         let small = Forwarder::new([&up], Duration::from_secs(5), 4, 8, 1);
         let err = small
-            .send(&up, &request(&up), Duration::from_secs(5))
+            .send(&up, &request(&up), b"{}", Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(err, ForwardError::TooLarge { limit: 4 }), "{err}");

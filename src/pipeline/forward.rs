@@ -29,12 +29,13 @@ pub(super) async fn to_upstream(
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let cfg = &cx.route.cfg;
-    let req = headers::upstream_request(cfg, upstream, parts, cx.client, cx.request_id, plain)?;
+    let head =
+        headers::upstream_request(cfg, upstream, parts, cx.client, cx.request_id, plain.len());
     let started = Instant::now();
     let sent = cx
         .rt
         .forwarder
-        .send(upstream, &req, cfg.upstream_timeout)
+        .send(upstream, &head, &plain, cfg.upstream_timeout)
         .await;
     cx.route
         .series

@@ -13,12 +13,11 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Uri};
+use http::header::{self, HeaderMap, HeaderName};
 
 use crate::config::{Route, Upstream};
-use crate::error::{tag_request_id, Reject};
+use crate::error::{Reject, X_REQUEST_ID};
+use crate::forward::RequestHead;
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
 const X_BSK_PEER: HeaderName = HeaderName::from_static("x-bsk-peer");
@@ -71,85 +70,37 @@ fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
     DEFAULT_FORWARDED.contains(name) || cfg.forward_headers.contains(name)
 }
 
-/// The request the application receives: the opened JSON and the allowed headers.
+/// The head of the request the application receives (its body is the opened JSON, `len`
+/// bytes): the allowed headers of the client's and the sidecar's own.
 pub(super) fn upstream_request(
     cfg: &Route,
     upstream: &Upstream,
     parts: &http::request::Parts,
     client: IpAddr,
     request_id: &str,
-    body: Bytes,
-) -> Result<Request<Bytes>, Reject> {
-    // The upstream's own path, shared rather than parsed again, unless the client's
-    // query string is passed on.
+    len: usize,
+) -> RequestHead {
+    // The upstream's own path, with the client's query string only when it is passed on.
     let query = parts
         .uri
         .query()
         .filter(|_| cfg.pass_query && upstream.path_and_query.query().is_none());
-    let uri = match query {
-        None => Uri::from(upstream.path_and_query.clone()),
-        Some(q) => format!("{}?{q}", upstream.path_and_query)
-            .parse::<Uri>()
-            .map_err(|_| Reject::Internal)?,
-    };
-    let len = body.len();
-    let mut req = Request::builder()
-        .method(cfg.method.clone())
-        .uri(uri)
-        .body(body)
-        .map_err(|_| Reject::Internal)?;
+    let mut head = RequestHead::new(&cfg.method, upstream.path_and_query.as_str(), query);
+    // The client's allowed headers. (None of them is one the sidecar writes below: the
+    // config refuses to forward those.)
     let hop = connection_listed(&parts.headers);
-    let headers = req.headers_mut();
-    // The sidecar's six and the default three of the client's, without regrowing.
-    headers.reserve(6 + DEFAULT_FORWARDED.len());
     for (name, value) in &parts.headers {
         if forwarded(cfg, name) && !hop.iter().any(|h| h == name.as_str()) {
-            headers.append(name.clone(), value.clone());
+            head.field(name, value.as_bytes());
         }
     }
-    headers.insert(header::HOST, upstream.host.clone());
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    tag_request_id(headers, request_id);
-    headers.insert(X_BSK_PEER, cfg.peer.header.clone());
-    headers.insert(X_FORWARDED_FOR, address_value(client)?);
-    Ok(req)
-}
-
-/// The client's address as a header value. Each worker thread keeps the last one it
-/// wrote: a sidecar's callers are a few addresses (the portal's), so most requests reuse
-/// it rather than format an address and copy it into a new value.
-fn address_value(client: IpAddr) -> Result<HeaderValue, Reject> {
-    use std::cell::RefCell;
-    thread_local! {
-        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    let client = crate::guard::ip::canonical(client);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((ip, value)) = last.as_ref() {
-            if *ip == client {
-                return Ok(value.clone());
-            }
-        }
-        let value = format_address(client)?;
-        *last = Some((client, value.clone()));
-        Ok(value)
-    })
-}
-
-/// `client` as header text, written on the stack rather than into a `String` first.
-fn format_address(client: IpAddr) -> Result<HeaderValue, Reject> {
-    use std::io::Write;
-    // The longest text form of an IPv6 address is 45 bytes.
-    let mut text = std::io::Cursor::new([0u8; 48]);
-    write!(text, "{client}").map_err(|_| Reject::Internal)?;
-    let len = usize::try_from(text.position()).map_err(|_| Reject::Internal)?;
-    let bytes = text.get_ref().get(..len).ok_or(Reject::Internal)?;
-    HeaderValue::from_bytes(bytes).map_err(|_| Reject::Internal)
+    head.field(&header::HOST, upstream.host.as_bytes());
+    head.field(&header::CONTENT_TYPE, b"application/json");
+    head.field_display(&header::CONTENT_LENGTH, len);
+    head.field(&X_REQUEST_ID, request_id.as_bytes());
+    head.field(&X_BSK_PEER, cfg.peer.header.as_bytes());
+    head.field_display(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));
+    head
 }
 
 /// Response headers that describe the application's hop, not the answer (and its
@@ -161,6 +112,7 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn head(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -219,14 +171,14 @@ mod tests {
                 "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
             ),
         ];
-        // Twice in a row and in turn: the thread's last value serves only its own address.
-        for _ in 0..2 {
-            for (ip, text) in cases {
-                for _ in 0..2 {
-                    let v = address_value(ip.parse().unwrap()).unwrap();
-                    assert_eq!(v.to_str().unwrap(), text, "for {ip}");
-                }
-            }
+        for (ip, text) in cases {
+            let mut head = RequestHead::new(&http::Method::POST, "/", None);
+            head.field_display(
+                &X_FORWARDED_FOR,
+                crate::guard::ip::canonical(ip.parse().unwrap()),
+            );
+            let expected = format!("POST / HTTP/1.1\r\nx-forwarded-for: {text}\r\n");
+            assert_eq!(head.as_bytes(), expected.as_bytes(), "for {ip}");
         }
     }
 }
