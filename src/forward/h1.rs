@@ -93,6 +93,59 @@ impl RequestHead {
         }
     }
 
+    /// Adds `name: n` in decimal.
+    pub fn field_number(&mut self, name: &HeaderName, n: usize) {
+        // The digits, last first, on the stack: no formatter for a number sent per request.
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = n;
+        for slot in digits.iter_mut().rev() {
+            // `rest % 10` is below 10, so the cast cannot truncate.
+            *slot = b'0' + (rest % 10) as u8;
+            start -= 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.field(name, digits.get(start..).unwrap_or_default());
+    }
+
+    /// Adds `name: address` as text: an IPv4 address written directly, IPv6 formatted.
+    pub fn field_address(&mut self, name: &HeaderName, address: std::net::IpAddr) {
+        match address {
+            std::net::IpAddr::V4(v4) => {
+                let mut text = [0u8; 15];
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        if let Some(dot) = text.get_mut(len) {
+                            *dot = b'.';
+                        }
+                        len += 1;
+                    }
+                    let (hundreds, tens, ones) = (octet / 100, octet / 10 % 10, octet % 10);
+                    let digits = [b'0' + hundreds, b'0' + tens, b'0' + ones];
+                    let skip = if hundreds > 0 {
+                        0
+                    } else if tens > 0 {
+                        1
+                    } else {
+                        2
+                    };
+                    for d in digits.iter().skip(skip) {
+                        if let Some(slot) = text.get_mut(len) {
+                            *slot = *d;
+                        }
+                        len += 1;
+                    }
+                }
+                self.field(name, text.get(..len).unwrap_or_default());
+            }
+            v6 => self.field_display(name, v6),
+        }
+    }
+
     /// Adds `name: value` with `value` written as text, without an intermediate string.
     pub fn field_display(&mut self, name: &HeaderName, value: impl std::fmt::Display) {
         use std::io::Write;
@@ -619,7 +672,7 @@ mod tests {
     async fn the_request_goes_out_head_and_body_together() {
         let mut head = RequestHead::new(&Method::POST, "/api/x", Some("y=1"));
         head.field(&http::header::HOST, b"app.local:8080");
-        head.field_display(&CONTENT_LENGTH, 11);
+        head.field_number(&CONTENT_LENGTH, 11);
         let two = HeaderName::from_static("x-two");
         head.field(&two, b"a");
         head.field(&two, b"b\tc \xe0\xa6\x95");
@@ -642,6 +695,36 @@ mod tests {
         }
         assert!(!head.is_head());
         assert!(RequestHead::new(&Method::HEAD, "/", None).is_head());
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_text() {
+        let name = HeaderName::from_static("x-a");
+        for n in [0, 7, 10, 99, 100, 4096, 1 << 20, usize::MAX] {
+            let mut head = RequestHead::new(&Method::GET, "/", None);
+            head.field_number(&name, n);
+            assert_eq!(
+                head.as_bytes(),
+                format!("GET / HTTP/1.1\r\nx-a: {n}\r\n").as_bytes()
+            );
+        }
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "192.168.100.255",
+            "255.255.255.255",
+            "1.10.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let mut head = RequestHead::new(&Method::GET, "/", None);
+            head.field_address(&name, ip.parse().unwrap());
+            assert_eq!(
+                head.as_bytes(),
+                format!("GET / HTTP/1.1\r\nx-a: {ip}\r\n").as_bytes()
+            );
+        }
     }
 
     #[tokio::test]

@@ -454,7 +454,7 @@ mod tests {
     fn request(up: &Upstream) -> RequestHead {
         let mut head = RequestHead::new(&http::Method::POST, up.path_and_query.path(), None);
         head.field(&http::header::HOST, up.host.as_bytes());
-        head.field_display(&http::header::CONTENT_LENGTH, 2);
+        head.field_number(&http::header::CONTENT_LENGTH, 2);
         head
     }
 

@@ -54,16 +54,39 @@ pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Header names listed in `Connection`: they describe this hop only.
+/// Header names listed in `Connection`: they describe this hop only. The usual tokens
+/// (`keep-alive`, `close` and the other hop-by-hop names, dropped in any case) are left
+/// out, so the common answer lists nothing and allocates nothing.
 pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s.eq_ignore_ascii_case("close")
+                && !crate::forward::HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(s))
+        })
+        .map(str::to_ascii_lowercase)
         .collect()
+}
+
+/// Takes out of the application's answer what describes its hop: the hop-by-hop headers,
+/// those its `Connection` lists, and its length (the answer is framed anew).
+pub(super) fn strip_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || listed.iter().any(|h| h == n.as_str()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
 }
 
 fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
@@ -96,10 +119,10 @@ pub(super) fn upstream_request(
     }
     head.field(&header::HOST, upstream.host.as_bytes());
     head.field(&header::CONTENT_TYPE, b"application/json");
-    head.field_display(&header::CONTENT_LENGTH, len);
+    head.field_number(&header::CONTENT_LENGTH, len);
     head.field(&X_REQUEST_ID, request_id.as_bytes());
     head.field(&X_BSK_PEER, cfg.peer.header.as_bytes());
-    head.field_display(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));
+    head.field_address(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));
     head
 }
 
@@ -157,7 +180,30 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("connection", "Foo"),
         ]);
-        assert_eq!(connection_listed(&h), ["keep-alive", "x-secret", "foo"]);
+        assert_eq!(connection_listed(&h), ["x-secret", "foo"]);
+        let mut answer = head(&[
+            ("content-type", "application/json"),
+            ("connection", "Keep-Alive, X-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("content-length", "2"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop(&mut answer);
+        let left: Vec<_> = answer
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("content-type", "application/json"),
+                ("x-kept", "1"),
+                ("x-kept", "2")
+            ]
+        );
     }
 
     #[test]
@@ -173,7 +219,7 @@ mod tests {
         ];
         for (ip, text) in cases {
             let mut head = RequestHead::new(&http::Method::POST, "/", None);
-            head.field_display(
+            head.field_address(
                 &X_FORWARDED_FOR,
                 crate::guard::ip::canonical(ip.parse().unwrap()),
             );

@@ -21,7 +21,6 @@ pub(super) fn respond(
     now: u64,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let (parts, body) = upstream.into_parts();
-    let extra_hop = headers::connection_listed(&parts.headers);
     let (body, content_type) = match &cfg.response {
         ResponseMode::Pass => (body, None),
         ResponseMode::Seal { wrap } => {
@@ -29,17 +28,13 @@ pub(super) fn respond(
             (b, Some(ct))
         }
     };
+    // The application's own headers, in place, less those of its hop.
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = parts.status;
+    *resp.headers_mut() = parts.headers;
     let headers = resp.headers_mut();
-    for (name, value) in &parts.headers {
-        if !headers::is_hop_by_hop(name) && !extra_hop.iter().any(|h| h == name.as_str()) {
-            if content_type.is_some() && name == header::CONTENT_TYPE {
-                continue;
-            }
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    headers::strip_hop(headers);
+    // (`insert` replaces every value the application gave.)
     if let Some(ct) = content_type {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
