@@ -79,12 +79,10 @@ pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 /// those its `Connection` lists, and its length (the answer is framed anew).
 pub(super) fn strip_hop(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n) || listed.iter().any(|h| h == n.as_str()))
-        .cloned()
-        .collect();
-    for name in hop {
+    let hop = |n: &HeaderName| is_hop_by_hop(n) || listed.iter().any(|h| h == n.as_str());
+    // One at a time, from a fresh look each: an answer has a few fields, and no list of
+    // names to remove is allocated.
+    while let Some(name) = headers.keys().find(|n| hop(n)).cloned() {
         headers.remove(name);
     }
 }
