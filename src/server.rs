@@ -955,7 +955,7 @@ fn request_service(
     http::Request<hyper::body::Incoming>,
     Response = http::Response<http_body_util::Full<bytes::Bytes>>,
     Error = std::convert::Infallible,
-    Future = HandleFuture,
+    Future = Handling,
 > {
     service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         // The whole `Conn` moves into the service, which lives as long as the connection:
@@ -979,25 +979,45 @@ fn request_service(
         };
         let in_flight = conn.in_flight.clone();
         let activity = activity.clone();
-        // Boxed per request: hyper keeps room for the service's future in every
-        // connection, busy or idle, and the pipeline's future is several KiB.
-        let handling: HandleFuture = Box::pin(async move {
-            activity.in_progress.fetch_add(1, Ordering::Relaxed);
-            activity.head_started_ms.store(0, Ordering::Relaxed);
-            let r = pipeline::handle(rt, in_flight, idx, client, req).await;
-            if matches!(&r, Ok(resp) if resp.status() == http::StatusCode::TOO_MANY_REQUESTS) {
-                let until = activity.now_ms() + PAUSE_AFTER_429_MS;
-                activity.paused_until_ms.store(until, Ordering::Relaxed);
-            }
-            activity.served.fetch_add(1, Ordering::Relaxed);
-            activity
-                .idle_since_ms
-                .store(activity.now_ms(), Ordering::Relaxed);
-            activity.in_progress.fetch_sub(1, Ordering::Relaxed);
-            r
-        });
-        handling
+        activity.in_progress.fetch_add(1, Ordering::Relaxed);
+        activity.head_started_ms.store(0, Ordering::Relaxed);
+        // The pipeline's future boxed per request: hyper keeps room for the service's
+        // future in every connection, busy or idle, and the pipeline's is several KiB. It
+        // is boxed as made, not wrapped in another future first: each wrapping moved
+        // (copied) all of it once more.
+        Handling {
+            pipeline: Box::pin(pipeline::handle(rt, in_flight, idx, client, req)),
+            activity,
+        }
     })
+}
+
+/// One request's handling: the boxed pipeline, then the connection's bookkeeping.
+struct Handling {
+    pipeline: HandleFuture,
+    activity: Arc<Activity>,
+}
+
+impl Future for Handling {
+    type Output = <HandleFuture as Future>::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = match self.pipeline.as_mut().poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Poll::Pending,
+        };
+        let activity = &self.activity;
+        if matches!(&r, Ok(resp) if resp.status() == http::StatusCode::TOO_MANY_REQUESTS) {
+            let until = activity.now_ms() + PAUSE_AFTER_429_MS;
+            activity.paused_until_ms.store(until, Ordering::Relaxed);
+        }
+        activity.served.fetch_add(1, Ordering::Relaxed);
+        activity
+            .idle_since_ms
+            .store(activity.now_ms(), Ordering::Relaxed);
+        activity.in_progress.fetch_sub(1, Ordering::Relaxed);
+        Poll::Ready(r)
+    }
 }
 
 /// What the watchdog decides on a tick.
