@@ -27,10 +27,6 @@ listeners:
       - { path: /form, from: bsk, fresh: off, envelope: [form, aes], upstream: "http://{APP}/app/form" }
 "#;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
-}
-
 /// An application server process, killed when dropped.
 struct App {
     child: Child,

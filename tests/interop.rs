@@ -12,6 +12,10 @@
 //! the test; elsewhere a test whose optional tool (php, commons-codec, PyJWT) is missing says so
 //! on stderr and returns. Node and Java are always on the machine and always required.
 
+mod support;
+
+use support::in_ci;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -45,10 +49,6 @@ const DEFAULT_JAR: &str = "/usr/share/java/commons-codec.jar";
 
 fn peer_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
 }
 
 struct Ran {

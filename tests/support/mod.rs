@@ -58,6 +58,12 @@ pub const PEER_BSK: &str = r#"
 /// Upper bound for anything a test waits on; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Whether the tests run under CI (`CI` set and not `0`/`false`): a missing tool is then a
+/// failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
 // ---------------------------------------------------------------------------------------
 // The stand-in legacy application.
 
