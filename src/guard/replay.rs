@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -93,27 +94,50 @@ impl ReplayKey {
 #[error("request already accepted")]
 pub struct Replayed;
 
+/// How many parts the table in memory is split into, each behind its own lock. A part
+/// grows (doubles) on its own, so growing never holds two copies of the whole table at
+/// once — a single table holding a busy window's keys, 3.4 MiB at 136,000 of them, briefly
+/// held 5.1 MiB while it doubled, and kept the copies it had outgrown until the
+/// allocator let them go.
+const SHARDS: usize = 64;
+
+/// One part of the table in memory.
 #[derive(Default)]
-struct Inner {
+struct Shard {
     /// Key → expiry (unix seconds). 12 bytes an entry: 8 of the key, no order queue
     /// beside it, and the expiry as `u32` (seconds to the year 2106). Expired entries
-    /// are swept out when the table is about to grow or is full, not one by one.
+    /// are swept out when the part is about to grow or the cache is full, not one by
+    /// one.
     seen: HashMap<Tag, u32>,
-    /// Records inserted since the last sweep, so a sweep that frees little is not
+    /// Records inserted since the part's last sweep, so a sweep that frees little is not
     /// repeated at every insert.
     since_sweep: usize,
-    /// Records in the journal file, to decide when to compact it.
-    journal_records: usize,
+}
+
+type ShardGuard<'a> = std::sync::MutexGuard<'a, Shard>;
+
+/// Whether [`ReplayCache::store`] refuses a key it holds unexpired (a request), or
+/// records it again (a journal read back on start: its last record wins).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refuse {
+    Unexpired,
+    Never,
 }
 
 pub struct ReplayCache {
-    inner: Mutex<Inner>,
+    /// The parts: the first, and the others (never empty, so no lookup can miss).
+    first: Mutex<Shard>,
+    rest: Box<[Mutex<Shard>]>,
+    /// Entries held, over every part: the capacity is the whole cache's.
+    held: AtomicUsize,
+    /// Records in the journal file, to decide when to compact it.
+    journal_records: AtomicUsize,
     /// Records being gathered into one journal write: one batch per connection worker,
     /// indexed like the upstream pool's idle connections (`crate::workers::current()`:
     /// 0 for any other thread, which is also where a worker past the last falls back).
     batches: Box<[Mutex<Batch>]>,
-    /// Appended to outside `inner`'s lock, so one worker's write does not hold up
-    /// another's lookup; a compaction takes it whole (while holding `inner`), so no
+    /// Appended to outside the parts' locks, so one worker's write does not hold up
+    /// another's lookup; a compaction takes it whole (while holding every part), so no
     /// record lands in a file being replaced.
     journal: RwLock<Option<File>>,
     capacity: usize,
@@ -121,16 +145,23 @@ pub struct ReplayCache {
 }
 
 impl ReplayCache {
-    /// A cache that forgets on restart (tests, or no state directory).
-    pub fn in_memory(capacity: usize) -> ReplayCache {
+    fn new(capacity: usize, batches: Box<[Mutex<Batch>]>, path: Option<PathBuf>) -> Self {
         ReplayCache {
-            inner: Mutex::new(Inner::default()),
-            // Nothing to write, so nothing to gather.
-            batches: Box::default(),
+            first: Mutex::default(),
+            rest: (1..SHARDS).map(|_| Mutex::default()).collect(),
+            held: AtomicUsize::new(0),
+            journal_records: AtomicUsize::new(0),
+            batches,
             journal: RwLock::new(None),
             capacity: capacity.max(1),
-            path: None,
+            path,
         }
+    }
+
+    /// A cache that forgets on restart (tests, or no state directory).
+    pub fn in_memory(capacity: usize) -> ReplayCache {
+        // Nothing to write, so nothing to gather.
+        ReplayCache::new(capacity, Box::default(), None)
     }
 
     /// Opens (or creates) the journal in `dir`, keeping entries still unexpired at `now`;
@@ -154,26 +185,32 @@ impl ReplayCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let cache = ReplayCache {
-            inner: Mutex::new(Inner::default()),
-            batches: (0..=workers).map(|_| Mutex::default()).collect(),
-            journal: RwLock::new(None),
-            capacity: capacity.max(1),
-            path: Some(path),
-        };
-        {
-            let mut inner = cache.lock();
-            for (k, e) in entries {
-                let present = inner.seen.contains_key(&k);
-                cache.store(&mut inner, k, e, now, present);
-            }
-            cache.rewrite(&mut inner)?;
+        let batches = (0..=workers).map(|_| Mutex::default()).collect();
+        let cache = ReplayCache::new(capacity, batches, Some(path));
+        for (k, e) in entries {
+            // A key the journal holds twice keeps its last record's expiry.
+            let _ = cache.store(k, e, now, Refuse::Never);
         }
+        cache.rewrite(&mut cache.lock_all())?;
         Ok(cache)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// The part that holds `key`. The tag is a digest's prefix: its bytes are already
+    /// spread evenly.
+    fn shard(&self, key: Tag) -> ShardGuard<'_> {
+        let [.., last] = key.0;
+        let i = usize::from(last) % SHARDS;
+        // Part 0 is `first`; part `i` past it is `rest[i - 1]`.
+        let part = self.rest.get(i.wrapping_sub(1)).unwrap_or(&self.first);
+        part.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every part, locked in order (the only place more than one is held).
+    fn lock_all(&self) -> Vec<ShardGuard<'_>> {
+        std::iter::once(&self.first)
+            .chain(self.rest.iter())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
     }
 
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
@@ -189,15 +226,9 @@ impl ReplayCache {
 
     /// The map's part of an insert; whether the journal is due for compaction.
     fn insert(&self, key: Tag, now: u64, expiry: u64) -> Result<bool, Replayed> {
-        let mut inner = self.lock();
-        let present = match inner.seen.get(&key) {
-            Some(&e) if u64::from(e) > now => return Err(Replayed),
-            Some(_) => true,
-            None => false,
-        };
-        self.store(&mut inner, key, expiry, now, present);
-        inner.journal_records += 1;
-        Ok(self.path.is_some() && inner.journal_records > 2 * self.capacity)
+        self.store(key, expiry, now, Refuse::Unexpired)?;
+        let records = self.journal_records.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(self.path.is_some() && records > 2 * self.capacity)
     }
 
     /// Appends whole records to the journal, outside the map's lock (`O_APPEND`:
@@ -212,14 +243,13 @@ impl ReplayCache {
     }
 
     fn compact(&self) {
-        let mut inner = self.lock();
-        if inner.journal_records > 2 * self.capacity {
-            if let Err(e) = self.rewrite(&mut inner) {
+        let mut all = self.lock_all();
+        if self.journal_records.load(Ordering::Relaxed) > 2 * self.capacity {
+            if let Err(e) = self.rewrite(&mut all) {
                 tracing::error!(error = %e, "replay journal compaction failed");
             }
         }
     }
-
     /// Records `key` like [`ReplayCache::check_and_insert`], held by a guard: unless
     /// [`Reservation::keep`] is called, dropping the guard forgets the key — on a refusal
     /// after this stage, a request that never reached the application, or a panic — so
@@ -294,62 +324,109 @@ impl ReplayCache {
     /// Forgets `key` — for a request that never reached the application, so the peer's
     /// retry is not refused as a replay.
     pub fn forget(&self, key: ReplayKey) {
-        let mut inner = self.lock();
-        inner.seen.remove(&key.tag());
+        let tag = key.tag();
+        if self.shard(tag).seen.remove(&tag).is_some() {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
         // The journal keeps the record; on restart the key returns until it expires,
         // which errs on the side of refusing.
     }
 
-    /// `present`: `key` is in the map already (an expired entry it replaces), so no room
-    /// needs making.
-    fn store(&self, inner: &mut Inner, key: Tag, expiry: u64, now: u64, present: bool) {
+    /// Records `key` until `expiry` in its part (making room first when it is new), or
+    /// refuses it as `refuse` says.
+    fn store(&self, key: Tag, expiry: u64, now: u64, refuse: Refuse) -> Result<(), Replayed> {
+        let expiry = u32::try_from(expiry).unwrap_or(u32::MAX);
+        let mut part = self.shard(key);
+        let present = match part.seen.get(&key) {
+            Some(&e) if u64::from(e) > now && refuse == Refuse::Unexpired => return Err(Replayed),
+            Some(_) => true,
+            None => false,
+        };
         if !present {
-            self.make_room(inner, now);
+            if self.held.load(Ordering::Relaxed) >= self.capacity {
+                // Room is made over every part, so this one is let go first, then looked
+                // at again: another request may have recorded the key in between.
+                drop(part);
+                self.evict(now);
+                part = self.shard(key);
+                let seen = part.seen.get(&key).is_some_and(|&e| u64::from(e) > now);
+                if seen && refuse == Refuse::Unexpired {
+                    return Err(Replayed);
+                }
+            }
+            self.sweep_before_growing(&mut part, now);
         }
-        inner
-            .seen
-            .insert(key, u32::try_from(expiry).unwrap_or(u32::MAX));
-        inner.since_sweep += 1;
+        if part.seen.insert(key, expiry).is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+        part.since_sweep += 1;
+        Ok(())
     }
 
-    /// Before an insert: when the table is full, or about to double, sweep out the
-    /// expired entries — unless the last sweep was so recent that this one would free
-    /// little, in which case the table grows. When it is full of unexpired entries, the
-    /// earliest to expire go (a sixteenth of the capacity at once, so the sweep is not
-    /// repeated at every insert); the freshness window bounds how old a replay of them
-    /// could be.
-    fn make_room(&self, inner: &mut Inner, now: u64) {
-        let len = inner.seen.len();
-        let full = len >= self.capacity;
-        if !full && (len < inner.seen.capacity() || inner.since_sweep < len / 8) {
+    /// Before a new entry: when the part is about to double, sweep out its expired
+    /// entries — unless its last sweep was so recent that this one would free little, in
+    /// which case it grows.
+    fn sweep_before_growing(&self, part: &mut Shard, now: u64) {
+        let len = part.seen.len();
+        if len < part.seen.capacity() || part.since_sweep < len / 8 {
             return;
         }
-        inner.since_sweep = 0;
-        inner.seen.retain(|_, e| u64::from(*e) > now);
-        let len = inner.seen.len();
+        part.since_sweep = 0;
+        part.seen.retain(|_, e| u64::from(*e) > now);
+        let swept = len.saturating_sub(part.seen.len());
+        self.held.fetch_sub(swept, Ordering::Relaxed);
+        if swept > 0 {
+            // Where entries were taken out, the table keeps markers that count against
+            // its room until it next grows or rehashes. A part rebuilt at its size has
+            // none: the room the sweep made is room to insert, not a reason to double.
+            let mut fresh = HashMap::with_capacity(len);
+            fresh.extend(part.seen.drain());
+            part.seen = fresh;
+        }
+    }
+
+    /// The cache is full: sweep out every expired entry, and when it is still full of
+    /// unexpired ones, the earliest to expire go (a sixteenth of the capacity at once,
+    /// so this is not repeated at every insert); the freshness window bounds how old a
+    /// replay of them could be.
+    fn evict(&self, now: u64) {
+        let mut all = self.lock_all();
+        let mut len = 0;
+        for part in all.iter_mut() {
+            part.since_sweep = 0;
+            part.seen.retain(|_, e| u64::from(*e) > now);
+            len += part.seen.len();
+        }
+        self.held.store(len, Ordering::Relaxed);
         if len < self.capacity {
             return;
         }
         tracing::warn!("replay cache full; evicting the unexpired entries nearest their expiry");
         let evict = (len + 1 - self.capacity).max(self.capacity / 16).min(len);
-        let mut expiries: Vec<u32> = inner.seen.values().copied().collect();
+        let mut expiries: Vec<u32> = (all.iter())
+            .flat_map(|part| part.seen.values().copied())
+            .collect();
         let (_, &mut cut, _) = expiries.select_nth_unstable(evict.saturating_sub(1));
         // Everything expiring before `cut` goes, then entries at `cut` until `evict`.
         let mut at_cut = evict.saturating_sub(expiries.iter().filter(|&&e| e < cut).count());
-        inner.seen.retain(|_, e| match (*e).cmp(&cut) {
-            std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal if at_cut > 0 => {
-                at_cut -= 1;
-                false
-            }
-            _ => true,
-        });
+        for part in all.iter_mut() {
+            part.seen.retain(|_, e| match (*e).cmp(&cut) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal if at_cut > 0 => {
+                    at_cut -= 1;
+                    false
+                }
+                _ => true,
+            });
+        }
+        let len = all.iter().map(|part| part.seen.len()).sum();
+        self.held.store(len, Ordering::Relaxed);
     }
 
-    /// Rewrites the journal with just the live entries (atomic rename). Called with
-    /// `inner` locked: every key inserted before is in the map, so in the new file —
-    /// and an append still under way finishes (into either file) before the swap.
-    fn rewrite(&self, inner: &mut Inner) -> io::Result<()> {
+    /// Rewrites the journal with just the live entries (atomic rename). Called with every
+    /// part locked: every key inserted before is in the map, so in the new file — and an
+    /// append still under way finishes (into either file) before the swap.
+    fn rewrite(&self, all: &mut [ShardGuard<'_>]) -> io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -357,13 +434,14 @@ impl ReplayCache {
         let tmp = path.with_extension("log.tmp");
         {
             let mut f = crate::state_dir::create_file(&tmp)?;
-            let mut buf = Vec::with_capacity(inner.seen.len() * RECORD);
-            for (k, e) in &inner.seen {
+            let len = all.iter().map(|part| part.seen.len()).sum::<usize>();
+            let mut buf = Vec::with_capacity(len * RECORD);
+            for (k, e) in all.iter().flat_map(|part| part.seen.iter()) {
                 buf.extend_from_slice(&record(&k.0, u64::from(*e)));
             }
             f.write_all(&buf)?;
             f.sync_all()?;
-            inner.journal_records = buf.len() / RECORD;
+            (self.journal_records).store(buf.len() / RECORD, Ordering::Relaxed);
         }
         fs::rename(&tmp, path)?;
         *journal = Some(OpenOptions::new().append(true).open(path)?);
@@ -371,7 +449,7 @@ impl ReplayCache {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().seen.len()
+        self.held.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -551,13 +629,16 @@ mod tests {
         for i in 0..10_000 {
             c.check_and_insert(key(&format!("old{i}")), 0, 100).unwrap();
         }
-        let held = c.lock().seen.capacity();
+        let room = |c: &ReplayCache| -> usize {
+            c.lock_all().iter().map(|part| part.seen.capacity()).sum()
+        };
+        let held = room(&c);
         for i in 0..10_000 {
             c.check_and_insert(key(&format!("new{i}")), 200, 300)
                 .unwrap();
         }
         assert_eq!(c.len(), 10_000, "only the unexpired window is held");
-        assert!(c.lock().seen.capacity() <= held, "the table did not grow");
+        assert!(room(&c) <= held, "the table did not grow");
         assert_eq!(c.check_and_insert(key("new9999"), 201, 300), Err(Replayed));
     }
 
@@ -573,6 +654,23 @@ mod tests {
         assert_eq!(c.check_and_insert(key("live"), 200, 1_000), Err(Replayed));
         assert_eq!(c.check_and_insert(key("short"), 200, 1_000), Ok(()));
         assert_eq!(c.len(), 2);
+    }
+
+    /// A key forgotten and recorded again is in the journal twice: read back, its last
+    /// record's expiry holds, as when it was written.
+    #[test]
+    fn a_key_journaled_twice_keeps_its_last_expiry_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = ReplayCache::open(dir.path(), 100, 1, 100).unwrap();
+            c.check_and_insert(key("k"), 100, 1_000).unwrap();
+            c.forget(key("k"));
+            c.check_and_insert(key("k"), 100, 500).unwrap();
+        }
+        let c = ReplayCache::open(dir.path(), 100, 1, 200).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.check_and_insert(key("k"), 499, 2_000), Err(Replayed));
+        assert_eq!(c.check_and_insert(key("k"), 500, 2_000), Ok(()));
     }
 
     /// Workers appending outside the map's lock while compactions replace the file: every
@@ -593,7 +691,9 @@ mod tests {
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        let tags: Vec<Tag> = c.lock().seen.keys().copied().collect();
+        let tags: Vec<Tag> = (c.lock_all().iter())
+            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
+            .collect();
         assert_eq!(tags.len(), 64);
         let keys: Vec<ReplayKey> = (0..4)
             .flat_map(|t| (0..1_000).map(move |i| key(&format!("{t}-{i}"))))
