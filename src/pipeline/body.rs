@@ -52,25 +52,24 @@ where
 fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
     match mime_of(ct)? {
         None => Ok(()),
-        Some(mime) if matches!(mime.as_str(), "application/json" | "text/plain") => Ok(()),
+        Some(mime) if one_of(mime, &["application/json", "text/plain"]) => Ok(()),
         Some(_) => Err(Reject::UnsupportedMediaType),
     }
 }
 
-/// The media type of a `Content-Type` header, lower-cased, without parameters.
+/// The media type of a `Content-Type` header, without parameters; the callers compare it
+/// case-insensitively, as media types are (RFC 9110 §8.3.1).
 // Not the `mime` crate: only the essence is compared against short allowlists, and a
 // header it would refuse to parse must still pass on routes that take any type.
-fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<String>, Reject> {
+fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<&str>, Reject> {
     let Some(ct) = ct else { return Ok(None) };
-    let mime = ct
-        .to_str()
-        .map_err(|_| Reject::UnsupportedMediaType)?
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    Ok(Some(mime))
+    let text = ct.to_str().map_err(|_| Reject::UnsupportedMediaType)?;
+    Ok(text.split(';').next().map(str::trim))
+}
+
+/// Whether `mime` is one of `allowed`, in any case.
+fn one_of(mime: &str, allowed: &[&str]) -> bool {
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(mime))
 }
 
 /// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
@@ -80,17 +79,15 @@ fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), 
         return Ok(());
     };
     let ok = match layers.first() {
-        Some(Layer::Form) => matches!(
-            mime.as_str(),
-            "application/x-www-form-urlencoded" | "application/json"
+        Some(Layer::Form) => one_of(
+            mime,
+            &["application/x-www-form-urlencoded", "application/json"],
         ),
-        Some(Layer::Token) => matches!(mime.as_str(), "application/json" | "text/plain"),
-        Some(Layer::Aes) | Some(Layer::Jwt) => {
-            matches!(
-                mime.as_str(),
-                "text/plain" | "application/json" | "application/octet-stream"
-            )
-        }
+        Some(Layer::Token) => one_of(mime, &["application/json", "text/plain"]),
+        Some(Layer::Aes) | Some(Layer::Jwt) => one_of(
+            mime,
+            &["text/plain", "application/json", "application/octet-stream"],
+        ),
         Some(Layer::Bearer | Layer::Passcode) | None => true,
     };
     if ok {
@@ -114,6 +111,10 @@ mod tests {
         )
         .is_ok());
         assert!(check_content_type(&form, Some(&v("application/json"))).is_ok());
+        // Media types compare in any case, parameters and spaces aside.
+        assert!(check_content_type(&form, Some(&v(" Application/JSON ;charset=utf-8"))).is_ok());
+        assert!(check_plain_json_type(Some(&v("TEXT/plain"))).is_ok());
+        assert!(check_plain_json_type(Some(&v("application/jsonx"))).is_err());
         assert!(check_content_type(&form, None).is_ok());
         assert!(check_content_type(&form, Some(&v("multipart/form-data; boundary=x"))).is_err());
         let token = [Layer::Token, Layer::Jwt];
