@@ -86,6 +86,9 @@ pub struct Verified {
     pub jti: Option<String>,
     /// `exp`, for the lifetime check and how long a replay record is kept.
     pub exp: Option<i64>,
+    /// The claims' `encData` when it is a string, read with the time claims: an `aes`
+    /// layer inside takes it from here instead of parsing the claims again.
+    pub enc_data: Option<String>,
 }
 
 impl fmt::Debug for Verified {
@@ -215,6 +218,7 @@ pub fn verify_validated(
         iat: claims.iat,
         jti: claims.jti,
         exp: claims.exp,
+        enc_data: claims.enc_data,
     })
 }
 
@@ -386,6 +390,52 @@ pub(crate) fn is_compact_shape(s: &str) -> bool {
     segments == 3
 }
 
+/// Any JSON value: a string's content, or `None` for every other kind.
+struct StringOrAny(Option<String>);
+
+impl<'de> Deserialize<'de> for StringOrAny {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = StringOrAny;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(Some(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(None))
+            }
+            fn visit_unit<E>(self) -> Result<StringOrAny, E> {
+                Ok(StringOrAny(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<StringOrAny, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| StringOrAny(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<StringOrAny, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| StringOrAny(None))
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
 /// The registered claims this layer checks; everything else is the application's.
 #[derive(Default)]
 struct TimeClaims {
@@ -393,11 +443,14 @@ struct TimeClaims {
     nbf: Option<i64>,
     iat: Option<i64>,
     jti: Option<String>,
+    /// Not a time claim: the `encData` string beside them, read in the same pass.
+    enc_data: Option<String>,
 }
 
 impl TimeClaims {
     /// Parses the payload (any JSON value; claims are only read from an object). A duplicate
-    /// or non-numeric `exp`/`nbf`/`iat`, or a non-string `jti`, is malformed.
+    /// or non-numeric `exp`/`nbf`/`iat`, or a non-string `jti`, is malformed; `encData` is
+    /// kept when it is a string and otherwise left alone.
     fn read(payload: &[u8]) -> Result<TimeClaims, Failure> {
         #[derive(Deserialize)]
         struct Raw {
@@ -405,6 +458,8 @@ impl TimeClaims {
             nbf: Option<serde_json::Number>,
             iat: Option<serde_json::Number>,
             jti: Option<String>,
+            #[serde(rename = "encData")]
+            enc_data: Option<StringOrAny>,
         }
 
         let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
@@ -423,6 +478,7 @@ impl TimeClaims {
             nbf: date(raw.nbf)?,
             iat: date(raw.iat)?,
             jti: raw.jti,
+            enc_data: raw.enc_data.and_then(|v| v.0),
         })
     }
 

@@ -464,7 +464,11 @@ fn open_with(
     let mut jwt_jti = None;
     let mut jwt_exp = None;
     let mut jwt_signature = None;
+    // A `jwt` layer's `encData` claim, read beside the time claims, for the layer right
+    // after it (the claims are then not parsed again to find it).
+    let mut claims_enc_data = None;
     for (i, &layer) in layers.iter().enumerate() {
+        let enc_data_read = claims_enc_data.take();
         carried = match layer {
             Layer::Form => {
                 let (enc_data, body_shape) = form::open(&keys.agid, req.content_type, req.body)?;
@@ -482,9 +486,12 @@ fn open_with(
                 if keys.aes.is_empty() {
                     return Err(Failure::Misconfigured("aes keys"));
                 }
-                let b64 = carried
-                    .string_for(Field::EncData)
-                    .ok_or(Failure::Undecryptable(Undecryptable::BadBase64))?;
+                let b64 = match enc_data_read {
+                    Some(read) => Cow::Owned(read),
+                    None => carried
+                        .string_for(Field::EncData)
+                        .ok_or(Failure::Undecryptable(Undecryptable::BadBase64))?,
+                };
                 let plain = if layers.get(i + 1) == Some(&Layer::Jwt) {
                     aes::decrypt(&keys.aes, &b64, carries_token)
                 } else {
@@ -505,6 +512,7 @@ fn open_with(
                 jwt_jti = verified.jti;
                 jwt_exp = verified.exp;
                 jwt_signature = token.rsplit('.').next().map(str::to_owned);
+                claims_enc_data = verified.enc_data;
                 Carried::Bytes(Cow::Owned(verified.payload))
             }
             Layer::Passcode => {

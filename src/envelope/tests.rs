@@ -1256,6 +1256,32 @@ fn chaining_accepts_a_json_string_an_object_field_or_bare_text() {
     let t = sign_claims(&jwt_key(), &claims);
     let opened = open(&[Layer::Jwt, Layer::Aes], &keys, &body(t.as_bytes()), NOW).unwrap();
     assert_eq!(opened.plain, TICKET_PLAIN.as_bytes());
+    // jwt claims carrying it in `encData` (read beside the time claims): as written, with
+    // every character escaped, and among other claims. An `encData` that is not a string
+    // is not taken for one.
+    let escaped: String = ct.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    for claims in [
+        format!(r#"{{"encData":"{ct}"}}"#),
+        format!(r#"{{"encData":"{escaped}"}}"#),
+        format!(r#"{{"iat":{NOW},"encData":"{ct}","jti":"j1","n":[1,{{"a":"b"}}]}}"#),
+    ] {
+        let t = sign_claims(&jwt_key(), &claims);
+        let opened = open(&[Layer::Jwt, Layer::Aes], &keys, &body(t.as_bytes()), NOW).unwrap();
+        assert_eq!(opened.plain, TICKET_PLAIN.as_bytes(), "{claims}");
+    }
+    for claims in [
+        r#"{"encData":12}"#,
+        r#"{"encData":{"x":"y"}}"#,
+        r#"{"encData":null}"#,
+        r#"{"encdata":"x"}"#,
+    ] {
+        let t = sign_claims(&jwt_key(), claims);
+        let r = open(&[Layer::Jwt, Layer::Aes], &keys, &body(t.as_bytes()), NOW);
+        assert!(
+            matches!(r, Err(Failure::Undecryptable(_))),
+            "{claims}: {r:?}"
+        );
+    }
     // aes plaintext carrying the token inside {"token": ...}.
     let wrapped = aes::encrypt(&spec_key(), format!(r#"{{"token":"{token}"}}"#).as_bytes());
     let opened = open(
