@@ -1,13 +1,6 @@
 //! The identifying fields of an opened payload — `userid`, `ticketNo`, `appSubTime`,
 //! `applicationStatus`, in any deployed spelling — for the access log and the replay key.
 
-use std::fmt;
-
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
-
-use crate::guard::fields::{self, BorrowedStr};
-
 /// The identifying fields of an opened payload (any documented spelling), as written.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct PayloadIds {
@@ -18,73 +11,29 @@ pub(super) struct PayloadIds {
 }
 
 pub(super) fn ids_of(plain: &[u8]) -> PayloadIds {
-    serde_json::from_slice::<Found>(plain)
-        .ok()
-        .and_then(|found| found.0)
-        .unwrap_or_default()
+    use crate::guard::fields::{self, Object};
+    use serde_json::value::RawValue;
+    let clean = |v: &RawValue| {
+        let s = v.get().trim_matches('"').trim();
+        // Only short digit strings: an id, never a free-text field smuggled into the log.
+        (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.to_string())
+    };
+    let Some(obj) = Object::parse(plain) else {
+        return PayloadIds::default();
+    };
+    // A field given twice (under one spelling or two) leaves every id unknown.
+    let id = |names: &[&str]| obj.one(names).map(|v| v.and_then(clean));
+    let ids = || {
+        Ok::<_, fields::Ambiguous>(PayloadIds {
+            userid: id(fields::USERID)?,
+            ticket_no: id(fields::TICKET_NO)?,
+            app_sub_time: id(fields::APP_SUB_TIME)?,
+            application_status: id(fields::APPLICATION_STATUS)?,
+        })
+    };
+    ids().unwrap_or_default()
 }
-
-/// An id's value as written: only short digit strings (or numbers written in digits),
-/// never a free-text field smuggled into the log.
-fn clean(v: &RawValue) -> Option<String> {
-    let s = v.get().trim_matches('"').trim();
-    (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_string())
-}
-
-/// The ids of one JSON object, read in one pass over its entries: only the values of id
-/// fields are kept (unparsed), every other value is only read past. `None` when a field
-/// is given twice, under one spelling or two (`fields::Ambiguous`): every id is then
-/// unknown.
-struct Found(Option<PayloadIds>);
-
-impl<'de> Deserialize<'de> for Found {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(Entries)
-    }
-}
-
-struct Entries;
-
-impl<'de> Visitor<'de> for Entries {
-    type Value = Found;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Found, M::Error> {
-        // Each table's value, and whether it was given twice.
-        let mut slots: [Option<&'de RawValue>; 4] = [None; 4];
-        let mut twice = false;
-        while let Some(BorrowedStr(key)) = m.next_key()? {
-            let table = TABLES.iter().position(|t| t.contains(&key.as_ref()));
-            match table.and_then(|i| slots.get_mut(i)) {
-                Some(slot) => {
-                    twice |= slot.replace(m.next_value::<&'de RawValue>()?).is_some();
-                }
-                None => {
-                    m.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        let [userid, ticket_no, app_sub_time, application_status] =
-            slots.map(|v| v.and_then(clean));
-        Ok(Found((!twice).then_some(PayloadIds {
-            userid,
-            ticket_no,
-            app_sub_time,
-            application_status,
-        })))
-    }
-}
-
-/// The id fields' spellings, in the order of [`PayloadIds`]'s fields.
-const TABLES: [&[&str]; 4] = [
-    fields::USERID,
-    fields::TICKET_NO,
-    fields::APP_SUB_TIME,
-    fields::APPLICATION_STATUS,
-];
 
 #[cfg(test)]
 mod tests {
