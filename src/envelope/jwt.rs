@@ -390,52 +390,6 @@ pub(crate) fn is_compact_shape(s: &str) -> bool {
     segments == 3
 }
 
-/// Any JSON value: a string's content, or `None` for every other kind.
-struct StringOrAny(Option<String>);
-
-impl<'de> Deserialize<'de> for StringOrAny {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Any;
-        impl<'de> serde::de::Visitor<'de> for Any {
-            type Value = StringOrAny;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(Some(v.to_owned())))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(None))
-            }
-            fn visit_unit<E>(self) -> Result<StringOrAny, E> {
-                Ok(StringOrAny(None))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                seq: A,
-            ) -> Result<StringOrAny, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| StringOrAny(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<StringOrAny, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| StringOrAny(None))
-            }
-        }
-        d.deserialize_any(Any)
-    }
-}
-
 /// The registered claims this layer checks; everything else is the application's.
 #[derive(Default)]
 struct TimeClaims {
@@ -458,8 +412,9 @@ impl TimeClaims {
             nbf: Option<serde_json::Number>,
             iat: Option<serde_json::Number>,
             jti: Option<String>,
+            // Any JSON value: only a string is kept (below).
             #[serde(rename = "encData")]
-            enc_data: Option<StringOrAny>,
+            enc_data: Option<serde_json::Value>,
         }
 
         let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
@@ -478,7 +433,10 @@ impl TimeClaims {
             nbf: date(raw.nbf)?,
             iat: date(raw.iat)?,
             jti: raw.jti,
-            enc_data: raw.enc_data.and_then(|v| v.0),
+            enc_data: match raw.enc_data {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            },
         })
     }
 
