@@ -582,6 +582,11 @@ struct Activity {
     park: AtomicU8,
     /// After a 429, the connection is not read from before this (ms); 0: not paused.
     paused_until_ms: AtomicU64,
+    /// An answer is still being written: bytes went out (or waited for room) since the
+    /// last completed flush. hyper flushes the socket only once its own buffer is empty,
+    /// so while this is set the connection is not idle, however long ago its request was
+    /// answered — a slow reader of a large document is not taken for a quiet connection.
+    unflushed: AtomicBool,
 }
 
 impl Activity {
@@ -648,7 +653,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let a = &self.activity;
         let asked = a.park.load(Ordering::Relaxed) == PARK_ASKED;
         let between = a.in_progress.load(Ordering::Relaxed) == 0
-            && a.head_started_ms.load(Ordering::Relaxed) == 0;
+            && a.head_started_ms.load(Ordering::Relaxed) == 0
+            && !a.unflushed.load(Ordering::Relaxed);
         if r.is_pending() {
             if asked && between {
                 // Nothing arriving between requests: hyper reads the end of input and
@@ -669,7 +675,54 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-crate::delegate_async_write!(Watched);
+impl<S> Watched<S> {
+    /// Notes a write's outcome: anything but an error leaves an answer unflushed.
+    fn wrote<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if !matches!(r, Poll::Ready(Err(_))) {
+            self.activity.unflushed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    /// hyper calls this once its own buffer is empty: the answer has left, and the
+    /// connection's idle time starts now.
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        let a = &self.activity;
+        if matches!(r, Poll::Ready(Ok(()))) && a.unflushed.swap(false, Ordering::Relaxed) {
+            a.idle_since_ms.store(a.now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// One request's handling, as the connection holds it while it runs.
 type HandleFuture = Pin<
@@ -703,6 +756,7 @@ where
         head_started_ms: AtomicU64::new(0),
         park: AtomicU8::new(PARK_NO),
         paused_until_ms: AtomicU64::new(0),
+        unflushed: AtomicBool::new(false),
     });
     let mut stop = conn.stop.clone();
     // A connection accepted just before a drain started is finished at once.
@@ -1051,7 +1105,9 @@ impl Deadlines {
     }
 
     fn check(&self, activity: &Activity, closing: bool) -> Watchdog {
-        if activity.in_progress.load(Ordering::Relaxed) > 0 {
+        if activity.in_progress.load(Ordering::Relaxed) > 0
+            || activity.unflushed.load(Ordering::Relaxed)
+        {
             return Watchdog::Wait;
         }
         let now = activity.now_ms();
@@ -1097,6 +1153,7 @@ mod tests {
             head_started_ms: AtomicU64::new(head),
             park: AtomicU8::new(PARK_NO),
             paused_until_ms: AtomicU64::new(0),
+            unflushed: AtomicBool::new(false),
         }
     }
 
@@ -1123,6 +1180,10 @@ mod tests {
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), false), Watchdog::Finish);
         // Already finishing: nothing more to decide.
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), true), Watchdog::Wait);
+        // An answer still being written, 6 s after it was made: not idle.
+        let writing = activity(0, 1, 4_000, 0);
+        writing.unflushed.store(true, Ordering::Relaxed);
+        assert_eq!(d.check(&writing, false), Watchdog::Wait);
         assert_eq!(d.tick(), Duration::from_millis(PARK_AFTER_MS));
     }
 }

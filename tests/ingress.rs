@@ -1190,3 +1190,57 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     let after = tokio::net::TcpStream::connect(to).await;
     assert!(after.is_err(), "connected after shutdown");
 }
+
+/// A client that reads a large answer slowly gets all of it: the connection is not
+/// taken for idle (and parked or closed) while the answer is still being written.
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let big = format!(r#"{{"doc":"{}"}}"#, "A".repeat(20 * 1024 * 1024));
+    let app = Upstream::start(Behaviour::Fixed {
+        status: 200,
+        content_type: "application/json",
+        body: big.clone(),
+    })
+    .await;
+    let sc = start(CONFIG, &app).await;
+    let token = hs256(&with_times(TICKET_PLAIN));
+    let body = token_body(PASSCODE, &token);
+    let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    let head = format!(
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // The first bytes, then a pause longer than the sidecar waits before it takes a quiet
+    // connection for idle, with most of the answer still unsent.
+    let n = s.read(&mut buf).await.unwrap();
+    got.extend_from_slice(&buf[..n]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let want = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a length");
+            break end + 4 + len;
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    };
+    while got.len() < want {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the answer stalled")
+            .unwrap();
+        assert!(n > 0, "closed after {} of {want} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.ends_with(big.as_bytes()));
+}
