@@ -587,6 +587,8 @@ struct Activity {
     /// so while this is set the connection is not idle, however long ago its request was
     /// answered — a slow reader of a large document is not taken for a quiet connection.
     unflushed: AtomicBool,
+    /// The stream can be parked (plain TCP).
+    parkable: bool,
 }
 
 impl Activity {
@@ -757,6 +759,7 @@ where
         park: AtomicU8::new(PARK_NO),
         paused_until_ms: AtomicU64::new(0),
         unflushed: AtomicBool::new(false),
+        parkable: stream.parkable(),
     });
     let mut stop = conn.stop.clone();
     // A connection accepted just before a drain started is finished at once.
@@ -1065,10 +1068,17 @@ impl Future for Handling {
             let until = activity.now_ms() + PAUSE_AFTER_429_MS;
             activity.paused_until_ms.store(until, Ordering::Relaxed);
         }
-        activity.served.fetch_add(1, Ordering::Relaxed);
+        let before = activity.served.fetch_add(1, Ordering::Relaxed);
         activity
             .idle_since_ms
             .store(activity.now_ms(), Ordering::Relaxed);
+        if before == 0 && activity.parkable {
+            // After its first answer a connection parks as soon as nothing more is there
+            // to read: most callers send one request and keep the connection, and a wave
+            // of them would otherwise each hold hyper's buffers for `PARK_AFTER_MS`. A
+            // client that sends on at once pays for one new hyper connection, once.
+            activity.park.store(PARK_ASKED, Ordering::Relaxed);
+        }
         activity.in_progress.fetch_sub(1, Ordering::Relaxed);
         Poll::Ready(r)
     }
@@ -1154,7 +1164,40 @@ mod tests {
             park: AtomicU8::new(PARK_NO),
             paused_until_ms: AtomicU64::new(0),
             unflushed: AtomicBool::new(false),
+            parkable: true,
         }
+    }
+
+    /// Polls one request's handling, answered at once with `status`, to its end.
+    fn handled(activity: &Arc<Activity>, status: http::StatusCode) {
+        let mut answer = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+        *answer.status_mut() = status;
+        activity.in_progress.fetch_add(1, Ordering::Relaxed);
+        let mut handling = Handling {
+            pipeline: Box::pin(std::future::ready(Ok(answer))),
+            activity: activity.clone(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut handling).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_connection_parks_after_its_first_answer_and_not_after_later_ones() {
+        let a = Arc::new(activity(0, 0, 1, 0));
+        handled(&a, http::StatusCode::OK);
+        assert_eq!(a.park.load(Ordering::Relaxed), PARK_ASKED);
+        assert_eq!(a.served.load(Ordering::Relaxed), 1);
+        // A request came before the park: later answers leave parking to the watchdog.
+        a.park.store(PARK_NO, Ordering::Relaxed);
+        handled(&a, http::StatusCode::OK);
+        assert_eq!(a.park.load(Ordering::Relaxed), PARK_NO);
+        // A TLS connection is never parked.
+        let tls = Arc::new(Activity {
+            parkable: false,
+            ..activity(0, 0, 1, 0)
+        });
+        handled(&tls, http::StatusCode::OK);
+        assert_eq!(tls.park.load(Ordering::Relaxed), PARK_NO);
     }
 
     #[test]
