@@ -12,6 +12,7 @@
 //! process being killed; a power cut may lose the last few seconds of records, which the
 //! freshness window bounds.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -108,13 +109,18 @@ struct Shard {
     /// beside it, and the expiry as `u32` (seconds to the year 2106). Expired entries
     /// are swept out when the part is about to grow or the cache is full, not one by
     /// one.
-    seen: HashMap<Tag, u32>,
+    seen: Seen,
     /// Records inserted since the part's last sweep, so a sweep that frees little is not
     /// repeated at every insert.
     since_sweep: usize,
 }
 
 type ShardGuard<'a> = std::sync::MutexGuard<'a, Shard>;
+
+/// A part's table. The tags are digest prefixes, already spread evenly, so a fast keyed
+/// hash does (SipHash cost more than the rest of an insert): its random seed per process
+/// keeps a peer that grinds digests from choosing which tags collide.
+type Seen = HashMap<Tag, u32, foldhash::fast::RandomState>;
 
 /// Whether [`ReplayCache::store`] refuses a key it holds unexpired (a request), or
 /// records it again (a journal read back on start: its last record wins).
@@ -337,6 +343,28 @@ impl ReplayCache {
     fn store(&self, key: Tag, expiry: u64, now: u64, refuse: Refuse) -> Result<(), Replayed> {
         let expiry = u32::try_from(expiry).unwrap_or(u32::MAX);
         let mut part = self.shard(key);
+        // The usual case: room in the part and in the cache, so nothing is swept or
+        // evicted first, and one lookup finds the key or its slot.
+        if part.seen.len() < part.seen.capacity()
+            && self.held.load(Ordering::Relaxed) < self.capacity
+        {
+            match part.seen.entry(key) {
+                Entry::Occupied(held)
+                    if u64::from(*held.get()) > now && refuse == Refuse::Unexpired =>
+                {
+                    return Err(Replayed)
+                }
+                Entry::Occupied(mut held) => {
+                    held.insert(expiry);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(expiry);
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            part.since_sweep += 1;
+            return Ok(());
+        }
         let present = match part.seen.get(&key) {
             Some(&e) if u64::from(e) > now && refuse == Refuse::Unexpired => return Err(Replayed),
             Some(_) => true,
@@ -379,7 +407,7 @@ impl ReplayCache {
             // Where entries were taken out, the table keeps markers that count against
             // its room until it next grows or rehashes. A part rebuilt at its size has
             // none: the room the sweep made is room to insert, not a reason to double.
-            let mut fresh = HashMap::with_capacity(len);
+            let mut fresh = Seen::with_capacity_and_hasher(len, part.seen.hasher().clone());
             fresh.extend(part.seen.drain());
             part.seen = fresh;
         }
