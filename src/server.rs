@@ -587,6 +587,11 @@ struct Activity {
     /// so while this is set the connection is not idle, however long ago its request was
     /// answered — a slow reader of a large document is not taken for a quiet connection.
     unflushed: AtomicBool,
+    /// Bytes of answers written so far; the watchdog's mark of it, and since when (ms; 0:
+    /// not yet seen) an unflushed answer has made no progress.
+    written: AtomicU64,
+    stall_mark: AtomicU64,
+    stall_since_ms: AtomicU64,
     /// The stream can be parked (plain TCP).
     parkable: bool,
 }
@@ -679,9 +684,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 
 impl<S> Watched<S> {
     /// Notes a write's outcome: anything but an error leaves an answer unflushed.
-    fn wrote<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if !matches!(r, Poll::Ready(Err(_))) {
-            self.activity.unflushed.store(true, Ordering::Relaxed);
+    fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Err(_)) => {}
+            Poll::Ready(Ok(n)) => {
+                let a = &self.activity;
+                a.written.fetch_add(n as u64, Ordering::Relaxed);
+                a.unflushed.store(true, Ordering::Relaxed);
+            }
+            Poll::Pending => self.activity.unflushed.store(true, Ordering::Relaxed),
         }
         r
     }
@@ -759,6 +770,9 @@ where
         park: AtomicU8::new(PARK_NO),
         paused_until_ms: AtomicU64::new(0),
         unflushed: AtomicBool::new(false),
+        written: AtomicU64::new(0),
+        stall_mark: AtomicU64::new(0),
+        stall_since_ms: AtomicU64::new(0),
         parkable: stream.parkable(),
     });
     let mut stop = conn.stop.clone();
@@ -977,6 +991,10 @@ impl Phase<'_> {
                         tracing::debug!(listener = %self.name, "request head not complete in time; closing");
                         return None;
                     }
+                    Watchdog::Stalled => {
+                        tracing::debug!(listener = %self.name, "answer not read for keepalive_idle; closing");
+                        return None;
+                    }
                     Watchdog::Finish => {
                         self.closing = true;
                         Pin::new(&mut *conn).graceful_shutdown();
@@ -1068,10 +1086,8 @@ impl Future for Handling {
             let until = activity.now_ms() + PAUSE_AFTER_429_MS;
             activity.paused_until_ms.store(until, Ordering::Relaxed);
         }
+        // The idle time starts when the answer has left (`Watched::poll_flush`).
         let before = activity.served.fetch_add(1, Ordering::Relaxed);
-        activity
-            .idle_since_ms
-            .store(activity.now_ms(), Ordering::Relaxed);
         if before == 0 && activity.parkable {
             // After its first answer a connection parks as soon as nothing more is there
             // to read: most callers send one request and keep the connection, and a wave
@@ -1094,6 +1110,8 @@ enum Watchdog {
     Close,
     /// Idle past the deadline: finish gracefully.
     Finish,
+    /// An answer's client has read nothing of it for the idle deadline: close now.
+    Stalled,
 }
 
 /// The two deadlines hyper leaves to us, in ms.
@@ -1115,12 +1133,14 @@ impl Deadlines {
     }
 
     fn check(&self, activity: &Activity, closing: bool) -> Watchdog {
-        if activity.in_progress.load(Ordering::Relaxed) > 0
-            || activity.unflushed.load(Ordering::Relaxed)
-        {
+        if activity.in_progress.load(Ordering::Relaxed) > 0 {
             return Watchdog::Wait;
         }
         let now = activity.now_ms();
+        if activity.unflushed.load(Ordering::Relaxed) {
+            return self.check_writing(activity, now);
+        }
+        activity.stall_since_ms.store(0, Ordering::Relaxed);
         let head = activity.head_started_ms.load(Ordering::Relaxed);
         if head != 0 {
             return if now.saturating_sub(head) > self.header_ms {
@@ -1147,6 +1167,23 @@ impl Deadlines {
             Watchdog::Idle(idle)
         }
     }
+
+    /// An answer is being written: the connection is busy while its client reads, however
+    /// slowly, but one that reads nothing for `keepalive_idle` is closed — a stalled write
+    /// would otherwise hold the connection and its buffers for ever.
+    fn check_writing(&self, activity: &Activity, now: u64) -> Watchdog {
+        let written = activity.written.load(Ordering::Relaxed);
+        let since = activity.stall_since_ms.load(Ordering::Relaxed);
+        if activity.stall_mark.swap(written, Ordering::Relaxed) != written || since == 0 {
+            activity.stall_since_ms.store(now, Ordering::Relaxed);
+            return Watchdog::Wait;
+        }
+        if now.saturating_sub(since) > self.idle_ms {
+            Watchdog::Stalled
+        } else {
+            Watchdog::Wait
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1164,6 +1201,9 @@ mod tests {
             park: AtomicU8::new(PARK_NO),
             paused_until_ms: AtomicU64::new(0),
             unflushed: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            stall_mark: AtomicU64::new(0),
+            stall_since_ms: AtomicU64::new(0),
             parkable: true,
         }
     }
@@ -1223,10 +1263,22 @@ mod tests {
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), false), Watchdog::Finish);
         // Already finishing: nothing more to decide.
         assert_eq!(d.check(&activity(0, 1, 4_000, 0), true), Watchdog::Wait);
-        // An answer still being written, 6 s after it was made: not idle.
+        // An answer still being written, 6 s after it was made: not idle while its client
+        // reads some of it at each look...
         let writing = activity(0, 1, 4_000, 0);
         writing.unflushed.store(true, Ordering::Relaxed);
+        for _ in 0..3 {
+            assert_eq!(d.check(&writing, false), Watchdog::Wait);
+            writing.written.fetch_add(100, Ordering::Relaxed);
+        }
+        // ...and closed once it has read nothing for keepalive_idle.
         assert_eq!(d.check(&writing, false), Watchdog::Wait);
+        writing.stall_since_ms.store(4_000, Ordering::Relaxed);
+        assert_eq!(d.check(&writing, false), Watchdog::Stalled);
+        // The answer left: an idle connection again, and the stall forgotten.
+        writing.unflushed.store(false, Ordering::Relaxed);
+        assert_eq!(d.check(&writing, false), Watchdog::Finish);
+        assert_eq!(writing.stall_since_ms.load(Ordering::Relaxed), 0);
         assert_eq!(d.tick(), Duration::from_millis(PARK_AFTER_MS));
     }
 }

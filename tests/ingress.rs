@@ -1191,11 +1191,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     assert!(after.is_err(), "connected after shutdown");
 }
 
-/// A client that reads a large answer slowly gets all of it: the connection is not
-/// taken for idle (and parked or closed) while the answer is still being written.
-#[tokio::test]
-async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A 20 MiB document from the application, and a connection that asked for it (more than
+/// the socket buffers hold, so most of it waits for the client to read).
+async fn large_answer(config: &str) -> (Upstream, Sidecar, String, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
     let big = format!(r#"{{"doc":"{}"}}"#, "A".repeat(20 * 1024 * 1024));
     let app = Upstream::start(Behaviour::Fixed {
         status: 200,
@@ -1203,7 +1202,7 @@ async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
         body: big.clone(),
     })
     .await;
-    let sc = start(CONFIG, &app).await;
+    let sc = start(config, &app).await;
     let token = hs256(&with_times(TICKET_PLAIN));
     let body = token_body(PASSCODE, &token);
     let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
@@ -1213,6 +1212,15 @@ async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body).await.unwrap();
+    (app, sc, big, s)
+}
+
+/// A client that reads a large answer slowly gets all of it: the connection is not
+/// taken for idle (and parked or closed) while the answer is still being written.
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
+    use tokio::io::AsyncReadExt;
+    let (_app, _sc, big, mut s) = large_answer(CONFIG).await;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // The first bytes, then a pause longer than the sidecar waits before it takes a quiet
@@ -1243,4 +1251,32 @@ async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
         got.extend_from_slice(&buf[..n]);
     }
     assert!(got.ends_with(big.as_bytes()));
+}
+
+/// A client that stops reading a large answer does not hold its connection for ever: once
+/// it has read nothing for `keepalive_idle`, the connection is closed.
+#[tokio::test]
+async fn a_client_that_stops_reading_an_answer_is_cut_off() {
+    let config = CONFIG.replace("limits:\n", "limits:\n  keepalive_idle: 300ms\n");
+    let (_app, sc, _big, s) = large_answer(&config).await;
+    let open = || {
+        (sc.rt.metrics.connections)
+            .with_label_values(&["public"])
+            .get()
+    };
+    // The answer is under way (the connection open) and the client reads none of it.
+    wait_until(|| open() == 1).await;
+    wait_until(|| open() == 0).await;
+    drop(s);
+}
+
+/// Waits until `cond` holds; the bound only keeps a broken build from hanging.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the condition never held");
 }
