@@ -1169,8 +1169,9 @@ impl Deadlines {
     }
 
     /// An answer is being written: the connection is busy while its client reads, however
-    /// slowly, but one that reads nothing for `keepalive_idle` is closed — a stalled write
-    /// would otherwise hold the connection and its buffers for ever.
+    /// slowly, but one that reads nothing for `keepalive_idle` (or the head's deadline,
+    /// when longer) is closed — a stalled write would otherwise hold the connection and
+    /// its buffers for ever.
     fn check_writing(&self, activity: &Activity, now: u64) -> Watchdog {
         let written = activity.written.load(Ordering::Relaxed);
         let since = activity.stall_since_ms.load(Ordering::Relaxed);
@@ -1178,7 +1179,9 @@ impl Deadlines {
             activity.stall_since_ms.store(now, Ordering::Relaxed);
             return Watchdog::Wait;
         }
-        if now.saturating_sub(since) > self.idle_ms {
+        // `header_ms` when longer: with keep-alive off (`keepalive_idle: 0`) a slow reader
+        // still has the head's deadline between two reads.
+        if now.saturating_sub(since) > self.idle_ms.max(self.header_ms) {
             Watchdog::Stalled
         } else {
             Watchdog::Wait
@@ -1275,6 +1278,16 @@ mod tests {
         assert_eq!(d.check(&writing, false), Watchdog::Wait);
         writing.stall_since_ms.store(4_000, Ordering::Relaxed);
         assert_eq!(d.check(&writing, false), Watchdog::Stalled);
+        // Keep-alive off: the head's deadline between two reads, not none.
+        let no_keepalive = Deadlines {
+            header_ms: 2_000,
+            idle_ms: 0,
+        };
+        writing.stall_since_ms.store(9_000, Ordering::Relaxed);
+        assert_eq!(no_keepalive.check(&writing, false), Watchdog::Wait);
+        writing.stall_since_ms.store(7_000, Ordering::Relaxed);
+        assert_eq!(no_keepalive.check(&writing, false), Watchdog::Stalled);
+        writing.stall_since_ms.store(4_000, Ordering::Relaxed);
         // The answer left: an idle connection again, and the stall forgotten.
         writing.unflushed.store(false, Ordering::Relaxed);
         assert_eq!(d.check(&writing, false), Watchdog::Finish);

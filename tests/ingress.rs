@@ -1254,10 +1254,14 @@ async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
 }
 
 /// A client that stops reading a large answer does not hold its connection for ever: once
-/// it has read nothing for `keepalive_idle`, the connection is closed.
+/// it has read nothing for `keepalive_idle` (and `header_read_timeout`), the connection is
+/// closed.
 #[tokio::test]
 async fn a_client_that_stops_reading_an_answer_is_cut_off() {
-    let config = CONFIG.replace("limits:\n", "limits:\n  keepalive_idle: 300ms\n");
+    let config = CONFIG.replace(
+        "limits:\n",
+        "limits:\n  keepalive_idle: 300ms\n  header_read_timeout: 300ms\n",
+    );
     let (_app, sc, _big, s) = large_answer(&config).await;
     let open = || {
         (sc.rt.metrics.connections)
