@@ -102,6 +102,22 @@ pub struct Replayed;
 /// allocator let them go.
 const SHARDS: usize = 64;
 
+/// How far a part's size may drift from what the cache's count holds of it before the
+/// part brings the count up to date: the count, shared by every worker, is written once
+/// per this many inserts into a part, not at each one.
+const COUNT_STEP: usize = 64;
+
+/// How far below the whole cache's size its count may be (each part's drift below
+/// [`COUNT_STEP`]): an insert takes the quick path only while the count is this far
+/// below the capacity, so the capacity is never passed.
+const COUNT_SLACK: usize = SHARDS * COUNT_STEP;
+
+/// A value on a cache line of its own, so two workers writing neighbouring parts (or a
+/// part and the count) do not take the line from each other.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
 /// One part of the table in memory.
 #[derive(Default)]
 struct Shard {
@@ -113,6 +129,25 @@ struct Shard {
     /// Records inserted since the part's last sweep, so a sweep that frees little is not
     /// repeated at every insert.
     since_sweep: usize,
+    /// How many of this part's entries the cache's count includes.
+    counted: usize,
+}
+
+impl Shard {
+    /// Brings the cache's count up to date with this part once they are
+    /// [`COUNT_STEP`] apart (`exact`: whenever they differ).
+    fn recount(&mut self, count: &AtomicUsize, exact: bool) {
+        let len = self.seen.len();
+        let apart = len.abs_diff(self.counted);
+        if apart >= COUNT_STEP || (exact && apart > 0) {
+            if len > self.counted {
+                count.fetch_add(apart, Ordering::Relaxed);
+            } else {
+                count.fetch_sub(apart, Ordering::Relaxed);
+            }
+            self.counted = len;
+        }
+    }
 }
 
 type ShardGuard<'a> = std::sync::MutexGuard<'a, Shard>;
@@ -132,12 +167,13 @@ enum Refuse {
 
 pub struct ReplayCache {
     /// The parts: the first, and the others (never empty, so no lookup can miss).
-    first: Mutex<Shard>,
-    rest: Box<[Mutex<Shard>]>,
-    /// Entries held, over every part: the capacity is the whole cache's.
-    held: AtomicUsize,
+    first: Padded<Mutex<Shard>>,
+    rest: Box<[Padded<Mutex<Shard>>]>,
+    /// Entries held, over every part, as the parts last told it (see [`Shard::recount`]):
+    /// the capacity is the whole cache's.
+    count: Padded<AtomicUsize>,
     /// Records in the journal file, to decide when to compact it.
-    journal_records: AtomicUsize,
+    journal_records: Padded<AtomicUsize>,
     /// Records being gathered into one journal write: one batch per connection worker,
     /// indexed like the upstream pool's idle connections (`crate::workers::current()`:
     /// 0 for any other thread, which is also where a worker past the last falls back).
@@ -153,10 +189,10 @@ pub struct ReplayCache {
 impl ReplayCache {
     fn new(capacity: usize, batches: Box<[Mutex<Batch>]>, path: Option<PathBuf>) -> Self {
         ReplayCache {
-            first: Mutex::default(),
-            rest: (1..SHARDS).map(|_| Mutex::default()).collect(),
-            held: AtomicUsize::new(0),
-            journal_records: AtomicUsize::new(0),
+            first: Padded::default(),
+            rest: (1..SHARDS).map(|_| Padded::default()).collect(),
+            count: Padded::default(),
+            journal_records: Padded::default(),
             batches,
             journal: RwLock::new(None),
             capacity: capacity.max(1),
@@ -208,49 +244,50 @@ impl ReplayCache {
         let i = usize::from(last) % SHARDS;
         // Part 0 is `first`; part `i` past it is `rest[i - 1]`.
         let part = self.rest.get(i.wrapping_sub(1)).unwrap_or(&self.first);
-        part.lock().unwrap_or_else(|p| p.into_inner())
+        part.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every part, locked in order (the only place more than one is held).
     fn lock_all(&self) -> Vec<ShardGuard<'_>> {
         std::iter::once(&self.first)
             .chain(self.rest.iter())
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()))
             .collect()
     }
 
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
     /// The record is in the journal (written to the kernel) when this returns.
     pub fn check_and_insert(&self, key: ReplayKey, now: u64, expiry: u64) -> Result<(), Replayed> {
-        let compact = self.insert(key.tag(), now, expiry)?;
+        self.store(key.tag(), expiry, now, Refuse::Unexpired)?;
         self.append(&record(&key.0, expiry));
-        if compact {
-            self.compact();
-        }
         Ok(())
     }
 
-    /// The map's part of an insert; whether the journal is due for compaction.
-    fn insert(&self, key: Tag, now: u64, expiry: u64) -> Result<bool, Replayed> {
-        self.store(key, expiry, now, Refuse::Unexpired)?;
-        let records = self.journal_records.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(self.path.is_some() && records > 2 * self.capacity)
-    }
-
     /// Appends whole records to the journal, outside the map's lock (`O_APPEND`:
-    /// concurrent appends do not mix).
+    /// concurrent appends do not mix), and compacts the journal when it has grown to
+    /// twice the cache's capacity.
     fn append(&self, records: &[u8]) {
-        let journal = self.journal.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut j) = journal.as_ref() {
-            if let Err(e) = j.write_all(records) {
-                tracing::error!(error = %e, "replay journal write failed; protection continues in memory");
+        if self.path.is_none() {
+            return;
+        }
+        {
+            let journal = self.journal.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(mut j) = journal.as_ref() {
+                if let Err(e) = j.write_all(records) {
+                    tracing::error!(error = %e, "replay journal write failed; protection continues in memory");
+                }
             }
+        }
+        let added = records.len() / RECORD;
+        let journaled = self.journal_records.0.fetch_add(added, Ordering::Relaxed) + added;
+        if journaled > 2 * self.capacity {
+            self.compact();
         }
     }
 
     fn compact(&self) {
         let mut all = self.lock_all();
-        if self.journal_records.load(Ordering::Relaxed) > 2 * self.capacity {
+        if self.journal_records.0.load(Ordering::Relaxed) > 2 * self.capacity {
             if let Err(e) = self.rewrite(&mut all) {
                 tracing::error!(error = %e, "replay journal compaction failed");
             }
@@ -271,7 +308,7 @@ impl ReplayCache {
         now: u64,
         expiry: u64,
     ) -> Result<Reservation, Replayed> {
-        let compact = self.insert(key.tag(), now, expiry)?;
+        self.store(key.tag(), expiry, now, Refuse::Unexpired)?;
         // Made first: a request dropped while its batch is gathered forgets its key.
         let reservation = Reservation {
             cache: Arc::clone(self),
@@ -280,9 +317,6 @@ impl ReplayCache {
         };
         if self.path.is_some() {
             self.append_batched(&record(&key.0, expiry)).await;
-        }
-        if compact {
-            self.compact();
         }
         Ok(reservation)
     }
@@ -331,8 +365,9 @@ impl ReplayCache {
     /// retry is not refused as a replay.
     pub fn forget(&self, key: ReplayKey) {
         let tag = key.tag();
-        if self.shard(tag).seen.remove(&tag).is_some() {
-            self.held.fetch_sub(1, Ordering::Relaxed);
+        let mut part = self.shard(tag);
+        if part.seen.remove(&tag).is_some() {
+            part.recount(&self.count.0, false);
         }
         // The journal keeps the record; on restart the key returns until it expires,
         // which errs on the side of refusing.
@@ -346,7 +381,7 @@ impl ReplayCache {
         // The usual case: room in the part and in the cache, so nothing is swept or
         // evicted first, and one lookup finds the key or its slot.
         if part.seen.len() < part.seen.capacity()
-            && self.held.load(Ordering::Relaxed) < self.capacity
+            && self.count.0.load(Ordering::Relaxed) + COUNT_SLACK < self.capacity
         {
             match part.seen.entry(key) {
                 Entry::Occupied(held)
@@ -359,10 +394,10 @@ impl ReplayCache {
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(expiry);
-                    self.held.fetch_add(1, Ordering::Relaxed);
                 }
             }
             part.since_sweep += 1;
+            part.recount(&self.count.0, false);
             return Ok(());
         }
         let present = match part.seen.get(&key) {
@@ -371,11 +406,12 @@ impl ReplayCache {
             None => false,
         };
         if !present {
-            if self.held.load(Ordering::Relaxed) >= self.capacity {
-                // Room is made over every part, so this one is let go first, then looked
+            if self.count.0.load(Ordering::Relaxed) + COUNT_SLACK >= self.capacity {
+                // Near the capacity the count is made exact, and room is made over every
+                // part when the cache is full; so this part is let go first, then looked
                 // at again: another request may have recorded the key in between.
                 drop(part);
-                self.evict(now);
+                self.make_room(now);
                 part = self.shard(key);
                 let seen = part.seen.get(&key).is_some_and(|&e| u64::from(e) > now);
                 if seen && refuse == Refuse::Unexpired {
@@ -384,11 +420,21 @@ impl ReplayCache {
             }
             self.sweep_before_growing(&mut part, now);
         }
-        if part.seen.insert(key, expiry).is_none() {
-            self.held.fetch_add(1, Ordering::Relaxed);
-        }
+        part.seen.insert(key, expiry);
         part.since_sweep += 1;
+        part.recount(&self.count.0, true);
         Ok(())
+    }
+
+    /// Counts the entries exactly, and evicts when the cache is full.
+    fn make_room(&self, now: u64) {
+        let mut all = self.lock_all();
+        for part in all.iter_mut() {
+            part.recount(&self.count.0, true);
+        }
+        if self.count.0.load(Ordering::Relaxed) >= self.capacity {
+            self.evict(&mut all, now);
+        }
     }
 
     /// Before a new entry: when the part is about to double, sweep out its expired
@@ -402,7 +448,7 @@ impl ReplayCache {
         part.since_sweep = 0;
         part.seen.retain(|_, e| u64::from(*e) > now);
         let swept = len.saturating_sub(part.seen.len());
-        self.held.fetch_sub(swept, Ordering::Relaxed);
+        part.recount(&self.count.0, false);
         if swept > 0 {
             // Where entries were taken out, the table keeps markers that count against
             // its room until it next grows or rehashes. A part rebuilt at its size has
@@ -417,15 +463,14 @@ impl ReplayCache {
     /// unexpired ones, the earliest to expire go (a sixteenth of the capacity at once,
     /// so this is not repeated at every insert); the freshness window bounds how old a
     /// replay of them could be.
-    fn evict(&self, now: u64) {
-        let mut all = self.lock_all();
+    fn evict(&self, all: &mut [ShardGuard<'_>], now: u64) {
         let mut len = 0;
         for part in all.iter_mut() {
             part.since_sweep = 0;
             part.seen.retain(|_, e| u64::from(*e) > now);
+            part.recount(&self.count.0, true);
             len += part.seen.len();
         }
-        self.held.store(len, Ordering::Relaxed);
         if len < self.capacity {
             return;
         }
@@ -447,8 +492,9 @@ impl ReplayCache {
                 _ => true,
             });
         }
-        let len = all.iter().map(|part| part.seen.len()).sum();
-        self.held.store(len, Ordering::Relaxed);
+        for part in all.iter_mut() {
+            part.recount(&self.count.0, true);
+        }
     }
 
     /// Rewrites the journal with just the live entries (atomic rename). Called with every
@@ -469,15 +515,16 @@ impl ReplayCache {
             }
             f.write_all(&buf)?;
             f.sync_all()?;
-            (self.journal_records).store(buf.len() / RECORD, Ordering::Relaxed);
+            (self.journal_records.0).store(buf.len() / RECORD, Ordering::Relaxed);
         }
         fs::rename(&tmp, path)?;
         *journal = Some(OpenOptions::new().append(true).open(path)?);
         Ok(())
     }
 
+    /// Entries held (exactly: every part is looked at).
     pub fn len(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        self.lock_all().iter().map(|part| part.seen.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -629,6 +676,36 @@ mod tests {
             c.check_and_insert(key(&i.to_string()), 0, 1_000).unwrap();
         }
         assert!(c.len() <= 100);
+    }
+
+    /// The parts tell the shared count of their entries in steps, not at each insert;
+    /// the capacity still holds exactly, far above the steps' slack as below it.
+    #[test]
+    fn the_capacity_holds_however_far_the_parts_count_lags() {
+        for capacity in [COUNT_SLACK / 2, 3 * COUNT_SLACK] {
+            let c = ReplayCache::in_memory(capacity);
+            for i in 0..4 * capacity {
+                c.check_and_insert(key(&i.to_string()), 0, 1_000).unwrap();
+                if i % 997 == 0 {
+                    assert!(c.len() <= capacity, "{} held at {i}", c.len());
+                }
+            }
+            assert!(c.len() <= capacity);
+            // Eviction frees a sixteenth at a time, so the cache stays nearly full.
+            assert!(c.len() >= capacity - capacity / 16, "{}", c.len());
+            // Forgetting brings the count down with the entries.
+            let held = c.len();
+            for i in 0..4 * capacity {
+                c.forget(key(&i.to_string()));
+            }
+            assert!(
+                c.is_empty(),
+                "{held} held, {} after forgetting all",
+                c.len()
+            );
+            // The count is off by less than the slack, the direction the quick path allows.
+            assert!(c.count.0.load(Ordering::Relaxed) < COUNT_SLACK);
+        }
     }
 
     /// A full cache of unexpired entries lets go of the one nearest its expiry, not the
