@@ -587,10 +587,8 @@ struct Activity {
     /// so while this is set the connection is not idle, however long ago its request was
     /// answered — a slow reader of a large document is not taken for a quiet connection.
     unflushed: AtomicBool,
-    /// Bytes of answers written so far; the watchdog's mark of it, and since when (ms; 0:
-    /// not yet seen) an unflushed answer has made no progress.
-    written: AtomicU64,
-    stall_mark: AtomicU64,
+    /// Since when (ms) the watchdog has seen an unflushed answer make no progress; 0 once
+    /// any of it is written.
     stall_since_ms: AtomicU64,
     /// The stream can be parked (plain TCP).
     parkable: bool,
@@ -683,16 +681,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S> Watched<S> {
-    /// Notes a write's outcome: anything but an error leaves an answer unflushed.
+    /// Notes a write's outcome: anything but an error leaves an answer unflushed, and
+    /// bytes written are progress.
     fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        let a = &self.activity;
         match r {
             Poll::Ready(Err(_)) => {}
-            Poll::Ready(Ok(n)) => {
-                let a = &self.activity;
-                a.written.fetch_add(n as u64, Ordering::Relaxed);
+            Poll::Ready(Ok(_)) => {
                 a.unflushed.store(true, Ordering::Relaxed);
+                a.stall_since_ms.store(0, Ordering::Relaxed);
             }
-            Poll::Pending => self.activity.unflushed.store(true, Ordering::Relaxed),
+            Poll::Pending => a.unflushed.store(true, Ordering::Relaxed),
         }
         r
     }
@@ -770,8 +769,6 @@ where
         park: AtomicU8::new(PARK_NO),
         paused_until_ms: AtomicU64::new(0),
         unflushed: AtomicBool::new(false),
-        written: AtomicU64::new(0),
-        stall_mark: AtomicU64::new(0),
         stall_since_ms: AtomicU64::new(0),
         parkable: stream.parkable(),
     });
@@ -920,7 +917,7 @@ impl Phase<'_> {
             > + Unpin,
         Svc::Future: Unpin + Send + 'static,
     {
-        let parkable = stream.parkable();
+        let parkable = self.activity.parkable;
         let io = TokioIo::new(Watched::new(stream, self.activity.clone()));
         // Boxed: parked, the connection frees hyper's state and buffers.
         let mut conn = Box::new(self.builder.serve_connection(io, svc));
@@ -1173,9 +1170,8 @@ impl Deadlines {
     /// when longer) is closed — a stalled write would otherwise hold the connection and
     /// its buffers for ever.
     fn check_writing(&self, activity: &Activity, now: u64) -> Watchdog {
-        let written = activity.written.load(Ordering::Relaxed);
         let since = activity.stall_since_ms.load(Ordering::Relaxed);
-        if activity.stall_mark.swap(written, Ordering::Relaxed) != written || since == 0 {
+        if since == 0 {
             activity.stall_since_ms.store(now, Ordering::Relaxed);
             return Watchdog::Wait;
         }
@@ -1204,8 +1200,6 @@ mod tests {
             park: AtomicU8::new(PARK_NO),
             paused_until_ms: AtomicU64::new(0),
             unflushed: AtomicBool::new(false),
-            written: AtomicU64::new(0),
-            stall_mark: AtomicU64::new(0),
             stall_since_ms: AtomicU64::new(0),
             parkable: true,
         }
@@ -1272,7 +1266,7 @@ mod tests {
         writing.unflushed.store(true, Ordering::Relaxed);
         for _ in 0..3 {
             assert_eq!(d.check(&writing, false), Watchdog::Wait);
-            writing.written.fetch_add(100, Ordering::Relaxed);
+            writing.stall_since_ms.store(0, Ordering::Relaxed); // some of it written
         }
         // ...and closed once it has read nothing for keepalive_idle.
         assert_eq!(d.check(&writing, false), Watchdog::Wait);
