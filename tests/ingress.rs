@@ -1219,15 +1219,31 @@ async fn large_answer(config: &str) -> (Upstream, Sidecar, String, tokio::net::T
 /// taken for idle (and parked or closed) while the answer is still being written.
 #[tokio::test]
 async fn a_slow_reader_gets_the_whole_of_a_large_answer() {
-    use tokio::io::AsyncReadExt;
-    let (_app, _sc, big, mut s) = large_answer(CONFIG).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_app, sc, big, mut s) = large_answer(CONFIG).await;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
-    // The first bytes, then a pause longer than the sidecar waits before it takes a quiet
-    // connection for idle, with most of the answer still unsent.
+    // The first bytes; then, with most of the answer still unsent, the client reads
+    // nothing until the sidecar has had time to take a quiet connection for idle: a second
+    // connection, answered after the first, makes two requests and is parked by the
+    // watchdog once it has been idle past the parking delay.
     let n = s.read(&mut buf).await.unwrap();
     got.extend_from_slice(&buf[..n]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let parked = || {
+        (sc.rt.metrics.connections_parked)
+            .with_label_values(&["public"])
+            .get()
+    };
+    let mut clock = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    for _ in 0..2 {
+        let get = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n";
+        clock.write_all(get).await.unwrap();
+        assert_eq!(read_answer(&mut clock).await.unwrap().status, 404);
+    }
+    eventually("the second connection parked by the watchdog", async || {
+        parked() == 1
+    })
+    .await;
     let want = loop {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
@@ -1269,18 +1285,7 @@ async fn a_client_that_stops_reading_an_answer_is_cut_off() {
             .get()
     };
     // The answer is under way (the connection open) and the client reads none of it.
-    wait_until(|| open() == 1).await;
-    wait_until(|| open() == 0).await;
+    eventually("the connection is open", async || open() == 1).await;
+    eventually("the stalled connection is closed", async || open() == 0).await;
     drop(s);
-}
-
-/// Waits until `cond` holds; the bound only keeps a broken build from hanging.
-async fn wait_until(cond: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "the condition never held");
 }

@@ -58,6 +58,19 @@ pub const PEER_BSK: &str = r#"
 /// Upper bound for anything a test waits on; only reached when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Waits until `check` holds, looking again every 20 ms; fails naming `what` once
+/// [`PATIENCE`] has passed.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the tests run under CI (`CI` set and not `0`/`false`): a missing tool is then a
 /// failure, never a skip.
 pub fn in_ci() -> bool {
