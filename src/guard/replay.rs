@@ -104,13 +104,33 @@ const SHARDS: usize = 64;
 
 /// How far a part's size may drift from what the cache's count holds of it before the
 /// part brings the count up to date: the count, shared by every worker, is written once
-/// per this many inserts into a part, not at each one.
+/// per this many inserts into a part, not at each one. Less for a small cache (see
+/// [`Count`]).
 const COUNT_STEP: usize = 64;
 
-/// How far below the whole cache's size its count may be (each part's drift below
-/// [`COUNT_STEP`]): an insert takes the quick path only while the count is this far
-/// below the capacity, so the capacity is never passed.
-const COUNT_SLACK: usize = SHARDS * COUNT_STEP;
+/// The cache's count of its entries, as the parts last told it (see [`Shard::recount`]).
+struct Count {
+    total: AtomicUsize,
+    /// A part tells the count once its size is this far from what it last told:
+    /// [`COUNT_STEP`], or a sixteenth of a part's share of a small cache, so the slack
+    /// stays a sixteenth of the capacity and the quick path is not lost to it.
+    step: usize,
+}
+
+impl Count {
+    fn new(capacity: usize) -> Count {
+        Count {
+            total: AtomicUsize::new(0),
+            step: (capacity / (SHARDS * 16)).clamp(1, COUNT_STEP),
+        }
+    }
+
+    /// Whether a new entry surely fits: the count, plus what the parts may not have told
+    /// it yet, is below the capacity.
+    fn has_room(&self, capacity: usize) -> bool {
+        self.total.load(Ordering::Relaxed) + SHARDS * self.step < capacity
+    }
+}
 
 /// A value on a cache line of its own, so two workers writing neighbouring parts (or a
 /// part and the count) do not take the line from each other.
@@ -134,16 +154,16 @@ struct Shard {
 }
 
 impl Shard {
-    /// Brings the cache's count up to date with this part once they are
-    /// [`COUNT_STEP`] apart (`exact`: whenever they differ).
-    fn recount(&mut self, count: &AtomicUsize, exact: bool) {
+    /// Brings the cache's count up to date with this part once they are the count's step
+    /// apart (`exact`: whenever they differ).
+    fn recount(&mut self, count: &Count, exact: bool) {
         let len = self.seen.len();
         let apart = len.abs_diff(self.counted);
-        if apart >= COUNT_STEP || (exact && apart > 0) {
+        if apart >= count.step || (exact && apart > 0) {
             if len > self.counted {
-                count.fetch_add(apart, Ordering::Relaxed);
+                count.total.fetch_add(apart, Ordering::Relaxed);
             } else {
-                count.fetch_sub(apart, Ordering::Relaxed);
+                count.total.fetch_sub(apart, Ordering::Relaxed);
             }
             self.counted = len;
         }
@@ -171,7 +191,7 @@ pub struct ReplayCache {
     rest: Box<[Padded<Mutex<Shard>>]>,
     /// Entries held, over every part, as the parts last told it (see [`Shard::recount`]):
     /// the capacity is the whole cache's.
-    count: Padded<AtomicUsize>,
+    count: Padded<Count>,
     /// Records in the journal file, to decide when to compact it.
     journal_records: Padded<AtomicUsize>,
     /// Records being gathered into one journal write: one batch per connection worker,
@@ -191,7 +211,7 @@ impl ReplayCache {
         ReplayCache {
             first: Padded::default(),
             rest: (1..SHARDS).map(|_| Padded::default()).collect(),
-            count: Padded::default(),
+            count: Padded(Count::new(capacity.max(1))),
             journal_records: Padded::default(),
             batches,
             journal: RwLock::new(None),
@@ -380,9 +400,7 @@ impl ReplayCache {
         let mut part = self.shard(key);
         // The usual case: room in the part and in the cache, so nothing is swept or
         // evicted first, and one lookup finds the key or its slot.
-        if part.seen.len() < part.seen.capacity()
-            && self.count.0.load(Ordering::Relaxed) + COUNT_SLACK < self.capacity
-        {
+        if part.seen.len() < part.seen.capacity() && self.count.0.has_room(self.capacity) {
             match part.seen.entry(key) {
                 Entry::Occupied(held)
                     if u64::from(*held.get()) > now && refuse == Refuse::Unexpired =>
@@ -406,7 +424,7 @@ impl ReplayCache {
             None => false,
         };
         if !present {
-            if self.count.0.load(Ordering::Relaxed) + COUNT_SLACK >= self.capacity {
+            if !self.count.0.has_room(self.capacity) {
                 // Near the capacity the count is made exact, and room is made over every
                 // part when the cache is full; so this part is let go first, then looked
                 // at again: another request may have recorded the key in between.
@@ -432,7 +450,7 @@ impl ReplayCache {
         for part in all.iter_mut() {
             part.recount(&self.count.0, true);
         }
-        if self.count.0.load(Ordering::Relaxed) >= self.capacity {
+        if self.count.0.total.load(Ordering::Relaxed) >= self.capacity {
             self.evict(&mut all, now);
         }
     }
@@ -678,6 +696,9 @@ mod tests {
         assert!(c.len() <= 100);
     }
 
+    /// The most the whole cache's size may be above its count.
+    const COUNT_SLACK: usize = SHARDS * COUNT_STEP;
+
     /// The parts tell the shared count of their entries in steps, not at each insert;
     /// the capacity still holds exactly, far above the steps' slack as below it.
     #[test]
@@ -704,7 +725,7 @@ mod tests {
                 c.len()
             );
             // The count is off by less than the slack, the direction the quick path allows.
-            assert!(c.count.0.load(Ordering::Relaxed) < COUNT_SLACK);
+            assert!(c.count.0.total.load(Ordering::Relaxed) < COUNT_SLACK);
         }
     }
 
