@@ -25,9 +25,11 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{Failure, TokenProblem};
 use crate::guard::bounds::JsonBounds;
+use crate::guard::fields::{BorrowedStr, Object};
 use crate::guard::payload::{self, Invalid};
 use crate::secret::Secret;
 
@@ -203,15 +205,13 @@ pub fn verify_validated(
     let payload = verify_signature(key, token)?;
     // RFC 7519 §4: claim names must be unique, and the claims set one JSON object: a
     // token that breaks that is malformed. Only the ingress bounds are reported as such.
-    match bounds {
-        Some(b) => payload::validate(&payload, b),
-        None => payload::validate_any(&payload),
-    }
-    .map_err(|e| match e {
-        Invalid::TooComplex(_) => Failure::InvalidPayload(e),
-        _ => Failure::BadToken(TokenProblem::MalformedClaims),
-    })?;
-    let claims = TimeClaims::read(&payload)?;
+    // The time claims are read from the entries the check kept, not parsed again.
+    let claims = payload::read(&payload, bounds)
+        .map_err(|e| match e {
+            Invalid::TooComplex(_) => Failure::InvalidPayload(e),
+            _ => Failure::BadToken(TokenProblem::MalformedClaims),
+        })
+        .and_then(|claims| TimeClaims::read(claims.as_ref()))?;
     claims.check(key, now_unix)?;
     Ok(Verified {
         payload,
@@ -402,41 +402,34 @@ struct TimeClaims {
 }
 
 impl TimeClaims {
-    /// Parses the payload (any JSON value; claims are only read from an object). A duplicate
-    /// or non-numeric `exp`/`nbf`/`iat`, or a non-string `jti`, is malformed; `encData` is
-    /// kept when it is a string and otherwise left alone.
-    fn read(payload: &[u8]) -> Result<TimeClaims, Failure> {
-        #[derive(Deserialize)]
-        struct Raw {
-            exp: Option<serde_json::Number>,
-            nbf: Option<serde_json::Number>,
-            iat: Option<serde_json::Number>,
-            jti: Option<String>,
-            // Any JSON value: only a string is kept (below).
-            #[serde(rename = "encData")]
-            enc_data: Option<serde_json::Value>,
-        }
-
-        let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
-        let is_object = payload
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b'{');
-        if !is_object {
-            serde_json::from_slice::<IgnoredAny>(payload).map_err(|_| malformed)?;
+    /// Reads the claims from a validated payload's entries (none when it is not an
+    /// object). A non-numeric `exp`/`nbf`/`iat` or a non-string `jti` is malformed (`null`
+    /// is absent); `encData` is kept when it is a string and otherwise left alone.
+    fn read(claims: Option<&Object<'_>>) -> Result<TimeClaims, Failure> {
+        let Some(claims) = claims else {
             return Ok(TimeClaims::default());
-        }
-        let raw: Raw = serde_json::from_slice(payload).map_err(|_| malformed)?;
-        let date = |n: Option<serde_json::Number>| n.as_ref().map(numeric_date).transpose();
+        };
+        let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
+        let date = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str::<Option<serde_json::Number>>(raw.get())
+                .map_err(|_| malformed)?
+                .as_ref()
+                .map(numeric_date)
+                .transpose(),
+        };
+        let jti = match claims.get("jti") {
+            None => None,
+            Some(raw) => {
+                serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| malformed)?
+            }
+        };
         Ok(TimeClaims {
-            exp: date(raw.exp)?,
-            nbf: date(raw.nbf)?,
-            iat: date(raw.iat)?,
-            jti: raw.jti,
-            enc_data: match raw.enc_data {
-                Some(serde_json::Value::String(s)) => Some(s),
-                _ => None,
-            },
+            exp: date("exp")?,
+            nbf: date("nbf")?,
+            iat: date("iat")?,
+            jti,
+            enc_data: claims.get("encData").and_then(string_of),
         })
     }
 
@@ -458,6 +451,20 @@ impl TimeClaims {
         }
         Ok(())
     }
+}
+
+/// The string a JSON value's text holds, or `None` when it is not a string. Without an
+/// escape the string is its text between the quotes, taken without parsing it again.
+fn string_of(raw: &RawValue) -> Option<String> {
+    let text = raw.get();
+    if !text.contains('\\') {
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            return Some(inner.to_owned());
+        }
+    }
+    serde_json::from_str::<BorrowedStr<'_>>(text)
+        .ok()
+        .map(|s| s.0.into_owned())
 }
 
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (`1e30`, 2^64) is

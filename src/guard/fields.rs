@@ -57,6 +57,11 @@ impl<'a> Object<'a> {
         serde_json::from_slice(json).ok()
     }
 
+    /// The entries `payload::read` kept while it validated the document.
+    pub(crate) fn from_entries(entries: Vec<(Cow<'a, str>, &'a RawValue)>) -> Object<'a> {
+        Object(entries)
+    }
+
     /// The value under the last occurrence of exactly `name`.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.0

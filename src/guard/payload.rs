@@ -24,8 +24,10 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::bounds::{JsonBounds, TooComplex};
+use super::fields::Object;
 
 /// Why a payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -61,14 +63,58 @@ impl Invalid {
 
 /// Checks `bytes` as described in the module docs; the bytes themselves are not changed.
 pub fn validate(bytes: &[u8], bounds: &JsonBounds) -> Result<(), Invalid> {
+    checked(bytes, Some(bounds), None)
+}
+
+/// The tools' check (`open`, a peer's reply): UTF-8, one JSON value of any kind, no
+/// repeated key, numbers in range — without the ingress bounds, since an integration
+/// engineer may open anything a peer sends. Nesting is still bounded by the parser's
+/// recursion limit.
+pub fn validate_any(bytes: &[u8]) -> Result<(), Invalid> {
+    checked(bytes, None, None)
+}
+
+/// [`validate`] under `bounds` (else [`validate_any`]), handing out what the walk read of a
+/// top-level object: its entries, values unparsed (`None` when the document is not an
+/// object). A reader of a few fields then looks them up without parsing the document again.
+///
+/// ```
+/// use bsk_sidecar::guard::bounds::JsonBounds;
+/// use bsk_sidecar::guard::payload::{read, Invalid};
+/// let b = JsonBounds::default();
+/// let obj = read(br#"{"exp":1700000000,"n":{"k":1}}"#, Some(&b)).unwrap().unwrap();
+/// assert_eq!(obj.get("n").map(|v| v.get()), Some(r#"{"k":1}"#));
+/// assert!(read(b"[1,2]", Some(&b)).unwrap().is_none());
+/// assert_eq!(read(br#"{"n":{"k":1,"k":2}}"#, Some(&b)).err(), Some(Invalid::DuplicateKey));
+/// ```
+pub fn read<'a>(
+    bytes: &'a [u8],
+    bounds: Option<&JsonBounds>,
+) -> Result<Option<Object<'a>>, Invalid> {
+    let mut entries = Vec::new();
+    checked(bytes, bounds, Some(&mut entries))?;
+    let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
+    Ok(is_object.then(|| Object::from_entries(entries)))
+}
+
+/// The check: with `bounds`, the ingress one (bounded, a container); without, any value.
+/// A top-level object's entries go to `entries` when given.
+fn checked<'a>(
+    bytes: &'a [u8],
+    bounds: Option<&JsonBounds>,
+    entries: Option<&mut Vec<Entry<'a>>>,
+) -> Result<(), Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
+    let Some(bounds) = bounds else {
+        return well_formed(text, entries);
+    };
     // The byte scan bounds depth before the recursive parse below runs.
     bounds.check(bytes)?;
     match text.trim_start().as_bytes().first() {
-        Some(b'{' | b'[') => well_formed(text),
+        Some(b'{' | b'[') => well_formed(text, entries),
         Some(_) => {
             // Say "not an object" only about a real JSON value.
-            match well_formed(text) {
+            match well_formed(text, entries) {
                 Ok(()) => Err(Invalid::NotContainer),
                 Err(e) => Err(e),
             }
@@ -77,20 +123,12 @@ pub fn validate(bytes: &[u8], bounds: &JsonBounds) -> Result<(), Invalid> {
     }
 }
 
-/// The tools' check (`open`, a peer's reply): UTF-8, one JSON value of any kind, no
-/// repeated key, numbers in range — without the ingress bounds, since an integration
-/// engineer may open anything a peer sends. Nesting is still bounded by the parser's
-/// recursion limit.
-pub fn validate_any(bytes: &[u8]) -> Result<(), Invalid> {
-    let text = std::str::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
-    well_formed(text)
-}
-
-fn well_formed(text: &str) -> Result<(), Invalid> {
+fn well_formed<'a>(text: &'a str, entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut duplicate = false;
     let parsed = Value {
         duplicate: &mut duplicate,
+        entries,
     }
     .deserialize(&mut de)
     .and_then(|()| de.end());
@@ -101,12 +139,35 @@ fn well_formed(text: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Walks one JSON value, failing on a repeated key (and recording that it was one).
-struct Value<'a> {
-    duplicate: &'a mut bool,
+/// One entry of a top-level object: its key and its value's JSON text.
+type Entry<'a> = (Cow<'a, str>, &'a RawValue);
+
+/// A top-level value read raw, checked as [`Value`] checks a value: a string without
+/// escapes was checked by the raw read itself (closed, no control character, and the
+/// text is UTF-8); anything else is walked.
+fn walk_raw<E: de::Error>(raw: &RawValue, duplicate: &mut bool) -> Result<(), E> {
+    let text = raw.get();
+    if text.starts_with('"') && !text.contains('\\') {
+        return Ok(());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Value {
+        duplicate,
+        entries: None,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(E::custom)
 }
 
-impl<'de> DeserializeSeed<'de> for Value<'_> {
+/// Walks one JSON value, failing on a repeated key (and recording that it was one). With
+/// `entries`, the value is the document and its entries are kept when it is an object.
+struct Value<'a, 'de> {
+    duplicate: &'a mut bool,
+    entries: Option<&'a mut Vec<Entry<'de>>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Value<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -114,7 +175,7 @@ impl<'de> DeserializeSeed<'de> for Value<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Value<'_> {
+impl<'de> Visitor<'de> for Value<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,6 +209,7 @@ impl<'de> Visitor<'de> for Value<'_> {
         while seq
             .next_element_seed(Value {
                 duplicate: &mut *self.duplicate,
+                entries: None,
             })?
             .is_some()
         {}
@@ -157,15 +219,37 @@ impl<'de> Visitor<'de> for Value<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         // Keys are borrowed from the input unless they hold an escape: no allocation per
         // key on the request path.
+        let Value {
+            duplicate,
+            mut entries,
+        } = self;
         let mut keys = SeenKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            if !keys.insert(key) {
-                *self.duplicate = true;
+            let repeated = match entries.as_deref_mut() {
+                None => {
+                    let repeated = !keys.insert(key);
+                    if !repeated {
+                        map.next_value_seed(Value {
+                            duplicate: &mut *duplicate,
+                            entries: None,
+                        })?;
+                    }
+                    repeated
+                }
+                Some(entries) => {
+                    let repeated = !keys.insert(key.clone());
+                    if !repeated {
+                        let raw: &'de RawValue = map.next_value()?;
+                        walk_raw(raw, &mut *duplicate)?;
+                        entries.push((key, raw));
+                    }
+                    repeated
+                }
+            };
+            if repeated {
+                *duplicate = true;
                 return Err(de::Error::custom("duplicate key"));
             }
-            map.next_value_seed(Value {
-                duplicate: &mut *self.duplicate,
-            })?;
         }
         Ok(())
     }
@@ -289,6 +373,41 @@ mod tests {
         assert_eq!(v(b"12"), Err(Invalid::NotContainer));
         assert_eq!(v(b"null"), Err(Invalid::NotContainer));
         assert_eq!(v(b"nul"), Err(Invalid::NotJson));
+    }
+
+    /// `read` walks a top-level object's values raw and checks each after; it judges every
+    /// document as `validate` does, and keeps each entry's text as sent.
+    #[test]
+    fn read_judges_as_validate_does_and_keeps_the_entries() {
+        let b = JsonBounds::default();
+        for doc in [
+            &br#"{"a":"\ud800"}"#[..],
+            br#"{"a":"\ud83d\ude00","b":"x\/y"}"#,
+            b"{\"a\":\"\x01\"}",
+            br#"{"n":1e400}"#,
+            br#"{"n":-1e400,"m":1}"#,
+            br#"{"a":{"k":1,"k":2}}"#,
+            br#"{"a":[{"k":1},{"k":1,"k":1}]}"#,
+            br#"{"a":1,"a":2}"#,
+            br#"{"a":1,"\u0061":2}"#,
+            br#"{"a":tru}"#,
+            br#"{"a":1} {"b":2}"#,
+            br#"[{"a":1,"a":2}]"#,
+            br#"{"a":1,"b":[1,2],"c":{"d":null},"e":true,"f":"g"}"#,
+            b"12",
+        ] {
+            let read = read(doc, Some(&b)).map(|o| o.is_some());
+            let valid = validate(doc, &b).map(|()| doc.first() == Some(&b'{'));
+            assert_eq!(read, valid, "{}", String::from_utf8_lossy(doc));
+        }
+        let obj = read(br#" {"a" : 1.5e3 ,"b":"x\/y", "c" : [ 1 ] }"#, Some(&b))
+            .unwrap()
+            .unwrap();
+        let text = |k| obj.get(k).map(RawValue::get);
+        assert_eq!(
+            (text("a"), text("b"), text("c")),
+            (Some("1.5e3"), Some(r#""x\/y""#), Some("[ 1 ]"))
+        );
     }
 
     #[test]
