@@ -258,28 +258,32 @@ impl<'de> Visitor<'de> for Value<'_, 'de> {
 /// How many keys of one object are compared in turn before they are hashed.
 const FEW_KEYS: usize = 16;
 
-/// The keys of one object seen so far. The first [`FEW_KEYS`] are kept on the stack and
-/// compared in turn — the objects the spec's APIs carry have fewer, so checking them
-/// allocates nothing — and any beyond go to a hash set, so an object with many keys still
-/// costs linear time, not quadratic.
+/// The keys of one object seen so far. The first [`FEW_KEYS`] are kept on the stack, in
+/// order, and compared in turn — the objects the spec's APIs carry have fewer, so checking
+/// them allocates nothing — and any beyond go to a hash set, made for the first of them, so
+/// an object with many keys still costs linear time, not quadratic.
 #[derive(Default)]
 struct SeenKeys<'de> {
     few: [Option<Cow<'de, str>>; FEW_KEYS],
-    many: HashSet<Cow<'de, str>>,
+    /// How many of `few` are taken.
+    taken: usize,
+    many: Option<HashSet<Cow<'de, str>>>,
 }
 
 impl<'de> SeenKeys<'de> {
     /// Adds `key`; `false` when the object already had it.
     fn insert(&mut self, key: Cow<'de, str>) -> bool {
-        if self.few.iter().flatten().any(|k| *k == key) {
+        let taken = self.few.get(..self.taken).unwrap_or_default();
+        if taken.iter().flatten().any(|k| *k == key) {
             return false;
         }
-        match self.few.iter_mut().find(|slot| slot.is_none()) {
+        match self.few.get_mut(self.taken) {
             Some(slot) => {
                 *slot = Some(key);
+                self.taken += 1;
                 true
             }
-            None => self.many.insert(key),
+            None => self.many.get_or_insert_with(HashSet::new).insert(key),
         }
     }
 }
