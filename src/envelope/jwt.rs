@@ -228,12 +228,8 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     if key.secret.is_empty() {
         return Err(Failure::Misconfigured("jwt secret"));
     }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Failure::MalformedToken);
-    };
+    let (header_b64, payload_b64, signature_b64) =
+        segments(token).ok_or(Failure::MalformedToken)?;
     // The algorithm is judged first so that `alg: none` (empty signature) is reported as such.
     let (alg, kid) = judged_header(key, token, header_b64)?;
     if payload_b64.is_empty() || signature_b64.is_empty() {
@@ -262,6 +258,21 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| Failure::MalformedToken)
+}
+
+/// A compact token's three segments, or `None` unless it has exactly two dots. The dots
+/// are found with a vectorised search: a token is a few hundred bytes, most of them payload.
+pub(crate) fn segments(token: &str) -> Option<(&str, &str, &str)> {
+    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+    let (first, second) = (dots.next()?, dots.next()?);
+    if dots.next().is_some() {
+        return None;
+    }
+    Some((
+        token.get(..first)?,
+        token.get(first + 1..second)?,
+        token.get(second + 1..)?,
+    ))
 }
 
 /// Whether `signature_b64` (base64url without padding, as the token carries it) is `alg`'s
@@ -457,7 +468,7 @@ impl TimeClaims {
 /// escape the string is its text between the quotes, taken without parsing it again.
 fn string_of(raw: &RawValue) -> Option<String> {
     let text = raw.get();
-    if !text.contains('\\') {
+    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
         if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
             return Some(inner.to_owned());
         }

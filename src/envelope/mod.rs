@@ -511,7 +511,7 @@ fn open_with(
                 jwt_iat = verified.iat;
                 jwt_jti = verified.jti;
                 jwt_exp = verified.exp;
-                jwt_signature = token.rsplit('.').next().map(str::to_owned);
+                jwt_signature = jwt::segments(token).map(|(_, _, signature)| signature.to_owned());
                 claims_enc_data = verified.enc_data;
                 Carried::Bytes(Cow::Owned(verified.payload))
             }

@@ -147,7 +147,7 @@ type Entry<'a> = (Cow<'a, str>, &'a RawValue);
 /// text is UTF-8); anything else is walked.
 fn walk_raw<E: de::Error>(raw: &RawValue, duplicate: &mut bool) -> Result<(), E> {
     let text = raw.get();
-    if text.starts_with('"') && !text.contains('\\') {
+    if text.starts_with('"') && memchr::memchr(b'\\', text.as_bytes()).is_none() {
         return Ok(());
     }
     let mut de = serde_json::Deserializer::from_str(text);
