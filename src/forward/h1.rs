@@ -5,7 +5,9 @@
 //! per connection. The forwarder holds both bodies whole, so this codec only frames: the
 //! request head goes out beside its body in one `writev`, and the answer is read into one
 //! buffer and framed by `httparse` as RFC 9112 §6.3 says. Header values and a
-//! `Content-Length` body are slices of that buffer, not copies.
+//! `Content-Length` body are slices of that buffer, not copies. The answer's fields that
+//! describe this hop (the hop-by-hop ones, those its `Connection` names, its length) are
+//! read for framing and not handed on.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -443,6 +445,16 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
     }
     let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
     let http11 = res.version == Some(1);
+    // The fields a `Connection` field names are for this hop alone (RFC 9110 §7.6.1), as
+    // the hop-by-hop fields are: read here for framing, never handed on.
+    let listed: Vec<&[u8]> = res
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|f| f.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .collect();
     let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<usize> = None;
     let mut coded = false;
@@ -474,7 +486,14 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
         }
         let value = HeaderValue::from_maybe_shared(all.slice_ref(field.value))
             .map_err(|_| bad("bad header field value"))?;
-        headers.append(name, value);
+        let this_hop = name == CONTENT_LENGTH
+            || super::is_hop_by_hop(name.as_str())
+            || listed
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()));
+        if !this_hop {
+            headers.append(name, value);
+        }
     }
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -787,6 +806,39 @@ mod tests {
                 "{answer}"
             );
         }
+    }
+
+    /// What describes the application's hop stays here: the hop-by-hop fields, those its
+    /// `Connection` names (wherever they stand), and its length (the answer sent on is
+    /// framed anew). The rest is handed on in order.
+    #[tokio::test]
+    async fn an_answers_hop_fields_are_not_handed_on() {
+        let answer = "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nContent-Type: application/json\r\n\
+                      Connection: Keep-Alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+                      Connection: x-other\r\nX-Other: 2\r\nProxy-Connection: x\r\n\
+                      Upgrade: h2c\r\nTrailer: x-t\r\nX-Kept: 1\r\nx-kept: 2\r\n\
+                      Content-Length: 2\r\n\r\n{}";
+        let r = read(answer, false, 100).await;
+        let (resp, reusable) = r.as_ref().unwrap();
+        let left: Vec<_> = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("content-type", "application/json"),
+                ("x-kept", "1"),
+                ("x-kept", "2")
+            ]
+        );
+        assert_eq!((resp.body().as_ref(), *reusable), (b"{}".as_slice(), true));
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+                       X-A: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        let r = read(chunked, false, 100).await;
+        let names: Vec<_> = r.as_ref().unwrap().0.headers().keys().collect();
+        assert_eq!(names, ["x-a"]);
     }
 
     #[tokio::test]

@@ -75,18 +75,6 @@ pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Takes out of the application's answer what describes its hop: the hop-by-hop headers,
-/// those its `Connection` lists, and its length (the answer is framed anew).
-pub(super) fn strip_hop(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
-    let hop = |n: &HeaderName| is_hop_by_hop(n) || listed.iter().any(|h| h == n.as_str());
-    // One at a time, from a fresh look each: an answer has a few fields, and no list of
-    // names to remove is allocated.
-    while let Some(name) = headers.keys().find(|n| hop(n)).cloned() {
-        headers.remove(name);
-    }
-}
-
 fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
     DEFAULT_FORWARDED.contains(name) || cfg.forward_headers.contains(name)
 }
@@ -122,12 +110,6 @@ pub(super) fn upstream_request(
     head.field(&X_BSK_PEER, cfg.peer.header.as_bytes());
     head.field_address(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));
     head
-}
-
-/// Response headers that describe the application's hop, not the answer (and its
-/// length, which the answer sent on is framed anew with).
-pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    crate::forward::is_hop_by_hop(name.as_str()) || name == http::header::CONTENT_LENGTH
 }
 
 #[cfg(test)]
@@ -179,29 +161,6 @@ mod tests {
             ("connection", "Foo"),
         ]);
         assert_eq!(connection_listed(&h), ["x-secret", "foo"]);
-        let mut answer = head(&[
-            ("content-type", "application/json"),
-            ("connection", "Keep-Alive, X-Hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-hop", "1"),
-            ("content-length", "2"),
-            ("transfer-encoding", "chunked"),
-            ("x-kept", "1"),
-            ("x-kept", "2"),
-        ]);
-        strip_hop(&mut answer);
-        let left: Vec<_> = answer
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
-        assert_eq!(
-            left,
-            [
-                ("content-type", "application/json"),
-                ("x-kept", "1"),
-                ("x-kept", "2")
-            ]
-        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! Stage 11, respond: the application's answer as it is (hop-by-hop headers removed), or
-//! sealed for the caller with the route's own layers (`response.mode: seal`).
+//! Stage 11, respond: the application's answer as it is (without its hop-by-hop headers,
+//! which the forwarder never hands on), or sealed for the caller with the route's own layers
+//! (`response.mode: seal`).
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::Response;
 use http_body_util::Full;
 
-use super::headers;
 use crate::config::{ResponseMode, Route};
 use crate::envelope::{self, BodyShape, Failure, Layer};
 use crate::error::Reject;
@@ -28,12 +28,11 @@ pub(super) fn respond(
             (b, Some(ct))
         }
     };
-    // The application's own headers, in place, less those of its hop.
+    // The application's own headers, in place (the forwarder kept none of its hop).
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = parts.status;
     *resp.headers_mut() = parts.headers;
     let headers = resp.headers_mut();
-    headers::strip_hop(headers);
     // (`insert` replaces every value the application gave.)
     if let Some(ct) = content_type {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
