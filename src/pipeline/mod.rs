@@ -182,11 +182,13 @@ where
     let opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
     rate::peer(rt, route).await?;
     let ids = ids::ids_of(&opened.plain);
-    trace.userid = ids.userid.clone();
-    trace.ticket_no = ids.ticket_no.clone();
     // A reservation dropped by a later refusal is forgotten: a corrected retry of the same
     // ticket is not a replay.
-    let held = replay::check(rt, cfg, &opened, &ids, now).await?;
+    let held = replay::check(rt, cfg, &opened, &ids, now).await;
+    // The log line names the ids, a refused replay's too.
+    trace.userid = ids.userid;
+    trace.ticket_no = ids.ticket_no;
+    let held = held?;
     schema::check(&cx, &opened.plain)?;
 
     let shape = opened.shape;
