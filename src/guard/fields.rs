@@ -54,7 +54,9 @@ pub struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 impl<'a> Object<'a> {
     /// `None` when `json` is not one JSON object.
     pub fn parse(json: &'a [u8]) -> Option<Object<'a>> {
-        serde_json::from_slice(json).ok()
+        // Read as text, checked as UTF-8 once: from bytes, the parser checks each string
+        // and each raw value again.
+        serde_json::from_str(std::str::from_utf8(json).ok()?).ok()
     }
 
     /// The entries `payload::read` kept while it validated the document.
