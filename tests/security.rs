@@ -363,6 +363,21 @@ async fn only_allowlisted_headers_and_no_query_reach_the_application() {
     assert_eq!(got.headers["x-bsk-peer"], "bsk");
     assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
 
+    // An allowed field the client's `Connection` names is for the client's hop alone.
+    app.clear();
+    let mut req = token_req(&sc, "/bsk/headers", &fresh_claims(r#"{"a":2}"#));
+    let h = req.headers_mut();
+    h.insert("user-agent", "portal/1.0".parse().unwrap());
+    h.insert("x-department-trace", "t-2".parse().unwrap());
+    h.insert(
+        header::CONNECTION,
+        "keep-alive, X-Department-Trace".parse().unwrap(),
+    );
+    assert_eq!(send(sc.addr, req).await.status, 200);
+    let got = app.only();
+    assert_eq!(got.headers.get("x-department-trace"), None);
+    assert_eq!(got.headers["user-agent"], "portal/1.0");
+
     // `query: pass` is the explicit relaxation.
     app.clear();
     let mut req = token_req(&sc, "/bsk/query", &fresh_claims(r#"{"a":1}"#));

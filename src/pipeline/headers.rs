@@ -31,24 +31,33 @@ pub const DEFAULT_FORWARDED: [HeaderName; 3] =
 
 /// Refuses request heads the sidecar cannot read unambiguously.
 pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
-    for v in headers.get_all(header::CONTENT_ENCODING) {
-        let identity = v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .all(|c| c.trim().eq_ignore_ascii_case("identity"))
-        });
-        if !identity {
-            return Err(Reject::UnsupportedEncoding);
+    // One pass over the head (a lookup per name would hash each of them); the verdicts
+    // are then given in a fixed order, whatever order the fields came in.
+    let (mut coded, mut hosts, mut framed, mut passcodes) = (false, 0, false, 0);
+    for (name, v) in headers {
+        if name == header::CONTENT_ENCODING {
+            coded |= !v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .all(|c| c.trim().eq_ignore_ascii_case("identity"))
+            });
+        } else if name == header::HOST {
+            hosts += 1;
+        } else if name == header::TRANSFER_ENCODING {
+            framed |= !v.as_bytes().eq_ignore_ascii_case(b"chunked");
+        } else if name == X_PASSCODE {
+            passcodes += 1;
         }
     }
-    if headers.get_all(header::HOST).iter().count() > 1 {
+    if coded {
+        return Err(Reject::UnsupportedEncoding);
+    }
+    if hosts > 1 {
         return Err(Reject::BadHeader("send one Host header"));
     }
-    for v in headers.get_all(header::TRANSFER_ENCODING) {
-        if !v.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(Reject::BadHeader("Transfer-Encoding must be chunked"));
-        }
+    if framed {
+        return Err(Reject::BadHeader("Transfer-Encoding must be chunked"));
     }
-    if headers.get_all(X_PASSCODE).iter().count() > 1 {
+    if passcodes > 1 {
         return Err(Reject::BadHeader("send one X-Passcode header"));
     }
     Ok(())
@@ -97,9 +106,15 @@ pub(super) fn upstream_request(
     let mut head = RequestHead::new(&cfg.method, upstream.path_and_query.as_str(), query);
     // The client's allowed headers. (None of them is one the sidecar writes below: the
     // config refuses to forward those.)
-    let hop = connection_listed(&parts.headers);
+    // What `Connection` lists is looked up once a forwarded field needs it.
+    let mut hop = None;
     for (name, value) in &parts.headers {
-        if forwarded(cfg, name) && !hop.iter().any(|h| h == name.as_str()) {
+        if forwarded(cfg, name)
+            && !hop
+                .get_or_insert_with(|| connection_listed(&parts.headers))
+                .iter()
+                .any(|h| h == name.as_str())
+        {
             head.field(name, value.as_bytes());
         }
     }
