@@ -142,12 +142,18 @@ fn well_formed<'a>(text: &'a str, entries: Option<&mut Vec<Entry<'a>>>) -> Resul
 /// One entry of a top-level object: its key and its value's JSON text.
 type Entry<'a> = (Cow<'a, str>, &'a RawValue);
 
-/// A top-level value read raw, checked as [`Value`] checks a value: a string without
-/// escapes was checked by the raw read itself (closed, no control character, and the
-/// text is UTF-8); anything else is walked.
+/// A top-level value read raw, checked as [`Value`] checks a value. The raw read checked
+/// its syntax, so some values need nothing more: a string without escapes (closed, no
+/// control character, and the text is UTF-8), `true`, `false`, `null`, and an integer of
+/// at most 18 digits (within what an i64 and a u64 hold). Anything else is walked.
 fn walk_raw<E: de::Error>(raw: &RawValue, duplicate: &mut bool) -> Result<(), E> {
     let text = raw.get();
-    if text.starts_with('"') && memchr::memchr(b'\\', text.as_bytes()).is_none() {
+    let checked = match text.as_bytes() {
+        [b'"', ..] => memchr::memchr(b'\\', text.as_bytes()).is_none(),
+        [b't' | b'f' | b'n', ..] => true,
+        [b'-', digits @ ..] | digits => digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit),
+    };
+    if checked {
         return Ok(());
     }
     let mut de = serde_json::Deserializer::from_str(text);
@@ -390,6 +396,10 @@ mod tests {
             b"{\"a\":\"\x01\"}",
             br#"{"n":1e400}"#,
             br#"{"n":-1e400,"m":1}"#,
+            br#"{"i":-123456789012345678,"u":999999999999999999,"t":true,"f":false,"z":null}"#,
+            br#"{"big":1234567890123456789012345678901234567890,"neg":-98765432109876543210}"#,
+            format!(r#"{{"inf":1{}}}"#, "0".repeat(400)).as_bytes(),
+            format!(r#"{{"inf":-1{}}}"#, "0".repeat(400)).as_bytes(),
             br#"{"a":{"k":1,"k":2}}"#,
             br#"{"a":[{"k":1},{"k":1,"k":1}]}"#,
             br#"{"a":1,"a":2}"#,
