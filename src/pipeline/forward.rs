@@ -24,7 +24,7 @@ pub(super) async fn to_upstream(
     cx: &Ctx<'_>,
     upstream: &Upstream,
     parts: &Parts,
-    plain: Bytes,
+    plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
@@ -35,7 +35,7 @@ pub(super) async fn to_upstream(
     let sent = cx
         .rt
         .forwarder
-        .send(upstream, &head, &plain, cfg.upstream_timeout)
+        .send(upstream, &head, plain, cfg.upstream_timeout)
         .await;
     cx.route
         .series
@@ -60,7 +60,7 @@ pub(super) async fn to_upstream(
 pub(super) async fn to_journal(
     cx: &Ctx<'_>,
     egress: &Egress,
-    plain: &Bytes,
+    plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {

@@ -192,11 +192,11 @@ where
     schema::check(&cx, &opened.plain)?;
 
     let shape = opened.shape;
-    let plain = Bytes::from(opened.plain);
+    let plain = opened.plain.as_slice();
     let answer = match ingress {
         Ingress::Upstream(u) => forward::to_upstream(&cx, u, &parts, plain, held, trace).await?,
         Ingress::Journal(egress) => {
-            Box::pin(forward::to_journal(&cx, egress, &plain, held, trace)).await?
+            Box::pin(forward::to_journal(&cx, egress, plain, held, trace)).await?
         }
     };
     respond::respond(cfg, shape, answer, request_id, now)
