@@ -445,16 +445,14 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
     }
     let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
     let http11 = res.version == Some(1);
-    // The fields a `Connection` field names are for this hop alone (RFC 9110 §7.6.1), as
-    // the hop-by-hop fields are: read here for framing, never handed on.
-    let listed: Vec<&[u8]> = res
-        .headers
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|f| f.value.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .collect();
+    // The fields a `Connection` field names are for this hop alone, as the hop-by-hop
+    // fields are: read here for framing, never handed on.
+    let listed = super::connection_listed(
+        res.headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .map(|f| f.value),
+    );
     let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<usize> = None;
     let mut coded = false;

@@ -42,6 +42,25 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// The field names that `Connection` field values list: those fields describe this hop
+/// only (RFC 9110 §7.6.1), in a request as in an answer. `close` and the hop-by-hop names,
+/// dropped in any case, are left out, so the usual `keep-alive` lists nothing and
+/// allocates nothing. Names as sent; compare them ignoring case.
+pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+        })
+        .collect()
+}
+
 /// Why forwarding failed (`crate::error` maps it to the answer the client gets).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {

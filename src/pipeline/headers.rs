@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Route, Upstream};
 use crate::error::{Reject, X_REQUEST_ID};
@@ -63,23 +63,13 @@ pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Header names listed in `Connection`: they describe this hop only. The usual tokens
-/// (`keep-alive`, `close` and the other hop-by-hop names, dropped in any case) are left
-/// out, so the common answer lists nothing and allocates nothing.
+/// Header names the client's `Connection` lists, in lower case: they describe its hop
+/// only ([`crate::forward::connection_listed`]).
 pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| {
-            !s.is_empty()
-                && !s.eq_ignore_ascii_case("close")
-                && !crate::forward::HOP_BY_HOP
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(s))
-        })
+    let values = headers.get_all(header::CONNECTION).into_iter();
+    crate::forward::connection_listed(values.map(HeaderValue::as_bytes))
+        .into_iter()
+        .filter_map(|name| std::str::from_utf8(name).ok())
         .map(str::to_ascii_lowercase)
         .collect()
 }
