@@ -231,30 +231,22 @@ impl<'de> Visitor<'de> for Value<'_, 'de> {
         } = self;
         let mut keys = SeenKeys::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            let repeated = match entries.as_deref_mut() {
-                None => {
-                    let repeated = !keys.insert(key);
-                    if !repeated {
-                        map.next_value_seed(Value {
-                            duplicate: &mut *duplicate,
-                            entries: None,
-                        })?;
-                    }
-                    repeated
-                }
-                Some(entries) => {
-                    let repeated = !keys.insert(key.clone());
-                    if !repeated {
-                        let raw: &'de RawValue = map.next_value()?;
-                        walk_raw(raw, &mut *duplicate)?;
-                        entries.push((key, raw));
-                    }
-                    repeated
-                }
-            };
-            if repeated {
+            // The document's own entries are kept: each key, and its value read raw.
+            let kept = entries.is_some().then(|| key.clone());
+            if !keys.insert(key) {
                 *duplicate = true;
                 return Err(de::Error::custom("duplicate key"));
+            }
+            match (entries.as_deref_mut(), kept) {
+                (Some(entries), Some(key)) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    walk_raw(raw, &mut *duplicate)?;
+                    entries.push((key, raw));
+                }
+                _ => map.next_value_seed(Value {
+                    duplicate: &mut *duplicate,
+                    entries: None,
+                })?,
             }
         }
         Ok(())
