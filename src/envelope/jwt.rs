@@ -16,6 +16,7 @@
 //! assert_eq!(verified.payload, br#"{"ticketNo":20221202153322882}"#);
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
@@ -25,11 +26,10 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::{Failure, TokenProblem};
 use crate::guard::bounds::JsonBounds;
-use crate::guard::fields::{BorrowedStr, Object};
+use crate::guard::fields::{self, Object};
 use crate::guard::payload::{self, Invalid};
 use crate::secret::Secret;
 
@@ -440,7 +440,10 @@ impl TimeClaims {
             nbf: date("nbf")?,
             iat: date("iat")?,
             jti,
-            enc_data: claims.get("encData").and_then(string_of),
+            enc_data: claims
+                .get("encData")
+                .and_then(fields::string_of)
+                .map(Cow::into_owned),
         })
     }
 
@@ -462,20 +465,6 @@ impl TimeClaims {
         }
         Ok(())
     }
-}
-
-/// The string a JSON value's text holds, or `None` when it is not a string. Without an
-/// escape the string is its text between the quotes, taken without parsing it again.
-fn string_of(raw: &RawValue) -> Option<String> {
-    let text = raw.get();
-    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
-        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-            return Some(inner.to_owned());
-        }
-    }
-    serde_json::from_str::<BorrowedStr<'_>>(text)
-        .ok()
-        .map(|s| s.0.into_owned())
 }
 
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Anything later (`1e30`, 2^64) is

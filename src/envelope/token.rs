@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Failure;
-use crate::guard::fields::BorrowedStr;
+use crate::guard::fields::{self, BorrowedStr};
 use crate::secret::Secret;
 
 /// Returns the token after checking the passcode. No passcode configured for the peer means
@@ -63,9 +63,7 @@ pub fn seal(passcode: &Secret, token: &str) -> Result<Vec<u8>, Failure> {
 pub(crate) fn passcode_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.as_bytes().first()? {
-        b'"' => serde_json::from_str::<BorrowedStr<'_>>(text)
-            .ok()
-            .map(|t| t.0),
+        b'"' => fields::string_of(raw),
         b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
         _ => None,
     }

@@ -114,6 +114,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
     }
 }
 
+/// The string a JSON value's text holds, or `None` when the value is not a string: the
+/// text between its quotes when it has no escape (the value is checked JSON, so nothing
+/// is parsed again), else unescaped into its own `String`.
+pub fn string_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            return Some(Cow::Borrowed(inner));
+        }
+    }
+    serde_json::from_str::<BorrowedStr<'_>>(text)
+        .ok()
+        .map(|s| s.0)
+}
+
 /// A JSON string borrowed from the document when it has no escapes, else unescaped into
 /// its own `String`. (serde's own `Cow<str>` always copies, even with `#[serde(borrow)]`
 /// inside an `Option`.)
@@ -155,6 +170,22 @@ mod tests {
         let obj = Object::parse(br#"{"a\u0062":1,"cd":2}"#).unwrap();
         assert_eq!(obj.get("ab").map(RawValue::get), Some("1"));
         assert_eq!(obj.get("cd").map(RawValue::get), Some("2"));
+    }
+
+    #[test]
+    fn a_string_value_is_read_from_between_its_quotes_unless_escaped() {
+        let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).unwrap();
+        let plain = raw(r#""m4p3+Cxx/=""#);
+        assert!(matches!(
+            string_of(&plain),
+            Some(Cow::Borrowed("m4p3+Cxx/="))
+        ));
+        let escaped = raw(r#""m4p3+Cxx\/=A""#);
+        assert!(matches!(string_of(&escaped), Some(Cow::Owned(ref s)) if s == "m4p3+Cxx/=A"));
+        assert!(matches!(string_of(&raw(r#""""#)), Some(Cow::Borrowed(""))));
+        for other in ["12", "null", "true", r#"{"a":"b"}"#, r#"["x"]"#] {
+            assert!(string_of(&raw(other)).is_none(), "{other}");
+        }
     }
 
     #[test]
