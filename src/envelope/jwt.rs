@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::{Failure, TokenProblem};
 use crate::guard::bounds::JsonBounds;
-use crate::guard::fields::{self, Object};
+use crate::guard::fields::{self, Ids, Object};
 use crate::guard::payload::{self, Invalid};
 use crate::secret::Secret;
 
@@ -91,6 +91,9 @@ pub struct Verified {
     /// The claims' `encData` when it is a string, read with the time claims: an `aes`
     /// layer inside takes it from here instead of parsing the claims again.
     pub enc_data: Option<String>,
+    /// The payload ids the claims carry, read from the same entries: when the claims are
+    /// the payload (no `aes` inside), these are the request's.
+    pub ids: Ids,
 }
 
 impl fmt::Debug for Verified {
@@ -211,7 +214,11 @@ pub fn verify_validated(
             Invalid::TooComplex(_) => Failure::InvalidPayload(e),
             _ => Failure::BadToken(TokenProblem::MalformedClaims),
         })
-        .and_then(|claims| TimeClaims::read(claims.as_ref()))?;
+        .and_then(|claims| {
+            let ids = claims.as_ref().map_or_else(Ids::default, Ids::of);
+            Ok((TimeClaims::read(claims.as_ref())?, ids))
+        });
+    let (claims, ids) = claims?;
     claims.check(key, now_unix)?;
     Ok(Verified {
         payload,
@@ -219,6 +226,7 @@ pub fn verify_validated(
         jti: claims.jti,
         exp: claims.exp,
         enc_data: claims.enc_data,
+        ids,
     })
 }
 

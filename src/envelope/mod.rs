@@ -47,7 +47,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::guard::bounds::JsonBounds;
-use crate::guard::fields::BorrowedStr;
+use crate::guard::fields::{BorrowedStr, Ids};
 use crate::guard::payload;
 
 use crate::secret::Secret;
@@ -302,6 +302,9 @@ pub struct Opened {
     pub jwt_exp: Option<i64>,
     /// The JWT's signature segment, if any: a token without `jti` is used once by this.
     pub jwt_signature: Option<String>,
+    /// The payload ids of `plain`, read from the entries its validation kept (`plain` is
+    /// not parsed again for them).
+    pub ids: Ids,
 }
 
 impl fmt::Debug for Opened {
@@ -454,9 +457,15 @@ fn open_with(
     now_unix: u64,
     bounds: Option<&JsonBounds>,
 ) -> Result<Opened, Failure> {
-    let valid = |p: &[u8]| match bounds {
-        Some(b) => payload::validate(p, b).is_ok(),
-        None => payload::validate_any(p).is_ok(),
+    // The innermost JSON (what `aes` opens, unless a `jwt` is inside it; a lone `form`'s
+    // `encData`) is validated with its entries kept, and its ids read from them.
+    let ids = std::cell::Cell::new(None);
+    let innermost = |p: &[u8]| match payload::read(p, bounds) {
+        Ok(obj) => {
+            ids.set(Some(obj.as_ref().map_or_else(Ids::default, Ids::of)));
+            true
+        }
+        Err(_) => false,
     };
     let mut carried = Carried::Bytes(Cow::Borrowed(req.body));
     let mut shape = BodyShape::Json;
@@ -495,7 +504,7 @@ fn open_with(
                 let plain = if layers.get(i + 1) == Some(&Layer::Jwt) {
                     aes::decrypt(&keys.aes, &b64, carries_token)
                 } else {
-                    aes::decrypt(&keys.aes, &b64, valid)
+                    aes::decrypt(&keys.aes, &b64, innermost)
                 };
                 Carried::Bytes(Cow::Owned(
                     plain.map_err(|e| Failure::Undecryptable(e.into()))?,
@@ -513,6 +522,7 @@ fn open_with(
                 jwt_exp = verified.exp;
                 jwt_signature = jwt::segments(token).map(|(_, _, signature)| signature.to_owned());
                 claims_enc_data = verified.enc_data;
+                ids.set(Some(verified.ids));
                 Carried::Bytes(Cow::Owned(verified.payload))
             }
             Layer::Passcode => {
@@ -523,7 +533,7 @@ fn open_with(
     }
     let plain = carried.into_bytes();
     // `aes` and `jwt` already validated what they produced; a lone `form` has not.
-    if layers.last() == Some(&Layer::Form) && !valid(&plain) {
+    if layers.last() == Some(&Layer::Form) && !innermost(&plain) {
         return Err(Failure::Undecryptable(Undecryptable::NotJson));
     }
     Ok(Opened {
@@ -533,6 +543,7 @@ fn open_with(
         jwt_jti,
         jwt_exp,
         jwt_signature,
+        ids: ids.take().unwrap_or_default(),
     })
 }
 

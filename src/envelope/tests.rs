@@ -529,6 +529,31 @@ fn token_body(passcode_json: &str, token: &str) -> Vec<u8> {
 }
 
 #[test]
+fn the_ids_are_the_innermost_payloads_not_the_claims_around_it() {
+    let keys = peer();
+    let enc = aes::encrypt(&spec_key(), SPEC_PLAIN.as_bytes());
+    let claims = format!(r#"{{"userid":"1111111111","ticketNo":"1","encData":"{enc}"}}"#);
+    let b = token_body(r#""376423""#, &sign_claims(&jwt_key(), &claims));
+    let opened = open(
+        &[Layer::Token, Layer::Jwt, Layer::Aes],
+        &keys,
+        &body(&b),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(opened.plain, SPEC_PLAIN.as_bytes());
+    assert_eq!(opened.ids.userid.as_deref(), Some("8527419636"));
+    assert_eq!(opened.ids.ticket_no.as_deref(), Some("20221202153322882"));
+    // Without `aes` inside, the claims are the payload and name the ids.
+    let b = token_body(
+        r#""376423""#,
+        &sign_claims(&jwt_key(), r#"{"userId":"1111111111"}"#),
+    );
+    let opened = open(&[Layer::Token, Layer::Jwt], &keys, &body(&b), NOW).unwrap();
+    assert_eq!(opened.ids.userid.as_deref(), Some("1111111111"));
+}
+
+#[test]
 fn token_passcode_as_string_or_exact_number() {
     let token = sign_claims(&jwt_key(), TICKET_PLAIN);
     for passcode in [r#""376423""#, "376423"] {
@@ -1125,6 +1150,11 @@ fn every_stack_round_trips_byte_for_byte_in_both_shapes() {
             let opened = open_sealed(&stack, &keys, &sealed)
                 .unwrap_or_else(|e| panic!("{stack:?} {shape:?}: {e:?}"));
             assert_eq!(opened.plain, TICKET_PLAIN.as_bytes(), "{stack:?} {shape:?}");
+            assert_eq!(
+                opened.ids,
+                crate::guard::fields::Ids::parse(TICKET_PLAIN.as_bytes())
+            );
+            assert_eq!(opened.ids.userid.as_deref(), Some("9054233544"));
             let expected_shape = if stack[0] == Layer::Form {
                 shape
             } else {

@@ -114,6 +114,54 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
     }
 }
 
+/// The identifying fields of a payload (any deployed spelling), as written: for the access
+/// log and the replay key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub userid: Option<String>,
+    pub ticket_no: Option<String>,
+    pub app_sub_time: Option<String>,
+    pub application_status: Option<String>,
+}
+
+impl Ids {
+    /// The ids among `obj`'s entries, read in one pass over them. Only short digit
+    /// strings or numbers count: an id, never a free-text field smuggled into the log. A
+    /// field given twice (under one spelling or two) leaves every id unknown.
+    pub fn of(obj: &Object<'_>) -> Ids {
+        const TABLES: [&[&str]; 4] = [USERID, TICKET_NO, APP_SUB_TIME, APPLICATION_STATUS];
+        let mut found: [Option<&RawValue>; 4] = [None; 4];
+        for (key, value) in &obj.0 {
+            let Some((slot, _)) =
+                (found.iter_mut().zip(TABLES)).find(|(_, table)| table.contains(&key.as_ref()))
+            else {
+                continue;
+            };
+            if slot.replace(*value).is_some() {
+                return Ids::default();
+            }
+        }
+        let [userid, ticket_no, app_sub_time, application_status] = found.map(|v| v.and_then(id));
+        Ids {
+            userid,
+            ticket_no,
+            app_sub_time,
+            application_status,
+        }
+    }
+
+    /// The ids of a JSON document not read before (none unless it is one object).
+    pub fn parse(json: &[u8]) -> Ids {
+        Object::parse(json).map_or_else(Ids::default, |obj| Ids::of(&obj))
+    }
+}
+
+/// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
+fn id(v: &RawValue) -> Option<String> {
+    let s = v.get().trim_matches('"').trim();
+    (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned())
+}
+
 /// The string a JSON value's text holds, or `None` when the value is not a string: the
 /// text between its quotes when it has no escape (the value is checked JSON, so nothing
 /// is parsed again), else unescaped into its own `String`.
@@ -227,6 +275,55 @@ mod tests {
         let (name, v) = obj.first(TICKET_NO).unwrap();
         assert_eq!((name, v.get()), ("ticketno", "4"));
         assert_eq!(obj.get("tokenNo").map(RawValue::get), Some("3"));
+    }
+
+    #[test]
+    fn ids_keep_17_digit_ticket_exactly_and_accept_aliases() {
+        let ids = Ids::parse(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
+        assert_eq!(ids.userid.as_deref(), Some("8527419636"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20221202153322882"));
+        let ids = Ids::parse(
+            br#"{"userid":9054233544,"tokenNo":"20220811130723"," appSubTime ":20220811052025,"applicationStatus":3}"#,
+        );
+        assert_eq!(ids.userid.as_deref(), Some("9054233544"));
+        assert_eq!(ids.ticket_no.as_deref(), Some("20220811130723"));
+        assert_eq!(ids.app_sub_time.as_deref(), Some("20220811052025"));
+        assert_eq!(ids.application_status.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn ids_never_carry_free_text() {
+        let ids = Ids::parse(br#"{"userid":"Anupam Ghosh","ticketNo":"x\ny"}"#);
+        assert_eq!(ids, Ids::default());
+        let long = format!(
+            r#"{{"userid":"{}","ticketNo":"{}"}}"#,
+            "1".repeat(25),
+            "2".repeat(24)
+        );
+        let ids = Ids::parse(long.as_bytes());
+        assert_eq!(
+            (ids.userid, ids.ticket_no.map(|t| t.len())),
+            (None, Some(24))
+        );
+    }
+
+    #[test]
+    fn a_field_given_twice_leaves_every_id_unknown() {
+        for json in [
+            r#"{"userid":"9054233544","userId":"9054233544","ticketNo":1}"#,
+            r#"{"ticketNo":1,"tokenNo":1,"userid":"9054233544"}"#,
+            r#"{"userid":"9054233544","applicationStatus":1,"applicationStatus":1}"#,
+        ] {
+            assert_eq!(Ids::parse(json.as_bytes()), Ids::default(), "{json}");
+        }
+        // Nested fields are not the payload's ids; escaped names are read unescaped.
+        let ids =
+            Ids::parse(br#"{"inner":{"userid":1,"userid":2},"user\u0069d":"77","ticketNo":[1]}"#);
+        assert_eq!(ids.userid.as_deref(), Some("77"));
+        assert_eq!(ids.ticket_no, None);
+        for json in ["[1]", "\"userid\"", "{\"userid\":1", "{\"userid\":1} x"] {
+            assert_eq!(Ids::parse(json.as_bytes()), Ids::default(), "{json}");
+        }
     }
 
     #[test]

@@ -8,11 +8,11 @@ use http::Response;
 use http_body_util::Full;
 
 use super::access::Trace;
-use super::ids::ids_of;
 use super::Ctx;
 use crate::config::Remote;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::guard::fields::Ids;
 
 pub(super) async fn push(
     cx: &Ctx<'_>,
@@ -23,7 +23,7 @@ pub(super) async fn push(
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let rt = cx.rt;
     rt.settings.limits.json.check(&body)?;
-    let ids = ids_of(&body);
+    let ids = Ids::parse(&body);
     trace.userid = ids.userid;
     trace.ticket_no = ids.ticket_no;
     let cfg = &cx.route.cfg;

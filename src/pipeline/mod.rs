@@ -54,7 +54,6 @@ mod body;
 mod egress;
 mod forward;
 mod headers;
-mod ids;
 mod open;
 mod rate;
 mod replay;
@@ -179,15 +178,14 @@ where
     };
 
     let now = rt.clock.unix_secs();
-    let opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
+    let mut opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
     rate::peer(rt, route).await?;
-    let ids = ids::ids_of(&opened.plain);
     // A reservation dropped by a later refusal is forgotten: a corrected retry of the same
     // ticket is not a replay.
-    let held = replay::check(rt, cfg, &opened, &ids, now).await;
+    let held = replay::check(rt, cfg, &opened, now).await;
     // The log line names the ids, a refused replay's too.
-    trace.userid = ids.userid;
-    trace.ticket_no = ids.ticket_no;
+    trace.userid = opened.ids.userid.take();
+    trace.ticket_no = opened.ids.ticket_no.take();
     let held = held?;
     schema::check(&cx, &opened.plain)?;
 

@@ -28,19 +28,16 @@ use crate::guard::fresh::Stale;
 use crate::guard::replay::{ReplayCache, ReplayKey, Reservation};
 use crate::runtime::Runtime;
 
-use super::ids::PayloadIds;
-
 /// The stage: lifetime, freshness, then the replay record (held until the request is
 /// known to have reached the application, see [`Held`]).
 pub(super) async fn check(
     rt: &Runtime,
     cfg: &Route,
     opened: &Opened,
-    ids: &PayloadIds,
     now: u64,
 ) -> Result<Option<Held>, Reject> {
     check_lifetime(cfg, opened, now, rt.settings.limits.clock_leeway)?;
-    match admit(cfg, opened, ids, now)? {
+    match admit(cfg, opened, now)? {
         Some((key, expiry)) => Ok(Some(hold(rt, key, now, expiry).await?)),
         None => Ok(None),
     }
@@ -105,12 +102,7 @@ async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Hel
 
 /// Checks freshness; returns the replay key and until when it is held, when the route
 /// refuses replays.
-fn admit(
-    cfg: &Route,
-    opened: &Opened,
-    ids: &PayloadIds,
-    now: u64,
-) -> Result<Option<(ReplayKey, u64)>, Reject> {
+fn admit(cfg: &Route, opened: &Opened, now: u64) -> Result<Option<(ReplayKey, u64)>, Reject> {
     let Some(window) = &cfg.fresh else {
         return Ok(None);
     };
@@ -148,6 +140,7 @@ fn admit(
         };
         Ok(held(kind, &[path, id], until.max(now.saturating_add(1))))
     } else {
+        let ids = &opened.ids;
         let stamp = match cfg.fresh_on {
             FreshOn::Ticket => ids.ticket_no.as_deref(),
             FreshOn::AppSubTime => ids.app_sub_time.as_deref(),
