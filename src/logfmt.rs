@@ -6,10 +6,11 @@
 //!
 //! - [`Timestamp`]: RFC 3339 UTC with microseconds, as `fmt::time::SystemTime` writes
 //!   it; the date and time of day are made once a second per thread.
-//! - [`Fields`]: `name=value` as `fmt::format::DefaultFields` writes it; strings of
-//!   printable ASCII, integers, floats and `%`/`?` values are written directly,
-//!   anything else (the message, strings to escape, errors, colour) by `DefaultFields`'
-//!   own visitor.
+//! - [`Fields`]: `name=value` as `fmt::format::DefaultFields` writes it; strings and
+//!   messages of printable ASCII, integers, floats and `%`/`?` values are written
+//!   directly, anything else (text to escape, errors, colour) by `DefaultFields`' own
+//!   visitor. A float that is a whole number of thousandths (a latency in milliseconds,
+//!   to the microsecond) is written as digits, as both formats would write it.
 //! - [`Json`]: the line of `fmt().json().flatten_event(true).with_current_span(false)`,
 //!   written field by field without serde's map state; serde_json still writes floats.
 //!
@@ -216,6 +217,71 @@ fn decimal(w: &mut Writer<'_>, negative: bool, mut n: u64) -> fmt::Result {
     w.write_str(text)
 }
 
+/// `v` as whole thousandths, when it is one below 1e9 (and not `-0.0`): then `{:?}` and
+/// serde_json both write it as its decimal digits with trailing zeros dropped (`12.34`,
+/// `7.0`). That text reads back as `v`, and no shorter text does: below 1e9 a float's
+/// neighbours are far closer than 0.001, so no other decimal of three places or fewer
+/// rounds to it.
+fn thousandths(v: f64) -> Option<u64> {
+    if !(v.is_sign_positive() && v < 1e9) {
+        return None;
+    }
+    let n = (v * 1000.0).round();
+    // Exact: `n` is a whole number below 1e12, and the division rounds correctly.
+    (n / 1000.0 == v).then_some(n as u64)
+}
+
+/// Whole thousandths `n` as `{:?}` writes `n / 1000` as a float.
+fn write_thousandths(w: &mut Writer<'_>, n: u64) -> fmt::Result {
+    decimal(w, false, n / 1000)?;
+    let frac = n % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
+    // Trailing zeros dropped, one digit kept.
+    let keep = match frac {
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    let text = digits.get(..keep).and_then(|d| std::str::from_utf8(d).ok());
+    w.write_char('.')?;
+    w.write_str(text.unwrap_or("0"))
+}
+
+/// Text formatted onto the stack, up to 64 bytes; a longer write fails.
+struct Short {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Short {
+    fn new() -> Short {
+        Short {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    /// The text, when all of it is printable ASCII: what tracing's escaping of a message
+    /// leaves as it is.
+    fn printable(&self) -> Option<&str> {
+        let text = self.buf.get(..self.len)?;
+        text.iter()
+            .all(|b| (0x20..0x7f).contains(b))
+            .then(|| std::str::from_utf8(text).ok())
+            .flatten()
+    }
+}
+
+impl fmt::Write for Short {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// What `{:?}` writes for `s` unchanged between quotes: printable ASCII but for `"`
 /// and `\`.
 fn needs_no_escape(s: &str) -> bool {
@@ -268,7 +334,20 @@ impl Visit for Visitor<'_> {
         }
     }
 
-    // A float takes the trait's default, `record_debug`: `{:?}`, as `DefaultFields` writes it.
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.result.is_err() {
+            return;
+        }
+        match thousandths(value) {
+            Some(n) if Self::plain(field) => {
+                self.result = self
+                    .name(field)
+                    .and_then(|()| write_thousandths(&mut self.writer, n));
+            }
+            // `{:?}`, as `DefaultFields` writes it.
+            _ => self.record_debug(field, &value),
+        }
+    }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.fallback(|v| v.record_error(field, value));
@@ -278,7 +357,23 @@ impl Visit for Visitor<'_> {
         if self.result.is_err() {
             return;
         }
-        if Self::plain(field) {
+        if field.name() == "message" {
+            // Written bare. The default escapes control characters in it one character at
+            // a time; text with none to escape is written as it is.
+            let mut text = Short::new();
+            if write!(text, "{value:?}").is_ok() {
+                if let Some(text) = text.printable() {
+                    let pad = if self.is_empty { "" } else { " " };
+                    self.is_empty = false;
+                    self.result = self
+                        .writer
+                        .write_str(pad)
+                        .and_then(|()| self.writer.write_str(text));
+                    return;
+                }
+            }
+            self.fallback(|v| v.record_debug(field, value));
+        } else if Self::plain(field) {
             self.result = self
                 .name(field)
                 .and_then(|()| write!(self.writer, "{value:?}"));
@@ -379,8 +474,9 @@ impl Visit for JsonVisitor<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         // serde_json's own number text (and `null` for NaN and the infinities).
-        self.entry(field, |w| {
-            serde_json::to_writer(FmtIo(w), &value).map_err(|_| fmt::Error)
+        self.entry(field, |w| match thousandths(value) {
+            Some(n) => write_thousandths(w, n),
+            None => serde_json::to_writer(FmtIo(w), &value).map_err(|_| fmt::Error),
         });
     }
 
@@ -530,6 +626,22 @@ mod tests {
             every_ascii = (0u8..0x80).map(char::from).collect::<String>().as_str(),
             "floats and every ASCII character"
         );
+        tracing::info!(
+            zero = 0.0f64,
+            negative_zero = -0.0f64,
+            thousandth = 0.001f64,
+            tenths = 12.3f64,
+            hundredths = 12.34f64,
+            thousandths = 12.345f64,
+            whole = 1000.0f64,
+            largest = 999_999_999.999f64,
+            too_large = 1e9f64,
+            finer = 1.2345f64,
+            negative = -1.25f64,
+            "latencies, to the microsecond and finer"
+        );
+        tracing::info!("a message longer than sixty-four bytes, which is written by the default");
+        tracing::info!("বাংলা, DEL \x7f and a C1 control \u{9b}");
         let span = tracing::info_span!("outer", id = 7u64, name = "a \"quoted\" span");
         let _entered = span.enter();
         tracing::info!(inside = true, "in a span");
@@ -554,8 +666,9 @@ mod tests {
     #[test]
     fn fields_are_written_as_the_default_writes_them() {
         let default = subscriber_text(false, false);
-        assert_eq!(default.lines().count(), 7, "{default}");
+        assert_eq!(default.lines().count(), 10, "{default}");
         assert!(default.contains(r#"route="/bsk/api1""#), "{default}");
+        assert!(default.contains(" largest=999999999.999 "), "{default}");
         assert_eq!(subscriber_text(true, false), default);
     }
 
@@ -598,10 +711,39 @@ mod tests {
     #[test]
     fn json_lines_are_written_as_the_default_writes_them() {
         let default = json_text(false);
-        assert_eq!(default.lines().count(), 7, "{default}");
+        assert_eq!(default.lines().count(), 10, "{default}");
         assert!(default.contains(r#""spans":[{"#), "{default}");
+        assert!(default.contains(r#""hundredths":12.34,"#), "{default}");
         assert!(default.contains(r#""nan":null"#), "{default}");
         assert_eq!(json_text(true), default);
+    }
+
+    /// Every thousandth below 1,000, and a stride of larger ones up to 1e9: written as
+    /// `{:?}` and serde_json write the float.
+    #[test]
+    fn whole_thousandths_are_written_as_the_float_formatters_write_them() {
+        let large = (0..1_000_000_000_000u64).step_by(9_999_991);
+        for n in (0..1_000_000u64).chain(large) {
+            let v = n as f64 / 1000.0;
+            assert_eq!(thousandths(v), Some(n), "{v:?}");
+            let mut ours = String::new();
+            write_thousandths(&mut Writer::new(&mut ours), n).unwrap();
+            assert_eq!(ours, format!("{v:?}"));
+            assert_eq!(ours, serde_json::to_string(&v).unwrap());
+        }
+        for v in [
+            -0.0,
+            -1.0,
+            1e9,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+            0.0005,
+            1.2345,
+            1e-7,
+        ] {
+            assert_eq!(thousandths(v), None, "{v:?}");
+        }
     }
 
     fn text(secs: u64, micros: u32) -> String {

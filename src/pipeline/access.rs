@@ -39,6 +39,8 @@ pub(super) fn finish(
     let route_label = trace.route.unwrap_or("unmatched");
     let peer_label = trace.peer.unwrap_or("none");
     let elapsed = start.elapsed();
+    // To the microsecond: written as digits, not through the float formatter (`logfmt`).
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     let labels = RouteLabels {
         listener: &lst.name,
         route: route_label,
@@ -60,7 +62,7 @@ pub(super) fn finish(
                 peer = peer_label,
                 status = resp.status().as_u16(),
                 upstream_status = trace.upstream_status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                latency_ms,
                 userid = trace.userid.as_deref(),
                 ticket_no = trace.ticket_no.as_deref(),
                 "forwarded"
@@ -95,7 +97,7 @@ pub(super) fn finish(
                         status = resp.status().as_u16(),
                         reason = reject.reason(),
                         detail = %reject,
-                        latency_ms = elapsed.as_secs_f64() * 1000.0,
+                        latency_ms,
                         userid = trace.userid.as_deref(),
                         ticket_no = trace.ticket_no.as_deref(),
                         "rejected"
