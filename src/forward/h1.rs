@@ -90,7 +90,7 @@ impl RequestHead {
 
     /// Adds `name: value` (left out when `value` holds a byte no field may hold).
     pub fn field(&mut self, name: &HeaderName, value: &[u8]) {
-        if value.iter().all(|&b| field_byte(b)) {
+        if field_value(value) {
             self.bytes.extend_from_slice(name.as_str().as_bytes());
             self.bytes.extend_from_slice(b": ");
             self.bytes.extend_from_slice(value);
@@ -159,10 +159,7 @@ impl RequestHead {
         self.bytes.extend_from_slice(b": ");
         let at = self.bytes.len();
         let written = write!(self.bytes, "{value}").is_ok();
-        let valid = self
-            .bytes
-            .get(at..)
-            .is_some_and(|v| v.iter().all(|&b| field_byte(b)));
+        let valid = self.bytes.get(at..).is_some_and(field_value);
         if written && valid {
             self.bytes.extend_from_slice(b"\r\n");
         } else {
@@ -182,10 +179,14 @@ impl RequestHead {
     }
 }
 
-/// Whether `b` may appear in a field value (RFC 9110 §5.5: visible characters, space,
-/// tab and obs-text; no CR, LF, NUL or other controls).
-fn field_byte(b: u8) -> bool {
-    b == b'\t' || (b >= 0x20 && b != 0x7f)
+/// Whether every byte of `value` may appear in a field value (RFC 9110 §5.5: visible
+/// characters, space, tab and obs-text; no CR, LF, NUL or other controls). Without
+/// branches or an early exit, so the check runs many bytes at a time: a value is nearly
+/// always valid, and this was a third of the cost of writing a request head.
+fn field_value(value: &[u8]) -> bool {
+    value.iter().fold(true, |ok, &b| {
+        ok & ((b == b'\t') | ((b >= 0x20) & (b != 0x7f)))
+    })
 }
 
 /// One keep-alive connection to the application (a `TcpStream`; tests use others).
@@ -699,7 +700,9 @@ mod tests {
         // A value that would end the head or add a field is left out, whole.
         head.field(&two, b"x\r\nx-evil: 1");
         head.field(&two, b"x\0");
+        head.field(&two, b"del\x7f");
         head.field_display(&two, "y\nz");
+        head.field_display(&two, "esc\x1b");
         let expected = "POST /api/x?y=1 HTTP/1.1\r\nhost: app.local:8080\r\ncontent-length: 11\r\n\
                         x-two: a\r\nx-two: b\tc \u{995}\r\n\r\n{\"a\":\"\u{995}\"}";
         // Whole in one write, and again when the socket takes 5 bytes a write.
