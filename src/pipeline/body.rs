@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
@@ -40,12 +40,38 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match tokio::time::timeout(deadline, Limited::new(body, max).collect()).await {
+    match tokio::time::timeout(deadline, gather(Limited::new(body, max))).await {
         Err(_) => Err(Reject::BodyTimeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
         Ok(Err(_)) => Err(Reject::BodyUnreadable),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(bytes)) => Ok(bytes),
     }
+}
+
+/// The body's data: a body that came in one frame (nearly every one: it arrived with its
+/// head) is that frame's bytes as they are; frames after it are joined in one buffer.
+/// Trailers are dropped. (`BodyExt::collect` queues every frame first, which allocates
+/// for the one frame too.)
+async fn gather<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(buf) => buf.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 /// The application talks plain JSON to an egress route (a missing type is tolerated).
@@ -133,6 +159,20 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(ok.await.unwrap(), Bytes::from_static(b"{}"));
+        // A body in several frames (and an empty one among them) is read whole, in order.
+        let frames = |parts: &'static [&'static str]| {
+            StreamBody::new(futures_util::stream::iter(parts.iter().map(|p| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                    p.as_bytes(),
+                )))
+            })))
+        };
+        let split = frames(&["{\"a\":", "", "1,", "\"b\":2}"]);
+        let whole = collect(split, 64, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(whole, Bytes::from_static(br#"{"a":1,"b":2}"#));
+        let over = frames(&["12345", "678901"]);
+        let err = collect(over, 10, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, Reject::BodyTooLarge));
         // A body that never ends: the deadline answers.
         let never = StreamBody::new(futures_util::stream::pending::<
             Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
