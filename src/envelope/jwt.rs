@@ -209,16 +209,12 @@ pub fn verify_validated(
     // RFC 7519 §4: claim names must be unique, and the claims set one JSON object: a
     // token that breaks that is malformed. Only the ingress bounds are reported as such.
     // The time claims are read from the entries the check kept, not parsed again.
-    let claims = payload::read(&payload, bounds)
-        .map_err(|e| match e {
-            Invalid::TooComplex(_) => Failure::InvalidPayload(e),
-            _ => Failure::BadToken(TokenProblem::MalformedClaims),
-        })
-        .and_then(|claims| {
-            let ids = claims.as_ref().map_or_else(Ids::default, Ids::of);
-            Ok((TimeClaims::read(claims.as_ref())?, ids))
-        });
-    let (claims, ids) = claims?;
+    let claims = payload::read(&payload, bounds).map_err(|e| match e {
+        Invalid::TooComplex(_) => Failure::InvalidPayload(e),
+        _ => Failure::BadToken(TokenProblem::MalformedClaims),
+    })?;
+    let ids = claims.as_ref().map_or_else(Ids::default, Ids::of);
+    let claims = TimeClaims::read(claims.as_ref())?;
     claims.check(key, now_unix)?;
     Ok(Verified {
         payload,

@@ -125,29 +125,20 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// The ids among `obj`'s entries, read in one pass over them. Only short digit
-    /// strings or numbers count: an id, never a free-text field smuggled into the log. A
-    /// field given twice (under one spelling or two) leaves every id unknown.
+    /// The ids among `obj`'s entries. Only short digit strings or numbers count: an id,
+    /// never a free-text field smuggled into the log. A field given twice (under one
+    /// spelling or two) leaves every id unknown.
     pub fn of(obj: &Object<'_>) -> Ids {
-        const TABLES: [&[&str]; 4] = [USERID, TICKET_NO, APP_SUB_TIME, APPLICATION_STATUS];
-        let mut found: [Option<&RawValue>; 4] = [None; 4];
-        for (key, value) in &obj.0 {
-            let Some((slot, _)) =
-                (found.iter_mut().zip(TABLES)).find(|(_, table)| table.contains(&key.as_ref()))
-            else {
-                continue;
-            };
-            if slot.replace(*value).is_some() {
-                return Ids::default();
-            }
-        }
-        let [userid, ticket_no, app_sub_time, application_status] = found.map(|v| v.and_then(id));
-        Ids {
-            userid,
-            ticket_no,
-            app_sub_time,
-            application_status,
-        }
+        let field = |names: &[&str]| obj.one(names).map(|v| v.and_then(id));
+        let ids = || {
+            Ok::<_, Ambiguous>(Ids {
+                userid: field(USERID)?,
+                ticket_no: field(TICKET_NO)?,
+                app_sub_time: field(APP_SUB_TIME)?,
+                application_status: field(APPLICATION_STATUS)?,
+            })
+        };
+        ids().unwrap_or_default()
     }
 
     /// The ids of a JSON document not read before (none unless it is one object).
