@@ -265,6 +265,62 @@ async fn oversized_header_block_is_refused() {
     let got = read_until_closed(&mut s).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_json_refusal(&text, 431, "header_too_large");
+    sc.stop().await;
+}
+
+/// An answer from the HTTP layer: the spec's error shape, its request id also in
+/// `X-Request-Id`, and the connection closed.
+fn assert_json_refusal(text: &str, status: u16, reason: &str) {
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{text}"
+    );
+    assert!(head.contains("\r\nconnection: close"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["statusCode"], status, "{text}");
+    assert_eq!(v["reason"], reason, "{text}");
+    let id = v["requestId"].as_str().unwrap_or_default();
+    assert!(
+        !id.is_empty() && head.contains(&format!("\r\nx-request-id: {id}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_http_is_refused_in_json_and_the_connection_closed() {
+    let sc = Sidecar::start().await;
+    for (bytes, status, reason) in [
+        (
+            &b"POST /bsk/landing HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"[..],
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /bsk/landing HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (b"GET /bsk/la nding HTTP/1.1\r\n\r\n", 400, "bad_request"),
+    ] {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let got = read_until_closed(&mut s).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert_json_refusal(&text, status, reason);
+    }
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65_535));
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let _ = s.write_all(long.as_bytes()).await;
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 431 "),
+        "over the head limit first: {text}"
+    );
     sc.stop().await;
 }
 

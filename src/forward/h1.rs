@@ -100,20 +100,8 @@ impl RequestHead {
 
     /// Adds `name: n` in decimal.
     pub fn field_number(&mut self, name: &HeaderName, n: usize) {
-        // The digits, last first, on the stack: no formatter for a number sent per request.
         let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        let mut rest = n;
-        for slot in digits.iter_mut().rev() {
-            // `rest % 10` is below 10, so the cast cannot truncate.
-            *slot = b'0' + (rest % 10) as u8;
-            start -= 1;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.field(name, digits.get(start..).unwrap_or_default());
+        self.field(name, decimal(n, &mut digits));
     }
 
     /// Adds `name: address` as text: an IPv4 address written directly, IPv6 formatted.
@@ -189,6 +177,46 @@ fn field_value(value: &[u8]) -> bool {
     })
 }
 
+/// `n` in decimal, written at the end of `digits`: no formatter for a number sent per
+/// request.
+pub(crate) fn decimal(n: usize, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    let mut rest = n;
+    for slot in digits.iter_mut().rev() {
+        // `rest % 10` is below 10, so the cast cannot truncate.
+        *slot = b'0' + (rest % 10) as u8;
+        start -= 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    digits.get(start..).unwrap_or_default()
+}
+
+/// Writes `parts` in order, in one `writev` when the socket takes them all. `written` is
+/// set once any byte has gone out (a request not written at all can be sent again).
+pub(crate) async fn write_parts<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    mut parts: [&[u8]; 3],
+    written: &mut bool,
+) -> io::Result<()> {
+    while parts.iter().any(|p| !p.is_empty()) {
+        let slices = parts.map(IoSlice::new);
+        let mut n = match w.write_vectored(&slices).await? {
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => n,
+        };
+        *written = true;
+        for part in &mut parts {
+            let taken = n.min(part.len());
+            *part = part.get(taken..).unwrap_or_default();
+            n = n.saturating_sub(taken);
+        }
+    }
+    Ok(())
+}
+
 /// One keep-alive connection to the application (a `TcpStream`; tests use others).
 pub(crate) struct Conn<S = TcpStream> {
     stream: S,
@@ -212,30 +240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Writes the request: its head, the blank line and `body` in one `writev` when the
     /// socket takes them all.
     pub(crate) async fn send(&mut self, head: &RequestHead, body: &[u8]) -> Result<(), Fault> {
-        let mut head = head.bytes.as_slice();
-        let mut blank = b"\r\n".as_slice();
-        let mut body = body;
         let mut written = false;
-        while !head.is_empty() || !blank.is_empty() || !body.is_empty() {
-            let parts = [IoSlice::new(head), IoSlice::new(blank), IoSlice::new(body)];
-            let n = match self.stream.write_vectored(&parts).await {
-                Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
-                other => other,
-            };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) if written => return Err(Fault::Write(e)),
-                Err(e) => return Err(Fault::Unsent(e)),
-            };
-            written = true;
-            let mut n = n;
-            for part in [&mut head, &mut blank, &mut body] {
-                let taken = n.min(part.len());
-                *part = part.get(taken..).unwrap_or_default();
-                n = n.saturating_sub(taken);
-            }
-        }
-        Ok(())
+        let parts = [head.bytes.as_slice(), b"\r\n".as_slice(), body];
+        write_parts(&mut self.stream, parts, &mut written)
+            .await
+            .map_err(|e| match written {
+                true => Fault::Write(e),
+                false => Fault::Unsent(e),
+            })
     }
 
     /// Reads the whole answer to a request just sent (`head_request`: it was `HEAD`, so the

@@ -5,11 +5,13 @@
 //! certificate) and each request, so a reload applies to the next request without
 //! dropping a connection.
 //!
-//! Per connection, a small watchdog enforces what hyper leaves to us: a request head
-//! must arrive within `header_read_timeout` once it has started (or once the connection
-//! opened), and an idle keep-alive connection is closed after `keepalive_idle`.
+//! HTTP/1.1 itself is spoken by [`h1`]. Per connection, a small watchdog enforces the
+//! deadlines: a request head must arrive within `header_read_timeout` once it has started
+//! (or once the connection opened), and an idle keep-alive connection is closed after
+//! `keepalive_idle`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -19,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::error;
 use crate::guard::client_cert::PresentedCert;
 use crate::guard::ip::canonical;
 use crate::guard::log_budget::LogBudget;
@@ -36,6 +38,11 @@ use crate::reload::Live;
 use crate::runtime::{ListenerRt, Runtime};
 use crate::tls::TlsState;
 use crate::workers::Workers;
+
+mod h1;
+
+#[doc(hidden)]
+pub use h1::{read_all as read_requests, Read};
 
 /// Listeners bound and connection workers started before serving, so callers (tests, the
 /// demo) can learn the ports.
@@ -583,8 +590,8 @@ struct Activity {
     /// After a 429, the connection is not read from before this (ms); 0: not paused.
     paused_until_ms: AtomicU64,
     /// An answer is still being written: bytes went out (or waited for room) since the
-    /// last completed flush. hyper flushes the socket only once its own buffer is empty,
-    /// so while this is set the connection is not idle, however long ago its request was
+    /// last completed flush. The connection flushes once the whole answer is written, so
+    /// while this is set the connection is not idle, however long ago its request was
     /// answered — a slow reader of a large document is not taken for a quiet connection.
     unflushed: AtomicBool,
     /// Since when (ms) the watchdog has seen an unflushed answer make no progress; 0 once
@@ -662,8 +669,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             && !a.unflushed.load(Ordering::Relaxed);
         if r.is_pending() {
             if asked && between {
-                // Nothing arriving between requests: hyper reads the end of input and
-                // lets the connection go without closing the socket (it is parked).
+                // Nothing arriving between requests: the connection's loop reads the end
+                // of input and lets the stream go without closing the socket (it is
+                // parked).
                 a.park.store(PARK_DONE, Ordering::Relaxed);
                 return Poll::Ready(Ok(()));
             }
@@ -720,8 +728,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         self.inner.is_write_vectored()
     }
 
-    /// hyper calls this once its own buffer is empty: the answer has left, and the
-    /// connection's idle time starts now.
+    /// Called once a whole answer is written: it has left, and the connection's idle
+    /// time starts now.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         let a = &self.activity;
@@ -736,17 +744,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// One request's handling, as the connection holds it while it runs.
-type HandleFuture = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    http::Response<http_body_util::Full<bytes::Bytes>>,
-                    std::convert::Infallible,
-                >,
-            > + Send,
-    >,
->;
+/// One request's handling, as the connection holds it while it runs: boxed, so a
+/// connection between requests holds none of the pipeline's several KiB.
+type HandleFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<http::Response<Full<Bytes>>, Infallible>> + Send + 'a>>;
 
 async fn serve_http<S>(conn: Conn, stream: S)
 where
@@ -775,22 +776,21 @@ where
     let mut stop = conn.stop.clone();
     // A connection accepted just before a drain started is finished at once.
     let closing = *stop.borrow();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // The head's deadline is the watchdog's (below); hyper's own default (30 s)
-        // would arm and drop a timer for every request.
-        .header_read_timeout(None)
-        .keep_alive(!limits.keepalive_idle.is_zero())
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192) + 64 * 1024)
-        .max_headers(100);
+    let settings = h1::Settings {
+        max_head: limits.max_header_bytes,
+        keep_alive: !limits.keepalive_idle.is_zero(),
+    };
     let deadlines = Deadlines {
         header_ms: limits.header_read_timeout.as_millis() as u64,
         idle_ms: limits.keepalive_idle.as_millis() as u64,
     };
+    let requests = Requests {
+        conn: &conn,
+        activity: &activity,
+    };
     let mut phase = Phase {
-        builder: &builder,
+        settings: &settings,
+        requests: &requests,
         activity: &activity,
         deadlines: &deadlines,
         stop: &mut stop,
@@ -798,14 +798,13 @@ where
         name: &name,
     };
     let mut stream = stream;
-    let mut svc = request_service(conn, activity.clone());
-    // Served by hyper while requests come; parked without hyper's buffers between them.
-    while let Some((s, service)) = phase.serve(stream, svc).await {
+    // Served while requests come; parked without a read buffer between them.
+    while let Some(s) = phase.serve(stream).await {
         let counted = OpenGauge::new(parked_gauge.clone());
         let woken = phase.parked(s).await;
         drop(counted);
         match woken {
-            Some(s) => (stream, svc) = (s, service),
+            Some(s) => stream = s,
             None => break,
         }
     }
@@ -813,13 +812,13 @@ where
 }
 
 /// A connection stream that can wait for its next bytes without a buffer, so an idle
-/// keep-alive connection is held without hyper's 16 KiB of read and write buffers. Plain
-/// TCP only: a TLS session keeps its own buffers, and is not parked.
+/// keep-alive connection is held without its read buffer and serving state. Plain TCP
+/// only: a TLS session keeps its own buffers, and is not parked.
 trait Park {
     fn parkable(&self) -> bool;
     /// Ready once there are bytes to read (or the peer has closed).
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    /// Bytes hyper had read and not used, to be read again first.
+    /// Bytes read and not used, to be read again first.
     fn unread(&mut self, bytes: &[u8]);
 }
 
@@ -854,19 +853,20 @@ impl<S> Park for tokio_rustls::server::TlsStream<S> {
 
 /// How long a keep-alive connection stays idle before it is parked (or half of
 /// `keepalive_idle`, when that is shorter): long enough that a client sending requests back
-/// to back never pays for a new hyper connection, short enough that a wave of clients that
-/// each send one request and keep the connection does not hold a hyper connection each.
+/// to back never pays for a park and a new read buffer, short enough that a wave of clients
+/// that each send one request and keep the connection does not hold a buffer each.
 const PARK_AFTER_MS: u64 = 100;
 
-/// `Activity::park`: not parking; asked to park (the next read that would wait ends
-/// hyper's connection instead); parked that way (not the client's end of input).
+/// `Activity::park`: not parking; asked to park (the next read that would wait ends the
+/// connection's loop instead); parked that way (not the client's end of input).
 const PARK_NO: u8 = 0;
 const PARK_ASKED: u8 = 1;
 const PARK_DONE: u8 = 2;
 
-/// What serving one connection needs across its hyper phases and parked phases.
+/// What serving one connection needs across its serving and parked phases.
 struct Phase<'a> {
-    builder: &'a http1::Builder,
+    settings: &'a h1::Settings,
+    requests: &'a Requests<'a>,
     activity: &'a Arc<Activity>,
     deadlines: &'a Deadlines,
     stop: &'a mut watch::Receiver<bool>,
@@ -877,8 +877,8 @@ struct Phase<'a> {
 
 /// What ended one wait of [`Phase::serve`].
 enum Event {
-    /// hyper's connection returned: closed, failed, or parked.
-    Conn(hyper::Result<()>),
+    /// The connection's loop returned: closed, failed, or parked.
+    Conn(io::Result<()>),
     /// A drain started.
     Stop,
     /// The watchdog's tick.
@@ -905,27 +905,28 @@ impl std::task::Wake for Nudge {
 }
 
 impl Phase<'_> {
-    /// Serves requests with hyper until the connection ends (`None`) or is parked, which
-    /// gives back the stream and the service.
-    async fn serve<S, Svc>(&mut self, stream: S, svc: Svc) -> Option<(S, Svc)>
+    /// Serves requests until the connection ends (`None`) or is parked, which gives back
+    /// the stream.
+    async fn serve<S>(&mut self, stream: S) -> Option<S>
     where
         S: Park + AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        Svc: hyper::service::Service<
-                http::Request<hyper::body::Incoming>,
-                Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-                Error = std::convert::Infallible,
-            > + Unpin,
-        Svc::Future: Unpin + Send + 'static,
     {
         let parkable = self.activity.parkable;
-        let io = TokioIo::new(Watched::new(stream, self.activity.clone()));
-        // Boxed: parked, the connection frees hyper's state and buffers.
-        let mut conn = Box::new(self.builder.serve_connection(io, svc));
+        let mut io = Watched::new(stream, self.activity.clone());
+        let mut buf = BytesMut::new();
+        // Set on a drain or at the idle deadline: the loop takes no request after the one
+        // it is reading or answering.
+        let finishing = AtomicBool::new(self.closing);
+        // Boxed: parked, the connection frees its serving state.
+        let mut conn = Box::pin(h1::serve(
+            &mut io,
+            &mut buf,
+            self.settings,
+            &finishing,
+            self.requests,
+        ));
         let mut ticker = tokio::time::interval(self.deadlines.tick());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if self.closing {
-            Pin::new(&mut *conn).graceful_shutdown();
-        }
         // The watchdog's tick and the drain signal wake the task through `nudge`, so
         // they are polled only after one of them woke it, not on each of the several
         // wake-ups of every request (its reads, writes and upstream exchange).
@@ -937,7 +938,7 @@ impl Phase<'_> {
             tokio::pin!(stop);
             let closing = self.closing;
             let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                     return Poll::Ready(Event::Conn(r));
                 }
                 nudge.task.register(cx.waker());
@@ -955,32 +956,32 @@ impl Phase<'_> {
             .await;
             match event {
                 Event::Conn(r) => {
+                    drop(conn);
                     if let Err(e) = r {
                         tracing::debug!(listener = %self.name, error = %e, "connection ended with error");
                         return None;
                     }
                     let parked = self.activity.park.swap(PARK_NO, Ordering::Relaxed) == PARK_DONE;
-                    let parts = conn.into_parts();
-                    let mut stream = parts.io.into_inner().inner;
+                    let mut stream = io.inner;
                     if !parked {
-                        // What hyper does when it closes a connection itself: a TLS
-                        // close_notify, a FIN, within the head deadline.
+                        // The connection closes: a TLS close_notify, a FIN, within the
+                        // head deadline.
                         let wait = Duration::from_millis(self.deadlines.header_ms.max(1));
                         let _ = tokio::time::timeout(wait, stream.shutdown()).await;
                         return None;
                     }
-                    stream.unread(&parts.read_buf);
-                    return Some((stream, parts.service));
+                    stream.unread(&buf);
+                    return Some(stream);
                 }
                 Event::Stop => {
                     self.closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    finishing.store(true, Ordering::Relaxed);
                 }
                 Event::Tick => match self.deadlines.check(self.activity, self.closing) {
                     Watchdog::Wait => {}
                     Watchdog::Idle(ms) if parkable && ms >= self.deadlines.park_after_ms() => {
-                        // The next read that would wait ends hyper's connection (see
-                        // `Watched`); `poll_without_shutdown` then hands the stream back.
+                        // The next read that would wait ends the loop (see `Watched`),
+                        // which then hands the stream back.
                         self.activity.park.store(PARK_ASKED, Ordering::Relaxed);
                     }
                     Watchdog::Idle(_) => {}
@@ -994,7 +995,7 @@ impl Phase<'_> {
                     }
                     Watchdog::Finish => {
                         self.closing = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
+                        finishing.store(true, Ordering::Relaxed);
                     }
                 },
             }
@@ -1003,7 +1004,7 @@ impl Phase<'_> {
 
     /// Holds a parked connection until its next bytes arrive (the stream, to be served
     /// again), or until it has been idle for `keepalive_idle` or a drain starts (`None`:
-    /// closed, as hyper closes an idle connection).
+    /// closed, as an idle connection is).
     async fn parked<S: Park>(&mut self, mut stream: S) -> Option<S> {
         if self.closing {
             return None;
@@ -1020,20 +1021,18 @@ impl Phase<'_> {
 
 /// Each request of a connection into the pipeline, on the runtime current when the
 /// request started.
-fn request_service(
-    conn: Conn,
-    activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
-    Error = std::convert::Infallible,
-    Future = Handling,
-> {
-    service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        // The whole `Conn` moves into the service, which lives as long as the connection:
-        // its connection slot and drain sender must not be released before (a closure
-        // naming only some fields would capture only those).
-        let conn = &conn;
+struct Requests<'c> {
+    /// The whole `Conn` lives as long as the connection: its connection slot and drain
+    /// sender are released when it ends.
+    conn: &'c Conn,
+    activity: &'c Arc<Activity>,
+}
+
+impl h1::Service for Requests<'_> {
+    type Future<'a> = Handling<'a>;
+
+    fn call<'a>(&self, mut req: http::Request<h1::ReqBody<'a>>) -> Handling<'a> {
+        let conn = self.conn;
         if let Some(c) = &conn.client_cert {
             req.extensions_mut().insert(c.clone());
         }
@@ -1050,36 +1049,52 @@ fn request_service(
             _ => conn.client,
         };
         let in_flight = conn.in_flight.clone();
-        let activity = activity.clone();
+        let activity = self.activity.clone();
         activity.in_progress.fetch_add(1, Ordering::Relaxed);
         activity.head_started_ms.store(0, Ordering::Relaxed);
-        // The pipeline's future boxed per request: hyper keeps room for the service's
-        // future in every connection, busy or idle, and the pipeline's is several KiB. It
-        // is boxed as made, not wrapped in another future first: each wrapping moved
+        // Boxed as made, not wrapped in another future first: each wrapping moved
         // (copied) all of it once more.
         Handling {
             pipeline: Box::pin(pipeline::handle(rt, in_flight, idx, client, req)),
             activity,
         }
-    })
+    }
+
+    fn refuse(&self, status: http::StatusCode) -> http::Response<Full<Bytes>> {
+        let rt = self.conn.live.load();
+        let id = rt.next_request_id();
+        let (reason, message) = match status {
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                "header_too_large",
+                "The request head is too large or has too many fields.",
+            ),
+            http::StatusCode::URI_TOO_LONG => ("uri_too_long", "The request target is too long."),
+            _ => ("bad_request", "The request is not well-formed HTTP/1.1."),
+        };
+        let mut answer =
+            error::json_response(status, error::error_body(status, message, reason, &id));
+        error::tag_request_id(answer.headers_mut(), &id);
+        answer
+    }
 }
 
-/// One request's handling: the boxed pipeline, then the connection's bookkeeping.
-struct Handling {
-    pipeline: HandleFuture,
+/// One request's handling, then the connection's bookkeeping.
+struct Handling<'a> {
+    pipeline: HandleFuture<'a>,
     activity: Arc<Activity>,
 }
 
-impl Future for Handling {
-    type Output = <HandleFuture as Future>::Output;
+impl Future for Handling<'_> {
+    type Output = http::Response<Full<Bytes>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let r = match self.pipeline.as_mut().poll(cx) {
-            Poll::Ready(r) => r,
+        let answer = match self.pipeline.as_mut().poll(cx) {
+            Poll::Ready(Ok(answer)) => answer,
+            Poll::Ready(Err(never)) => match never {},
             Poll::Pending => return Poll::Pending,
         };
         let activity = &self.activity;
-        if matches!(&r, Ok(resp) if resp.status() == http::StatusCode::TOO_MANY_REQUESTS) {
+        if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
             let until = activity.now_ms() + PAUSE_AFTER_429_MS;
             activity.paused_until_ms.store(until, Ordering::Relaxed);
         }
@@ -1088,12 +1103,12 @@ impl Future for Handling {
         if before == 0 && activity.parkable {
             // After its first answer a connection parks as soon as nothing more is there
             // to read: most callers send one request and keep the connection, and a wave
-            // of them would otherwise each hold hyper's buffers for `PARK_AFTER_MS`. A
-            // client that sends on at once pays for one new hyper connection, once.
+            // of them would otherwise each hold a read buffer for `PARK_AFTER_MS`. A
+            // client that sends on at once pays for one park, once.
             activity.park.store(PARK_ASKED, Ordering::Relaxed);
         }
         activity.in_progress.fetch_sub(1, Ordering::Relaxed);
-        Poll::Ready(r)
+        Poll::Ready(answer)
     }
 }
 
@@ -1111,7 +1126,7 @@ enum Watchdog {
     Stalled,
 }
 
-/// The two deadlines hyper leaves to us, in ms.
+/// The two deadlines the watchdog holds, in ms.
 struct Deadlines {
     header_ms: u64,
     idle_ms: u64,
