@@ -130,6 +130,24 @@ async fn slow_request_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_head_begun_behind_an_answered_request_is_held_to_the_head_deadline() {
+    // keepalive_idle far longer than the test's patience: only the head deadline (300 ms)
+    // can close the connection.
+    let sc =
+        Sidecar::start_with(&CONFIG.replace("keepalive_idle: 400ms", "keepalive_idle: 60s")).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    // A whole request, and behind it in the same write the start of a second, then nothing.
+    let mut bytes = GET_404.to_vec();
+    bytes.extend_from_slice(b"POST /bsk/landing HTTP/1.1\r\nHost: x\r\n");
+    s.write_all(&bytes).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    sc.stop().await;
+}
+
+#[tokio::test]
 async fn silent_new_connection_is_closed() {
     let sc = Sidecar::start().await;
     let mut s = TcpStream::connect(sc.addr).await.unwrap();

@@ -57,6 +57,8 @@ pub(super) trait Service {
     fn call<'a>(&self, req: Request<ReqBody<'a>>) -> Self::Future<'a>;
     /// The answer to a request head that is not HTTP/1.1 (400, 414 or 431).
     fn refuse(&self, status: StatusCode) -> Response<Full<Bytes>>;
+    /// Part of a request head is in the buffer and the rest is awaited.
+    fn head_begun(&self);
 }
 
 /// The connection's limits.
@@ -94,14 +96,21 @@ pub(super) async fn serve<S: Io, Svc: Service>(
                     }
                 }
             }
+            if !buf.is_empty() {
+                // Part of a head is here (it may have come behind the last request): its
+                // deadline runs from now, if it did not already.
+                service.head_begun();
+            }
             let read = std::future::poll_fn(|cx| {
-                if buf.is_empty() && closing.load(Ordering::Relaxed) {
+                // Finishing: a head not yet all here is not waited for.
+                if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(0));
                 }
                 poll_read_more(&mut *io, buf, cx)
             });
             if read.await? == 0 {
-                // The client's end (or a park): a head begun and not finished is dropped.
+                // The client's end, a park or finishing: a head begun and not finished is
+                // dropped.
                 return Ok(());
             }
         };
@@ -1011,6 +1020,8 @@ mod tests {
     /// the target says (`/read`, `/skip`); sets `finish` (a drain) when it has one.
     struct Echo<'f> {
         finish: Option<&'f AtomicBool>,
+        /// How often the loop said part of a head was waiting.
+        begun: std::sync::atomic::AtomicUsize,
     }
 
     impl Service for Echo<'_> {
@@ -1038,6 +1049,10 @@ mod tests {
             *answer.status_mut() = status;
             answer
         }
+
+        fn head_begun(&self) {
+            self.begun.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// What the connection's loop writes for `input` (sent whole, then the client's end);
@@ -1054,6 +1069,7 @@ mod tests {
         let flag = AtomicBool::new(false);
         let echo = Echo {
             finish: drain.then_some(&flag),
+            begun: Default::default(),
         };
         serve(&mut server, &mut buf, &settings, &flag, &echo)
             .await
@@ -1148,6 +1164,42 @@ mod tests {
         assert_eq!(out.matches("HTTP/1.0 ").count(), 1, "{out}");
         assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
         assert!(out.ends_with("read 1"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_head_begun_behind_a_request_is_reported_and_not_waited_for_when_finishing() {
+        // The client keeps its end open: only finishing ends the loop.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"POST /read HTTP/1.1\r\nContent-Length: 1\r\n\r\naPOST /read HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let settings = Settings {
+            max_head: LIMIT,
+            keep_alive: true,
+        };
+        let mut buf = BytesMut::new();
+        let flag = AtomicBool::new(false);
+        let echo = Echo {
+            finish: None,
+            begun: Default::default(),
+        };
+        let served = serve(&mut server, &mut buf, &settings, &flag, &echo);
+        let mut served = std::pin::pin!(served);
+        // Served the first request, then waiting on the rest of the second head.
+        let mut answer = [0u8; 19];
+        tokio::select! {
+            _ = &mut served => panic!("the loop ended with the client's end open"),
+            r = client.read_exact(&mut answer) => { r.unwrap(); }
+        }
+        assert_eq!(&answer, b"HTTP/1.1 200 OK\r\nco");
+        tokio::task::yield_now().await;
+        assert!(served.as_mut().now_or_never().is_none());
+        assert_eq!(echo.begun.load(Ordering::Relaxed), 1);
+        // A drain (or the idle deadline) does not wait for the rest of that head.
+        flag.store(true, Ordering::Relaxed);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), served).await;
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     }
 
     #[tokio::test]

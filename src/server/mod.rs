@@ -1076,6 +1076,13 @@ impl h1::Service for Requests<'_> {
         error::tag_request_id(answer.headers_mut(), &id);
         answer
     }
+
+    fn head_begun(&self) {
+        let a = self.activity;
+        if a.head_started_ms.load(Ordering::Relaxed) == 0 {
+            a.head_started_ms.store(a.now_ms(), Ordering::Relaxed);
+        }
+    }
 }
 
 /// One request's handling, then the connection's bookkeeping.
