@@ -69,9 +69,10 @@ pub(super) struct Settings {
     pub keep_alive: bool,
 }
 
-/// Serves requests on `io` until the client closes it, it is not to be kept, or `closing`
-/// is set between two requests. `buf` holds what was read and not yet used: a parked
-/// connection's caller reads it again first.
+/// Serves requests on `io` until the client closes it, or it is not to be kept, or
+/// `closing` is set (a drain, the idle deadline): the request being handled is answered,
+/// with `Connection: close`, and none is waited for after it. `buf` holds what was read
+/// and not yet used: a parked connection's caller reads it again first.
 pub(super) async fn serve<S: Io, Svc: Service>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -95,8 +96,6 @@ pub(super) async fn serve<S: Io, Svc: Service>(
                             .await;
                     }
                 }
-            }
-            if !buf.is_empty() {
                 // Part of a head is here (it may have come behind the last request): its
                 // deadline runs from now, if it did not already.
                 service.head_begun();
