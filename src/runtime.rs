@@ -319,27 +319,13 @@ impl RequestIds {
     }
 }
 
-/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`;
-/// `width` at most 16): the digits made on the stack, then copied at once.
-fn push_hex(s: &mut String, v: u64, width: usize) {
-    let mut digits = [b'0'; 16];
-    let mut rest = v;
-    let mut len = 0;
-    for slot in digits.iter_mut().rev() {
-        // A nibble: below 16, so the cast cannot truncate.
-        let nibble = (rest & 0xf) as u8;
-        *slot = match nibble {
-            0..=9 => b'0' + nibble,
-            _ => b'a' + (nibble - 10),
-        };
-        rest >>= 4;
-        len += 1;
-        if rest == 0 && len >= width {
-            break;
-        }
+/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
+fn push_hex(s: &mut String, v: u64, width: u32) {
+    let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
+        s.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
     }
-    let text = digits.get(digits.len().saturating_sub(len)..).unwrap_or_default();
-    s.push_str(std::str::from_utf8(text).unwrap_or_default());
 }
 
 /// What a new runtime takes over from the previous one.
