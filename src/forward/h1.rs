@@ -194,6 +194,21 @@ pub(crate) fn decimal(n: usize, digits: &mut [u8; 20]) -> &[u8] {
     digits.get(start..).unwrap_or_default()
 }
 
+/// Whether a comma-separated field value (`Connection`) lists `token`, in any case.
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last coding a `Transfer-Encoding` value names is `chunked`.
+pub(crate) fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Writes `parts` in order, in one `writev` when the socket takes them all. `written` is
 /// set once any byte has gone out (a request not written at all can be sent again).
 pub(crate) async fn write_parts<W: AsyncWrite + Unpin + ?Sized>(
@@ -482,18 +497,11 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
             length = Some(n);
         } else if name == TRANSFER_ENCODING {
             // The last coding of the last field decides (RFC 9112 §6.3).
-            let text =
-                std::str::from_utf8(field.value).map_err(|_| bad("bad Transfer-Encoding"))?;
+            std::str::from_utf8(field.value).map_err(|_| bad("bad Transfer-Encoding"))?;
             coded = true;
-            chunked = text
-                .rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            chunked = last_coding_is_chunked(field.value);
         } else if name == CONNECTION {
-            close |= field
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= lists_token(field.value, b"close");
         }
         let value = HeaderValue::from_maybe_shared(all.slice_ref(field.value))
             .map_err(|_| bad("bad header field value"))?;

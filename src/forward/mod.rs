@@ -10,7 +10,7 @@
 mod h1;
 
 use h1::Conn;
-pub(crate) use h1::{decimal, write_parts};
+pub(crate) use h1::{decimal, last_coding_is_chunked, lists_token, write_parts};
 pub use h1::{Fault, RequestHead};
 
 use std::sync::{Arc, Mutex};

@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::forward::write_parts;
+use crate::forward::{self, write_parts};
 
 /// A client connection's stream, as the request body reads it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -429,19 +429,15 @@ fn digits(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// Read as hyper read these fields: a value that is not visible ASCII names no coding
+/// and no token.
 fn last_coding_is_chunked(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    value.to_str().is_ok() && forward::last_coding_is_chunked(value.as_bytes())
 }
 
 /// Whether a `Connection` value lists `token`.
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    value.to_str().is_ok() && forward::lists_token(value.as_bytes(), token.as_bytes())
 }
 
 /// Where one request's body stands; the connection reads it after the answer too.
