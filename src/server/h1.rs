@@ -852,6 +852,76 @@ mod tests {
         assert_eq!(&chunks[fed..], b"NEXT");
     }
 
+    /// Decodes `input` as a chunked body fed in pieces that end at `cuts`: the data, and
+    /// how it ended (`Some(true)` the body's end, `Some(false)` refused, `None` cut short).
+    fn dechunk_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<bool>) {
+        let mut chunked = Chunked::default();
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.push(input.len());
+        ends.sort_unstable();
+        let mut fed = 0;
+        for end in ends {
+            buf.extend_from_slice(&input[fed..end.max(fed)]);
+            fed = end.max(fed);
+            loop {
+                match chunked.step(&mut buf, LIMIT) {
+                    Ok(Chunk::Data(d)) => data.extend_from_slice(&d),
+                    Ok(Chunk::End) => return (data, Some(true)),
+                    Ok(Chunk::More) => break,
+                    Err(_) => return (data, Some(false)),
+                }
+            }
+        }
+        (data, None)
+    }
+
+    proptest::proptest! {
+        /// Bodies the chunked coding frames, with extensions and a trailer, arrive cut at
+        /// any points: the decoder gives back exactly the data and reaches the end.
+        #[test]
+        fn a_chunked_body_decodes_the_same_however_it_arrives(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..40), 0..6),
+            extension in proptest::bool::ANY,
+            trailer in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let mut input = Vec::new();
+            for c in &chunks {
+                input.extend_from_slice(format!("{:X}", c.len()).as_bytes());
+                if extension {
+                    input.extend_from_slice(b" ;name=\"v\"");
+                }
+                input.extend_from_slice(b"\r\n");
+                input.extend_from_slice(c);
+                input.extend_from_slice(b"\r\n");
+            }
+            input.extend_from_slice(b"0\r\n");
+            if trailer {
+                input.extend_from_slice(b"X-Sum: 1\r\n");
+            }
+            input.extend_from_slice(b"\r\n");
+            let (data, ended) = dechunk_in_pieces(&input, &cuts);
+            proptest::prop_assert_eq!(data, chunks.concat());
+            proptest::prop_assert_eq!(ended, Some(true));
+        }
+
+        /// Any bytes at all: how they are cut never changes what is decoded or how it ends.
+        #[test]
+        fn where_the_input_is_cut_never_changes_the_outcome(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"0123456789aAfFgG;= \t\r\n:xX".to_vec()),
+                0..120,
+            ),
+            cuts in proptest::collection::vec(0usize..200, 0..10),
+        ) {
+            let whole = dechunk_in_pieces(&input, &[]);
+            let cut = dechunk_in_pieces(&input, &cuts);
+            proptest::prop_assert_eq!(cut, whole);
+        }
+    }
+
     #[test]
     fn chunk_framing_is_strict() {
         let chunked = |body: &str| {
