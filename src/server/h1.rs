@@ -47,6 +47,8 @@ const MAX_EXTENSIONS: u64 = 16 * 1024;
 /// What a read asks the socket for at least: a typical request (head and sealed body)
 /// arrives whole in one read.
 const READ_SIZE: usize = 4 * 1024;
+/// The most one read asks for while a body is still to come.
+const MAX_READ: usize = 64 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -105,7 +107,7 @@ pub(super) async fn serve<S: Io, Svc: Service>(
                 if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(0));
                 }
-                poll_read_more(&mut *io, buf, cx)
+                poll_read_more(&mut *io, buf, READ_SIZE, cx)
             });
             if read.await? == 0 {
                 // The client's end, a park or finishing: a head begun and not finished is
@@ -152,14 +154,18 @@ pub(super) async fn serve<S: Io, Svc: Service>(
     }
 }
 
-/// Reads what the socket has into `buf`, with room for a typical request.
+/// Reads what the socket has into `buf`, with room for `want` more bytes (a typical
+/// request at least, [`MAX_READ`] at most): what a body still has to come, so a large one
+/// arrives in reads of up to 64 KiB, not 4.
 fn poll_read_more<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,
     buf: &mut BytesMut,
+    want: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity().saturating_sub(buf.len()) < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+    let want = want.clamp(READ_SIZE, MAX_READ);
+    if buf.capacity().saturating_sub(buf.len()) < want / 4 {
+        buf.reserve(want);
     }
     // `read_buf` keeps no state between polls: made anew at each poll, it reads once.
     let read = io.read_buf(buf);
@@ -523,7 +529,11 @@ impl Body for ReqBody<'_> {
                     Chunk::More => {}
                 },
             }
-            if ready!(poll_read_more(&mut *this.io, this.buf, cx))? == 0 {
+            let want = match state.framing {
+                Framing::Length(left) => usize::try_from(left).unwrap_or(usize::MAX),
+                Framing::Chunked => state.chunked.data_left(),
+            };
+            if ready!(poll_read_more(&mut *this.io, this.buf, want, cx))? == 0 {
                 return Poll::Ready(Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the connection ended inside the request body",
@@ -674,6 +684,14 @@ impl Chunked {
                 (EndLf, _) => return Err(malformed("chunked body without its final CRLF")),
                 (Data | End, _) => self.at,
             };
+        }
+    }
+
+    /// What is left of the chunk whose data is being read; 0 between chunks.
+    fn data_left(&self) -> usize {
+        match self.at {
+            ChunkAt::Data => usize::try_from(self.size).unwrap_or(usize::MAX),
+            _ => 0,
         }
     }
 
@@ -1265,6 +1283,25 @@ mod tests {
         flag.store(true, Ordering::Relaxed);
         let ended = tokio::time::timeout(std::time::Duration::from_secs(10), served).await;
         assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    }
+
+    #[test]
+    fn a_large_body_is_read_in_large_reads_and_a_head_in_small_ones() {
+        // A stream with no end of bytes: one read fills all the room it is given.
+        let mut source = tokio::io::repeat(b'a');
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut read = |want: usize| {
+            let mut buf = BytesMut::new();
+            match poll_read_more(&mut source, &mut buf, want, &mut cx) {
+                Poll::Ready(Ok(n)) => n,
+                other => panic!("{other:?}"),
+            }
+        };
+        let head = read(READ_SIZE);
+        assert!((READ_SIZE..2 * READ_SIZE).contains(&head), "{head}");
+        assert!(read(1 << 20) >= MAX_READ);
+        // A short rest of a body still gets a typical read's room.
+        assert!(read(10) >= READ_SIZE);
     }
 
     #[tokio::test]
