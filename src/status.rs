@@ -63,12 +63,15 @@ pub struct History {
 }
 
 impl Default for History {
+    /// Made as the process starts serving, when every counter is zero: that is the first
+    /// baseline, so requests answered before the sampler's first tick (the listeners'
+    /// workers start at once) are in the recent figures too.
     fn default() -> Self {
         let clock = Clock::system();
         History {
             started: clock.now(),
             clock,
-            samples: Mutex::new(VecDeque::new()),
+            samples: Mutex::new(VecDeque::from([(Instant::now(), Sample::default())])),
             seen: Mutex::new(BTreeMap::new()),
         }
     }
@@ -537,4 +540,32 @@ fn upstream_cell(
         },
         esc(&at(seen.failed)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_answered_before_the_first_sample_are_in_the_recent_figures() {
+        let metrics = Metrics::new();
+        let history = History::default();
+        // The listeners' workers serve before the sampler's first tick.
+        metrics
+            .requests
+            .with_label_values(&["public", "/bsk/landing", "bsk", "forwarded"])
+            .inc_by(3);
+        history.sample(&metrics);
+        let (_, base) = history.baseline().unwrap();
+        assert!(
+            base.requests.is_empty(),
+            "the baseline is the counters at zero"
+        );
+        let key = (
+            "public".to_owned(),
+            "/bsk/landing".to_owned(),
+            "forwarded".to_owned(),
+        );
+        assert_eq!(sample(&metrics).requests.get(&key), Some(&3));
+    }
 }
