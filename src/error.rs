@@ -137,9 +137,16 @@ pub enum Reject {
     /// Egress: the application's body is not a JSON document.
     #[error("request body is not JSON")]
     NotJson,
-    /// The request's own fields are unusable (e.g. an API-7 pull without dates).
+    /// The request's own fields are unusable (e.g. an API-7 pull without dates), or the
+    /// request is not well-formed HTTP/1.1.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request head is over `limits.max_header_bytes` or has over 100 fields.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The request target is over 65,534 bytes.
+    #[error("request target too long")]
+    UriTooLong,
     /// Egress: the remote peer refused the connection, failed TLS, or broke it.
     #[error("remote peer unavailable")]
     PeerUnavailable,
@@ -195,6 +202,8 @@ impl Reject {
             Reject::UpstreamBadResponse => "upstream_bad_response",
             Reject::NotJson => "not_json",
             Reject::BadRequest(_) => "bad_request",
+            Reject::HeadTooLarge => "header_too_large",
+            Reject::UriTooLong => "uri_too_long",
             Reject::PeerUnavailable => "peer_unavailable",
             Reject::PeerTimeout => "peer_timeout",
             Reject::PeerBadResponse => "peer_bad_response",
@@ -248,6 +257,8 @@ impl Reject {
             Reject::UpstreamUnavailable | Reject::UpstreamBadResponse => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::NotJson | Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::UriTooLong => StatusCode::URI_TOO_LONG,
             Reject::PeerUnavailable | Reject::PeerBadResponse => StatusCode::BAD_GATEWAY,
             Reject::PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reject::PushInProgress => StatusCode::CONFLICT,
@@ -304,6 +315,8 @@ impl Reject {
             Reject::UpstreamBadResponse => "application answer could not be sealed",
             Reject::NotJson => "request body is not a JSON document",
             Reject::BadRequest(why) => why,
+            Reject::HeadTooLarge => "request head too large or with too many fields",
+            Reject::UriTooLong => "request target too long",
             Reject::PeerUnavailable => "remote peer unavailable",
             Reject::PeerTimeout => "remote peer did not answer in time",
             Reject::PeerBadResponse => "remote peer's answer could not be opened",
@@ -467,6 +480,8 @@ mod tests {
             (Reject::UnsupportedMediaType, 415, "unsupported_media_type"),
             (Reject::UnsupportedEncoding, 415, "unsupported_encoding"),
             (Reject::BadHeader("Host repeated"), 400, "bad_header"),
+            (Reject::HeadTooLarge, 431, "header_too_large"),
+            (Reject::UriTooLong, 414, "uri_too_long"),
             (
                 Reject::Envelope(Failure::InvalidPayload(Invalid::DuplicateKey)),
                 400,

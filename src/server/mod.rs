@@ -1061,20 +1061,12 @@ impl h1::Service for Requests<'_> {
     }
 
     fn refuse(&self, status: http::StatusCode) -> http::Response<Full<Bytes>> {
-        let rt = self.conn.live.load();
-        let id = rt.next_request_id();
-        let (reason, message) = match status {
-            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-                "header_too_large",
-                "The request head is too large or has too many fields.",
-            ),
-            http::StatusCode::URI_TOO_LONG => ("uri_too_long", "The request target is too long."),
-            _ => ("bad_request", "The request is not well-formed HTTP/1.1."),
+        let reject = match status {
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => error::Reject::HeadTooLarge,
+            http::StatusCode::URI_TOO_LONG => error::Reject::UriTooLong,
+            _ => error::Reject::BadRequest("request is not well-formed HTTP/1.1"),
         };
-        let mut answer =
-            error::json_response(status, error::error_body(status, message, reason, &id));
-        error::tag_request_id(answer.headers_mut(), &id);
-        answer
+        reject.to_response(&self.conn.live.load().next_request_id())
     }
 
     fn head_begun(&self) {
