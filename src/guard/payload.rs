@@ -104,7 +104,8 @@ fn checked<'a>(
     bounds: Option<&JsonBounds>,
     entries: Option<&mut Vec<Entry<'a>>>,
 ) -> Result<(), Invalid> {
-    let text = std::str::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
+    // 32 bytes at a time (`simdutf8`, the same verdict as the standard library's check).
+    let text = simdutf8::basic::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
     let Some(bounds) = bounds else {
         return well_formed(text, entries);
     };
