@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::{Peer, Remote, Route, Settings, Target, Upstream};
 use crate::egress::Egress;
-use crate::forward::Forwarder;
+use crate::forward::{FixedFields, Forwarder};
 use crate::guard::dns::Names;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
@@ -39,8 +39,9 @@ pub struct RouteRt {
 /// Where a route's requests go, with what that needs already built — so the pipeline
 /// never re-checks at request time what building the runtime proved.
 pub enum Destination {
-    /// Ingress: the opened JSON goes to the application.
-    Upstream(Upstream),
+    /// Ingress: the opened JSON goes to the application, in requests that all carry
+    /// these fields.
+    Upstream(Upstream, FixedFields),
     /// Ingress: API-7 pulls are answered from the egress journal.
     Journal(Arc<Egress>),
     /// Egress: the application's JSON is sealed and pushed to the peer.
@@ -48,14 +49,16 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn new(target: &Target, egress: Option<&Arc<Egress>>, route: &str) -> Result<Self, BuildError> {
+    fn new(route: &Route, egress: Option<&Arc<Egress>>) -> Result<Self, BuildError> {
         let egress = || {
             egress
                 .cloned()
-                .ok_or_else(|| BuildError::NoEgress(route.to_string()))
+                .ok_or_else(|| BuildError::NoEgress(route.path.clone()))
         };
-        Ok(match target {
-            Target::Upstream(u) => Destination::Upstream(u.clone()),
+        Ok(match &route.target {
+            Target::Upstream(u) => {
+                Destination::Upstream(u.clone(), u.fixed_fields(&route.peer.header))
+            }
             Target::Journal => Destination::Journal(egress()?),
             Target::Remote(r) => Destination::Remote(r.clone(), egress()?),
         })
@@ -237,7 +240,7 @@ fn listeners(
             let route = RouteRt {
                 cfg: r.clone(),
                 limiter,
-                destination: Destination::new(&r.target, egress, &r.path)?,
+                destination: Destination::new(r, egress)?,
                 series: RouteSeries::default(),
                 peer_limiter: peer_limiters.get(&r.peer.name).cloned(),
             };

@@ -98,6 +98,20 @@ impl RequestHead {
         }
     }
 
+    /// Adds `name: value` for a value `http` has already checked: a `HeaderValue` holds
+    /// no byte a field may not (the same rule as [`field_value`]), so it is not read again.
+    pub fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.bytes.extend_from_slice(name.as_str().as_bytes());
+        self.bytes.extend_from_slice(b": ");
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    /// Adds the fields of `fixed`, encoded when they were made.
+    pub fn fixed(&mut self, fixed: &FixedFields) {
+        self.bytes.extend_from_slice(&fixed.0);
+    }
+
     /// Adds `name: n` in decimal.
     pub fn field_number(&mut self, name: &HeaderName, n: usize) {
         let mut digits = [0u8; 20];
@@ -164,6 +178,32 @@ impl RequestHead {
     #[cfg(test)]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// Fields every request of a route carries with the same values, encoded once when the
+/// route is built and copied into each request's head whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FixedFields(Vec<u8>);
+
+impl FixedFields {
+    pub fn new<'a>(
+        fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    ) -> FixedFields {
+        let mut head = RequestHead {
+            bytes: Vec::new(),
+            head_request: false,
+        };
+        for (name, value) in fields {
+            head.header(name, value);
+        }
+        FixedFields(head.bytes)
+    }
+
+    /// The fields as they are written, for tests.
+    #[cfg(test)]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

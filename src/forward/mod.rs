@@ -11,14 +11,14 @@ mod h1;
 
 use h1::Conn;
 pub(crate) use h1::{decimal, last_coding_is_chunked, lists_token, write_parts};
-pub use h1::{Fault, RequestHead};
+pub use h1::{Fault, FixedFields, RequestHead};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
@@ -100,6 +100,9 @@ impl ForwardError {
     }
 }
 
+/// Names the peer a request came from, to the application.
+const X_BSK_PEER: HeaderName = HeaderName::from_static("x-bsk-peer");
+
 /// A plain-HTTP upstream on loopback or the local network.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -133,6 +136,18 @@ impl Upstream {
             path_and_query,
             host,
         })
+    }
+
+    /// The fields every request a route sends this application carries with the same
+    /// values: `Host`, `Content-Type` (the body is the opened JSON) and `X-BSK-Peer`, the
+    /// sending peer's name (`peer`). Encoded once, when the route is built.
+    pub fn fixed_fields(&self, peer: &HeaderValue) -> FixedFields {
+        const JSON: HeaderValue = HeaderValue::from_static("application/json");
+        FixedFields::new([
+            (&http::header::HOST, &self.host),
+            (&http::header::CONTENT_TYPE, &JSON),
+            (&X_BSK_PEER, peer),
+        ])
     }
 
     /// `host:port` to connect to (port 80 when none is written).
@@ -351,7 +366,7 @@ impl Pool {
 /// comparing the route's authority (no per-request allocation), each keeping up to
 /// `max_idle` connections so a pool sized to the concurrency does not churn.
 pub struct Forwarder {
-    pools: Vec<Arc<Pool>>,
+    pools: Vec<Pool>,
     connect_timeout: Duration,
     max_response: usize,
     max_idle: usize,
@@ -369,15 +384,15 @@ impl Forwarder {
         max_idle: usize,
         workers: usize,
     ) -> Self {
-        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        let mut pools: Vec<Pool> = Vec::new();
         for u in upstreams {
             if !pools.iter().any(|p| p.authority == u.authority) {
-                pools.push(Arc::new(Pool::new(
+                pools.push(Pool::new(
                     u.authority.clone(),
                     u.connect_addr(),
                     max_idle,
                     workers,
-                )));
+                ));
             }
         }
         Forwarder {
@@ -398,18 +413,30 @@ impl Forwarder {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Response<Bytes>, ForwardError> {
-        let pool = match self
-            .pools
-            .iter()
-            .find(|p| p.authority == upstream.authority)
-        {
-            Some(p) => p.clone(),
-            None => Arc::new(Pool::new(
-                upstream.authority.clone(),
-                upstream.connect_addr(),
-                self.max_idle,
-                self.workers,
-            )),
+        // The route's authority as written (the config's own text, so nearly always the
+        // same bytes as its pool's), else as `http` compares them, ignoring case. The pool
+        // is borrowed, not counted: both workers taking a reference to it per request
+        // would pass its counter's cache line between the cores.
+        let written = upstream.authority.as_str();
+        let found = (self.pools.iter())
+            .find(|p| p.authority.as_str() == written)
+            .or_else(|| {
+                self.pools
+                    .iter()
+                    .find(|p| p.authority == upstream.authority)
+            });
+        let unlisted;
+        let pool: &Pool = match found {
+            Some(p) => p,
+            None => {
+                unlisted = Pool::new(
+                    upstream.authority.clone(),
+                    upstream.connect_addr(),
+                    self.max_idle,
+                    self.workers,
+                );
+                &unlisted
+            }
         };
         let exchange = pool.exchange(head, body, self.connect_timeout, self.max_response);
         tokio::time::timeout(timeout, exchange)
@@ -422,6 +449,7 @@ impl Forwarder {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -505,7 +533,7 @@ mod tests {
     async fn a_connection_the_application_closed_while_idle_is_not_used_again() {
         let (up, conns, requests) = stand_in(true).await;
         let fwd = forwarder(&up);
-        let pool = fwd.pools.first().unwrap().clone();
+        let pool = fwd.pools.first().unwrap();
         for n in 1..=3 {
             assert_answer_n(&fwd, &up, n).await;
             // The answer said nothing of the close: the connection went back to the pool,

@@ -18,19 +18,21 @@ use super::Ctx;
 use crate::config::Upstream;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::forward::FixedFields;
 
 /// Sends `plain` to the application and reads its whole answer.
 pub(super) async fn to_upstream(
     cx: &Ctx<'_>,
     upstream: &Upstream,
+    fixed: &FixedFields,
     parts: &Parts,
     plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let cfg = &cx.route.cfg;
-    let head =
-        headers::upstream_request(cfg, upstream, parts, cx.client, cx.request_id, plain.len());
+    let (client, id, len) = (cx.client, cx.request_id, plain.len());
+    let head = headers::upstream_request(cfg, upstream, fixed, parts, client, id, len);
     let started = Instant::now();
     let sent = cx
         .rt

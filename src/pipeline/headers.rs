@@ -17,10 +17,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Route, Upstream};
 use crate::error::{Reject, X_REQUEST_ID};
-use crate::forward::RequestHead;
+use crate::forward::{FixedFields, RequestHead};
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
-const X_BSK_PEER: HeaderName = HeaderName::from_static("x-bsk-peer");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The passcode header some peers send the passcode in (read by the `bearer` layer).
 pub(super) const X_PASSCODE: HeaderName = HeaderName::from_static("x-passcode");
@@ -83,6 +82,7 @@ fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
 pub(super) fn upstream_request(
     cfg: &Route,
     upstream: &Upstream,
+    fixed: &FixedFields,
     parts: &http::request::Parts,
     client: IpAddr,
     request_id: &str,
@@ -105,14 +105,12 @@ pub(super) fn upstream_request(
                 .iter()
                 .any(|h| h == name.as_str())
         {
-            head.field(name, value.as_bytes());
+            head.header(name, value);
         }
     }
-    head.field(&header::HOST, upstream.host.as_bytes());
-    head.field(&header::CONTENT_TYPE, b"application/json");
+    head.fixed(fixed);
     head.field_number(&header::CONTENT_LENGTH, len);
     head.field(&X_REQUEST_ID, request_id.as_bytes());
-    head.field(&X_BSK_PEER, cfg.peer.header.as_bytes());
     head.field_address(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));
     head
 }

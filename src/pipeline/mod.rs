@@ -45,6 +45,7 @@ use hyper::body::Body;
 use crate::config::Upstream;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::forward::FixedFields;
 use crate::metrics::RouteLabels;
 use crate::runtime::{Destination, ListenerRt, RouteRt, Runtime};
 
@@ -66,7 +67,7 @@ pub use headers::DEFAULT_FORWARDED;
 
 /// Where an ingress route's opened request goes.
 enum Ingress<'a> {
-    Upstream(&'a Upstream),
+    Upstream(&'a Upstream, &'a FixedFields),
     Journal(&'a Egress),
 }
 
@@ -173,7 +174,7 @@ where
         Destination::Remote(remote, egress) => {
             return Box::pin(egress::push(&cx, egress, remote, body, trace)).await
         }
-        Destination::Upstream(u) => Ingress::Upstream(u),
+        Destination::Upstream(u, fixed) => Ingress::Upstream(u, fixed),
         Destination::Journal(egress) => Ingress::Journal(egress),
     };
 
@@ -192,7 +193,9 @@ where
     let shape = opened.shape;
     let plain = opened.plain.as_slice();
     let answer = match ingress {
-        Ingress::Upstream(u) => forward::to_upstream(&cx, u, &parts, plain, held, trace).await?,
+        Ingress::Upstream(u, fixed) => {
+            forward::to_upstream(&cx, u, fixed, &parts, plain, held, trace).await?
+        }
         Ingress::Journal(egress) => {
             Box::pin(forward::to_journal(&cx, egress, plain, held, trace)).await?
         }
@@ -250,6 +253,19 @@ listeners:
             .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         (status, v["reason"].as_str().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn a_routes_fixed_fields_name_its_application_and_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let route = rt.listeners[0].routes.get("/bsk/status").unwrap();
+        let Destination::Upstream(_, fixed) = &route.destination else {
+            panic!("the route goes to its application");
+        };
+        let expected: &[u8] =
+            b"host: 127.0.0.1:9\r\ncontent-type: application/json\r\nx-bsk-peer: bsk\r\n";
+        assert_eq!(fixed.as_bytes(), expected);
     }
 
     #[tokio::test]
