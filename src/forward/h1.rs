@@ -527,32 +527,37 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
     let mut chunked = false;
     let mut close = !http11;
     for field in res.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| bad("bad header field name"))?;
-        if name == CONTENT_LENGTH {
+        // The framing fields and the other fields of this hop are read from the name as
+        // sent and never handed on, so no `HeaderName` or `HeaderValue` is made of them
+        // (`httparse` has held their names and values to the same rules).
+        let raw = field.name.as_bytes();
+        let is = |name: &HeaderName| raw.eq_ignore_ascii_case(name.as_str().as_bytes());
+        if is(&CONTENT_LENGTH) {
             let n = content_length(field.value)?;
             if length.is_some_and(|l| l != n) {
                 return Err(bad("conflicting Content-Length"));
             }
             length = Some(n);
-        } else if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if is(&TRANSFER_ENCODING) {
             // The last coding of the last field decides (RFC 9112 §6.3).
             std::str::from_utf8(field.value).map_err(|_| bad("bad Transfer-Encoding"))?;
             coded = true;
             chunked = last_coding_is_chunked(field.value);
-        } else if name == CONNECTION {
-            close |= lists_token(field.value, b"close");
+            continue;
         }
+        if is(&CONNECTION) {
+            close |= lists_token(field.value, b"close");
+            continue;
+        }
+        if super::is_hop_by_hop_as_sent(raw) || listed.iter().any(|t| t.eq_ignore_ascii_case(raw)) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| bad("bad header field name"))?;
         let value = HeaderValue::from_maybe_shared(all.slice_ref(field.value))
             .map_err(|_| bad("bad header field value"))?;
-        let this_hop = name == CONTENT_LENGTH
-            || super::is_hop_by_hop(name.as_str())
-            || listed
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()));
-        if !this_hop {
-            headers.append(name, value);
-        }
+        headers.append(name, value);
     }
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {

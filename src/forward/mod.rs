@@ -43,6 +43,13 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// Whether `name`, in any case (as a peer sent it), is in [`HOP_BY_HOP`].
+pub fn is_hop_by_hop_as_sent(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 /// The field names that `Connection` field values list: those fields describe this hop
 /// only (RFC 9110 §7.6.1), in a request as in an answer. `close` and the hop-by-hop names,
 /// dropped in any case, are left out, so the usual `keep-alive` lists nothing and
@@ -52,13 +59,7 @@ pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<
         .into_iter()
         .flat_map(|v| v.split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
-        })
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_as_sent(t))
         .collect()
 }
 
