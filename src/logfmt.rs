@@ -24,7 +24,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::format::{
-    DefaultFields, DefaultVisitor, Format, Json as JsonFormat, Writer,
+    DefaultFields, DefaultVisitor, Format, Full, Json as JsonFormat, Writer,
 };
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -383,6 +383,57 @@ impl Visit for Visitor<'_> {
     }
 }
 
+/// The human line, as `fmt()`'s default format (`Format<Full>`) writes it: timestamp,
+/// level, target, the fields. Written directly, without the level's and the target's
+/// `Display` and the colour styles the default runs through even with colour off; a line
+/// with colour, or of an event inside a span, is written by that formatter itself.
+pub struct Human {
+    otherwise: Format<Full, Timestamp>,
+}
+
+impl Default for Human {
+    fn default() -> Self {
+        Human {
+            otherwise: tracing_subscriber::fmt::format().with_timer(Timestamp),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Human
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let span = (event.parent().and_then(|id| ctx.span(id))).or_else(|| ctx.lookup_current());
+        if span.is_some() || writer.has_ansi_escapes() {
+            return self.otherwise.format_event(ctx, writer, event);
+        }
+        let meta = event.metadata();
+        if Timestamp.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        writer.write_char(' ')?;
+        writer.write_str(match *meta.level() {
+            tracing::Level::TRACE => "TRACE",
+            tracing::Level::DEBUG => "DEBUG",
+            tracing::Level::INFO => " INFO",
+            tracing::Level::WARN => " WARN",
+            tracing::Level::ERROR => "ERROR",
+        })?;
+        writer.write_char(' ')?;
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
 /// One JSON object per line, as `fmt().json().flatten_event(true).with_current_span(false)`
 /// writes it: `timestamp`, `level`, the fields (the message among them), `target`. An
 /// event inside a span (which adds `spans`) is written by that formatter itself.
@@ -677,6 +728,56 @@ mod tests {
         let default = subscriber_text(false, true);
         assert!(default.contains('\x1b'), "{default}");
         assert_eq!(subscriber_text(true, true), default);
+    }
+
+    /// The human lines of `events` through the default format and through [`Human`] (both
+    /// with [`Fields`]), their timestamps blanked: the two read the clock at different
+    /// instants.
+    fn human_text(fast: bool, ansi: bool) -> String {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_timer(Timestamp)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .fmt_fields(Fields);
+        if fast {
+            let s = builder.event_format(Human::default()).finish();
+            tracing::subscriber::with_default(s, events);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), events);
+        }
+        sink.text()
+            .lines()
+            .map(|l| {
+                // The stamp ends at the line's first `Z` (with colour, inside the dimmed
+                // style's escapes).
+                let end = l.find('Z').expect("a timestamp") + 1;
+                let start = end.checked_sub(PREFIX + 8).expect("a whole timestamp");
+                format!("{}T{}\n", &l[..start], &l[end..])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn human_lines_are_written_as_the_default_writes_them() {
+        let default = human_text(false, false);
+        assert_eq!(default.lines().count(), 10, "{default}");
+        assert!(
+            default.contains("T  INFO bsk_sidecar::access: "),
+            "{default}"
+        );
+        assert!(
+            default.contains("T  WARN bsk_sidecar::logfmt::tests: "),
+            "{default}"
+        );
+        assert!(default.contains("T ERROR "), "{default}");
+        assert!(default.contains(" outer{"), "{default}");
+        assert_eq!(human_text(true, false), default);
+        let coloured = human_text(false, true);
+        assert!(coloured.contains('\x1b'), "{coloured}");
+        assert_eq!(human_text(true, true), coloured);
     }
 
     /// The JSON lines of `events`, their timestamps blanked (the default's clock and

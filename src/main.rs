@@ -350,7 +350,10 @@ fn init_logging(
         .with_timer(bsk_sidecar::logfmt::Timestamp)
         .with_writer(writer);
     match format {
-        LogFormat::Human => builder.fmt_fields(bsk_sidecar::logfmt::Fields).init(),
+        LogFormat::Human => builder
+            .fmt_fields(bsk_sidecar::logfmt::Fields)
+            .event_format(bsk_sidecar::logfmt::Human::default())
+            .init(),
         LogFormat::Json => builder
             .json()
             .event_format(bsk_sidecar::logfmt::Json::default())
