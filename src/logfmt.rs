@@ -399,6 +399,17 @@ impl Default for Human {
     }
 }
 
+/// Whether `event` is inside a span (its own parent, else the current one): the default
+/// formats then write the spans too, and are left to.
+fn in_span<S, N>(ctx: &FmtContext<'_, S, N>, event: &Event<'_>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    let span = (event.parent().and_then(|id| ctx.span(id))).or_else(|| ctx.lookup_current());
+    span.is_some()
+}
+
 impl<S, N> FormatEvent<S, N> for Human
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -410,8 +421,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let span = (event.parent().and_then(|id| ctx.span(id))).or_else(|| ctx.lookup_current());
-        if span.is_some() || writer.has_ansi_escapes() {
+        if in_span(ctx, event) || writer.has_ansi_escapes() {
             return self.otherwise.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
@@ -464,8 +474,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let span = (event.parent().and_then(|id| ctx.span(id))).or_else(|| ctx.lookup_current());
-        if span.is_some() {
+        if in_span(ctx, event) {
             return self.in_span.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
