@@ -197,17 +197,33 @@ struct PeerState {
     refuse: Mutex<Vec<String>>,
 }
 
+/// A socket bound to 127.0.0.1:`port` (0: any free port) that never listens: it holds
+/// the port (`TcpListener::bind` elsewhere cannot take it, nor can an outgoing connection
+/// use it as its own) while a connection to it is refused. `None` when the port is taken.
+fn reserve(port: u16) -> Option<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    // As a listener binds: the connections the peer just closed may wait out TIME_WAIT.
+    s.set_reuse_address(true).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    s.bind(&addr.into()).ok()?;
+    Some(s)
+}
+
 /// An HTTPS peer on 127.0.0.1 that can go down (closing every connection) and come back
 /// on the same port.
 pub struct RemotePeer {
     pub port: u16,
+    /// While the peer is down: its port, bound and not listening, so that no other
+    /// test's socket takes it meanwhile (a connection to it is refused, as to a port no
+    /// one holds). Released only when the peer starts again.
+    reserved: Option<socket2::Socket>,
     state: Arc<PeerState>,
     tls: Arc<rustls::ServerConfig>,
     running: Option<(watch::Sender<bool>, JoinSet<()>)>,
 }
 
 impl RemotePeer {
-    /// A peer that is down: its port is reserved (bound once, then released).
+    /// A peer that is down: its port is reserved (bound, not listening).
     pub async fn down(pki: &Pki) -> RemotePeer {
         RemotePeer::down_with(pki, false).await
     }
@@ -215,9 +231,11 @@ impl RemotePeer {
     /// Like [`RemotePeer::down`]; with `mtls`, clients must present a certificate from
     /// the test CA.
     pub async fn down_with(pki: &Pki, mtls: bool) -> RemotePeer {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
+        let reserved = reserve(0).expect("a port for the peer");
+        let port = (reserved.local_addr().ok())
+            .and_then(|a| a.as_socket())
+            .expect("the reserved port")
+            .port();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -241,6 +259,7 @@ impl RemotePeer {
         let (count, _) = watch::channel(0);
         RemotePeer {
             port,
+            reserved: Some(reserved),
             state: Arc::new(PeerState {
                 received: Mutex::new(Vec::new()),
                 count,
@@ -276,6 +295,7 @@ impl RemotePeer {
 
     /// Starts serving on its port.
     pub async fn start(&mut self) {
+        self.reserved = None;
         let listener = {
             let deadline = Instant::now() + PATIENCE;
             loop {
@@ -304,6 +324,7 @@ impl RemotePeer {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        self.reserved = reserve(self.port);
     }
 
     pub fn received(&self) -> Vec<Received> {
