@@ -12,6 +12,7 @@
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   IDLE_HOLD=15                    seconds they are held before the settled RSS is read
+#   GEN=/path/to/load-bodies        the body generator (default: the release build's)
 #   FLOOD=0                         skip the flood-isolation scenario
 #   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
 #   PERF_LABEL=logged               profile this target instead of "sidecar"
@@ -68,7 +69,7 @@ if [ "${REDIS:-0}" = 1 ] && ! command -v redis-server >/dev/null; then
   apt-get install -y redis-server >/dev/null
 fi
 [ -x "$BIN" ] || cargo build --release --bin bsk-sidecar
-GEN=$TARGET_DIR/release/load-bodies
+GEN=${GEN:-$TARGET_DIR/release/load-bodies}
 [ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
 ulimit -n "$(ulimit -Hn)"
 
