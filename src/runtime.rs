@@ -39,13 +39,19 @@ pub struct RouteRt {
 /// Where a route's requests go, with what that needs already built — so the pipeline
 /// never re-checks at request time what building the runtime proved.
 pub enum Destination {
-    /// Ingress: the opened JSON goes to the application, in requests that all carry
-    /// these fields.
-    Upstream(Upstream, FixedFields),
+    /// Ingress: the opened JSON goes to the application.
+    Upstream(Application),
     /// Ingress: API-7 pulls are answered from the egress journal.
     Journal(Arc<Egress>),
     /// Egress: the application's JSON is sealed and pushed to the peer.
     Remote(Remote, Arc<Egress>),
+}
+
+/// A route's application, with the fields every request the route sends it carries
+/// (`Host`, `Content-Type`, `X-BSK-Peer`), encoded once here.
+pub struct Application {
+    pub upstream: Upstream,
+    pub fixed: FixedFields,
 }
 
 impl Destination {
@@ -56,9 +62,10 @@ impl Destination {
                 .ok_or_else(|| BuildError::NoEgress(route.path.clone()))
         };
         Ok(match &route.target {
-            Target::Upstream(u) => {
-                Destination::Upstream(u.clone(), u.fixed_fields(&route.peer.header))
-            }
+            Target::Upstream(u) => Destination::Upstream(Application {
+                upstream: u.clone(),
+                fixed: u.fixed_fields(&route.peer.header),
+            }),
             Target::Journal => Destination::Journal(egress()?),
             Target::Remote(r) => Destination::Remote(r.clone(), egress()?),
         })

@@ -476,7 +476,7 @@ fn forward_headers(
             ),
             Ok(h)
                 if NEVER_FORWARDED.contains(&h.as_str())
-                    || crate::forward::is_hop_by_hop(h.as_str()) =>
+                    || crate::forward::is_hop_by_hop(h.as_str().as_bytes()) =>
             {
                 check.err(
                     path,

@@ -91,19 +91,21 @@ impl RequestHead {
     /// Adds `name: value` (left out when `value` holds a byte no field may hold).
     pub fn field(&mut self, name: &HeaderName, value: &[u8]) {
         if field_value(value) {
-            self.bytes.extend_from_slice(name.as_str().as_bytes());
-            self.bytes.extend_from_slice(b": ");
-            self.bytes.extend_from_slice(value);
-            self.bytes.extend_from_slice(b"\r\n");
+            self.write(name, value);
         }
     }
 
     /// Adds `name: value` for a value `http` has already checked: a `HeaderValue` holds
     /// no byte a field may not (the same rule as [`field_value`]), so it is not read again.
     pub fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.write(name, value.as_bytes());
+    }
+
+    /// `name: value` and the line's end, `value` known to be a field value.
+    fn write(&mut self, name: &HeaderName, value: &[u8]) {
         self.bytes.extend_from_slice(name.as_str().as_bytes());
         self.bytes.extend_from_slice(b": ");
-        self.bytes.extend_from_slice(value.as_bytes());
+        self.bytes.extend_from_slice(value);
         self.bytes.extend_from_slice(b"\r\n");
     }
 
@@ -551,7 +553,7 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
             close |= lists_token(field.value, b"close");
             continue;
         }
-        if super::is_hop_by_hop_as_sent(raw) || listed.iter().any(|t| t.eq_ignore_ascii_case(raw)) {
+        if super::is_hop_by_hop(raw) || listed.iter().any(|t| t.eq_ignore_ascii_case(raw)) {
             continue;
         }
         let name = HeaderName::from_bytes(raw).map_err(|_| bad("bad header field name"))?;

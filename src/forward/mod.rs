@@ -38,13 +38,9 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Whether `name` (lower case, as `http::HeaderName` holds it) is in [`HOP_BY_HOP`].
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-}
-
-/// Whether `name`, in any case (as a peer sent it), is in [`HOP_BY_HOP`].
-pub fn is_hop_by_hop_as_sent(name: &[u8]) -> bool {
+/// Whether `name`, in any case (as a peer sent it, or lower case as `http::HeaderName`
+/// holds it), is in [`HOP_BY_HOP`].
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
@@ -59,7 +55,7 @@ pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<
         .into_iter()
         .flat_map(|v| v.split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop_as_sent(t))
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t))
         .collect()
 }
 

@@ -15,29 +15,26 @@ use super::access::Trace;
 use super::headers;
 use super::replay::Held;
 use super::Ctx;
-use crate::config::Upstream;
 use crate::egress::Egress;
 use crate::error::Reject;
-use crate::forward::FixedFields;
+use crate::runtime::Application;
 
 /// Sends `plain` to the application and reads its whole answer.
 pub(super) async fn to_upstream(
     cx: &Ctx<'_>,
-    upstream: &Upstream,
-    fixed: &FixedFields,
+    app: &Application,
     parts: &Parts,
     plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let cfg = &cx.route.cfg;
-    let (client, id, len) = (cx.client, cx.request_id, plain.len());
-    let head = headers::upstream_request(cfg, upstream, fixed, parts, client, id, len);
+    let head = headers::upstream_request(cfg, app, parts, cx.client, cx.request_id, plain.len());
     let started = Instant::now();
     let sent = cx
         .rt
         .forwarder
-        .send(upstream, &head, plain, cfg.upstream_timeout)
+        .send(&app.upstream, &head, plain, cfg.upstream_timeout)
         .await;
     cx.route
         .series

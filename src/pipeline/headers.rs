@@ -15,9 +15,10 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Route, Upstream};
+use crate::config::Route;
 use crate::error::{Reject, X_REQUEST_ID};
-use crate::forward::{FixedFields, RequestHead};
+use crate::forward::RequestHead;
+use crate::runtime::Application;
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -81,8 +82,7 @@ fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
 /// bytes): the allowed headers of the client's and the sidecar's own.
 pub(super) fn upstream_request(
     cfg: &Route,
-    upstream: &Upstream,
-    fixed: &FixedFields,
+    app: &Application,
     parts: &http::request::Parts,
     client: IpAddr,
     request_id: &str,
@@ -92,8 +92,8 @@ pub(super) fn upstream_request(
     let query = parts
         .uri
         .query()
-        .filter(|_| cfg.pass_query && upstream.path_and_query.query().is_none());
-    let mut head = RequestHead::new(&cfg.method, upstream.path_and_query.as_str(), query);
+        .filter(|_| cfg.pass_query && app.upstream.path_and_query.query().is_none());
+    let mut head = RequestHead::new(&cfg.method, app.upstream.path_and_query.as_str(), query);
     // The client's allowed headers. (None of them is one the sidecar writes below: the
     // config refuses to forward those.)
     // What `Connection` lists is looked up once a forwarded field needs it.
@@ -108,7 +108,7 @@ pub(super) fn upstream_request(
             head.header(name, value);
         }
     }
-    head.fixed(fixed);
+    head.fixed(&app.fixed);
     head.field_number(&header::CONTENT_LENGTH, len);
     head.field(&X_REQUEST_ID, request_id.as_bytes());
     head.field_address(&X_FORWARDED_FOR, crate::guard::ip::canonical(client));

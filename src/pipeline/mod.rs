@@ -42,12 +42,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
 
-use crate::config::Upstream;
 use crate::egress::Egress;
 use crate::error::Reject;
-use crate::forward::FixedFields;
 use crate::metrics::RouteLabels;
-use crate::runtime::{Destination, ListenerRt, RouteRt, Runtime};
+use crate::runtime::{Application, Destination, ListenerRt, RouteRt, Runtime};
 
 mod access;
 mod admission;
@@ -67,7 +65,7 @@ pub use headers::DEFAULT_FORWARDED;
 
 /// Where an ingress route's opened request goes.
 enum Ingress<'a> {
-    Upstream(&'a Upstream, &'a FixedFields),
+    Upstream(&'a Application),
     Journal(&'a Egress),
 }
 
@@ -174,7 +172,7 @@ where
         Destination::Remote(remote, egress) => {
             return Box::pin(egress::push(&cx, egress, remote, body, trace)).await
         }
-        Destination::Upstream(u, fixed) => Ingress::Upstream(u, fixed),
+        Destination::Upstream(app) => Ingress::Upstream(app),
         Destination::Journal(egress) => Ingress::Journal(egress),
     };
 
@@ -193,8 +191,8 @@ where
     let shape = opened.shape;
     let plain = opened.plain.as_slice();
     let answer = match ingress {
-        Ingress::Upstream(u, fixed) => {
-            forward::to_upstream(&cx, u, fixed, &parts, plain, held, trace).await?
+        Ingress::Upstream(app) => {
+            forward::to_upstream(&cx, app, &parts, plain, held, trace).await?
         }
         Ingress::Journal(egress) => {
             Box::pin(forward::to_journal(&cx, egress, plain, held, trace)).await?
@@ -260,12 +258,12 @@ listeners:
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path());
         let route = rt.listeners[0].routes.get("/bsk/status").unwrap();
-        let Destination::Upstream(_, fixed) = &route.destination else {
+        let Destination::Upstream(app) = &route.destination else {
             panic!("the route goes to its application");
         };
         let expected: &[u8] =
             b"host: 127.0.0.1:9\r\ncontent-type: application/json\r\nx-bsk-peer: bsk\r\n";
-        assert_eq!(fixed.as_bytes(), expected);
+        assert_eq!(app.fixed.as_bytes(), expected);
     }
 
     #[tokio::test]
