@@ -18,11 +18,9 @@
 
 use std::borrow::Cow;
 
-use serde_json::value::RawValue;
-
 use crate::calendar;
 use crate::clock::Clock;
-use crate::guard::fields::{self, Object, APPLICATION_STATUS, TICKET_NO, USERID};
+use crate::guard::fields::{self, Object, Raw, APPLICATION_STATUS, TICKET_NO, USERID};
 
 /// Fields kept, in the spec's order; each row lists the spellings seen in the spec. An
 /// allowlist: a citizen's `name`/`citizenname`, `mobile`/`citizenmobile`,
@@ -53,7 +51,7 @@ pub struct Record {
 
 /// A scalar's text: a number's digits, a string's content; `None` for anything else or a
 /// string with characters an id never has.
-fn scalar(v: &RawValue) -> Option<String> {
+fn scalar(v: Raw<'_>) -> Option<String> {
     let t = v.get().trim();
     let s = if t.starts_with('"') {
         serde_json::from_str::<String>(t).ok()?
@@ -137,7 +135,7 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     let one = |names: &[&str]| obj.one(names).map_err(|_| NOT_A_PULL);
     // Every field's type is checked before any value is judged.
     let text = |names: &[&str]| -> Result<Option<String>, &'static str> {
-        match one(names)?.filter(|v| !is_null(v)) {
+        match one(names)?.filter(|v| !is_null(*v)) {
             None => Ok(None),
             Some(v) => serde_json::from_str::<String>(v.get())
                 .map(Some)
@@ -147,8 +145,8 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     let (from, to) = (text(fields::FROM_DATE)?, text(fields::TO_DATE)?);
     let (limit, offset) = (one(&["limit"])?, one(&["offset"])?);
     let (limit, offset) = (
-        limit.filter(|v| !is_null(v)),
-        offset.filter(|v| !is_null(v)),
+        limit.filter(|v| !is_null(*v)),
+        offset.filter(|v| !is_null(*v)),
     );
     let date = |d: Option<String>, missing: &'static str| -> Result<String, &'static str> {
         let d = d.ok_or(missing)?;
@@ -164,7 +162,7 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
     if from > to {
         return Err("fromDate is after toDate");
     }
-    let number = |v: Option<&RawValue>, default: usize| -> Result<usize, &'static str> {
+    let number = |v: Option<Raw<'_>>, default: usize| -> Result<usize, &'static str> {
         match v {
             None => Ok(default),
             Some(v) => whole_number(v).ok_or("limit and offset must be whole numbers"),
@@ -184,7 +182,7 @@ pub fn parse_pull(plain: &[u8]) -> Result<Pull, &'static str> {
 }
 
 /// JSON `null`: the same as leaving the field out.
-fn is_null(v: &RawValue) -> bool {
+fn is_null(v: Raw<'_>) -> bool {
     v.get().trim() == "null"
 }
 
@@ -194,7 +192,7 @@ fn is_date(d: &str) -> bool {
 }
 
 /// A JSON number of digits (`100`) or a string of them (`"100"`, stray spaces tolerated).
-fn whole_number(v: &RawValue) -> Option<usize> {
+fn whole_number(v: Raw<'_>) -> Option<usize> {
     let t = v.get().trim();
     let s: Cow<'_, str> = if t.starts_with('"') {
         Cow::Owned(serde_json::from_str::<String>(t).ok()?)

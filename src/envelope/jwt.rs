@@ -457,8 +457,7 @@ impl TimeClaims {
             jti,
             enc_data: claims
                 .get("encData")
-                .and_then(fields::string_of)
-                .map(Cow::into_owned),
+                .and_then(|v| fields::string_of(v.get()).map(Cow::into_owned)),
         })
     }
 

@@ -64,7 +64,7 @@ pub fn seal(passcode: &Secret, token: &str) -> Result<Vec<u8>, Failure> {
 pub(crate) fn passcode_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.as_bytes().first()? {
-        b'"' => fields::string_of(raw),
+        b'"' => fields::string_of(raw.get()),
         b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
         _ => None,
     }

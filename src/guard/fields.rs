@@ -47,9 +47,32 @@ pub const TO_DATE: &[&str] = &["toDate", "To Date", "To_Date", "to_date", "todat
 #[error("a field is given twice")]
 pub struct Ambiguous;
 
+/// A JSON value's text as written (no surrounding space), from a document already checked:
+/// what a reader of one field parses, if it parses anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// `text` must be one whole JSON value, checked (as `payload::read` and
+    /// [`Object::parse`] check the values they hand out).
+    pub(crate) fn checked(text: &'a str) -> Raw<'a> {
+        Raw(text)
+    }
+
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for Raw<'a> {
+    fn from(raw: &'a RawValue) -> Raw<'a> {
+        Raw(raw.get())
+    }
+}
+
 /// A JSON object's entries in document order, values unparsed.
 #[derive(Debug, Default)]
-pub struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub struct Object<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
 
 impl<'a> Object<'a> {
     /// `None` when `json` is not one JSON object.
@@ -60,12 +83,12 @@ impl<'a> Object<'a> {
     }
 
     /// The entries `payload::read` kept while it validated the document.
-    pub(crate) fn from_entries(entries: Vec<(Cow<'a, str>, &'a RawValue)>) -> Object<'a> {
+    pub(crate) fn from_entries(entries: Vec<(Cow<'a, str>, Raw<'a>)>) -> Object<'a> {
         Object(entries)
     }
 
     /// The value under the last occurrence of exactly `name`.
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, name: &str) -> Option<Raw<'a>> {
         self.0
             .iter()
             .rev()
@@ -75,13 +98,13 @@ impl<'a> Object<'a> {
 
     /// The value under the first of `spellings` present (and which one it was), in the
     /// list's order; a repeated key counts as its last value.
-    pub fn first(&self, spellings: &[&'static str]) -> Option<(&'static str, &'a RawValue)> {
+    pub fn first(&self, spellings: &[&'static str]) -> Option<(&'static str, Raw<'a>)> {
         spellings.iter().find_map(|n| self.get(n).map(|v| (*n, v)))
     }
 
     /// The one value given under any of `spellings`; an error when more than one entry
     /// carries it.
-    pub fn one(&self, spellings: &[&str]) -> Result<Option<&'a RawValue>, Ambiguous> {
+    pub fn one(&self, spellings: &[&str]) -> Result<Option<Raw<'a>>, Ambiguous> {
         let mut found = self
             .0
             .iter()
@@ -105,7 +128,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Object<'a>, M::Error> {
                 let mut entries = Vec::with_capacity(m.size_hint().unwrap_or(8).min(64));
                 while let Some(BorrowedStr(k)) = m.next_key()? {
-                    entries.push((k, m.next_value::<&'de RawValue>()?));
+                    let v: &'de RawValue = m.next_value()?;
+                    entries.push((k, Raw::from(v)));
                 }
                 Ok(Object(entries))
             }
@@ -148,7 +172,7 @@ impl Ids {
 }
 
 /// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
-fn id(v: &RawValue) -> Option<String> {
+fn id(v: Raw<'_>) -> Option<String> {
     let s = v.get().trim_matches('"').trim();
     (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned())
 }
@@ -156,8 +180,7 @@ fn id(v: &RawValue) -> Option<String> {
 /// The string a JSON value's text holds, or `None` when the value is not a string: the
 /// text between its quotes when it has no escape (the value is checked JSON, so nothing
 /// is parsed again), else unescaped into its own `String`.
-pub fn string_of(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+pub fn string_of(text: &str) -> Option<Cow<'_, str>> {
     if memchr::memchr(b'\\', text.as_bytes()).is_none() {
         if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
             return Some(Cow::Borrowed(inner));
@@ -207,23 +230,21 @@ mod tests {
         assert!(matches!(escaped.0, Cow::Owned(ref s) if s == "encData\n"));
         assert!(serde_json::from_str::<BorrowedStr<'_>>("1").is_err());
         let obj = Object::parse(br#"{"a\u0062":1,"cd":2}"#).unwrap();
-        assert_eq!(obj.get("ab").map(RawValue::get), Some("1"));
-        assert_eq!(obj.get("cd").map(RawValue::get), Some("2"));
+        assert_eq!(obj.get("ab").map(Raw::get), Some("1"));
+        assert_eq!(obj.get("cd").map(Raw::get), Some("2"));
     }
 
     #[test]
     fn a_string_value_is_read_from_between_its_quotes_unless_escaped() {
-        let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).unwrap();
-        let plain = raw(r#""m4p3+Cxx/=""#);
         assert!(matches!(
-            string_of(&plain),
+            string_of(r#""m4p3+Cxx/=""#),
             Some(Cow::Borrowed("m4p3+Cxx/="))
         ));
-        let escaped = raw(r#""m4p3+Cxx\/=A""#);
-        assert!(matches!(string_of(&escaped), Some(Cow::Owned(ref s)) if s == "m4p3+Cxx/=A"));
-        assert!(matches!(string_of(&raw(r#""""#)), Some(Cow::Borrowed(""))));
+        let escaped = string_of(r#""m4p3+Cxx\/=A""#);
+        assert!(matches!(escaped, Some(Cow::Owned(ref s)) if s == "m4p3+Cxx/=A"));
+        assert!(matches!(string_of(r#""""#), Some(Cow::Borrowed(""))));
         for other in ["12", "null", "true", r#"{"a":"b"}"#, r#"["x"]"#] {
-            assert!(string_of(&raw(other)).is_none(), "{other}");
+            assert!(string_of(other).is_none(), "{other}");
         }
     }
 
@@ -239,11 +260,7 @@ mod tests {
             (r#"{"todate":1}"#, TO_DATE),
         ] {
             let obj = Object::parse(json.as_bytes()).unwrap();
-            assert_eq!(
-                obj.one(table).unwrap().map(RawValue::get),
-                Some("1"),
-                "{json}"
-            );
+            assert_eq!(obj.one(table).unwrap().map(Raw::get), Some("1"), "{json}");
         }
         let obj = Object::parse(br#"{"UserId":1,"ticket_no":2}"#).unwrap();
         assert!(
@@ -265,7 +282,7 @@ mod tests {
         let obj = Object::parse(br#"{"tokenNo":3,"ticketno":2,"ticketno":4}"#).unwrap();
         let (name, v) = obj.first(TICKET_NO).unwrap();
         assert_eq!((name, v.get()), ("ticketno", "4"));
-        assert_eq!(obj.get("tokenNo").map(RawValue::get), Some("3"));
+        assert_eq!(obj.get("tokenNo").map(Raw::get), Some("3"));
     }
 
     #[test]
@@ -323,6 +340,6 @@ mod tests {
             assert!(Object::parse(json.as_bytes()).is_none(), "{json}");
         }
         let escaped = Object::parse(br#"{"user\u0069d":5}"#).unwrap();
-        assert_eq!(escaped.one(USERID).unwrap().map(RawValue::get), Some("5"));
+        assert_eq!(escaped.one(USERID).unwrap().map(Raw::get), Some("5"));
     }
 }

@@ -21,13 +21,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 
 use super::bounds::{JsonBounds, TooComplex};
-use super::fields::Object;
+use super::fields::{Object, Raw};
 
 /// Why a payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +87,8 @@ pub fn read<'a>(
     bytes: &'a [u8],
     bounds: Option<&JsonBounds>,
 ) -> Result<Option<Object<'a>>, Invalid> {
-    let mut entries = Vec::new();
+    // Room for the entries the spec's payloads and claims carry, so none is moved.
+    let mut entries = Vec::with_capacity(8);
     checked(bytes, bounds, Some(&mut entries))?;
     let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
     Ok(is_object.then(|| Object::from_entries(entries)))
@@ -124,132 +121,295 @@ fn checked<'a>(
     }
 }
 
+/// The check of one JSON value (RFC 8259, as `serde_json` reads it: every string's escapes
+/// and control characters, no key twice in one object at any depth, numbers within an
+/// f64), in one pass over the text; the document's own entries go to `entries` when it is
+/// an object.
 fn well_formed<'a>(text: &'a str, entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let mut duplicate = false;
-    let parsed = Value {
-        duplicate: &mut duplicate,
-        entries,
-    }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
-    match (parsed, duplicate) {
-        (_, true) => Err(Invalid::DuplicateKey),
-        (Ok(()), false) => Ok(()),
-        (Err(_), false) => Err(Invalid::NotJson),
-    }
-}
-
-/// One entry of a top-level object: its key and its value's JSON text.
-type Entry<'a> = (Cow<'a, str>, &'a RawValue);
-
-/// A top-level value read raw, checked as [`Value`] checks a value. The raw read checked
-/// its syntax, so some values need nothing more: a string without escapes (closed, no
-/// control character, and the text is UTF-8), `true`, `false`, `null`, and an integer of
-/// at most 18 digits (within what an i64 and a u64 hold). Anything else is walked.
-fn walk_raw<E: de::Error>(raw: &RawValue, duplicate: &mut bool) -> Result<(), E> {
-    let text = raw.get();
-    let checked = match text.as_bytes() {
-        [b'"', ..] => memchr::memchr(b'\\', text.as_bytes()).is_none(),
-        [b't' | b'f' | b'n', ..] => true,
-        [b'-', digits @ ..] | digits => digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit),
+    let mut scan = Scan {
+        text,
+        at: 0,
+        depth: 0,
     };
-    if checked {
-        return Ok(());
+    scan.space();
+    match entries {
+        Some(entries) if scan.peek() == Some(b'{') => scan.object(Some(entries))?,
+        _ => scan.value()?,
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    Value {
-        duplicate,
-        entries: None,
-    }
-    .deserialize(&mut de)
-    .and_then(|()| de.end())
-    .map_err(E::custom)
-}
-
-/// Walks one JSON value, failing on a repeated key (and recording that it was one). With
-/// `entries`, the value is the document and its entries are kept when it is an object.
-struct Value<'a, 'de> {
-    duplicate: &'a mut bool,
-    entries: Option<&'a mut Vec<Entry<'de>>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Value<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+    scan.space();
+    if scan.at == text.len() {
+        Ok(())
+    } else {
+        Err(Invalid::NotJson)
     }
 }
 
-impl<'de> Visitor<'de> for Value<'_, 'de> {
-    type Value = ();
+/// One entry of a top-level object: its key (unescaped) and its value's text.
+type Entry<'a> = (Cow<'a, str>, Raw<'a>);
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+/// How deep containers may nest without `bounds` (the tools' check): `serde_json`'s
+/// recursion limit, so what the tools refused before they still refuse.
+const MAX_DEPTH: usize = 127;
+
+/// Every byte in a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// Each byte's high bit.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` (eight of the text, in order) that end a string's plain run — a
+/// quote, a backslash or a control character — each marked by its high bit. Bytes past the
+/// first marked may be marked wrongly (a borrow runs on), never the first one: only the
+/// lowest mark is read.
+fn string_stops(word: u64) -> u64 {
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let slash = word ^ (ONES * u64::from(b'\\'));
+    let zero_at = |w: u64| w.wrapping_sub(ONES) & !w;
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (zero_at(quote) | zero_at(slash) | control) & HIGHS
+}
+
+/// Whether `b` ends a string's plain run (see [`string_stops`]).
+fn stops_string(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+/// A walk over the text, `at` the next byte to read.
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+    depth: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        if v.is_finite() {
-            Ok(())
-        } else {
-            Err(E::custom("number out of range"))
+    /// Skips JSON's four whitespace bytes.
+    fn space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
         }
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
+
+    /// Takes `b`, or fails.
+    fn expect(&mut self, b: u8) -> Result<(), Invalid> {
+        if self.peek() != Some(b) {
+            return Err(Invalid::NotJson);
+        }
+        self.at += 1;
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq
-            .next_element_seed(Value {
-                duplicate: &mut *self.duplicate,
-                entries: None,
-            })?
-            .is_some()
-        {}
+    fn value(&mut self) -> Result<(), Invalid> {
+        match self.peek() {
+            Some(b'{') => self.object(None),
+            Some(b'[') => self.array(),
+            Some(b'"') => self.string(false).map(drop),
+            Some(b't') => self.word("true"),
+            Some(b'f') => self.word("false"),
+            Some(b'n') => self.word("null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Invalid::NotJson),
+        }
+    }
+
+    fn word(&mut self, word: &str) -> Result<(), Invalid> {
+        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        if !rest.starts_with(word.as_bytes()) {
+            return Err(Invalid::NotJson);
+        }
+        self.at += word.len();
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Keys are borrowed from the input unless they hold an escape: no allocation per
-        // key on the request path.
-        let Value {
-            duplicate,
-            mut entries,
-        } = self;
+    /// Into a container (at its opening byte), within the nesting limit.
+    fn open(&mut self) -> Result<(), Invalid> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Invalid::NotJson);
+        }
+        self.at += 1;
+        self.space();
+        Ok(())
+    }
+
+    /// After a container's element: `,` (and more to come) or its closing byte.
+    fn next_or_close(&mut self, close: u8) -> Result<bool, Invalid> {
+        self.space();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                self.space();
+                Ok(true)
+            }
+            Some(b) if b == close => {
+                self.at += 1;
+                self.depth -= 1;
+                Ok(false)
+            }
+            _ => Err(Invalid::NotJson),
+        }
+    }
+
+    fn array(&mut self) -> Result<(), Invalid> {
+        self.open()?;
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            self.value()?;
+            if !self.next_or_close(b']')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// An object; a repeated key fails it as soon as the key is read.
+    fn object(&mut self, mut entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
+        self.open()?;
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
         let mut keys = SeenKeys::default();
-        while let Some(key) = map.next_key_seed(Key)? {
-            // The document's own entries are kept: each key, and its value read raw.
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(Invalid::NotJson);
+            }
+            let key = self.string(true)?;
+            // The document's own entries are kept: each key, and its value's text.
             let kept = entries.is_some().then(|| key.clone());
             if !keys.insert(key) {
-                *duplicate = true;
-                return Err(de::Error::custom("duplicate key"));
+                return Err(Invalid::DuplicateKey);
             }
-            match (entries.as_deref_mut(), kept) {
-                (Some(entries), Some(key)) => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    walk_raw(raw, &mut *duplicate)?;
-                    entries.push((key, raw));
-                }
-                _ => map.next_value_seed(Value {
-                    duplicate: &mut *duplicate,
-                    entries: None,
-                })?,
+            self.space();
+            self.expect(b':')?;
+            self.space();
+            let start = self.at;
+            self.value()?;
+            if let (Some(entries), Some(key)) = (entries.as_deref_mut(), kept) {
+                let text = self.text.get(start..self.at).ok_or(Invalid::NotJson)?;
+                entries.push((key, Raw::checked(text)));
+            }
+            if !self.next_or_close(b'}')? {
+                return Ok(());
             }
         }
+    }
+
+    /// A string (at its opening quote), returned as text when `unescape`: borrowed when it
+    /// has no escape. A string with an escape is read by `serde_json`, which checks each
+    /// escape (a `\\u` surrogate must be one of a pair) as it has always been checked here.
+    fn string(&mut self, unescape: bool) -> Result<Cow<'a, str>, Invalid> {
+        let open = self.at;
+        self.at += 1;
+        let mut escaped = false;
+        loop {
+            let stop = self.plain_run();
+            match self.text.as_bytes().get(stop) {
+                Some(b'"') => {
+                    self.at = stop + 1;
+                    break;
+                }
+                Some(b'\\') => {
+                    // The escaped byte is skipped whatever it is: serde_json judges the
+                    // escape below, and only `\\"` could end the string early.
+                    escaped = true;
+                    self.at = stop + 2;
+                }
+                _ => return Err(Invalid::NotJson),
+            }
+        }
+        if !escaped {
+            let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
+            return Ok(Cow::Borrowed(inner));
+        }
+        let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
+        let text: String = serde_json::from_str(quoted).map_err(|_| Invalid::NotJson)?;
+        Ok(if unescape {
+            Cow::Owned(text)
+        } else {
+            Cow::Borrowed("")
+        })
+    }
+
+    /// Where the plain run of a string from `at` ends (a quote, backslash or control
+    /// character), eight bytes at a time; the text's length when it never does.
+    fn plain_run(&self) -> usize {
+        let bytes = self.text.as_bytes();
+        let rest = bytes.get(self.at..).unwrap_or_default();
+        let mut words = rest.chunks_exact(8);
+        let mut at = self.at;
+        for word in words.by_ref() {
+            let stops = word
+                .first_chunk::<8>()
+                .map_or(0, |w| string_stops(u64::from_le_bytes(*w)));
+            if stops != 0 {
+                return at + (stops.trailing_zeros() / 8) as usize;
+            }
+            at += 8;
+        }
+        let tail = words.remainder();
+        at + tail
+            .iter()
+            .position(|&b| stops_string(b))
+            .unwrap_or(tail.len())
+    }
+
+    /// A number (at its `-` or first digit). An integer of at most 18 digits is within
+    /// an f64's range by its length; any other is read by `serde_json`, which refuses one
+    /// outside it (`1e400`, four hundred digits).
+    fn number(&mut self) -> Result<(), Invalid> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let int_start = self.at;
+        match self.peek() {
+            Some(b'0') => self.at += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Invalid::NotJson),
+        }
+        let mut plain = self.at - int_start <= 18;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.some_digits()?;
+            plain = false;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.some_digits()?;
+            plain = false;
+        }
+        if plain {
+            return Ok(());
+        }
+        let text = self.text.get(start..self.at).ok_or(Invalid::NotJson)?;
+        match serde_json::from_str::<f64>(text) {
+            Ok(n) if n.is_finite() => Ok(()),
+            _ => Err(Invalid::NotJson),
+        }
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    /// At least one digit, and any after it.
+    fn some_digits(&mut self) -> Result<(), Invalid> {
+        if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            return Err(Invalid::NotJson);
+        }
+        self.digits();
         Ok(())
     }
 }
@@ -257,13 +417,14 @@ impl<'de> Visitor<'de> for Value<'_, 'de> {
 /// How many keys of one object are compared in turn before they are hashed.
 const FEW_KEYS: usize = 16;
 
-/// The keys of one object seen so far. The first [`FEW_KEYS`] are kept on the stack, in
-/// order, and compared in turn — the objects the spec's APIs carry have fewer, so checking
-/// them allocates nothing — and any beyond go to a hash set, made for the first of them, so
-/// an object with many keys still costs linear time, not quadratic.
+/// The keys of one object seen so far. The first [`FEW_KEYS`] as written (no escape) are
+/// kept on the stack, in order, and compared in turn — the objects the spec's APIs carry
+/// have fewer, so checking them allocates nothing — and any beyond, or unescaped, go to a
+/// hash set, made for the first of them, so an object with many keys still costs linear
+/// time, not quadratic.
 #[derive(Default)]
 struct SeenKeys<'de> {
-    few: [Option<Cow<'de, str>>; FEW_KEYS],
+    few: [&'de str; FEW_KEYS],
     /// How many of `few` are taken.
     taken: usize,
     many: Option<HashSet<Cow<'de, str>>>,
@@ -272,47 +433,28 @@ struct SeenKeys<'de> {
 impl<'de> SeenKeys<'de> {
     /// Adds `key`; `false` when the object already had it.
     fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        let text: &str = &key;
         let taken = self.few.get(..self.taken).unwrap_or_default();
-        if taken.iter().flatten().any(|k| *k == key) {
+        if taken.contains(&text) || self.many.as_ref().is_some_and(|m| m.contains(text)) {
             return false;
         }
-        match self.few.get_mut(self.taken) {
-            Some(slot) => {
-                *slot = Some(key);
+        match (key, self.few.get_mut(self.taken)) {
+            (Cow::Borrowed(key), Some(slot)) => {
+                *slot = key;
                 self.taken += 1;
-                true
             }
-            None => self.many.get_or_insert_with(HashSet::new).insert(key),
+            (key, _) => {
+                self.many.get_or_insert_with(HashSet::new).insert(key);
+            }
         }
+        true
     }
 }
 
-/// An object key as written (borrowed), or unescaped (owned) when it holds an escape.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-}
+/// The reference the scan is held to: the same check made with `serde_json`.
+#[cfg(test)]
+#[path = "../../tests/support/json_oracle.rs"]
+mod json_oracle;
 
 #[cfg(test)]
 mod tests {
@@ -410,11 +552,180 @@ mod tests {
         let obj = read(br#" {"a" : 1.5e3 ,"b":"x\/y", "c" : [ 1 ] }"#, Some(&b))
             .unwrap()
             .unwrap();
-        let text = |k| obj.get(k).map(RawValue::get);
+        let text = |k| obj.get(k).map(Raw::get);
         assert_eq!(
             (text("a"), text("b"), text("c")),
             (Some("1.5e3"), Some(r#""x\/y""#), Some("[ 1 ]"))
         );
+    }
+
+    use super::json_oracle as oracle;
+
+    /// The scan's verdict, as the reference words it.
+    fn scanned(text: &str, keep: bool) -> Result<(), oracle::Refusal> {
+        let mut entries = Vec::new();
+        match well_formed(text, keep.then_some(&mut entries)) {
+            Ok(()) => Ok(()),
+            Err(Invalid::DuplicateKey) => Err(oracle::Refusal::DuplicateKey),
+            Err(_) => Err(oracle::Refusal::NotJson),
+        }
+    }
+
+    /// Pieces of JSON text, valid and not, that random texts are made of.
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"",
+        "\\",
+        "u",
+        "d83d",
+        "de00",
+        "dc00",
+        "0041",
+        "00e9",
+        "\"a\"",
+        "\"b\"",
+        "\"\\u0061\"",
+        "\"\\ud800\"",
+        "\"\\n\"",
+        "\\/",
+        "\\x",
+        "1",
+        "0",
+        "-",
+        ".",
+        "e",
+        "E",
+        "+",
+        "7",
+        "true",
+        "false",
+        "null",
+        "nul",
+        " ",
+        "\n",
+        "\t",
+        "\r",
+        "\u{1}",
+        "\u{1f}",
+        "\u{7f}",
+        "é",
+        "😀",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "18446744073709551616",
+        "123456789012345678",
+        "1234567890123456789",
+        "0.5",
+        "01",
+    ];
+
+    /// A JSON-like value: containers of a few keys (so repeats happen) over tricky scalars.
+    fn tree() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let scalar = proptest::sample::select(vec![
+            "1",
+            "-0",
+            "0.25",
+            "2.5e10",
+            "1E+2",
+            "1e400",
+            "-1e400",
+            "1e-999",
+            "99999999999999999999",
+            "-123456789012345678",
+            "true",
+            "false",
+            "null",
+            "\"x\"",
+            "\"\"",
+            "\"a\\\"b\"",
+            "\"\\u00e9\\ud83d\\ude00\"",
+            "\"\\udc00\"",
+            "\"\\ud83dx\"",
+            "\"tab\\tline\\n\"",
+            "\"বাংলা\"",
+            "\"\u{1}\"",
+        ])
+        .prop_map(str::to_owned);
+        scalar.prop_recursive(4, 32, 5, |inner| {
+            let key = proptest::sample::select(vec!["a", "b", "\\u0061", "c d", ""]);
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((key, inner), 0..5).prop_map(|entries| {
+                    let entries: Vec<String> = entries
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
+                    format!("{{ {} }}", entries.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Random texts of JSON's pieces: the scan refuses what the reference refuses,
+        /// for the same reason, and accepts the rest.
+        #[test]
+        fn random_pieces_are_judged_as_the_reference_judges_them(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES), 0..24)
+        ) {
+            let text = pieces.concat();
+            let expected = oracle::verdict(&text);
+            proptest::prop_assert_eq!(scanned(&text, false), expected, "{:?}", text);
+            proptest::prop_assert_eq!(scanned(&text, true), expected, "{:?}", text);
+        }
+
+        /// Documents, as they are and with one byte cut out or one piece put in: the same
+        /// verdict as the reference, and a top-level object's entries as `serde_json`
+        /// reads them.
+        #[test]
+        fn documents_and_their_mutants_are_judged_as_the_reference_judges_them(
+            doc in tree(),
+            cut in proptest::option::of(0usize..400),
+            insert in proptest::option::of((0usize..400, proptest::sample::select(PIECES))),
+        ) {
+            let mut text = doc;
+            if let Some(at) = cut.filter(|&at| text.is_char_boundary(at) && at < text.len()) {
+                let next = text[at..].chars().next().map_or(0, char::len_utf8);
+                text.replace_range(at..at + next, "");
+            }
+            if let Some((at, piece)) = insert.filter(|(at, _)| text.is_char_boundary(*at)) {
+                text.insert_str(at, piece);
+            }
+            let expected = oracle::verdict(&text);
+            proptest::prop_assert_eq!(scanned(&text, false), expected, "{:?}", text);
+            proptest::prop_assert_eq!(scanned(&text, true), expected, "{:?}", text);
+            if expected.is_ok() {
+                let mine = read(text.as_bytes(), None).unwrap();
+                let reference = Object::parse(text.as_bytes());
+                proptest::prop_assert_eq!(
+                    format!("{mine:?}"),
+                    format!("{reference:?}"),
+                    "{:?}", text
+                );
+            }
+        }
+    }
+
+    /// The nesting limit without bounds is the reference's.
+    #[test]
+    fn nesting_without_bounds_stops_where_the_reference_stops() {
+        for depth in [126, 127, 128, 129] {
+            let text = "[".repeat(depth) + &"]".repeat(depth);
+            assert_eq!(scanned(&text, false), oracle::verdict(&text), "{depth}");
+        }
+        assert_eq!(validate_any(&b"[".repeat(127)), Err(Invalid::NotJson));
+        let deepest = "[".repeat(127) + &"]".repeat(127);
+        assert_eq!(validate_any(deepest.as_bytes()), Ok(()));
     }
 
     #[test]
