@@ -584,6 +584,9 @@ fn token_body_problems_are_malformed_token() {
         format!(r#"{{"passcode": true, "token": "{token}"}}"#),
         r#"{"passcode": "376423", "token": 5}"#.to_owned(),
         format!(r#"{{"passcode": "1", "passcode": "376423", "token": "{token}"}}"#),
+        // A second `passcode` spelt with an escape is the same key.
+        format!(r#"{{"passcode": "1", "pass\u0063ode": "376423", "token": "{token}"}}"#),
+        format!(r#"[{{"passcode": "376423", "token": "{token}"}}]"#),
         "passcode=376423".to_owned(),
         String::new(),
     ];

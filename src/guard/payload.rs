@@ -520,6 +520,25 @@ mod tests {
         assert_eq!(v(b"nul"), Err(Invalid::NotJson));
     }
 
+    /// A control character inside a string is refused wherever it falls in the string
+    /// (the plain run is scanned in blocks); a space and DEL are not control characters.
+    #[test]
+    fn every_control_character_in_a_string_is_refused() {
+        for pad in [0, 1, 7, 15, 16, 31, 33, 64] {
+            let before = "x".repeat(pad);
+            for c in (0u8..=0x1f).map(char::from) {
+                let doc = format!("{{\"k{before}{c}\":1}}");
+                assert_eq!(v(doc.as_bytes()), Err(Invalid::NotJson), "{doc:?}");
+                let doc = format!("{{\"k\":\"{before}{c}{before}\"}}");
+                assert_eq!(v(doc.as_bytes()), Err(Invalid::NotJson), "{doc:?}");
+            }
+            for c in [' ', '\u{7f}', 'é'] {
+                let doc = format!("{{\"k\":\"{before}{c}{before}\"}}");
+                assert_eq!(v(doc.as_bytes()), Ok(()), "{doc:?}");
+            }
+        }
+    }
+
     /// `read` walks a top-level object's values raw and checks each after; it judges every
     /// document as `validate` does, and keeps each entry's text as sent.
     #[test]
@@ -651,6 +670,7 @@ mod tests {
             "\"tab\\tline\\n\"",
             "\"বাংলা\"",
             "\"\u{1}\"",
+            "\"\u{1f}\"",
         ])
         .prop_map(str::to_owned);
         scalar.prop_recursive(4, 32, 5, |inner| {
