@@ -3,7 +3,9 @@
 //! so a JSON bomb is refused before it costs memory (in the sidecar or the application).
 //!
 //! The scan is a single pass over bytes already known to be JSON; the inside of a string
-//! is crossed from one quote or backslash to the next.
+//! is crossed from one quote or backslash to the next. The payload check
+//! (`guard::payload`) counts the same bounds, the same way, in its own pass, so an opened
+//! payload is read once; this scan is the check on its own.
 //!
 //! ```
 //! use bsk_sidecar::guard::bounds::JsonBounds;

@@ -104,15 +104,13 @@ fn checked<'a>(
     // 32 bytes at a time (`simdutf8`, the same verdict as the standard library's check).
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
     let Some(bounds) = bounds else {
-        return well_formed(text, entries);
+        return well_formed(text, &UNBOUNDED, entries);
     };
-    // The byte scan bounds depth before the recursive parse below runs.
-    bounds.check(bytes)?;
     match text.trim_start().as_bytes().first() {
-        Some(b'{' | b'[') => well_formed(text, entries),
+        Some(b'{' | b'[') => well_formed(text, bounds, entries),
         Some(_) => {
             // Say "not an object" only about a real JSON value.
-            match well_formed(text, entries) {
+            match well_formed(text, bounds, entries) {
                 Ok(()) => Err(Invalid::NotContainer),
                 Err(e) => Err(e),
             }
@@ -121,15 +119,30 @@ fn checked<'a>(
     }
 }
 
+/// No structural bounds (the tools' check): only [`MAX_DEPTH`] applies.
+const UNBOUNDED: JsonBounds = JsonBounds {
+    max_depth: usize::MAX,
+    max_values: usize::MAX,
+    max_string: usize::MAX,
+};
+
 /// The check of one JSON value (RFC 8259, as `serde_json` reads it: every string's escapes
 /// and control characters, no key twice in one object at any depth, numbers within an
-/// f64), in one pass over the text; the document's own entries go to `entries` when it is
-/// an object.
-fn well_formed<'a>(text: &'a str, entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
+/// f64) under `bounds`, in one pass over the text; the document's own entries go to
+/// `entries` when it is an object. A bound is checked where the pass reaches what breaks
+/// it — nesting before it goes deeper — counted as [`JsonBounds::check`] counts it; a
+/// document broken in two ways is refused for the first the pass meets.
+fn well_formed<'a>(
+    text: &'a str,
+    bounds: &JsonBounds,
+    entries: Option<&mut Vec<Entry<'a>>>,
+) -> Result<(), Invalid> {
     let mut scan = Scan {
         text,
         at: 0,
         depth: 0,
+        values: 0,
+        bounds: *bounds,
     };
     scan.space();
     match entries {
@@ -178,6 +191,10 @@ struct Scan<'a> {
     text: &'a str,
     at: usize,
     depth: usize,
+    /// Members and elements so far, counted as [`JsonBounds::check`] counts them: each
+    /// container, and each `,` and `:`.
+    values: usize,
+    bounds: JsonBounds,
 }
 
 impl<'a> Scan<'a> {
@@ -192,12 +209,13 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Takes `b`, or fails.
-    fn expect(&mut self, b: u8) -> Result<(), Invalid> {
-        if self.peek() != Some(b) {
-            return Err(Invalid::NotJson);
-        }
+    /// Takes a `,` or `:`, which starts one more member or element.
+    fn separator(&mut self) -> Result<(), Invalid> {
         self.at += 1;
+        self.values = self.values.saturating_add(1);
+        if self.values > self.bounds.max_values {
+            return Err(TooComplex::Values(self.bounds.max_values).into());
+        }
         Ok(())
     }
 
@@ -226,9 +244,13 @@ impl<'a> Scan<'a> {
     /// Into a container (at its opening byte), within the nesting limit.
     fn open(&mut self) -> Result<(), Invalid> {
         self.depth += 1;
+        if self.depth > self.bounds.max_depth {
+            return Err(TooComplex::Depth(self.bounds.max_depth).into());
+        }
         if self.depth > MAX_DEPTH {
             return Err(Invalid::NotJson);
         }
+        self.values = self.values.saturating_add(1);
         self.at += 1;
         self.space();
         Ok(())
@@ -239,7 +261,7 @@ impl<'a> Scan<'a> {
         self.space();
         match self.peek() {
             Some(b',') => {
-                self.at += 1;
+                self.separator()?;
                 self.space();
                 Ok(true)
             }
@@ -287,7 +309,10 @@ impl<'a> Scan<'a> {
                 return Err(Invalid::DuplicateKey);
             }
             self.space();
-            self.expect(b':')?;
+            if self.peek() != Some(b':') {
+                return Err(Invalid::NotJson);
+            }
+            self.separator()?;
             self.space();
             let start = self.at;
             self.value()?;
@@ -323,6 +348,10 @@ impl<'a> Scan<'a> {
                 }
                 _ => return Err(Invalid::NotJson),
             }
+        }
+        // Its length as written, escapes and all.
+        if self.at - open - 2 > self.bounds.max_string {
+            return Err(TooComplex::String(self.bounds.max_string).into());
         }
         if !escaped {
             let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
@@ -583,10 +612,13 @@ mod tests {
     /// The scan's verdict, as the reference words it.
     fn scanned(text: &str, keep: bool) -> Result<(), oracle::Refusal> {
         let mut entries = Vec::new();
-        match well_formed(text, keep.then_some(&mut entries)) {
-            Ok(()) => Ok(()),
-            Err(Invalid::DuplicateKey) => Err(oracle::Refusal::DuplicateKey),
-            Err(_) => Err(oracle::Refusal::NotJson),
+        well_formed(text, &UNBOUNDED, keep.then_some(&mut entries)).map_err(scanned_reason)
+    }
+
+    fn scanned_reason(e: Invalid) -> oracle::Refusal {
+        match e {
+            Invalid::DuplicateKey => oracle::Refusal::DuplicateKey,
+            _ => oracle::Refusal::NotJson,
         }
     }
 
@@ -724,6 +756,21 @@ mod tests {
             let expected = oracle::verdict(&text);
             proptest::prop_assert_eq!(scanned(&text, false), expected, "{:?}", text);
             proptest::prop_assert_eq!(scanned(&text, true), expected, "{:?}", text);
+            // Under tight bounds: a valid document is refused as the bounds' own scan
+            // refuses it; an invalid one is refused, for its own reason when within them.
+            let tight = JsonBounds { max_depth: 3, max_values: 12, max_string: 6 };
+            let got = validate(text.as_bytes(), &tight);
+            let container = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+            match (expected, tight.check(text.as_bytes())) {
+                (Ok(()), Err(e)) => proptest::prop_assert_eq!(got, Err(Invalid::TooComplex(e))),
+                (Ok(()), Ok(())) if container => proptest::prop_assert_eq!(got, Ok(())),
+                (Ok(()), Ok(())) => proptest::prop_assert_eq!(got, Err(Invalid::NotContainer)),
+                (Err(reason), Ok(())) => proptest::prop_assert_eq!(
+                    got.map_err(scanned_reason),
+                    Err(reason)
+                ),
+                (Err(_), Err(_)) => proptest::prop_assert!(got.is_err()),
+            }
             if expected.is_ok() {
                 let mine = read(text.as_bytes(), None).unwrap();
                 let reference = Object::parse(text.as_bytes());
@@ -734,6 +781,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Containers count as values, as the bounds' own scan counts them: a list of empty
+    /// lists reaches the limit where that scan says it does.
+    #[test]
+    fn containers_count_towards_the_values_bound() {
+        let tight = JsonBounds {
+            max_depth: 3,
+            max_values: 12,
+            max_string: 6,
+        };
+        let mut refused = 0;
+        for n in 0..10 {
+            let doc = format!("[{}[]]", "[],".repeat(n));
+            let by_bounds = tight.check(doc.as_bytes()).map_err(Invalid::TooComplex);
+            assert_eq!(validate(doc.as_bytes(), &tight), by_bounds, "{doc}");
+            refused += usize::from(by_bounds.is_err());
+        }
+        assert!(
+            refused > 0 && refused < 10,
+            "the limit falls inside the range"
+        );
     }
 
     /// The nesting limit without bounds is the reference's.
@@ -749,7 +818,7 @@ mod tests {
     }
 
     #[test]
-    fn bounds_apply_before_the_parse() {
+    fn nesting_is_bounded_before_the_pass_goes_deeper() {
         let deep = "[".repeat(5000) + &"]".repeat(5000);
         assert!(matches!(
             v(deep.as_bytes()),
