@@ -442,13 +442,36 @@ fn json(status: u16, body: String) -> Response<Full<Bytes>> {
 // ---------------------------------------------------------------------------------------
 // The sidecar, as a real process.
 
+/// A free loopback port below the kernel's ephemeral range, for an address a config must
+/// name before the sidecar binds it. A port taken by `bind(0)` and released goes back to
+/// that range, where any test's next connection or listener may be handed it before the
+/// sidecar binds it (seen once: the sidecar could not start). Below the range only an
+/// explicit bind takes a port, and each call here tries a different one.
+fn quiet_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let floor = 10_000.min(low.saturating_sub(1_000));
+    let span = low - floor;
+    // Test binaries run one after another; their processes start at different places.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(floor + start.wrapping_add(n) % span).expect("port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
+}
+
 /// The sidecar's config for these tests: an egress listener with one route per delivery
 /// mode, a public listener answering API-7 from the journal, admin on an ephemeral port.
 pub fn config(peer_url: &str, ca: &Path, state: &Path) -> String {
     // A fixed admin port (the CLI finds a running sidecar there): a free one, released.
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let admin = SocketAddr::from(([127, 0, 0, 1], quiet_port()));
     format!(
         r#"
 admin: {{ listen: "{admin}", token: "{ADMIN_TOKEN}", metrics: open }}
