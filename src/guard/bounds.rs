@@ -48,70 +48,103 @@ pub enum TooComplex {
 
 impl JsonBounds {
     pub fn check(&self, json: &[u8]) -> Result<(), TooComplex> {
-        let mut depth = 0usize;
-        let mut values = 0usize;
+        let mut tally = Tally::new(*self);
         let mut rest = json;
         while let Some((&b, tail)) = rest.split_first() {
             rest = tail;
             match b {
-                b'"' => rest = self.skip_string(rest)?,
-                other => self.structural(other, &mut depth, &mut values)?,
+                b'"' => rest = skip_string(&tally, rest)?,
+                b'{' | b'[' => tally.open()?,
+                b'}' | b']' => tally.close(),
+                b',' | b':' => tally.separator()?,
+                _ => {}
             }
         }
         Ok(())
     }
+}
 
-    /// A byte outside strings: the nesting depth and the count of values so far.
-    fn structural(&self, b: u8, depth: &mut usize, values: &mut usize) -> Result<(), TooComplex> {
-        match b {
-            b'{' | b'[' => {
-                *depth += 1;
-                if *depth > self.max_depth {
-                    return Err(TooComplex::Depth(self.max_depth));
-                }
-                *values += 1;
+/// From just past a string's opening quote: what follows its closing quote (nothing when
+/// it is never closed). Jumps from one `"` or `\` to the next rather than looking at every
+/// byte: most of a payload is the inside of strings.
+fn skip_string<'a>(tally: &Tally, mut s: &'a [u8]) -> Result<&'a [u8], TooComplex> {
+    let mut len = 0usize;
+    loop {
+        let (ordinary, special) = match memchr::memchr2(b'"', b'\\', s) {
+            Some(at) => s.split_at(at),
+            None => (s, &[][..]),
+        };
+        len += ordinary.len();
+        let rest = match special.split_first() {
+            Some((b'"', after)) => Some(after),
+            // A backslash and the byte it escapes (which may be a quote) both count.
+            Some((_, after)) => {
+                len += 1 + usize::from(!after.is_empty());
+                s = after.get(1..).unwrap_or_default();
+                None
             }
-            b'}' | b']' => *depth = depth.saturating_sub(1),
-            // Every separator starts one more member or element.
-            b',' | b':' => {
-                *values += 1;
-                if *values > self.max_values {
-                    return Err(TooComplex::Values(self.max_values));
-                }
-            }
-            _ => {}
+            None => Some(special),
+        };
+        tally.string(len)?;
+        if let Some(after) = rest {
+            return Ok(after);
+        }
+    }
+}
+
+/// A document's structure counted against its bounds as one pass meets it — by
+/// [`JsonBounds::check`] and by the payload check (`guard::payload`), so both count alike.
+pub(crate) struct Tally {
+    bounds: JsonBounds,
+    depth: usize,
+    /// Members and elements so far: each container, and each `,` and `:`.
+    values: usize,
+}
+
+impl Tally {
+    pub(crate) fn new(bounds: JsonBounds) -> Tally {
+        Tally {
+            bounds,
+            depth: 0,
+            values: 0,
+        }
+    }
+
+    /// Into an object or array: one level deeper (refused past the bound before the pass
+    /// goes there), one value more.
+    pub(crate) fn open(&mut self) -> Result<(), TooComplex> {
+        self.depth += 1;
+        if self.depth > self.bounds.max_depth {
+            return Err(TooComplex::Depth(self.bounds.max_depth));
+        }
+        self.values = self.values.saturating_add(1);
+        Ok(())
+    }
+
+    pub(crate) fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// A `,` or `:`, which starts one more member or element.
+    pub(crate) fn separator(&mut self) -> Result<(), TooComplex> {
+        self.values = self.values.saturating_add(1);
+        if self.values > self.bounds.max_values {
+            return Err(TooComplex::Values(self.bounds.max_values));
         }
         Ok(())
     }
 
-    /// From just past a string's opening quote: what follows its closing quote (nothing
-    /// when it is never closed). Jumps from one `"` or `\` to the next rather than
-    /// looking at every byte: most of a payload is the inside of strings.
-    fn skip_string<'a>(&self, mut s: &'a [u8]) -> Result<&'a [u8], TooComplex> {
-        let mut len = 0usize;
-        loop {
-            let (ordinary, special) = match memchr::memchr2(b'"', b'\\', s) {
-                Some(at) => s.split_at(at),
-                None => (s, &[][..]),
-            };
-            len += ordinary.len();
-            let rest = match special.split_first() {
-                Some((b'"', after)) => Some(after),
-                // A backslash and the byte it escapes (which may be a quote) both count.
-                Some((_, after)) => {
-                    len += 1 + usize::from(!after.is_empty());
-                    s = after.get(1..).unwrap_or_default();
-                    None
-                }
-                None => Some(special),
-            };
-            if len > self.max_string {
-                return Err(TooComplex::String(self.max_string));
-            }
-            if let Some(after) = rest {
-                return Ok(after);
-            }
+    /// A string of `len` bytes as written (escapes and all), or of its first `len`.
+    pub(crate) fn string(&self, len: usize) -> Result<(), TooComplex> {
+        if len > self.bounds.max_string {
+            return Err(TooComplex::String(self.bounds.max_string));
         }
+        Ok(())
+    }
+
+    /// How deep the pass is.
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
     }
 }
 
@@ -179,7 +212,21 @@ mod tests {
             }
             match c {
                 b'"' => (in_string, string_len) = (true, 0),
-                other => b.structural(other, &mut depth, &mut values)?,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > b.max_depth {
+                        return Err(TooComplex::Depth(b.max_depth));
+                    }
+                    values += 1;
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' | b':' => {
+                    values += 1;
+                    if values > b.max_values {
+                        return Err(TooComplex::Values(b.max_values));
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())

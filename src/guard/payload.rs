@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::bounds::{JsonBounds, TooComplex};
+use super::bounds::{JsonBounds, Tally, TooComplex};
 use super::fields::{Object, Raw};
 
 /// Why a payload was refused.
@@ -140,9 +140,7 @@ fn well_formed<'a>(
     let mut scan = Scan {
         text,
         at: 0,
-        depth: 0,
-        values: 0,
-        bounds: *bounds,
+        tally: Tally::new(*bounds),
     };
     scan.space();
     match entries {
@@ -190,11 +188,8 @@ fn stops_string(b: u8) -> bool {
 struct Scan<'a> {
     text: &'a str,
     at: usize,
-    depth: usize,
-    /// Members and elements so far, counted as [`JsonBounds::check`] counts them: each
-    /// container, and each `,` and `:`.
-    values: usize,
-    bounds: JsonBounds,
+    /// The structure so far against the bounds, counted as [`JsonBounds::check`] counts it.
+    tally: Tally,
 }
 
 impl<'a> Scan<'a> {
@@ -212,18 +207,14 @@ impl<'a> Scan<'a> {
     /// Takes a `,` or `:`, which starts one more member or element.
     fn separator(&mut self) -> Result<(), Invalid> {
         self.at += 1;
-        self.values = self.values.saturating_add(1);
-        if self.values > self.bounds.max_values {
-            return Err(TooComplex::Values(self.bounds.max_values).into());
-        }
-        Ok(())
+        Ok(self.tally.separator()?)
     }
 
     fn value(&mut self) -> Result<(), Invalid> {
         match self.peek() {
             Some(b'{') => self.object(None),
             Some(b'[') => self.array(),
-            Some(b'"') => self.string(false).map(drop),
+            Some(b'"') => self.string().map(drop),
             Some(b't') => self.word("true"),
             Some(b'f') => self.word("false"),
             Some(b'n') => self.word("null"),
@@ -241,19 +232,21 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// Into a container (at its opening byte), within the nesting limit.
-    fn open(&mut self) -> Result<(), Invalid> {
-        self.depth += 1;
-        if self.depth > self.bounds.max_depth {
-            return Err(TooComplex::Depth(self.bounds.max_depth).into());
-        }
-        if self.depth > MAX_DEPTH {
+    /// Into a container (at its opening byte), within the bounds and the nesting limit;
+    /// `true` when it closes at once (`{}`, `[]`).
+    fn open(&mut self, close: u8) -> Result<bool, Invalid> {
+        self.tally.open()?;
+        if self.tally.depth() > MAX_DEPTH {
             return Err(Invalid::NotJson);
         }
-        self.values = self.values.saturating_add(1);
         self.at += 1;
         self.space();
-        Ok(())
+        if self.peek() == Some(close) {
+            self.at += 1;
+            self.tally.close();
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// After a container's element: `,` (and more to come) or its closing byte.
@@ -267,7 +260,7 @@ impl<'a> Scan<'a> {
             }
             Some(b) if b == close => {
                 self.at += 1;
-                self.depth -= 1;
+                self.tally.close();
                 Ok(false)
             }
             _ => Err(Invalid::NotJson),
@@ -275,10 +268,7 @@ impl<'a> Scan<'a> {
     }
 
     fn array(&mut self) -> Result<(), Invalid> {
-        self.open()?;
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            self.depth -= 1;
+        if self.open(b']')? {
             return Ok(());
         }
         loop {
@@ -291,10 +281,7 @@ impl<'a> Scan<'a> {
 
     /// An object; a repeated key fails it as soon as the key is read.
     fn object(&mut self, mut entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
-        self.open()?;
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            self.depth -= 1;
+        if self.open(b'}')? {
             return Ok(());
         }
         let mut keys = SeenKeys::default();
@@ -302,7 +289,7 @@ impl<'a> Scan<'a> {
             if self.peek() != Some(b'"') {
                 return Err(Invalid::NotJson);
             }
-            let key = self.string(true)?;
+            let key = self.string()?;
             // The document's own entries are kept: each key, and its value's text.
             let kept = entries.is_some().then(|| key.clone());
             if !keys.insert(key) {
@@ -326,10 +313,10 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string (at its opening quote), returned as text when `unescape`: borrowed when it
-    /// has no escape. A string with an escape is read by `serde_json`, which checks each
+    /// A string (at its opening quote), as text: borrowed when it has no escape. A string
+    /// with an escape is unescaped by `fields::string_of` (`serde_json`), which checks each
     /// escape (a `\\u` surrogate must be one of a pair) as it has always been checked here.
-    fn string(&mut self, unescape: bool) -> Result<Cow<'a, str>, Invalid> {
+    fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
         let open = self.at;
         self.at += 1;
         let mut escaped = false;
@@ -350,20 +337,13 @@ impl<'a> Scan<'a> {
             }
         }
         // Its length as written, escapes and all.
-        if self.at - open - 2 > self.bounds.max_string {
-            return Err(TooComplex::String(self.bounds.max_string).into());
-        }
+        self.tally.string(self.at - open - 2)?;
         if !escaped {
             let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
             return Ok(Cow::Borrowed(inner));
         }
         let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
-        let text: String = serde_json::from_str(quoted).map_err(|_| Invalid::NotJson)?;
-        Ok(if unescape {
-            Cow::Owned(text)
-        } else {
-            Cow::Borrowed("")
-        })
+        super::fields::string_of(quoted).ok_or(Invalid::NotJson)
     }
 
     /// Where the plain run of a string from `at` ends (a quote, backslash or control
