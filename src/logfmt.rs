@@ -14,9 +14,13 @@
 //! - [`Json`]: the line of `fmt().json().flatten_event(true).with_current_span(false)`,
 //!   written field by field without serde's map state; serde_json still writes floats.
 //!
+//! A line is gathered in a text kept by its thread and handed to the subscriber's writer
+//! whole, not piece by piece through its dynamic `Writer`.
+//!
 //! Unit tests format the same events through these and through the defaults and
 //! compare the text byte for byte.
 
+use std::any::TypeId;
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
 
@@ -45,13 +49,29 @@ thread_local! {
 
 impl FormatTime for Timestamp {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        let now = std::time::SystemTime::now();
-        match now.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => match stamp(d.as_secs(), d.subsec_micros()) {
-                Some(text) => w.write_str(text.as_str()),
-                None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
-            },
-            Err(_) => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        match now() {
+            Some(text) => w.write_str(text.as_str()),
+            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        }
+    }
+}
+
+/// The stamp of the wall clock now; `None` before the epoch or past 9999, which the
+/// default's own formatter writes.
+fn now() -> Option<Stamp> {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    stamp(d.as_secs(), d.subsec_micros())
+}
+
+/// The stamp of now onto `line`, as [`Timestamp`] writes it.
+fn write_now(line: &mut Line<'_>) -> fmt::Result {
+    match now() {
+        Some(text) => line.write_str(text.as_str()),
+        None => {
+            line.flush()?;
+            tracing_subscriber::fmt::time::SystemTime.format_time(&mut line.out)
         }
     }
 }
@@ -130,6 +150,62 @@ fn date_and_time(secs: u64) -> Option<[u8; PREFIX]> {
     Some(out)
 }
 
+/// Room for an access line in the text a thread gathers its lines in.
+const LINE: usize = 512;
+
+thread_local! {
+    /// The text this thread gathers a line in, kept between lines (see [`Line`]).
+    static GATHERED: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// A line's text gathered in a `String` of this thread's, then handed to the subscriber's
+/// writer in one write. A line is made of some sixty pieces, and each write through
+/// `Writer` is a dynamic call: written piece by piece, that was most of a line's cost.
+struct Line<'a> {
+    out: Writer<'a>,
+    text: String,
+}
+
+impl<'a> Line<'a> {
+    fn new(out: Writer<'a>) -> Line<'a> {
+        // A line formatted while another is (a value's `Debug` that logs) starts empty.
+        let mut text = GATHERED.take();
+        text.reserve(LINE);
+        Line { out, text }
+    }
+
+    /// Hands on what is gathered.
+    fn flush(&mut self) -> fmt::Result {
+        let written = self.out.write_str(&self.text);
+        self.text.clear();
+        written
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        // Kept for the thread's next line, unless one line made it large.
+        if self.text.capacity() <= 8 * LINE {
+            self.text.clear();
+            GATHERED.set(std::mem::take(&mut self.text));
+        }
+    }
+}
+
+impl fmt::Write for Line<'_> {
+    #[inline]
+    fn write_char(&mut self, c: char) -> fmt::Result {
+        self.text.push(c);
+        Ok(())
+    }
+
+    #[inline]
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.text.push_str(s);
+        Ok(())
+    }
+}
+
 /// The fields of an event or span as `name=value`, separated by spaces: the text of
 /// `DefaultFields`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -140,23 +216,33 @@ impl<'writer> FormatFields<'writer> for Fields {
         if writer.has_ansi_escapes() {
             return DefaultFields::new().format_fields(writer, fields);
         }
-        let mut v = Visitor {
-            writer,
-            is_empty: true,
-            result: Ok(()),
-        };
+        let mut v = Visitor::new(Line::new(writer));
         fields.record(&mut v);
-        v.result
+        v.finish()
     }
 }
 
 struct Visitor<'a> {
-    writer: Writer<'a>,
+    line: Line<'a>,
     is_empty: bool,
     result: fmt::Result,
 }
 
-impl Visitor<'_> {
+impl<'a> Visitor<'a> {
+    /// The fields written onto `line`, after what it holds already.
+    fn new(line: Line<'a>) -> Visitor<'a> {
+        Visitor {
+            line,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+
+    /// The fields written, and the line handed on.
+    fn finish(mut self) -> fmt::Result {
+        self.result.and_then(|()| self.line.flush())
+    }
+
     /// Whether `field` is written `name=` by the fast path: not the message (written
     /// bare), nor a raw identifier (`r#` dropped), nor log metadata.
     fn plain(field: &Field) -> bool {
@@ -169,7 +255,11 @@ impl Visitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let mut v = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        if let Err(e) = self.line.flush() {
+            self.result = Err(e);
+            return;
+        }
+        let mut v = DefaultVisitor::new(self.line.out.by_ref(), self.is_empty);
         record(&mut v);
         self.result = v.finish();
         self.is_empty = false;
@@ -178,11 +268,11 @@ impl Visitor<'_> {
     /// ` name=` (no space before the first field).
     fn name(&mut self, field: &Field) -> fmt::Result {
         if !self.is_empty {
-            self.writer.write_char(' ')?;
+            self.line.write_char(' ')?;
         }
         self.is_empty = false;
-        self.writer.write_str(field.name())?;
-        self.writer.write_char('=')
+        self.line.write_str(field.name())?;
+        self.line.write_char('=')
     }
 
     fn number(&mut self, field: &Field, negative: bool, n: u64) {
@@ -191,30 +281,16 @@ impl Visitor<'_> {
         }
         self.result = self
             .name(field)
-            .and_then(|()| decimal(&mut self.writer, negative, n));
+            .and_then(|()| decimal(&mut self.line, negative, n));
     }
 }
 
 /// `n` in decimal, after a `-` when `negative`.
-fn decimal(w: &mut Writer<'_>, negative: bool, mut n: u64) -> fmt::Result {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-        start -= 1;
-        if n == 0 {
-            break;
-        }
-    }
-    let text = digits
-        .get(start..)
-        .and_then(|d| std::str::from_utf8(d).ok())
-        .unwrap_or_default();
+fn decimal(w: &mut (impl fmt::Write + ?Sized), negative: bool, n: u64) -> fmt::Result {
     if negative {
         w.write_char('-')?;
     }
-    w.write_str(text)
+    w.write_str(itoa::Buffer::new().format(n))
 }
 
 /// `v` as whole thousandths, when it is one below 1e9 (and not `-0.0`): then `{:?}` and
@@ -232,7 +308,7 @@ fn thousandths(v: f64) -> Option<u64> {
 }
 
 /// Whole thousandths `n` as `{:?}` writes `n / 1000` as a float.
-fn write_thousandths(w: &mut Writer<'_>, n: u64) -> fmt::Result {
+fn write_thousandths(w: &mut (impl fmt::Write + ?Sized), n: u64) -> fmt::Result {
     decimal(w, false, n / 1000)?;
     let frac = n % 1000;
     let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
@@ -242,9 +318,11 @@ fn write_thousandths(w: &mut Writer<'_>, n: u64) -> fmt::Result {
         f if f % 10 == 0 => 2,
         _ => 3,
     };
-    let text = digits.get(..keep).and_then(|d| std::str::from_utf8(d).ok());
     w.write_char('.')?;
-    w.write_str(text.unwrap_or("0"))
+    for d in digits.iter().take(keep) {
+        w.write_char(char::from(*d))?;
+    }
+    Ok(())
 }
 
 /// Text formatted onto the stack, up to 64 bytes; a longer write fails.
@@ -296,9 +374,9 @@ impl Visit for Visitor<'_> {
         }
         if Self::plain(field) && needs_no_escape(value) {
             self.result = self.name(field).and_then(|()| {
-                self.writer.write_char('"')?;
-                self.writer.write_str(value)?;
-                self.writer.write_char('"')
+                self.line.write_char('"')?;
+                self.line.write_str(value)?;
+                self.line.write_char('"')
             });
         } else {
             self.fallback(|v| v.record_str(field, value));
@@ -328,7 +406,7 @@ impl Visit for Visitor<'_> {
         if Self::plain(field) {
             self.result = self
                 .name(field)
-                .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
+                .and_then(|()| self.line.write_str(if value { "true" } else { "false" }));
         } else {
             self.fallback(|v| v.record_bool(field, value));
         }
@@ -342,7 +420,7 @@ impl Visit for Visitor<'_> {
             Some(n) if Self::plain(field) => {
                 self.result = self
                     .name(field)
-                    .and_then(|()| write_thousandths(&mut self.writer, n));
+                    .and_then(|()| write_thousandths(&mut self.line, n));
             }
             // `{:?}`, as `DefaultFields` writes it.
             _ => self.record_debug(field, &value),
@@ -366,9 +444,9 @@ impl Visit for Visitor<'_> {
                     let pad = if self.is_empty { "" } else { " " };
                     self.is_empty = false;
                     self.result = self
-                        .writer
+                        .line
                         .write_str(pad)
-                        .and_then(|()| self.writer.write_str(text));
+                        .and_then(|()| self.line.write_str(text));
                     return;
                 }
             }
@@ -376,7 +454,7 @@ impl Visit for Visitor<'_> {
         } else if Self::plain(field) {
             self.result = self
                 .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
+                .and_then(|()| write!(self.line, "{value:?}"));
         } else {
             self.fallback(|v| v.record_debug(field, value));
         }
@@ -385,8 +463,9 @@ impl Visit for Visitor<'_> {
 
 /// The human line, as `fmt()`'s default format (`Format<Full>`) writes it: timestamp,
 /// level, target, the fields. Written directly, without the level's and the target's
-/// `Display` and the colour styles the default runs through even with colour off; a line
-/// with colour, or of an event inside a span, is written by that formatter itself.
+/// `Display` and the colour styles the default runs through even with colour off, and
+/// gathered in one text with the fields when they are written by [`Fields`]; a line with
+/// colour, or of an event inside a span, is written by that formatter itself.
 pub struct Human {
     otherwise: Format<Full, Timestamp>,
 }
@@ -425,20 +504,31 @@ where
             return self.otherwise.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
-        if Timestamp.format_time(&mut writer).is_err() {
-            writer.write_str("<unknown time>")?;
+        let mut line = Line::new(writer.by_ref());
+        if write_now(&mut line).is_err() {
+            line.write_str("<unknown time>")?;
         }
-        writer.write_char(' ')?;
-        writer.write_str(match *meta.level() {
+        line.write_char(' ')?;
+        line.write_str(match *meta.level() {
             tracing::Level::TRACE => "TRACE",
             tracing::Level::DEBUG => "DEBUG",
             tracing::Level::INFO => " INFO",
             tracing::Level::WARN => " WARN",
             tracing::Level::ERROR => "ERROR",
         })?;
-        writer.write_char(' ')?;
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
+        line.write_char(' ')?;
+        line.write_str(meta.target())?;
+        line.write_str(": ")?;
+        if TypeId::of::<N>() == TypeId::of::<Fields>() {
+            // What `Fields` would write (colour is off), onto the same line.
+            let mut v = Visitor::new(line);
+            event.record(&mut v);
+            v.result?;
+            v.line.write_char('\n')?;
+            return v.line.flush();
+        }
+        line.flush()?;
+        drop(line);
         ctx.format_fields(writer.by_ref(), event)?;
         writer.write_char('\n')
     }
@@ -471,42 +561,45 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
         if in_span(ctx, event) {
             return self.in_span.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        Timestamp.format_time(&mut writer)?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
+        let mut line = Line::new(writer);
+        line.write_str("{\"timestamp\":\"")?;
+        write_now(&mut line)?;
+        line.write_str("\",\"level\":\"")?;
+        line.write_str(meta.level().as_str())?;
+        line.write_char('"')?;
         let mut v = JsonVisitor {
-            writer: writer.by_ref(),
+            line,
             result: Ok(()),
         };
         event.record(&mut v);
         v.result?;
-        writer.write_str(",\"target\":")?;
-        json_str(&mut writer, meta.target())?;
-        writer.write_str("}\n")
+        let mut line = v.line;
+        line.write_str(",\"target\":")?;
+        json_str(&mut line, meta.target())?;
+        line.write_str("}\n")?;
+        line.flush()
     }
 }
 
-/// `,"name":value` per field, as serde_json writes each.
+/// `,"name":value` per field, as serde_json writes each, gathered in the line's text.
 struct JsonVisitor<'a> {
-    writer: Writer<'a>,
+    line: Line<'a>,
     result: fmt::Result,
 }
 
 impl JsonVisitor<'_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Line<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        let w = &mut self.writer;
+        let w = &mut self.line;
         self.result = w
             .write_char(',')
             .and_then(|()| json_str(w, field.name()))
@@ -550,7 +643,7 @@ impl Visit for JsonVisitor<'_> {
 }
 
 /// `s` as a JSON string.
-fn json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+fn json_str(w: &mut (impl fmt::Write + ?Sized), s: &str) -> fmt::Result {
     w.write_char('"')?;
     JsonEscaped(w).write_str(s)?;
     w.write_char('"')
@@ -559,9 +652,9 @@ fn json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
 /// Text written through this is escaped as serde_json escapes a string's contents: `"`,
 /// `\` and the control characters below U+0020; everything else, `DEL` and all of
 /// Unicode included, is written as it is.
-struct JsonEscaped<'a, 'b>(&'a mut Writer<'b>);
+struct JsonEscaped<'a, W: ?Sized>(&'a mut W);
 
-impl fmt::Write for JsonEscaped<'_, '_> {
+impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut start = 0;
@@ -593,9 +686,9 @@ impl fmt::Write for JsonEscaped<'_, '_> {
 }
 
 /// serde_json's writer side, onto a log line.
-struct FmtIo<'a, 'b>(&'a mut Writer<'b>);
+struct FmtIo<'a, W: ?Sized>(&'a mut W);
 
-impl std::io::Write for FmtIo<'_, '_> {
+impl<W: fmt::Write + ?Sized> std::io::Write for FmtIo<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = std::str::from_utf8(buf).map_err(|_| std::io::ErrorKind::InvalidData)?;
         self.0
@@ -701,6 +794,18 @@ mod tests {
             "latencies, to the microsecond and finer"
         );
         tracing::info!("a message longer than sixty-four bytes, which is written by the default");
+        // Longer than the room a line's text starts with: pieces that cross its end, and one
+        // longer than all of it.
+        let part = "y".repeat(LINE / 3);
+        let long = "x".repeat(LINE + 88);
+        tracing::info!(
+            first = part.as_str(),
+            second = part.as_str(),
+            third = part.as_str(),
+            whole = long.as_str(),
+            after = 7u64,
+            "a line longer than the room its text starts with"
+        );
         tracing::info!("বাংলা, DEL \x7f and a C1 control \u{9b}");
         let span = tracing::info_span!("outer", id = 7u64, name = "a \"quoted\" span");
         let _entered = span.enter();
@@ -726,7 +831,7 @@ mod tests {
     #[test]
     fn fields_are_written_as_the_default_writes_them() {
         let default = subscriber_text(false, false);
-        assert_eq!(default.lines().count(), 10, "{default}");
+        assert_eq!(default.lines().count(), 11, "{default}");
         assert!(default.contains(r#"route="/bsk/api1""#), "{default}");
         assert!(default.contains(" largest=999999999.999 "), "{default}");
         assert_eq!(subscriber_text(true, false), default);
@@ -772,7 +877,7 @@ mod tests {
     #[test]
     fn human_lines_are_written_as_the_default_writes_them() {
         let default = human_text(false, false);
-        assert_eq!(default.lines().count(), 10, "{default}");
+        assert_eq!(default.lines().count(), 11, "{default}");
         assert!(
             default.contains("T  INFO bsk_sidecar::access: "),
             "{default}"
@@ -821,7 +926,7 @@ mod tests {
     #[test]
     fn json_lines_are_written_as_the_default_writes_them() {
         let default = json_text(false);
-        assert_eq!(default.lines().count(), 10, "{default}");
+        assert_eq!(default.lines().count(), 11, "{default}");
         assert!(default.contains(r#""spans":[{"#), "{default}");
         assert!(default.contains(r#""hundredths":12.34,"#), "{default}");
         assert!(default.contains(r#""nan":null"#), "{default}");
