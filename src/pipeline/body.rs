@@ -145,6 +145,11 @@ mod tests {
         assert!(check_content_type(&form, Some(&v("multipart/form-data; boundary=x"))).is_err());
         let token = [Layer::Token, Layer::Jwt];
         assert!(check_content_type(&token, Some(&v("application/x-www-form-urlencoded"))).is_err());
+        // Tabs around the type are spaces; a value that is not visible ASCII names no type.
+        assert!(check_content_type(&token, Some(&v("\tapplication/json\t;charset=x"))).is_ok());
+        let opaque = HeaderValue::from_bytes(b"application/json; x=\xe0\xa6\xac").unwrap();
+        assert!(check_content_type(&token, Some(&opaque)).is_err());
+        assert!(check_content_type(&[Layer::Passcode], Some(&v("anything/at-all"))).is_ok());
     }
 
     #[tokio::test]

@@ -1097,6 +1097,17 @@ mod tests {
         assert!(text.starts_with("HTTP/1.0 204 No Content\r\n"));
         assert!(!text.contains("content-length"));
         assert!(text.contains("\r\nconnection: close\r\n"));
+
+        // The application's own date is the one sent, once.
+        let sent = "Tue, 01 Dec 2026 10:00:00 GMT";
+        answer
+            .headers_mut()
+            .insert(DATE, HeaderValue::from_static(sent));
+        let mut out = Vec::new();
+        encode_head(&answer, 2, Version::HTTP_11, false, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("date: ").count(), 1, "{text}");
+        assert!(text.contains(&format!("\r\ndate: {sent}\r\n")), "{text}");
     }
 
     /// Answers each request with how many bytes of its body it read, reading it or not as
