@@ -41,7 +41,8 @@
 # p50/p99 latency, CPU µs per request of the proxy (utime+stime from /proc; utime alone
 # too, and the user and system ratios against nginx), CPU µs the
 # upstream spent per request it served, new upstream connections (nginx stub_status
-# `accepts`), peak RSS (VmHWM; nginx: master + worker), and context switches per request
+# `accepts`), peak RSS (VmHWM; nginx: master + worker; each round's line adds the resident
+# anonymous and file-backed memory at the end), and context switches per request
 # (every thread of the proxy, from /proc), then the ratio lines.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
@@ -125,6 +126,8 @@ stat_ticks() { local f=$1 t=0 v; shift; for p in "$@"; do for v in $(cut -d' ' -
 ticks() { stat_ticks 14,15 "$@"; }
 uticks() { stat_ticks 14 "$@"; } # the user-space share alone
 hwm_kib() { local t=0 v; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); t=$((t + v)); done; echo "$t"; }
+# Resident KiB now, anonymous and file-backed (the binary's and libraries' mapped pages).
+rss_split() { cat $(for p in "$@"; do echo "/proc/$p/status"; done) | awk '/RssAnon/ {a += $2} /RssFile/ {f += $2} END {print a + 0, f + 0}'; }
 # Context switches of every thread of the processes (voluntary: a thread waited; not:
 # it was preempted), for the wake-ups a design costs per request.
 switches() { cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null | awk '/ctxt_switches/ {t += $2} END {print t + 0}'; }
@@ -144,7 +147,8 @@ measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
   echo "$out" | python3 -c '
 import re, sys
 out = sys.stdin.read()
-label, c, hz, cpu, up, newc, hwm, sw, ucpu = sys.argv[1:]
+label, c, hz, cpu, up, newc, hwm, sw, ucpu, split = sys.argv[1:]
+anon, mapped = (int(k) / 1024 for k in split.split())
 def ms(s):
     v, unit = re.match(r"([\d.]+)(us|ms|s)", s).groups()
     return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
@@ -161,8 +165,8 @@ user = int(ucpu) / int(hz) * 1e6 / max(reqs, 1)
 uu = int(up) / int(hz) * 1e6 / max(reqs, 1)
 cs = int(sw) / max(reqs, 1)
 print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}\t{user:.1f}")
-print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req (user {user:4.1f})  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
-' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) $((o1 - o0)) >> "$RESULTS"
+print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req (user {user:4.1f})  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB (at the end {anon:.1f} anonymous, {mapped:.1f} file)  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
+' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) $((o1 - o0)) "$(rss_split "$@")" >> "$RESULTS"
 }
 
 TARGETS="nginx"
