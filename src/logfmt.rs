@@ -862,8 +862,13 @@ mod tests {
         } else {
             tracing::subscriber::with_default(builder.finish(), events);
         }
-        sink.text()
-            .lines()
+        blank_stamps(&sink.text())
+    }
+
+    /// Human lines with their timestamps blanked: the two formats read the clock at
+    /// different instants.
+    fn blank_stamps(text: &str) -> String {
+        text.lines()
             .map(|l| {
                 // The stamp ends at the line's first `Z` (with colour, inside the dimmed
                 // style's escapes).
@@ -872,6 +877,32 @@ mod tests {
                 format!("{}T{}\n", &l[..start], &l[end..])
             })
             .collect()
+    }
+
+    /// With another field formatter than [`Fields`] (here the subscriber's default),
+    /// [`Human`] writes the line's start and hands the fields to it.
+    #[test]
+    fn human_lines_hand_other_fields_to_their_formatter() {
+        let text = |fast: bool| {
+            let sink = Sink::default();
+            let writer = sink.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_timer(Timestamp)
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || writer.clone());
+            if fast {
+                let s = builder.event_format(Human::default()).finish();
+                tracing::subscriber::with_default(s, events);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), events);
+            }
+            blank_stamps(&sink.text())
+        };
+        let default = text(false);
+        assert_eq!(default.lines().count(), 11, "{default}");
+        assert!(default.contains(r#"route="/bsk/api1""#), "{default}");
+        assert_eq!(text(true), default);
     }
 
     #[test]
