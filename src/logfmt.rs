@@ -845,30 +845,32 @@ mod tests {
     }
 
     /// The human lines of `events` through the default format and through [`Human`] (both
-    /// with [`Fields`]), their timestamps blanked: the two read the clock at different
-    /// instants.
-    fn human_text(fast: bool, ansi: bool) -> String {
+    /// with [`Fields`], or both with the subscriber's default field formatter unless
+    /// `ours`), their timestamps blanked: the two read the clock at different instants.
+    fn human_lines(fast: bool, ansi: bool, ours: bool) -> String {
         let sink = Sink::default();
         let writer = sink.clone();
         let builder = tracing_subscriber::fmt()
             .with_ansi(ansi)
             .with_timer(Timestamp)
             .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .fmt_fields(Fields);
-        if fast {
-            let s = builder.event_format(Human::default()).finish();
-            tracing::subscriber::with_default(s, events);
-        } else {
-            tracing::subscriber::with_default(builder.finish(), events);
+            .with_writer(move || writer.clone());
+        match (ours, fast) {
+            (true, true) => {
+                let s = builder.fmt_fields(Fields).event_format(Human::default());
+                tracing::subscriber::with_default(s.finish(), events);
+            }
+            (true, false) => {
+                tracing::subscriber::with_default(builder.fmt_fields(Fields).finish(), events)
+            }
+            (false, true) => {
+                let s = builder.event_format(Human::default()).finish();
+                tracing::subscriber::with_default(s, events);
+            }
+            (false, false) => tracing::subscriber::with_default(builder.finish(), events),
         }
-        blank_stamps(&sink.text())
-    }
-
-    /// Human lines with their timestamps blanked: the two formats read the clock at
-    /// different instants.
-    fn blank_stamps(text: &str) -> String {
-        text.lines()
+        sink.text()
+            .lines()
             .map(|l| {
                 // The stamp ends at the line's first `Z` (with colour, inside the dimmed
                 // style's escapes).
@@ -883,31 +885,15 @@ mod tests {
     /// [`Human`] writes the line's start and hands the fields to it.
     #[test]
     fn human_lines_hand_other_fields_to_their_formatter() {
-        let text = |fast: bool| {
-            let sink = Sink::default();
-            let writer = sink.clone();
-            let builder = tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_timer(Timestamp)
-                .with_max_level(tracing::Level::TRACE)
-                .with_writer(move || writer.clone());
-            if fast {
-                let s = builder.event_format(Human::default()).finish();
-                tracing::subscriber::with_default(s, events);
-            } else {
-                tracing::subscriber::with_default(builder.finish(), events);
-            }
-            blank_stamps(&sink.text())
-        };
-        let default = text(false);
+        let default = human_lines(false, false, false);
         assert_eq!(default.lines().count(), 11, "{default}");
         assert!(default.contains(r#"route="/bsk/api1""#), "{default}");
-        assert_eq!(text(true), default);
+        assert_eq!(human_lines(true, false, false), default);
     }
 
     #[test]
     fn human_lines_are_written_as_the_default_writes_them() {
-        let default = human_text(false, false);
+        let default = human_lines(false, false, true);
         assert_eq!(default.lines().count(), 11, "{default}");
         assert!(
             default.contains("T  INFO bsk_sidecar::access: "),
@@ -919,10 +905,10 @@ mod tests {
         );
         assert!(default.contains("T ERROR "), "{default}");
         assert!(default.contains(" outer{"), "{default}");
-        assert_eq!(human_text(true, false), default);
-        let coloured = human_text(false, true);
+        assert_eq!(human_lines(true, false, true), default);
+        let coloured = human_lines(false, true, true);
         assert!(coloured.contains('\x1b'), "{coloured}");
-        assert_eq!(human_text(true, true), coloured);
+        assert_eq!(human_lines(true, true, true), coloured);
     }
 
     /// The JSON lines of `events`, their timestamps blanked (the default's clock and
