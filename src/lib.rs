@@ -104,6 +104,7 @@ pub mod error;
 pub mod fleet;
 pub mod forward;
 pub mod guard;
+pub mod logbatch;
 pub mod logfmt;
 pub mod metrics;
 pub mod online;

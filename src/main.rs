@@ -321,12 +321,14 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr off the request path: a request formats its line and queues it; one
-/// thread writes the queue out through a buffer, flushing whenever the queue is empty
-/// (so a quiet sidecar's lines appear at once, a busy one's in few writes). Never lossy:
-/// if the writer falls 4,096 lines behind, requests wait rather than lines vanish. (The
-/// queue's slots are allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp,
-/// the human format's fields and the JSON lines are written by `logfmt`: the text of
+/// Logs go to stderr off the request path: a request formats its line; a connection
+/// worker gathers its lines and queues them together when it has nothing left to run
+/// (`logbatch`), any other thread queues each line; one thread writes the queue out
+/// through a buffer, flushing whenever the queue is empty (so a quiet sidecar's lines
+/// appear at once, a busy one's in few writes). Never lossy: if the writer falls 4,096
+/// queued writes behind, requests wait rather than lines vanish. (The queue's slots are
+/// allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp, the human
+/// format's fields and the JSON lines are written by `logfmt`: the text of
 /// tracing-subscriber's formatters, for less CPU.
 fn init_logging(
     format: LogFormat,
@@ -348,7 +350,7 @@ fn init_logging(
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(bsk_sidecar::logfmt::Timestamp)
-        .with_writer(writer);
+        .with_writer(bsk_sidecar::logbatch::Batched::new(writer));
     match format {
         LogFormat::Human => builder
             .fmt_fields(bsk_sidecar::logfmt::Fields)

@@ -57,6 +57,8 @@ impl Workers {
         for index in 1..=n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // The lines logged since the last park go to the log together.
+                .on_thread_park(crate::logbatch::hand_on)
                 .build()?;
             handles.push(runtime.handle().clone());
             let (tx, rx) = oneshot::channel::<()>();
@@ -65,10 +67,12 @@ impl Workers {
                 .name(format!("bsk-worker-{index}"))
                 .spawn(move || {
                     INDEX.with(|i| i.set(index));
+                    crate::logbatch::gather_on_this_thread();
                     // Resolves when `Workers` is dropped (the sender goes with it).
                     let _ = runtime.block_on(rx);
                     // Blocking tasks (a file write) finish; connections still open close.
                     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                    crate::logbatch::hand_on();
                 })?;
         }
         Ok(Workers {
@@ -142,6 +146,50 @@ mod tests {
             rx.recv().is_err(),
             "the task was dropped with its runtime, so its sender is gone"
         );
+    }
+
+    /// A log writer that passes each write it is given on a channel.
+    #[derive(Clone)]
+    struct Sent(std::sync::Arc<std::sync::Mutex<mpsc::Sender<String>>>);
+
+    impl io::Write for Sent {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let text = String::from_utf8_lossy(buf).into_owned();
+            self.0.lock().unwrap().send(text).unwrap();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_workers_lines_go_to_the_log_together_when_it_has_nothing_left_to_run() {
+        use std::io::Write as _;
+        use tracing_subscriber::fmt::MakeWriter as _;
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(crate::logbatch::Batched::new(Sent(std::sync::Arc::new(
+            std::sync::Mutex::new(tx),
+        ))));
+        let workers = Workers::start(1).unwrap();
+        let (seen, before_the_park) = mpsc::channel();
+        workers.spawn({
+            let log = log.clone();
+            move || async move {
+                log.make_writer().write_all(b"one\n").unwrap();
+                log.make_writer().write_all(b"two\n").unwrap();
+                // Still on the worker, which has not parked since.
+                seen.send(()).unwrap();
+            }
+        });
+        before_the_park.recv().unwrap();
+        let handed = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(handed.as_deref(), Ok("one\ntwo\n"), "in one write");
+        assert!(rx.try_recv().is_err(), "and only once");
+
+        // A thread that is no worker writes each line through at once.
+        log.make_writer().write_all(b"main\n").unwrap();
+        assert_eq!(rx.try_recv().as_deref(), Ok("main\n"));
     }
 
     #[test]

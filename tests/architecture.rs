@@ -12,6 +12,8 @@ use std::path::Path;
 /// Top-level modules by layer, lowest first. A module may import modules of a lower
 /// layer only.
 const LAYERS: &[(&str, &[&str])] = &[
+    // The connection workers hand their gathered log lines on when they park.
+    ("the log's writer", &["logbatch"]),
     (
         "plain values and leaf helpers",
         &[
