@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use bsk_sidecar::calendar::unix_ms_to_ticket;
 use bsk_sidecar::envelope::{BodyShape, Layer, PeerKeys};
+use bytes::Bytes;
+use http::{header, Method};
+use http_body_util::Full;
 use support::*;
 
 fn ticket_at(offset_secs: i64) -> String {
@@ -248,14 +251,28 @@ async fn json_bombs_are_refused_before_the_application() {
 struct Process {
     child: Child,
     addr: SocketAddr,
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 fn spawn(config: &std::path::Path) -> Process {
-    let (child, addr) = spawn_sidecar(config);
-    Process { child, addr }
+    let (child, addr, log) = spawn_sidecar_logging(config);
+    Process { child, addr, log }
 }
 
 impl Process {
+    /// The next log line that holds every one of `parts`, while the process runs.
+    fn line_with(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if parts.iter().all(|p| line.contains(p)) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {parts:?}: {e}"),
+            }
+        }
+    }
+
     fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -273,17 +290,23 @@ impl Process {
     }
 }
 
-#[tokio::test]
-async fn a_replay_is_refused_after_the_process_restarts() {
-    let state = tempfile::tempdir().unwrap();
-    let app = Upstream::start(Behaviour::Echo).await;
-    let config = state.path().join("sidecar.yaml");
-    let yaml =
-        routes(state.path().join("state").to_str().unwrap()).replace("APP", &app.addr.to_string());
+/// The routes' config for a real process in front of `app`, written in `dir`, and the
+/// `bsk` peer's keys.
+fn process_config(dir: &std::path::Path, app: &Upstream) -> (std::path::PathBuf, PeerKeys) {
+    let config = dir.join("sidecar.yaml");
+    let yaml = routes(dir.join("state").to_str().unwrap()).replace("APP", &app.addr.to_string());
     std::fs::write(&config, yaml).unwrap();
     let keys = bsk_sidecar::config::load(&config).unwrap().peers["bsk"]
         .keys
         .clone();
+    (config, keys)
+}
+
+#[tokio::test]
+async fn a_replay_is_refused_after_the_process_restarts() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let (config, keys) = process_config(state.path(), &app);
     let req = form(&keys, &api1(&ticket_at(0)));
 
     let first = spawn(&config);
@@ -310,6 +333,37 @@ async fn a_replay_is_refused_after_the_process_restarts() {
         200
     );
     second.stop();
+    assert_eq!(app.count(), 2);
+}
+
+#[tokio::test]
+async fn each_request_is_in_the_log_while_the_process_runs() {
+    // The connection workers hand their lines to the log together when they have nothing
+    // left to run: an idle sidecar's lines must still appear at once, not at the exit.
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let (config, keys) = process_config(state.path(), &app);
+    let sc = spawn(&config);
+    for n in 0..2 {
+        let req = form(&keys, &api1(&ticket_at(n)));
+        let answer = send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req)).await;
+        assert_eq!(answer.status, 200);
+        let line = sc.line_with(&["forwarded", "listener=public", "status=200"]);
+        assert!(line.contains(r#"route="/bsk/landing""#), "{line}");
+    }
+    let refused = send(
+        sc.addr,
+        request(Method::POST, sc.addr, "/bsk/landing")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from_static(b"encData=AAAA")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    let id = refused.headers["x-request-id"].to_str().unwrap();
+    let line = sc.line_with(&["rejected", &format!("request_id={id}")]);
+    assert!(line.contains("status=400"), "{line}");
+    sc.stop();
     assert_eq!(app.count(), 2);
 }
 

@@ -685,34 +685,53 @@ pub fn without_request_id(body: &[u8], id: &str) -> Vec<u8> {
 /// Starts `bsk-sidecar run --config CONFIG` and returns it with the address its `public`
 /// listener bound (read from its log, so the config may use port 0).
 pub fn spawn_sidecar(config: &Path) -> (std::process::Child, SocketAddr) {
+    let (child, addr, _log) = spawn_sidecar_logging(config);
+    (child, addr)
+}
+
+/// [`spawn_sidecar`] at log level `info`, with the lines it logs after the `listening`
+/// line, one by one, as they reach its stderr.
+pub fn spawn_sidecar_logging(
+    config: &Path,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
         .args(["run", "--config"])
         .arg(config)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start bsk-sidecar");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (listening, addr) = std::sync::mpsc::channel();
+    let (lines, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end whether or not anyone listens: a full pipe would stall the
+        // sidecar's log.
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
             if line.contains(" listening ") && line.contains("listener=public") {
                 if let Some(a) = line.split("addr=").nth(1) {
-                    let _ = tx.send(a.trim().to_string());
+                    let _ = listening.send(a.trim().to_string());
                 }
+            } else {
+                let _ = lines.send(line);
             }
         }
     });
-    let addr = rx
+    let addr = addr
         .recv_timeout(PATIENCE)
         .expect("no `listening` line")
         .parse()
         .expect("a listening address");
-    (child, addr)
+    (child, addr, log)
 }
