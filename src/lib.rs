@@ -76,22 +76,6 @@ macro_rules! delegate_async_write {
     };
 }
 
-/// The global allocator, chosen by measurement (BENCHMARKS.md, "Allocator"): jemalloc by
-/// default (the `jemalloc` feature), mimalloc with `--features mimalloc`, the system's
-/// with `--no-default-features`. (The `bench-tools` binaries install their own:
-/// `load-allocs` counts allocations around this same allocator.)
-#[cfg(all(feature = "mimalloc", not(feature = "bench-tools")))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(all(
-    feature = "jemalloc",
-    not(feature = "mimalloc"),
-    not(feature = "bench-tools")
-))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 pub mod admin;
 pub mod background;
 pub mod calendar;

@@ -652,3 +652,30 @@ fn man_pages_and_completions_come_from_the_command_definitions() {
     );
     assert!(String::from_utf8_lossy(&bash.stdout).contains("bsk-sidecar"));
 }
+
+/// The binary runs on jemalloc (the default feature) whatever else is built with it: the
+/// allocator is the binary's own, so `--features bench-tools` (the load-test tools) does
+/// not swap it for the system's. jemalloc prints its statistics at exit when asked.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[test]
+fn the_binary_allocates_with_jemalloc() {
+    let mut child = Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bsk-sidecar");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(wait_bounded(&mut child).success());
+    assert!(
+        stderr.contains("jemalloc statistics"),
+        "no jemalloc statistics at exit: {stderr:.300}"
+    );
+}

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bsk_sidecar::guard::replay::{ReplayCache, ReplayKey};
 
-/// The sidecar's own allocator (the library leaves the choice to `bench-tools` binaries).
+/// The sidecar's own allocator (the library leaves the choice to each binary).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
