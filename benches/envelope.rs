@@ -46,6 +46,9 @@ fn api4_one_mib() -> Vec<u8> {
     .into_bytes()
 }
 
+const AES_KEY: &[u8; 32] = b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W";
+const AES_IV: &[u8; 16] = b"V0ZMZO6WZ45KY2PL";
+
 fn keys() -> PeerKeys {
     PeerKeys {
         agid: "BSK".to_owned(),
@@ -57,7 +60,7 @@ fn keys() -> PeerKeys {
             require_exp: false,
             leeway_secs: 60,
         }),
-        aes: vec![AesKey::new(b"IP16TDW0L5AQB41V6S6J8QLTPLRXBV2W", b"V0ZMZO6WZ45KY2PL").unwrap()],
+        aes: vec![AesKey::new(AES_KEY, AES_IV).unwrap()],
     }
 }
 
@@ -104,7 +107,8 @@ fn bench_payload(c: &mut Criterion, label: &str, plain: &[u8], samples: usize) {
 
 /// AES-256-CBC on 1 MiB alone, comparable with `openssl speed -evp aes-256-cbc -decrypt`
 /// (`benches/aes/run.sh` prints the ratio): the raw decryption with unpadding, and
-/// `aes::decrypt` as `encData` reaches it (base64 decoding first).
+/// `aes::decrypt` as `encData` reaches it (base64 decoding first); and beside them, as a
+/// baseline, the raw decryption by RustCrypto's `cbc`, which opened documents before.
 fn aes_one_mib(c: &mut Criterion) {
     use bsk_sidecar::envelope::aes;
     let key = &keys().aes[0];
@@ -122,6 +126,19 @@ fn aes_one_mib(c: &mut Criterion) {
     });
     group.bench_function("decrypt_base64", |b| {
         b.iter(|| aes::decrypt(std::slice::from_ref(key), black_box(&b64), |_| true).unwrap())
+    });
+    group.bench_function("decrypt_raw_cbc_crate", |b| {
+        use cbc::cipher::block_padding::Pkcs7;
+        use cbc::cipher::{BlockDecryptMut, KeyIvInit};
+        b.iter(|| {
+            let mut buf = black_box(&ct).clone();
+            let n = cbc::Decryptor::<::aes::Aes256>::new(AES_KEY.into(), AES_IV.into())
+                .decrypt_padded_mut::<Pkcs7>(&mut buf)
+                .unwrap()
+                .len();
+            buf.truncate(n);
+            buf
+        })
     });
     group.finish();
 }

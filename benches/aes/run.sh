@@ -2,8 +2,9 @@
 # AES-256-CBC decryption of 1 MiB by the sidecar against OpenSSL on the same machine, in
 # one run: `openssl speed -evp aes-256-cbc -decrypt` at 16 KiB blocks (AES-NI when the CPU
 # has it, as the sidecar's `aes` crate detects it at run time), then the criterion bench
-# `aes/1MiB` (raw decryption with unpadding, and with base64 decoding first). Prints both
-# throughputs and the ratios. Usage: benches/aes/run.sh [OPENSSL_SECONDS=3]
+# `aes/1MiB` (raw decryption with unpadding, with base64 decoding first, and the raw
+# decryption by RustCrypto's `cbc` as a baseline). Prints the throughputs and the ratios.
+# Usage: benches/aes/run.sh [OPENSSL_SECONDS=3]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
@@ -23,7 +24,7 @@ ossl = float(sys.argv[1])
 out = """$out"""
 units = {"B/s": 1, "KiB/s": 1024, "MiB/s": 1024**2, "GiB/s": 1024**3}
 print(f"openssl speed -evp aes-256-cbc -decrypt, 16 KiB blocks: {ossl / 1024**2:.0f} MiB/s")
-for name in ("decrypt_raw", "decrypt_base64"):
+for name in ("decrypt_raw", "decrypt_base64", "decrypt_raw_cbc_crate"):
     m = re.search(r"aes/1MiB/" + name + r"\s+time:.*?\n\s+thrpt:\s+\[\S+ \S+ (\S+) (\S+) ", out, re.S)
     if not m:
         sys.exit(f"no throughput for {name} in the criterion output")
