@@ -14,13 +14,9 @@ use bsk_sidecar::envelope::{self, BodyShape, Incoming, Layer, PeerKeys, Stack};
 use bsk_sidecar::secret::Secret;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// The sidecar binary's allocator (src/main.rs), so these figures are the product's.
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+/// The sidecar binary's allocator, so these figures are the product's.
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: bsk_sidecar::allocator::Chosen = bsk_sidecar::allocator::CHOSEN;
 
 const NOW: u64 = 1_700_000_000;
 

@@ -77,6 +77,7 @@ macro_rules! delegate_async_write {
 }
 
 pub mod admin;
+pub mod allocator;
 pub mod background;
 pub mod calendar;
 pub mod clock;

@@ -25,18 +25,10 @@ use bsk_sidecar::runtime::Runtime;
 use bsk_sidecar::secret::Secret;
 use bsk_sidecar::server;
 
-/// The global allocator, chosen by measurement (BENCHMARKS.md, "Allocator"): jemalloc by
-/// default (the `jemalloc` feature), mimalloc with `--features mimalloc`, the system's
-/// with `--no-default-features`. Declared by this binary, not the library, so that no
-/// other feature changes it: the `bench-tools` binaries declare their own (`load-allocs`
-/// counts allocations around this same allocator).
-#[cfg(feature = "mimalloc")]
+/// The allocator the features choose (`bsk_sidecar::allocator`), installed by this
+/// binary: the library installs none, so no other feature swaps it out.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: bsk_sidecar::allocator::Chosen = bsk_sidecar::allocator::CHOSEN;
 
 /// Exit status for a configuration the sidecar refuses (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;

@@ -14,6 +14,8 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     // The connection workers hand their gathered log lines on when they park.
     ("the log's writer", &["logbatch"]),
+    // Which allocator the features choose; each binary installs it.
+    ("the allocator", &["allocator"]),
     (
         "plain values and leaf helpers",
         &[

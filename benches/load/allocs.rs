@@ -24,13 +24,8 @@ use bsk_sidecar::secret::Secret;
 
 struct Counting;
 
-/// The allocator the sidecar itself uses (src/lib.rs).
-#[cfg(feature = "mimalloc")]
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
-static INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[cfg(not(any(feature = "mimalloc", feature = "jemalloc")))]
-static INNER: std::alloc::System = std::alloc::System;
+/// The allocator the sidecar itself uses (src/allocator.rs).
+static INNER: bsk_sidecar::allocator::Chosen = bsk_sidecar::allocator::CHOSEN;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);

@@ -12,10 +12,9 @@ use std::time::Instant;
 
 use bsk_sidecar::guard::replay::{ReplayCache, ReplayKey};
 
-/// The sidecar's own allocator (the library leaves the choice to each binary).
-#[cfg(feature = "jemalloc")]
+/// The sidecar's own allocator (the library leaves installing it to each binary).
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: bsk_sidecar::allocator::Chosen = bsk_sidecar::allocator::CHOSEN;
 
 fn main() {
     let entries: u32 = std::env::args()
