@@ -5,9 +5,12 @@
 //! The library installs none, so that no feature can swap it out from under a binary:
 //! `bsk-sidecar` and the benches install this one,
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static GLOBAL: bsk_sidecar::allocator::Chosen = bsk_sidecar::allocator::CHOSEN;
+//! # fn main() {
+//! #     assert_eq!(*Box::new(7), 7);
+//! # }
 //! ```
 //!
 //! and `load-allocs` counts allocations around it.
