@@ -378,6 +378,34 @@ async fn only_allowlisted_headers_and_no_query_reach_the_application() {
     assert_eq!(got.headers.get("x-department-trace"), None);
     assert_eq!(got.headers["user-agent"], "portal/1.0");
 
+    // Names are matched in any case, as a legacy client may write them; a `Connection`
+    // listing in another case still holds the field back.
+    let hops = [
+        ("", Some("t-3")),
+        ("Connection: X-DEPARTMENT-trace\r\n", None),
+    ];
+    for (n, (hop, trace)) in hops.into_iter().enumerate() {
+        app.clear();
+        let claims = fresh_claims(&format!(r#"{{"a":{}}}"#, 3 + n));
+        let body = token_body(PASSCODE, &hs256(&claims));
+        let head = format!(
+            "POST /bsk/headers HTTP/1.1\r\nHOST: {}\r\nCONTENT-TYPE: application/json\r\n\
+             USER-AGENT: portal/2.0\r\nx-Department-TRACE: t-3\r\nCOOKIE: s=1\r\n{hop}\
+             Content-LENGTH: {}\r\n\r\n",
+            sc.addr,
+            body.len()
+        );
+        let raw = [head.as_bytes(), &body].concat();
+        let a = raw_exchange(sc.addr, &raw).await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+        let got = app.only();
+        assert_eq!(got.headers["user-agent"], "portal/2.0");
+        assert_eq!(got.headers["content-type"], "application/json");
+        let trace_got = got.headers.get("x-department-trace");
+        assert_eq!(trace_got.map(|v| v.to_str().unwrap()), trace, "{hop:?}");
+        assert_eq!(got.headers.get("cookie"), None);
+    }
+
     // `query: pass` is the explicit relaxation.
     app.clear();
     let mut req = token_req(&sc, "/bsk/query", &fresh_claims(r#"{"a":1}"#));

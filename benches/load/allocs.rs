@@ -165,7 +165,7 @@ listeners:
         std::sync::Arc::new(bsk_sidecar::pipeline::InFlight::new()),
         0,
         std::net::Ipv4Addr::LOCALHOST.into(),
-        http::Request::new(http_body_util::Full::new(bytes::Bytes::new())),
+        http::Request::new(http_body_util::Full::new(bytes::Bytes::new())).into(),
     );
     let future_bytes = std::mem::size_of_val(&future);
     drop(future);

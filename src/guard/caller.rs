@@ -20,7 +20,7 @@ use super::ip::canonical;
 use crate::secret::Secret;
 
 /// The header the application sends `caller_token` in; never forwarded to the peer.
-pub const TOKEN_HEADER: &str = "x-sidecar-token";
+pub const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-sidecar-token");
 
 /// An egress listener's `callers` and `caller_token`.
 #[derive(Clone, Debug, PartialEq, Eq)]

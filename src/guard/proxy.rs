@@ -10,10 +10,9 @@
 //! use bsk_sidecar::guard::{ip::AllowList, proxy::client_from_forwarded};
 //! let mut trusted = AllowList::default();
 //! trusted.push_str("10.0.0.0/8").unwrap();
-//! let mut h = http::HeaderMap::new();
-//! h.insert("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.1.1.1".parse().unwrap());
+//! let xff: &[u8] = b"198.51.100.9, 203.0.113.7, 10.1.1.1";
 //! // The load balancer 10.0.0.2 appended 10.1.1.1 (another trusted hop) after 203.0.113.7.
-//! assert_eq!(client_from_forwarded("10.0.0.2".parse().unwrap(), &h, &trusted),
+//! assert_eq!(client_from_forwarded("10.0.0.2".parse().unwrap(), [xff], &trusted),
 //!            "203.0.113.7".parse::<std::net::IpAddr>().unwrap());
 //! ```
 
@@ -22,24 +21,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::HeaderMap;
+use http::HeaderName;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::ip::{canonical, AllowList};
 
+/// The field a trusted proxy names the client in.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The client for a request that arrived from `peer`: when `peer` is a trusted proxy,
-/// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy; otherwise
-/// `peer`. An unparseable entry stops the walk at the last trusted hop.
-pub fn client_from_forwarded(peer: IpAddr, headers: &HeaderMap, trusted: &AllowList) -> IpAddr {
+/// the right-most entry of the request's `X-Forwarded-For` fields (`forwarded`, their
+/// values in order) that is not itself a trusted proxy; otherwise `peer`. An unparseable
+/// entry stops the walk at the last trusted hop.
+pub fn client_from_forwarded<'a>(
+    peer: IpAddr,
+    forwarded: impl IntoIterator<Item = &'a [u8]>,
+    trusted: &AllowList,
+) -> IpAddr {
     let mut client = canonical(peer);
     if !trusted.contains_address(client) {
         return client;
     }
-    // Several header lines are one list, in order (RFC 9110 §5.3).
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    // Several header lines are one list, in order (RFC 9110 §5.3); a value that is not
+    // visible ASCII is not read, as `http::HeaderValue::to_str` did not.
+    let values: Vec<&str> = forwarded
+        .into_iter()
+        .filter(|v| v.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t'))
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .collect();
     for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
         let Some(ip) = parse_hop(hop.trim()) else {
@@ -305,12 +313,9 @@ mod tests {
         l
     }
 
-    fn xff(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append("x-forwarded-for", v.parse().unwrap());
-        }
-        h
+    /// The values of a request's `X-Forwarded-For` fields, in order.
+    fn xff<'a>(values: &[&'a str]) -> Vec<&'a [u8]> {
+        values.iter().map(|v| v.as_bytes()).collect()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -337,7 +342,7 @@ mod tests {
         let t = trusted(&["10.0.0.0/8"]);
         let h = xff(&["127.0.0.9"]);
         assert_eq!(
-            client_from_forwarded(ip("198.51.100.1"), &h, &t),
+            client_from_forwarded(ip("198.51.100.1"), h.clone(), &t),
             ip("198.51.100.1")
         );
     }
@@ -348,13 +353,13 @@ mod tests {
         // The client forged "1.2.3.4"; the LB appended the real client 203.0.113.7.
         let h = xff(&["1.2.3.4, 203.0.113.7"]);
         assert_eq!(
-            client_from_forwarded(ip("10.0.0.2"), &h, &t),
+            client_from_forwarded(ip("10.0.0.2"), h.clone(), &t),
             ip("203.0.113.7")
         );
         // Several header lines, several trusted hops.
         let h = xff(&["1.2.3.4", "203.0.113.7, 10.9.9.9", "10.1.1.1"]);
         assert_eq!(
-            client_from_forwarded(ip("10.0.0.2"), &h, &t),
+            client_from_forwarded(ip("10.0.0.2"), h.clone(), &t),
             ip("203.0.113.7")
         );
     }
@@ -364,17 +369,17 @@ mod tests {
         let t = trusted(&["10.0.0.0/8"]);
         let h = xff(&["203.0.113.7, bogus, 10.1.1.1"]);
         assert_eq!(
-            client_from_forwarded(ip("10.0.0.2"), &h, &t),
+            client_from_forwarded(ip("10.0.0.2"), h.clone(), &t),
             ip("10.1.1.1")
         );
         assert_eq!(
-            client_from_forwarded(ip("10.0.0.2"), &HeaderMap::new(), &t),
+            client_from_forwarded(ip("10.0.0.2"), xff(&[]), &t),
             ip("10.0.0.2")
         );
         // All hops trusted: the left-most is as far as the chain can be followed.
         let h = xff(&["10.5.5.5, 10.1.1.1"]);
         assert_eq!(
-            client_from_forwarded(ip("10.0.0.2"), &h, &t),
+            client_from_forwarded(ip("10.0.0.2"), h.clone(), &t),
             ip("10.5.5.5")
         );
     }
@@ -384,7 +389,7 @@ mod tests {
         let t = trusted(&["127.0.0.1/32"]);
         let h = xff(&["[2001:db8::7]:443, ::ffff:203.0.113.8, 127.0.0.1:9"]);
         assert_eq!(
-            client_from_forwarded(ip("::ffff:127.0.0.1"), &h, &t),
+            client_from_forwarded(ip("::ffff:127.0.0.1"), h.clone(), &t),
             ip("203.0.113.8")
         );
     }

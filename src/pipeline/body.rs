@@ -5,29 +5,29 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
 
 use crate::config::Route;
 use crate::envelope::Layer;
 use crate::error::Reject;
+use crate::pipeline::request::{text, Fields};
 
 /// Checks the head, then reads the whole body within the route's size and time limits.
-pub(super) async fn read<B>(cfg: &Route, headers: &HeaderMap, body: B) -> Result<Bytes, Reject>
+pub(super) async fn read<B>(cfg: &Route, fields: &Fields, body: B) -> Result<Bytes, Reject>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let content_type = headers.get(header::CONTENT_TYPE);
+    let content_type = fields.get(&header::CONTENT_TYPE);
     if cfg.target.is_egress() {
         check_plain_json_type(content_type)?;
     } else {
         check_content_type(&cfg.layers, content_type)?;
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+    let declared = fields
+        .text(&header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > cfg.max_body as u64) {
         return Err(Reject::BodyTooLarge);
@@ -75,7 +75,7 @@ async fn gather<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
 }
 
 /// The application talks plain JSON to an egress route (a missing type is tolerated).
-fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
+fn check_plain_json_type(ct: Option<&[u8]>) -> Result<(), Reject> {
     match mime_of(ct)? {
         None => Ok(()),
         Some(mime) if one_of(mime, &["application/json", "text/plain"]) => Ok(()),
@@ -87,9 +87,9 @@ fn check_plain_json_type(ct: Option<&HeaderValue>) -> Result<(), Reject> {
 /// case-insensitively, as media types are (RFC 9110 §8.3.1).
 // Not the `mime` crate: only the essence is compared against short allowlists, and a
 // header it would refuse to parse must still pass on routes that take any type.
-fn mime_of(ct: Option<&HeaderValue>) -> Result<Option<&str>, Reject> {
+fn mime_of(ct: Option<&[u8]>) -> Result<Option<&str>, Reject> {
     let Some(ct) = ct else { return Ok(None) };
-    let text = ct.to_str().map_err(|_| Reject::UnsupportedMediaType)?;
+    let text = text(ct).ok_or(Reject::UnsupportedMediaType)?;
     Ok(text.split(';').next().map(str::trim))
 }
 
@@ -100,7 +100,7 @@ fn one_of(mime: &str, allowed: &[&str]) -> bool {
 
 /// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
 /// type is tolerated (many legacy senders omit it) and the layer decides from the body.
-fn check_content_type(layers: &[Layer], ct: Option<&HeaderValue>) -> Result<(), Reject> {
+fn check_content_type(layers: &[Layer], ct: Option<&[u8]>) -> Result<(), Reject> {
     let Some(mime) = mime_of(ct)? else {
         return Ok(());
     };
@@ -130,26 +130,26 @@ mod tests {
     #[test]
     fn content_type_must_fit_the_envelope() {
         let form = [Layer::Form, Layer::Aes];
-        let v = |s: &'static str| HeaderValue::from_static(s);
+        let v = |s: &'static str| s.as_bytes();
         assert!(check_content_type(
             &form,
-            Some(&v("application/x-www-form-urlencoded; charset=UTF-8"))
+            Some(v("application/x-www-form-urlencoded; charset=UTF-8"))
         )
         .is_ok());
-        assert!(check_content_type(&form, Some(&v("application/json"))).is_ok());
+        assert!(check_content_type(&form, Some(v("application/json"))).is_ok());
         // Media types compare in any case, parameters and spaces aside.
-        assert!(check_content_type(&form, Some(&v(" Application/JSON ;charset=utf-8"))).is_ok());
-        assert!(check_plain_json_type(Some(&v("TEXT/plain"))).is_ok());
-        assert!(check_plain_json_type(Some(&v("application/jsonx"))).is_err());
+        assert!(check_content_type(&form, Some(v(" Application/JSON ;charset=utf-8"))).is_ok());
+        assert!(check_plain_json_type(Some(v("TEXT/plain"))).is_ok());
+        assert!(check_plain_json_type(Some(v("application/jsonx"))).is_err());
         assert!(check_content_type(&form, None).is_ok());
-        assert!(check_content_type(&form, Some(&v("multipart/form-data; boundary=x"))).is_err());
+        assert!(check_content_type(&form, Some(v("multipart/form-data; boundary=x"))).is_err());
         let token = [Layer::Token, Layer::Jwt];
-        assert!(check_content_type(&token, Some(&v("application/x-www-form-urlencoded"))).is_err());
+        assert!(check_content_type(&token, Some(v("application/x-www-form-urlencoded"))).is_err());
         // Tabs around the type are spaces; a value that is not visible ASCII names no type.
-        assert!(check_content_type(&token, Some(&v("\tapplication/json\t;charset=x"))).is_ok());
-        let opaque = HeaderValue::from_bytes(b"application/json; x=\xe0\xa6\xac").unwrap();
-        assert!(check_content_type(&token, Some(&opaque)).is_err());
-        assert!(check_content_type(&[Layer::Passcode], Some(&v("anything/at-all"))).is_ok());
+        assert!(check_content_type(&token, Some(v("\tapplication/json\t;charset=x"))).is_ok());
+        let opaque = b"application/json; x=\xe0\xa6\xac";
+        assert!(check_content_type(&token, Some(&opaque[..])).is_err());
+        assert!(check_content_type(&[Layer::Passcode], Some(v("anything/at-all"))).is_ok());
     }
 
     #[tokio::test]

@@ -8,8 +8,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::request::Parts;
-use http::Response;
+use http::{Response, Uri};
 
 use super::access::Trace;
 use super::headers;
@@ -17,19 +16,22 @@ use super::replay::Held;
 use super::Ctx;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::pipeline::Fields;
 use crate::runtime::Application;
 
 /// Sends `plain` to the application and reads its whole answer.
 pub(super) async fn to_upstream(
     cx: &Ctx<'_>,
     app: &Application,
-    parts: &Parts,
+    uri: &Uri,
+    fields: &Fields,
     plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
 ) -> Result<Response<Bytes>, Reject> {
     let cfg = &cx.route.cfg;
-    let head = headers::upstream_request(cfg, app, parts, cx.client, cx.request_id, plain.len());
+    let (client, id, len) = (cx.client, cx.request_id, plain.len());
+    let head = headers::upstream_request(cfg, app, uri, fields, client, id, len);
     let started = Instant::now();
     let sent = cx
         .rt

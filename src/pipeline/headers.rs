@@ -13,11 +13,13 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
+use http::Uri;
 
 use crate::config::Route;
 use crate::error::{Reject, X_REQUEST_ID};
 use crate::forward::RequestHead;
+use crate::pipeline::request::{text, Fields};
 use crate::runtime::Application;
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
@@ -30,21 +32,22 @@ pub const DEFAULT_FORWARDED: [HeaderName; 3] =
     [header::ACCEPT, header::ACCEPT_LANGUAGE, header::USER_AGENT];
 
 /// Refuses request heads the sidecar cannot read unambiguously.
-pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
-    // One pass over the head (a lookup per name would hash each of them); the verdicts
-    // are then given in a fixed order, whatever order the fields came in.
+pub(super) fn check_request(fields: &Fields) -> Result<(), Reject> {
+    // One pass over the head; the verdicts are then given in a fixed order, whatever
+    // order the fields came in.
     let (mut coded, mut hosts, mut framed, mut passcodes) = (false, 0, false, 0);
-    for (name, v) in headers {
-        if name == header::CONTENT_ENCODING {
-            coded |= !v.to_str().is_ok_and(|v| {
+    let is = |name: &[u8], known: &HeaderName| name == known.as_str().as_bytes();
+    for (name, v) in fields.iter() {
+        if is(name, &header::CONTENT_ENCODING) {
+            coded |= !text(v).is_some_and(|v| {
                 v.split(',')
                     .all(|c| c.trim().eq_ignore_ascii_case("identity"))
             });
-        } else if name == header::HOST {
+        } else if is(name, &header::HOST) {
             hosts += 1;
-        } else if name == header::TRANSFER_ENCODING {
-            framed |= !v.as_bytes().eq_ignore_ascii_case(b"chunked");
-        } else if name == X_PASSCODE {
+        } else if is(name, &header::TRANSFER_ENCODING) {
+            framed |= !v.eq_ignore_ascii_case(b"chunked");
+        } else if is(name, &X_PASSCODE) {
             passcodes += 1;
         }
     }
@@ -63,19 +66,17 @@ pub(super) fn check_request(headers: &HeaderMap) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Header names the client's `Connection` lists, in lower case: they describe its hop
-/// only ([`crate::forward::connection_listed`]).
-pub(super) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    let values = headers.get_all(header::CONNECTION).into_iter();
-    crate::forward::connection_listed(values.map(HeaderValue::as_bytes))
-        .into_iter()
-        .filter_map(|name| std::str::from_utf8(name).ok())
-        .map(str::to_ascii_lowercase)
-        .collect()
+/// Header names the client's `Connection` lists, as sent: they describe its hop only
+/// ([`crate::forward::connection_listed`]).
+pub(super) fn connection_listed(fields: &Fields) -> Vec<&[u8]> {
+    crate::forward::connection_listed(fields.get_all(&header::CONNECTION))
 }
 
-fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
-    DEFAULT_FORWARDED.contains(name) || cfg.forward_headers.contains(name)
+/// The allowlisted name a client's field `name` (lower case) is forwarded under.
+fn forwarded<'a>(cfg: &'a Route, name: &[u8]) -> Option<&'a HeaderName> {
+    (DEFAULT_FORWARDED.iter())
+        .chain(&cfg.forward_headers)
+        .find(|h| name == h.as_str().as_bytes())
 }
 
 /// The head of the request the application receives (its body is the opened JSON, `len`
@@ -83,14 +84,14 @@ fn forwarded(cfg: &Route, name: &HeaderName) -> bool {
 pub(super) fn upstream_request(
     cfg: &Route,
     app: &Application,
-    parts: &http::request::Parts,
+    uri: &Uri,
+    fields: &Fields,
     client: IpAddr,
     request_id: &str,
     len: usize,
 ) -> RequestHead {
     // The upstream's own path, with the client's query string only when it is passed on.
-    let query = parts
-        .uri
+    let query = uri
         .query()
         .filter(|_| cfg.pass_query && app.upstream.path_and_query.query().is_none());
     let mut head = RequestHead::new(&cfg.method, app.upstream.path_and_query.as_str(), query);
@@ -98,14 +99,16 @@ pub(super) fn upstream_request(
     // config refuses to forward those.)
     // What `Connection` lists is looked up once a forwarded field needs it.
     let mut hop = None;
-    for (name, value) in &parts.headers {
-        if forwarded(cfg, name)
-            && !hop
-                .get_or_insert_with(|| connection_listed(&parts.headers))
-                .iter()
-                .any(|h| h == name.as_str())
+    for (name, value) in fields.iter() {
+        let Some(name) = forwarded(cfg, name) else {
+            continue;
+        };
+        let listed = hop.get_or_insert_with(|| connection_listed(fields));
+        if !listed
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name.as_str().as_bytes()))
         {
-            head.header(name, value);
+            head.field(name, value);
         }
     }
     head.fixed(&app.fixed);
@@ -118,9 +121,9 @@ pub(super) fn upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
-    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
+    fn head(pairs: &[(&str, &str)]) -> Fields {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -128,7 +131,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        h
+        Fields::from(&h)
     }
 
     #[test]
@@ -163,7 +166,7 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("connection", "Foo"),
         ]);
-        assert_eq!(connection_listed(&h), ["x-secret", "foo"]);
+        assert_eq!(connection_listed(&h), [&b"X-Secret"[..], b"Foo"]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::Full;
 use hyper::body::Body;
 
@@ -56,12 +56,14 @@ mod headers;
 mod open;
 mod rate;
 mod replay;
+pub mod request;
 mod respond;
 mod route;
 mod schema;
 
 pub use admission::InFlight;
 pub use headers::DEFAULT_FORWARDED;
+pub use request::{Fields, Request};
 
 /// Where an ingress route's opened request goes.
 enum Ingress<'a> {
@@ -152,7 +154,14 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let route = route::select(lst, &req, trace)?;
+    let Request {
+        method,
+        uri,
+        fields,
+        client_cert,
+        body,
+    } = req;
+    let route = route::select(lst, &method, &uri, trace)?;
     let cx = Ctx {
         rt,
         lst,
@@ -160,12 +169,11 @@ where
         client,
         request_id,
     };
-    route::admit(&cx, &req)?;
+    route::admit(&cx, &fields, client_cert.as_deref())?;
     rate::before_auth(&cx).await?;
-    headers::check_request(req.headers())?;
-    let (parts, body) = req.into_parts();
+    headers::check_request(&fields)?;
     let cfg = &route.cfg;
-    let body = body::read(cfg, &parts.headers, body).await?;
+    let body = body::read(cfg, &fields, body).await?;
     let ingress = match &route.destination {
         // The egress and journal paths are boxed: their futures are large, and an
         // ingress request's future would otherwise carry room for them.
@@ -177,7 +185,7 @@ where
     };
 
     let now = rt.clock.unix_secs();
-    let mut opened = open::open(cfg, &parts.headers, &body, now, &rt.settings.limits.json)?;
+    let mut opened = open::open(cfg, &fields, &body, now, &rt.settings.limits.json)?;
     rate::peer(rt, route).await?;
     // A reservation dropped by a later refusal is forgotten: a corrected retry of the same
     // ticket is not a replay.
@@ -192,7 +200,7 @@ where
     let plain = opened.plain.as_slice();
     let answer = match ingress {
         Ingress::Upstream(app) => {
-            forward::to_upstream(&cx, app, &parts, plain, held, trace).await?
+            forward::to_upstream(&cx, app, &uri, &fields, plain, held, trace).await?
         }
         Ingress::Journal(egress) => {
             Box::pin(forward::to_journal(&cx, egress, plain, held, trace)).await?
@@ -237,13 +245,13 @@ listeners:
     }
 
     async fn send(rt: &Arc<Runtime>, client: &str, path: &str, body: Vec<u8>) -> (u16, String) {
-        let req = Request::post(path)
+        let req = http::Request::post(path)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let client = client.parse().unwrap();
         let in_flight = Arc::new(InFlight::new());
-        let resp = handle(rt.clone(), in_flight, 0, client, req).await.unwrap();
+        let resp = (handle(rt.clone(), in_flight, 0, client, req.into()).await).unwrap();
         let status = resp.status().as_u16();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await

@@ -4,26 +4,26 @@
 //! builds a tree from it.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header;
 
 use crate::config::Route;
 use crate::envelope::{self, Incoming, Opened};
 use crate::error::Reject;
 use crate::guard::bounds::JsonBounds;
+use crate::pipeline::Fields;
 
 /// Opens `body` with the route's layers and the peer's keys, as of `now`.
 pub(super) fn open(
     cfg: &Route,
-    headers: &HeaderMap,
+    fields: &Fields,
     body: &Bytes,
     now: u64,
     bounds: &JsonBounds,
 ) -> Result<Opened, Reject> {
-    let header_str = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let sealed = Incoming {
-        content_type: header_str(&header::CONTENT_TYPE),
-        authorization: header_str(&header::AUTHORIZATION),
-        passcode_header: header_str(&super::headers::X_PASSCODE),
+        content_type: fields.text(&header::CONTENT_TYPE),
+        authorization: fields.text(&header::AUTHORIZATION),
+        passcode_header: fields.text(&super::headers::X_PASSCODE),
         body,
     };
     Ok(envelope::open_checked(

@@ -6,29 +6,29 @@
 //! peer's own networks (unless the route sets `ip_check: false`), even when the listener
 //! already checked the union of its peers' lists at accept.
 
-use std::sync::Arc;
-
-use http::{Method, Request};
+use http::{Method, Uri};
 
 use super::access::Trace;
 use super::Ctx;
 use crate::error::Reject;
 use crate::guard::caller::TOKEN_HEADER;
 use crate::guard::client_cert::PresentedCert;
+use crate::pipeline::Fields;
 use crate::runtime::{ListenerRt, RouteRt};
 
 /// The route for the request's path and method.
-pub(super) fn select<'a, B>(
+pub(super) fn select<'a>(
     lst: &'a ListenerRt,
-    req: &Request<B>,
+    method: &Method,
+    uri: &Uri,
     trace: &mut Trace<'a>,
 ) -> Result<&'a RouteRt, Reject> {
-    let route = lst.routes.get(req.uri().path()).ok_or(Reject::NotFound)?;
+    let route = lst.routes.get(uri.path()).ok_or(Reject::NotFound)?;
     let cfg = &route.cfg;
     trace.route = Some(&cfg.path);
     trace.peer = Some(&cfg.peer.name);
     trace.series = Some(&route.series);
-    if req.method() != cfg.method {
+    if *method != cfg.method {
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
         });
@@ -37,17 +37,19 @@ pub(super) fn select<'a, B>(
 }
 
 /// Whether `client` may use `route`: callers, client certificate, allowlist.
-pub(super) fn admit<B>(cx: &Ctx<'_>, req: &Request<B>) -> Result<(), Reject> {
+pub(super) fn admit(
+    cx: &Ctx<'_>,
+    fields: &Fields,
+    presented: Option<&PresentedCert>,
+) -> Result<(), Reject> {
     let (cfg, client) = (&cx.route.cfg, cx.client);
     // Callers: only the listener's application may make the sidecar sign for a peer.
     if cfg.target.is_egress() {
-        let token = req.headers().get(TOKEN_HEADER);
-        cx.lst.callers.check(client, token.map(|v| v.as_bytes()))?;
+        cx.lst.callers.check(client, fields.get(&TOKEN_HEADER))?;
     }
     // Client certificate: on mTLS, only the certificate bound to this peer (`tls_client`).
     if let (Some(binding), false) = (&cfg.peer.client_cert, cfg.target.is_egress()) {
-        let presented = req.extensions().get::<Arc<PresentedCert>>();
-        binding.check(presented.map(|c| &**c))?;
+        binding.check(presented)?;
     }
     // Allowlist: the peer's own networks.
     if cfg.ip_check {

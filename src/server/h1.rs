@@ -24,15 +24,15 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING,
-};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{Method, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::{self, write_parts};
+use crate::pipeline::request::{self, Fields, Span};
+use crate::pipeline::Request;
 
 /// A client connection's stream, as the request body reads it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -116,13 +116,15 @@ pub(super) async fn serve<S: Io, Svc: Service>(
             }
         };
         let Head {
-            parts,
+            method,
+            uri,
+            version,
+            fields,
             framing,
             keep_alive,
             expect_continue,
         } = head;
-        let version = parts.version;
-        let head_request = parts.method == Method::HEAD;
+        let head_request = method == Method::HEAD;
         let mut state = BodyState {
             framing,
             chunked: Chunked::default(),
@@ -138,7 +140,14 @@ pub(super) async fn serve<S: Io, Svc: Service>(
             buf: &mut *buf,
             state: &mut state,
         };
-        let answer = service.call(Request::from_parts(parts, body)).await;
+        let req = Request {
+            method,
+            uri,
+            fields,
+            client_cert: None,
+            body,
+        };
+        let answer = service.call(req).await;
         // A body the handler did not read is skipped when it is all here already; else
         // the connection cannot be read further and closes after the answer.
         let reusable = state.skip_rest(buf);
@@ -277,20 +286,20 @@ enum Framing {
 }
 
 struct Head {
-    parts: http::request::Parts,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    fields: Fields,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
 }
 
-/// Where a field's name and value lie in the head: `[name from, name to, value from,
-/// value to]`. Offsets as `u32` keep the table of 100 small to clear for each request.
-type Span = [u32; 4];
-
 /// Parses the request head at the start of `buf` once it has all arrived, and takes it
 /// off the buffer (the body, and any request after it, stay). Header values and the
 /// target are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusal> {
+    // Offsets as `u32` keep the table of 100 small to clear for each request.
     let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
     let base = buf.as_ptr() as usize;
     // Within a head no longer than `max_head`; an offset past `u32` is out of range and
@@ -343,12 +352,19 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
             count,
         )
     };
+    // Names are read in lower case from here on, so each lookup is a plain comparison.
+    for &[name_from, name_to, _, _] in spans.iter().take(count) {
+        if let Some(name) = buf.get_mut(name_from as usize..name_to as usize) {
+            name.make_ascii_lowercase();
+        }
+    }
     let head = buf.split_to(len).freeze();
     let bytes = |from: u32, to: u32| head.get(from as usize..to as usize).ok_or(Refusal::Bad);
-    let piece = |(from, to): (u32, u32)| bytes(from, to).map(|s| head.slice_ref(s));
-    let uri = Uri::from_maybe_shared(piece(target)?).map_err(|_| Refusal::Bad)?;
+    let uri = bytes(target.0, target.1).map(|s| head.slice_ref(s))?;
+    let uri = Uri::from_maybe_shared(uri).map_err(|_| Refusal::Bad)?;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // The fields kept, as spans of `head`: each one a map would have held.
+    let mut kept: Vec<Span> = Vec::with_capacity(count);
     let mut framing = Framing::Length(0);
     let mut length = None;
     let mut has_length = false;
@@ -357,30 +373,31 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     let mut keep_alive = http11;
     let mut said_close = false;
     let mut expect_continue = false;
-    for &[name_from, name_to, value_from, value_to] in spans.iter().take(count) {
-        let name = HeaderName::from_bytes(bytes(name_from, name_to)?).map_err(|_| Refusal::Bad)?;
-        let value = piece((value_from, value_to))?;
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| Refusal::Bad)?;
-        if name == TRANSFER_ENCODING {
+    let is = |name: &[u8], known: &HeaderName| name == known.as_str().as_bytes();
+    for &span in spans.iter().take(count) {
+        let [name_from, name_to, value_from, value_to] = span;
+        let name = bytes(name_from, name_to)?;
+        let value = bytes(value_from, value_to)?;
+        if is(name, &TRANSFER_ENCODING) {
             // The last coding must be chunked (RFC 9112 §6.3); HTTP/1.0 has none.
             if !http11 {
                 return Err(Refusal::Bad);
             }
             coded = true;
             if has_length && length.take().is_some() {
-                headers.remove(CONTENT_LENGTH);
+                kept.retain(|&[nf, nt, _, _]| !bytes(nf, nt).is_ok_and(|n| is(n, &CONTENT_LENGTH)));
             }
-            chunked = last_coding_is_chunked(&value);
+            chunked = last_coding_is_chunked(value);
             if chunked {
                 framing = Framing::Chunked;
             }
-        } else if name == CONTENT_LENGTH {
+        } else if is(name, &CONTENT_LENGTH) {
             has_length = true;
             // Beside a coding, a length is ignored (and the connection not kept).
             if coded {
                 continue;
             }
-            let n = digits(value.as_bytes()).ok_or(Refusal::Bad)?;
+            let n = digits(value).ok_or(Refusal::Bad)?;
             match length {
                 Some(before) if before != n => return Err(Refusal::Bad),
                 Some(_) => continue,
@@ -389,18 +406,18 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
                     length = Some(n);
                 }
             }
-        } else if name == CONNECTION {
+        } else if is(name, &CONNECTION) {
             // Once a `Connection` field says close, a later keep-alive does not undo it.
-            if said_close || has_token(&value, "close") {
+            if said_close || has_token(value, "close") {
                 said_close = true;
                 keep_alive = false;
             } else if !keep_alive {
-                keep_alive = has_token(&value, "keep-alive");
+                keep_alive = has_token(value, "keep-alive");
             }
-        } else if name == EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if is(name, &EXPECT) {
+            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
-        headers.append(name, value);
+        kept.push(span);
     }
     if coded && !chunked {
         return Err(Refusal::Bad);
@@ -408,16 +425,14 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     if coded && has_length {
         keep_alive = false;
     }
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = match http11 {
-        true => Version::HTTP_11,
-        false => Version::HTTP_10,
-    };
-    parts.headers = headers;
     Ok(Some(Head {
-        parts,
+        method,
+        uri,
+        version: match http11 {
+            true => Version::HTTP_11,
+            false => Version::HTTP_10,
+        },
+        fields: Fields::from_spans(head, kept),
         framing,
         keep_alive,
         expect_continue,
@@ -437,13 +452,13 @@ fn digits(value: &[u8]) -> Option<u64> {
 
 /// Read as hyper read these fields: a value that is not visible ASCII names no coding
 /// and no token.
-fn last_coding_is_chunked(value: &HeaderValue) -> bool {
-    value.to_str().is_ok() && forward::last_coding_is_chunked(value.as_bytes())
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    request::text(value).is_some() && forward::last_coding_is_chunked(value)
 }
 
 /// Whether a `Connection` value lists `token`.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok() && forward::lists_token(value.as_bytes(), token.as_bytes())
+fn has_token(value: &[u8], token: &str) -> bool {
+    request::text(value).is_some() && forward::lists_token(value, token.as_bytes())
 }
 
 /// Where one request's body stands; the connection reads it after the answer too.
@@ -812,8 +827,8 @@ pub fn read_all(input: &[u8], max_head: usize) -> Vec<Read> {
             found.push(Read::Cut);
             break;
         }
-        let target = head.parts.uri.to_string();
-        found.push(Read::Request(head.parts.method.to_string(), target, body));
+        let target = head.uri.to_string();
+        found.push(Read::Request(head.method.to_string(), target, body));
     }
     found
 }
@@ -821,6 +836,7 @@ pub fn read_all(input: &[u8], max_head: usize) -> Vec<Read> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     const LIMIT: usize = 16 * 1024;
 
@@ -983,6 +999,29 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_handed_on_in_order_by_lower_case_name_values_untouched() {
+        let text = "POST /a?b=C HTTP/1.1\r\nHOST: x\r\nContent-Type: Application/JSON\r\n\
+                    X-Passcode: AbC\r\ncontent-type: second\r\nContent-Length: 0\r\n\r\n";
+        let head = head_of(text).unwrap().unwrap();
+        assert_eq!(
+            (head.method, head.uri.to_string()),
+            (Method::POST, "/a?b=C".into())
+        );
+        let fields: Vec<(&[u8], &[u8])> = head.fields.iter().collect();
+        let expected: [(&[u8], &[u8]); 5] = [
+            (b"host", b"x"),
+            (b"content-type", b"Application/JSON"),
+            (b"x-passcode", b"AbC"),
+            (b"content-type", b"second"),
+            (b"content-length", b"0"),
+        ];
+        assert_eq!(fields, expected);
+        let ct = http::header::CONTENT_TYPE;
+        assert_eq!(head.fields.text(&ct), Some("Application/JSON"));
+        assert_eq!(head.fields.get_all(&ct).count(), 2);
+    }
+
+    #[test]
     fn lengths_and_codings_are_read_as_rfc_9112_has_them() {
         // A coding beside a length: chunked wins, the length is not handed on, and the
         // connection is not kept.
@@ -993,14 +1032,14 @@ mod tests {
             let head = head_of(text).unwrap().unwrap();
             assert_eq!(head.framing, Framing::Chunked);
             assert!(!head.keep_alive);
-            assert!(!head.parts.headers.contains_key(CONTENT_LENGTH));
+            assert_eq!(head.fields.get(&CONTENT_LENGTH), None);
         }
         // The same length twice is one; two lengths are refused.
         let head = head_of("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(head.framing, Framing::Length(3));
-        assert_eq!(head.parts.headers.get_all(CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(head.fields.get_all(&CONTENT_LENGTH).count(), 1);
         for text in [
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
@@ -1126,9 +1165,9 @@ mod tests {
                 finish.store(true, Ordering::Relaxed);
             }
             Box::pin(async move {
-                let read = req.uri().path() == "/read";
+                let read = req.uri.path() == "/read";
                 let text = match read {
-                    true => match req.into_body().collect().await {
+                    true => match req.body.collect().await {
                         Ok(body) => format!("read {}", body.to_bytes().len()),
                         Err(e) => format!("failed {e}"),
                     },

@@ -1031,11 +1031,9 @@ struct Requests<'c> {
 impl h1::Service for Requests<'_> {
     type Future<'a> = Handling<'a>;
 
-    fn call<'a>(&self, mut req: http::Request<h1::ReqBody<'a>>) -> Handling<'a> {
+    fn call<'a>(&self, mut req: pipeline::Request<h1::ReqBody<'a>>) -> Handling<'a> {
         let conn = self.conn;
-        if let Some(c) = &conn.client_cert {
-            req.extensions_mut().insert(c.clone());
-        }
+        req.client_cert.clone_from(&conn.client_cert);
         let rt = conn.live.load();
         let idx = conn.idx;
         let trusted = rt
@@ -1044,7 +1042,8 @@ impl h1::Service for Requests<'_> {
             .and_then(|l| l.trusted_proxies.as_ref());
         let client = match (trusted, conn.xff) {
             (Some(trusted), true) => {
-                proxy::client_from_forwarded(conn.client, req.headers(), trusted)
+                let forwarded = &proxy::X_FORWARDED_FOR;
+                proxy::client_from_forwarded(conn.client, req.fields.get_all(forwarded), trusted)
             }
             _ => conn.client,
         };

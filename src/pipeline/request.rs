@@ -1,0 +1,252 @@
+//! The request as the pipeline reads it: method, target, the head's fields as they came,
+//! the client's certificate, and the body still to be read.
+//!
+//! The fields are not an `http::HeaderMap`. A map parsed each name, checked and counted
+//! each value, hashed each name into its table and allocated for it (twice, and once more
+//! for each name it does not know), then dropped all of it: about 2,000 instructions a
+//! request. The pipeline reads five or six fields by name and forwards an allowlisted few,
+//! so [`Fields`] keeps where each name and value lies in the head's bytes, as the parser
+//! found them, and a lookup walks that short list comparing names without regard to case.
+//!
+//! ```
+//! use bsk_sidecar::pipeline::Request;
+//! let req = http::Request::post("/bsk/status")
+//!     .header("Content-Type", "application/json")
+//!     .header("x-passcode", "376423")
+//!     .body(())
+//!     .unwrap();
+//! let req = Request::from(req);
+//! assert_eq!(req.fields.text(&http::header::CONTENT_TYPE), Some("application/json"));
+//! assert_eq!(req.fields.get(&"X-Passcode".parse().unwrap()), Some(&b"376423"[..]));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName};
+use http::{Method, Uri};
+
+use crate::guard::client_cert::PresentedCert;
+
+/// One request: what the connection parsed of its head, and its body.
+pub struct Request<B> {
+    pub method: Method,
+    pub uri: Uri,
+    pub fields: Fields,
+    /// The certificate the client presented on an mTLS listener.
+    pub client_cert: Option<Arc<PresentedCert>>,
+    pub body: B,
+}
+
+/// Where a field's name and value lie in the head: `[name from, name to, value from,
+/// value to]`.
+pub(crate) type Span = [u32; 4];
+
+/// A request head's fields, in the order they came, names in lower case (header names
+/// are case-insensitive, RFC 9110 §5.1: the connection lowers them as it parses the head).
+/// Names are tokens and values hold no control byte but tab (the parser refused any
+/// other head).
+#[derive(Clone, Default)]
+pub struct Fields {
+    head: Bytes,
+    spans: Vec<Span>,
+}
+
+impl Fields {
+    /// The fields at `spans` of `head`, their names already in lower case. A span outside
+    /// `head` reads as an empty name and value (the parser only makes spans inside it).
+    pub(crate) fn from_spans(head: Bytes, spans: Vec<Span>) -> Fields {
+        Fields { head, spans }
+    }
+
+    fn slice(&self, from: u32, to: u32) -> &[u8] {
+        self.head
+            .get(from as usize..to as usize)
+            .unwrap_or_default()
+    }
+
+    /// Each field's name (lower case) and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|&[nf, nt, vf, vt]| (self.slice(nf, nt), self.slice(vf, vt)))
+    }
+
+    /// The values of every field called `name`, in order.
+    pub fn get_all<'a: 'n, 'n>(
+        &'a self,
+        name: &'n HeaderName,
+    ) -> impl Iterator<Item = &'a [u8]> + 'n {
+        let name = name.as_str().as_bytes();
+        self.spans
+            .iter()
+            .filter(move |&&[nf, nt, _, _]| self.is(nf, nt, name))
+            .map(|&[_, _, vf, vt]| self.slice(vf, vt))
+    }
+
+    /// The value of the first field called `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str().as_bytes();
+        (self.spans.iter())
+            .find(|&&[nf, nt, _, _]| self.is(nf, nt, name))
+            .map(|&[_, _, vf, vt]| self.slice(vf, vt))
+    }
+
+    /// Whether the name at `from..to` is `name` (lower case). Most names differ in
+    /// length, which is compared first.
+    fn is(&self, from: u32, to: u32, name: &[u8]) -> bool {
+        to.wrapping_sub(from) as usize == name.len() && self.slice(from, to) == name
+    }
+
+    /// The value of the first field called `name`, when it is text (visible ASCII, space
+    /// and tab: what `http::HeaderValue::to_str` accepts).
+    pub fn text(&self, name: &HeaderName) -> Option<&str> {
+        self.get(name).and_then(text)
+    }
+
+    /// How many fields the head has.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the head has no field.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+}
+
+/// `value` as text, when it is visible ASCII, space and tab only.
+pub fn text(value: &[u8]) -> Option<&str> {
+    match value
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) || b == b'\t')
+    {
+        true => std::str::from_utf8(value).ok(),
+        false => None,
+    }
+}
+
+/// Names only: a value may be a credential (`Authorization`, `X-Passcode`).
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, _)| String::from_utf8_lossy(n)))
+            .finish()
+    }
+}
+
+/// The fields of a map, in its order (a test's or a tool's request).
+impl From<&HeaderMap> for Fields {
+    fn from(map: &HeaderMap) -> Fields {
+        let mut head = BytesMut::new();
+        let mut spans = Vec::with_capacity(map.len());
+        let at = |head: &BytesMut| u32::try_from(head.len()).unwrap_or(u32::MAX);
+        for (name, value) in map {
+            let name_from = at(&head);
+            head.put_slice(name.as_str().as_bytes());
+            let name_to = at(&head);
+            head.put_slice(b": ");
+            let value_from = at(&head);
+            head.put_slice(value.as_bytes());
+            spans.push([name_from, name_to, value_from, at(&head)]);
+            head.put_slice(b"\r\n");
+        }
+        Fields::from_spans(head.freeze(), spans)
+    }
+}
+
+/// An `http` request (a test's, a tool's): its certificate, if any, from its extensions.
+impl<B> From<http::Request<B>> for Request<B> {
+    fn from(req: http::Request<B>) -> Request<B> {
+        let (parts, body) = req.into_parts();
+        Request {
+            fields: Fields::from(&parts.headers),
+            client_cert: parts.extensions.get::<Arc<PresentedCert>>().cloned(),
+            method: parts.method,
+            uri: parts.uri,
+            body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CONNECTION, CONTENT_TYPE};
+
+    /// Fields as the connection hands them on: names lowered.
+    fn fields(raw: &[(&str, &str)]) -> Fields {
+        let mut head = Vec::new();
+        let mut spans = Vec::new();
+        for (n, v) in raw {
+            let nf = head.len() as u32;
+            head.extend_from_slice(n.to_ascii_lowercase().as_bytes());
+            let nt = head.len() as u32;
+            head.extend_from_slice(b":");
+            let vf = head.len() as u32;
+            head.extend_from_slice(v.as_bytes());
+            spans.push([nf, nt, vf, head.len() as u32]);
+        }
+        Fields::from_spans(Bytes::from(head), spans)
+    }
+
+    #[test]
+    fn fields_are_found_by_name_values_in_order() {
+        let f = fields(&[
+            ("Content-TYPE", "application/json"),
+            ("Connection", "keep-alive"),
+            ("CONNECTION", "X-Secret"),
+        ]);
+        assert_eq!(f.text(&CONTENT_TYPE), Some("application/json"));
+        let all: Vec<&[u8]> = f.get_all(&CONNECTION).collect();
+        assert_eq!(all, [&b"keep-alive"[..], b"X-Secret"]);
+        assert_eq!(f.get(&"x-passcode".parse().unwrap()), None);
+        assert_eq!(f.len(), 3);
+    }
+
+    #[test]
+    fn only_visible_ascii_is_text() {
+        assert_eq!(text(b"a b\tc~"), Some("a b\tc~"));
+        assert_eq!(text("é".as_bytes()), None);
+        assert_eq!(text(b"a\x7f"), None);
+        assert_eq!(text(b"a\x01"), None);
+        let f = fields(&[("content-type", "text/plain; x=\u{e9}")]);
+        assert_eq!(f.text(&CONTENT_TYPE), None);
+        assert!(f.get(&CONTENT_TYPE).is_some());
+    }
+
+    #[test]
+    fn a_span_outside_the_head_reads_empty() {
+        let f = Fields::from_spans(Bytes::from_static(b"host: a"), vec![[0, 4, 6, 99]]);
+        assert_eq!(f.iter().collect::<Vec<_>>(), [(&b"host"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn debug_prints_names_never_values() {
+        let f = fields(&[("X-Passcode", "376423"), ("Authorization", "Bearer s3cret")]);
+        let shown = format!("{f:?}");
+        assert!(shown.contains("x-passcode") && shown.contains("authorization"));
+        assert!(
+            !shown.contains("376423") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_http_request_keeps_its_fields_and_order() {
+        let req = http::Request::post("/a?b=c")
+            .header("x-one", "1")
+            .header("x-two", "2")
+            .header("x-one", "3")
+            .body(())
+            .unwrap();
+        let req = Request::from(req);
+        assert_eq!((req.method, req.uri.query()), (Method::POST, Some("b=c")));
+        let got: Vec<_> = req.fields.iter().collect();
+        // A map groups a name's values; both of `x-one`'s are kept, in their order.
+        assert_eq!(got.len(), 3);
+        let ones: Vec<&[u8]> = req.fields.get_all(&"x-one".parse().unwrap()).collect();
+        assert_eq!(ones, [&b"1"[..], b"3"]);
+    }
+}
