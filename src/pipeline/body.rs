@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
@@ -40,11 +41,20 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match tokio::time::timeout(deadline, gather(Limited::new(body, max))).await {
-        Err(_) => Err(Reject::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
-        Ok(Err(_)) => Err(Reject::BodyUnreadable),
-        Ok(Ok(bytes)) => Ok(bytes),
+    let mut gathered = std::pin::pin!(gather(Limited::new(body, max)));
+    // A body that came with its head (nearly every one) is read at once, and no timer
+    // is set for it; one still arriving is read within the deadline.
+    let read = match (&mut gathered).now_or_never() {
+        Some(read) => read,
+        None => match tokio::time::timeout(deadline, gathered).await {
+            Ok(read) => read,
+            Err(_) => return Err(Reject::BodyTimeout),
+        },
+    };
+    match read {
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
+        Err(_) => Err(Reject::BodyUnreadable),
+        Ok(bytes) => Ok(bytes),
     }
 }
 

@@ -118,10 +118,12 @@ impl Fields {
 
 /// `value` as text, when it is visible ASCII, space and tab only.
 pub fn text(value: &[u8]) -> Option<&str> {
-    match value
-        .iter()
-        .all(|&b| (b' '..=b'~').contains(&b) || b == b'\t')
-    {
+    // Every byte is looked at (no early exit), which the compiler turns into a few
+    // vector operations for a value of a typical length.
+    let visible = (value.iter()).fold(true, |ok, &b| {
+        ok & (matches!(b, b' '..=b'~') | (b == b'\t'))
+    });
+    match visible {
         true => std::str::from_utf8(value).ok(),
         false => None,
     }
