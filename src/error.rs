@@ -18,9 +18,7 @@ use crate::guard::fresh::Stale;
 use crate::guard::payload::Invalid;
 use crate::guard::schema::Problem;
 
-/// The header every answer and every forwarded request carries the request id in (named
-/// once: a name made from a `&str` is copied each time).
-pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub use crate::forward::X_REQUEST_ID;
 
 /// Names the request in `headers` (`X-Request-Id`), as every answer and every forwarded
 /// request carries it. The sidecar's own ids are hex; one that is no header value (an id

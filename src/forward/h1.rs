@@ -14,10 +14,11 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::response::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::Answer;
 
 /// The most header fields an answer (or its trailer section) may carry.
 const MAX_HEADERS: usize = 100;
@@ -213,7 +214,7 @@ impl FixedFields {
 /// characters, space, tab and obs-text; no CR, LF, NUL or other controls). Without
 /// branches or an early exit, so the check runs many bytes at a time: a value is nearly
 /// always valid, and this was a third of the cost of writing a request head.
-fn field_value(value: &[u8]) -> bool {
+pub(crate) fn field_value(value: &[u8]) -> bool {
     value.iter().fold(true, |ok, &b| {
         ok & ((b == b'\t') | ((b >= 0x20) & (b != 0x7f)))
     })
@@ -314,14 +315,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         head_request: bool,
         max: usize,
-    ) -> Result<(Response<Bytes>, bool), Fault> {
+    ) -> Result<(Answer, bool), Fault> {
         let mut buf = BytesMut::with_capacity(FIRST_READ);
         // The final head, after any interim (1xx) ones; `seen` counts every head byte. The
         // head is parsed once a blank line has arrived (one parse, however the answer is
         // cut into reads).
         let mut seen = 0usize;
         let mut new_from = 0usize;
-        let (parts, framing, mut reusable, rest) = loop {
+        let (mut answer, framing, mut reusable, rest) = loop {
             let scan = match blank_line_from(&buf, new_from) {
                 true => take_head(&mut buf, head_request)?,
                 false => Scan::Partial,
@@ -376,7 +377,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if past > 0 {
             reusable = false;
         }
-        Ok((Response::from_parts(parts, body), reusable))
+        answer.body = body;
+        Ok((answer, reusable))
     }
 
     /// Reads more into `buf`, with room for at least `want` more bytes; the connection's
@@ -469,6 +471,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 /// What the start of the read buffer holds.
+// One per answer, moved straight out of `take_head`: boxing the large variant would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Scan {
     /// Not all of a head yet.
     Partial,
@@ -478,9 +483,9 @@ enum Scan {
     Final(Head),
 }
 
-/// The final answer's status and header fields, how its body is framed, whether the
-/// connection may be kept, and the bytes read past the head.
-type Head = (Parts, Framing, bool, Bytes);
+/// The final answer's status and header fields (its body still empty), how its body is
+/// framed, whether the connection may be kept, and the bytes read past the head.
+type Head = (Answer, Framing, bool, Bytes);
 
 /// Parses the head at the start of `buf` once it has all arrived and takes it off the
 /// buffer. The bytes read so far are frozen first, so the header values and what follows
@@ -523,15 +528,18 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
             .filter(|f| f.name.eq_ignore_ascii_case("connection"))
             .map(|f| f.value),
     );
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    // The fields handed on, as the lines the client's connection writes: no `HeaderName`
+    // or `HeaderValue` is made of them (`httparse` has held their names and values to the
+    // same rules).
+    let room = len.saturating_sub(res.headers.len() * 2);
+    let mut answer = Answer::new(status, Bytes::new(), room);
     let mut length: Option<usize> = None;
     let mut coded = false;
     let mut chunked = false;
     let mut close = !http11;
     for field in res.headers.iter() {
         // The framing fields and the other fields of this hop are read from the name as
-        // sent and never handed on, so no `HeaderName` or `HeaderValue` is made of them
-        // (`httparse` has held their names and values to the same rules).
+        // sent and never handed on.
         let raw = field.name.as_bytes();
         let is = |name: &HeaderName| raw.eq_ignore_ascii_case(name.as_str().as_bytes());
         if is(&CONTENT_LENGTH) {
@@ -553,13 +561,15 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
             close |= lists_token(field.value, b"close");
             continue;
         }
-        if super::is_hop_by_hop(raw) || listed.iter().any(|t| t.eq_ignore_ascii_case(raw)) {
+        // The sidecar names the request itself (`X-Request-Id`).
+        if is(&super::X_REQUEST_ID)
+            || super::is_hop_by_hop(raw)
+            || listed.iter().any(|t| t.eq_ignore_ascii_case(raw))
+        {
             continue;
         }
-        let name = HeaderName::from_bytes(raw).map_err(|_| bad("bad header field name"))?;
-        let value = HeaderValue::from_maybe_shared(all.slice_ref(field.value))
-            .map_err(|_| bad("bad header field value"))?;
-        headers.append(name, value);
+        // Names in lower case, as `http` wrote them.
+        answer.push_line(raw, field.value);
     }
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -577,15 +587,7 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
         } else {
             Framing::Close
         };
-    let mut parts = Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = if http11 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    parts.headers = headers;
-    Ok(Scan::Final((parts, framing, !close, rest)))
+    Ok(Scan::Final((answer, framing, !close, rest)))
 }
 
 /// A `Content-Length` value: decimal digits, or a list of one value repeated
@@ -718,11 +720,7 @@ mod tests {
 
     /// `answer` read whole, delivered 1, 7 and 4096 bytes at a time: the same result each
     /// way (or the same fault).
-    async fn read(
-        answer: &str,
-        head_request: bool,
-        max: usize,
-    ) -> Result<(Response<Bytes>, bool), Fault> {
+    async fn read(answer: &str, head_request: bool, max: usize) -> Result<(Answer, bool), Fault> {
         let mut outcomes = Vec::new();
         for step in [1, 7, 4096] {
             let mut conn = Conn::new(Scripted::new(answer.as_bytes(), step));
@@ -733,8 +731,8 @@ mod tests {
             match (&other, &last) {
                 (Ok((a, ra)), Ok((b, rb))) => {
                     assert_eq!(
-                        (a.status(), a.headers(), a.body(), ra),
-                        (b.status(), b.headers(), b.body(), rb)
+                        (a.status, a.line_bytes(), &a.body, ra),
+                        (b.status, b.line_bytes(), &b.body, rb)
                     );
                 }
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
@@ -744,12 +742,12 @@ mod tests {
         last
     }
 
-    fn body(r: &Result<(Response<Bytes>, bool), Fault>) -> (&[u8], bool) {
+    fn body(r: &Result<(Answer, bool), Fault>) -> (&[u8], bool) {
         let (resp, reusable) = r.as_ref().unwrap();
-        (resp.body().as_ref(), *reusable)
+        (resp.body.as_ref(), *reusable)
     }
 
-    fn fault(r: Result<(Response<Bytes>, bool), Fault>) -> String {
+    fn fault(r: Result<(Answer, bool), Fault>) -> String {
         match r {
             Ok((resp, _)) => panic!("read as an answer: {resp:?}"),
             Err(e) => e.to_string(),
@@ -821,12 +819,19 @@ mod tests {
     async fn answers_framed_each_way_are_read_whole() {
         let r = read("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 7\r\n\r\n{\"a\":1}", false, 100).await;
         let (resp, reusable) = r.as_ref().unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        assert_eq!(resp.headers()["content-type"], "application/json");
-        let xa: Vec<_> = resp.headers().get_all("x-a").iter().collect();
-        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(resp.status, StatusCode::CREATED);
         assert_eq!(
-            (resp.body().as_ref(), *reusable),
+            resp.get(&http::header::CONTENT_TYPE),
+            Some(&b"application/json"[..])
+        );
+        let xa: Vec<_> = resp
+            .lines()
+            .filter(|(n, _)| *n == b"x-a")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(xa, [b"1", b"2"]);
+        assert_eq!(
+            (resp.body.as_ref(), *reusable),
             (b"{\"a\":1}".as_slice(), true)
         );
 
@@ -884,29 +889,22 @@ mod tests {
         let answer = "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nContent-Type: application/json\r\n\
                       Connection: Keep-Alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
                       Connection: x-other\r\nX-Other: 2\r\nProxy-Connection: x\r\n\
-                      Upgrade: h2c\r\nTrailer: x-t\r\nX-Kept: 1\r\nx-kept: 2\r\n\
-                      Content-Length: 2\r\n\r\n{}";
+                      Upgrade: h2c\r\nTrailer: x-t\r\nX-Kept: 1\r\nX-Request-Id: app-own\r\n\
+                      x-kept: 2\r\nContent-Length: 2\r\n\r\n{}";
         let r = read(answer, false, 100).await;
         let (resp, reusable) = r.as_ref().unwrap();
-        let left: Vec<_> = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
-            .collect();
+        // Names in lower case, values as sent; the request id is the sidecar's to give.
         assert_eq!(
-            left,
-            [
-                ("content-type", "application/json"),
-                ("x-kept", "1"),
-                ("x-kept", "2")
-            ]
+            resp.line_bytes(),
+            b"content-type: application/json\r\nx-kept: 1\r\nx-kept: 2\r\n"
         );
-        assert_eq!((resp.body().as_ref(), *reusable), (b"{}".as_slice(), true));
+        assert!(resp.headers.is_empty());
+        assert_eq!((resp.body.as_ref(), *reusable), (b"{}".as_slice(), true));
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
                        X-A: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
         let r = read(chunked, false, 100).await;
-        let names: Vec<_> = r.as_ref().unwrap().0.headers().keys().collect();
-        assert_eq!(names, ["x-a"]);
+        let names: Vec<_> = r.as_ref().unwrap().0.lines().map(|(n, _)| n).collect();
+        assert_eq!(names, [b"x-a"]);
     }
 
     #[tokio::test]

@@ -7,10 +7,12 @@
 //! hand-off between threads. (The egress client's hyper connections share
 //! [`IdlePool`] and [`exchange`].)
 
+mod answer;
 mod h1;
 
+pub use answer::Answer;
 use h1::Conn;
-pub(crate) use h1::{decimal, last_coding_is_chunked, lists_token, write_parts};
+pub(crate) use h1::{decimal, field_value, last_coding_is_chunked, lists_token, write_parts};
 pub use h1::{Fault, FixedFields, RequestHead};
 
 use std::sync::Mutex;
@@ -24,6 +26,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
+
+/// The header every answer and every forwarded request carries the request id in (named
+/// once: a name made from a `&str` is copied each time).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never
 /// carried from one hop to the next, in either direction. The one list: routes may not
@@ -335,7 +341,7 @@ impl Pool {
         body: &[u8],
         connect_timeout: Duration,
         max_response: usize,
-    ) -> Result<Response<Bytes>, ForwardError> {
+    ) -> Result<Answer, ForwardError> {
         let fault = |e| ForwardError::from_fault(e, max_response);
         loop {
             let (mut conn, reused) = match self.take() {
@@ -409,7 +415,7 @@ impl Forwarder {
         head: &RequestHead,
         body: &[u8],
         timeout: Duration,
-    ) -> Result<Response<Bytes>, ForwardError> {
+    ) -> Result<Answer, ForwardError> {
         // The route's authority as written (the config's own text, so nearly always the
         // same bytes as its pool's), else as `http` compares them, ignoring case. The pool
         // is borrowed, not counted: both workers taking a reference to it per request
@@ -509,7 +515,7 @@ mod tests {
             .send(up, &request(up), b"{}", Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(resp.body().as_ref(), format!("{{\"n\":{n}}}").as_bytes());
+        assert_eq!(resp.body.as_ref(), format!("{{\"n\":{n}}}").as_bytes());
     }
 
     fn forwarder(up: &Upstream) -> Forwarder {

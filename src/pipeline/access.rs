@@ -5,11 +5,8 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::Response;
-use http_body_util::Full;
-
 use crate::error::{Fault, Reject};
+use crate::forward::Answer;
 use crate::metrics::{RouteLabels, RouteSeries};
 use crate::runtime::{ListenerRt, Runtime};
 
@@ -34,8 +31,8 @@ pub(super) fn finish(
     request_id: &str,
     trace: &Trace<'_>,
     start: Instant,
-    result: Result<Response<Full<Bytes>>, Reject>,
-) -> Response<Full<Bytes>> {
+    result: Result<Answer, Reject>,
+) -> Answer {
     let route_label = trace.route.unwrap_or("unmatched");
     let peer_label = trace.peer.unwrap_or("none");
     let elapsed = start.elapsed();
@@ -60,7 +57,7 @@ pub(super) fn finish(
                 listener = %lst.name,
                 route = route_label,
                 peer = peer_label,
-                status = resp.status().as_u16(),
+                status = resp.status.as_u16(),
                 upstream_status = trace.upstream_status,
                 latency_ms,
                 userid = trace.userid.as_deref(),
@@ -84,7 +81,7 @@ pub(super) fn finish(
                 .rejections
                 .with_label_values(&[&lst.name, route_label, reject.public_reason()])
                 .inc();
-            let resp = reject.to_response(request_id);
+            let resp = Answer::from(reject.to_response(request_id));
             macro_rules! log_reject {
                 ($level:ident) => {
                     tracing::$level!(
@@ -94,7 +91,7 @@ pub(super) fn finish(
                         route = route_label,
                         peer = peer_label,
                         client = %client,
-                        status = resp.status().as_u16(),
+                        status = resp.status.as_u16(),
                         reason = reject.reason(),
                         detail = %reject,
                         latency_ms,

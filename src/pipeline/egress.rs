@@ -4,14 +4,13 @@
 //! what goes *to* the peer: that is charged in `crate::egress`.)
 
 use bytes::Bytes;
-use http::Response;
-use http_body_util::Full;
 
 use super::access::Trace;
 use super::Ctx;
 use crate::config::Remote;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::forward::Answer;
 use crate::guard::fields::Ids;
 
 pub(super) async fn push(
@@ -20,7 +19,7 @@ pub(super) async fn push(
     remote: &Remote,
     body: Bytes,
     trace: &mut Trace<'_>,
-) -> Result<Response<Full<Bytes>>, Reject> {
+) -> Result<Answer, Reject> {
     let rt = cx.rt;
     rt.settings.limits.json.check(&body)?;
     let ids = Ids::parse(&body);
@@ -30,5 +29,5 @@ pub(super) async fn push(
     let (resp, outcome) =
         crate::egress::push(egress, &rt.metrics, cfg, remote, body, cx.request_id).await?;
     trace.upstream_status = outcome.peer_status;
-    Ok(resp)
+    Ok(Answer::from(resp))
 }

@@ -7,8 +7,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Response, Uri};
+use http::Uri;
 
 use super::access::Trace;
 use super::headers;
@@ -16,6 +15,7 @@ use super::replay::Held;
 use super::Ctx;
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::forward::Answer;
 use crate::pipeline::Fields;
 use crate::runtime::Application;
 
@@ -28,7 +28,7 @@ pub(super) async fn to_upstream(
     plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
-) -> Result<Response<Bytes>, Reject> {
+) -> Result<Answer, Reject> {
     let cfg = &cx.route.cfg;
     let (client, id, len) = (cx.client, cx.request_id, plain.len());
     let head = headers::upstream_request(cfg, app, uri, fields, client, id, len);
@@ -53,7 +53,7 @@ pub(super) async fn to_upstream(
         tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");
         Reject::from(e)
     })?;
-    trace.upstream_status = Some(answer.status().as_u16());
+    trace.upstream_status = Some(answer.status.as_u16());
     Ok(answer)
 }
 
@@ -64,11 +64,11 @@ pub(super) async fn to_journal(
     plain: &[u8],
     held: Option<Held>,
     trace: &mut Trace<'_>,
-) -> Result<Response<Bytes>, Reject> {
+) -> Result<Answer, Reject> {
     let answer = crate::egress::serve_journal(egress, &cx.route.cfg, plain).await?;
     if let Some(r) = held {
         r.keep();
     }
     trace.upstream_status = Some(answer.status().as_u16());
-    Ok(answer)
+    Ok(Answer::from(answer))
 }

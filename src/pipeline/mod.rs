@@ -38,12 +38,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::Response;
-use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::egress::Egress;
 use crate::error::Reject;
+use crate::forward::Answer;
 use crate::metrics::RouteLabels;
 use crate::runtime::{Application, Destination, ListenerRt, RouteRt, Runtime};
 
@@ -100,7 +99,7 @@ pub async fn handle<B>(
     listener: usize,
     client: IpAddr,
     req: Request<B>,
-) -> Result<Response<Full<Bytes>>, Infallible>
+) -> Result<Answer, Infallible>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -108,7 +107,7 @@ where
     let start = Instant::now();
     let request_id = rt.next_request_id();
     let Some(lst) = rt.listeners.get(listener) else {
-        return Ok(Reject::Internal.to_response(&request_id));
+        return Ok(Answer::from(Reject::Internal.to_response(&request_id)));
     };
     let mut trace = access::Trace::default();
 
@@ -149,7 +148,7 @@ async fn run<'a, B>(
     req: Request<B>,
     request_id: &str,
     trace: &mut access::Trace<'a>,
-) -> Result<Response<Full<Bytes>>, Reject>
+) -> Result<Answer, Reject>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -247,17 +246,13 @@ listeners:
     async fn send(rt: &Arc<Runtime>, client: &str, path: &str, body: Vec<u8>) -> (u16, String) {
         let req = http::Request::post(path)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(http_body_util::Full::new(Bytes::from(body)))
             .unwrap();
         let client = client.parse().unwrap();
         let in_flight = Arc::new(InFlight::new());
         let resp = (handle(rt.clone(), in_flight, 0, client, req.into()).await).unwrap();
-        let status = resp.status().as_u16();
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let status = resp.status.as_u16();
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         (status, v["reason"].as_str().unwrap_or_default().to_string())
     }
 

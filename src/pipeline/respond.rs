@@ -3,42 +3,35 @@
 //! (`response.mode: seal`).
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::Response;
-use http_body_util::Full;
+use http::header;
 
 use crate::config::{ResponseMode, Route};
 use crate::envelope::{self, BodyShape, Failure, Layer};
-use crate::error::Reject;
+use crate::error::{Reject, X_REQUEST_ID};
+use crate::forward::Answer;
 
 /// The client's answer to `upstream`, the application's (or the journal's) answer;
 /// `now` (unix seconds, the request's instant) stamps a sealed answer's `iat`/`exp`.
 pub(super) fn respond(
     cfg: &Route,
     shape: BodyShape,
-    upstream: Response<Bytes>,
+    mut answer: Answer,
     request_id: &str,
     now: u64,
-) -> Result<Response<Full<Bytes>>, Reject> {
-    let (parts, body) = upstream.into_parts();
-    let (body, content_type) = match &cfg.response {
-        ResponseMode::Pass => (body, None),
-        ResponseMode::Seal { wrap } => {
-            let (b, ct) = seal_response(cfg, shape, &body, wrap.as_ref(), now)?;
-            (b, Some(ct))
-        }
-    };
-    // The application's own headers, in place (the forwarder kept none of its hop).
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = parts.status;
-    *resp.headers_mut() = parts.headers;
-    let headers = resp.headers_mut();
-    // (`insert` replaces every value the application gave.)
-    if let Some(ct) = content_type {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+) -> Result<Answer, Reject> {
+    // The application's own headers stay, in place (the forwarder kept none of its hop);
+    // `set` replaces every value the application gave.
+    if let ResponseMode::Seal { wrap } = &cfg.response {
+        let (body, ct) = seal_response(cfg, shape, &answer.body, wrap.as_ref(), now)?;
+        answer.body = body;
+        answer.set(&header::CONTENT_TYPE, ct.as_bytes());
     }
-    crate::error::tag_request_id(headers, request_id);
-    Ok(resp)
+    // The forwarder keeps none of the application's own `X-Request-Id` in the lines.
+    if !answer.headers.is_empty() {
+        answer.headers.remove(X_REQUEST_ID);
+    }
+    answer.add(&X_REQUEST_ID, request_id.as_bytes());
+    Ok(answer)
 }
 
 /// Seals the application's JSON answer with the route's layers. With `wrap`, the inner

@@ -23,14 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::FutureExt;
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{Method, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{Method, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::forward::{self, write_parts};
+use crate::forward::{self, write_parts, Answer};
 use crate::pipeline::request::{self, Fields, Span};
 use crate::pipeline::Request;
 
@@ -54,11 +52,11 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the connection's requests go to.
 pub(super) trait Service {
-    type Future<'a>: Future<Output = Response<Full<Bytes>>> + Send + 'a;
+    type Future<'a>: Future<Output = Answer> + Send + 'a;
     /// One request, its body read from the connection as the handler asks for it.
     fn call<'a>(&self, req: Request<ReqBody<'a>>) -> Self::Future<'a>;
     /// The answer to a request head that is not HTTP/1.1 (400, 414 or 431).
-    fn refuse(&self, status: StatusCode) -> Response<Full<Bytes>>;
+    fn refuse(&self, status: StatusCode) -> Answer;
     /// Part of a request head is in the buffer and the rest is awaited.
     fn head_begun(&self);
 }
@@ -185,21 +183,16 @@ fn poll_read_more<R: AsyncRead + Unpin + ?Sized>(
 async fn write_answer<S: Io>(
     io: &mut S,
     out: &mut Vec<u8>,
-    mut answer: Response<Full<Bytes>>,
+    answer: Answer,
     version: Version,
     close: bool,
     head_request: bool,
 ) -> io::Result<()> {
-    // A `Full` body is ready at once: its one frame, or none when empty.
-    let data = match answer.body_mut().frame().now_or_never() {
-        Some(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
-    };
     out.clear();
-    let bodiless = encode_head(&answer, data.len(), version, close, out);
+    let bodiless = encode_head(&answer, answer.body.len(), version, close, out);
     let body = match head_request || bodiless {
         true => &[][..],
-        false => &data[..],
+        false => &answer.body[..],
     };
     let mut written = false;
     write_parts(io, [out.as_slice(), body, &[]], &mut written).await?;
@@ -209,13 +202,13 @@ async fn write_answer<S: Io>(
 /// The answer's head: status line, its fields but those of this hop, the length, the
 /// connection's fate and the date. Whether the status has no body at all.
 fn encode_head(
-    answer: &Response<Full<Bytes>>,
+    answer: &Answer,
     len: usize,
     version: Version,
     close: bool,
     out: &mut Vec<u8>,
 ) -> bool {
-    let status = answer.status();
+    let status = answer.status;
     out.extend_from_slice(match version {
         Version::HTTP_10 => b"HTTP/1.0 ",
         _ => b"HTTP/1.1 ",
@@ -224,7 +217,7 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in answer.headers() {
+    for (name, value) in &answer.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
@@ -233,6 +226,8 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The application's fields, as the forwarder wrote them (none of this hop's).
+    out.extend_from_slice(answer.line_bytes());
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -244,7 +239,7 @@ fn encode_head(
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !answer.headers().contains_key(DATE) {
+    if !answer.dated() {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(&date::now());
         out.extend_from_slice(b"\r\n");
@@ -836,7 +831,9 @@ pub fn read_all(input: &[u8], max_head: usize) -> Vec<Read> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use http::HeaderValue;
+    use http_body_util::BodyExt;
 
     const LIMIT: usize = 16 * 1024;
 
@@ -1112,24 +1109,27 @@ mod tests {
 
     #[test]
     fn an_answer_head_says_its_length_the_connections_fate_and_the_date() {
-        let mut answer = Response::new(Full::new(Bytes::from_static(b"{}")));
+        let mut answer = Answer::new(StatusCode::OK, Bytes::from_static(b"{}"), 64);
         answer
-            .headers_mut()
+            .headers
             .insert("content-type", HeaderValue::from_static("application/json"));
         answer
-            .headers_mut()
+            .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        answer.set(&"x-app".parse().unwrap(), b"1");
         let mut out = Vec::new();
         assert!(!encode_head(&answer, 2, Version::HTTP_11, false, &mut out));
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"));
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-app: 1\r\n")
+        );
         assert!(text.contains("\r\ncontent-length: 2\r\n"));
         assert!(!text.contains("connection"), "{text}");
         let date = text.split("\r\ndate: ").nth(1).unwrap();
         assert!(httpdate::parse_http_date(date.trim_end()).is_ok(), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
 
-        *answer.status_mut() = StatusCode::NO_CONTENT;
+        answer.status = StatusCode::NO_CONTENT;
         let mut out = Vec::new();
         assert!(encode_head(&answer, 2, Version::HTTP_10, true, &mut out));
         let text = String::from_utf8(out).unwrap();
@@ -1137,16 +1137,20 @@ mod tests {
         assert!(!text.contains("content-length"));
         assert!(text.contains("\r\nconnection: close\r\n"));
 
-        // The application's own date is the one sent, once.
+        // The application's own date is the one sent, once, whichever kind of field
+        // it came in.
         let sent = "Tue, 01 Dec 2026 10:00:00 GMT";
-        answer
-            .headers_mut()
-            .insert(DATE, HeaderValue::from_static(sent));
-        let mut out = Vec::new();
-        encode_head(&answer, 2, Version::HTTP_11, false, &mut out);
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.matches("date: ").count(), 1, "{text}");
-        assert!(text.contains(&format!("\r\ndate: {sent}\r\n")), "{text}");
+        let mut lines = Answer::new(StatusCode::OK, Bytes::new(), 64);
+        lines.set(&http::header::DATE, sent.as_bytes());
+        let mut mapped = Answer::new(StatusCode::OK, Bytes::new(), 0);
+        (mapped.headers).insert(http::header::DATE, HeaderValue::from_static(sent));
+        for answer in [lines, mapped] {
+            let mut out = Vec::new();
+            encode_head(&answer, 2, Version::HTTP_11, false, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.matches("date: ").count(), 1, "{text}");
+            assert!(text.contains(&format!("\r\ndate: {sent}\r\n")), "{text}");
+        }
     }
 
     /// Answers each request with how many bytes of its body it read, reading it or not as
@@ -1158,7 +1162,7 @@ mod tests {
     }
 
     impl Service for Echo<'_> {
-        type Future<'a> = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send + 'a>>;
+        type Future<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
         fn call<'a>(&self, req: Request<ReqBody<'a>>) -> Self::Future<'a> {
             if let Some(finish) = self.finish {
@@ -1173,14 +1177,12 @@ mod tests {
                     },
                     false => "skipped".into(),
                 };
-                Response::new(Full::new(Bytes::from(text)))
+                Answer::new(StatusCode::OK, Bytes::from(text), 0)
             })
         }
 
-        fn refuse(&self, status: StatusCode) -> Response<Full<Bytes>> {
-            let mut answer = Response::new(Full::new(Bytes::from_static(b"refused")));
-            *answer.status_mut() = status;
-            answer
+        fn refuse(&self, status: StatusCode) -> Answer {
+            Answer::new(status, Bytes::from_static(b"refused"), 0)
         }
 
         fn head_begun(&self) {

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::Full;
+use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::error;
+use crate::forward::Answer;
 use crate::guard::client_cert::PresentedCert;
 use crate::guard::ip::canonical;
 use crate::guard::log_budget::LogBudget;
@@ -746,8 +746,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// One request's handling, as the connection holds it while it runs: boxed, so a
 /// connection between requests holds none of the pipeline's several KiB.
-type HandleFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<http::Response<Full<Bytes>>, Infallible>> + Send + 'a>>;
+type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send + 'a>>;
 
 async fn serve_http<S>(conn: Conn, stream: S)
 where
@@ -1059,13 +1058,13 @@ impl h1::Service for Requests<'_> {
         }
     }
 
-    fn refuse(&self, status: http::StatusCode) -> http::Response<Full<Bytes>> {
+    fn refuse(&self, status: http::StatusCode) -> Answer {
         let reject = match status {
             http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => error::Reject::HeadTooLarge,
             http::StatusCode::URI_TOO_LONG => error::Reject::UriTooLong,
             _ => error::Reject::BadRequest("request is not well-formed HTTP/1.1"),
         };
-        reject.to_response(&self.conn.live.load().next_request_id())
+        Answer::from(reject.to_response(&self.conn.live.load().next_request_id()))
     }
 
     fn head_begun(&self) {
@@ -1083,7 +1082,7 @@ struct Handling<'a> {
 }
 
 impl Future for Handling<'_> {
-    type Output = http::Response<Full<Bytes>>;
+    type Output = Answer;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let answer = match self.pipeline.as_mut().poll(cx) {
@@ -1092,7 +1091,7 @@ impl Future for Handling<'_> {
             Poll::Pending => return Poll::Pending,
         };
         let activity = &self.activity;
-        if answer.status() == http::StatusCode::TOO_MANY_REQUESTS {
+        if answer.status == http::StatusCode::TOO_MANY_REQUESTS {
             let until = activity.now_ms() + PAUSE_AFTER_429_MS;
             activity.paused_until_ms.store(until, Ordering::Relaxed);
         }
@@ -1220,8 +1219,7 @@ mod tests {
 
     /// Polls one request's handling, answered at once with `status`, to its end.
     fn handled(activity: &Arc<Activity>, status: http::StatusCode) {
-        let mut answer = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-        *answer.status_mut() = status;
+        let answer = Answer::new(status, bytes::Bytes::new(), 0);
         activity.in_progress.fetch_add(1, Ordering::Relaxed);
         let mut handling = Handling {
             pipeline: Box::pin(std::future::ready(Ok(answer))),
