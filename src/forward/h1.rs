@@ -898,7 +898,7 @@ mod tests {
             resp.line_bytes(),
             b"content-type: application/json\r\nx-kept: 1\r\nx-kept: 2\r\n"
         );
-        assert!(resp.headers.is_empty());
+        assert!(resp.map().is_none());
         assert_eq!((resp.body.as_ref(), *reusable), (b"{}".as_slice(), true));
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
                        X-A: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n";

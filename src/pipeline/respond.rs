@@ -26,11 +26,7 @@ pub(super) fn respond(
         answer.body = body;
         answer.set(&header::CONTENT_TYPE, ct.as_bytes());
     }
-    // The forwarder keeps none of the application's own `X-Request-Id` in the lines.
-    if !answer.headers.is_empty() {
-        answer.headers.remove(X_REQUEST_ID);
-    }
-    answer.add(&X_REQUEST_ID, request_id.as_bytes());
+    answer.set_own(&X_REQUEST_ID, request_id.as_bytes());
     Ok(answer)
 }
 

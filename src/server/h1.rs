@@ -217,7 +217,7 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &answer.headers {
+    for (name, value) in answer.map().into_iter().flatten() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
@@ -1110,12 +1110,9 @@ mod tests {
     #[test]
     fn an_answer_head_says_its_length_the_connections_fate_and_the_date() {
         let mut answer = Answer::new(StatusCode::OK, Bytes::from_static(b"{}"), 64);
-        answer
-            .headers
-            .insert("content-type", HeaderValue::from_static("application/json"));
-        answer
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        let map = answer.map_mut();
+        map.insert("content-type", HeaderValue::from_static("application/json"));
+        map.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         answer.set(&"x-app".parse().unwrap(), b"1");
         let mut out = Vec::new();
         assert!(!encode_head(&answer, 2, Version::HTTP_11, false, &mut out));
@@ -1143,7 +1140,7 @@ mod tests {
         let mut lines = Answer::new(StatusCode::OK, Bytes::new(), 64);
         lines.set(&http::header::DATE, sent.as_bytes());
         let mut mapped = Answer::new(StatusCode::OK, Bytes::new(), 0);
-        (mapped.headers).insert(http::header::DATE, HeaderValue::from_static(sent));
+        (mapped.map_mut()).insert(http::header::DATE, HeaderValue::from_static(sent));
         for answer in [lines, mapped] {
             let mut out = Vec::new();
             encode_head(&answer, 2, Version::HTTP_11, false, &mut out);
