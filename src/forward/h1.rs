@@ -531,8 +531,7 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
     // The fields handed on, as the lines the client's connection writes: no `HeaderName`
     // or `HeaderValue` is made of them (`httparse` has held their names and values to the
     // same rules).
-    let room = len.saturating_sub(res.headers.len() * 2);
-    let mut answer = Answer::new(status, Bytes::new(), room);
+    let mut answer = Answer::new(status, Bytes::new(), len);
     let mut length: Option<usize> = None;
     let mut coded = false;
     let mut chunked = false;

@@ -42,20 +42,22 @@ pub fn client_from_forwarded<'a>(
     if !trusted.contains_address(client) {
         return client;
     }
-    // Several header lines are one list, in order (RFC 9110 §5.3); a value that is not
-    // visible ASCII is not read, as `http::HeaderValue::to_str` did not.
-    let values: Vec<&str> = forwarded
-        .into_iter()
-        .filter(|v| v.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t'))
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .collect();
-    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Some(ip) = parse_hop(hop.trim()) else {
+    // Several header lines are one list, in order (RFC 9110 §5.3). A value that is not
+    // text is an entry that cannot be read, as any other: the walk stops there, and does
+    // not go on to the lines before it, which hops further out wrote.
+    let values: Vec<&[u8]> = forwarded.into_iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = std::str::from_utf8(value) else {
             return client;
         };
-        client = ip;
-        if !trusted.contains_address(ip) {
-            return ip;
+        for hop in text.rsplit(',') {
+            let Some(ip) = parse_hop(hop.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !trusted.contains_address(ip) {
+                return ip;
+            }
         }
     }
     client
@@ -375,6 +377,17 @@ mod tests {
         assert_eq!(
             client_from_forwarded(ip("10.0.0.2"), xff(&[]), &t),
             ip("10.0.0.2")
+        );
+        // A line that is not text stops the walk too: the line before it is not read.
+        let lines: [&[u8]; 3] = [b"198.51.100.9", b"\xff\xfe", b"10.1.1.1"];
+        assert_eq!(
+            client_from_forwarded(ip("10.0.0.2"), lines, &t),
+            ip("10.1.1.1")
+        );
+        let lines: [&[u8]; 3] = [b"198.51.100.9", "192.0.2.\u{e9}".as_bytes(), b"10.1.1.1"];
+        assert_eq!(
+            client_from_forwarded(ip("10.0.0.2"), lines, &t),
+            ip("10.1.1.1")
         );
         // All hops trusted: the left-most is as far as the chain can be followed.
         let h = xff(&["10.5.5.5, 10.1.1.1"]);

@@ -3,8 +3,8 @@
 //!
 //! The fields are not an `http::HeaderMap`. A map parsed each name, checked and counted
 //! each value, hashed each name into its table and allocated for it (twice, and once more
-//! for each name it does not know), then dropped all of it: about 2,000 instructions a
-//! request. The pipeline reads five or six fields by name and forwards an allowlisted few,
+//! for each name it does not know), then dropped all of it: about 1,000 instructions for
+//! a request of three fields. The pipeline reads five or six fields by name and forwards an allowlisted few,
 //! so [`Fields`] keeps where each name and value lies in the head's bytes, as the parser
 //! found them, and a lookup walks that short list comparing names without regard to case.
 //!
@@ -87,10 +87,7 @@ impl Fields {
 
     /// The value of the first field called `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        let name = name.as_str().as_bytes();
-        (self.spans.iter())
-            .find(|&&[nf, nt, _, _]| self.is(nf, nt, name))
-            .map(|&[_, _, vf, vt]| self.slice(vf, vt))
+        self.get_all(name).next()
     }
 
     /// Whether the name at `from..to` is `name` (lower case). Most names differ in
@@ -103,16 +100,6 @@ impl Fields {
     /// and tab: what `http::HeaderValue::to_str` accepts).
     pub fn text(&self, name: &HeaderName) -> Option<&str> {
         self.get(name).and_then(text)
-    }
-
-    /// How many fields the head has.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// Whether the head has no field.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
     }
 }
 
@@ -204,7 +191,7 @@ mod tests {
         let all: Vec<&[u8]> = f.get_all(&CONNECTION).collect();
         assert_eq!(all, [&b"keep-alive"[..], b"X-Secret"]);
         assert_eq!(f.get(&"x-passcode".parse().unwrap()), None);
-        assert_eq!(f.len(), 3);
+        assert_eq!(f.iter().count(), 3);
     }
 
     #[test]
