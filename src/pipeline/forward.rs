@@ -26,7 +26,7 @@ pub(super) async fn to_upstream(
     uri: &Uri,
     fields: &Fields,
     plain: &[u8],
-    held: Option<Held>,
+    held: Option<Held<'_>>,
     trace: &mut Trace<'_>,
 ) -> Result<Answer, Reject> {
     let cfg = &cx.route.cfg;
@@ -62,7 +62,7 @@ pub(super) async fn to_journal(
     cx: &Ctx<'_>,
     egress: &Egress,
     plain: &[u8],
-    held: Option<Held>,
+    held: Option<Held<'_>>,
     trace: &mut Trace<'_>,
 ) -> Result<Answer, Reject> {
     let answer = crate::egress::serve_journal(egress, &cx.route.cfg, plain).await?;

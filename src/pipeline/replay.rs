@@ -15,7 +15,6 @@
 //! Keys are scoped per peer and route: API-3 polled twice with two fresh tokens is two
 //! requests, and so is API-3 then API-1 on one ticket.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::calendar::canonical_ticket;
@@ -30,12 +29,12 @@ use crate::runtime::Runtime;
 
 /// The stage: lifetime, freshness, then the replay record (held until the request is
 /// known to have reached the application, see [`Held`]).
-pub(super) async fn check(
-    rt: &Runtime,
+pub(super) async fn check<'a>(
+    rt: &'a Runtime,
     cfg: &Route,
     opened: &Opened,
     now: u64,
-) -> Result<Option<Held>, Reject> {
+) -> Result<Option<Held<'a>>, Reject> {
     check_lifetime(cfg, opened, now, rt.settings.limits.clock_leeway)?;
     match admit(cfg, opened, now)? {
         Some((key, expiry)) => Ok(Some(hold(rt, key, now, expiry).await?)),
@@ -61,12 +60,12 @@ fn check_lifetime(cfg: &Route, opened: &Opened, now: u64, leeway: Duration) -> R
 
 /// A replay record held for one request: forgotten again unless kept (on a refusal after
 /// this stage, an undelivered forward, a panic).
-pub(super) enum Held {
-    Local(Reservation),
+pub(super) enum Held<'a> {
+    Local(Reservation<'a>),
     Fleet(Box<FleetReservation>),
 }
 
-impl Held {
+impl Held<'_> {
     /// The request reached the application (or may have): the record stays.
     pub(super) fn keep(self) {
         match self {
@@ -78,7 +77,7 @@ impl Held {
 
 /// Records `key` until `expiry` in the process's cache, or the fleet's Redis when the
 /// config names one (unreachable: 503, never an unprotected request).
-async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Held, Reject> {
+async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Held<'_>, Reject> {
     if let Some(fleet) = &rt.fleet {
         let ttl = Duration::from_secs(expiry.saturating_sub(now).max(1));
         // Boxed, as in the rate stage: only a fleet's requests pay for the room.
@@ -92,7 +91,7 @@ async fn hold(rt: &Runtime, key: ReplayKey, now: u64, expiry: u64) -> Result<Hel
             Err(_) => Err(Reject::StateUnavailable("replay_store_unavailable")),
         };
     }
-    let cache: &Arc<ReplayCache> = rt.replay.as_ref().ok_or(Reject::Internal)?;
+    let cache: &ReplayCache = rt.replay.as_deref().ok_or(Reject::Internal)?;
     cache
         .reserve(key, now, expiry)
         .await
