@@ -214,7 +214,7 @@ impl Runtime {
         }))
     }
 
-    pub fn next_request_id(&self) -> String {
+    pub fn next_request_id(&self) -> RequestId {
         self.request_ids.next()
     }
 }
@@ -318,23 +318,76 @@ impl RequestIds {
     }
 
     /// `{prefix:08x}-{counter:010x}`, written digit by digit: one per request, so without
-    /// the formatting machinery.
-    fn next(&self) -> String {
+    /// the formatting machinery, and into the id itself, so without an allocation.
+    fn next(&self) -> RequestId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = String::with_capacity(19);
-        push_hex(&mut id, u64::from(self.prefix), 8);
-        id.push('-');
-        push_hex(&mut id, n, 10);
+        let mut id = RequestId {
+            len: 0,
+            text: [0; RequestId::MAX],
+        };
+        id.push_hex(u64::from(self.prefix), 8);
+        id.push(b'-');
+        id.push_hex(n, 10);
         id
     }
 }
 
-/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
-fn push_hex(s: &mut String, v: u64, width: u32) {
-    let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
-    for i in (0..digits).rev() {
-        let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
-        s.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+/// One request's id (see [`Runtime::next_request_id`]), held in place: it is made for
+/// every request and read as text by the log line and the `X-Request-Id` fields.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    len: u8,
+    text: [u8; RequestId::MAX],
+}
+
+impl RequestId {
+    /// Eight hex digits, a dash and at most sixteen more (a `u64` counter).
+    const MAX: usize = 25;
+
+    /// The id's bytes, ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.text.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits and a dash are ever pushed.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.text.get_mut(usize::from(self.len)) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
+    fn push_hex(&mut self, v: u64, width: u32) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
+        for i in (0..digits).rev() {
+            let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
+            self.push(HEX.get(nibble as usize).copied().unwrap_or(b'0'));
+        }
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -441,8 +494,8 @@ mod tests {
                 prefix,
                 counter: AtomicU64::new(n),
             };
-            assert_eq!(ids.next(), format!("{prefix:08x}-{n:010x}"));
-            assert_eq!(ids.next(), format!("{prefix:08x}-{:010x}", n + 1));
+            assert_eq!(ids.next().as_str(), format!("{prefix:08x}-{n:010x}"));
+            assert_eq!(ids.next().as_str(), format!("{prefix:08x}-{:010x}", n + 1));
         }
     }
 }
