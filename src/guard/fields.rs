@@ -19,6 +19,7 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 /// The citizen's mobile number that identifies them.
 pub const USERID: &[&str] = &["userid", "userId"];
@@ -72,7 +73,12 @@ impl<'a> From<&'a RawValue> for Raw<'a> {
 
 /// A JSON object's entries in document order, values unparsed.
 #[derive(Debug, Default)]
-pub struct Object<'a>(Vec<(Cow<'a, str>, Raw<'a>)>);
+pub struct Object<'a>(Entries<'a>);
+
+/// An object's entries, each key (unescaped) with its value's text. The first eight are
+/// held in place: the spec's payloads and claims have fewer, so reading them allocates
+/// nothing.
+pub(crate) type Entries<'a> = SmallVec<[(Cow<'a, str>, Raw<'a>); 8]>;
 
 impl<'a> Object<'a> {
     /// `None` when `json` is not one JSON object.
@@ -83,7 +89,7 @@ impl<'a> Object<'a> {
     }
 
     /// The entries `payload::read` kept while it validated the document.
-    pub(crate) fn from_entries(entries: Vec<(Cow<'a, str>, Raw<'a>)>) -> Object<'a> {
+    pub(crate) fn from_entries(entries: Entries<'a>) -> Object<'a> {
         Object(entries)
     }
 
@@ -126,7 +132,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Object<'a>, M::Error> {
-                let mut entries = Vec::with_capacity(m.size_hint().unwrap_or(8).min(64));
+                let mut entries = SmallVec::new();
                 while let Some(BorrowedStr(k)) = m.next_key()? {
                     let v: &'de RawValue = m.next_value()?;
                     entries.push((k, Raw::from(v)));
@@ -142,10 +148,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
 /// log and the replay key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ids {
-    pub userid: Option<String>,
-    pub ticket_no: Option<String>,
-    pub app_sub_time: Option<String>,
-    pub application_status: Option<String>,
+    pub userid: Option<Id>,
+    pub ticket_no: Option<Id>,
+    pub app_sub_time: Option<Id>,
+    pub application_status: Option<Id>,
 }
 
 impl Ids {
@@ -172,9 +178,50 @@ impl Ids {
 }
 
 /// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
-fn id(v: Raw<'_>) -> Option<String> {
+fn id(v: Raw<'_>) -> Option<Id> {
     let s = v.get().trim_matches('"').trim();
-    (!s.is_empty() && s.len() <= 24 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned())
+    let mut digits = [0; Id::MAX];
+    digits.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+    let len = u8::try_from(s.len()).ok()?;
+    (len > 0 && s.bytes().all(|b| b.is_ascii_digit())).then_some(Id { len, digits })
+}
+
+/// An id's digits (see [`Ids`]), held in place: every request with ids reads two to four
+/// of them, and each was a small allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Id {
+    len: u8,
+    digits: [u8; Id::MAX],
+}
+
+impl Id {
+    /// The most digits an id has.
+    const MAX: usize = 24;
+
+    pub fn as_str(&self) -> &str {
+        let digits = self.digits.get(..usize::from(self.len)).unwrap_or_default();
+        // Only ASCII digits are ever held.
+        std::str::from_utf8(digits).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// The string a JSON value's text holds, or `None` when the value is not a string: the

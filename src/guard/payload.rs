@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::bounds::{JsonBounds, Tally, TooComplex};
-use super::fields::{Object, Raw};
+use super::fields::{Entries, Object, Raw};
 
 /// Why a payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,8 +87,8 @@ pub fn read<'a>(
     bytes: &'a [u8],
     bounds: Option<&JsonBounds>,
 ) -> Result<Option<Object<'a>>, Invalid> {
-    // Room for the entries the spec's payloads and claims carry, so none is moved.
-    let mut entries = Vec::with_capacity(8);
+    // Room in place for the entries the spec's payloads and claims carry.
+    let mut entries = Entries::new();
     checked(bytes, bounds, Some(&mut entries))?;
     let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
     Ok(is_object.then(|| Object::from_entries(entries)))
@@ -99,7 +99,7 @@ pub fn read<'a>(
 fn checked<'a>(
     bytes: &'a [u8],
     bounds: Option<&JsonBounds>,
-    entries: Option<&mut Vec<Entry<'a>>>,
+    entries: Option<&mut Entries<'a>>,
 ) -> Result<(), Invalid> {
     // 32 bytes at a time (`simdutf8`, the same verdict as the standard library's check).
     let text = simdutf8::basic::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
@@ -135,7 +135,7 @@ const UNBOUNDED: JsonBounds = JsonBounds {
 fn well_formed<'a>(
     text: &'a str,
     bounds: &JsonBounds,
-    entries: Option<&mut Vec<Entry<'a>>>,
+    entries: Option<&mut Entries<'a>>,
 ) -> Result<(), Invalid> {
     let mut scan = Scan {
         text,
@@ -154,9 +154,6 @@ fn well_formed<'a>(
         Err(Invalid::NotJson)
     }
 }
-
-/// One entry of a top-level object: its key (unescaped) and its value's text.
-type Entry<'a> = (Cow<'a, str>, Raw<'a>);
 
 /// How deep containers may nest without `bounds` (the tools' check): `serde_json`'s
 /// recursion limit, so what the tools refused before they still refuse.
@@ -280,7 +277,7 @@ impl<'a> Scan<'a> {
     }
 
     /// An object; a repeated key fails it as soon as the key is read.
-    fn object(&mut self, mut entries: Option<&mut Vec<Entry<'a>>>) -> Result<(), Invalid> {
+    fn object(&mut self, mut entries: Option<&mut Entries<'a>>) -> Result<(), Invalid> {
         if self.open(b'}')? {
             return Ok(());
         }
@@ -591,7 +588,7 @@ mod tests {
 
     /// The scan's verdict, as the reference words it.
     fn scanned(text: &str, keep: bool) -> Result<(), oracle::Refusal> {
-        let mut entries = Vec::new();
+        let mut entries = Entries::new();
         well_formed(text, &UNBOUNDED, keep.then_some(&mut entries)).map_err(scanned_reason)
     }
 

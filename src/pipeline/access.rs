@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::error::{Fault, Reject};
 use crate::forward::Answer;
+use crate::guard::fields::Id;
 use crate::metrics::{RouteLabels, RouteSeries};
 use crate::runtime::{ListenerRt, Runtime};
 
@@ -18,8 +19,8 @@ pub(super) struct Trace<'a> {
     pub(super) peer: Option<&'a str>,
     /// The route's metric series, once the route is known.
     pub(super) series: Option<&'a RouteSeries>,
-    pub(super) userid: Option<String>,
-    pub(super) ticket_no: Option<String>,
+    pub(super) userid: Option<Id>,
+    pub(super) ticket_no: Option<Id>,
     pub(super) upstream_status: Option<u16>,
 }
 
