@@ -209,14 +209,19 @@ pub fn verify_validated(
     // RFC 7519 §4: claim names must be unique, and the claims set one JSON object: a
     // token that breaks that is malformed. Only the ingress bounds are reported as such.
     // The time claims are read from the entries the check kept, not parsed again.
-    let object = payload::read(&payload, bounds).map_err(|e| match e {
-        Invalid::TooComplex(_) => Failure::InvalidPayload(e),
-        _ => Failure::BadToken(TokenProblem::MalformedClaims),
-    })?;
-    let ids = object.as_ref().map_or_else(Ids::default, Ids::of);
-    let claims = TimeClaims::read(object.as_ref())?;
-    // The entries borrow the payload, which is handed on below.
-    drop(object);
+    // Scoped: the entries borrow the payload, which is handed on below.
+    let (ids, claims) = {
+        let mut object = Object::default();
+        let is_object = payload::read_into(&payload, bounds, &mut object).map_err(|e| match e {
+            Invalid::TooComplex(_) => Failure::InvalidPayload(e),
+            _ => Failure::BadToken(TokenProblem::MalformedClaims),
+        })?;
+        let object = is_object.then_some(&object);
+        (
+            object.map_or_else(Ids::default, Ids::of),
+            TimeClaims::read(object)?,
+        )
+    };
     claims.check(key, now_unix)?;
     Ok(Verified {
         payload,

@@ -47,7 +47,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::guard::bounds::JsonBounds;
-use crate::guard::fields::{BorrowedStr, Ids};
+use crate::guard::fields::{BorrowedStr, Ids, Object};
 use crate::guard::payload;
 
 use crate::secret::Secret;
@@ -460,12 +460,14 @@ fn open_with(
     // The innermost JSON (what `aes` opens, unless a `jwt` is inside it; a lone `form`'s
     // `encData`) is validated with its entries kept, and its ids read from them.
     let ids = std::cell::Cell::new(None);
-    let innermost = |p: &[u8]| match payload::read(p, bounds) {
-        Ok(obj) => {
-            ids.set(Some(obj.as_ref().map_or_else(Ids::default, Ids::of)));
-            true
+    let innermost = |p: &[u8]| {
+        let mut object = Object::default();
+        // Not an object: no entries, so no ids.
+        let valid = payload::read_into(p, bounds, &mut object).is_ok();
+        if valid {
+            ids.set(Some(Ids::of(&object)));
         }
-        Err(_) => false,
+        valid
     };
     let mut carried = Carried::Bytes(Cow::Borrowed(req.body));
     let mut shape = BodyShape::Json;

@@ -88,9 +88,9 @@ impl<'a> Object<'a> {
         serde_json::from_str(std::str::from_utf8(json).ok()?).ok()
     }
 
-    /// The entries `payload::read` kept while it validated the document.
-    pub(crate) fn from_entries(entries: Entries<'a>) -> Object<'a> {
-        Object(entries)
+    /// Where `payload::read_into` keeps the entries as it validates the document.
+    pub(crate) fn entries_mut(&mut self) -> &mut Entries<'a> {
+        &mut self.0
     }
 
     /// The value under the last occurrence of exactly `name`.

@@ -87,11 +87,26 @@ pub fn read<'a>(
     bytes: &'a [u8],
     bounds: Option<&JsonBounds>,
 ) -> Result<Option<Object<'a>>, Invalid> {
-    // Room in place for the entries the spec's payloads and claims carry.
-    let mut entries = Entries::new();
-    checked(bytes, bounds, Some(&mut entries))?;
+    let mut object = Object::default();
+    Ok(read_into(bytes, bounds, &mut object)?.then_some(object))
+}
+
+/// [`read`] into `object`, which the caller holds: the entries (the first eight in place)
+/// are not moved again on their way out. `true` when the document is an object; `object`
+/// is then its entries, else empty.
+pub fn read_into<'a>(
+    bytes: &'a [u8],
+    bounds: Option<&JsonBounds>,
+    object: &mut Object<'a>,
+) -> Result<bool, Invalid> {
+    let entries = object.entries_mut();
+    entries.clear();
+    checked(bytes, bounds, Some(&mut *entries))?;
     let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
-    Ok(is_object.then(|| Object::from_entries(entries)))
+    if !is_object {
+        entries.clear();
+    }
+    Ok(is_object)
 }
 
 /// The check: with `bounds`, the ingress one (bounded, a container); without, any value.
