@@ -9,7 +9,7 @@ use crate::error::{Fault, Reject};
 use crate::forward::Answer;
 use crate::guard::fields::Id;
 use crate::metrics::{RouteLabels, RouteSeries};
-use crate::runtime::{ListenerRt, Runtime};
+use crate::runtime::{ListenerRt, RequestId, Runtime};
 
 /// What the log line and metrics learn about a request as it goes (the route and peer
 /// names borrowed from the runtime the request is served by).
@@ -29,7 +29,7 @@ pub(super) fn finish(
     rt: &Runtime,
     lst: &ListenerRt,
     client: IpAddr,
-    request_id: &str,
+    request_id: &RequestId,
     trace: &Trace<'_>,
     start: Instant,
     result: Result<Answer, Reject>,

@@ -50,7 +50,7 @@ pub(super) async fn to_upstream(
         }
     }
     let answer = sent.map_err(|e| {
-        tracing::debug!(request_id = cx.request_id, error = %e, "upstream failed");
+        tracing::debug!(request_id = %cx.request_id, error = %e, "upstream failed");
         Reject::from(e)
     })?;
     trace.upstream_status = Some(answer.status.as_u16());

@@ -20,7 +20,7 @@ use crate::config::Route;
 use crate::error::{Reject, X_REQUEST_ID};
 use crate::forward::RequestHead;
 use crate::pipeline::request::{text, Fields};
-use crate::runtime::Application;
+use crate::runtime::{Application, RequestId};
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,7 +87,7 @@ pub(super) fn upstream_request(
     uri: &Uri,
     fields: &Fields,
     client: IpAddr,
-    request_id: &str,
+    request_id: &RequestId,
     len: usize,
 ) -> RequestHead {
     // The upstream's own path, with the client's query string only when it is passed on.

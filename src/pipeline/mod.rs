@@ -44,7 +44,7 @@ use crate::egress::Egress;
 use crate::error::Reject;
 use crate::forward::Answer;
 use crate::metrics::RouteLabels;
-use crate::runtime::{Application, Destination, ListenerRt, RouteRt, Runtime};
+use crate::runtime::{Application, Destination, ListenerRt, RequestId, RouteRt, Runtime};
 
 mod access;
 mod admission;
@@ -76,7 +76,7 @@ struct Ctx<'a> {
     lst: &'a ListenerRt,
     route: &'a RouteRt,
     client: IpAddr,
-    request_id: &'a str,
+    request_id: &'a RequestId,
 }
 
 impl Ctx<'_> {
@@ -146,7 +146,7 @@ async fn run<'a, B>(
     lst: &'a ListenerRt,
     client: IpAddr,
     req: Request<B>,
-    request_id: &str,
+    request_id: &RequestId,
     trace: &mut access::Trace<'a>,
 ) -> Result<Answer, Reject>
 where

@@ -9,6 +9,7 @@ use crate::config::{ResponseMode, Route};
 use crate::envelope::{self, BodyShape, Failure, Layer};
 use crate::error::{Reject, X_REQUEST_ID};
 use crate::forward::Answer;
+use crate::runtime::RequestId;
 
 /// The client's answer to `upstream`, the application's (or the journal's) answer;
 /// `now` (unix seconds, the request's instant) stamps a sealed answer's `iat`/`exp`.
@@ -16,7 +17,7 @@ pub(super) fn respond(
     cfg: &Route,
     shape: BodyShape,
     mut answer: Answer,
-    request_id: &str,
+    request_id: &RequestId,
     now: u64,
 ) -> Result<Answer, Reject> {
     // The application's own headers stay, in place (the forwarder kept none of its hop);

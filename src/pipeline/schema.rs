@@ -30,7 +30,7 @@ pub(super) fn check(cx: &Ctx<'_>, plain: &[u8]) -> Result<(), Reject> {
         Mode::Warn => {
             let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
             tracing::warn!(
-                request_id = cx.request_id,
+                request_id = %cx.request_id,
                 route = %cfg.path,
                 api = api.name(),
                 fields = ?fields,
