@@ -93,7 +93,7 @@ pub fn read<'a>(
 
 /// [`read`] into `object`, which the caller holds: the entries (the first eight in place)
 /// are not moved again on their way out. `true` when the document is an object; `object`
-/// is then its entries, else empty.
+/// is then its entries, else (not an object, or refused) empty.
 pub fn read_into<'a>(
     bytes: &'a [u8],
     bounds: Option<&JsonBounds>,
@@ -101,12 +101,13 @@ pub fn read_into<'a>(
 ) -> Result<bool, Invalid> {
     let entries = object.entries_mut();
     entries.clear();
-    checked(bytes, bounds, Some(&mut *entries))?;
-    let is_object = bytes.trim_ascii_start().first() == Some(&b'{');
+    let checked = checked(bytes, bounds, Some(&mut *entries));
+    let is_object = checked.is_ok() && bytes.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
+        // What a refused document's walk kept before it failed is not handed out.
         entries.clear();
     }
-    Ok(is_object)
+    checked.map(|()| is_object)
 }
 
 /// The check: with `bounds`, the ingress one (bounded, a container); without, any value.
@@ -521,6 +522,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An object read into again holds only the new document's entries, and none of a
+    /// document refused halfway.
+    #[test]
+    fn an_object_read_into_holds_only_what_the_last_read_accepted() {
+        let b = JsonBounds::default();
+        let mut obj = Object::default();
+        assert_eq!(read_into(br#"{"a":1,"b":2}"#, Some(&b), &mut obj), Ok(true));
+        assert_eq!(obj.get("a").map(Raw::get), Some("1"));
+        assert_eq!(read_into(br#"{"c":3}"#, Some(&b), &mut obj), Ok(true));
+        assert_eq!(
+            (obj.get("a"), obj.get("c").map(Raw::get)),
+            (None, Some("3"))
+        );
+        let refused = read_into(br#"{"d":4,"d":5}"#, Some(&b), &mut obj);
+        assert_eq!(refused, Err(Invalid::DuplicateKey));
+        assert_eq!((obj.get("c"), obj.get("d")), (None, None));
+        assert_eq!(read_into(b"[1]", Some(&b), &mut obj), Ok(false));
+        assert_eq!(obj.get("d"), None);
     }
 
     #[test]
