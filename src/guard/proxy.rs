@@ -33,11 +33,11 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 /// the right-most entry of the request's `X-Forwarded-For` fields (`forwarded`, their
 /// values in order) that is not itself a trusted proxy; otherwise `peer`. An unparseable
 /// entry stops the walk at the last trusted hop.
-pub fn client_from_forwarded<'a>(
-    peer: IpAddr,
-    forwarded: impl IntoIterator<Item = &'a [u8]>,
-    trusted: &AllowList,
-) -> IpAddr {
+pub fn client_from_forwarded<'a, F>(peer: IpAddr, forwarded: F, trusted: &AllowList) -> IpAddr
+where
+    F: IntoIterator<Item = &'a [u8]>,
+    F::IntoIter: DoubleEndedIterator,
+{
     let mut client = canonical(peer);
     if !trusted.contains_address(client) {
         return client;
@@ -45,8 +45,7 @@ pub fn client_from_forwarded<'a>(
     // Several header lines are one list, in order (RFC 9110 §5.3). A value that is not
     // text is an entry that cannot be read, as any other: the walk stops there, and does
     // not go on to the lines before it, which hops further out wrote.
-    let values: Vec<&[u8]> = forwarded.into_iter().collect();
-    for value in values.iter().rev() {
+    for value in forwarded.into_iter().rev() {
         let Ok(text) = std::str::from_utf8(value) else {
             return client;
         };

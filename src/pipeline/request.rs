@@ -77,7 +77,7 @@ impl Fields {
     pub fn get_all<'a: 'n, 'n>(
         &'a self,
         name: &'n HeaderName,
-    ) -> impl Iterator<Item = &'a [u8]> + 'n {
+    ) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'n {
         let name = name.as_str().as_bytes();
         self.spans
             .iter()
