@@ -321,73 +321,25 @@ impl RequestIds {
     /// the formatting machinery, and into the id itself, so without an allocation.
     fn next(&self) -> RequestId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = RequestId {
-            len: 0,
-            text: [0; RequestId::MAX],
-        };
-        id.push_hex(u64::from(self.prefix), 8);
+        let mut id = RequestId::EMPTY;
+        push_hex(&mut id, u64::from(self.prefix), 8);
         id.push(b'-');
-        id.push_hex(n, 10);
+        push_hex(&mut id, n, 10);
         id
     }
 }
 
-/// One request's id (see [`Runtime::next_request_id`]), held in place: it is made for
-/// every request and read as text by the log line and the `X-Request-Id` fields.
-#[derive(Clone, Copy)]
-pub struct RequestId {
-    len: u8,
-    text: [u8; RequestId::MAX],
-}
+/// One request's id (see [`Runtime::next_request_id`]): eight hex digits, a dash and at
+/// most sixteen more (a `u64` counter).
+pub type RequestId = crate::guard::fields::ShortText<25>;
 
-impl RequestId {
-    /// Eight hex digits, a dash and at most sixteen more (a `u64` counter).
-    const MAX: usize = 25;
-
-    /// The id's bytes, ASCII.
-    pub fn as_bytes(&self) -> &[u8] {
-        self.text.get(..usize::from(self.len)).unwrap_or_default()
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only hex digits and a dash are ever pushed.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-
-    fn push(&mut self, b: u8) {
-        if let Some(slot) = self.text.get_mut(usize::from(self.len)) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    /// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
-    fn push_hex(&mut self, v: u64, width: u32) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
-        for i in (0..digits).rev() {
-            let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
-            self.push(HEX.get(nibble as usize).copied().unwrap_or(b'0'));
-        }
-    }
-}
-
-impl std::ops::Deref for RequestId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
+/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
+fn push_hex(id: &mut RequestId, v: u64, width: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
+        id.push(HEX.get(nibble as usize).copied().unwrap_or(b'0'));
     }
 }
 

@@ -180,45 +180,73 @@ impl Ids {
 /// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
 fn id(v: Raw<'_>) -> Option<Id> {
     let s = v.get().trim_matches('"').trim();
-    let mut digits = [0; Id::MAX];
-    digits.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
-    let len = u8::try_from(s.len()).ok()?;
-    (len > 0 && s.bytes().all(|b| b.is_ascii_digit())).then_some(Id { len, digits })
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Id::new(s.as_bytes())
 }
 
-/// An id's digits (see [`Ids`]), held in place: every request with ids reads two to four
-/// of them, and each was a small allocation.
+/// An id's digits (see [`Ids`]): every request with ids reads two to four of them, and
+/// each was a small allocation.
+pub type Id = ShortText<24>;
+
+/// Up to `N` bytes of ASCII text held in place, not on the heap: a request's ids and its
+/// request id, made for every request.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Id {
+pub struct ShortText<const N: usize> {
     len: u8,
-    digits: [u8; Id::MAX],
+    bytes: [u8; N],
 }
 
-impl Id {
-    /// The most digits an id has.
-    const MAX: usize = 24;
+impl<const N: usize> ShortText<N> {
+    /// No text.
+    pub const EMPTY: ShortText<N> = ShortText {
+        len: 0,
+        bytes: [0; N],
+    };
+
+    /// `text`, when it is ASCII and at most `N` bytes.
+    pub fn new(text: &[u8]) -> Option<ShortText<N>> {
+        let mut short = ShortText::EMPTY;
+        text.iter().all(|&b| short.push(b)).then_some(short)
+    }
+
+    /// Appends `b`; `false` (and nothing appended) when it is not ASCII or there is no room.
+    pub fn push(&mut self, b: u8) -> bool {
+        match self.bytes.get_mut(usize::from(self.len)) {
+            Some(slot) if b.is_ascii() && self.len < u8::MAX => {
+                *slot = b;
+                self.len += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
 
     pub fn as_str(&self) -> &str {
-        let digits = self.digits.get(..usize::from(self.len)).unwrap_or_default();
-        // Only ASCII digits are ever held.
-        std::str::from_utf8(digits).unwrap_or_default()
+        // Only ASCII is ever pushed.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
-impl std::ops::Deref for Id {
+impl<const N: usize> std::ops::Deref for ShortText<N> {
     type Target = str;
     fn deref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl fmt::Display for Id {
+impl<const N: usize> fmt::Display for ShortText<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl fmt::Debug for Id {
+impl<const N: usize> fmt::Debug for ShortText<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
