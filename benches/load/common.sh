@@ -26,6 +26,31 @@ http {
 CONF
 }
 
+# The stand-in application: nginx answering every request with a small JSON document,
+# on port $UP, from directory $1, with the server blocks $2 beside it (stopped with
+# `nginx -p $1 -c $1/nginx.conf -s stop`).
+start_upstream() {
+  nginx_conf "$1" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }${2:+
+  $2}"
+  nginx -p "$1" -c "$1/nginx.conf"
+  wait_port "$UP"
+}
+
+# For the profiling scripts: a work directory, removed at exit, with the stand-in
+# application started in it. Sets WORK, UP and SC (the sidecar's port); at exit also
+# kills VG_PID, the process being profiled, when set.
+start_work() {
+  WORK=$(mktemp -d); VG_PID=
+  trap stop_work EXIT
+  UP=$(free_port); SC=$(free_port)
+  start_upstream "$WORK/up"
+}
+stop_work() {
+  [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null
+  nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
 # nginx as a plain reverse proxy to the upstream, listening on port $1.
 proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"; }
 # An nginx instance's master and worker pids, from its directory.

@@ -43,21 +43,9 @@ done
 GEN=$TARGET_DIR/release/load-bodies
 [ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
 
-WORK=$(mktemp -d)
+start_work
 OUT=${KEEP:-$WORK}
 mkdir -p "$OUT"
-VG_PID=
-cleanup() {
-  [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null
-  nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-UP=$(free_port); SC=$(free_port)
-nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }"
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
-wait_port "$UP"
 # The proxy in the foreground, one process, so valgrind follows it.
 nginx_conf "$WORK/px" "$(proxy_block "$SC")"
 sed -i 's/^daemon on;/daemon off;\nmaster_process off;/' "$WORK/px/nginx.conf"

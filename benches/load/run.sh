@@ -89,10 +89,8 @@ trap cleanup EXIT
 
 UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port); RD=$(free_port)
 
-nginx_conf "$WORK/up" "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"statusCode\":200}'; } }
-  server { listen 127.0.0.1:$ST; location / { stub_status; } }"
+start_upstream "$WORK/up" "server { listen 127.0.0.1:$ST; location / { stub_status; } }"
 nginx_conf "$WORK/px" "$(proxy_block "$PX")"
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 wait_port "$UP"; wait_port "$PX"
 # NGINX_ALL=1: the same proxy with one worker process per core, as the sidecar's default
