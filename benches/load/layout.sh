@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Writes the code layout of the release binary (packaging/hot-code.ld, a linker script
 # build.rs passes to the linker): the functions a running sidecar executes, hottest
-# first, in one output section ahead of the rest of the code. The binary is run under
-# valgrind's callgrind from start-up through a load of sealed requests (the [token, jwt,
-# aes] route of the load benchmark, access log on) in front of an nginx upstream, on
-# loopback; every function of the binary that ran is listed by its own instruction count.
+# first, at the start of its `.text`. The binary is run in front of an nginx upstream, on
+# loopback, with a load of sealed requests (the [token, jwt, aes] route of the load
+# benchmark, access log on): first under valgrind's callgrind from start-up, which lists
+# every function of the binary that ran, by its own instruction count; then natively
+# under perf at 256 connections, which adds the functions it sampled or saw take a page
+# fault (code chosen by CPU features valgrind lacks, contended paths).
 #
 #   benches/load/layout.sh [SECONDS]
 #
