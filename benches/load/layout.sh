@@ -13,6 +13,11 @@
 #   BIN=/path/to/bsk-sidecar   the binary to profile (default: target/release/bsk-sidecar,
 #                              built by `cargo build --release` when missing)
 #   OUT=path                   where to write the script (default: packaging/hot-code.ld)
+#   MERGE=1                    keep the script's list and add to it what BIN ran that it
+#                              lacks: for the packages' build (`cargo zigbuild --release
+#                              --target x86_64-unknown-linux-gnu.2.17` with
+#                              CARGO_PROFILE_RELEASE_STRIP=none), whose inlining, and so
+#                              whose functions, differ a little from the host build's
 #
 # Why: the kernel maps a binary's code into a process 64 KiB around each page it first
 # runs. Spread over 12 MB of code, the 1.6 MB a sidecar runs mapped about 10 MiB, most of
@@ -20,9 +25,12 @@
 # are. A function is named by its mangled name with the crates' hashes as wildcards: in
 # Rust's v0 mangling (.cargo/config.toml) `Cs*_`, so the layout survives dependency
 # upgrades and feature changes, and a generic function's instantiations are told apart
-# by their type arguments. A name that still matches several functions is listed
-# exactly. A name that no longer exists matches nothing: a stale layout costs memory,
-# never a build. Rerun this after a change that moves the request path.
+# by their type arguments. A name may match a few functions more (two versions of one
+# crate, the library and the binary both named bsk_sidecar), about 40 KB in all; names
+# with their hashes would match nothing in a build for an explicit `--target` (the
+# packages), whose hashes all differ. A name that no longer exists matches nothing: a
+# stale layout costs memory, never a build. Rerun this after a change that moves the
+# request path.
 # Needs valgrind, perf, wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,9 +81,10 @@ perf script -i "$WORK/perf.data" --no-demangle -F ip,sym,dso 2>/dev/null \
   | awk -v dso="($(realpath "$BIN"))" '$NF == dso {print $2}' | sort | uniq -c | sort -rn \
   | awk '{print $2}' > "$WORK/native.txt"
 
-python3 - "$WORK/cg.out" "$(realpath "$BIN")" "$OUT" "$WORK/native.txt" <<'PY'
-import collections, re, subprocess, sys
-path, binary, out, native = sys.argv[1:]
+python3 - "$WORK/cg.out" "$(realpath "$BIN")" "$OUT" "$WORK/native.txt" "${MERGE:-0}" <<'PY'
+import collections, os, re, sys
+path, binary, out, native, merge = sys.argv[1:]
+merge = merge == "1"
 # callgrind's format: "ob=", "fn=" name the current object and function, "(id) name" the
 # first time and "(id)" after; cost lines follow; a "calls=" line's next line is the
 # inclusive cost of a call, not the function's own.
@@ -112,22 +121,23 @@ def pattern(symbol):
     """The symbol's name with the build's hashes as wildcards."""
     p = re.sub(r"17h[0-9a-f]{16}E$", "17h*E", symbol)  # legacy mangling's hash
     p = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", p)  # v0 mangling's crate disambiguators
-    return re.sub(r"\.llvm\.\d+$", ".llvm.*", p)  # names LTO made global
+    return re.sub(r"\.(llvm\.)?\d+$", ".*", p)  # names LTO made unique or global
 
 
-# How many of the binary's functions each pattern would match.
-nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
-matches = collections.Counter(pattern(f[2]) for f in map(str.split, nm.splitlines()) if len(f) == 3 and f[1] in "tTwW")
 ran = [symbol for symbol, cost in own.most_common() if cost > 0]
 ran += [line.strip() for line in open(native)]  # perf's, by samples and faults
 lines, seen = [], set()
+if merge and os.path.exists(out):  # keep what the script lists, add what it lacks
+    for line in open(out):
+        m = re.match(r"    \*\(\.text\.(\S+) ", line)
+        if m and m.group(1) not in seen:
+            seen.add(m.group(1))
+            lines.append(line.rstrip("\n"))
 for symbol in ran:
     symbol = re.sub(r"'\d+$", "", symbol)  # a recursive call shows as "name'2"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.$]*", symbol):
         continue  # "(below main)", bare addresses
     name = pattern(symbol)
-    if matches[name] > 1:
-        name = symbol  # one of a generic function's instantiations
     if name in seen:
         continue
     seen.add(name)
