@@ -92,7 +92,7 @@ UP=$(free_port); ST=$(free_port); PX=$(free_port); SC=$(free_port); RD=$(free_po
 start_upstream "$WORK/up" "server { listen 127.0.0.1:$ST; location / { stub_status; } }"
 nginx_conf "$WORK/px" "$(proxy_block "$PX")"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
-wait_port "$UP"; wait_port "$PX"
+wait_port "$PX"
 # NGINX_ALL=1: the same proxy with one worker process per core, as the sidecar's default
 # runs one connection worker per core.
 if [ "${NGINX_ALL:-0}" = 1 ]; then
