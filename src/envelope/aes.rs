@@ -19,32 +19,114 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use aws_lc_rs::cipher::{DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey, AES_256};
+use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext, UnboundCipherKey, AES_256};
 use aws_lc_rs::iv::FixedLength;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit};
+use subtle::{ConstantTimeEq, ConstantTimeGreater};
 
 type Encryptor = cbc::Encryptor<aes::Aes256>;
 
 const BLOCK: usize = 16;
 
-/// Decodes standard base64 with its padding optional (senders that strip `=` are
-/// common, and some send only part of it): no stray bits after the last byte, no `=` where
-/// no byte is missing. SIMD (`base64-simd`): `encData` of a 1 MiB document is 1.4 MB of
-/// text, and the scalar decoder took 90% of opening it (BENCHMARKS.md).
-fn decode_lenient(b64: &[u8]) -> Option<Vec<u8>> {
+/// Base64 characters decoded and then decrypted at a time by [`open_in_pieces`]: 12 KiB
+/// of ciphertext (768 blocks), which stays in the core's cache between the two steps.
+const PIECE: usize = 16 * 1024;
+
+/// Standard base64 without its `=` padding, which is optional (senders that strip it are
+/// common, and some send only part of it). `None` when `=` stands where no byte is missing:
+/// only a final group of 2 or 3 characters lacks any.
+fn unpadded(b64: &[u8]) -> Option<&[u8]> {
     let data = b64
         .strip_suffix(b"==")
         .or_else(|| b64.strip_suffix(b"="))
         .unwrap_or(b64);
     let padded = data.len() != b64.len();
-    // `=` stands only for the bytes a final group of 2 or 3 characters lacks.
-    if padded && !matches!(data.len() % 4, 2 | 3) {
+    (!padded || matches!(data.len() % 4, 2 | 3)).then_some(data)
+}
+
+/// Decodes standard base64 with its padding optional: no stray bits after the last byte,
+/// no `=` where no byte is missing.
+///
+/// SIMD, AVX-512 (VBMI) where the CPU has it and AVX2 otherwise (`base64-turbo`):
+/// `encData` of a 1 MiB document is 1.4 MB of text, which the scalar decoder took 90% of
+/// the time to open, and `base64-simd`'s AVX2 decoder half (BENCHMARKS.md).
+fn decode_lenient(b64: &[u8]) -> Option<Vec<u8>> {
+    base64_turbo::STANDARD_NO_PAD.decode(unpadded(b64)?).ok()
+}
+
+/// How many bytes `chars` characters of unpadded base64 decode to; `None` for a length
+/// no text decodes from (a last group of one character).
+fn decoded_len(chars: usize) -> Option<usize> {
+    let tail = match chars % 4 {
+        0 => 0,
+        1 => return None,
+        rem => rem - 1,
+    };
+    Some(chars / 4 * 3 + tail)
+}
+
+/// Opens `b64` with one key the way [`decrypt`] does, decoding and decrypting a
+/// [`PIECE`] at a time: each piece is decrypted while its ciphertext is still in the
+/// cache, where decoding all of a 1 MiB document first and decrypting it after took both
+/// passes through memory (BENCHMARKS.md). `None` when the text is not clean base64 of a
+/// whole number of blocks (a repair or the verdict is [`decrypt`]'s to make); CBC
+/// decryption of a piece needs only the last ciphertext block of the piece before.
+fn open_in_pieces(key: &AesKey, b64: &[u8]) -> Option<Result<Vec<u8>, AesFailure>> {
+    let data = unpadded(b64)?;
+    let len = decoded_len(data.len())?;
+    if len == 0 || len % BLOCK != 0 {
         return None;
     }
-    base64_simd::STANDARD_NO_PAD.decode_to_vec(data).ok()
+    // The decoder asks for room for whole groups: up to 2 bytes more than the last
+    // piece decodes to.
+    let mut buf = Vec::with_capacity(len + 2);
+    let mut iv = key.iv;
+    // Every piece but the last is a whole number of 4-character groups and of blocks
+    // (`PIECE` is a multiple of 64 characters): decoded one after another they are the
+    // text decoded whole, and the last piece holds the rest of the blocks.
+    for piece in data.chunks(PIECE) {
+        let start = buf.len();
+        base64_turbo::STANDARD_NO_PAD
+            .decode_vec(piece, &mut buf)
+            .ok()?;
+        let ct = buf.get_mut(start..)?;
+        let next_iv = *ct.last_chunk::<BLOCK>()?;
+        if cbc_decrypt(key, iv, ct).is_err() {
+            return Some(Err(AesFailure::BadPadding));
+        }
+        iv = next_iv;
+    }
+    Some(unpad(&mut buf).map(|()| buf))
+}
+
+/// AES-256-CBC decryption of whole blocks in place, from `iv`.
+fn cbc_decrypt(key: &AesKey, iv: [u8; BLOCK], blocks: &mut [u8]) -> Result<(), AesFailure> {
+    let iv = DecryptionContext::Iv128(FixedLength::from(iv));
+    key.open
+        .decrypt(blocks, iv)
+        .map(|_| ())
+        .map_err(|_| AesFailure::BadPadding)
+}
+
+/// Removes PKCS#7 padding as `cbc` judged it: a last byte from 1 to 16, repeated that
+/// many times. The verdict takes the same time whatever the last block holds.
+fn unpad(buf: &mut Vec<u8>) -> Result<(), AesFailure> {
+    let last = *buf.last_chunk::<BLOCK>().ok_or(AesFailure::BadPadding)?;
+    let [.., n] = last;
+    let mut valid = n.ct_gt(&0) & !n.ct_gt(&(BLOCK as u8));
+    // Byte `i` of the last block is padding when it is among the last `n`.
+    for (i, byte) in (0u8..).zip(last) {
+        let in_padding = !(BLOCK as u8 - i).ct_gt(&n);
+        valid &= !in_padding | byte.ct_eq(&n);
+    }
+    if !bool::from(valid) {
+        return Err(AesFailure::BadPadding);
+    }
+    buf.truncate(buf.len() - usize::from(n));
+    Ok(())
 }
 
 /// One AES-256-CBC key and its static IV. `Debug` never shows either.
@@ -52,12 +134,13 @@ fn decode_lenient(b64: &[u8]) -> Option<Vec<u8>> {
 /// Sealing runs RustCrypto's `aes` and `cbc` (CBC encryption is one block after another
 /// whoever implements it). Opening runs AWS-LC's AES-CBC, whose decryption keeps eight
 /// blocks in flight: 1.7x the throughput of `cbc`'s on a 1 MiB document
-/// (BENCHMARKS.md); its key schedule is made once, here, and erased when dropped.
+/// (BENCHMARKS.md); its key schedule is made once, here, and erased when dropped. The
+/// padding is judged here ([`unpad`]), in constant time.
 #[derive(Clone)]
 pub struct AesKey {
     key: [u8; 32],
     iv: [u8; 16],
-    open: Arc<PaddedBlockDecryptingKey>,
+    open: Arc<DecryptingKey>,
 }
 
 impl AesKey {
@@ -71,7 +154,7 @@ impl AesKey {
             .try_into()
             .map_err(|_| format!("AES-CBC IV must be 16 bytes, got {}", iv.len()))?;
         let open = UnboundCipherKey::new(&AES_256, &key)
-            .and_then(PaddedBlockDecryptingKey::cbc_pkcs7)
+            .and_then(DecryptingKey::cbc)
             .map_err(|_| "AES-256 key schedule could not be made".to_string())?;
         Ok(AesKey {
             key,
@@ -149,6 +232,19 @@ pub fn decrypt(
     b64: &str,
     accept: impl Fn(&[u8]) -> bool,
 ) -> Result<Vec<u8>, AesFailure> {
+    // SIMD UTF-8 validation (`simdutf8`): the standard library's check was a tenth of the
+    // time to open a 1 MiB document.
+    let judge = |plain: &[u8]| match simdutf8::basic::from_utf8(plain) {
+        Err(_) => Err(AesFailure::NotUtf8),
+        Ok(_) if !accept(plain) => Err(AesFailure::NotAccepted),
+        Ok(_) => Ok(()),
+    };
+    // One key (no rotation under way) and clean base64: decoded and decrypted in pieces.
+    if let [key] = keys {
+        if let Some(opened) = open_in_pieces(key, b64.as_bytes()) {
+            return opened.and_then(|p| judge(&p).map(|()| p));
+        }
+    }
     // What transports do to base64 (line breaks, `+` turned into a space) is repaired only
     // when the text does not decode as sent: a clean document is read once, not twice
     // (the scan for those characters took half the time of opening 1 MiB). Either way
@@ -164,13 +260,6 @@ pub fn decrypt(
     if ct.is_empty() || ct.len() % BLOCK != 0 {
         return Err(AesFailure::BadLength);
     }
-    // SIMD UTF-8 validation (`simdutf8`): the standard library's check was a tenth of the
-    // time to open a 1 MiB document.
-    let judge = |plain: &[u8]| match simdutf8::basic::from_utf8(plain) {
-        Err(_) => Err(AesFailure::NotUtf8),
-        Ok(_) if !accept(plain) => Err(AesFailure::NotAccepted),
-        Ok(_) => Ok(()),
-    };
     let mut furthest = AesFailure::BadPadding;
     for (i, key) in keys.iter().enumerate() {
         // Every key but the last decrypts a copy; the last (the only one, unless a
@@ -191,17 +280,10 @@ pub fn decrypt(
 }
 
 /// [`decrypt_raw`] on `buf` itself: on success `buf` holds the plaintext. `buf` is a
-/// non-empty whole number of blocks (the callers check), and PKCS#7 is judged as `cbc`
-/// judged it: a last byte from 1 to 16, repeated that many times.
+/// non-empty whole number of blocks (the callers check).
 fn decrypt_in_place(key: &AesKey, buf: &mut Vec<u8>) -> Result<(), AesFailure> {
-    let iv = DecryptionContext::Iv128(FixedLength::from(key.iv));
-    let plain = key
-        .open
-        .decrypt(buf, iv)
-        .map_err(|_| AesFailure::BadPadding)?
-        .len();
-    buf.truncate(plain);
-    Ok(())
+    cbc_decrypt(key, key.iv, buf)?;
+    unpad(buf)
 }
 
 /// AES-256-CBC encryption with PKCS#7 padding, no encoding.
@@ -305,6 +387,27 @@ mod tests {
             prop_assert_eq!(decode_lenient(text.as_bytes()), Some(bytes));
             same_as_scalar(&noise);
         }
+
+        /// Long encodings, which the vector kernels decode 32 or 64 characters at a time,
+        /// with one character replaced anywhere: both decoders agree, and each piece of
+        /// [`open_in_pieces`] is decoded by the same kernel.
+        #[test]
+        fn agrees_with_the_scalar_decoder_on_long_text(
+            bytes in proptest::collection::vec(any::<u8>(), 48..3000),
+            at in any::<proptest::sample::Index>(),
+            with in prop_oneof![
+                Just(b'A'), Just(b'+'), Just(b'/'), Just(b'='), Just(b'-'), Just(b'_'),
+                Just(b' '), Just(b'\n'), Just(0u8), Just(0x80u8), Just(0xffu8), any::<u8>()
+            ],
+        ) {
+            let mut text = STANDARD.encode(&bytes).into_bytes();
+            same_as_scalar(&text);
+            let i = at.index(text.len());
+            if let Some(c) = text.get_mut(i) {
+                *c = with;
+            }
+            same_as_scalar(&text);
+        }
     }
 
     /// RustCrypto's `cbc`, which opened documents before AWS-LC did: the verdict on a
@@ -356,6 +459,79 @@ mod tests {
             prop_assert_eq!(decrypt_raw(&k, &padded).ok(), opened_by_cbc(&key, &iv, &padded));
             prop_assert_eq!(decrypt_raw(&k, &blocks).ok(), opened_by_cbc(&key, &iv, &blocks));
         }
+    }
+
+    /// Documents around the pieces' bounds (12 KiB of ciphertext each), sent with and
+    /// without `=` padding: opened in pieces, each is what decoding it whole and
+    /// decrypting it after gives; broken padding, a bad character in a later piece and a
+    /// length that is not whole blocks get the same verdicts as before.
+    #[test]
+    fn opening_in_pieces_is_opening_whole() {
+        let k = AesKey::new(&[3u8; 32], &[5u8; 16]).unwrap();
+        let piece_ct = PIECE / 4 * 3;
+        for len in [
+            0,
+            1,
+            piece_ct - 17,
+            piece_ct - 1,
+            piece_ct,
+            piece_ct + 15,
+            piece_ct + 16,
+            2 * piece_ct - 1,
+            3 * piece_ct + 100,
+        ] {
+            let plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let ct = encrypt_raw(&k, &plain);
+            let b64 = STANDARD.encode(&ct);
+            let stripped = b64.trim_end_matches('=');
+            for text in [b64.as_str(), stripped] {
+                let opened = open_in_pieces(&k, text.as_bytes());
+                assert_eq!(opened, Some(Ok(plain.clone())), "{len} bytes");
+                assert_eq!(
+                    decrypt(std::slice::from_ref(&k), text, |_| true),
+                    Ok(plain.clone())
+                );
+            }
+            // The same blocks with the last one's padding broken.
+            let mut broken = ct.clone();
+            if let Some(last) = broken.last_mut() {
+                *last = 0;
+            }
+            let text = STANDARD.encode(&broken);
+            assert_eq!(
+                open_in_pieces(&k, text.as_bytes()),
+                Some(Err(AesFailure::BadPadding))
+            );
+            assert_eq!(
+                decrypt(std::slice::from_ref(&k), &text, |_| true),
+                decrypt_raw(&k, &broken)
+            );
+        }
+        let ct = encrypt_raw(&k, &vec![b'x'; 2 * piece_ct]);
+        let mut text = STANDARD.encode(&ct).into_bytes();
+        if let Some(c) = text.get_mut(PIECE + 5) {
+            *c = b'*';
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(
+            open_in_pieces(&k, text.as_bytes()),
+            None,
+            "a bad character, second piece"
+        );
+        assert_eq!(
+            decrypt(std::slice::from_ref(&k), &text, |_| true),
+            Err(AesFailure::BadBase64)
+        );
+        let short = STANDARD.encode(&ct[..ct.len() - 1]);
+        assert_eq!(
+            open_in_pieces(&k, short.as_bytes()),
+            None,
+            "not whole blocks"
+        );
+        assert_eq!(
+            decrypt(std::slice::from_ref(&k), &short, |_| true),
+            Err(AesFailure::BadLength)
+        );
     }
 
     #[test]
