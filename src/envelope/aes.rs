@@ -25,7 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit};
-use subtle::{ConstantTimeEq, ConstantTimeGreater};
+use subtle::ConstantTimeEq;
 
 type Encryptor = cbc::Encryptor<aes::Aes256>;
 
@@ -112,17 +112,24 @@ fn cbc_decrypt(key: &AesKey, iv: [u8; BLOCK], blocks: &mut [u8]) -> Result<(), A
 }
 
 /// Removes PKCS#7 padding as `cbc` judged it: a last byte from 1 to 16, repeated that
-/// many times. The verdict takes the same time whatever the last block holds.
+/// many times. The verdict takes the same time whatever the last block holds: it is
+/// arithmetic on masks (all ones where a test fails), without a branch on the bytes,
+/// and one constant-time comparison at the end (`subtle`'s for every byte cost about a
+/// thousand instructions a request).
 fn unpad(buf: &mut Vec<u8>) -> Result<(), AesFailure> {
     let last = *buf.last_chunk::<BLOCK>().ok_or(AesFailure::BadPadding)?;
     let [.., n] = last;
-    let mut valid = n.ct_gt(&0) & !n.ct_gt(&(BLOCK as u8));
-    // Byte `i` of the last block is padding when it is among the last `n`.
-    for (i, byte) in (0u8..).zip(last) {
-        let in_padding = !(BLOCK as u8 - i).ct_gt(&n);
-        valid &= !in_padding | byte.ct_eq(&n);
+    let n16 = u16::from(n);
+    // All ones when `a < b` (the difference wraps), for `a` and `b` below 256.
+    let below = |a: u16, b: u16| (a.wrapping_sub(b) >> 8) as u8;
+    // n = 0 or n > 16.
+    let mut bad = below(n16, 1) | below(BLOCK as u16, n16);
+    // Byte `i` of the last block, `BLOCK - i` from the end, is padding when that is at
+    // most `n`; each must then be `n`.
+    for (from_end, byte) in (1..=BLOCK as u16).rev().zip(last) {
+        bad |= below(from_end, n16 + 1) & (byte ^ n);
     }
-    if !bool::from(valid) {
+    if !bool::from(bad.ct_eq(&0)) {
         return Err(AesFailure::BadPadding);
     }
     buf.truncate(buf.len() - usize::from(n));

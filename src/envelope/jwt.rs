@@ -642,7 +642,8 @@ mod hmac_tests {
                 &sig
             ));
             assert!(!hmac_verifies(alg, SECRET, b"another message", &sig));
-            // Truncated, lengthened, one character changed, padded, not base64url.
+            // Truncated, lengthened (past the room for any tag, too), one character changed,
+            // padded, not base64url.
             let shorter = sig.get(..sig.len() - 2).unwrap();
             let mut flipped = sig.clone().into_bytes();
             flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
@@ -659,6 +660,7 @@ mod hmac_tests {
                 stray,
                 shorter.to_owned(),
                 format!("{sig}AA"),
+                format!("{sig}{}", "A".repeat(100)),
                 flipped,
                 format!("{sig}="),
                 sig.replace(|c: char| c.is_ascii_alphanumeric(), "+"),
