@@ -127,12 +127,20 @@ def pattern(symbol):
 ran = [symbol for symbol, cost in own.most_common() if cost > 0]
 ran += [line.strip() for line in open(native)]  # perf's, by samples and faults
 lines, seen = [], set()
+
+
+def entry(name):
+    # A cold function is in .text.unlikely.<name>, a C constructor in .text.startup.<name>;
+    # in a profile-guided build (packaging/build.sh) a hot one is in .text.hot.<name>.
+    return f"    *(.text.{name} .text.hot.{name} .text.unlikely.{name} .text.startup.{name})"
+
+
 if merge and os.path.exists(out):  # keep what the script lists, add what it lacks
     for line in open(out):
         m = re.match(r"    \*\(\.text\.(\S+) ", line)
         if m and m.group(1) not in seen:
             seen.add(m.group(1))
-            lines.append(line.rstrip("\n"))
+            lines.append(entry(m.group(1)))
 for symbol in ran:
     symbol = re.sub(r"'\d+$", "", symbol)  # a recursive call shows as "name'2"
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.$]*", symbol):
@@ -141,8 +149,7 @@ for symbol in ran:
     if name in seen:
         continue
     seen.add(name)
-    # A cold function is in .text.unlikely.<name>, a C constructor in .text.startup.<name>.
-    lines.append(f"    *(.text.{name} .text.unlikely.{name} .text.startup.{name})")
+    lines.append(entry(name))
 with open(out, "w") as f:
     f.write("/* The functions a running bsk-sidecar executes, hottest first, laid out together\n")
     f.write("   ahead of the rest of its code. Written by benches/load/layout.sh; build.rs passes\n")
