@@ -14,10 +14,11 @@
 #                              built by `cargo build --release` when missing)
 #   OUT=path                   where to write the script (default: packaging/hot-code.ld)
 #   MERGE=1                    keep the script's list and add to it what BIN ran that it
-#                              lacks: for the packages' build (`cargo zigbuild --release
-#                              --target x86_64-unknown-linux-gnu.2.17` with
-#                              CARGO_PROFILE_RELEASE_STRIP=none), whose inlining, and so
-#                              whose functions, differ a little from the host build's
+#                              lacks: for the packages' build, profile-guided, whose
+#                              inlining, and so whose functions, differ from the host
+#                              build's (`CARGO_PROFILE_RELEASE_STRIP=none bash
+#                              packaging/build.sh` keeps its symbols; BIN=target/
+#                              x86_64-unknown-linux-gnu/release/bsk-sidecar)
 #
 # Why: the kernel maps a binary's code into a process 64 KiB around each page it first
 # runs. Spread over 12 MB of code, the 1.6 MB a sidecar runs mapped about 10 MiB, most of
