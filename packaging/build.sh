@@ -47,15 +47,10 @@ for arch in $ARCHES; do
     profile=
     if [ "$PGO" = 1 ] && [ "$arch" = "$(uname -m)" ]; then
         echo "== $target: instrumented build and training run, for the profile"
-        merged=$(PGO_DIR="$PWD/target/pgo" TARGET="$target.$GLIBC" STAGE=profile \
+        profile=$(PGO_DIR="$PWD/target/pgo" TARGET="$target.$GLIBC" STAGE=profile \
             bash benches/load/pgo.sh 4 | tail -n 1)
-        [ -s "$merged" ] || { echo "build.sh: no profile from benches/load/pgo.sh" >&2; exit 1; }
-        # Named by its content: cargo rebuilds every crate when RUSTFLAGS change, never
-        # when only the file they name does.
-        profile=target/pgo/$(sha256sum "$merged" | cut -c1-16).profdata
-        rm -f target/pgo/[0-9a-f]*.profdata
-        cp "$merged" "$profile"
-        flags="$flags -C profile-use=$PWD/$profile"
+        [ -s "$profile" ] || { echo "build.sh: no profile from benches/load/pgo.sh" >&2; exit 1; }
+        flags="$flags -C profile-use=$profile"
         echo "== $target: release build for glibc $GLIBC, profile-guided"
     else
         echo "== $target: release build for glibc $GLIBC"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CI for the packages (run it before `cargo test`: it also installs the Chromium that
 # tests/status_page.rs needs): installs the packaging tools, builds the .deb and .rpm
-# (packaging/build.sh: the binary profile-guided, from a training run on loopback that
-# needs nginx, wrk and the toolchain's llvm-tools) and checks them (packaging/test-packages.sh: glibc floor, dpkg
-# install/upgrade/remove/purge, rpm contents and scripts). Runs as root on Debian.
+# (packaging/build.sh: the binary profile-guided, from a training run on loopback with
+# nginx and wrk; benches/load/pgo.sh adds the toolchain's llvm-tools when missing) and
+# checks them (packaging/test-packages.sh: glibc floor, dpkg install/upgrade/remove/purge,
+# rpm contents and scripts). Runs as root on Debian.
 # Idempotent: installs only what is missing. Every missing tool is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,9 +52,6 @@ if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $CARGO
     echo "== cargo install cargo-generate-rpm $CARGO_GENERATE_RPM"
     cargo install --locked --quiet cargo-generate-rpm --version "$CARGO_GENERATE_RPM"
 fi
-
-# llvm-profdata, to merge the profile-guided build's counts.
-find "$(rustc --print sysroot)" -name llvm-profdata -type f | grep -q . || rustup component add llvm-tools
 
 for tool in cargo-zigbuild cargo-deb cargo-generate-rpm rpm cpio objdump systemd-analyze openssl chromium nginx wrk; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ci-check: $tool missing after install" >&2; exit 1; }

@@ -8,7 +8,8 @@
 #
 #   benches/load/pgo.sh [SECONDS]
 #
-#   PGO_DIR=/tmp/bsk-pgo   where the builds, the raw counts and the merged profile go
+#   PGO_DIR=/tmp/bsk-pgo   where the builds, the raw counts and the merged profile (named
+#                          by a hash of its content) go
 #                          (each build is a full release build: about 8 minutes here)
 #   TARGET=x86_64-unknown-linux-gnu.2.17
 #                          build for this target with `cargo zigbuild`, as the packages
@@ -21,7 +22,7 @@
 #                          too, linked by the system's `cc` (`zig cc` cannot link the
 #                          profiler's runtime: it takes `-u SYMBOL` for a file name),
 #                          which changes no hash
-#   STAGE=profile          stop once the profile is merged and print its path instead:
+#   STAGE=profile          stop once the profile is merged and print its path instead
 #                          packaging/build.sh builds the packages with it
 #
 # The profile is the counts of the code it was made from, by the compiler that built it:
@@ -98,10 +99,13 @@ for run in "info 32" "warn 256"; do
   fi
 done
 "$PROFDATA" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR"/raw/*.profraw
+# The profile is named by its content: cargo rebuilds every crate when RUSTFLAGS change,
+# never when only the file they name does.
+rm -f "$PGO_DIR"/[0-9a-f]*.profdata
+PROFILE=$PGO_DIR/$(sha256sum "$PGO_DIR/merged.profdata" | cut -c1-16).profdata
+mv "$PGO_DIR/merged.profdata" "$PROFILE"
 if [ "$STAGE" = profile ]; then
-  echo "$PGO_DIR/merged.profdata"
+  echo "$PROFILE"
   exit 0
 fi
-# A new profile, a new build: cargo does not see the profile's content change.
-rm -rf "$PGO_DIR/use"
-build "$PGO_DIR/use" "-Cprofile-use=$PGO_DIR/merged.profdata"
+build "$PGO_DIR/use" "-Cprofile-use=$PROFILE"
