@@ -445,6 +445,12 @@ impl TimeClaims {
         let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
         let date = |name: &str| match claims.get(name) {
             None => Ok(None),
+            // The usual case, digits alone (the value is checked JSON: no sign, no leading
+            // zero), read without `serde_json`'s number parser; 18 digits fit an `i64`.
+            Some(raw) if raw.get().len() <= 18 && raw.get().bytes().all(|b| b.is_ascii_digit()) => {
+                let n = raw.get().parse::<i64>().map_err(|_| malformed)?;
+                in_range(n).map(Some)
+            }
             Some(raw) => serde_json::from_str::<Option<serde_json::Number>>(raw.get())
                 .map_err(|_| malformed)?
                 .as_ref()
@@ -496,6 +502,13 @@ const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 /// Fractions, exponents and out-of-range values are malformed, never rounded or saturated.
 fn numeric_date(n: &serde_json::Number) -> Result<i64, Failure> {
     n.as_i64()
+        .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
+        .and_then(in_range)
+}
+
+/// A NumericDate within the range this layer reads.
+fn in_range(n: i64) -> Result<i64, Failure> {
+    Some(n)
         .filter(|v| (0..=MAX_NUMERIC_DATE).contains(v))
         .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
 }

@@ -1074,6 +1074,8 @@ fn jwt_time_claims_are_checked_against_the_pinned_clock() {
         r#"{"exp":18446744073709551616}"#.to_owned(),
         r#"{"exp":99999999999999999999}"#.to_owned(),
         r#"{"exp":253402300800}"#.to_owned(),
+        r#"{"exp":999999999999999999}"#.to_owned(),
+        r#"{"exp":9223372036854775808}"#.to_owned(),
         r#"{"exp":-1}"#.to_owned(),
     ] {
         assert_eq!(

@@ -159,16 +159,29 @@ impl Ids {
     /// never a free-text field smuggled into the log. A field given twice (under one
     /// spelling or two) leaves every id unknown.
     pub fn of(obj: &Object<'_>) -> Ids {
-        let field = |names: &[&str]| obj.one(names).map(|v| v.and_then(id));
-        let ids = || {
-            Ok::<_, Ambiguous>(Ids {
-                userid: field(USERID)?,
-                ticket_no: field(TICKET_NO)?,
-                app_sub_time: field(APP_SUB_TIME)?,
-                application_status: field(APPLICATION_STATUS)?,
-            })
-        };
-        ids().unwrap_or_default()
+        // One pass over the entries, each key looked up in the four tables once, where a
+        // pass per table walked the entries four times.
+        const TABLES: [&[&str]; 4] = [USERID, TICKET_NO, APP_SUB_TIME, APPLICATION_STATUS];
+        let mut found: [Option<Raw<'_>>; 4] = [None; 4];
+        for (key, value) in &obj.0 {
+            let Some(slot) = TABLES
+                .iter()
+                .position(|names| names.contains(&key.as_ref()))
+                .and_then(|i| found.get_mut(i))
+            else {
+                continue;
+            };
+            if slot.replace(*value).is_some() {
+                return Ids::default();
+            }
+        }
+        let [userid, ticket_no, app_sub_time, application_status] = found.map(|v| v.and_then(id));
+        Ids {
+            userid,
+            ticket_no,
+            app_sub_time,
+            application_status,
+        }
     }
 
     /// The ids of a JSON document not read before (none unless it is one object).
@@ -179,7 +192,15 @@ impl Ids {
 
 /// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
 fn id(v: Raw<'_>) -> Option<Id> {
-    let s = v.get().trim_matches('"').trim();
+    // Quotes trimmed byte by byte (`trim_matches('"')` went through the generic pattern
+    // search); what is left has any surrounding space, Unicode's too, trimmed.
+    let text = v.get().as_bytes();
+    let start = text.iter().position(|&b| b != b'"').unwrap_or(text.len());
+    let end = text
+        .iter()
+        .rposition(|&b| b != b'"')
+        .map_or(start, |i| i + 1);
+    let s = v.get().get(start..end)?.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -100,7 +100,9 @@ fn check_plain_json_type(ct: Option<&[u8]>) -> Result<(), Reject> {
 fn mime_of(ct: Option<&[u8]>) -> Result<Option<&str>, Reject> {
     let Some(ct) = ct else { return Ok(None) };
     let text = text(ct).ok_or(Reject::UnsupportedMediaType)?;
-    Ok(text.split(';').next().map(str::trim))
+    // Visible ASCII, space and tab only (`text`): trimming ASCII space is all the trimming.
+    let end = text.bytes().position(|b| b == b';').unwrap_or(text.len());
+    Ok(text.get(..end).map(str::trim_ascii))
 }
 
 /// Whether `mime` is one of `allowed`, in any case.
