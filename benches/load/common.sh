@@ -2,7 +2,37 @@
 # configurations, the sidecar's benchmark configuration and wrk's body script. Sourced;
 # the functions read UP (the upstream's port) and SC (the sidecar's) when called.
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A free port on 127.0.0.1 for a server of the run. Chosen outside the kernel's range of
+# ephemeral ports, which it hands to outgoing connections (wrk's, the proxies' to the
+# upstream) and which port 0 draws from, so that no connection takes it before the
+# server binds; and never one this shell was given before (kept in $WORK/.ports when
+# WORK is set): two draws of port 0 in a row can return the same port.
+free_port() {
+  python3 - "${WORK:+$WORK/.ports}" <<'PY'
+import random, socket, sys
+kept = sys.argv[1]
+try:
+    taken = set(open(kept).read().split()) if kept else set()
+except FileNotFoundError:
+    taken = set()
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+outside = [p for p in range(10000, 65536) if not lo <= p <= hi and str(p) not in taken]
+for port in random.sample(outside, min(len(outside), 200)):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if kept:
+        open(kept, "a").write(f"{port}\n")
+    print(port)
+    break
+else:
+    sys.exit("free_port: no free port outside the ephemeral range")
+PY
+}
 
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
