@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::{Failure, TokenProblem};
 use crate::guard::bounds::JsonBounds;
-use crate::guard::fields::{self, Ids, Object};
+use crate::guard::fields::{self, Ids, Object, Raw};
 use crate::guard::payload::{self, Invalid};
 use crate::secret::Secret;
 
@@ -443,20 +443,7 @@ impl TimeClaims {
             return Ok(TimeClaims::default());
         };
         let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
-        let date = |name: &str| match claims.get(name) {
-            None => Ok(None),
-            // The usual case, digits alone (the value is checked JSON: no sign, no leading
-            // zero), read without `serde_json`'s number parser; 18 digits fit an `i64`.
-            Some(raw) if raw.get().len() <= 18 && raw.get().bytes().all(|b| b.is_ascii_digit()) => {
-                let n = raw.get().parse::<i64>().map_err(|_| malformed)?;
-                in_range(n).map(Some)
-            }
-            Some(raw) => serde_json::from_str::<Option<serde_json::Number>>(raw.get())
-                .map_err(|_| malformed)?
-                .as_ref()
-                .map(numeric_date)
-                .transpose(),
-        };
+        let date = |name: &str| claims.get(name).map_or(Ok(None), numeric_date);
         let jti = match claims.get("jti") {
             None => None,
             Some(raw) => {
@@ -498,19 +485,26 @@ impl TimeClaims {
 /// not a date a peer means, and read as "never expires" it would be a token valid forever.
 const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
-/// A JSON NumericDate: an integer number of seconds from 0 to [`MAX_NUMERIC_DATE`].
-/// Fractions, exponents and out-of-range values are malformed, never rounded or saturated.
-fn numeric_date(n: &serde_json::Number) -> Result<i64, Failure> {
-    n.as_i64()
-        .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
-        .and_then(in_range)
-}
-
-/// A NumericDate within the range this layer reads.
-fn in_range(n: i64) -> Result<i64, Failure> {
-    Some(n)
-        .filter(|v| (0..=MAX_NUMERIC_DATE).contains(v))
-        .ok_or(Failure::BadToken(TokenProblem::MalformedClaims))
+/// A JSON NumericDate (`null`: none): an integer number of seconds from 0 to
+/// [`MAX_NUMERIC_DATE`]. Fractions, exponents and out-of-range values are malformed, never
+/// rounded or saturated. `raw` is checked JSON (no sign, no leading zero), so digits
+/// alone, up to 18 of them (an `i64` holds them all), are read as they are; any other
+/// text goes through `serde_json`'s number parser.
+fn numeric_date(raw: Raw<'_>) -> Result<Option<i64>, Failure> {
+    let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
+    let text = raw.get();
+    let n = if text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<i64>().ok()
+    } else {
+        match serde_json::from_str::<Option<serde_json::Number>>(text) {
+            Ok(None) => return Ok(None),
+            Ok(Some(n)) => n.as_i64(),
+            Err(_) => None,
+        }
+    };
+    n.filter(|v| (0..=MAX_NUMERIC_DATE).contains(v))
+        .map(Some)
+        .ok_or(malformed)
 }
 
 #[cfg(test)]
