@@ -18,6 +18,8 @@
 #   ARCHES="x86_64 aarch64" bash packaging/build.sh   # needs the aarch64 Rust target
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# llvm_tools: the toolchain's LLVM tools, which the profile's check below uses.
+. benches/load/common.sh
 
 GLIBC=2.17
 ARCHES=${ARCHES:-x86_64}
@@ -60,7 +62,7 @@ for arch in $ARCHES; do
     if [ -n "$profile" ]; then
         # The compiler ignores, without a word, a profile whose names (each function's,
         # with its crate's hash) are not this build's: the hottest ones must be here.
-        tools=$(dirname "$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)")
+        tools=$(llvm_tools)
         hot=$("$tools/llvm-profdata" show --topn=10 "$profile" | grep -oE '_R[0-9A-Za-z_]+' | sort -u)
         here=$("$tools/llvm-nm" --defined-only target/"$target"/release/deps/*.rlib 2>/dev/null |
             grep -oE '_R[0-9A-Za-z_]+' | sort -u)

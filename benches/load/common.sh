@@ -34,6 +34,19 @@ else:
 PY
 }
 
+# The directory of the toolchain's LLVM tools (llvm-profdata, llvm-nm), which
+# `rustup component add llvm-tools` installs when they are missing; fails without them.
+llvm_tools() {
+  local found
+  found=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)
+  if [ -z "$found" ]; then
+    rustup component add llvm-tools >&2
+    found=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)
+  fi
+  [ -n "$found" ] || { echo "no llvm-profdata in the toolchain" >&2; return 1; }
+  dirname "$found"
+}
+
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 nginx_conf() { # $1 dir, $2 server blocks, $3 worker processes (default 1)

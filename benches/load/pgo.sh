@@ -37,10 +37,7 @@ PGO_DIR=${PGO_DIR:-/tmp/bsk-pgo}
 TARGET=${TARGET:-}
 STAGE=${STAGE:-build}
 TARGET_DIR=${CARGO_TARGET_DIR:-./target}
-profdata() { find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1; }
-[ -n "$(profdata)" ] || rustup component add llvm-tools >&2
-PROFDATA=$(profdata)
-[ -n "$PROFDATA" ] || { echo "pgo.sh: no llvm-profdata in the toolchain" >&2; exit 1; }
+PROFDATA=$(llvm_tools)/llvm-profdata
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || apt-get install -y "$tool" >&2
 done
