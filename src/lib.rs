@@ -91,6 +91,7 @@ pub mod forward;
 pub mod guard;
 pub mod logbatch;
 pub mod logfmt;
+pub mod logwrite;
 pub mod metrics;
 pub mod online;
 pub mod pipeline;

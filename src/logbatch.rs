@@ -1,14 +1,13 @@
 //! Log lines a connection worker writes are gathered on its thread and handed to the log
-//! writer's queue together, once per turn of the worker's scheduler, not one by one.
+//! writer (`logwrite`) together, once per turn of the worker's scheduler, not one by one.
 //!
-//! The access log writes a line per request. Handed on one by one, each line is copied
-//! into a new allocation, queued for the log thread (the queue's counters are shared by
-//! every worker), and freed on the log thread, and the writer is cloned and dropped for
-//! it. A worker instead appends its lines to a buffer of its own and hands them on whole
-//! when its runtime has nothing left to run and is about to wait for the network
-//! ([`hand_on`], the runtime's `on_thread_park`): after the requests it has just served.
-//! A quiet worker's lines therefore go out as soon as its request is done; a busy one's a
-//! few requests later, and at the latest when [`HAND_ON`] bytes are waiting.
+//! The access log writes a line per request. Handed on one by one, each line would take
+//! the writer's lock, which every worker shares. A worker instead appends its lines to a
+//! buffer of its own and hands them on whole when its runtime has nothing left to run and
+//! is about to wait for the network ([`hand_on`], the runtime's `on_thread_park`): after
+//! the requests it has just served. A quiet worker's lines therefore go out as soon as
+//! its request is done; a busy one's a few requests later, and at the latest when
+//! [`HAND_ON`] bytes are waiting.
 //!
 //! Any other thread (the main runtime, blocking tasks, tools) writes each line through at
 //! once, as the writer alone would. Lines are never dropped here: what is gathered is
@@ -20,10 +19,7 @@ use std::io::{self, Write};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Gathered lines are handed on once this many bytes wait, even if the worker has not
-/// parked: about seven access lines. Each hand-on is copied into an allocation of its
-/// own that the log thread frees, and the allocator caches freed blocks per size and
-/// thread: with 8 KiB and 16 KiB batches, 256 busy connections held 1.5–3 MiB more
-/// resident memory than lines handed on one by one; with 2 KiB, about 0.5 MiB.
+/// parked: about seven access lines.
 pub const HAND_ON: usize = 2 * 1024;
 
 /// What a gathering thread keeps: its lines, and where they go.

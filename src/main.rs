@@ -327,29 +327,21 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr off the request path: a request formats its line; a connection
-/// worker gathers its lines and queues them together when it has nothing left to run
-/// (`logbatch`), any other thread queues each line; one thread writes the queue out
-/// through a buffer, flushing whenever the queue is empty (so a quiet sidecar's lines
-/// appear at once, a busy one's in few writes). Never lossy: if the writer falls 4,096
-/// queued writes behind, requests wait rather than lines vanish. (The queue's slots are
-/// allocated up front: 64k of them cost 2.4 MiB of peak RSS.) The stamp, the human
-/// format's fields and the JSON lines are written by `logfmt`: the text of
-/// tracing-subscriber's formatters, for less CPU.
-fn init_logging(
-    format: LogFormat,
-    default_level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
+/// worker gathers its lines and hands them on together when it has nothing left to run
+/// (`logbatch`), any other thread hands on each line; one thread writes them out
+/// (`logwrite`): a line after a pause at once, a busy sidecar's lines at most every
+/// 100 ms or 64 KiB. Never lossy: if the writer falls 1 MiB behind, requests wait rather
+/// than lines vanish. The stamp, the human format's fields and the JSON lines are written
+/// by `logfmt`: the text of tracing-subscriber's formatters, for less CPU.
+fn init_logging(format: LogFormat, default_level: &str) -> bsk_sidecar::logwrite::Guard {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(4096)
-        .thread_name("bsk-sidecar-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = bsk_sidecar::logwrite::spawn(
+        std::io::stderr(),
+        bsk_sidecar::logwrite::Pace::default(),
+        "bsk-sidecar-log",
+    );
     // Colour only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

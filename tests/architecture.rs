@@ -12,8 +12,9 @@ use std::path::Path;
 /// Top-level modules by layer, lowest first. A module may import modules of a lower
 /// layer only.
 const LAYERS: &[(&str, &[&str])] = &[
-    // The connection workers hand their gathered log lines on when they park.
-    ("the log's writer", &["logbatch"]),
+    // The connection workers hand their gathered log lines on when they park; one thread
+    // writes them out.
+    ("the log's writer", &["logbatch", "logwrite"]),
     // Which allocator the features choose; each binary installs it.
     ("the allocator", &["allocator"]),
     (
