@@ -138,7 +138,8 @@ measure() { # $1 label, $2 conns, $3 port, $4.. proxy pids
   a0=$(accepts); t0=$(ticks "$@"); u0=$(ticks $UP_PIDS); s0=$(switches "$@"); o0=$(uticks "$@")
   if [ -n "${PERF:-}" ] && [ "$label" = "${PERF_LABEL:-sidecar}" ]; then
     # shellcheck disable=SC2086 # PERF_ARGS is a list of perf options
-    perf record -q ${PERF_ARGS:--F 499 -g} -p "$1" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
+    # Every process of the target (nginx: its master and worker).
+    perf record -q ${PERF_ARGS:--F 499 -g} -p "$(IFS=,; echo "$*")" -o "$PERF.$c" -- sleep "$DUR" 2>/dev/null &
   fi
   out=$(wrk -t1 -c"$c" -d"${DUR}s" --latency -s "$WORK/bodies.lua" "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
   t1=$(ticks "$@"); u1=$(ticks $UP_PIDS); a1=$(accepts); s1=$(switches "$@"); o1=$(uticks "$@")
