@@ -325,8 +325,18 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        drop(w);
         drop(guard);
-        let text = String::from_utf8(writes.try_iter().flatten().collect()).unwrap();
+        // The sink goes when the writer's thread ends: read until then.
+        let mut bytes = Vec::new();
+        loop {
+            match writes.recv_timeout(PATIENCE) {
+                Ok(write) => bytes.extend(write),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("the writer did not end: {e}"),
+            }
+        }
+        let text = String::from_utf8(bytes).unwrap();
         for t in 0..4 {
             let mine: Vec<&str> = text
                 .lines()
