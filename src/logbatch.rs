@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Gathered lines are handed on once this many bytes wait, even if the worker has not
-/// parked: about seven access lines.
+/// parked: about seven access lines, for one turn of the writer's lock.
 pub const HAND_ON: usize = 2 * 1024;
 
 /// What a gathering thread keeps: its lines, and where they go.

@@ -329,8 +329,8 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<()> {
 /// Logs go to stderr off the request path: a request formats its line; a connection
 /// worker gathers its lines and hands them on together when it has nothing left to run
 /// (`logbatch`), any other thread hands on each line; one thread writes them out
-/// (`logwrite`): a line after a pause at once, a busy sidecar's lines at most every
-/// 100 ms or 64 KiB. Never lossy: if the writer falls 1 MiB behind, requests wait rather
+/// (`logwrite`): a line after a pause at once, a busy sidecar's lines in one write every
+/// 100 ms, or every 64 KiB when they come faster. Never lossy: if the writer falls 1 MiB behind, requests wait rather
 /// than lines vanish. The stamp, the human format's fields and the JSON lines are written
 /// by `logfmt`: the text of tracing-subscriber's formatters, for less CPU.
 fn init_logging(format: LogFormat, default_level: &str) -> bsk_sidecar::logwrite::Guard {
