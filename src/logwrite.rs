@@ -251,8 +251,11 @@ mod tests {
             pace(Duration::from_secs(3600), 1 << 20, 1 << 22),
             "t",
         );
-        w.write_all(b"one\n").unwrap();
-        assert_eq!(writes.recv_timeout(PATIENCE).unwrap(), b"one\n");
+        w.write_all(b"one\n").expect("a line is appended");
+        assert_eq!(
+            writes.recv_timeout(PATIENCE).expect("written in time"),
+            b"one\n"
+        );
     }
 
     #[test]
@@ -261,14 +264,22 @@ mod tests {
         let every = Duration::from_millis(300);
         let (mut w, _guard) = spawn(Recorder(tx), pace(every, 1 << 20, 1 << 22), "t");
         let before_first = Instant::now();
-        w.write_all(b"first\n").unwrap();
-        assert_eq!(writes.recv_timeout(PATIENCE).unwrap(), b"first\n");
+        w.write_all(b"first\n").expect("a line is appended");
+        assert_eq!(
+            writes.recv_timeout(PATIENCE).expect("written in time"),
+            b"first\n"
+        );
         for i in 0..50 {
-            w.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            w.write_all(format!("line {i}\n").as_bytes())
+                .expect("a line is appended");
         }
-        let batch = writes.recv_timeout(PATIENCE).unwrap();
+        let batch = writes.recv_timeout(PATIENCE).expect("written in time");
         let expected: String = (0..50).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(String::from_utf8(batch).unwrap(), expected, "one write");
+        assert_eq!(
+            String::from_utf8(batch).expect("text"),
+            expected,
+            "one write"
+        );
         // The first write came after `before_first`, the second a period after it.
         assert!(
             before_first.elapsed() >= every,
@@ -284,11 +295,14 @@ mod tests {
             pace(Duration::from_secs(3600), 1000, 1 << 22),
             "t",
         );
-        w.write_all(b"first\n").unwrap();
-        assert_eq!(writes.recv_timeout(PATIENCE).unwrap(), b"first\n");
+        w.write_all(b"first\n").expect("a line is appended");
+        assert_eq!(
+            writes.recv_timeout(PATIENCE).expect("written in time"),
+            b"first\n"
+        );
         let line = format!("{}\n", "x".repeat(99));
         for _ in 0..10 {
-            w.write_all(line.as_bytes()).unwrap();
+            w.write_all(line.as_bytes()).expect("a line is appended");
         }
         // The period is an hour: only the threshold can have sent these.
         let mut got = Vec::new();
@@ -317,13 +331,14 @@ mod tests {
                 let mut w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..2000 {
-                        w.write_all(format!("{t} {i}\n").as_bytes()).unwrap();
+                        w.write_all(format!("{t} {i}\n").as_bytes())
+                            .expect("a line is appended");
                     }
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.join().expect("a logging thread ends");
         }
         drop(w);
         drop(guard);
@@ -336,7 +351,7 @@ mod tests {
                 Err(e) => panic!("the writer did not end: {e}"),
             }
         }
-        let text = String::from_utf8(bytes).unwrap();
+        let text = String::from_utf8(bytes).expect("text");
         for t in 0..4 {
             let mine: Vec<&str> = text
                 .lines()
