@@ -9,14 +9,18 @@
 //! describe this hop (the hop-by-hop ones, those its `Connection` names, its length) are
 //! read for framing and not handed on.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::Answer;
 
@@ -278,6 +282,10 @@ pub(crate) async fn write_parts<W: AsyncWrite + Unpin + ?Sized>(
 /// One keep-alive connection to the application (a `TcpStream`; tests use others).
 pub(crate) struct Conn<S = TcpStream> {
     stream: S,
+    /// The deadline timer of the connection's last exchange, kept for the next one. A
+    /// later deadline only moves the timer's expiry (one compare-and-swap); a new timer
+    /// each exchange was entered into the runtime's timer wheel and taken out again.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -292,7 +300,47 @@ impl Conn {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(crate) fn new(stream: S) -> Conn<S> {
-        Conn { stream }
+        Conn {
+            stream,
+            timer: None,
+        }
+    }
+
+    /// Sends the request and reads its whole answer ([`Conn::send`], [`Conn::receive`]),
+    /// unless `deadline` passes first (`None`).
+    pub(crate) async fn exchange(
+        &mut self,
+        head: &RequestHead,
+        body: &[u8],
+        max: usize,
+        deadline: Instant,
+    ) -> Option<Result<(Answer, bool), Fault>> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let outcome = {
+            let mut work = std::pin::pin!(async {
+                self.send(head, body).await?;
+                self.receive(head.is_head(), max).await
+            });
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        // Kept on a connection worker only, where the connection stays (its pool slot is
+        // the worker's): a timer belongs to the runtime that made it.
+        if crate::workers::current() != 0 {
+            self.timer = Some(timer);
+        }
+        outcome
     }
 
     /// Writes the request: its head, the blank line and `body` in one `writev` when the

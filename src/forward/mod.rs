@@ -341,26 +341,28 @@ impl Pool {
         body: &[u8],
         connect_timeout: Duration,
         max_response: usize,
+        deadline: Instant,
     ) -> Result<Answer, ForwardError> {
         let fault = |e| ForwardError::from_fault(e, max_response);
         loop {
             let (mut conn, reused) = match self.take() {
                 Some(c) => (c, true),
-                None => (self.connect(connect_timeout).await?, false),
+                None => {
+                    let dialed = timeout_at(deadline, self.connect(connect_timeout)).await;
+                    (dialed.map_err(|_| ForwardError::Timeout)??, false)
+                }
             };
-            match conn.send(head, body).await {
-                Ok(()) => {}
-                Err(Fault::Unsent(_)) if reused => continue,
-                Err(e) => return Err(fault(e)),
+            match conn.exchange(head, body, max_response, deadline).await {
+                None => return Err(ForwardError::Timeout),
+                Some(Err(Fault::Unsent(_))) if reused => continue,
+                Some(Err(e)) => return Err(fault(e)),
+                Some(Ok((resp, reusable))) => {
+                    if reusable {
+                        self.put(conn);
+                    }
+                    return Ok(resp);
+                }
             }
-            let (resp, reusable) = conn
-                .receive(head.is_head(), max_response)
-                .await
-                .map_err(fault)?;
-            if reusable {
-                self.put(conn);
-            }
-            return Ok(resp);
         }
     }
 }
@@ -408,13 +410,13 @@ impl Forwarder {
     }
 
     /// Sends the request (`head`, then `body`) to `upstream` and reads the whole answer
-    /// before `timeout` elapses.
+    /// before `deadline` (see [`deadline_after`]).
     pub async fn send(
         &self,
         upstream: &Upstream,
         head: &RequestHead,
         body: &[u8],
-        timeout: Duration,
+        deadline: std::time::Instant,
     ) -> Result<Answer, ForwardError> {
         // The route's authority as written (the config's own text, so nearly always the
         // same bytes as its pool's), else as `http` compares them, ignoring case. The pool
@@ -441,11 +443,25 @@ impl Forwarder {
                 &unlisted
             }
         };
-        let exchange = pool.exchange(head, body, self.connect_timeout, self.max_response);
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ForwardError::Timeout)?
+        let deadline = Instant::from_std(deadline);
+        pool.exchange(
+            head,
+            body,
+            self.connect_timeout,
+            self.max_response,
+            deadline,
+        )
+        .await
     }
+}
+
+/// `timeout` after `start`: the deadline [`Forwarder::send`] takes. A timeout too long to
+/// add is about thirty years.
+pub fn deadline_after(start: std::time::Instant, timeout: Duration) -> std::time::Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    (start.checked_add(timeout))
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
 }
 
 #[cfg(test)]
@@ -460,6 +476,15 @@ mod tests {
     /// with `one_each` it closes each connection after its first answer (without saying
     /// so). Counts connections and requests.
     async fn stand_in(one_each: bool) -> (Upstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        stand_in_answering(one_each, usize::MAX).await
+    }
+
+    /// [`stand_in`], answering only the first `answered` requests: it reads the later
+    /// ones and never answers them.
+    async fn stand_in_answering(
+        one_each: bool,
+        answered: usize,
+    ) -> (Upstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -484,6 +509,9 @@ mod tests {
                             }
                             seen.drain(..end + 6);
                             let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                            if n > answered {
+                                continue;
+                            }
                             let body = format!("{{\"n\":{n}}}");
                             let answer = format!(
                                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -512,10 +540,14 @@ mod tests {
     /// Sends a request through `fwd` and asserts the stand-in counted it the `n`th.
     async fn assert_answer_n(fwd: &Forwarder, up: &Upstream, n: usize) {
         let resp = fwd
-            .send(up, &request(up), b"{}", Duration::from_secs(5))
+            .send(up, &request(up), b"{}", in_five_seconds())
             .await
             .unwrap();
         assert_eq!(resp.body.as_ref(), format!("{{\"n\":{n}}}").as_bytes());
+    }
+
+    fn in_five_seconds() -> std::time::Instant {
+        deadline_after(std::time::Instant::now(), Duration::from_secs(5))
     }
 
     fn forwarder(up: &Upstream) -> Forwarder {
@@ -530,6 +562,71 @@ mod tests {
             assert_answer_n(&fwd, &up, n).await;
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    /// What [`kept_connection_exchanges`] saw: each exchange's body or error, and how
+    /// long the last one took; then how many connections the application was given.
+    type Exchanges = (Vec<Outcome>, Duration, usize);
+
+    /// An exchange's answer body, or its error as text.
+    type Outcome = Result<Bytes, String>;
+
+    /// On a connection worker: exchanges with the given deadlines (ms) on a connection
+    /// that stays open, against an application that answers only its first `answered`
+    /// requests.
+    fn kept_connection_exchanges(answered: usize, deadlines: &'static [u64]) -> Exchanges {
+        let workers = crate::workers::Workers::start(1).expect("a worker starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.spawn(move || async move {
+            let (up, conns, _) = stand_in_answering(false, answered).await;
+            let fwd = forwarder(&up);
+            let mut results = Vec::new();
+            let mut waited = Duration::ZERO;
+            for ms in deadlines {
+                let start = std::time::Instant::now();
+                let deadline = deadline_after(start, Duration::from_millis(*ms));
+                let sent = fwd.send(&up, &request(&up), b"{}", deadline).await;
+                waited = start.elapsed();
+                results.push(sent.map(|a| a.body).map_err(|e| e.to_string()));
+            }
+            let report = (results, waited, conns.load(Ordering::SeqCst));
+            tx.send(report).expect("the test waits for the report");
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the exchanges ended")
+    }
+
+    /// On a connection worker a kept connection keeps its deadline timer, moved to each
+    /// exchange's deadline: earlier than the last one, or later. Each exchange still ends
+    /// at its own deadline, not before it and not at an older one.
+    #[test]
+    fn each_exchange_on_a_kept_connection_ends_at_its_own_deadline() {
+        let one = Ok(Bytes::from_static(b"{\"n\":1}"));
+        let two = Ok(Bytes::from_static(b"{\"n\":2}"));
+        let timeout = Err(ForwardError::Timeout.to_string());
+        let cases: [(usize, &'static [u64], Vec<Outcome>); 2] = [
+            // Answered: a timer at 5 s, then one moved earlier, to 300 ms. Not answered:
+            // the timer moved later, to 400 ms.
+            (
+                2,
+                &[5_000, 300, 400],
+                vec![one.clone(), two, timeout.clone()],
+            ),
+            // Answered with a timer at 5 s; not answered, the timer moved earlier, to
+            // 300 ms.
+            (1, &[5_000, 300], vec![one, timeout]),
+        ];
+        for (answered, deadlines, expected) in cases {
+            let (results, waited, conns) = kept_connection_exchanges(answered, deadlines);
+            assert_eq!(results, expected, "deadlines {deadlines:?} ms");
+            let last = Duration::from_millis(*deadlines.last().expect("a deadline"));
+            assert!(waited >= last, "ended before {last:?}: {waited:?}");
+            assert!(
+                waited < Duration::from_secs(5),
+                "ended at an older deadline: {waited:?}"
+            );
+            assert_eq!(conns, 1, "every exchange went on the kept connection");
+        }
     }
 
     #[tokio::test]
@@ -560,7 +657,7 @@ mod tests {
         drop(closed);
         let up = Upstream::parse(&format!("http://{addr}/")).unwrap();
         let err = forwarder(&up)
-            .send(&up, &request(&up), b"{}", Duration::from_secs(5))
+            .send(&up, &request(&up), b"{}", in_five_seconds())
             .await
             .unwrap_err();
         assert!(matches!(err, ForwardError::Connect { .. }), "{err}");
@@ -569,7 +666,7 @@ mod tests {
         let (up, _, _) = stand_in(false).await;
         let small = Forwarder::new([&up], Duration::from_secs(5), 4, 8, 1);
         let err = small
-            .send(&up, &request(&up), b"{}", Duration::from_secs(5))
+            .send(&up, &request(&up), b"{}", in_five_seconds())
             .await
             .unwrap_err();
         assert!(matches!(err, ForwardError::TooLarge { limit: 4 }), "{err}");

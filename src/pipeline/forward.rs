@@ -33,10 +33,11 @@ pub(super) async fn to_upstream(
     let (client, id, len) = (cx.client, cx.request_id, plain.len());
     let head = headers::upstream_request(cfg, app, uri, fields, client, id, len);
     let started = Instant::now();
+    let deadline = crate::forward::deadline_after(started, cfg.upstream_timeout);
     let sent = cx
         .rt
         .forwarder
-        .send(&app.upstream, &head, plain, cfg.upstream_timeout)
+        .send(&app.upstream, &head, plain, deadline)
         .await;
     cx.route
         .series
