@@ -72,11 +72,16 @@ impl Destination {
     }
 }
 
+/// A listener's routes by exact path. Hashed with foldhash, not the default SipHash:
+/// every request's path is looked up, and the table holds only what the config names, so
+/// no sender can add to it or make it collide.
+pub type Routes = HashMap<String, RouteRt, foldhash::fast::RandomState>;
+
 /// A listener's routes by exact path.
 pub struct ListenerRt {
     pub name: String,
     pub addr: SocketAddr,
-    pub routes: HashMap<String, RouteRt>,
+    pub routes: Routes,
     /// Checked before a byte is read, when every route on this listener checks addresses.
     pub accept_allow: Option<AllowList>,
     /// HTTPS: the current certificate, carried across config reloads.
@@ -239,7 +244,7 @@ fn listeners(
     let tls = carry::tls(prev, settings, metrics)?;
     let mut out = Vec::with_capacity(settings.listeners.len());
     for (l, tls) in settings.listeners.iter().zip(tls) {
-        let mut routes = HashMap::with_capacity(l.routes.len());
+        let mut routes = Routes::with_capacity_and_hasher(l.routes.len(), Default::default());
         for r in &l.routes {
             let limiter = r.rate.map(|spec| {
                 carry::route_limiter(prev, &l.name, &r.path, local_share(settings, spec))
