@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use crate::config::{Peer, Remote, Route, Settings, Target, Upstream};
 use crate::egress::Egress;
 use crate::forward::{FixedFields, Forwarder};
@@ -305,12 +307,20 @@ fn replay_cache(
     Ok(Some(Arc::new(cache)))
 }
 
-/// Request ids: a random per-process prefix and a counter — unique, cheap, and not a
+/// Request ids: a random per-process prefix and a number — unique, cheap, and not a
 /// clock reading a caller could use.
 struct RequestIds {
     prefix: u32,
-    counter: AtomicU64,
+    /// One count per thread slot ([`crate::workers::current`], folded into
+    /// [`ID_SLOTS`]), each on a cache line of its own: each worker counts its own
+    /// requests, and no request passes a shared counter's line between the cores. A
+    /// slot's numbers are `count * ID_SLOTS + slot`, so no two slots give the same one.
+    counts: Box<[CachePadded<AtomicU64>]>,
 }
+
+/// How many counts [`RequestIds`] keeps: one for each of the first fifteen workers and one
+/// for every other thread; workers past those share.
+const ID_SLOTS: u64 = 16;
 
 impl RequestIds {
     fn new() -> Self {
@@ -318,20 +328,28 @@ impl RequestIds {
         let _ = getrandom::getrandom(&mut b);
         RequestIds {
             prefix: u32::from_le_bytes(b),
-            counter: AtomicU64::new(1),
+            counts: (0..ID_SLOTS)
+                .map(|_| CachePadded::new(AtomicU64::new(1)))
+                .collect(),
         }
     }
 
-    /// `{prefix:08x}-{counter:010x}`, written digit by digit: one per request, so without
-    /// the formatting machinery, and into the id itself, so without an allocation.
     fn next(&self) -> RequestId {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = RequestId::EMPTY;
-        push_hex(&mut id, u64::from(self.prefix), 8);
-        id.push(b'-');
-        push_hex(&mut id, n, 10);
-        id
+        let slot = crate::workers::current() as u64 % ID_SLOTS;
+        let count =
+            (self.counts.get(slot as usize)).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
+        request_id(self.prefix, count.wrapping_mul(ID_SLOTS).wrapping_add(slot))
     }
+}
+
+/// `{prefix:08x}-{n:010x}`, written digit by digit: one per request, so without the
+/// formatting machinery, and into the id itself, so without an allocation.
+fn request_id(prefix: u32, n: u64) -> RequestId {
+    let mut id = RequestId::EMPTY;
+    push_hex(&mut id, u64::from(prefix), 8);
+    id.push(b'-');
+    push_hex(&mut id, n, 10);
+    id
 }
 
 /// One request's id (see [`Runtime::next_request_id`]): eight hex digits, a dash and at
@@ -438,7 +456,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_ids_read_as_zero_padded_hex_and_never_repeat() {
+    fn request_ids_read_as_zero_padded_hex() {
         let cases = [
             (0u32, 0u64),
             (0xdead_beef, 1),
@@ -447,12 +465,37 @@ mod tests {
             (1, u64::MAX - 1),
         ];
         for (prefix, n) in cases {
-            let ids = RequestIds {
-                prefix,
-                counter: AtomicU64::new(n),
-            };
-            assert_eq!(ids.next().as_str(), format!("{prefix:08x}-{n:010x}"));
-            assert_eq!(ids.next().as_str(), format!("{prefix:08x}-{:010x}", n + 1));
+            assert_eq!(
+                request_id(prefix, n).as_str(),
+                format!("{prefix:08x}-{n:010x}")
+            );
         }
+    }
+
+    /// Every worker counts on its own, and no two threads (workers or not) are given
+    /// the same id.
+    #[test]
+    fn request_ids_never_repeat_across_workers() {
+        let ids = Arc::new(RequestIds::new());
+        let workers = crate::workers::Workers::start(3).expect("workers start");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let (ids, tx) = (ids.clone(), tx.clone());
+            workers.spawn(move || async move {
+                let mine: Vec<String> = (0..1000).map(|_| ids.next().as_str().to_owned()).collect();
+                tx.send(mine).expect("the test waits");
+            });
+        }
+        let mut all: Vec<String> = (0..1000).map(|_| ids.next().as_str().to_owned()).collect();
+        for _ in 0..3 {
+            all.extend(
+                rx.recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("a worker's ids"),
+            );
+        }
+        let prefix = format!("{:08x}-", ids.prefix);
+        assert!(all.iter().all(|id| id.starts_with(&prefix)), "{all:?}");
+        let distinct: std::collections::HashSet<&String> = all.iter().collect();
+        assert_eq!(distinct.len(), 4000, "an id was given twice");
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
@@ -275,11 +276,13 @@ where
 
 /// One upstream address and its idle connections, most recently used first out, kept per
 /// connection worker: a connection is registered with the reactor of the worker that
-/// opened it, so only that worker uses it again (slot 0 serves any other thread).
+/// opened it, so only that worker uses it again (slot 0 serves any other thread). Each
+/// slot is on a cache line of its own: every request locks its worker's slot twice, and
+/// two slots sharing a line would pass it between the cores at each lock.
 struct Pool {
     authority: Authority,
     addr: String,
-    idle: Box<[Mutex<Vec<Conn>>]>,
+    idle: Box<[CachePadded<Mutex<Vec<Conn>>>]>,
     max_idle: usize,
 }
 
@@ -288,7 +291,7 @@ impl Pool {
         Pool {
             authority,
             addr,
-            idle: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..=workers).map(|_| CachePadded::default()).collect(),
             max_idle,
         }
     }

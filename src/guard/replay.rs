@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use crossbeam_utils::CachePadded;
 use sha2::{Digest, Sha256};
 
 const RECORD: usize = 24;
@@ -132,12 +133,6 @@ impl Count {
     }
 }
 
-/// A value on a cache line of its own, so two workers writing neighbouring parts (or a
-/// part and the count) do not take the line from each other.
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded<T>(T);
-
 /// One part of the table in memory.
 #[derive(Default)]
 struct Shard {
@@ -186,18 +181,21 @@ enum Refuse {
 }
 
 pub struct ReplayCache {
-    /// The parts: the first, and the others (never empty, so no lookup can miss).
-    first: Padded<Mutex<Shard>>,
-    rest: Box<[Padded<Mutex<Shard>>]>,
+    /// The parts: the first, and the others (never empty, so no lookup can miss). This
+    /// and the other fields two workers write are each on a cache line of their own, so
+    /// a worker writing one part (or the count) does not take a neighbour's line from the
+    /// other worker.
+    first: CachePadded<Mutex<Shard>>,
+    rest: Box<[CachePadded<Mutex<Shard>>]>,
     /// Entries held, over every part, as the parts last told it (see [`Shard::recount`]):
     /// the capacity is the whole cache's.
-    count: Padded<Count>,
+    count: CachePadded<Count>,
     /// Records in the journal file, to decide when to compact it.
-    journal_records: Padded<AtomicUsize>,
+    journal_records: CachePadded<AtomicUsize>,
     /// Records being gathered into one journal write: one batch per connection worker,
     /// indexed like the upstream pool's idle connections (`crate::workers::current()`:
     /// 0 for any other thread, which is also where a worker past the last falls back).
-    batches: Box<[Mutex<Batch>]>,
+    batches: Box<[CachePadded<Mutex<Batch>>]>,
     /// Appended to outside the parts' locks, so one worker's write does not hold up
     /// another's lookup; a compaction takes it whole (while holding every part), so no
     /// record lands in a file being replaced.
@@ -207,12 +205,16 @@ pub struct ReplayCache {
 }
 
 impl ReplayCache {
-    fn new(capacity: usize, batches: Box<[Mutex<Batch>]>, path: Option<PathBuf>) -> Self {
+    fn new(
+        capacity: usize,
+        batches: Box<[CachePadded<Mutex<Batch>>]>,
+        path: Option<PathBuf>,
+    ) -> Self {
         ReplayCache {
-            first: Padded::default(),
-            rest: (1..SHARDS).map(|_| Padded::default()).collect(),
-            count: Padded(Count::new(capacity.max(1))),
-            journal_records: Padded::default(),
+            first: CachePadded::default(),
+            rest: (1..SHARDS).map(|_| CachePadded::default()).collect(),
+            count: CachePadded::new(Count::new(capacity.max(1))),
+            journal_records: CachePadded::default(),
             batches,
             journal: RwLock::new(None),
             capacity: capacity.max(1),
@@ -247,7 +249,7 @@ impl ReplayCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let batches = (0..=workers).map(|_| Mutex::default()).collect();
+        let batches = (0..=workers).map(|_| CachePadded::default()).collect();
         let cache = ReplayCache::new(capacity, batches, Some(path));
         for (k, e) in entries {
             // A key the journal holds twice keeps its last record's expiry.
@@ -264,14 +266,14 @@ impl ReplayCache {
         let i = usize::from(last) % SHARDS;
         // Part 0 is `first`; part `i` past it is `rest[i - 1]`.
         let part = self.rest.get(i.wrapping_sub(1)).unwrap_or(&self.first);
-        part.0.lock().unwrap_or_else(|p| p.into_inner())
+        part.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every part, locked in order (the only place more than one is held).
     fn lock_all(&self) -> Vec<ShardGuard<'_>> {
         std::iter::once(&self.first)
             .chain(self.rest.iter())
-            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
             .collect()
     }
 
@@ -299,7 +301,7 @@ impl ReplayCache {
             }
         }
         let added = records.len() / RECORD;
-        let journaled = self.journal_records.0.fetch_add(added, Ordering::Relaxed) + added;
+        let journaled = self.journal_records.fetch_add(added, Ordering::Relaxed) + added;
         if journaled > 2 * self.capacity {
             self.compact();
         }
@@ -307,7 +309,7 @@ impl ReplayCache {
 
     fn compact(&self) {
         let mut all = self.lock_all();
-        if self.journal_records.0.load(Ordering::Relaxed) > 2 * self.capacity {
+        if self.journal_records.load(Ordering::Relaxed) > 2 * self.capacity {
             if let Err(e) = self.rewrite(&mut all) {
                 tracing::error!(error = %e, "replay journal compaction failed");
             }
@@ -387,7 +389,7 @@ impl ReplayCache {
         let tag = key.tag();
         let mut part = self.shard(tag);
         if part.seen.remove(&tag).is_some() {
-            part.recount(&self.count.0, false);
+            part.recount(&self.count, false);
         }
         // The journal keeps the record; on restart the key returns until it expires,
         // which errs on the side of refusing.
@@ -400,7 +402,7 @@ impl ReplayCache {
         let mut part = self.shard(key);
         // The usual case: room in the part and in the cache, so nothing is swept or
         // evicted first, and one lookup finds the key or its slot.
-        if part.seen.len() < part.seen.capacity() && self.count.0.has_room(self.capacity) {
+        if part.seen.len() < part.seen.capacity() && self.count.has_room(self.capacity) {
             match part.seen.entry(key) {
                 Entry::Occupied(held)
                     if u64::from(*held.get()) > now && refuse == Refuse::Unexpired =>
@@ -415,7 +417,7 @@ impl ReplayCache {
                 }
             }
             part.since_sweep += 1;
-            part.recount(&self.count.0, false);
+            part.recount(&self.count, false);
             return Ok(());
         }
         let present = match part.seen.get(&key) {
@@ -424,7 +426,7 @@ impl ReplayCache {
             None => false,
         };
         if !present {
-            if !self.count.0.has_room(self.capacity) {
+            if !self.count.has_room(self.capacity) {
                 // Near the capacity the count is made exact, and room is made over every
                 // part when the cache is full; so this part is let go first, then looked
                 // at again: another request may have recorded the key in between.
@@ -440,7 +442,7 @@ impl ReplayCache {
         }
         part.seen.insert(key, expiry);
         part.since_sweep += 1;
-        part.recount(&self.count.0, true);
+        part.recount(&self.count, true);
         Ok(())
     }
 
@@ -448,9 +450,9 @@ impl ReplayCache {
     fn make_room(&self, now: u64) {
         let mut all = self.lock_all();
         for part in all.iter_mut() {
-            part.recount(&self.count.0, true);
+            part.recount(&self.count, true);
         }
-        if self.count.0.total.load(Ordering::Relaxed) >= self.capacity {
+        if self.count.total.load(Ordering::Relaxed) >= self.capacity {
             self.evict(&mut all, now);
         }
     }
@@ -466,7 +468,7 @@ impl ReplayCache {
         part.since_sweep = 0;
         part.seen.retain(|_, e| u64::from(*e) > now);
         let swept = len.saturating_sub(part.seen.len());
-        part.recount(&self.count.0, false);
+        part.recount(&self.count, false);
         if swept > 0 {
             // Where entries were taken out, the table keeps markers that count against
             // its room until it next grows or rehashes. A part rebuilt at its size has
@@ -486,7 +488,7 @@ impl ReplayCache {
         for part in all.iter_mut() {
             part.since_sweep = 0;
             part.seen.retain(|_, e| u64::from(*e) > now);
-            part.recount(&self.count.0, true);
+            part.recount(&self.count, true);
             len += part.seen.len();
         }
         if len < self.capacity {
@@ -511,7 +513,7 @@ impl ReplayCache {
             });
         }
         for part in all.iter_mut() {
-            part.recount(&self.count.0, true);
+            part.recount(&self.count, true);
         }
     }
 
@@ -533,7 +535,8 @@ impl ReplayCache {
             }
             f.write_all(&buf)?;
             f.sync_all()?;
-            (self.journal_records.0).store(buf.len() / RECORD, Ordering::Relaxed);
+            self.journal_records
+                .store(buf.len() / RECORD, Ordering::Relaxed);
         }
         fs::rename(&tmp, path)?;
         *journal = Some(OpenOptions::new().append(true).open(path)?);
@@ -727,7 +730,7 @@ mod tests {
                 c.len()
             );
             // The count is off by less than the slack, the direction the quick path allows.
-            assert!(c.count.0.total.load(Ordering::Relaxed) < COUNT_SLACK);
+            assert!(c.count.total.load(Ordering::Relaxed) < COUNT_SLACK);
         }
     }
 
