@@ -3,12 +3,16 @@
 //! Names follow `bsk_sidecar_<subsystem>_<name>_<unit|total>`; labels are bounded
 //! (listener, route, peer, outcome, reason) — never an address, user id or token.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::pipeline::InFlight;
 
 /// Latency buckets in seconds: 100 µs to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -31,8 +35,10 @@ pub struct Metrics {
     pub backend_seconds: HistogramVec,
     /// Failed calls to a shared state backend, by operation.
     pub backend_errors: IntCounterVec,
-    /// Requests currently inside the pipeline.
-    pub in_flight: IntGauge,
+    /// Requests currently inside the pipeline: the in-flight cap's own count, which the
+    /// scrape reads (`bsk_sidecar_in_flight_requests`). Kept here, with the metrics, so
+    /// it lasts across config reloads as they do.
+    pub in_flight: Arc<InFlight>,
     /// Open downstream connections by listener.
     pub connections: IntGaugeVec,
     /// Of those, idle keep-alive connections held without HTTP buffers, by listener.
@@ -99,10 +105,15 @@ impl Metrics {
                 "Calls to the shared state backend that failed or timed out, by operation.",
                 backend,
             ),
-            in_flight: r.gauge(
-                "bsk_sidecar_in_flight_requests",
-                "Requests currently inside the pipeline.",
-            ),
+            in_flight: r
+                .add(InFlightGauge {
+                    gauge: r.gauge_unregistered(
+                        "bsk_sidecar_in_flight_requests",
+                        "Requests currently inside the pipeline.",
+                    ),
+                    in_flight: Arc::new(InFlight::new()),
+                })
+                .in_flight,
             connections: r.gauges(
                 "bsk_sidecar_connections_open",
                 "Open downstream connections, by listener.",
@@ -237,6 +248,25 @@ impl OpsMetrics {
     }
 }
 
+/// `bsk_sidecar_in_flight_requests`, set from the in-flight count when scraped.
+#[derive(Clone)]
+struct InFlightGauge {
+    gauge: IntGauge,
+    in_flight: Arc<InFlight>,
+}
+
+impl Collector for InFlightGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = i64::try_from(self.in_flight.now()).unwrap_or(i64::MAX);
+        self.gauge.set(now);
+        self.gauge.collect()
+    }
+}
+
 /// Creates a metric and registers it. The set is fixed and registered once at start-up:
 /// a failure here (an invalid name, a name registered twice) is a bug every test hits,
 /// never something input can cause — hence the only `expect`s outside tests.
@@ -265,7 +295,12 @@ impl Register<'_> {
     }
 
     fn gauge(self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::new(name, help).expect("valid metric"))
+        self.add(self.gauge_unregistered(name, help))
+    }
+
+    /// A gauge for a collector of its own to register.
+    fn gauge_unregistered(self, name: &str, help: &str) -> IntGauge {
+        IntGauge::new(name, help).expect("valid metric")
     }
 
     /// A histogram with the [`LATENCY_BUCKETS`].
@@ -352,5 +387,28 @@ mod tests {
         assert!(text().contains(
             r#"bsk_sidecar_upstream_duration_seconds_count{listener="public",route="/bsk/status"} 1"#
         ));
+    }
+
+    /// The in-flight gauge is the cap's count as it is when scraped, across clones of the
+    /// metrics (a config reload carries them).
+    #[test]
+    fn the_in_flight_gauge_reads_the_count_when_scraped() {
+        let m = Metrics::new();
+        let carried = m.clone();
+        let gauge = || {
+            let text = String::from_utf8(m.render()).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("bsk_sidecar_in_flight_requests "));
+            line.expect("the gauge is exported").to_owned()
+        };
+        assert_eq!(gauge(), "bsk_sidecar_in_flight_requests 0");
+        let a = carried.in_flight.enter(8).expect("a slot");
+        let b = carried.in_flight.enter(8).expect("a slot");
+        assert_eq!(gauge(), "bsk_sidecar_in_flight_requests 2");
+        drop(a);
+        assert_eq!(gauge(), "bsk_sidecar_in_flight_requests 1");
+        drop(b);
+        assert_eq!(gauge(), "bsk_sidecar_in_flight_requests 0");
     }
 }

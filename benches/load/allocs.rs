@@ -162,7 +162,6 @@ listeners:
     let rt = Runtime::new(settings, Metrics::new())?;
     let future = bsk_sidecar::pipeline::handle(
         rt.clone(),
-        std::sync::Arc::new(bsk_sidecar::pipeline::InFlight::new()),
         0,
         std::net::Ipv4Addr::LOCALHOST.into(),
         http::Request::new(http_body_util::Full::new(bytes::Bytes::new())).into(),

@@ -2,9 +2,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use prometheus::IntGauge;
-
-/// Counts requests inside the pipeline; a guard releases the slot on every exit path.
+/// Counts requests inside the pipeline; a guard releases the slot on every exit path. The
+/// count is also the `bsk_sidecar_in_flight_requests` gauge, read when it is scraped
+/// ([`crate::metrics::Metrics::in_flight`]): a request updates one count shared by the
+/// workers, not a count and a gauge.
 pub struct InFlight {
     count: AtomicUsize,
 }
@@ -16,18 +17,19 @@ impl InFlight {
         }
     }
 
-    /// Takes a slot (and counts it in `gauge`), or `None` when `max` are taken. Dropping
-    /// the slot — on return, error or panic — gives both back.
-    pub(super) fn enter<'a>(&'a self, max: usize, gauge: &'a IntGauge) -> Option<Slot<'a>> {
+    /// Takes a slot, or `None` when `max` are taken. Dropping the slot — on return, error
+    /// or panic — gives it back.
+    pub(crate) fn enter(&self, max: usize) -> Option<Slot<'_>> {
         if self.count.fetch_add(1, Ordering::Relaxed) >= max {
             self.count.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        gauge.inc();
-        Some(Slot {
-            in_flight: self,
-            gauge,
-        })
+        Some(Slot { in_flight: self })
+    }
+
+    /// Requests inside the pipeline now.
+    pub fn now(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -37,14 +39,12 @@ impl Default for InFlight {
     }
 }
 
-pub(super) struct Slot<'a> {
+pub(crate) struct Slot<'a> {
     in_flight: &'a InFlight,
-    gauge: &'a IntGauge,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.gauge.dec();
         self.in_flight.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -54,17 +54,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_capped_and_given_back_with_the_gauge() {
-        let gauge = IntGauge::new("g", "g").unwrap();
+    fn slots_are_capped_and_given_back() {
         let in_flight = InFlight::new();
-        let a = in_flight.enter(2, &gauge).unwrap();
-        let b = in_flight.enter(2, &gauge).unwrap();
-        assert!(in_flight.enter(2, &gauge).is_none());
-        assert_eq!(gauge.get(), 2);
+        let a = in_flight.enter(2).unwrap();
+        let b = in_flight.enter(2).unwrap();
+        assert!(in_flight.enter(2).is_none());
+        assert_eq!(in_flight.now(), 2);
         drop(a);
-        assert_eq!(gauge.get(), 1);
-        assert!(in_flight.enter(2, &gauge).is_some());
+        assert_eq!(in_flight.now(), 1);
+        assert!(in_flight.enter(2).is_some());
         drop(b);
-        assert_eq!(gauge.get(), 0);
+        assert_eq!(in_flight.now(), 0);
     }
 }

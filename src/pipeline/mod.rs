@@ -95,7 +95,6 @@ impl Ctx<'_> {
 /// a line without the payload, and the in-flight count, gauges and replay record unwind).
 pub async fn handle<B>(
     rt: Arc<Runtime>,
-    in_flight: Arc<InFlight>,
     listener: usize,
     client: IpAddr,
     req: Request<B>,
@@ -111,7 +110,7 @@ where
     };
     let mut trace = access::Trace::default();
 
-    let result = match in_flight.enter(rt.settings.limits.max_in_flight, &rt.metrics.in_flight) {
+    let result = match rt.metrics.in_flight.enter(rt.settings.limits.max_in_flight) {
         None => Err(Reject::Overloaded),
         Some(_slot) => {
             let stages = AssertUnwindSafe(run(&rt, lst, client, req, &request_id, &mut trace));
@@ -249,8 +248,7 @@ listeners:
             .body(http_body_util::Full::new(Bytes::from(body)))
             .unwrap();
         let client = client.parse().unwrap();
-        let in_flight = Arc::new(InFlight::new());
-        let resp = (handle(rt.clone(), in_flight, 0, client, req.into()).await).unwrap();
+        let resp = (handle(rt.clone(), 0, client, req.into()).await).unwrap();
         let status = resp.status.as_u16();
         let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         (status, v["reason"].as_str().unwrap_or_default().to_string())

@@ -33,7 +33,7 @@ use crate::guard::client_cert::PresentedCert;
 use crate::guard::ip::canonical;
 use crate::guard::log_budget::LogBudget;
 use crate::guard::proxy::{self, ProxyHeader, Rewind};
-use crate::pipeline::{self, InFlight};
+use crate::pipeline;
 use crate::reload::Live;
 use crate::runtime::{ListenerRt, Runtime};
 use crate::tls::TlsState;
@@ -185,7 +185,6 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
     // Every connection task holds a sender; when all are gone, the drain is complete.
     let (done_tx, done_rx) = mpsc::channel::<()>(1);
     let ready = Arc::new(AtomicBool::new(true));
-    let in_flight = Arc::new(InFlight::new());
     let conns = Arc::new(Connections {
         total: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
@@ -202,7 +201,6 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
             Shared {
                 workers: workers.clone(),
                 conns: conns.clone(),
-                in_flight: in_flight.clone(),
                 stop: stop_rx.clone(),
                 done: done_tx.clone(),
                 refusal_log: refusal_log.clone(),
@@ -244,7 +242,6 @@ pub async fn serve_live(live: Arc<Live>, bound: Bound, shutdown: impl Future<Out
 struct Shared {
     workers: Arc<Workers>,
     conns: Arc<Connections>,
-    in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
     /// The log lines refused connections may write, shared by every listener.
@@ -391,7 +388,7 @@ impl Shared {
             tracing::warn!(client = %ip, error = %e, "cannot hand the connection to a worker");
             return;
         }
-        let (live, in_flight) = (live.clone(), self.in_flight.clone());
+        let live = live.clone();
         let (stop, done) = (self.stop.clone(), self.done.clone());
         let refusal_log = self.refusal_log.clone();
         self.workers.spawn(move || async move {
@@ -404,7 +401,6 @@ impl Shared {
                         ip,
                         via_proxy,
                         slot,
-                        in_flight,
                         stop,
                         done,
                         refusal_log,
@@ -429,7 +425,6 @@ async fn open_connection(
     peer: IpAddr,
     via_proxy: bool,
     slot: ConnSlot,
-    in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
     refusal_log: Arc<LogBudget>,
@@ -460,7 +455,6 @@ async fn open_connection(
         idx,
         client,
         xff: via_proxy && !proxy_protocol,
-        in_flight,
         stop,
         client_cert: None,
         _slot: slot,
@@ -569,7 +563,6 @@ struct Conn {
     client: IpAddr,
     /// The peer is a trusted proxy whose `X-Forwarded-For` names the client.
     xff: bool,
-    in_flight: Arc<InFlight>,
     stop: watch::Receiver<bool>,
     /// mTLS: what the client's certificate says, for the peer binding check.
     client_cert: Option<Arc<PresentedCert>>,
@@ -1046,14 +1039,13 @@ impl h1::Service for Requests<'_> {
             }
             _ => conn.client,
         };
-        let in_flight = conn.in_flight.clone();
         let activity = self.activity.clone();
         activity.in_progress.fetch_add(1, Ordering::Relaxed);
         activity.head_started_ms.store(0, Ordering::Relaxed);
         // Boxed as made, not wrapped in another future first: each wrapping moved
         // (copied) all of it once more.
         Handling {
-            pipeline: Box::pin(pipeline::handle(rt, in_flight, idx, client, req)),
+            pipeline: Box::pin(pipeline::handle(rt, idx, client, req)),
             activity,
         }
     }
