@@ -3,6 +3,7 @@
 //! Names follow `bsk_sidecar_<subsystem>_<name>_<unit|total>`; labels are bounded
 //! (listener, route, peer, outcome, reason) — never an address, user id or token.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus::core::{Collector, Desc};
@@ -11,8 +12,6 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::pipeline::InFlight;
 
 /// Latency buckets in seconds: 100 µs to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -248,6 +247,53 @@ impl OpsMetrics {
     }
 }
 
+/// Counts requests inside the pipeline, for its in-flight cap (`crate::pipeline`, stage
+/// 1); a guard releases the slot on every exit path. The count is also the
+/// `bsk_sidecar_in_flight_requests` gauge, read when it is scraped ([`Metrics::in_flight`]):
+/// a request updates one count shared by the workers, not a count and a gauge.
+pub struct InFlight {
+    count: AtomicUsize,
+}
+
+impl InFlight {
+    pub const fn new() -> Self {
+        InFlight {
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot, or `None` when `max` are taken. Dropping the slot — on return, error
+    /// or panic — gives it back.
+    pub(crate) fn enter(&self, max: usize) -> Option<Slot<'_>> {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot { in_flight: self })
+    }
+
+    /// Requests inside the pipeline now.
+    pub fn now(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Slot<'a> {
+    in_flight: &'a InFlight,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.in_flight.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// `bsk_sidecar_in_flight_requests`, set from the in-flight count when scraped.
 #[derive(Clone)]
 struct InFlightGauge {
@@ -387,6 +433,20 @@ mod tests {
         assert!(text().contains(
             r#"bsk_sidecar_upstream_duration_seconds_count{listener="public",route="/bsk/status"} 1"#
         ));
+    }
+
+    #[test]
+    fn slots_are_capped_and_given_back() {
+        let in_flight = InFlight::new();
+        let a = in_flight.enter(2).unwrap();
+        let b = in_flight.enter(2).unwrap();
+        assert!(in_flight.enter(2).is_none());
+        assert_eq!(in_flight.now(), 2);
+        drop(a);
+        assert_eq!(in_flight.now(), 1);
+        assert!(in_flight.enter(2).is_some());
+        drop(b);
+        assert_eq!(in_flight.now(), 0);
     }
 
     /// The in-flight gauge is the cap's count as it is when scraped, across clones of the

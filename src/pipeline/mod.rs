@@ -60,7 +60,6 @@ mod respond;
 mod route;
 mod schema;
 
-pub use admission::InFlight;
 pub use headers::DEFAULT_FORWARDED;
 pub use request::{Fields, Request};
 
@@ -110,7 +109,7 @@ where
     };
     let mut trace = access::Trace::default();
 
-    let result = match rt.metrics.in_flight.enter(rt.settings.limits.max_in_flight) {
+    let result = match admission::admit(&rt) {
         None => Err(Reject::Overloaded),
         Some(_slot) => {
             let stages = AssertUnwindSafe(run(&rt, lst, client, req, &request_id, &mut trace));
