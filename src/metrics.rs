@@ -3,11 +3,12 @@
 //! Names follow `bsk_sidecar_<subsystem>_<name>_<unit|total>`; labels are bounded
 //! (listener, route, peer, outcome, reason) — never an address, user id or token.
 
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::proto::{Metric, MetricFamily};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -23,13 +24,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     /// Requests by route, peer and outcome (`forwarded`, `rejected`, `upstream_error`).
-    pub requests: IntCounterVec,
+    pub requests: PerWorker<IntCounterVec>,
     /// Refusals by route and precise reason.
     pub rejections: IntCounterVec,
     /// Whole-request latency by route.
-    pub request_seconds: HistogramVec,
+    pub request_seconds: PerWorker<HistogramVec>,
     /// Upstream round trip by route.
-    pub upstream_seconds: HistogramVec,
+    pub upstream_seconds: PerWorker<HistogramVec>,
     /// Calls to a shared state backend (Redis, PostgreSQL), by operation.
     pub backend_seconds: HistogramVec,
     /// Failed calls to a shared state backend, by operation.
@@ -74,7 +75,7 @@ impl Metrics {
         let backend = &["backend", "op"];
         let per_peer = &["peer"];
         Metrics {
-            requests: r.counters(
+            requests: r.per_worker_counters(
                 "bsk_sidecar_requests_total",
                 "Requests handled, by route, peer and outcome.",
                 &["listener", "route", "peer", "outcome"],
@@ -84,12 +85,12 @@ impl Metrics {
                 "Requests refused, by route and reason.",
                 &["listener", "route", "reason"],
             ),
-            request_seconds: r.latency(
+            request_seconds: r.per_worker_latency(
                 "bsk_sidecar_request_duration_seconds",
                 "Time from request head to response, by route.",
                 route,
             ),
-            upstream_seconds: r.latency(
+            upstream_seconds: r.per_worker_latency(
                 "bsk_sidecar_upstream_duration_seconds",
                 "Time the upstream application took to answer, by route.",
                 route,
@@ -351,17 +352,203 @@ impl Register<'_> {
 
     /// A histogram with the [`LATENCY_BUCKETS`].
     fn latency(self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+        self.add(latency_vec(name, help, labels))
+    }
+
+    /// Counters each connection worker keeps a copy of ([`PerWorker`]).
+    fn per_worker_counters(
+        self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> PerWorker<IntCounterVec> {
+        let opts = Opts::new(name, help);
+        self.per_worker(labels, move |l| {
+            IntCounterVec::new(opts.clone(), l).expect("valid metric")
+        })
+    }
+
+    /// Histograms with the [`LATENCY_BUCKETS`], each connection worker keeping a copy
+    /// ([`PerWorker`]).
+    fn per_worker_latency(
+        self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> PerWorker<HistogramVec> {
+        let (name, help) = (name.to_owned(), help.to_owned());
+        self.per_worker(labels, move |l| latency_vec(&name, &help, l))
+    }
+
+    /// A family with these labels, each copy made by `make`.
+    fn per_worker<V: Collector + Merge + 'static>(
+        self,
+        labels: &[&str],
+        make: impl Fn(&[&str]) -> V + Send + Sync + 'static,
+    ) -> PerWorker<V> {
+        let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.add(PerWorker::new(move || {
+            let names: Vec<&str> = labels.iter().map(String::as_str).collect();
+            make(&names)
+        }))
+    }
+}
+
+#[allow(clippy::expect_used)]
+fn latency_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    HistogramVec::new(opts, labels).expect("valid metric")
+}
+
+/// A metric family every answered request updates, kept as one copy per connection worker
+/// ([`crate::workers::slot`]) and added together when scraped: a request's counts go to
+/// lines only its own worker writes. One family shared by the workers passed each of its
+/// lines (a histogram's count, sum and bucket; a counter) from core to core at every
+/// request, the other core having written it since.
+///
+/// A worker's copy is made on its first use; the scrape shows each series once, with the
+/// sum of the copies that have it.
+pub struct PerWorker<V> {
+    inner: Arc<Copies<V>>,
+}
+
+struct Copies<V> {
+    /// Made at once: the copy of every thread that is no worker, and the family's
+    /// description.
+    first: V,
+    /// The workers' copies, by slot (slot 0 is `first`).
+    rest: [OnceLock<V>; crate::workers::SLOTS],
+    make: Box<dyn Fn() -> V + Send + Sync>,
+}
+
+impl<V> Clone for PerWorker<V> {
+    fn clone(&self) -> Self {
+        PerWorker {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<V: Collector> PerWorker<V> {
+    fn new(make: impl Fn() -> V + Send + Sync + 'static) -> Self {
+        PerWorker {
+            inner: Arc::new(Copies {
+                first: make(),
+                rest: std::array::from_fn(|_| OnceLock::new()),
+                make: Box::new(make),
+            }),
+        }
+    }
+
+    /// The calling thread's copy.
+    pub fn mine(&self) -> &V {
+        let c = &*self.inner;
+        match crate::workers::slot() {
+            0 => &c.first,
+            slot => c
+                .rest
+                .get(slot)
+                .map_or(&c.first, |v| v.get_or_init(&c.make)),
+        }
+    }
+
+    fn copies(&self) -> impl Iterator<Item = &V> {
+        let c = &*self.inner;
+        std::iter::once(&c.first).chain(c.rest.iter().filter_map(OnceLock::get))
+    }
+}
+
+impl PerWorker<IntCounterVec> {
+    /// The calling thread's copy of the series with these label values.
+    pub fn with_label_values(&self, values: &[&str]) -> IntCounter {
+        self.mine().with_label_values(values)
+    }
+}
+
+impl PerWorker<HistogramVec> {
+    /// The calling thread's copy of the series with these label values.
+    pub fn with_label_values(&self, values: &[&str]) -> Histogram {
+        self.mine().with_label_values(values)
+    }
+}
+
+/// How two copies of one series add up.
+trait Merge {
+    fn merge(into: &mut Metric, from: &Metric);
+}
+
+impl Merge for IntCounterVec {
+    fn merge(into: &mut Metric, from: &Metric) {
+        let mut c = into.get_counter().clone();
+        c.set_value(c.get_value() + from.get_counter().get_value());
+        into.set_counter(c);
+    }
+}
+
+impl Merge for HistogramVec {
+    fn merge(into: &mut Metric, from: &Metric) {
+        let (a, b) = (into.get_histogram(), from.get_histogram());
+        let mut h = a.clone();
+        h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+        h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+        // The copies share their buckets, so the same index is the same bound.
+        let buckets = (a.get_bucket().iter().zip(b.get_bucket()))
+            .map(|(x, y)| {
+                let mut sum = x.clone();
+                sum.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                sum
+            })
+            .collect();
+        h.set_bucket(buckets);
+        into.set_histogram(h);
+    }
+}
+
+impl<V: Collector + Merge + 'static> Collector for PerWorker<V> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.first.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut family: Option<MetricFamily> = None;
+        // By label values, in order, as a scrape reads best.
+        let mut series: BTreeMap<Vec<String>, Metric> = BTreeMap::new();
+        for copy in self.copies() {
+            for mut f in copy.collect() {
+                for m in f.take_metric() {
+                    let key = m.get_label().iter().map(|l| l.value().to_owned()).collect();
+                    match series.entry(key) {
+                        Entry::Vacant(e) => {
+                            e.insert(m);
+                        }
+                        Entry::Occupied(mut e) => V::merge(e.get_mut(), &m),
+                    }
+                }
+                family.get_or_insert(f);
+            }
+        }
+        family
+            .map(|mut f| {
+                f.set_metric(series.into_values().collect());
+                f
+            })
+            .into_iter()
+            .collect()
     }
 }
 
 /// One route's series of the metrics every answered request updates, looked up by their
 /// label values on first use and kept: a lookup hashes the values and takes the vector's
-/// lock, once per request per metric otherwise. A series still appears on its first use,
-/// as before.
+/// lock, once per request per metric otherwise. Kept per worker, as the families are
+/// ([`PerWorker`]). A series still appears on its first use, as before.
 #[derive(Default)]
 pub struct RouteSeries {
+    slots: [SlotSeries; crate::workers::SLOTS],
+}
+
+/// One worker's copies of a route's series.
+#[derive(Default)]
+struct SlotSeries {
     request_seconds: OnceLock<Histogram>,
     forwarded: OnceLock<IntCounter>,
     upstream_seconds: OnceLock<Histogram>,
@@ -376,15 +563,21 @@ pub struct RouteLabels<'a> {
 }
 
 impl RouteSeries {
+    /// The calling worker's copies; `slots` has one for every slot.
+    fn mine(&self) -> &SlotSeries {
+        let slot = self.slots.get(crate::workers::slot());
+        slot.unwrap_or(&self.slots[0])
+    }
+
     /// `bsk_sidecar_request_duration_seconds` of the route.
     pub fn request_seconds(&self, m: &Metrics, l: RouteLabels<'_>) -> &Histogram {
-        self.request_seconds
+        (self.mine().request_seconds)
             .get_or_init(|| m.request_seconds.with_label_values(&[l.listener, l.route]))
     }
 
     /// `bsk_sidecar_requests_total` of the route's peer with the outcome `forwarded`.
     pub fn forwarded(&self, m: &Metrics, l: RouteLabels<'_>) -> &IntCounter {
-        self.forwarded.get_or_init(|| {
+        self.mine().forwarded.get_or_init(|| {
             m.requests
                 .with_label_values(&[l.listener, l.route, l.peer, "forwarded"])
         })
@@ -392,7 +585,7 @@ impl RouteSeries {
 
     /// `bsk_sidecar_upstream_duration_seconds` of the route.
     pub fn upstream_seconds(&self, m: &Metrics, l: RouteLabels<'_>) -> &Histogram {
-        self.upstream_seconds
+        (self.mine().upstream_seconds)
             .get_or_init(|| m.upstream_seconds.with_label_values(&[l.listener, l.route]))
     }
 }
@@ -433,6 +626,71 @@ mod tests {
         assert!(text().contains(
             r#"bsk_sidecar_upstream_duration_seconds_count{listener="public",route="/bsk/status"} 1"#
         ));
+    }
+
+    /// Each worker counts into a copy of its own; the scrape, and anything reading the
+    /// family, sees one series with the copies added up.
+    #[test]
+    fn the_workers_copies_are_added_up_when_scraped() {
+        let m = Metrics::new();
+        let series = Arc::new(RouteSeries::default());
+        let workers = crate::workers::Workers::start(3).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for n in 1..=6u32 {
+            let (m, series, tx) = (m.clone(), series.clone(), tx.clone());
+            workers.spawn(move || async move {
+                let labels = RouteLabels {
+                    listener: "public",
+                    route: "/bsk/status",
+                    peer: "bsk",
+                };
+                series.forwarded(&m, labels).inc();
+                series
+                    .request_seconds(&m, labels)
+                    .observe(0.001 * f64::from(n));
+                tx.send(crate::workers::slot()).unwrap();
+            });
+        }
+        let slots: std::collections::BTreeSet<usize> = (0..6).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(slots.len(), 3, "three workers counted");
+        // A thread that is no worker counts into the first copy.
+        m.requests
+            .with_label_values(&["public", "/bsk/status", "bsk", "forwarded"])
+            .inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let forwarded = r#"bsk_sidecar_requests_total{listener="public",outcome="forwarded",peer="bsk",route="/bsk/status"}"#;
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with(forwarded))
+                .collect::<Vec<_>>(),
+            [&format!("{forwarded} 7")],
+            "one series, the copies added up"
+        );
+        let count = r#"bsk_sidecar_request_duration_seconds_count{listener="public",route="/bsk/status"} 6"#;
+        assert!(lines.contains(&count), "{text}");
+        // 1..=6 ms: two at or under 2.5 ms, five at or under 5 ms, all six under 10 ms.
+        for (le, n) in [
+            ("0.001", 1),
+            ("0.0025", 2),
+            ("0.005", 5),
+            ("0.01", 6),
+            ("+Inf", 6),
+        ] {
+            let bucket = format!(
+                r#"bsk_sidecar_request_duration_seconds_bucket{{listener="public",route="/bsk/status",le="{le}"}} {n}"#
+            );
+            assert!(lines.contains(&bucket.as_str()), "{bucket} in {text}");
+        }
+        let sum = families(&m.request_seconds)[0].get_metric()[0]
+            .get_histogram()
+            .get_sample_sum();
+        assert!((sum - 0.021).abs() < 1e-9, "sum {sum}");
+    }
+
+    fn families(c: &dyn Collector) -> Vec<MetricFamily> {
+        c.collect()
     }
 
     #[test]

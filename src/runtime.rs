@@ -26,6 +26,7 @@ use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
 use crate::guard::replay::ReplayCache;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::tls::TlsState;
+use crate::workers::SLOTS;
 
 /// A route with its own limiter and its destination.
 pub struct RouteRt {
@@ -311,16 +312,12 @@ fn replay_cache(
 /// clock reading a caller could use.
 struct RequestIds {
     prefix: u32,
-    /// One count per thread slot ([`crate::workers::current`], folded into
-    /// [`ID_SLOTS`]), each on a cache line of its own: each worker counts its own
-    /// requests, and no request passes a shared counter's line between the cores. A
-    /// slot's numbers are `count * ID_SLOTS + slot`, so no two slots give the same one.
+    /// One count per thread slot ([`crate::workers::slot`]), each on a cache line of its
+    /// own: each worker counts its own requests, and no request passes a shared counter's
+    /// line between the cores. A slot's numbers are `count * SLOTS + slot`, so no two
+    /// slots give the same one.
     counts: Box<[CachePadded<AtomicU64>]>,
 }
-
-/// How many counts [`RequestIds`] keeps: one for each of the first fifteen workers and one
-/// for every other thread; workers past those share.
-const ID_SLOTS: u64 = 16;
 
 impl RequestIds {
     fn new() -> Self {
@@ -328,17 +325,17 @@ impl RequestIds {
         let _ = getrandom::getrandom(&mut b);
         RequestIds {
             prefix: u32::from_le_bytes(b),
-            counts: (0..ID_SLOTS)
+            counts: (0..SLOTS)
                 .map(|_| CachePadded::new(AtomicU64::new(1)))
                 .collect(),
         }
     }
 
     fn next(&self) -> RequestId {
-        let slot = crate::workers::current() as u64 % ID_SLOTS;
-        let count =
-            (self.counts.get(slot as usize)).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
-        request_id(self.prefix, count.wrapping_mul(ID_SLOTS).wrapping_add(slot))
+        let slot = crate::workers::slot();
+        let count = (self.counts.get(slot)).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
+        let n = count.wrapping_mul(SLOTS as u64).wrapping_add(slot as u64);
+        request_id(self.prefix, n)
     }
 }
 

@@ -31,6 +31,17 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// How many per-worker copies a shared count keeps ([`slot`]): one for each of the first
+/// fifteen workers and one for every other thread; workers past those share, which stays
+/// correct and only costs them the shared line.
+pub const SLOTS: usize = 16;
+
+/// The calling thread's copy of a per-worker count, `0..SLOTS`: its worker index, folded
+/// into [`SLOTS`]; `0` on a thread that is no worker.
+pub fn slot() -> usize {
+    current() % SLOTS
+}
+
 /// How many workers `configured` asks for: the number written, or one per core.
 pub fn count(configured: Option<NonZeroUsize>) -> usize {
     configured

@@ -17,6 +17,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the log's writer", &["logbatch", "logwrite"]),
     // Which allocator the features choose; each binary installs it.
     ("the allocator", &["allocator"]),
+    // The connection workers' threads, and which worker the calling thread is: what a
+    // count kept per worker is kept by.
+    ("the connection workers", &["workers"]),
     (
         "plain values and leaf helpers",
         &[
@@ -26,7 +29,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "clock",
             "calendar",
-            "workers",
             "logfmt",
         ],
     ),
