@@ -16,6 +16,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -27,6 +28,9 @@ use crate::runtime::Runtime;
 /// The runtime in force, swapped whole on reload.
 pub struct Live {
     current: ArcSwap<Runtime>,
+    /// Counts the reloads applied: a connection keeps the runtime it loaded while this
+    /// stays the same, and counts no reference to it per request ([`Live::current`]).
+    generation: AtomicU64,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -36,6 +40,7 @@ impl Live {
         rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
         Arc::new(Live {
             current: ArcSwap::new(rt),
+            generation: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
         })
     }
@@ -43,6 +48,19 @@ impl Live {
     /// The runtime a new request or connection uses.
     pub fn load(&self) -> Arc<Runtime> {
         self.current.load_full()
+    }
+
+    /// The runtime a new request uses, `kept` if it still is: loaded again only after a
+    /// reload. A request on a connection's kept runtime neither counts a reference to it
+    /// up nor down — a count every worker's requests wrote, passing its line between the
+    /// cores.
+    pub fn current<'k>(&self, kept: &'k mut Option<(u64, Arc<Runtime>)>) -> &'k Arc<Runtime> {
+        // Read before the runtime: a reload stores the runtime, then counts.
+        let generation = self.generation.load(Ordering::Acquire);
+        if kept.as_ref().is_some_and(|(g, _)| *g != generation) {
+            *kept = None;
+        }
+        &kept.get_or_insert_with(|| (generation, self.load())).1
     }
 }
 
@@ -118,6 +136,8 @@ pub async fn apply(live: &Live, settings: Settings) -> Result<(), ReloadError> {
     let every = rt.settings.dns.refresh;
     dns::refresh(&rt.names, every, &resolver, &rt.metrics, &rt.clock, false).await;
     live.current.store(rt.clone());
+    // After the store: whoever reads the new generation then loads the new runtime.
+    live.generation.fetch_add(1, Ordering::Release);
     rt.metrics.ops.config_loaded.set(rt.clock.unix_secs_i64());
     Ok(())
 }

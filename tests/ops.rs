@@ -500,6 +500,11 @@ listeners:
     )
 }
 
+/// The route a reload adds in these tests: `/new`, to `upstream`.
+fn new_route(upstream: SocketAddr) -> String {
+    format!("      - {{ path: /new, from: bsk, envelope: [token, jwt], upstream: \"http://{upstream}/new\" }}")
+}
+
 fn token_request(
     to: SocketAddr,
     path: &str,
@@ -512,6 +517,61 @@ fn token_request(
         Some("application/json"),
         token_body(PASSCODE, &hs256(&claims)),
     )
+}
+
+/// A connection keeps the runtime its last request used, without counting a reference
+/// per request, until a reload replaces it; its next request then runs on the new one.
+#[tokio::test]
+async fn a_kept_connection_takes_its_next_request_on_the_reloaded_config() {
+    let state = tempfile::tempdir().unwrap();
+    let up = Upstream::start(Behaviour::Echo).await;
+    let sc = start_live(&reload_config(state.path(), up.addr, "", 100)).await;
+    let to = sc.addr;
+
+    // The runtime a connection keeps is loaded once, then reused as it is.
+    let mut kept = None;
+    let first = sc.live.current(&mut kept).clone();
+    assert!(Arc::ptr_eq(&first, &sc.live.load()));
+    let references = Arc::strong_count(&first);
+    assert!(Arc::ptr_eq(sc.live.current(&mut kept), &first));
+    assert_eq!(
+        Arc::strong_count(&first),
+        references,
+        "nothing counted again"
+    );
+
+    // One keep-alive connection, before and after a reload that adds a route.
+    let stream = connect_from(LOCAL, to).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Full<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let status = |r: hyper::Response<hyper::body::Incoming>| r.status().as_u16();
+    let on_it = sender.send_request(token_request(to, "/new", "a")).await;
+    assert_eq!(on_it.map(status).unwrap(), 404);
+    let new_route = new_route(up.addr);
+    let path = state.path().join("sidecar.yaml");
+    std::fs::write(&path, reload_config(state.path(), up.addr, &new_route, 100)).unwrap();
+    reload::reload_file(&sc.live, &path).await.unwrap();
+    let on_it = sender.send_request(token_request(to, "/new", "b")).await;
+    assert_eq!(
+        on_it.map(status).unwrap(),
+        200,
+        "the same connection, the new route"
+    );
+
+    // The kept runtime is let go for the new one at the next request.
+    let now = sc.live.current(&mut kept).clone();
+    assert!(!Arc::ptr_eq(&now, &first));
+    assert!(Arc::ptr_eq(&now, &sc.live.load()));
+    drop(sender);
+
+    let mut sc = sc;
+    let _ = sc.stop.take().unwrap().send(());
+    sc.task.await.unwrap();
 }
 
 #[tokio::test]
@@ -537,10 +597,7 @@ async fn reload_applies_new_settings_keeps_the_replay_cache_and_refuses_bad_conf
     // A request in flight on /slow while a reload removes that route.
     let slow = tokio::spawn(send_from(LOCAL, to, token_request(to, "/slow", "slow-1")));
     gated.wait_for(1).await;
-    let new_route = format!(
-        "      - {{ path: /new, from: bsk, envelope: [token, jwt], upstream: \"http://{}/new\" }}",
-        up.addr
-    );
+    let new_route = new_route(up.addr);
     let path = state.path().join("sidecar.yaml");
     std::fs::write(&path, reload_config(state.path(), up.addr, &new_route, 100)).unwrap();
     reload::reload_file(&sc.live, &path).await.unwrap();

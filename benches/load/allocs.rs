@@ -161,7 +161,7 @@ listeners:
         .build()?;
     let rt = Runtime::new(settings, Metrics::new())?;
     let future = bsk_sidecar::pipeline::handle(
-        rt.clone(),
+        &rt,
         0,
         std::net::Ipv4Addr::LOCALHOST.into(),
         http::Request::new(http_body_util::Full::new(bytes::Bytes::new())).into(),

@@ -33,7 +33,6 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -93,7 +92,7 @@ impl Ctx<'_> {
 /// becomes its JSON answer here — a panic too (a bug: the caller gets a JSON 500, the log
 /// a line without the payload, and the in-flight count, gauges and replay record unwind).
 pub async fn handle<B>(
-    rt: Arc<Runtime>,
+    rt: &Runtime,
     listener: usize,
     client: IpAddr,
     req: Request<B>,
@@ -109,10 +108,10 @@ where
     };
     let mut trace = access::Trace::default();
 
-    let result = match admission::admit(&rt) {
+    let result = match admission::admit(rt) {
         None => Err(Reject::Overloaded),
         Some(_slot) => {
-            let stages = AssertUnwindSafe(run(&rt, lst, client, req, &request_id, &mut trace));
+            let stages = AssertUnwindSafe(run(rt, lst, client, req, &request_id, &mut trace));
             match stages.catch_unwind().await {
                 Ok(r) => r,
                 Err(_) => {
@@ -128,7 +127,7 @@ where
         }
     };
     Ok(access::finish(
-        &rt,
+        rt,
         lst,
         client,
         &request_id,
@@ -213,6 +212,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
+    use std::sync::Arc;
 
     fn runtime(dir: &std::path::Path) -> Arc<Runtime> {
         let yaml = format!(
@@ -247,7 +247,7 @@ listeners:
             .body(http_body_util::Full::new(Bytes::from(body)))
             .unwrap();
         let client = client.parse().unwrap();
-        let resp = (handle(rt.clone(), 0, client, req.into()).await).unwrap();
+        let resp = (handle(rt, 0, client, req.into()).await).unwrap();
         let status = resp.status.as_u16();
         let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         (status, v["reason"].as_str().unwrap_or_default().to_string())

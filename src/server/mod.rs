@@ -1022,11 +1022,19 @@ struct Requests<'c> {
 
 impl h1::Service for Requests<'_> {
     type Future<'a> = Handling<'a>;
+    /// The runtime the last request used, with its reload generation, while the
+    /// connection is served ([`Live::current`]); let go when it parks, so an idle
+    /// connection keeps no runtime a reload replaced.
+    type Kept = Option<(u64, Arc<Runtime>)>;
 
-    fn call<'a>(&self, mut req: pipeline::Request<h1::ReqBody<'a>>) -> Handling<'a> {
+    fn call<'a>(
+        &self,
+        kept: &'a mut Self::Kept,
+        mut req: pipeline::Request<h1::ReqBody<'a>>,
+    ) -> Handling<'a> {
         let conn = self.conn;
         req.client_cert.clone_from(&conn.client_cert);
-        let rt = conn.live.load();
+        let rt: &'a Runtime = conn.live.current(kept);
         let idx = conn.idx;
         let trusted = rt
             .listeners
