@@ -20,7 +20,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -88,7 +88,7 @@ impl<C: Clock> Limiter<C> {
 
 /// The per-address table: governor's DashMap store with a capacity and an overflow bucket.
 pub struct BoundedStore<K: Hash + Eq + Clone> {
-    map: DashMapStateStore<K>,
+    map: Arc<DashMapStateStore<K>>,
     overflow: InMemoryState,
     capacity: usize,
 }
@@ -96,12 +96,18 @@ pub struct BoundedStore<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
     type Key = K;
 
+    /// A tracked address's own bucket: one lookup in its part of the table. The table
+    /// is counted only for an address not tracked yet — counting locks every part of it
+    /// in turn, lines that each worker's requests would otherwise all write.
     fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        if self.map.len() < self.capacity || self.map.contains_key(key) {
-            StateStore::measure_and_replace(&self.map, key, f)
+        if let Some(bucket) = self.map.get(key) {
+            return StateStore::measure_and_replace(&*bucket, &NotKeyed::NonKey, f);
+        }
+        if self.map.len() < self.capacity {
+            StateStore::measure_and_replace(&*self.map, key, f)
         } else {
             StateStore::measure_and_replace(&self.overflow, &NotKeyed::NonKey, f)
         }
@@ -110,11 +116,11 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
 
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
     fn retain_recent(&self, drop_below: Nanos) {
-        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below)
+        ShrinkableKeyedStateStore::retain_recent(&*self.map, drop_below)
     }
 
     fn shrink_to_fit(&self) {
-        ShrinkableKeyedStateStore::shrink_to_fit(&self.map)
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.map)
     }
 
     fn len(&self) -> usize {
@@ -129,6 +135,8 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
 /// Per-client-address limiter with bounded memory.
 pub struct PerIpLimiter<C: Clock = DefaultClock> {
     inner: RateLimiter<IpAddr, BoundedStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    /// The limiter's table, to tell whether an address is tracked.
+    table: Arc<DashMapStateStore<IpAddr>>,
     capacity: usize,
     /// When the table was last pruned (clock nanos), so a flood of new addresses does
     /// not make every request scan the table.
@@ -146,20 +154,23 @@ impl PerIpLimiter<DefaultClock> {
 
 impl<C: Clock> PerIpLimiter<C> {
     pub fn with_clock(spec: RateSpec, capacity: usize, clock: C) -> Self {
+        let table: Arc<DashMapStateStore<IpAddr>> = Arc::new(DashMap::default());
         let store = BoundedStore {
-            map: DashMap::default(),
+            map: table.clone(),
             overflow: InMemoryState::default(),
             capacity: capacity.max(1),
         };
         PerIpLimiter {
             inner: RateLimiter::new(spec.quota(), store, clock),
+            table,
             capacity: capacity.max(1),
             last_prune: Mutex::new(None),
         }
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        if self.inner.len() >= self.capacity {
+        // A new address may find the table full: then room is made first, if it is time.
+        if !self.table.contains_key(&ip) && self.table.len() >= self.capacity {
             self.prune_if_due();
         }
         self.inner

@@ -1,20 +1,27 @@
-//! Criterion bench: what an answered request's three metric updates cost while both
-//! connection workers answer requests at once. Each step stands in for a request: a few
-//! microseconds of other work, then the updates (the request's latency, its upstream's,
-//! the `forwarded` count). Both workers run their steps at the same time; the figure is
-//! the time of one step on one worker.
+//! Criterion bench: what a request's writes to state both connection workers share cost
+//! while both workers answer requests at once. Each step stands in for a request: a few
+//! microseconds of other work, then the writes. Both workers run their steps at the same
+//! time; the figure is the time of one step on one worker.
 //!
-//! - `work alone`: no metrics, the floor;
-//! - `one family`: one family both workers write, as before `metrics::PerWorker`;
-//! - `per worker`: a route's series as the pipeline reaches them (`RouteSeries` over
-//!   `Metrics`), each worker writing copies of its own.
+//! - `work alone`: the floor;
+//! - request metrics (the request's latency, its upstream's, the `forwarded` count):
+//!   `one family` both workers write, as before `metrics::PerWorker`, and `per worker`,
+//!   a route's series as the pipeline reaches them (`RouteSeries` over `Metrics`), each
+//!   worker writing copies of its own;
+//! - the per-address limit, both workers' requests from one address as in the load
+//!   test: `check` as it is, and `table counted twice`, the check after counting the
+//!   table twice, as each request did before (`PerIpLimiter::tracked`: every part of the
+//!   table locked in turn).
 //!
-//! Run with `cargo bench --bench metrics`; the whole run takes well under a minute.
+//! Run with `cargo bench --bench shared`; the whole run takes about a minute.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bsk_sidecar::guard::rate::{PerIpLimiter, RateSpec};
 use bsk_sidecar::metrics::{Metrics, RouteLabels, RouteSeries};
 use bsk_sidecar::workers::Workers;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -69,7 +76,7 @@ fn on_both(workers: &Workers, iters: u64, step: &Step) -> Duration {
     start.elapsed()
 }
 
-fn metrics_benches(c: &mut Criterion) {
+fn shared_benches(c: &mut Criterion) {
     let workers = Workers::start(2).expect("two workers start");
     let alone: Step = Arc::new(|i| {
         black_box(other_work(i));
@@ -97,12 +104,31 @@ fn metrics_benches(c: &mut Criterion) {
         series.upstream_seconds(&metrics, LABELS).observe(0.0002);
     });
 
-    let mut g = c.benchmark_group("request metrics on two workers");
+    // Limits far above what the steps reach: every check takes a token.
+    let unlimited = RateSpec::new(NonZeroU32::MAX, NonZeroU32::MAX);
+    let client = IpAddr::from([127, 0, 0, 1]);
+    let limiter = Arc::new(PerIpLimiter::new(unlimited, 100_000));
+    let check: Step = Arc::new({
+        let limiter = limiter.clone();
+        move |i| {
+            black_box(other_work(i));
+            black_box(limiter.check(client)).expect("a token");
+        }
+    });
+    let counted_twice: Step = Arc::new(move |i| {
+        black_box(other_work(i));
+        black_box(limiter.tracked() + limiter.tracked());
+        black_box(limiter.check(client)).expect("a token");
+    });
+
+    let mut g = c.benchmark_group("a request's shared writes on two workers");
     g.measurement_time(Duration::from_secs(4));
     for (name, step) in [
         ("work alone", &alone),
-        ("one family", &one_family),
-        ("per worker", &per_worker),
+        ("metrics: one family", &one_family),
+        ("metrics: per worker", &per_worker),
+        ("per-address limit: table counted twice", &counted_twice),
+        ("per-address limit: check", &check),
     ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| on_both(&workers, iters, step))
@@ -111,5 +137,5 @@ fn metrics_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, metrics_benches);
+criterion_group!(benches, shared_benches);
 criterion_main!(benches);
