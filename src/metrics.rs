@@ -430,6 +430,8 @@ impl<V> Clone for PerWorker<V> {
 }
 
 impl<V: Collector> PerWorker<V> {
+    /// The first copy is made at once, so a family `make` cannot make fails at start-up
+    /// (see [`Register`]); the workers' copies are made the same way.
     fn new(make: impl Fn() -> V + Send + Sync + 'static) -> Self {
         PerWorker {
             inner: Arc::new(Copies {
@@ -565,8 +567,8 @@ pub struct RouteLabels<'a> {
 impl RouteSeries {
     /// The calling worker's copies; `slots` has one for every slot.
     fn mine(&self) -> &SlotSeries {
-        let slot = self.slots.get(crate::workers::slot());
-        slot.unwrap_or(&self.slots[0])
+        let [first, ..] = &self.slots;
+        self.slots.get(crate::workers::slot()).unwrap_or(first)
     }
 
     /// `bsk_sidecar_request_duration_seconds` of the route.
