@@ -75,25 +75,28 @@ impl Metrics {
         let backend = &["backend", "op"];
         let per_peer = &["peer"];
         Metrics {
-            requests: r.per_worker_counters(
+            requests: r.per_worker(
                 "bsk_sidecar_requests_total",
                 "Requests handled, by route, peer and outcome.",
                 &["listener", "route", "peer", "outcome"],
+                counter_vec,
             ),
             rejections: r.counters(
                 "bsk_sidecar_rejections_total",
                 "Requests refused, by route and reason.",
                 &["listener", "route", "reason"],
             ),
-            request_seconds: r.per_worker_latency(
+            request_seconds: r.per_worker(
                 "bsk_sidecar_request_duration_seconds",
                 "Time from request head to response, by route.",
                 route,
+                latency_vec,
             ),
-            upstream_seconds: r.per_worker_latency(
+            upstream_seconds: r.per_worker(
                 "bsk_sidecar_upstream_duration_seconds",
                 "Time the upstream application took to answer, by route.",
                 route,
+                latency_vec,
             ),
             backend_seconds: r.latency(
                 "bsk_sidecar_backend_duration_seconds",
@@ -330,7 +333,7 @@ impl Register<'_> {
     }
 
     fn counters(self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        self.add(counter_vec(name, help, labels))
     }
 
     fn gauges(self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -355,45 +358,31 @@ impl Register<'_> {
         self.add(latency_vec(name, help, labels))
     }
 
-    /// Counters each connection worker keeps a copy of ([`PerWorker`]).
-    fn per_worker_counters(
-        self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> PerWorker<IntCounterVec> {
-        let opts = Opts::new(name, help);
-        self.per_worker(labels, move |l| {
-            IntCounterVec::new(opts.clone(), l).expect("valid metric")
-        })
-    }
-
-    /// Histograms with the [`LATENCY_BUCKETS`], each connection worker keeping a copy
-    /// ([`PerWorker`]).
-    fn per_worker_latency(
-        self,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> PerWorker<HistogramVec> {
-        let (name, help) = (name.to_owned(), help.to_owned());
-        self.per_worker(labels, move |l| latency_vec(&name, &help, l))
-    }
-
-    /// A family with these labels, each copy made by `make`.
+    /// A family each connection worker keeps a copy of ([`PerWorker`]), every copy made
+    /// by `make` with these names.
     fn per_worker<V: Collector + Merge + 'static>(
         self,
+        name: &str,
+        help: &str,
         labels: &[&str],
-        make: impl Fn(&[&str]) -> V + Send + Sync + 'static,
+        make: fn(&str, &str, &[&str]) -> V,
     ) -> PerWorker<V> {
+        let (name, help) = (name.to_owned(), help.to_owned());
         let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
         self.add(PerWorker::new(move || {
             let names: Vec<&str> = labels.iter().map(String::as_str).collect();
-            make(&names)
+            make(&name, &help, &names)
         }))
     }
 }
 
+/// Counters, unregistered (see [`Register`] for the `expect`).
+#[allow(clippy::expect_used)]
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+/// Histograms with the [`LATENCY_BUCKETS`], unregistered (see [`Register`]).
 #[allow(clippy::expect_used)]
 fn latency_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
