@@ -6,7 +6,10 @@
 //! add a layer without removing any of this code.
 
 use std::fmt;
+use std::sync::OnceLock;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -25,6 +28,11 @@ pub struct Secret {
     kid: Option<Box<str>>,
     /// Older (or newer) values still accepted, in the configured order.
     also: Vec<Secret>,
+    /// HMAC-SHA256 keyed with this value, made on first use: the key's two padded blocks
+    /// are hashed once, not for every token verified (two of a token's eight or so
+    /// SHA-256 blocks). Holds what the key is worth to a forger, so it is as secret as
+    /// the bytes; overwritten when the value is dropped.
+    hs256: OnceLock<Option<Hmac<Sha256>>>,
 }
 
 impl Secret {
@@ -38,6 +46,7 @@ impl Secret {
             bytes: exact,
             kid: None,
             also: Vec::new(),
+            hs256: OnceLock::new(),
         }
     }
 
@@ -78,6 +87,15 @@ impl Secret {
         &self.bytes
     }
 
+    /// HMAC-SHA256 keyed with the sealing value, ready for a message: clone it, then
+    /// update and finalize the clone. Never log it. (`None` if the key were refused,
+    /// which HMAC never does: a key of any length is taken, a long one hashed first.)
+    pub fn hs256(&self) -> Option<&Hmac<Sha256>> {
+        self.hs256
+            .get_or_init(|| <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes).ok())
+            .as_ref()
+    }
+
     /// Length of the sealing value.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -106,6 +124,12 @@ impl Secret {
 impl Drop for Secret {
     fn drop(&mut self) {
         self.bytes.zeroize();
+        // The keyed state has no zeroizing of its own: it is overwritten in place by one
+        // keyed with nothing, and `black_box` keeps the compiler from dropping the write.
+        if let Some(Some(mac)) = self.hs256.get_mut() {
+            *mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&Default::default());
+            std::hint::black_box(mac);
+        }
     }
 }
 

@@ -257,7 +257,7 @@ pub(crate) fn verify_signature(key: &JwtKey, token: &str) -> Result<Vec<u8>, Fai
     let named = kid
         .as_deref()
         .and_then(|kid| key.secret.accepted().find(|s| s.kid() == Some(kid)));
-    let verifies = |s: &Secret| hmac_verifies(alg, s.expose(), message, signature_b64);
+    let verifies = |s: &Secret| hmac_verifies(alg, s, message, signature_b64);
     let verified = match named {
         Some(s) => verifies(s),
         None => key.secret.accepted().any(verifies),
@@ -296,15 +296,18 @@ pub(crate) fn segments(token: &str) -> Option<(&str, &str, &str)> {
 /// HMAC of `message` under `secret`, compared in constant time. The HMAC crate is the one
 /// `jsonwebtoken` verifies with, used here directly: its state stays on the stack, where
 /// the crate's verifier copied the secret into a key and a boxed verifier per token.
-fn hmac_verifies(alg: Algorithm, secret: &[u8], message: &[u8], signature_b64: &str) -> bool {
+fn hmac_verifies(alg: Algorithm, secret: &Secret, message: &[u8], signature_b64: &str) -> bool {
     use hmac::digest::KeyInit;
     use hmac::{Hmac, Mac};
-    use sha2::{Sha256, Sha384, Sha512};
+    use sha2::{Sha384, Sha512};
 
     fn check<M: Mac + KeyInit>(secret: &[u8], message: &[u8], signature: &[u8]) -> bool {
-        let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret) else {
+        let Ok(mac) = <M as KeyInit>::new_from_slice(secret) else {
             return false;
         };
+        check_keyed(mac, message, signature)
+    }
+    fn check_keyed<M: Mac>(mut mac: M, message: &[u8], signature: &[u8]) -> bool {
         mac.update(message);
         // Refuses a tag of any other length than the algorithm's.
         mac.verify_slice(signature).is_ok()
@@ -327,9 +330,12 @@ fn hmac_verifies(alg: Algorithm, secret: &[u8], message: &[u8], signature_b64: &
         return false;
     };
     match alg {
-        Algorithm::HS256 => check::<Hmac<Sha256>>(secret, message, tag),
-        Algorithm::HS384 => check::<Hmac<Sha384>>(secret, message, tag),
-        Algorithm::HS512 => check::<Hmac<Sha512>>(secret, message, tag),
+        // HS256, the spec's algorithm, starts from the secret's keyed state.
+        Algorithm::HS256 => secret
+            .hs256()
+            .is_some_and(|keyed| check_keyed(keyed.clone(), message, tag)),
+        Algorithm::HS384 => check::<Hmac<Sha384>>(secret.expose(), message, tag),
+        Algorithm::HS512 => check::<Hmac<Sha512>>(secret.expose(), message, tag),
         _ => false,
     }
 }
@@ -623,32 +629,32 @@ mod header_tests {
 mod hmac_tests {
     use super::*;
 
-    const SECRET: &[u8] = b"a shared secret of at least 32 bytes";
+    const SECRET_BYTES: &[u8] = b"a shared secret of at least 32 bytes";
+
+    fn secret() -> Secret {
+        Secret::new(SECRET_BYTES)
+    }
 
     /// `message` signed by `jsonwebtoken` itself, as `(message, signature)`.
     fn signed(alg: Algorithm) -> (String, String) {
         let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg:?}"}}"#));
         let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode("{}"));
-        let key = EncodingKey::from_secret(SECRET);
+        let key = EncodingKey::from_secret(SECRET_BYTES);
         let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
         (message, signature)
     }
 
     #[test]
     fn tags_made_by_jsonwebtoken_verify_and_any_change_to_them_is_refused() {
+        let (secret, another) = (secret(), Secret::new("another secret"));
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let (message, sig) = signed(alg);
             assert!(
-                hmac_verifies(alg, SECRET, message.as_bytes(), &sig),
+                hmac_verifies(alg, &secret, message.as_bytes(), &sig),
                 "{alg:?}"
             );
-            assert!(!hmac_verifies(
-                alg,
-                b"another secret",
-                message.as_bytes(),
-                &sig
-            ));
-            assert!(!hmac_verifies(alg, SECRET, b"another message", &sig));
+            assert!(!hmac_verifies(alg, &another, message.as_bytes(), &sig));
+            assert!(!hmac_verifies(alg, &secret, b"another message", &sig));
             // Truncated, lengthened (past the room for any tag, too), one character changed,
             // padded, not base64url.
             let shorter = sig.get(..sig.len() - 2).unwrap();
@@ -674,7 +680,7 @@ mod hmac_tests {
                 String::new(),
             ] {
                 assert!(
-                    !hmac_verifies(alg, SECRET, message.as_bytes(), &bad),
+                    !hmac_verifies(alg, &secret, message.as_bytes(), &bad),
                     "{alg:?} {bad}"
                 );
             }
@@ -682,7 +688,7 @@ mod hmac_tests {
             for other in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
                 if other != alg {
                     let (_, theirs) = signed(other);
-                    assert!(!hmac_verifies(alg, SECRET, message.as_bytes(), &theirs));
+                    assert!(!hmac_verifies(alg, &secret, message.as_bytes(), &theirs));
                 }
             }
         }
@@ -690,10 +696,51 @@ mod hmac_tests {
         let (message, sig) = signed(Algorithm::HS256);
         assert!(!hmac_verifies(
             Algorithm::RS256,
-            SECRET,
+            &secret,
             message.as_bytes(),
             &sig
         ));
+    }
+
+    /// The keyed HS256 state a secret keeps is made once and gives every token the tag a
+    /// fresh keying gives: for a short secret, one of exactly a block, and one longer than a
+    /// block (hashed first, as RFC 2104 says), across many verifications and clones of the
+    /// secret (a reload's copy starts from its own bytes).
+    #[test]
+    fn the_kept_hs256_state_verifies_as_a_fresh_keying_does() {
+        for key in [&b"k"[..], &[7u8; 64][..], &[9u8; 200][..]] {
+            let kept = Secret::new(key);
+            let copy = kept.clone();
+            for n in 0..5 {
+                let message = format!("eyJhbGciOiJIUzI1NiJ9.{}", "x".repeat(n * 37));
+                let tag = jsonwebtoken::crypto::sign(
+                    message.as_bytes(),
+                    &EncodingKey::from_secret(key),
+                    Algorithm::HS256,
+                )
+                .unwrap();
+                assert!(hmac_verifies(
+                    Algorithm::HS256,
+                    &kept,
+                    message.as_bytes(),
+                    &tag
+                ));
+                assert!(hmac_verifies(
+                    Algorithm::HS256,
+                    &copy,
+                    message.as_bytes(),
+                    &tag
+                ));
+                assert!(!hmac_verifies(
+                    Algorithm::HS256,
+                    &kept,
+                    format!("{message}y").as_bytes(),
+                    &tag
+                ));
+            }
+            let once = kept.hs256().unwrap();
+            assert!(std::ptr::eq(once, kept.hs256().unwrap()), "made once");
+        }
     }
 
     proptest::proptest! {
