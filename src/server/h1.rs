@@ -738,10 +738,10 @@ impl Chunked {
     }
 }
 
-/// The `Date` field's value, made once a second per thread.
+/// The `Date` field's value, made once a second per thread from the coarse clock.
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, UNIX_EPOCH};
 
     const LEN: usize = 29;
 
@@ -750,12 +750,11 @@ mod date {
     }
 
     pub(super) fn now() -> [u8; LEN] {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = crate::clock::coarse::unix_secs();
         CACHED.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != secs {
-                let text = httpdate::fmt_http_date(now);
+                let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
                 for (d, s) in c.1.iter_mut().zip(text.as_bytes()) {
                     *d = *s;
                 }

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
@@ -570,9 +570,12 @@ struct Conn {
     _done: mpsc::Sender<()>,
 }
 
-/// Timestamps (ms since the connection opened) the watchdog reads.
+/// Timestamps (ms since the connection opened) the watchdog reads. Its deadlines are
+/// seconds long and its pause a tenth of one, so the coarse clock serves: a request's
+/// first read notes the time, and a precise read of the clock costs five times as much.
 struct Activity {
-    opened: Instant,
+    /// The coarse monotonic clock when the connection opened (ms).
+    opened_ms: u64,
     in_progress: AtomicUsize,
     served: AtomicU64,
     idle_since_ms: AtomicU64,
@@ -596,7 +599,7 @@ struct Activity {
 
 impl Activity {
     fn now_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64 + 1
+        crate::clock::coarse::monotonic_ms().saturating_sub(self.opened_ms) + 1
     }
 }
 
@@ -754,7 +757,7 @@ where
     let limits = rt.settings.limits.clone();
     drop(rt);
     let activity = Arc::new(Activity {
-        opened: Instant::now(),
+        opened_ms: crate::clock::coarse::monotonic_ms(),
         in_progress: AtomicUsize::new(0),
         served: AtomicU64::new(0),
         idle_since_ms: AtomicU64::new(1),
@@ -1204,7 +1207,7 @@ mod tests {
     fn activity(in_progress: usize, served: u64, idle_since: u64, head: u64) -> Activity {
         Activity {
             // Opened 10 s ago: `now_ms()` reads about 10_001.
-            opened: Instant::now() - Duration::from_secs(10),
+            opened_ms: crate::clock::coarse::monotonic_ms().saturating_sub(10_000),
             in_progress: AtomicUsize::new(in_progress),
             served: AtomicU64::new(served),
             idle_since_ms: AtomicU64::new(idle_since),
