@@ -226,10 +226,17 @@ impl<const N: usize> ShortText<N> {
         bytes: [0; N],
     };
 
-    /// `text`, when it is ASCII and at most `N` bytes.
+    /// `text`, when it is ASCII and at most `N` bytes (and under 255). Copied whole, not
+    /// pushed byte by byte: a text stored a byte at a time and then moved as a whole
+    /// (the ids are, twice) made the move wait for each byte's store.
     pub fn new(text: &[u8]) -> Option<ShortText<N>> {
-        let mut short = ShortText::EMPTY;
-        text.iter().all(|&b| short.push(b)).then_some(short)
+        let len = u8::try_from(text.len()).ok().filter(|&n| n < u8::MAX)?;
+        if !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes.get_mut(..text.len())?.copy_from_slice(text);
+        Some(ShortText { len, bytes })
     }
 
     /// Appends `b`; `false` (and nothing appended) when it is not ASCII or there is no room.
@@ -393,6 +400,31 @@ mod tests {
         assert_eq!(ids.ticket_no.as_deref(), Some("20220811130723"));
         assert_eq!(ids.app_sub_time.as_deref(), Some("20220811052025"));
         assert_eq!(ids.application_status.as_deref(), Some("3"));
+    }
+
+    /// A short text is made whole as pushing its bytes one by one makes it, and refused
+    /// where pushing would stop: past `N` bytes, or at a byte that is not ASCII.
+    #[test]
+    fn a_short_text_holds_ascii_up_to_its_room_and_nothing_else() {
+        let pushed = |text: &[u8]| {
+            let mut t = ShortText::<4>::EMPTY;
+            text.iter().all(|&b| t.push(b)).then_some(t)
+        };
+        for text in [
+            &b""[..],
+            b"1",
+            b"abcd",
+            b"abcde",
+            b"a\xc3\xa9",
+            b"\x7f\x00",
+            b"12\x80",
+        ] {
+            assert_eq!(ShortText::<4>::new(text), pushed(text), "{text:?}");
+        }
+        let t = ShortText::<4>::new(b"ab").unwrap();
+        assert_eq!((t.as_str(), t.len()), ("ab", 2));
+        assert_eq!(ShortText::<4>::new(b"abcde"), None);
+        assert_eq!(ShortText::<4>::new("é".as_bytes()), None);
     }
 
     #[test]
