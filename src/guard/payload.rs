@@ -635,6 +635,32 @@ mod tests {
         }
     }
 
+    /// Strings of every length to 100, with a quote, a backslash, a control character
+    /// or a byte that stops nothing at every place: the scan (eight bytes at a time, then
+    /// byte by byte) judges each as the reference does, and a kept value is the whole
+    /// string.
+    #[test]
+    fn a_string_ends_where_the_reference_ends_it_at_every_length_and_place() {
+        let stops = [
+            "\"", "\\", "\\n", "\u{1}", "\u{1f}", "\u{0}", " ", "\u{7f}", "é", "/",
+        ];
+        for len in 0..=100 {
+            for at in 0..len {
+                for stop in stops {
+                    let body = format!("{}{stop}{}", "a".repeat(at), "b".repeat(len - at - 1));
+                    let text = format!(r#"{{"k":"{body}","z":1}}"#);
+                    let expected = oracle::verdict(&text);
+                    assert_eq!(scanned(&text, false), expected, "{text:?}");
+                    assert_eq!(scanned(&text, true), expected, "{text:?}");
+                    if expected.is_ok() {
+                        let obj = read(text.as_bytes(), None).unwrap().unwrap();
+                        assert_eq!(obj.get("k").map(Raw::get), Some(&*format!("\"{body}\"")));
+                    }
+                }
+            }
+        }
+    }
+
     /// Pieces of JSON text, valid and not, that random texts are made of.
     const PIECES: &[&str] = &[
         "{",
