@@ -35,7 +35,13 @@ pub mod coarse {
 
     /// Milliseconds on the monotonic clock, from an arbitrary start (the boot).
     pub fn monotonic_ms() -> u64 {
-        let t = clock_gettime(ClockId::MonotonicCoarse);
+        millis(ClockId::MonotonicCoarse)
+    }
+
+    /// Milliseconds on `clock` (the tests read the precise clock with it, beside the
+    /// coarse one).
+    pub(super) fn millis(clock: ClockId) -> u64 {
+        let t = clock_gettime(clock);
         let secs = u64::try_from(t.tv_sec).unwrap_or(0);
         let ms = u64::try_from(t.tv_nsec / 1_000_000).unwrap_or(0);
         secs.saturating_mul(1000).saturating_add(ms)
@@ -127,15 +133,19 @@ mod tests {
 
     /// The coarse clocks are the precise ones as of the kernel's last tick: never ahead,
     /// and behind by less than a tick (at most 10 ms at the slowest tick rate; 50 ms
-    /// allowed here for a busy machine) — so a second judged by them is the second.
+    /// allowed here for a busy machine) — so a second judged by them is the second. Read
+    /// over and over across five of the coarse clock's ticks, so the checks fall just
+    /// after a tick and just before the next; a coarse clock that never moves fails.
     #[test]
     fn the_coarse_clocks_trail_the_precise_ones_by_less_than_a_tick() {
-        use rustix::time::{clock_gettime, ClockId};
-        let ms = |c: ClockId| {
-            let t = clock_gettime(c);
-            t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
-        };
-        for _ in 0..20 {
+        use rustix::time::ClockId;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut last, mut ticks) = (coarse::monotonic_ms(), 0);
+        while ticks < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the coarse clock moved {ticks} times in 5 s"
+            );
             let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
             let secs = coarse::unix_secs();
             let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
@@ -144,10 +154,13 @@ mod tests {
             assert!(secs >= floor, "{secs} behind {before:?}");
 
             let coarse = coarse::monotonic_ms();
-            let precise = ms(ClockId::Monotonic);
+            let precise = coarse::millis(ClockId::Monotonic);
             assert!(coarse <= precise, "{coarse} ahead of {precise}");
             assert!(precise - coarse <= 50, "{coarse} behind {precise}");
-            std::thread::sleep(Duration::from_millis(3));
+            if coarse != last {
+                (last, ticks) = (coarse, ticks + 1);
+            }
+            std::thread::yield_now();
         }
     }
 
