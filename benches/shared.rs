@@ -11,7 +11,10 @@
 //! - the per-address limit, both workers' requests from one address as in the load
 //!   test: `check` as it is, and `table counted twice`, the check after counting the
 //!   table twice, as each request did before (`PerIpLimiter::tracked`: every part of the
-//!   table locked in turn).
+//!   table locked in turn);
+//! - the in-flight cap's slot (`limits.max_in_flight`), taken and given back;
+//! - a route's and a peer's limits (one bucket each, shared by every request of the
+//!   route or the peer).
 //!
 //! Run with `cargo bench --bench shared`; the whole run takes about a minute.
 
@@ -21,8 +24,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bsk_sidecar::guard::rate::{PerIpLimiter, RateSpec};
-use bsk_sidecar::metrics::{Metrics, RouteLabels, RouteSeries};
+use bsk_sidecar::guard::rate::{Limiter, PerIpLimiter, RateSpec};
+use bsk_sidecar::metrics::{InFlight, Metrics, RouteLabels, RouteSeries};
 use bsk_sidecar::workers::Workers;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use prometheus::{Histogram, HistogramOpts, IntCounter, Opts};
@@ -121,6 +124,19 @@ fn shared_benches(c: &mut Criterion) {
         black_box(limiter.check(client)).expect("a token");
     });
 
+    let in_flight = InFlight::new();
+    let slot: Step = Arc::new(move |i| {
+        black_box(other_work(i));
+        black_box(in_flight.enter(1024)).expect("a slot");
+    });
+
+    let (route, peer) = (Limiter::new(unlimited), Limiter::new(unlimited));
+    let buckets: Step = Arc::new(move |i| {
+        black_box(other_work(i));
+        black_box(route.check()).expect("a route token");
+        black_box(peer.check()).expect("a peer token");
+    });
+
     let mut g = c.benchmark_group("a request's shared writes on two workers");
     g.measurement_time(Duration::from_secs(4));
     for (name, step) in [
@@ -129,6 +145,8 @@ fn shared_benches(c: &mut Criterion) {
         ("metrics: per worker", &per_worker),
         ("per-address limit: table counted twice", &counted_twice),
         ("per-address limit: check", &check),
+        ("in-flight slot", &slot),
+        ("route and peer limits", &buckets),
     ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| on_both(&workers, iters, step))

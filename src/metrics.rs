@@ -268,7 +268,7 @@ impl InFlight {
 
     /// Takes a slot, or `None` when `max` are taken. Dropping the slot — on return, error
     /// or panic — gives it back.
-    pub(crate) fn enter(&self, max: usize) -> Option<Slot<'_>> {
+    pub fn enter(&self, max: usize) -> Option<Slot<'_>> {
         if self.count.fetch_add(1, Ordering::Relaxed) >= max {
             self.count.fetch_sub(1, Ordering::Relaxed);
             return None;
