@@ -494,13 +494,13 @@ const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 /// A JSON NumericDate (`null`: none): an integer number of seconds from 0 to
 /// [`MAX_NUMERIC_DATE`]. Fractions, exponents and out-of-range values are malformed, never
 /// rounded or saturated. `raw` is checked JSON (no sign, no leading zero), so digits
-/// alone, up to 18 of them (an `i64` holds them all), are read as they are; any other
-/// text goes through `serde_json`'s number parser.
+/// alone, up to 18 of them (an `i64` holds them all, so no step can overflow), are
+/// added up as they are; any other text goes through `serde_json`'s number parser.
 fn numeric_date(raw: Raw<'_>) -> Result<Option<i64>, Failure> {
     let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
     let text = raw.get();
-    let n = if text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit()) {
-        text.parse::<i64>().ok()
+    let n = if (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        Some(text.bytes().fold(0i64, |n, b| n * 10 + i64::from(b - b'0')))
     } else {
         match serde_json::from_str::<Option<serde_json::Number>>(text) {
             Ok(None) => return Ok(None),
@@ -761,5 +761,45 @@ mod hmac_tests {
             let noise: String = noise.into_iter().collect();
             proptest::prop_assert_eq!(decode_segment(&noise), URL_SAFE_NO_PAD.decode(&noise).ok());
         }
+    }
+}
+
+#[cfg(test)]
+mod numeric_date_tests {
+    use super::*;
+
+    /// Digits alone are added up without a parser: every length up to the 18 read so,
+    /// at each power of ten and one below it, and the range's edges, read as `i64`'s own
+    /// parser and the range check read them; 19 digits and more go to `serde_json`.
+    #[test]
+    fn digits_are_read_as_the_parser_reads_them_at_every_length() {
+        let read = |text: &str| numeric_date(Raw::checked(text)).ok().flatten();
+        let mut texts = vec![
+            "0".to_owned(),
+            MAX_NUMERIC_DATE.to_string(),
+            (MAX_NUMERIC_DATE + 1).to_string(),
+            "1700000000".to_owned(),
+            "9223372036854775807".to_owned(),
+            "9223372036854775808".to_owned(),
+        ];
+        for digits in 1..=19u32 {
+            let power = 10u128.pow(digits - 1);
+            texts.push(power.to_string());
+            texts.push((power * 10 - 1).to_string());
+            texts.push((power * 7 + 3).to_string());
+        }
+        for text in &texts {
+            let expected = text
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (0..=MAX_NUMERIC_DATE).contains(v));
+            assert_eq!(read(text), expected, "{text}");
+        }
+        assert_eq!(read("253402300799"), Some(253_402_300_799));
+        assert_eq!(read("1700000000"), Some(1_700_000_000));
+        assert_eq!(read("253402300800"), None);
+        assert_eq!(read("999999999999999999"), None);
+        assert_eq!(read("null"), None);
+        assert!(numeric_date(Raw::checked("null")).is_ok());
     }
 }
