@@ -27,10 +27,10 @@ where
     } else {
         check_content_type(&cfg.layers, content_type)?;
     }
-    let declared = fields
-        .text(&header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > cfg.max_body as u64) {
+    // What the head declared (`Content-Length`, the body's framing: its reader knows it
+    // already, so the field is not read again), refused before a byte is read; a chunked
+    // body declares nothing and is limited as it is read.
+    if body.size_hint().lower() > cfg.max_body as u64 {
         return Err(Reject::BodyTooLarge);
     }
     collect(body, cfg.max_body, cfg.body_timeout).await
