@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header;
 
 use crate::config::Route;
-use crate::envelope::{self, Incoming, Opened};
+use crate::envelope::{self, Incoming, Layer, Opened};
 use crate::error::Reject;
 use crate::guard::bounds::JsonBounds;
 use crate::pipeline::Fields;
@@ -20,10 +20,16 @@ pub(super) fn open(
     now: u64,
     bounds: &JsonBounds,
 ) -> Result<Opened, Reject> {
+    // Each field is read only for the layer that reads it: `form` the content type,
+    // `bearer` the `Authorization` and `X-Passcode` fields.
+    let has = |layer| cfg.layers.contains(&layer);
+    let (form, bearer) = (has(Layer::Form), has(Layer::Bearer));
     let sealed = Incoming {
-        content_type: fields.text(&header::CONTENT_TYPE),
-        authorization: fields.text(&header::AUTHORIZATION),
-        passcode_header: fields.text(&super::headers::X_PASSCODE),
+        content_type: form.then(|| fields.text(&header::CONTENT_TYPE)).flatten(),
+        authorization: bearer
+            .then(|| fields.text(&header::AUTHORIZATION))
+            .flatten(),
+        passcode_header: (bearer.then(|| fields.text(&super::headers::X_PASSCODE))).flatten(),
         body,
     };
     Ok(envelope::open_checked(
