@@ -20,8 +20,11 @@ use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -91,6 +94,10 @@ pub struct BoundedStore<K: Hash + Eq + Clone> {
     map: Arc<DashMapStateStore<K>>,
     overflow: InMemoryState,
     capacity: usize,
+    /// Addresses the table holds, at least: counted up as each is added, set to the
+    /// table's size when it is pruned. Written only then, so the line stays in both
+    /// workers' caches for the read every request makes ([`PerIpLimiter::check`]).
+    added: Arc<CachePadded<AtomicUsize>>,
 }
 
 impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
@@ -107,6 +114,9 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
             return StateStore::measure_and_replace(&*bucket, &NotKeyed::NonKey, f);
         }
         if self.map.len() < self.capacity {
+            // Counted before it is added: the count is never below the table's size for
+            // longer than an addition takes.
+            self.added.fetch_add(1, Ordering::Relaxed);
             StateStore::measure_and_replace(&*self.map, key, f)
         } else {
             StateStore::measure_and_replace(&self.overflow, &NotKeyed::NonKey, f)
@@ -141,7 +151,16 @@ pub struct PerIpLimiter<C: Clock = DefaultClock> {
     /// When the table was last pruned (clock nanos), so a flood of new addresses does
     /// not make every request scan the table.
     last_prune: Mutex<Option<C::Instant>>,
+    /// The table's count of addresses added ([`BoundedStore`]).
+    added: Arc<CachePadded<AtomicUsize>>,
 }
+
+/// How far below the table's true size its count can be: by the additions under way
+/// while a prune sets the count (one per thread at most). Below its capacity by more than
+/// this, the table has room. (Were more threads than this adding at once as a prune
+/// ended, a new address at a full table could go to the overflow bucket without a prune
+/// first: throttled, as a full table throttles.)
+const COUNT_SLACK: usize = 64;
 
 /// Minimum spacing between prunes triggered by a full table.
 const PRUNE_SPACING: Duration = Duration::from_millis(250);
@@ -155,22 +174,29 @@ impl PerIpLimiter<DefaultClock> {
 impl<C: Clock> PerIpLimiter<C> {
     pub fn with_clock(spec: RateSpec, capacity: usize, clock: C) -> Self {
         let table: Arc<DashMapStateStore<IpAddr>> = Arc::new(DashMap::default());
+        let added = Arc::new(CachePadded::new(AtomicUsize::new(0)));
         let store = BoundedStore {
             map: table.clone(),
             overflow: InMemoryState::default(),
             capacity: capacity.max(1),
+            added: added.clone(),
         };
         PerIpLimiter {
             inner: RateLimiter::new(spec.quota(), store, clock),
             table,
             capacity: capacity.max(1),
             last_prune: Mutex::new(None),
+            added,
         }
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         // A new address may find the table full: then room is made first, if it is time.
-        if !self.table.contains_key(&ip) && self.table.len() >= self.capacity {
+        // Only a table near its capacity is looked at for that: otherwise the address's
+        // bucket is looked up once, by the check itself.
+        let near_full =
+            (self.added.load(Ordering::Relaxed)).saturating_add(COUNT_SLACK) >= self.capacity;
+        if near_full && !self.table.contains_key(&ip) && self.table.len() >= self.capacity {
             self.prune_if_due();
         }
         self.inner
@@ -182,6 +208,7 @@ impl<C: Clock> PerIpLimiter<C> {
     /// periodically by the server.
     pub fn prune(&self) {
         self.inner.retain_recent();
+        self.recount();
         self.inner.shrink_to_fit();
     }
 
@@ -197,8 +224,14 @@ impl<C: Clock> PerIpLimiter<C> {
                 *last = Some(now);
                 drop(last);
                 self.inner.retain_recent();
+                self.recount();
             }
         }
+    }
+
+    /// Sets the count of addresses added to the table's size, after a prune.
+    fn recount(&self) {
+        self.added.store(self.table.len(), Ordering::Relaxed);
     }
 
     /// Addresses currently tracked.
@@ -273,6 +306,29 @@ mod tests {
         assert!(l.check(ip("10.0.0.2")).is_ok());
         // Table full; 10.0.0.1 is still tracked and still empty.
         assert!(l.check(ip("10.0.0.1")).is_err());
+    }
+
+    /// Far below its capacity the table is not looked at before an address's check; past
+    /// the count's slack, a new address at a full table still finds the refilled
+    /// addresses forgotten first.
+    #[test]
+    fn a_table_filled_past_its_count_slack_still_makes_room_first() {
+        let clock = FakeRelativeClock::default();
+        let cap = 3 * COUNT_SLACK;
+        let l = PerIpLimiter::with_clock(spec(1, 1), cap, clock.clone());
+        for i in 0..cap {
+            let a = IpAddr::from((0x0a00_0000u32 + i as u32).to_be_bytes());
+            assert!(l.check(a).is_ok(), "address {i}");
+        }
+        assert_eq!(l.tracked(), cap);
+        // Full, every bucket spent: new addresses share the overflow bucket (a burst of 1).
+        assert!(l.check(ip("10.1.0.1")).is_ok());
+        assert!(l.check(ip("10.1.0.2")).is_err());
+        clock.advance(Duration::from_secs(2));
+        // Every bucket refilled: the table is pruned, and each new address has its own.
+        assert!(l.check(ip("10.2.0.1")).is_ok());
+        assert!(l.check(ip("10.2.0.2")).is_ok());
+        assert_eq!(l.tracked(), 2);
     }
 
     #[test]
