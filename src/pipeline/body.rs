@@ -13,7 +13,7 @@ use hyper::body::Body;
 use crate::config::Route;
 use crate::envelope::Layer;
 use crate::error::Reject;
-use crate::pipeline::request::{text, Fields};
+use crate::pipeline::request::{is_text, Fields};
 
 /// Checks the head, then reads the whole body within the route's size and time limits.
 pub(super) async fn read<B>(cfg: &Route, fields: &Fields, body: B) -> Result<Bytes, Reject>
@@ -97,17 +97,23 @@ fn check_plain_json_type(ct: Option<&[u8]>) -> Result<(), Reject> {
 /// case-insensitively, as media types are (RFC 9110 §8.3.1).
 // Not the `mime` crate: only the essence is compared against short allowlists, and a
 // header it would refuse to parse must still pass on routes that take any type.
-fn mime_of(ct: Option<&[u8]>) -> Result<Option<&str>, Reject> {
+// Compared as bytes: the allowlists are ASCII, and a value of visible ASCII needs no
+// `str` made of it first.
+fn mime_of(ct: Option<&[u8]>) -> Result<Option<&[u8]>, Reject> {
     let Some(ct) = ct else { return Ok(None) };
-    let text = text(ct).ok_or(Reject::UnsupportedMediaType)?;
-    // Visible ASCII, space and tab only (`text`): trimming ASCII space is all the trimming.
-    let end = text.bytes().position(|b| b == b';').unwrap_or(text.len());
-    Ok(text.get(..end).map(str::trim_ascii))
+    if !is_text(ct) {
+        return Err(Reject::UnsupportedMediaType);
+    }
+    // Visible ASCII, space and tab only: trimming ASCII space is all the trimming.
+    let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
+    Ok(ct.get(..end).map(<[u8]>::trim_ascii))
 }
 
 /// Whether `mime` is one of `allowed`, in any case.
-fn one_of(mime: &str, allowed: &[&str]) -> bool {
-    allowed.iter().any(|a| a.eq_ignore_ascii_case(mime))
+fn one_of(mime: &[u8], allowed: &[&str]) -> bool {
+    allowed
+        .iter()
+        .any(|a| a.as_bytes().eq_ignore_ascii_case(mime))
 }
 
 /// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content

@@ -105,15 +105,19 @@ impl Fields {
 
 /// `value` as text, when it is visible ASCII, space and tab only.
 pub fn text(value: &[u8]) -> Option<&str> {
-    // Every byte is looked at (no early exit), which the compiler turns into a few
-    // vector operations for a value of a typical length.
-    let visible = (value.iter()).fold(true, |ok, &b| {
-        ok & (matches!(b, b' '..=b'~') | (b == b'\t'))
-    });
-    match visible {
+    match is_text(value) {
         true => std::str::from_utf8(value).ok(),
         false => None,
     }
+}
+
+/// Whether `value` is visible ASCII, space and tab only: [`text`] without making a `str`.
+pub fn is_text(value: &[u8]) -> bool {
+    // Every byte is looked at (no early exit), which the compiler turns into a few
+    // vector operations for a value of a typical length.
+    (value.iter()).fold(true, |ok, &b| {
+        ok & (matches!(b, b' '..=b'~') | (b == b'\t'))
+    })
 }
 
 /// Names only: a value may be a credential (`Authorization`, `X-Passcode`).
