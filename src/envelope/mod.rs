@@ -522,7 +522,8 @@ fn open_with(
                 jwt_iat = verified.iat;
                 jwt_jti = verified.jti;
                 jwt_exp = verified.exp;
-                jwt_signature = jwt::segments(token).map(|(_, _, signature)| signature.to_owned());
+                // Verified: three segments, so the signature is what follows the last dot.
+                jwt_signature = token.rsplit_once('.').map(|(_, sig)| sig.to_owned());
                 claims_enc_data = verified.enc_data;
                 ids.set(Some(verified.ids));
                 Carried::Bytes(Cow::Owned(verified.payload))

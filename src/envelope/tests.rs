@@ -560,6 +560,9 @@ fn token_passcode_as_string_or_exact_number() {
         let b = token_body(passcode, &token);
         let opened = open(&[Layer::Token, Layer::Jwt], &peer(), &body(&b), NOW).unwrap();
         assert_eq!(opened.plain, TICKET_PLAIN.as_bytes(), "passcode {passcode}");
+        // The token's signature (its replay key without a `jti`): the third segment.
+        let (_, _, signature) = crate::envelope::jwt::segments(&token).unwrap();
+        assert_eq!(opened.jwt_signature.as_deref(), Some(signature));
     }
     for passcode in [
         r#""376424""#,
