@@ -522,8 +522,12 @@ fn open_with(
                 jwt_iat = verified.iat;
                 jwt_jti = verified.jti;
                 jwt_exp = verified.exp;
-                // Verified: three segments, so the signature is what follows the last dot.
-                jwt_signature = token.rsplit_once('.').map(|(_, sig)| sig.to_owned());
+                // Verified: three segments, so the signature is what follows the last dot,
+                // found from the end (a vectorised search, where `rsplit_once` went
+                // through the generic pattern search byte by byte).
+                jwt_signature = memchr::memrchr(b'.', token.as_bytes())
+                    .and_then(|dot| token.get(dot + 1..))
+                    .map(str::to_owned);
                 claims_enc_data = verified.enc_data;
                 ids.set(Some(verified.ids));
                 Carried::Bytes(Cow::Owned(verified.payload))
