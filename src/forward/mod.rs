@@ -47,10 +47,21 @@ pub const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name`, in any case (as a peer sent it, or lower case as `http::HeaderName`
 /// holds it), is in [`HOP_BY_HOP`].
+/// Every answer's fields are asked this, so the one name of the list a name could be is
+/// picked by its length (and first letter) and compared once, not the seven in turn.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    let first = name.first().map(u8::to_ascii_lowercase);
+    let candidate = match (name.len(), first) {
+        (2, _) => "te",
+        (7, Some(b't')) => "trailer",
+        (7, _) => "upgrade",
+        (10, Some(b'c')) => "connection",
+        (10, _) => "keep-alive",
+        (16, _) => "proxy-connection",
+        (17, _) => "transfer-encoding",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(candidate.as_bytes())
 }
 
 /// The field names that `Connection` field values list: those fields describe this hop
@@ -58,12 +69,23 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// dropped in any case, are left out, so the usual `keep-alive` lists nothing and
 /// allocates nothing. Names as sent; compare them ignoring case.
 pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t))
-        .collect()
+    let mut listed = Vec::new();
+    for value in values {
+        // The usual value names one option and no field: nothing to split.
+        let whole = value.trim_ascii();
+        if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        listed.extend(
+            value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| {
+                    !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t)
+                }),
+        );
+    }
+    listed
 }
 
 /// Why forwarding failed (`crate::error` maps it to the answer the client gets).
@@ -471,6 +493,58 @@ pub fn deadline_after(start: std::time::Instant, timeout: Duration) -> std::time
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn hop_by_hop_names_are_the_list_in_any_case_and_nothing_else() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+            // One letter off, at each end: the same length, not the name.
+            let mut wrong = name.as_bytes().to_vec();
+            for at in [0, wrong.len() - 1] {
+                let kept = wrong[at];
+                wrong[at] = b'x';
+                assert!(
+                    !is_hop_by_hop(&wrong),
+                    "{}",
+                    String::from_utf8_lossy(&wrong)
+                );
+                wrong[at] = kept;
+            }
+            assert!(!is_hop_by_hop(format!("{name}s").as_bytes()), "{name}s");
+        }
+        for other in [
+            "",
+            "t",
+            "content-length",
+            "x-request-id",
+            "Tranfer-Encoding",
+            "keepalive",
+        ] {
+            assert!(!is_hop_by_hop(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn connection_lists_the_fields_it_names_and_not_its_options() {
+        let listed = |values: &[&'static str]| -> Vec<String> {
+            connection_listed(values.iter().map(|v| v.as_bytes()))
+                .into_iter()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect()
+        };
+        assert!(listed(&["keep-alive"]).is_empty());
+        assert!(listed(&[" Keep-Alive ", "CLOSE"]).is_empty());
+        assert_eq!(listed(&["keep-alive, X-Secret"]), ["X-Secret"]);
+        assert_eq!(
+            listed(&["close", " foo ,, Upgrade,te, bar"]),
+            ["foo", "bar"]
+        );
+        assert_eq!(listed(&["X-A", "keep-alive", "x-b,close"]), ["X-A", "x-b"]);
+    }
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
