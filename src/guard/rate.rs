@@ -89,9 +89,14 @@ impl<C: Clock> Limiter<C> {
     }
 }
 
+/// The per-address table's map: governor's DashMap store, its keys hashed with a fast
+/// keyed hash (SipHash, the default, cost some 80 instructions a request). Its random
+/// seed per process keeps a sender from choosing which addresses collide.
+type AddrTable<K> = DashMapStateStore<K, foldhash::fast::RandomState>;
+
 /// The per-address table: governor's DashMap store with a capacity and an overflow bucket.
 pub struct BoundedStore<K: Hash + Eq + Clone> {
-    map: Arc<DashMapStateStore<K>>,
+    map: Arc<AddrTable<K>>,
     overflow: InMemoryState,
     capacity: usize,
     /// Addresses the table holds, at least: counted up as each is added, set to the
@@ -146,7 +151,7 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
 pub struct PerIpLimiter<C: Clock = DefaultClock> {
     inner: RateLimiter<IpAddr, BoundedStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
     /// The limiter's table, to tell whether an address is tracked.
-    table: Arc<DashMapStateStore<IpAddr>>,
+    table: Arc<AddrTable<IpAddr>>,
     capacity: usize,
     /// When the table was last pruned (clock nanos), so a flood of new addresses does
     /// not make every request scan the table.
@@ -173,7 +178,7 @@ impl PerIpLimiter<DefaultClock> {
 
 impl<C: Clock> PerIpLimiter<C> {
     pub fn with_clock(spec: RateSpec, capacity: usize, clock: C) -> Self {
-        let table: Arc<DashMapStateStore<IpAddr>> = Arc::new(DashMap::default());
+        let table: Arc<AddrTable<IpAddr>> = Arc::new(DashMap::with_hasher(Default::default()));
         let added = Arc::new(CachePadded::new(AtomicUsize::new(0)));
         let store = BoundedStore {
             map: table.clone(),
