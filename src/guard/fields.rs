@@ -200,7 +200,14 @@ fn id(v: Raw<'_>) -> Option<Id> {
         .iter()
         .rposition(|&b| b != b'"')
         .map_or(start, |i| i + 1);
-    let s = v.get().get(start..end)?.trim();
+    let s = v.get().get(start..end)?;
+    // Unicode's spaces are looked for only when the text does not already start and end
+    // with a digit (as an id usually does).
+    let digit_ends = |t: &str| {
+        let b = t.as_bytes();
+        b.first().is_some_and(u8::is_ascii_digit) && b.last().is_some_and(u8::is_ascii_digit)
+    };
+    let s = if digit_ends(s) { s } else { s.trim() };
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -38,7 +38,8 @@ pub(super) fn finish(
     let peer_label = trace.peer.unwrap_or("none");
     let elapsed = start.elapsed();
     // To the microsecond: written as digits, not through the float formatter (`logfmt`).
-    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+    // (Whole microseconds as a `u64`: a `u128` made a float through a library call.)
+    let latency_ms = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0;
     let labels = RouteLabels {
         listener: &lst.name,
         route: route_label,
