@@ -31,12 +31,14 @@
 //! runs in a test on an in-memory body, without sockets.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use hyper::body::Body;
 
 use crate::egress::Egress;
@@ -111,8 +113,8 @@ where
     let result = match admission::admit(rt) {
         None => Err(Reject::Overloaded),
         Some(_slot) => {
-            let stages = AssertUnwindSafe(run(rt, lst, client, req, &request_id, &mut trace));
-            match stages.catch_unwind().await {
+            let stages = std::pin::pin!(run(rt, lst, client, req, &request_id, &mut trace));
+            match caught(stages).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::error!(
@@ -135,6 +137,22 @@ where
         start,
         result,
     ))
+}
+
+/// `future`, each poll of it inside `catch_unwind`: a panic ends it, as the panic's
+/// payload. Polled where the caller pinned it: a catching wrapper that owns the future
+/// (`FutureExt::catch_unwind`) had the request's stages — its largest state — copied into
+/// it, and copied again where it was awaited.
+fn caught<F: Future>(
+    mut future: Pin<&mut F>,
+) -> impl Future<Output = std::thread::Result<F::Output>> + '_ {
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
 }
 
 /// The stages, in order. Each `?` is a place a request can be refused.
@@ -213,6 +231,53 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use std::sync::Arc;
+
+    /// A future that is pending `waits` times (waking itself), then panics or answers.
+    struct Stages {
+        waits: usize,
+        panics: bool,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Future for Stages {
+        type Output = u32;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<u32> {
+            if self.waits > 0 {
+                self.waits -= 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            assert!(!self.panics, "a bug in a stage");
+            Poll::Ready(7)
+        }
+    }
+
+    impl Drop for Stages {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_a_later_poll_ends_the_stages_as_an_error_and_drops_them() {
+        for (panics, waits) in [(false, 0), (false, 3), (true, 0), (true, 3)] {
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let stages = std::pin::pin!(Stages {
+                    waits,
+                    panics,
+                    dropped: dropped.clone(),
+                });
+                let out = caught(stages).await;
+                assert_eq!(out.is_err(), panics, "panics {panics}, waits {waits}");
+                if !panics {
+                    assert_eq!(out.ok(), Some(7));
+                }
+            }
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
 
     fn runtime(dir: &std::path::Path) -> Arc<Runtime> {
         let yaml = format!(
