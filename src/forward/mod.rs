@@ -47,6 +47,7 @@ pub const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name`, in any case (as a peer sent it, or lower case as `http::HeaderName`
 /// holds it), is in [`HOP_BY_HOP`].
+///
 /// Every answer's fields are asked this, so the one name of the list a name could be is
 /// picked by its length (and first letter) and compared once, not the seven in turn.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -493,6 +494,9 @@ pub fn deadline_after(start: std::time::Instant, timeout: Duration) -> std::time
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     #[test]
     fn hop_by_hop_names_are_the_list_in_any_case_and_nothing_else() {
@@ -545,9 +549,6 @@ mod tests {
         );
         assert_eq!(listed(&["X-A", "keep-alive", "x-b,close"]), ["X-A", "x-b"]);
     }
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     /// A stand-in application on loopback that answers every request `{"n":<count>}`;
     /// with `one_each` it closes each connection after its first answer (without saying
