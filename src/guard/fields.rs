@@ -395,6 +395,36 @@ mod tests {
         assert_eq!(obj.get("tokenNo").map(Raw::get), Some("3"));
     }
 
+    /// Every spelling of every id is read as that id and no other, beside a field that is
+    /// none; a spelling one letter off is not read.
+    #[test]
+    fn every_spelling_of_every_id_is_read() {
+        let read = |ids: &Ids| {
+            [
+                ids.userid,
+                ids.ticket_no,
+                ids.app_sub_time,
+                ids.application_status,
+            ]
+        };
+        for (i, names) in [USERID, TICKET_NO, APP_SUB_TIME, APPLICATION_STATUS]
+            .iter()
+            .enumerate()
+        {
+            for name in names.iter() {
+                let ids = Ids::parse(format!(r#"{{"iat":1,"{name}":"4711"}}"#).as_bytes());
+                let got = read(&ids);
+                for (j, v) in got.iter().enumerate() {
+                    assert_eq!(v.as_deref(), (i == j).then_some("4711"), "{name}");
+                }
+            }
+        }
+        for other in ["userix", "tokenNx", "applicationStatux", "u", ""] {
+            let ids = Ids::parse(format!(r#"{{"{other}":"4711"}}"#).as_bytes());
+            assert_eq!(ids, Ids::default(), "{other}");
+        }
+    }
+
     #[test]
     fn ids_keep_17_digit_ticket_exactly_and_accept_aliases() {
         let ids = Ids::parse(br#"{"userId":"8527419636","ticketno":20221202153322882,"name":"X"}"#);
