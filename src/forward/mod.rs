@@ -36,14 +36,23 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// carried from one hop to the next, in either direction. The one list: routes may not
 /// ask to forward them (config) and the application's answer loses them (pipeline).
 pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+    CONNECTION_NAME,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING_NAME,
+    UPGRADE,
 ];
+
+// The list's names, each written once, for the list and for `is_hop_by_hop`.
+const CONNECTION_NAME: &str = "connection";
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+const TE: &str = "te";
+const TRAILER: &str = "trailer";
+const TRANSFER_ENCODING_NAME: &str = "transfer-encoding";
+const UPGRADE: &str = "upgrade";
 
 /// Whether `name`, in any case (as a peer sent it, or lower case as `http::HeaderName`
 /// holds it), is in [`HOP_BY_HOP`].
@@ -53,13 +62,13 @@ pub const HOP_BY_HOP: &[&str] = &[
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     let first = name.first().map(u8::to_ascii_lowercase);
     let candidate = match (name.len(), first) {
-        (2, _) => "te",
-        (7, Some(b't')) => "trailer",
-        (7, _) => "upgrade",
-        (10, Some(b'c')) => "connection",
-        (10, _) => "keep-alive",
-        (16, _) => "proxy-connection",
-        (17, _) => "transfer-encoding",
+        (2, _) => TE,
+        (7, Some(b't')) => TRAILER,
+        (7, _) => UPGRADE,
+        (10, Some(b'c')) => CONNECTION_NAME,
+        (10, _) => KEEP_ALIVE,
+        (16, _) => PROXY_CONNECTION,
+        (17, _) => TRANSFER_ENCODING_NAME,
         _ => return false,
     };
     name.eq_ignore_ascii_case(candidate.as_bytes())
@@ -74,7 +83,8 @@ pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<
     for value in values {
         // The usual value names one option and no field: nothing to split.
         let whole = value.trim_ascii();
-        if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
+        if whole.eq_ignore_ascii_case(KEEP_ALIVE.as_bytes()) || whole.eq_ignore_ascii_case(b"close")
+        {
             continue;
         }
         listed.extend(
