@@ -192,6 +192,14 @@ fn string_stops(word: u64) -> u64 {
     (zero_at(quote) | zero_at(slash) | control) & HIGHS
 }
 
+/// The bytes of `word` that are not ASCII digits, each marked by a bit of its own byte;
+/// bytes past the first marked may be marked wrongly, never the first one.
+fn digit_stops(word: u64) -> u64 {
+    let high = (word & (ONES * 0xf0)) ^ (ONES * 0x30);
+    let low = (word.wrapping_add(ONES * 0x06) & (ONES * 0xf0)) ^ (ONES * 0x30);
+    high | low
+}
+
 /// Whether `b` ends a string's plain run (see [`string_stops`]).
 fn stops_string(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
@@ -227,7 +235,7 @@ impl<'a> Scan<'a> {
         match self.peek() {
             Some(b'{') => self.object(None),
             Some(b'[') => self.array(),
-            Some(b'"') => self.string().map(drop),
+            Some(b'"') => self.string_value(),
             Some(b't') => self.word("true"),
             Some(b'f') => self.word("false"),
             Some(b'n') => self.word("null"),
@@ -331,6 +339,28 @@ impl<'a> Scan<'a> {
     /// escape (a `\\u` surrogate must be one of a pair) as it has always been checked here.
     fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
         let open = self.at;
+        if !self.pass_string()? {
+            let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
+            return Ok(Cow::Borrowed(inner));
+        }
+        let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
+        super::fields::string_of(quoted).ok_or(Invalid::NotJson)
+    }
+
+    /// A string that is a value: checked as [`Scan::string`] checks it, its text not kept.
+    fn string_value(&mut self) -> Result<(), Invalid> {
+        let open = self.at;
+        if self.pass_string()? {
+            let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
+            super::fields::string_of(quoted).ok_or(Invalid::NotJson)?;
+        }
+        Ok(())
+    }
+
+    /// Past a string (from its opening quote) and its closing quote, within the bound on
+    /// its length; `true` when it holds an escape.
+    fn pass_string(&mut self) -> Result<bool, Invalid> {
+        let open = self.at;
         self.at += 1;
         let mut escaped = false;
         loop {
@@ -342,7 +372,7 @@ impl<'a> Scan<'a> {
                 }
                 Some(b'\\') => {
                     // The escaped byte is skipped whatever it is: serde_json judges the
-                    // escape below, and only `\\"` could end the string early.
+                    // escape afterwards, and only `\\"` could end the string early.
                     escaped = true;
                     self.at = stop + 2;
                 }
@@ -351,31 +381,22 @@ impl<'a> Scan<'a> {
         }
         // Its length as written, escapes and all.
         self.tally.string(self.at - open - 2)?;
-        if !escaped {
-            let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
-            return Ok(Cow::Borrowed(inner));
-        }
-        let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
-        super::fields::string_of(quoted).ok_or(Invalid::NotJson)
+        Ok(escaped)
     }
 
     /// Where the plain run of a string from `at` ends (a quote, backslash or control
     /// character), eight bytes at a time; the text's length when it never does.
     fn plain_run(&self) -> usize {
         let bytes = self.text.as_bytes();
-        let rest = bytes.get(self.at..).unwrap_or_default();
-        let mut words = rest.chunks_exact(8);
         let mut at = self.at;
-        for word in words.by_ref() {
-            let stops = word
-                .first_chunk::<8>()
-                .map_or(0, |w| string_stops(u64::from_le_bytes(*w)));
+        while let Some(word) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
+            let stops = string_stops(u64::from_le_bytes(*word));
             if stops != 0 {
                 return at + (stops.trailing_zeros() / 8) as usize;
             }
             at += 8;
         }
-        let tail = words.remainder();
+        let tail = bytes.get(at..).unwrap_or_default();
         at + tail
             .iter()
             .position(|&b| stops_string(b))
@@ -420,10 +441,25 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Past the digits from `at`, eight bytes at a time.
     fn digits(&mut self) {
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
+        let bytes = self.text.as_bytes();
+        while let Some(word) = bytes
+            .get(self.at..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        {
+            let stops = digit_stops(u64::from_le_bytes(*word));
+            if stops != 0 {
+                self.at += (stops.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.at += 8;
         }
+        let tail = bytes.get(self.at..).unwrap_or_default();
+        self.at += tail
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(tail.len());
     }
 
     /// At least one digit, and any after it.
@@ -656,6 +692,44 @@ mod tests {
                         let obj = read(text.as_bytes(), None).unwrap().unwrap();
                         assert_eq!(obj.get("k").map(Raw::get), Some(&*format!("\"{body}\"")));
                     }
+                }
+            }
+        }
+    }
+
+    /// Numbers of every length to 40 digits (in the integer part, the fraction or the
+    /// exponent), each followed by every ASCII character, so the digits end at every place
+    /// of an eight-byte word, and by letters and digits of other scripts: the scan (eight
+    /// digits at a time, then one by one) judges each as the reference does, and a kept
+    /// value is the whole number.
+    #[test]
+    fn a_number_ends_where_the_reference_ends_it_at_every_length_and_place() {
+        for len in 1..=40 {
+            for shape in ["", "-", "0.", "1e", "1E+", "-2.5e-"] {
+                let digits = "9876543210".repeat(5);
+                let digits = digits.get(..len).unwrap();
+                // A leading zero is not JSON, so the integer part starts at 1.
+                let number = match shape {
+                    "" | "-" => format!("{shape}1{}", digits.get(1..).unwrap()),
+                    _ => format!("{shape}{digits}"),
+                };
+                for next in 0u8..=0x7f {
+                    let after = char::from(next);
+                    let text = format!(r#"{{"k":{number}{after}}}"#);
+                    let expected = oracle::verdict(&text);
+                    assert_eq!(scanned(&text, false), expected, "{text:?}");
+                    if expected.is_ok() {
+                        let obj = read(text.as_bytes(), None).unwrap().unwrap();
+                        let whole = match next.is_ascii_digit() {
+                            true => format!("{number}{after}"),
+                            false => number.clone(),
+                        };
+                        assert_eq!(obj.get("k").map(Raw::get), Some(&*whole), "{text:?}");
+                    }
+                }
+                for after in ["é", "٠", "０", "😀"] {
+                    let text = format!(r#"{{"k":{number}{after}}}"#);
+                    assert_eq!(scanned(&text, true), oracle::verdict(&text), "{text:?}");
                 }
             }
         }
