@@ -200,6 +200,10 @@ fn digit_stops(word: u64) -> u64 {
     high | low
 }
 
+/// How many words of a string's plain run are looked at one by one before the rest of it
+/// is searched.
+const SHORT_WORDS: usize = 2;
+
 /// Whether `b` ends a string's plain run (see [`string_stops`]).
 fn stops_string(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
@@ -385,22 +389,35 @@ impl<'a> Scan<'a> {
     }
 
     /// Where the plain run of a string from `at` ends (a quote, backslash or control
-    /// character), eight bytes at a time; the text's length when it never does.
+    /// character); the text's length when it never does. The first bytes are looked at
+    /// eight at a time (most strings, keys and ids, end in them); a longer run is searched
+    /// for its quote or backslash (`memchr`), then checked for control characters.
     fn plain_run(&self) -> usize {
         let bytes = self.text.as_bytes();
         let mut at = self.at;
-        while let Some(word) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
+        for _ in 0..SHORT_WORDS {
+            let Some(word) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) else {
+                let tail = bytes.get(at..).unwrap_or_default();
+                return at
+                    + tail
+                        .iter()
+                        .position(|&b| stops_string(b))
+                        .unwrap_or(tail.len());
+            };
             let stops = string_stops(u64::from_le_bytes(*word));
             if stops != 0 {
                 return at + (stops.trailing_zeros() / 8) as usize;
             }
             at += 8;
         }
-        let tail = bytes.get(at..).unwrap_or_default();
-        at + tail
-            .iter()
-            .position(|&b| stops_string(b))
-            .unwrap_or(tail.len())
+        let rest = bytes.get(at..).unwrap_or_default();
+        let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+        let run = rest.get(..end).unwrap_or_default();
+        // Every byte compared, with no early exit, so the compiler compares many at once.
+        if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
+            return at + run.iter().position(|&b| b < 0x20).unwrap_or(end);
+        }
+        at + end
     }
 
     /// A number (at its `-` or first digit). An integer of at most 18 digits is within
