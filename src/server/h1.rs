@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::{self, write_parts, Answer};
@@ -38,6 +39,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The most header fields a request head (or its trailer section) may carry.
 const MAX_HEADERS: usize = 100;
+/// How many header fields a request's offsets are kept for without an allocation.
+const FEW_HEADERS: usize = 16;
 /// The longest request target.
 const MAX_URI: usize = u16::MAX as usize - 1;
 /// The most bytes of chunk extensions a body may carry (they are read past).
@@ -299,8 +302,9 @@ struct Head {
 /// off the buffer (the body, and any request after it, stay). Header values and the
 /// target are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusal> {
-    // Offsets as `u32` keep the table of 100 small to clear for each request.
-    let mut spans: [Span; MAX_HEADERS] = [[0; 4]; MAX_HEADERS];
+    // Each field's offsets (as `u32`: small), in place for as many fields as requests
+    // usually carry; the room is not cleared first, as a table of 100 was.
+    let mut spans: SmallVec<[Span; FEW_HEADERS]> = SmallVec::new();
     let base = buf.as_ptr() as usize;
     // Within a head no longer than `max_head`; an offset past `u32` is out of range and
     // refused when sliced.
@@ -339,11 +343,11 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
         }
         let method = req.method.unwrap_or_default().as_bytes();
         let method = Method::from_bytes(method).map_err(|_| Refusal::Bad)?;
-        for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
+        spans.extend(req.headers.iter().map(|field| {
             let (name, value) = (at(field.name.as_bytes()), at(field.value));
-            *span = [name.0, name.1, value.0, value.1];
-        }
-        let count = req.headers.len();
+            [name.0, name.1, value.0, value.1]
+        }));
+        let count = spans.len();
         (
             len,
             method,
