@@ -1081,6 +1081,39 @@ mod tests {
         assert!(head.unwrap().unwrap().expect_continue);
     }
 
+    /// Heads of one field to the most allowed, across the number kept in place: every
+    /// field is read, in order, its name in lower case, and the framing from the last.
+    #[test]
+    fn every_field_of_a_head_is_read_however_many_it_has() {
+        for count in [
+            1,
+            FEW_HEADERS - 1,
+            FEW_HEADERS,
+            FEW_HEADERS + 1,
+            MAX_HEADERS,
+        ] {
+            let fields: String = (1..count)
+                .map(|i| format!("X-Field-{i}: value {i}\r\n"))
+                .collect();
+            let text = format!("POST / HTTP/1.1\r\n{fields}Content-Length: 3\r\n\r\nabc");
+            let head = head_of(&text).unwrap().unwrap();
+            let read: Vec<(String, String)> = (head.fields.iter())
+                .map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).into(),
+                        String::from_utf8_lossy(v).into(),
+                    )
+                })
+                .collect();
+            let mut expected: Vec<(String, String)> = (1..count)
+                .map(|i| (format!("x-field-{i}"), format!("value {i}")))
+                .collect();
+            expected.push(("content-length".into(), "3".into()));
+            assert_eq!(read, expected, "{count} fields");
+            assert_eq!(head.framing, Framing::Length(3), "{count} fields");
+        }
+    }
+
     #[test]
     fn heads_over_the_limits_and_the_http2_preface_are_refused() {
         let limit = 1024;
