@@ -57,6 +57,18 @@ impl Answer {
         self.lines.put_slice(b"\r\n");
     }
 
+    /// Adds a field given as the line it was written as, `name: value\r\n` exactly (one
+    /// space after the colon), its name `name_len` bytes long: copied whole, then its name
+    /// lowered — the line [`Answer::push_line`] would write of it.
+    pub(crate) fn push_written(&mut self, line: &[u8], name_len: usize) {
+        let from = self.lines.len();
+        self.lines.extend_from_slice(line);
+        if let Some(name) = self.lines.get_mut(from..from.saturating_add(name_len)) {
+            name.make_ascii_lowercase();
+            self.dated |= name == b"date";
+        }
+    }
+
     /// Sets `name` to `value`, in place of any value given before.
     pub fn set(&mut self, name: &HeaderName, value: &[u8]) {
         self.remove(name);

@@ -615,8 +615,12 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
         {
             continue;
         }
-        // Names in lower case, as `http` wrote them.
-        answer.push_line(raw, field.value);
+        // Names in lower case, as `http` wrote them. A line written `name: value\r\n` (as
+        // most applications write every field) is copied whole.
+        match written_line(&all, raw, field.value) {
+            Some(line) => answer.push_written(line, raw.len()),
+            None => answer.push_line(raw, field.value),
+        }
     }
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -635,6 +639,21 @@ fn take_head(buf: &mut BytesMut, head_request: bool) -> Result<Scan, Fault> {
             Framing::Close
         };
     Ok(Scan::Final((answer, framing, !close, rest)))
+}
+
+/// The line of `head` that holds the field `name: value` (both slices of `head`), when it
+/// is written exactly `name: value\r\n`.
+fn written_line<'a>(head: &'a [u8], name: &[u8], value: &[u8]) -> Option<&'a [u8]> {
+    let base = head.as_ptr() as usize;
+    let from = (name.as_ptr() as usize).checked_sub(base)?;
+    let value_from = from.checked_add(name.len())?.checked_add(2)?;
+    if (value.as_ptr() as usize).checked_sub(base)? != value_from {
+        return None;
+    }
+    let to = value_from.checked_add(value.len())?.checked_add(2)?;
+    let line = head.get(from..to)?;
+    let separator = line.get(name.len()..name.len().checked_add(2)?)?;
+    (separator == b": " && line.ends_with(b"\r\n")).then_some(line)
 }
 
 /// A `Content-Length` value: decimal digits, or a list of one value repeated
@@ -952,6 +971,45 @@ mod tests {
         let r = read(chunked, false, 100).await;
         let names: Vec<_> = r.as_ref().unwrap().0.lines().map(|(n, _)| n).collect();
         assert_eq!(names, [b"x-a"]);
+    }
+
+    /// However a field's line is written (one space after the colon or another spacing, a
+    /// bare line feed, an empty value, a name in capitals), the line handed on is the
+    /// same: the name in lower case, `: `, the value as read.
+    #[tokio::test]
+    async fn a_field_is_handed_on_alike_however_its_line_is_written() {
+        for (field, handed) in [
+            ("X-A: 1\r\n", "x-a: 1\r\n"),
+            ("X-A:1\r\n", "x-a: 1\r\n"),
+            ("X-A:  1\r\n", "x-a: 1\r\n"),
+            ("X-A: 1 \r\n", "x-a: 1\r\n"),
+            ("X-A: 1\t\r\n", "x-a: 1\r\n"),
+            ("X-A: 1\n", "x-a: 1\r\n"),
+            ("X-A: a b\r\n", "x-a: a b\r\n"),
+            ("X-A: \r\n", "x-a: \r\n"),
+            ("X-A:\r\n", "x-a: \r\n"),
+            ("X-A:\n", "x-a: \r\n"),
+        ] {
+            for before in ["", "Server: s\r\n", "Content-Length: 2\r\n"] {
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\n{before}{field}Content-Length: 2\r\n\r\n{{}}");
+                let r = read(&answer, false, 100).await;
+                let (resp, _) = r.as_ref().unwrap();
+                let kept = before
+                    .strip_prefix("Server")
+                    .map_or("", |_| "server: s\r\n");
+                let lines = String::from_utf8_lossy(resp.line_bytes());
+                assert_eq!(lines, format!("{kept}{handed}"), "{answer:?}");
+                assert!(!resp.dated(), "{answer:?}");
+            }
+        }
+        for date in ["Date", "DATE", "date"] {
+            let answer = format!("HTTP/1.1 200 OK\r\n{date}: d\r\nContent-Length: 2\r\n\r\n{{}}");
+            let r = read(&answer, false, 100).await;
+            let (resp, _) = r.as_ref().unwrap();
+            assert_eq!(resp.line_bytes(), b"date: d\r\n", "{answer:?}");
+            assert!(resp.dated(), "{answer:?}");
+        }
     }
 
     #[tokio::test]
