@@ -13,11 +13,13 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -678,14 +680,14 @@ fn content_length(value: &[u8]) -> Result<usize, Fault> {
 }
 
 /// Whether a blank line (`\n\n` or `\n\r\n`: `httparse` accepts either) ends in `buf` at
-/// or after `from`, where the bytes not yet looked at begin.
+/// or after `from`, where the bytes not yet looked at begin. Each ending is searched for
+/// whole, where looking at each line's end in turn made a search per field.
 fn blank_line_from(buf: &[u8], from: usize) -> bool {
+    static CRLF: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\n\r\n"));
+    static LF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\n\n"));
     let window = buf.get(from.saturating_sub(2)..).unwrap_or_default();
-    memchr::memchr_iter(b'\n', window).any(|i| match window.get(i.saturating_add(1)) {
-        Some(b'\n') => true,
-        Some(b'\r') => window.get(i.saturating_add(2)) == Some(&b'\n'),
-        _ => false,
-    })
+    CRLF.find(window).is_some() || LF.find(window).is_some()
 }
 
 /// Where the trailer section at the start of `buf` ends (its blank line included), once
@@ -1009,6 +1011,39 @@ mod tests {
             let (resp, _) = r.as_ref().unwrap();
             assert_eq!(resp.line_bytes(), b"date: d\r\n", "{answer:?}");
             assert!(resp.dated(), "{answer:?}");
+        }
+    }
+
+    /// Heads with lines ended by CRLF, by LF alone or both, read in pieces cut at every
+    /// place: a blank line is seen exactly when one ends at or after where the new bytes
+    /// begin, as a look at every line's end sees it.
+    #[test]
+    fn a_blank_line_is_seen_where_it_ends_however_the_head_arrives() {
+        let heads: [&[u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\nA: 1\nB: 2\n\n{}",
+            b"HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\n{}",
+            b"HTTP/1.1 200 OK\nA: \r\r\n\nB\r\n\r\r\n\r\n",
+            b"\n\r\n",
+        ];
+        let reference = |buf: &[u8], from: usize| {
+            (from.saturating_sub(2)..buf.len()).any(|i| {
+                let rest = &buf[i..];
+                rest.starts_with(b"\n\n") || rest.starts_with(b"\n\r\n")
+            })
+        };
+        for head in heads {
+            for cut in 0..=head.len() {
+                let buf = &head[..cut];
+                for from in 0..=cut {
+                    assert_eq!(
+                        blank_line_from(buf, from),
+                        reference(buf, from),
+                        "{:?} from {from}",
+                        String::from_utf8_lossy(buf)
+                    );
+                }
+            }
         }
     }
 
