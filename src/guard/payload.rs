@@ -204,6 +204,31 @@ fn digit_stops(word: u64) -> u64 {
 /// is searched.
 const SHORT_WORDS: usize = 2;
 
+/// Where the first byte `stop` marks lies in `bytes` from `at`: looked for eight bytes
+/// at a time (`stops` marks a word's, the first mark exact), then one by one in a tail
+/// shorter than a word; the text's length when there is none. `Err` with where the look
+/// left off when `words` words passed without one.
+fn first_stop(
+    bytes: &[u8],
+    mut at: usize,
+    words: usize,
+    stops: impl Fn(u64) -> u64,
+    stop: impl Fn(u8) -> bool,
+) -> Result<usize, usize> {
+    for _ in 0..words {
+        let Some(word) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) else {
+            let tail = bytes.get(at..).unwrap_or_default();
+            return Ok(at + tail.iter().position(|&b| stop(b)).unwrap_or(tail.len()));
+        };
+        let marks = stops(u64::from_le_bytes(*word));
+        if marks != 0 {
+            return Ok(at + (marks.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    Err(at)
+}
+
 /// Whether `b` ends a string's plain run (see [`string_stops`]).
 fn stops_string(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
@@ -347,18 +372,22 @@ impl<'a> Scan<'a> {
             let inner = (self.text.get(open + 1..self.at - 1)).ok_or(Invalid::NotJson)?;
             return Ok(Cow::Borrowed(inner));
         }
-        let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
-        super::fields::string_of(quoted).ok_or(Invalid::NotJson)
+        self.unescaped(open)
     }
 
     /// A string that is a value: checked as [`Scan::string`] checks it, its text not kept.
     fn string_value(&mut self) -> Result<(), Invalid> {
         let open = self.at;
         if self.pass_string()? {
-            let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
-            super::fields::string_of(quoted).ok_or(Invalid::NotJson)?;
+            self.unescaped(open)?;
         }
         Ok(())
+    }
+
+    /// The string with an escape just passed, from its opening quote at `open`, unescaped.
+    fn unescaped(&self, open: usize) -> Result<Cow<'a, str>, Invalid> {
+        let quoted = self.text.get(open..self.at).ok_or(Invalid::NotJson)?;
+        super::fields::string_of(quoted).ok_or(Invalid::NotJson)
     }
 
     /// Past a string (from its opening quote) and its closing quote, within the bound on
@@ -394,22 +423,10 @@ impl<'a> Scan<'a> {
     /// for its quote or backslash (`memchr`), then checked for control characters.
     fn plain_run(&self) -> usize {
         let bytes = self.text.as_bytes();
-        let mut at = self.at;
-        for _ in 0..SHORT_WORDS {
-            let Some(word) = bytes.get(at..).and_then(|rest| rest.first_chunk::<8>()) else {
-                let tail = bytes.get(at..).unwrap_or_default();
-                return at
-                    + tail
-                        .iter()
-                        .position(|&b| stops_string(b))
-                        .unwrap_or(tail.len());
-            };
-            let stops = string_stops(u64::from_le_bytes(*word));
-            if stops != 0 {
-                return at + (stops.trailing_zeros() / 8) as usize;
-            }
-            at += 8;
-        }
+        let at = match first_stop(bytes, self.at, SHORT_WORDS, string_stops, stops_string) {
+            Ok(end) => return end,
+            Err(at) => at,
+        };
         let rest = bytes.get(at..).unwrap_or_default();
         let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
         let run = rest.get(..end).unwrap_or_default();
@@ -460,23 +477,10 @@ impl<'a> Scan<'a> {
 
     /// Past the digits from `at`, eight bytes at a time.
     fn digits(&mut self) {
+        let not_digit = |b: u8| !b.is_ascii_digit();
         let bytes = self.text.as_bytes();
-        while let Some(word) = bytes
-            .get(self.at..)
-            .and_then(|rest| rest.first_chunk::<8>())
-        {
-            let stops = digit_stops(u64::from_le_bytes(*word));
-            if stops != 0 {
-                self.at += (stops.trailing_zeros() / 8) as usize;
-                return;
-            }
-            self.at += 8;
-        }
-        let tail = bytes.get(self.at..).unwrap_or_default();
-        self.at += tail
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .unwrap_or(tail.len());
+        self.at =
+            first_stop(bytes, self.at, usize::MAX, digit_stops, not_digit).unwrap_or_else(|at| at);
     }
 
     /// At least one digit, and any after it.
