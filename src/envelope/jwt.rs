@@ -310,9 +310,8 @@ fn hmac_verifies(alg: Algorithm, secret: &Secret, message: &[u8], signature_b64:
     }
     fn check_keyed<M: Mac>(mut mac: M, message: &[u8], signature: &[u8]) -> bool {
         mac.update(message);
-        // Refuses a tag of any other length than the algorithm's (a length is public).
-        let expected = mac.finalize().into_bytes();
-        expected.len() == signature.len() && same_tag(&expected, signature)
+        // Refuses a tag of any other length than the algorithm's (`same_tag`).
+        same_tag(&mac.finalize().into_bytes(), signature)
     }
 
     // Room for the longest tag (HS512: 64 bytes); a longer signature does not fit and is
@@ -342,8 +341,8 @@ fn hmac_verifies(alg: Algorithm, secret: &Secret, message: &[u8], signature_b64:
     }
 }
 
-/// Whether two tags of one length are equal, in a time that depends on their length
-/// alone: their difference is gathered eight bytes at a time with no branch on the
+/// Whether two tags are equal (never when their lengths, which are public, differ), in
+/// a time that depends on their lengths alone: their difference is gathered eight bytes at a time with no branch on the
 /// bytes, and compared once with `subtle` (its comparison of every byte, as the `hmac`
 /// crate's `verify_slice` makes it, cost about 240 instructions a token).
 fn same_tag(a: &[u8], b: &[u8]) -> bool {
