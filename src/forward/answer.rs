@@ -47,14 +47,10 @@ impl Answer {
         self.lines.reserve(name.len() + value.len() + 4);
         let from = self.lines.len();
         self.lines.put_slice(name);
-        // A name as its sender wrote it is lowered here, where it lies.
-        if let Some(written) = self.lines.get_mut(from..) {
-            written.make_ascii_lowercase();
-        }
-        self.dated |= name.eq_ignore_ascii_case(b"date");
         self.lines.put_slice(b": ");
         self.lines.put_slice(value);
         self.lines.put_slice(b"\r\n");
+        self.lower_name(from, name.len());
     }
 
     /// Adds a field given as the line it was written as, `name: value\r\n` exactly (one
@@ -63,7 +59,13 @@ impl Answer {
     pub(crate) fn push_written(&mut self, line: &[u8], name_len: usize) {
         let from = self.lines.len();
         self.lines.extend_from_slice(line);
-        if let Some(name) = self.lines.get_mut(from..from.saturating_add(name_len)) {
+        self.lower_name(from, name_len);
+    }
+
+    /// Lowers the name of the line just written at `from`, `len` bytes long (as its
+    /// sender wrote it, where it lies), and notes a `Date`.
+    fn lower_name(&mut self, from: usize, len: usize) {
+        if let Some(name) = self.lines.get_mut(from..from.saturating_add(len)) {
             name.make_ascii_lowercase();
             self.dated |= name == b"date";
         }
