@@ -105,4 +105,5 @@ pub mod state_dir;
 pub mod status;
 pub mod systemd;
 pub mod tls;
+pub mod words;
 pub mod workers;

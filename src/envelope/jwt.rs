@@ -510,13 +510,13 @@ const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 /// A JSON NumericDate (`null`: none): an integer number of seconds from 0 to
 /// [`MAX_NUMERIC_DATE`]. Fractions, exponents and out-of-range values are malformed, never
 /// rounded or saturated. `raw` is checked JSON (no sign, no leading zero), so digits
-/// alone, up to 18 of them (an `i64` holds them all, so no step can overflow), are
-/// added up as they are; any other text goes through `serde_json`'s number parser.
+/// alone, up to 16 of them, are read eight at a time ([`crate::words::digits_value`]);
+/// any other text goes through `serde_json`'s number parser.
 fn numeric_date(raw: Raw<'_>) -> Result<Option<i64>, Failure> {
     let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
     let text = raw.get();
-    let n = if (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
-        Some(text.bytes().fold(0i64, |n, b| n * 10 + i64::from(b - b'0')))
+    let n = if let Some(n) = crate::words::digits_value(text.as_bytes()) {
+        i64::try_from(n).ok()
     } else {
         match serde_json::from_str::<Option<serde_json::Number>>(text) {
             Ok(None) => return Ok(None),
@@ -815,9 +815,9 @@ mod hmac_tests {
 mod numeric_date_tests {
     use super::*;
 
-    /// Digits alone are added up without a parser: every length up to the 18 read so,
-    /// at each power of ten and one below it, and the range's edges, read as `i64`'s own
-    /// parser and the range check read them; 19 digits and more go to `serde_json`.
+    /// Digits alone are read without a parser: every length up to the 16 read so, at
+    /// each power of ten and one below it, and the range's edges, read as `i64`'s own
+    /// parser and the range check read them; 17 digits and more go to `serde_json`.
     #[test]
     fn digits_are_read_as_the_parser_reads_them_at_every_length() {
         let read = |text: &str| numeric_date(Raw::checked(text)).ok().flatten();

@@ -44,13 +44,18 @@ impl Answer {
     /// Adds `name: value`, the name lowered; both already checked (by the parser that
     /// read them, or as the sidecar's own).
     pub(crate) fn push_line(&mut self, name: &[u8], value: &[u8]) {
-        self.lines.reserve(name.len() + value.len() + 4);
         let from = self.lines.len();
+        self.put_line(name, value);
+        self.lower_name(from, name.len());
+    }
+
+    /// Writes the line `name: value`.
+    fn put_line(&mut self, name: &[u8], value: &[u8]) {
+        self.lines.reserve(name.len() + value.len() + 4);
         self.lines.put_slice(name);
         self.lines.put_slice(b": ");
         self.lines.put_slice(value);
         self.lines.put_slice(b"\r\n");
-        self.lower_name(from, name.len());
     }
 
     /// Adds a field given as the line it was written as, `name: value\r\n` exactly (one
@@ -66,7 +71,7 @@ impl Answer {
     /// sender wrote it, where it lies), and notes a `Date`.
     fn lower_name(&mut self, from: usize, len: usize) {
         if let Some(name) = self.lines.get_mut(from..from.saturating_add(len)) {
-            name.make_ascii_lowercase();
+            crate::words::lower_ascii(name);
             self.dated |= name == b"date";
         }
     }
@@ -80,8 +85,10 @@ impl Answer {
     /// Adds `name: value` after the fields already there (a value no field may hold is
     /// left out).
     pub fn add(&mut self, name: &HeaderName, value: &[u8]) {
-        if crate::forward::field_value(value) {
-            self.push_line(name.as_str().as_bytes(), value);
+        if crate::words::field_value(value) {
+            // A `HeaderName` is in lower case already.
+            self.put_line(name.as_str().as_bytes(), value);
+            self.dated |= name == DATE;
         }
     }
 
@@ -211,6 +218,8 @@ mod tests {
         assert!(a.dated());
         a.remove(&DATE);
         assert!(!a.dated());
+        a.add(&DATE, b"Tue, 01 Dec 2026 10:00:00 GMT");
+        assert!(a.dated());
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod h1;
 
 pub use answer::Answer;
 use h1::Conn;
-pub(crate) use h1::{decimal, field_value, last_coding_is_chunked, lists_token, write_parts};
+pub(crate) use h1::{decimal, last_coding_is_chunked, lists_token, write_parts};
 pub use h1::{Fault, FixedFields, RequestHead};
 
 use std::sync::Mutex;
@@ -27,6 +27,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
+
+use crate::words::same_name;
 
 /// The header every answer and every forwarded request carries the request id in (named
 /// once: a name made from a `&str` is copied each time).
@@ -61,17 +63,17 @@ const UPGRADE: &str = "upgrade";
 /// picked by its length (and first letter) and compared once, not the seven in turn.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     let first = name.first().map(u8::to_ascii_lowercase);
-    let candidate = match (name.len(), first) {
-        (2, _) => TE,
-        (7, Some(b't')) => TRAILER,
-        (7, _) => UPGRADE,
-        (10, Some(b'c')) => CONNECTION_NAME,
-        (10, _) => KEEP_ALIVE,
-        (16, _) => PROXY_CONNECTION,
-        (17, _) => TRANSFER_ENCODING_NAME,
-        _ => return false,
-    };
-    name.eq_ignore_ascii_case(candidate.as_bytes())
+    let is = |candidate: &str| same_name(name, candidate.as_bytes());
+    match (name.len(), first) {
+        (2, _) => is(TE),
+        (7, Some(b't')) => is(TRAILER),
+        (7, _) => is(UPGRADE),
+        (10, Some(b'c')) => is(CONNECTION_NAME),
+        (10, _) => is(KEEP_ALIVE),
+        (16, _) => is(PROXY_CONNECTION),
+        (17, _) => is(TRANSFER_ENCODING_NAME),
+        _ => false,
+    }
 }
 
 /// The field names that `Connection` field values list: those fields describe this hop
@@ -83,17 +85,14 @@ pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<
     for value in values {
         // The usual value names one option and no field: nothing to split.
         let whole = value.trim_ascii();
-        if whole.eq_ignore_ascii_case(KEEP_ALIVE.as_bytes()) || whole.eq_ignore_ascii_case(b"close")
-        {
+        if same_name(whole, KEEP_ALIVE.as_bytes()) || same_name(whole, b"close") {
             continue;
         }
         listed.extend(
             value
                 .split(|b| *b == b',')
                 .map(<[u8]>::trim_ascii)
-                .filter(|t| {
-                    !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t)
-                }),
+                .filter(|t| !t.is_empty() && !same_name(t, b"close") && !is_hop_by_hop(t)),
         );
     }
     listed

@@ -208,7 +208,7 @@ fn id(v: Raw<'_>) -> Option<Id> {
         b.first().is_some_and(u8::is_ascii_digit) && b.last().is_some_and(u8::is_ascii_digit)
     };
     let s = if digit_ends(s) { s } else { s.trim() };
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || !crate::words::all_digits(s.as_bytes()) {
         return None;
     }
     Id::new(s.as_bytes())

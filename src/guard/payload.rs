@@ -24,6 +24,7 @@ use std::collections::HashSet;
 
 use super::bounds::{JsonBounds, Tally, TooComplex};
 use super::fields::{Entries, Object, Raw};
+use crate::words::{digit_stops, HIGHS, ONES};
 
 /// Why a payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -175,11 +176,6 @@ fn well_formed<'a>(
 /// recursion limit, so what the tools refused before they still refuse.
 const MAX_DEPTH: usize = 127;
 
-/// Every byte in a word.
-const ONES: u64 = 0x0101_0101_0101_0101;
-/// Each byte's high bit.
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
 /// The bytes of `word` (eight of the text, in order) that end a string's plain run — a
 /// quote, a backslash or a control character — each marked by its high bit. Bytes past the
 /// first marked may be marked wrongly (a borrow runs on), never the first one: only the
@@ -190,14 +186,6 @@ fn string_stops(word: u64) -> u64 {
     let zero_at = |w: u64| w.wrapping_sub(ONES) & !w;
     let control = word.wrapping_sub(ONES * 0x20) & !word;
     (zero_at(quote) | zero_at(slash) | control) & HIGHS
-}
-
-/// The bytes of `word` that are not ASCII digits, each marked by a bit of its own byte;
-/// bytes past the first marked may be marked wrongly, never the first one.
-fn digit_stops(word: u64) -> u64 {
-    let high = (word & (ONES * 0xf0)) ^ (ONES * 0x30);
-    let low = (word.wrapping_add(ONES * 0x06) & (ONES * 0xf0)) ^ (ONES * 0x30);
-    high | low
 }
 
 /// How many words of a string's plain run are looked at one by one before the rest of it
