@@ -465,21 +465,33 @@ impl TimeClaims {
             return Ok(TimeClaims::default());
         };
         let malformed = Failure::BadToken(TokenProblem::MalformedClaims);
-        let date = |name: &str| claims.get(name).map_or(Ok(None), numeric_date);
-        let jti = match claims.get("jti") {
+        // One pass over the claims (the last of a name counts, as `Object::get` reads it),
+        // where a look-up per claim passed them five times.
+        let [mut exp, mut nbf, mut iat, mut jti, mut enc_data] = [None; 5];
+        for (name, value) in claims.entries() {
+            let slot = match name {
+                "exp" => &mut exp,
+                "nbf" => &mut nbf,
+                "iat" => &mut iat,
+                "jti" => &mut jti,
+                "encData" => &mut enc_data,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        let date = |raw: Option<Raw<'_>>| raw.map_or(Ok(None), numeric_date);
+        let jti = match jti {
             None => None,
             Some(raw) => {
                 serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| malformed)?
             }
         };
         Ok(TimeClaims {
-            exp: date("exp")?,
-            nbf: date("nbf")?,
-            iat: date("iat")?,
+            exp: date(exp)?,
+            nbf: date(nbf)?,
+            iat: date(iat)?,
             jti,
-            enc_data: claims
-                .get("encData")
-                .and_then(|v| fields::string_of(v.get()).map(Cow::into_owned)),
+            enc_data: enc_data.and_then(|v| fields::string_of(v.get()).map(Cow::into_owned)),
         })
     }
 

@@ -21,6 +21,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
+use crate::words::all_digits;
+
 /// The citizen's mobile number that identifies them.
 pub const USERID: &[&str] = &["userid", "userId"];
 /// The request's IST timestamp, which with `userid` identifies a service entry.
@@ -93,6 +95,11 @@ impl<'a> Object<'a> {
         &mut self.0
     }
 
+    /// The entries in document order: each key and its value.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Raw<'a>)> + '_ {
+        self.0.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
     /// The value under the last occurrence of exactly `name`.
     pub fn get(&self, name: &str) -> Option<Raw<'a>> {
         self.0
@@ -159,28 +166,22 @@ impl Ids {
     /// never a free-text field smuggled into the log. A field given twice (under one
     /// spelling or two) leaves every id unknown.
     pub fn of(obj: &Object<'_>) -> Ids {
-        // One pass over the entries, each key looked up in the four tables once, where a
-        // pass per table walked the entries four times.
-        const TABLES: [&[&str]; 4] = [USERID, TICKET_NO, APP_SUB_TIME, APPLICATION_STATUS];
+        // One pass over the entries, each key matched against every spelling at once.
         let mut found: [Option<Raw<'_>>; 4] = [None; 4];
         for (key, value) in &obj.0 {
-            let Some(slot) = TABLES
-                .iter()
-                .position(|names| names.contains(&key.as_ref()))
-                .and_then(|i| found.get_mut(i))
-            else {
+            let Some(slot) = id_slot(key).and_then(|i| found.get_mut(i)) else {
                 continue;
             };
             if slot.replace(*value).is_some() {
                 return Ids::default();
             }
         }
-        let [userid, ticket_no, app_sub_time, application_status] = found.map(|v| v.and_then(id));
+        let [userid, ticket_no, app_sub_time, application_status] = found;
         Ids {
-            userid,
-            ticket_no,
-            app_sub_time,
-            application_status,
+            userid: userid.and_then(id),
+            ticket_no: ticket_no.and_then(id),
+            app_sub_time: app_sub_time.and_then(id),
+            application_status: application_status.and_then(id),
         }
     }
 
@@ -190,28 +191,35 @@ impl Ids {
     }
 }
 
+/// Which of the ids (in [`Ids`]' order) `key` spells: the names of [`USERID`],
+/// [`TICKET_NO`], [`APP_SUB_TIME`] and [`APPLICATION_STATUS`], matched by length first.
+fn id_slot(key: &str) -> Option<usize> {
+    match key {
+        "userid" | "userId" => Some(0),
+        "ticketNo" | "ticketno" | "tokenNo" => Some(1),
+        "appSubTime" | " appSubTime " => Some(2),
+        "applicationStatus" => Some(3),
+        _ => None,
+    }
+}
+
 /// A value's text as an id: up to 24 digits, quoted or not, surrounding spaces dropped.
 fn id(v: Raw<'_>) -> Option<Id> {
-    // Quotes trimmed byte by byte (`trim_matches('"')` went through the generic pattern
-    // search); what is left has any surrounding space, Unicode's too, trimmed.
-    let text = v.get().as_bytes();
-    let start = text.iter().position(|&b| b != b'"').unwrap_or(text.len());
-    let end = text
-        .iter()
-        .rposition(|&b| b != b'"')
-        .map_or(start, |i| i + 1);
-    let s = v.get().get(start..end)?;
-    // Unicode's spaces are looked for only when the text does not already start and end
-    // with a digit (as an id usually does).
-    let digit_ends = |t: &str| {
-        let b = t.as_bytes();
-        b.first().is_some_and(u8::is_ascii_digit) && b.last().is_some_and(u8::is_ascii_digit)
+    // A string's quotes dropped: `v` is checked JSON, so a string has one at each end and
+    // none inside that is not escaped.
+    let text = v.get();
+    let text = (text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))).unwrap_or(text);
+    // Unicode's spaces are looked for only when the text is not digits alone (as an id
+    // usually is).
+    let digits = if all_digits(text.as_bytes()) {
+        text
+    } else {
+        text.trim()
     };
-    let s = if digit_ends(s) { s } else { s.trim() };
-    if s.is_empty() || !crate::words::all_digits(s.as_bytes()) {
+    if digits.is_empty() || !all_digits(digits.as_bytes()) {
         return None;
     }
-    Id::new(s.as_bytes())
+    Id::new(digits.as_bytes())
 }
 
 /// An id's digits (see [`Ids`]): every request with ids reads two to four of them, and
