@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
@@ -359,7 +359,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     // Names are read in lower case from here on, so each lookup is a plain comparison.
     for &[name_from, name_to, _, _] in spans.iter().take(count) {
         if let Some(name) = buf.get_mut(name_from as usize..name_to as usize) {
-            name.make_ascii_lowercase();
+            crate::words::lower_ascii(name);
         }
     }
     let head = buf.split_to(len).freeze();
@@ -377,25 +377,25 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     let mut keep_alive = http11;
     let mut said_close = false;
     let mut expect_continue = false;
-    let is = |name: &[u8], known: &HeaderName| name == known.as_str().as_bytes();
+    // (Each name spelled out: a `HeaderName`'s text is looked up in a table.)
     for &span in spans.iter().take(count) {
         let [name_from, name_to, value_from, value_to] = span;
         let name = bytes(name_from, name_to)?;
         let value = bytes(value_from, value_to)?;
-        if is(name, &TRANSFER_ENCODING) {
+        if name == b"transfer-encoding" {
             // The last coding must be chunked (RFC 9112 §6.3); HTTP/1.0 has none.
             if !http11 {
                 return Err(Refusal::Bad);
             }
             coded = true;
             if has_length && length.take().is_some() {
-                kept.retain(|&[nf, nt, _, _]| !bytes(nf, nt).is_ok_and(|n| is(n, &CONTENT_LENGTH)));
+                kept.retain(|&[nf, nt, _, _]| !bytes(nf, nt).is_ok_and(|n| n == b"content-length"));
             }
             chunked = last_coding_is_chunked(value);
             if chunked {
                 framing = Framing::Chunked;
             }
-        } else if is(name, &CONTENT_LENGTH) {
+        } else if name == b"content-length" {
             has_length = true;
             // Beside a coding, a length is ignored (and the connection not kept).
             if coded {
@@ -410,7 +410,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
                     length = Some(n);
                 }
             }
-        } else if is(name, &CONNECTION) {
+        } else if name == b"connection" {
             // Once a `Connection` field says close, a later keep-alive does not undo it.
             if said_close || has_token(value, "close") {
                 said_close = true;
@@ -418,7 +418,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
             } else if !keep_alive {
                 keep_alive = has_token(value, "keep-alive");
             }
-        } else if is(name, &EXPECT) {
+        } else if name == b"expect" {
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
         kept.push(span);
