@@ -52,6 +52,11 @@ pub(crate) fn all_digits(bytes: &[u8]) -> bool {
     every_word(bytes, |w| digit_stops(w) == 0, |b| b.is_ascii_digit())
 }
 
+/// Whether `bytes` is ASCII (`<[u8]>::is_ascii`, with no loop over a short text's tail).
+pub(crate) fn ascii(bytes: &[u8]) -> bool {
+    every_word(bytes, |w| w & HIGHS == 0, |b| b.is_ascii())
+}
+
 /// Whether every byte of `value` may appear in a field value (RFC 9110 §5.5: visible
 /// characters, space, tab and obs-text; no CR, LF, NUL, DEL or other controls).
 pub(crate) fn field_value(value: &[u8]) -> bool {
@@ -194,7 +199,7 @@ mod tests {
     use super::*;
 
     /// Every byte value at every place of texts of each length to 20, among digits or
-    /// among valid field bytes: each test agrees with a test of each byte.
+    /// among valid field bytes (ASCII letters): each test agrees with a test of each byte.
     #[test]
     fn a_text_passes_exactly_when_each_of_its_bytes_does() {
         let field_byte = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
@@ -208,6 +213,7 @@ mod tests {
                         *v = b;
                     }
                     assert_eq!(all_digits(&digits), b.is_ascii_digit(), "{len} {at} {b}");
+                    assert_eq!(ascii(&value), b.is_ascii(), "{len} {at} {b}");
                     assert_eq!(field_value(&value), field_byte(b), "{len} {at} {b}");
                 }
             }

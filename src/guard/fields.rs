@@ -214,9 +214,9 @@ fn id(v: Raw<'_>) -> Option<Id> {
     let digits = if all_digits(text.as_bytes()) {
         text
     } else {
-        text.trim()
+        Some(text.trim()).filter(|t| all_digits(t.as_bytes()))?
     };
-    if digits.is_empty() || !all_digits(digits.as_bytes()) {
+    if digits.is_empty() {
         return None;
     }
     Id::new(digits.as_bytes())
@@ -246,7 +246,7 @@ impl<const N: usize> ShortText<N> {
     /// (the ids are, twice) made the move wait for each byte's store.
     pub fn new(text: &[u8]) -> Option<ShortText<N>> {
         let len = u8::try_from(text.len()).ok().filter(|&n| n < u8::MAX)?;
-        if !text.is_ascii() {
+        if !crate::words::ascii(text) {
             return None;
         }
         let mut bytes = [0; N];
