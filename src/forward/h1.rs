@@ -692,10 +692,10 @@ fn trailers_end(buf: &[u8]) -> Result<Option<usize>, Fault> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_LENGTH;
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::io::ReadBuf;
-    use http::header::CONTENT_LENGTH;
 
     /// A connection whose application side is scripted: reads return `answer` at most
     /// `step` bytes at a time (then end), writes take at most `step` bytes at a time.

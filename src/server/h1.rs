@@ -217,14 +217,19 @@ fn encode_head(
     out: &mut Vec<u8>,
 ) -> bool {
     let status = answer.status;
-    out.extend_from_slice(match version {
-        Version::HTTP_10 => b"HTTP/1.0 ",
-        _ => b"HTTP/1.1 ",
-    });
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    if status == StatusCode::OK && version != Version::HTTP_10 {
+        // Nearly every answer's line, written whole.
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(match version {
+            Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in answer.map().into_iter().flatten() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
@@ -1174,6 +1179,24 @@ mod tests {
         assert!(text.starts_with("HTTP/1.0 204 No Content\r\n"));
         assert!(!text.contains("content-length"));
         assert!(text.contains("\r\nconnection: close\r\n"));
+
+        // Every status line, in either version, as `http` names the status.
+        for code in 100..=599u16 {
+            let status = StatusCode::from_u16(code).unwrap();
+            for (version, name) in [(Version::HTTP_11, "1.1"), (Version::HTTP_10, "1.0")] {
+                let mut out = Vec::new();
+                encode_head(
+                    &Answer::new(status, Bytes::new(), 0),
+                    0,
+                    version,
+                    false,
+                    &mut out,
+                );
+                let reason = status.canonical_reason().unwrap_or("");
+                let line = format!("HTTP/{name} {code} {reason}\r\n");
+                assert!(out.starts_with(line.as_bytes()), "{line}");
+            }
+        }
 
         // The application's own date is the one sent, once, whichever kind of field
         // it came in.
