@@ -30,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "calendar",
             "logfmt",
+            "words",
         ],
     ),
     ("checks and codecs", &["guard", "tls", "forward"]),
