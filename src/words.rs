@@ -29,8 +29,7 @@ fn zeros(word: u64) -> u64 {
 /// The bytes of `word` no field value may hold (RFC 9110 §5.5): controls other than tab,
 /// and DEL. Each marked by its high bit, exactly.
 fn field_stops(word: u64) -> u64 {
-    // Below 0x20: the high bit clear, and the low seven bits not carried past 0x7f by 0x60.
-    let control = !(((word & !HIGHS) + ONES * 0x60) | word) & HIGHS;
+    let control = within(word, 0, 0x1f);
     let tab = zeros(word ^ (ONES * u64::from(b'\t')));
     let del = zeros(word ^ (ONES * 0x7f));
     (control & !tab) | del
@@ -67,22 +66,25 @@ pub(crate) fn field_value(value: &[u8]) -> bool {
     )
 }
 
-/// The bytes of `lower` that are lower-case ASCII letters, each marked by its fifth bit
-/// (the one case flips), exactly.
-fn letters(lower: u64) -> u64 {
-    let seven = lower & !HIGHS;
-    let from_a = seven + ONES * (0x80 - u64::from(b'a'));
-    let past_z = seven + ONES * (0x80 - u64::from(b'z') - 1);
-    ((from_a & !past_z & !lower) & HIGHS) >> 2
+/// The bytes of `word` from `lo` to `hi` (both ASCII), each marked by its high bit,
+/// exactly: a byte's low seven bits are carried into its high bit from `lo` on and again
+/// past `hi`, and no sum leaves its byte.
+fn within(word: u64, lo: u8, hi: u8) -> u64 {
+    let seven = word & !HIGHS;
+    let from_lo = seven + ONES * (0x80 - u64::from(lo));
+    let past_hi = seven + ONES * (0x7f - u64::from(hi));
+    from_lo & !past_hi & !word & HIGHS
 }
 
-/// The bytes of `word` that are upper-case ASCII letters, each marked by its fifth bit,
-/// exactly.
+/// The bytes of `lower` that are lower-case ASCII letters, each marked by its fifth bit
+/// (the one case flips).
+fn letters(lower: u64) -> u64 {
+    within(lower, b'a', b'z') >> 2
+}
+
+/// The bytes of `word` that are upper-case ASCII letters, each marked by its fifth bit.
 fn capitals(word: u64) -> u64 {
-    let seven = word & !HIGHS;
-    let from_a = seven + ONES * (0x80 - u64::from(b'A'));
-    let past_z = seven + ONES * (0x80 - u64::from(b'Z') - 1);
-    ((from_a & !past_z & !word) & HIGHS) >> 2
+    within(word, b'A', b'Z') >> 2
 }
 
 /// Whether `text` is `lower` in any ASCII case, `lower` written in lower case (a field

@@ -342,9 +342,10 @@ fn hmac_verifies(alg: Algorithm, secret: &Secret, message: &[u8], signature_b64:
 }
 
 /// Whether two tags are equal (never when their lengths, which are public, differ), in
-/// a time that depends on their lengths alone: their difference is gathered eight bytes at a time with no branch on the
-/// bytes, and compared once with `subtle` (its comparison of every byte, as the `hmac`
-/// crate's `verify_slice` makes it, cost about 240 instructions a token).
+/// a time that depends on their lengths alone: their difference is gathered eight bytes
+/// at a time with no branch on the bytes, and compared once with `subtle` (its
+/// comparison of every byte, as the `hmac` crate's `verify_slice` makes it, cost about
+/// 240 instructions a token).
 fn same_tag(a: &[u8], b: &[u8]) -> bool {
     let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
     let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
