@@ -341,41 +341,25 @@ impl RequestIds {
 }
 
 /// `{prefix:08x}-{n:010x}`: one per request, so without the formatting machinery, and
-/// into the id itself, so without an allocation. A count below 2^40 (ten hex digits, as
-/// every count is in practice) is written eight digits at a time; a longer one digit by
-/// digit.
+/// into the id itself, so without an allocation. The count's sixteen hex digits are
+/// written eight at a time, then the leading zeros past the tenth digit taken out.
 fn request_id(prefix: u32, n: u64) -> RequestId {
-    if let Ok(high) = u8::try_from(n >> 32) {
-        let [p0, p1, p2, p3, p4, p5, p6, p7] = hex_digits(prefix);
-        let [.., h6, h7] = hex_digits(u32::from(high));
-        let [l0, l1, l2, l3, l4, l5, l6, l7] = hex_digits(n as u32);
-        let text = [
-            p0, p1, p2, p3, p4, p5, p6, p7, b'-', h6, h7, l0, l1, l2, l3, l4, l5, l6, l7,
-        ];
-        if let Some(id) = RequestId::new(&text) {
-            return id;
-        }
-    }
-    let mut id = RequestId::EMPTY;
-    push_hex(&mut id, u64::from(prefix), 8);
-    id.push(b'-');
-    push_hex(&mut id, n, 10);
-    id
+    let [p0, p1, p2, p3, p4, p5, p6, p7] = hex_digits(prefix);
+    let [h0, h1, h2, h3, h4, h5, h6, h7] = hex_digits((n >> 32) as u32);
+    let [l0, l1, l2, l3, l4, l5, l6, l7] = hex_digits(n as u32);
+    let mut text = [
+        p0, p1, p2, p3, p4, p5, p6, p7, b'-', h0, h1, h2, h3, h4, h5, h6, h7, l0, l1, l2, l3, l4,
+        l5, l6, l7,
+    ];
+    // At least ten digits: at most six of the sixteen are leading zeros to drop.
+    let zeros = (n.leading_zeros() / 4).min(6) as usize;
+    text.copy_within(9 + zeros.., 9);
+    RequestId::new(text.get(..text.len() - zeros).unwrap_or_default()).unwrap_or(RequestId::EMPTY)
 }
 
 /// One request's id (see [`Runtime::next_request_id`]): eight hex digits, a dash and at
 /// most sixteen more (a `u64` counter).
 pub type RequestId = crate::guard::fields::ShortText<25>;
-
-/// `v` in lower-case hex, zero-padded to at least `width` digits (as `{v:0width$x}`).
-fn push_hex(id: &mut RequestId, v: u64, width: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (u64::BITS - v.leading_zeros()).div_ceil(4).max(width);
-    for i in (0..digits).rev() {
-        let nibble = v.checked_shr(4 * i).unwrap_or(0) & 0xf;
-        id.push(HEX.get(nibble as usize).copied().unwrap_or(b'0'));
-    }
-}
 
 /// What a new runtime takes over from the previous one.
 mod carry {
