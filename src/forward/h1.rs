@@ -132,7 +132,7 @@ impl RequestHead {
     pub fn field_address(&mut self, name: &HeaderName, address: std::net::IpAddr) {
         match address {
             std::net::IpAddr::V4(v4) => {
-                let (text, len) = dotted(v4.octets());
+                let (text, len) = dotted_cached(v4.octets());
                 self.write(name, text.get(..len).unwrap_or_default());
             }
             v6 => self.field_display(name, v6),
@@ -191,6 +191,25 @@ impl FixedFields {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// [`dotted`], kept for the last address this thread wrote: a connection's requests, and
+/// most of a worker's (a department's callers are the portal's few servers), come from
+/// one address, so its text is made once and copied after that.
+fn dotted_cached(octets: [u8; 4]) -> ([u8; 16], usize) {
+    thread_local! {
+        static LAST: std::cell::Cell<([u8; 4], [u8; 16], usize)> =
+            const { std::cell::Cell::new(([0; 4], *b"0.0.0.0\0\0\0\0\0\0\0\0\0", 7)) };
+    }
+    LAST.with(|last| {
+        let (seen, text, len) = last.get();
+        if seen == octets {
+            return (text, len);
+        }
+        let (text, len) = dotted(octets);
+        last.set((octets, text, len));
+        (text, len)
+    })
 }
 
 /// An IPv4 address in dotted decimal, in the first bytes of the array (how many is the
@@ -884,6 +903,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The text kept for the last address is its own: each address in a run of repeats
+    /// and alternations (the first one the kept text's starting value) is written as
+    /// itself, on two threads at once.
+    #[test]
+    fn an_address_written_again_is_written_as_itself() {
+        let run = [
+            "0.0.0.0",
+            "0.0.0.0",
+            "10.0.0.1",
+            "10.0.0.1",
+            "10.0.0.10",
+            "0.0.0.0",
+        ];
+        let write_all = |order: Vec<&'static str>| {
+            std::thread::spawn(move || {
+                for ip in order {
+                    let mut head = RequestHead::new(&Method::GET, "/", None);
+                    head.field_address(
+                        &HeaderName::from_static("x-forwarded-for"),
+                        ip.parse().unwrap(),
+                    );
+                    let expected = format!("GET / HTTP/1.1\r\nx-forwarded-for: {ip}\r\n");
+                    assert_eq!(head.as_bytes(), expected.as_bytes(), "{ip}");
+                }
+            })
+        };
+        let forward = write_all(run.to_vec());
+        let backward = write_all(run.iter().rev().copied().collect());
+        forward.join().unwrap();
+        backward.join().unwrap();
     }
 
     #[tokio::test]
