@@ -26,7 +26,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
-use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::{self, write_parts, Answer};
@@ -39,8 +38,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The most header fields a request head (or its trailer section) may carry.
 const MAX_HEADERS: usize = 100;
-/// How many header fields a request's offsets are kept for without an allocation.
-const FEW_HEADERS: usize = 16;
 /// The longest request target.
 const MAX_URI: usize = u16::MAX as usize - 1;
 /// The most bytes of chunk extensions a body may carry (they are read past).
@@ -307,9 +304,6 @@ struct Head {
 /// off the buffer (the body, and any request after it, stay). Header values and the
 /// target are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refusal> {
-    // Each field's offsets (as `u32`: small), in place for as many fields as requests
-    // usually carry; the room is not cleared first, as a table of 100 was.
-    let mut spans: SmallVec<[Span; FEW_HEADERS]> = SmallVec::new();
     let base = buf.as_ptr() as usize;
     // Within a head no longer than `max_head`; an offset past `u32` is out of range and
     // refused when sliced.
@@ -321,7 +315,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
             u32::try_from(to).unwrap_or(0),
         )
     };
-    let (len, method, target, http11, count) = {
+    let (len, method, target, http11, mut spans) = {
         let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -348,21 +342,26 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
         }
         let method = req.method.unwrap_or_default().as_bytes();
         let method = Method::from_bytes(method).map_err(|_| Refusal::Bad)?;
-        spans.extend(req.headers.iter().map(|field| {
-            let (name, value) = (at(field.name.as_bytes()), at(field.value));
-            [name.0, name.1, value.0, value.1]
-        }));
-        let count = spans.len();
+        // Each field's offsets (as `u32`: small). The fields handed on are these, less
+        // any `Content-Length` the framing below sets aside.
+        let spans: Vec<Span> = req
+            .headers
+            .iter()
+            .map(|field| {
+                let (name, value) = (at(field.name.as_bytes()), at(field.value));
+                [name.0, name.1, value.0, value.1]
+            })
+            .collect();
         (
             len,
             method,
             at(path.as_bytes()),
             req.version == Some(1),
-            count,
+            spans,
         )
     };
     // Names are read in lower case from here on, so each lookup is a plain comparison.
-    for &[name_from, name_to, _, _] in spans.iter().take(count) {
+    for &[name_from, name_to, _, _] in &spans {
         if let Some(name) = buf.get_mut(name_from as usize..name_to as usize) {
             crate::words::lower_ascii(name);
         }
@@ -372,19 +371,16 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     let uri = bytes(target.0, target.1).map(|s| head.slice_ref(s))?;
     let uri = Uri::from_maybe_shared(uri).map_err(|_| Refusal::Bad)?;
 
-    // The fields kept, as spans of `head`: each one a map would have held.
-    let mut kept: Vec<Span> = Vec::with_capacity(count);
     let mut framing = Framing::Length(0);
     let mut length = None;
-    let mut has_length = false;
+    let mut lengths = 0usize;
     let mut coded = false;
     let mut chunked = false;
     let mut keep_alive = http11;
     let mut said_close = false;
     let mut expect_continue = false;
     // (Each name spelled out: a `HeaderName`'s text is looked up in a table.)
-    for &span in spans.iter().take(count) {
-        let [name_from, name_to, value_from, value_to] = span;
+    for &[name_from, name_to, value_from, value_to] in &spans {
         let name = bytes(name_from, name_to)?;
         let value = bytes(value_from, value_to)?;
         if name == b"transfer-encoding" {
@@ -393,15 +389,12 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
                 return Err(Refusal::Bad);
             }
             coded = true;
-            if has_length && length.take().is_some() {
-                kept.retain(|&[nf, nt, _, _]| !bytes(nf, nt).is_ok_and(|n| n == b"content-length"));
-            }
             chunked = last_coding_is_chunked(value);
             if chunked {
                 framing = Framing::Chunked;
             }
         } else if name == b"content-length" {
-            has_length = true;
+            lengths += 1;
             // Beside a coding, a length is ignored (and the connection not kept).
             if coded {
                 continue;
@@ -409,7 +402,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
             let n = digits(value).ok_or(Refusal::Bad)?;
             match length {
                 Some(before) if before != n => return Err(Refusal::Bad),
-                Some(_) => continue,
+                Some(_) => {}
                 None => {
                     framing = Framing::Length(n);
                     length = Some(n);
@@ -426,13 +419,20 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
         } else if name == b"expect" {
             expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
-        kept.push(span);
     }
     if coded && !chunked {
         return Err(Refusal::Bad);
     }
-    if coded && has_length {
+    if coded && lengths > 0 {
         keep_alive = false;
+    }
+    // The application sees one `Content-Length` (the first of equal ones), none beside a
+    // coding: each field a map would have held.
+    if lengths > 1 || (coded && lengths > 0) {
+        let mut first = !coded;
+        spans.retain(|&[nf, nt, _, _]| {
+            !bytes(nf, nt).is_ok_and(|n| n == b"content-length") || std::mem::take(&mut first)
+        });
     }
     Ok(Some(Head {
         method,
@@ -441,7 +441,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
             true => Version::HTTP_11,
             false => Version::HTTP_10,
         },
-        fields: Fields::from_spans(head, kept),
+        fields: Fields::from_spans(head, spans),
         framing,
         keep_alive,
         expect_continue,
@@ -1050,6 +1050,28 @@ mod tests {
             .unwrap();
         assert_eq!(head.framing, Framing::Length(3));
         assert_eq!(head.fields.get_all(&CONTENT_LENGTH).count(), 1);
+        // The lengths set aside leave the other fields as they came, in order.
+        let names = |text: &str| -> Vec<String> {
+            let head = head_of(text).unwrap().unwrap();
+            let fields = head.fields.iter();
+            fields
+                .map(|(n, v)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(n),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            names("POST / HTTP/1.1\r\nContent-Length: 3\r\nX-A: 1\r\nContent-Length: 3\r\nX-B: 2\r\n\r\n"),
+            ["content-length=3", "x-a=1", "x-b=2"]
+        );
+        assert_eq!(
+            names("POST / HTTP/1.1\r\nX-A: 1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-B: 2\r\n\r\n"),
+            ["x-a=1", "transfer-encoding=chunked", "x-b=2"]
+        );
         for text in [
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
@@ -1086,17 +1108,11 @@ mod tests {
         assert!(head.unwrap().unwrap().expect_continue);
     }
 
-    /// Heads of one field to the most allowed, across the number kept in place: every
-    /// field is read, in order, its name in lower case, and the framing from the last.
+    /// Heads of one field to the most allowed: every field is read, in order, its name in
+    /// lower case, and the framing from the last.
     #[test]
     fn every_field_of_a_head_is_read_however_many_it_has() {
-        for count in [
-            1,
-            FEW_HEADERS - 1,
-            FEW_HEADERS,
-            FEW_HEADERS + 1,
-            MAX_HEADERS,
-        ] {
+        for count in [1, 2, 16, 17, MAX_HEADERS] {
             let fields: String = (1..count)
                 .map(|i| format!("X-Field-{i}: value {i}\r\n"))
                 .collect();
