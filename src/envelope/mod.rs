@@ -288,6 +288,10 @@ impl fmt::Debug for Incoming<'_> {
     }
 }
 
+/// A verified token's signature segment, held in place: base64url of an HMAC tag, 43, 64
+/// or 86 characters (HS256, HS384, HS512).
+pub type Signature = crate::guard::fields::ShortText<86>;
+
 /// A successfully opened request. `Debug` shows the plaintext's length, not its content.
 pub struct Opened {
     /// The innermost JSON, byte-for-byte as the sender encoded it.
@@ -301,7 +305,7 @@ pub struct Opened {
     /// it is kept.
     pub jwt_exp: Option<i64>,
     /// The JWT's signature segment, if any: a token without `jti` is used once by this.
-    pub jwt_signature: Option<String>,
+    pub jwt_signature: Option<Signature>,
     /// The payload ids of `plain`, read from the entries its validation kept (`plain` is
     /// not parsed again for them).
     pub ids: Ids,
@@ -526,8 +530,8 @@ fn open_with(
                 // found from the end (a vectorised search, where `rsplit_once` went
                 // through the generic pattern search byte by byte).
                 jwt_signature = memchr::memrchr(b'.', token.as_bytes())
-                    .and_then(|dot| token.get(dot + 1..))
-                    .map(str::to_owned);
+                    .and_then(|dot| token.as_bytes().get(dot + 1..))
+                    .and_then(Signature::new);
                 claims_enc_data = verified.enc_data;
                 ids.set(Some(verified.ids));
                 Carried::Bytes(Cow::Owned(verified.payload))

@@ -553,6 +553,32 @@ fn the_ids_are_the_innermost_payloads_not_the_claims_around_it() {
     assert_eq!(opened.ids.userid.as_deref(), Some("1111111111"));
 }
 
+/// The signature a token without `jti` is held once by, for each HMAC algorithm: its
+/// whole third segment (43, 64 and 86 characters), in place.
+#[test]
+fn every_hmac_signature_is_kept_whole() {
+    for (alg, len) in [
+        (Algorithm::HS256, 43),
+        (Algorithm::HS384, 64),
+        (Algorithm::HS512, 86),
+    ] {
+        let key = JwtKey {
+            algorithms: vec![alg],
+            ..jwt_key()
+        };
+        let token = sign_claims(&key, TICKET_PLAIN);
+        let keys = PeerKeys {
+            jwt: Some(key),
+            ..peer()
+        };
+        let b = token_body(r#""376423""#, &token);
+        let opened = open(&[Layer::Token, Layer::Jwt], &keys, &body(&b), NOW).unwrap();
+        let (_, _, signature) = crate::envelope::jwt::segments(&token).unwrap();
+        assert_eq!(signature.len(), len, "{alg:?}");
+        assert_eq!(opened.jwt_signature.as_deref(), Some(signature), "{alg:?}");
+    }
+}
+
 #[test]
 fn token_passcode_as_string_or_exact_number() {
     let token = sign_claims(&jwt_key(), TICKET_PLAIN);

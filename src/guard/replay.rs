@@ -31,12 +31,14 @@ const FILE_NAME: &str = "replay.log";
 pub struct ReplayKey([u8; 16]);
 
 impl ReplayKey {
-    /// From the peer and the request's identifying fields, in a fixed order.
-    pub fn new(peer: &str, kind: &str, parts: &[&str]) -> ReplayKey {
+    /// From the peer and the request's identifying fields, in a fixed order. The parts
+    /// are text or bytes (an id held as ASCII bytes is hashed as it is held).
+    pub fn new<P: AsRef<[u8]> + ?Sized>(peer: &str, kind: &str, parts: &[&P]) -> ReplayKey {
         let mut h = Sha256::new();
-        for p in [peer, kind].iter().chain(parts) {
+        let heads = [peer.as_bytes(), kind.as_bytes()];
+        for p in heads.into_iter().chain(parts.iter().map(|p| p.as_ref())) {
             h.update((p.len() as u64).to_le_bytes());
-            h.update(p.as_bytes());
+            h.update(p);
         }
         let digest = h.finalize();
         ReplayKey(digest.first_chunk::<16>().copied().unwrap_or_default())

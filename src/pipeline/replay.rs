@@ -111,7 +111,7 @@ fn admit(cfg: &Route, opened: &Opened, now: u64) -> Result<Option<(ReplayKey, u6
     // the user, ticket and status the payload names. Freshness is checked either way; the
     // key is made only when the route refuses replays.
     let path = cfg.path.as_str();
-    let held = |kind: &str, parts: &[&str], until: u64| {
+    let held = |kind: &str, parts: &[&[u8]], until: u64| {
         cfg.replay
             .then(|| (ReplayKey::new(&cfg.peer.name, kind, parts), until))
     };
@@ -123,8 +123,8 @@ fn admit(cfg: &Route, opened: &Opened, now: u64) -> Result<Option<(ReplayKey, u6
             window.within(now_i, iat)?;
         }
         let (kind, id) = match (&opened.jwt_jti, &opened.jwt_signature) {
-            (Some(jti), _) => ("jti", jti.as_str()),
-            (None, Some(sig)) => ("sig", sig.as_str()),
+            (Some(jti), _) => ("jti", jti.as_bytes()),
+            (None, Some(sig)) => ("sig", sig.as_bytes()),
             (None, None) => return Err(Reject::Internal),
         };
         // Held while the token could still be accepted: until `exp`, else as long as its
@@ -137,7 +137,11 @@ fn admit(cfg: &Route, opened: &Opened, now: u64) -> Result<Option<(ReplayKey, u6
                 .saturating_add(leeway),
             (None, None) => now,
         };
-        Ok(held(kind, &[path, id], until.max(now.saturating_add(1))))
+        Ok(held(
+            kind,
+            &[path.as_bytes(), id],
+            until.max(now.saturating_add(1)),
+        ))
     } else {
         let ids = &opened.ids;
         let stamp = match cfg.fresh_on {
@@ -153,8 +157,9 @@ fn admit(cfg: &Route, opened: &Opened, now: u64) -> Result<Option<(ReplayKey, u6
         let until = now
             .saturating_add(window.max_age.as_secs())
             .saturating_add(2 * leeway);
-        let user = ids.userid.as_deref().unwrap_or_default();
-        let status = ids.application_status.as_deref().unwrap_or_default();
-        Ok(held("ticket", &[path, user, &ticket, status], until))
+        let user = ids.userid.as_ref().map_or(&[][..], |u| u.as_bytes());
+        let status = (ids.application_status.as_ref()).map_or(&[][..], |s| s.as_bytes());
+        let parts = [path.as_bytes(), user, ticket.as_bytes(), status];
+        Ok(held("ticket", &parts, until))
     }
 }
