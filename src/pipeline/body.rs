@@ -86,11 +86,7 @@ async fn gather<B: Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
 
 /// The application talks plain JSON to an egress route (a missing type is tolerated).
 fn check_plain_json_type(ct: Option<&[u8]>) -> Result<(), Reject> {
-    match mime_of(ct)? {
-        None => Ok(()),
-        Some(mime) if one_of(mime, &["application/json", "text/plain"]) => Ok(()),
-        Some(_) => Err(Reject::UnsupportedMediaType),
-    }
+    accepted(ct, &["application/json", "text/plain"])
 }
 
 /// The media type of a `Content-Type` header, without parameters; the callers compare it
@@ -116,29 +112,32 @@ fn one_of(mime: &[u8], allowed: &[&str]) -> bool {
         .any(|a| a.as_bytes().eq_ignore_ascii_case(mime))
 }
 
+/// Accepts a `Content-Type` whose media type is one of `allowed` (each in lower case),
+/// or none. A value written exactly as one of them, as most senders write it, is
+/// compared whole first: the same verdict without taking the value apart.
+fn accepted(ct: Option<&[u8]>, allowed: &[&str]) -> Result<(), Reject> {
+    if ct.is_some_and(|ct| allowed.iter().any(|a| a.as_bytes() == ct)) {
+        return Ok(());
+    }
+    match mime_of(ct)? {
+        Some(mime) if !one_of(mime, allowed) => Err(Reject::UnsupportedMediaType),
+        _ => Ok(()),
+    }
+}
+
 /// Form envelopes come urlencoded or as JSON; token envelopes as JSON. A missing content
 /// type is tolerated (many legacy senders omit it) and the layer decides from the body.
 fn check_content_type(layers: &[Layer], ct: Option<&[u8]>) -> Result<(), Reject> {
-    let Some(mime) = mime_of(ct)? else {
-        return Ok(());
+    let allowed: &[&str] = match layers.first() {
+        Some(Layer::Form) => &["application/x-www-form-urlencoded", "application/json"],
+        Some(Layer::Token) => &["application/json", "text/plain"],
+        Some(Layer::Aes) | Some(Layer::Jwt) => {
+            &["text/plain", "application/json", "application/octet-stream"]
+        }
+        // Any type, as long as it is one (visible ASCII).
+        Some(Layer::Bearer | Layer::Passcode) | None => return mime_of(ct).map(drop),
     };
-    let ok = match layers.first() {
-        Some(Layer::Form) => one_of(
-            mime,
-            &["application/x-www-form-urlencoded", "application/json"],
-        ),
-        Some(Layer::Token) => one_of(mime, &["application/json", "text/plain"]),
-        Some(Layer::Aes) | Some(Layer::Jwt) => one_of(
-            mime,
-            &["text/plain", "application/json", "application/octet-stream"],
-        ),
-        Some(Layer::Bearer | Layer::Passcode) | None => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Reject::UnsupportedMediaType)
-    }
+    accepted(ct, allowed)
 }
 
 #[cfg(test)]
@@ -168,6 +167,12 @@ mod tests {
         let opaque = b"application/json; x=\xe0\xa6\xac";
         assert!(check_content_type(&token, Some(&opaque[..])).is_err());
         assert!(check_content_type(&[Layer::Passcode], Some(v("anything/at-all"))).is_ok());
+        assert!(check_content_type(&[Layer::Bearer], Some(&b"text/\x01"[..])).is_err());
+        // Each layer's types, written exactly as listed, and no other layer's.
+        assert!(check_content_type(&[Layer::Aes], Some(v("application/octet-stream"))).is_ok());
+        assert!(check_content_type(&token, Some(v("application/octet-stream"))).is_err());
+        assert!(check_plain_json_type(Some(v("text/plain"))).is_ok());
+        assert!(check_plain_json_type(Some(v("application/octet-stream"))).is_err());
     }
 
     #[tokio::test]
