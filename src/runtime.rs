@@ -79,7 +79,8 @@ impl Destination {
 /// A listener's routes by exact path. Hashed with foldhash, not the default SipHash:
 /// every request's path is looked up, and the table holds only what the config names, so
 /// no sender can add to it or make it collide.
-pub type Routes = HashMap<String, RouteRt, foldhash::fast::RandomState>;
+/// A listener's routes by path (the bytes a request's target names).
+pub type Routes = HashMap<Box<[u8]>, RouteRt, foldhash::fast::RandomState>;
 
 /// A listener's routes by exact path.
 pub struct ListenerRt {
@@ -260,7 +261,7 @@ fn listeners(
                 series: RouteSeries::default(),
                 peer_limiter: peer_limiters.get(&r.peer.name).cloned(),
             };
-            routes.insert(r.path.clone(), route);
+            routes.insert(r.path.as_bytes().into(), route);
         }
         out.push(ListenerRt {
             name: l.name.clone(),
@@ -397,7 +398,7 @@ mod carry {
         spec: RateSpec,
     ) -> Arc<Limiter> {
         prev.and_then(|p| p.listeners.iter().find(|l| l.name == listener))
-            .and_then(|l| l.routes.get(path))
+            .and_then(|l| l.routes.get(path.as_bytes()))
             .filter(|r| r.cfg.rate == Some(spec))
             .and_then(|r| r.limiter.clone())
             .unwrap_or_else(|| Arc::new(Limiter::new(spec)))

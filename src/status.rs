@@ -404,7 +404,7 @@ fn listeners_section(h: &mut String, rt: &Runtime, v: &View<'_>) {
             short(window),
             short(window),
         );
-        let mut paths: Vec<&String> = l.routes.keys().collect();
+        let mut paths: Vec<&String> = l.routes.values().map(|r| &r.cfg.path).collect();
         paths.sort();
         let mut names: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
         // Requests that matched no route are counted under `unmatched`.

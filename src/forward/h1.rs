@@ -78,15 +78,16 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// `method path[?query] HTTP/1.1`; `path` and `query` are an `http::Uri`'s parts.
-    pub fn new(method: &Method, path: &str, query: Option<&str>) -> RequestHead {
+    /// `method path[?query] HTTP/1.1`; `path` is an `http::Uri`'s, `query` a request
+    /// target's (both checked URI text).
+    pub fn new(method: &Method, path: &str, query: Option<&[u8]>) -> RequestHead {
         let mut bytes = Vec::with_capacity(512);
         bytes.extend_from_slice(method.as_str().as_bytes());
         bytes.push(b' ');
         bytes.extend_from_slice(path.as_bytes());
         if let Some(q) = query {
             bytes.push(b'?');
-            bytes.extend_from_slice(q.as_bytes());
+            bytes.extend_from_slice(q);
         }
         bytes.extend_from_slice(b" HTTP/1.1\r\n");
         RequestHead {
@@ -832,7 +833,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_request_goes_out_head_and_body_together() {
-        let mut head = RequestHead::new(&Method::POST, "/api/x", Some("y=1"));
+        let mut head = RequestHead::new(&Method::POST, "/api/x", Some(b"y=1"));
         head.field(&http::header::HOST, b"app.local:8080");
         head.field_number(&CONTENT_LENGTH, 11);
         let two = HeaderName::from_static("x-two");

@@ -7,8 +7,6 @@
 
 use std::time::Instant;
 
-use http::Uri;
-
 use super::access::Trace;
 use super::headers;
 use super::replay::Held;
@@ -16,14 +14,14 @@ use super::Ctx;
 use crate::egress::Egress;
 use crate::error::Reject;
 use crate::forward::Answer;
-use crate::pipeline::Fields;
+use crate::pipeline::{Fields, Target};
 use crate::runtime::Application;
 
 /// Sends `plain` to the application and reads its whole answer.
 pub(super) async fn to_upstream(
     cx: &Ctx<'_>,
     app: &Application,
-    uri: &Uri,
+    target: &Target,
     fields: &Fields,
     plain: &[u8],
     held: Option<Held<'_>>,
@@ -31,7 +29,7 @@ pub(super) async fn to_upstream(
 ) -> Result<Answer, Reject> {
     let cfg = &cx.route.cfg;
     let (client, id, len) = (cx.client, cx.request_id, plain.len());
-    let head = headers::upstream_request(cfg, app, uri, fields, client, id, len);
+    let head = headers::upstream_request(cfg, app, target, fields, client, id, len);
     let started = Instant::now();
     let deadline = crate::forward::deadline_after(started, cfg.upstream_timeout);
     let sent = cx

@@ -14,12 +14,11 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName};
-use http::Uri;
 
 use crate::config::Route;
 use crate::error::{Reject, X_REQUEST_ID};
 use crate::forward::RequestHead;
-use crate::pipeline::request::{text, Fields};
+use crate::pipeline::request::{text, Fields, Target};
 use crate::runtime::{Application, RequestId};
 
 /// The sidecar's own headers, named once (a name built from a `&str` is copied each time).
@@ -84,16 +83,15 @@ fn forwarded<'a>(cfg: &'a Route, name: &[u8]) -> Option<&'a HeaderName> {
 pub(super) fn upstream_request(
     cfg: &Route,
     app: &Application,
-    uri: &Uri,
+    target: &Target,
     fields: &Fields,
     client: IpAddr,
     request_id: &RequestId,
     len: usize,
 ) -> RequestHead {
     // The upstream's own path, with the client's query string only when it is passed on.
-    let query = uri
-        .query()
-        .filter(|_| cfg.pass_query && app.upstream.path_and_query.query().is_none());
+    let pass_query = cfg.pass_query && app.upstream.path_and_query.query().is_none();
+    let query = target.query().filter(|_| pass_query);
     let mut head = RequestHead::new(&cfg.method, app.upstream.path_and_query.as_str(), query);
     // The client's allowed headers. (None of them is one the sidecar writes below: the
     // config refuses to forward those.)

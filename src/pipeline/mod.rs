@@ -62,7 +62,7 @@ mod route;
 mod schema;
 
 pub use headers::DEFAULT_FORWARDED;
-pub use request::{Fields, Request};
+pub use request::{Fields, Request, Target};
 
 /// Where an ingress route's opened request goes.
 enum Ingress<'a> {
@@ -170,12 +170,12 @@ where
 {
     let Request {
         method,
-        uri,
+        target,
         fields,
         client_cert,
         body,
     } = req;
-    let route = route::select(lst, &method, &uri, trace)?;
+    let route = route::select(lst, &method, &target, trace)?;
     let cx = Ctx {
         rt,
         lst,
@@ -214,7 +214,7 @@ where
     let plain = opened.plain.as_slice();
     let answer = match ingress {
         Ingress::Upstream(app) => {
-            forward::to_upstream(&cx, app, &uri, &fields, plain, held, trace).await?
+            forward::to_upstream(&cx, app, &target, &fields, plain, held, trace).await?
         }
         Ingress::Journal(egress) => {
             Box::pin(forward::to_journal(&cx, egress, plain, held, trace)).await?
@@ -322,7 +322,7 @@ listeners:
     fn a_routes_fixed_fields_name_its_application_and_peer() {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path());
-        let route = rt.listeners[0].routes.get("/bsk/status").unwrap();
+        let route = rt.listeners[0].routes.get(&b"/bsk/status"[..]).unwrap();
         let Destination::Upstream(app) = &route.destination else {
             panic!("the route goes to its application");
         };

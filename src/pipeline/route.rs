@@ -6,24 +6,24 @@
 //! peer's own networks (unless the route sets `ip_check: false`), even when the listener
 //! already checked the union of its peers' lists at accept.
 
-use http::{Method, Uri};
+use http::Method;
 
 use super::access::Trace;
 use super::Ctx;
 use crate::error::Reject;
 use crate::guard::caller::TOKEN_HEADER;
 use crate::guard::client_cert::PresentedCert;
-use crate::pipeline::Fields;
+use crate::pipeline::{Fields, Target};
 use crate::runtime::{ListenerRt, RouteRt};
 
 /// The route for the request's path and method.
 pub(super) fn select<'a>(
     lst: &'a ListenerRt,
     method: &Method,
-    uri: &Uri,
+    target: &Target,
     trace: &mut Trace<'a>,
 ) -> Result<&'a RouteRt, Reject> {
-    let route = lst.routes.get(uri.path()).ok_or(Reject::NotFound)?;
+    let route = lst.routes.get(target.path()).ok_or(Reject::NotFound)?;
     let cfg = &route.cfg;
     trace.route = Some(&cfg.path);
     trace.peer = Some(&cfg.peer.name);

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::{self, write_parts, Answer};
 use crate::pipeline::request::{self, Fields, Span};
-use crate::pipeline::Request;
+use crate::pipeline::{Request, Target};
 
 /// A client connection's stream, as the request body reads it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -120,7 +120,7 @@ pub(super) async fn serve<S: Io, Svc: Service>(
         };
         let Head {
             method,
-            uri,
+            target,
             version,
             fields,
             framing,
@@ -145,7 +145,7 @@ pub(super) async fn serve<S: Io, Svc: Service>(
         };
         let req = Request {
             method,
-            uri,
+            target,
             fields,
             client_cert: None,
             body,
@@ -292,7 +292,7 @@ enum Framing {
 
 struct Head {
     method: Method,
-    uri: Uri,
+    target: Target,
     version: Version,
     fields: Fields,
     framing: Framing,
@@ -368,8 +368,12 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     }
     let head = buf.split_to(len).freeze();
     let bytes = |from: u32, to: u32| head.get(from as usize..to as usize).ok_or(Refusal::Bad);
-    let uri = bytes(target.0, target.1).map(|s| head.slice_ref(s))?;
-    let uri = Uri::from_maybe_shared(uri).map_err(|_| Refusal::Bad)?;
+    let target = bytes(target.0, target.1).map(|s| head.slice_ref(s))?;
+    // A usual target is split where it lies; any other is read by `http` as before.
+    let target = match Target::origin(target) {
+        Ok(origin) => origin,
+        Err(other) => Target::from(&Uri::from_maybe_shared(other).map_err(|_| Refusal::Bad)?),
+    };
 
     let mut framing = Framing::Length(0);
     let mut length = None;
@@ -436,7 +440,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refus
     }
     Ok(Some(Head {
         method,
-        uri,
+        target,
         version: match http11 {
             true => Version::HTTP_11,
             false => Version::HTTP_10,
@@ -835,7 +839,7 @@ pub fn read_all(input: &[u8], max_head: usize) -> Vec<Read> {
             found.push(Read::Cut);
             break;
         }
-        let target = head.uri.to_string();
+        let target = head.target.to_string();
         found.push(Read::Request(head.method.to_string(), target, body));
     }
     found
@@ -1014,7 +1018,7 @@ mod tests {
                     X-Passcode: AbC\r\ncontent-type: second\r\nContent-Length: 0\r\n\r\n";
         let head = head_of(text).unwrap().unwrap();
         assert_eq!(
-            (head.method, head.uri.to_string()),
+            (head.method, head.target.to_string()),
             (Method::POST, "/a?b=C".into())
         );
         let fields: Vec<(&[u8], &[u8])> = head.fields.iter().collect();
@@ -1247,7 +1251,7 @@ mod tests {
                 finish.store(true, Ordering::Relaxed);
             }
             Box::pin(async move {
-                let read = req.uri.path() == "/read";
+                let read = req.target.path() == b"/read";
                 let text = match read {
                     true => match req.body.collect().await {
                         Ok(body) => format!("read {}", body.to_bytes().len()),
