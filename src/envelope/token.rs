@@ -27,7 +27,8 @@ use crate::secret::Secret;
 /// The body is read by the one validator every payload passes (`payload::read_into`,
 /// without the ingress bounds): a JSON object, no key twice at any depth (so a second
 /// `passcode` cannot sneak by, under any spelling of its name), numbers within an f64.
-/// The token is most of the body; the validator passes a long string 32 bytes at a time.
+/// The token is most of the body; the validator finds a long string's end with a
+/// vectorised search.
 pub fn open<'a>(passcode: Option<&Secret>, body: &'a [u8]) -> Result<Cow<'a, str>, Failure> {
     let expected = passcode.ok_or(Failure::Misconfigured("passcode"))?;
     let mut object = Object::default();
