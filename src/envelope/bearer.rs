@@ -88,9 +88,7 @@ fn body_passcode(body: &[u8]) -> Option<Option<String>> {
         return None;
     }
     match serde_json::from_slice::<Body<'_>>(body) {
-        Ok(Body { passcode }) => {
-            passcode.map(|raw| passcode_text(raw.get()).map(|t| t.into_owned()))
-        }
+        Ok(Body { passcode }) => passcode.map(|raw| passcode_text(raw).map(|t| t.into_owned())),
         // Valid JSON of the wrong structure (e.g. two `passcode` fields): present but unreadable.
         Err(e) if e.is_data() => Some(None),
         // Not JSON after all: an ordinary body without a passcode.

@@ -53,7 +53,7 @@ pub fn open(passcode: Option<&Secret>, json: &[u8]) -> Result<(), Failure> {
     let carrier: Carrier<'_> = serde_json::from_slice(json).map_err(|_| Failure::BadPasscode)?;
     let presented = carrier
         .passcode
-        .and_then(|raw| passcode_text(raw.get()))
+        .and_then(passcode_text)
         .ok_or(Failure::BadPasscode)?;
     if expected.matches(presented.as_bytes()) {
         Ok(())
