@@ -7,6 +7,10 @@
 #
 #   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
 #   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
+#   SAME=1                          also measure BIN a second time in each round, as
+#                                   "sidecar-again": the control for this machine's noise.
+#                                   The line "sidecar-again/sidecar" is the ratio a change
+#                                   must beat to be told apart from it
 #   ALT_LEVEL=info                  run the variant with its access log on
 #   ALT_WORKERS=1                   run the variant with `limits.workers` set to this
 #   CONNS="32 256"                  client connections per measurement
@@ -172,6 +176,7 @@ TARGETS="nginx"
 [ "${NGINX_ALL:-0}" = 1 ] && TARGETS="$TARGETS nginx-all"
 [ -n "$BASE_BIN" ] && TARGETS="$TARGETS baseline"
 TARGETS="$TARGETS sidecar"
+[ "${SAME:-0}" = 1 ] && TARGETS="$TARGETS sidecar-again"
 [ -n "$ALT_BIN" ] && TARGETS="$TARGETS $ALT_LABEL"
 [ "${LOGS:-0}" = 1 ] && TARGETS="$TARGETS logged"
 if [ "${REDIS:-0}" = 1 ]; then
@@ -181,15 +186,15 @@ if [ "${REDIS:-0}" = 1 ]; then
   RD_PID=$!
   wait_port "$RD" || { cat "$WORK/redis.log" >&2; exit 1; }
 fi
-bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | sidecar-again | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
 level_of() {
   case $1 in
     logged) echo info ;;
-    nginx | baseline | sidecar | redis) echo warn ;;
+    nginx | baseline | sidecar | sidecar-again | redis) echo warn ;;
     *) echo "${ALT_LEVEL:-warn}" ;;
   esac
 }
-workers_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
+workers_of() { case $1 in nginx | baseline | sidecar | sidecar-again | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
@@ -229,7 +234,7 @@ done
 if [ "$IDLE" -gt 0 ]; then
   "$GEN" 1 > "$WORK/one.txt"
   for t in $TARGETS; do
-    if [ "$t" = nginx ] || [ "$t" = nginx-all ] || [ "$t" = redis ] || [ "$t" = logged ]; then continue; fi
+    if [ "$t" = nginx ] || [ "$t" = nginx-all ] || [ "$t" = redis ] || [ "$t" = logged ] || [ "$t" = sidecar-again ]; then continue; fi
     start_sidecar "$(bin_of "$t")"
     rss0=$(hwm_kib "$SC_PID")
     held=$(python3 benches/load/idle.py 127.0.0.1 "$SC" "$IDLE" 200 "$WORK/bodies.txt" "$SC_PID" "$IDLE_HOLD")
@@ -314,6 +319,9 @@ for c in sorted({c for _, c in med}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)}; user {a[9]/b[9]:.2f}x)  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+    if ("sidecar-again", c) in med and ("sidecar", c) in med:
+        g, e = med[("sidecar-again", c)], med[("sidecar", c)]
+        print(f"c={c} sidecar-again/sidecar (one binary twice: the noise): CPU/req {g[3]/e[3]:.2f}x (per round {per_round('sidecar-again', 'sidecar', c)}; user {g[9]/e[9]:.2f}x)  req/s {g[0]/e[0]:.2f}x  p99 {g[2]/e[2]:.2f}x")
     if ("logged", c) in med and ("sidecar", c) in med:
         l, e = med[("logged", c)], med[("sidecar", c)]
         print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms  context switches/req {l[8]:.3f}/{e[8]:.3f}")
