@@ -186,15 +186,17 @@ if [ "${REDIS:-0}" = 1 ]; then
   RD_PID=$!
   wait_port "$RD" || { cat "$WORK/redis.log" >&2; exit 1; }
 fi
-bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | sidecar-again | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
+# "sidecar-again" is the sidecar started again: the same binary, log level and workers.
+role_of() { case $1 in sidecar-again) echo sidecar ;; *) echo "$1" ;; esac; }
+bin_of() { case $1 in baseline) echo "$BASE_BIN" ;; sidecar | redis | logged) echo "$BIN" ;; *) echo "$ALT_BIN" ;; esac; }
 level_of() {
   case $1 in
     logged) echo info ;;
-    nginx | baseline | sidecar | sidecar-again | redis) echo warn ;;
+    nginx | baseline | sidecar | redis) echo warn ;;
     *) echo "${ALT_LEVEL:-warn}" ;;
   esac
 }
-workers_of() { case $1 in nginx | baseline | sidecar | sidecar-again | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
+workers_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
@@ -218,7 +220,8 @@ for round in $(seq "$ROUNDS"); do
       elif [ "$t" = nginx-all ]; then
         measure nginx-all "$c" "$PA" $PA_PIDS
       else
-        start_sidecar "$(bin_of "$t")" "$(backend_of "$t")" "$(level_of "$t")" "$(workers_of "$t")"
+        r=$(role_of "$t")
+        start_sidecar "$(bin_of "$r")" "$(backend_of "$r")" "$(level_of "$r")" "$(workers_of "$r")"
         r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
         measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
         # redis-server's own CPU, per request of the run just measured.
