@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use super::Failure;
 use crate::guard::fields::{self, BorrowedStr};
+use crate::guard::payload;
 use crate::secret::Secret;
 
 /// Returns the token after checking the passcode. No passcode configured for the peer means
@@ -65,25 +66,14 @@ fn parsed_body(text: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), Failure> {
 /// [`parsed_body`] reads and judges; what this reads, the parser reads alike.
 fn plain_body(text: &str) -> Option<(&str, &str)> {
     let bytes = text.as_bytes();
-    let space = |at: usize| {
-        let rest = bytes.get(at..).unwrap_or_default();
-        at + rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\n' | b'\t' | b'\r'))
-            .unwrap_or(rest.len())
-    };
+    let space = |at: usize| payload::space_end(bytes, at);
     let expect = |at: usize, byte: u8| (bytes.get(at) == Some(&byte)).then_some(at + 1);
-    // A string from its opening quote at `at`: its text's bounds, and where it ends.
+    // A string from its opening quote at `at`, ended by its closing quote (not by a
+    // backslash or a control character): its text's bounds, and where it ends.
     let string = |at: usize| {
         let from = expect(at, b'"')?;
-        let rest = bytes.get(from..)?;
-        let len = memchr::memchr2(b'"', b'\\', rest)?;
-        let inner = rest.get(..len)?;
-        // Every byte compared, with no early exit, so the compiler compares many at once.
-        if inner.iter().fold(false, |c, &b| c | (b < 0x20)) {
-            return None;
-        }
-        (rest.get(len) == Some(&b'"')).then_some((from, from + len, from + len + 1))
+        let to = payload::plain_run_end(bytes, from);
+        expect(to, b'"').map(|after| (from, to, after))
     };
     let mut passcode = None;
     let mut token = None;
@@ -125,7 +115,7 @@ pub fn seal(passcode: &Secret, token: &str) -> Result<Vec<u8>, Failure> {
 pub(crate) fn passcode_text(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.as_bytes().first()? {
-        b'"' => fields::string_of(raw.get()),
+        b'"' => fields::string_of(text),
         b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
         _ => None,
     }

@@ -224,6 +224,33 @@ fn stops_string(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
+/// Where the JSON whitespace (its four bytes) from `at` in `bytes` ends.
+pub(crate) fn space_end(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Where the plain run of a string's text from `at` ends (a quote, backslash or control
+/// character); the text's length when it never does. The first bytes are looked at
+/// eight at a time (most strings, keys and ids, end in them); a longer run is searched
+/// for its quote or backslash (`memchr`), then checked for control characters.
+pub(crate) fn plain_run_end(bytes: &[u8], at: usize) -> usize {
+    let at = match first_stop(bytes, at, SHORT_WORDS, string_stops, stops_string) {
+        Ok(end) => return end,
+        Err(at) => at,
+    };
+    let rest = bytes.get(at..).unwrap_or_default();
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let run = rest.get(..end).unwrap_or_default();
+    // Every byte compared, with no early exit, so the compiler compares many at once.
+    if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
+        return at + run.iter().position(|&b| b < 0x20).unwrap_or(end);
+    }
+    at + end
+}
+
 /// A walk over the text, `at` the next byte to read.
 struct Scan<'a> {
     text: &'a str,
@@ -239,9 +266,7 @@ impl<'a> Scan<'a> {
 
     /// Skips JSON's four whitespace bytes.
     fn space(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
-            self.at += 1;
-        }
+        self.at = space_end(self.text.as_bytes(), self.at);
     }
 
     /// Takes a `,` or `:`, which starts one more member or element.
@@ -412,24 +437,9 @@ impl<'a> Scan<'a> {
         Ok(escaped)
     }
 
-    /// Where the plain run of a string from `at` ends (a quote, backslash or control
-    /// character); the text's length when it never does. The first bytes are looked at
-    /// eight at a time (most strings, keys and ids, end in them); a longer run is searched
-    /// for its quote or backslash (`memchr`), then checked for control characters.
+    /// Where the plain run of the string from `at` ends (see [`plain_run_end`]).
     fn plain_run(&self) -> usize {
-        let bytes = self.text.as_bytes();
-        let at = match first_stop(bytes, self.at, SHORT_WORDS, string_stops, stops_string) {
-            Ok(end) => return end,
-            Err(at) => at,
-        };
-        let rest = bytes.get(at..).unwrap_or_default();
-        let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-        let run = rest.get(..end).unwrap_or_default();
-        // Every byte compared, with no early exit, so the compiler compares many at once.
-        if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
-            return at + run.iter().position(|&b| b < 0x20).unwrap_or(end);
-        }
-        at + end
+        plain_run_end(self.text.as_bytes(), self.at)
     }
 
     /// A number (at its `-` or first digit). An integer of at most 18 digits is within
