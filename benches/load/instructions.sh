@@ -15,6 +15,14 @@
 #                                   what the access log costs
 #   LOG_FORMAT=json                 the sidecars' log format (default: human)
 #   CONNS=8                         wrk's connections
+#   CACHE=1                         also simulate the caches and branch predictor
+#                                   (callgrind's, about twice as slow) and print, per
+#                                   request, the misses of the first-level instruction and
+#                                   data caches and of the last level, the mispredicted
+#                                   branches, and the KiB of code a request runs
+#                                   (benches/load/footprint.py). A simulation of this
+#                                   machine's cache sizes without prefetching: for telling
+#                                   builds apart, not for cycles
 #   KEEP=/tmp/cg                    keep each target's callgrind file there, for
 #                                   `callgrind_annotate --inclusive=yes KEEP/<target>.out`
 #   TOP=25                          how many of the sidecar's functions to list, by
@@ -58,10 +66,13 @@ WARM=60000
 "$GEN" $((WARM + 60000)) > "$WORK/bodies.txt"
 
 RESULTS="$WORK/results.tsv"
+CACHES="$WORK/caches.tsv"
+SIM=()
+[ "${CACHE:-0}" = 1 ] && SIM=(--cache-sim=yes --branch-sim=yes --dump-instr=yes)
 count() { # $1 label, $2.. the command to run under callgrind
   local label=$1 out reqs bad total sha; shift
   rm -f "$OUT/$label.out"
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$label.out" "$@" \
+  valgrind --tool=callgrind "${SIM[@]}" --instr-atstart=no --callgrind-out-file="$OUT/$label.out" "$@" \
     > "$WORK/$label.log" 2>&1 &
   VG_PID=$!
   wait_port "$SC" || { sleep 5; wait_port "$SC"; } || { cat "$WORK/$label.log" >&2; exit 1; }
@@ -77,6 +88,7 @@ count() { # $1 label, $2.. the command to run under callgrind
   sha=$(callgrind_annotate --threshold=100 --auto=no "$OUT/$label.out" 2>/dev/null \
     | awk '/sha2::sha256::compress256/ {gsub(",", "", $1); s += $1} END {print s + 0}')
   echo -e "$label\t$reqs\t${bad:-0}\t$total\t$sha" >> "$RESULTS"
+  [ -z "${SIM[*]}" ] || echo -e "$label\t$(python3 benches/load/footprint.py "$OUT/$label.out" "$reqs")" >> "$CACHES"
   echo "  $label: $reqs requests (non-2xx ${bad:-0}), $total instructions" >&2
   [ "${bad:-0}" = 0 ] || echo "  warning: $label refused $bad of the counted requests; its count is not comparable" >&2
 }
@@ -107,6 +119,24 @@ for label, (all_, rest, _) in rows.items():
     if label not in ("nginx", "baseline") and b:
         print(f"{label}/baseline: {all_ / b[0]:.3f}x ({rest / b[1]:.3f}x without SHA-256)")
 PY
+
+if [ -n "${SIM[*]}" ]; then
+  echo
+  echo "per request, without SHA-256's software rounds (caches simulated at this machine's sizes):"
+  python3 - "$CACHES" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+cols = ["instructions", "I1 misses", "D1 misses", "LL misses", "mispredicted", "hot code KiB"]
+print(f"{'target':10}" + "".join(f"{c:>14}" for c in cols))
+for label, *v in rows:
+    print(f"{label:10}" + "".join(f"{float(x):>14,.1f}" for x in v))
+n = next((v for label, *v in rows if label == "nginx"), None)
+for label, *v in rows:
+    if label != "nginx" and n:
+        print(f"{label}/nginx: " + ", ".join(
+            f"{c} {float(a) / float(b):.2f}x" for c, a, b in zip(cols, v, n) if float(b)))
+PY
+fi
 
 if [ "$TOP" -gt 0 ]; then
   echo "the sidecar's functions by inclusive count, per request:"
