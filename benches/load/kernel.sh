@@ -11,6 +11,10 @@
 #   BIN=/path/to/bsk-sidecar   the sidecar (default: the release build)
 #   CONNS=32                   wrk's connections
 #   WORKERS=1                  the sidecar's `limits.workers` (default: one per core)
+#   DETAIL=1                   then one more run of each with the switches and wake-ups
+#                              recorded one by one (perf record): whom the proxy wakes
+#                              (the upstream, wrk, its own threads) and why its threads
+#                              stop (preempted while runnable, or asleep) and for whom
 #
 # The system calls, switches and wake-ups are the proxy's own (perf's tracepoints on its
 # processes; a wake-up is counted where the proxy wakes another thread, such as the
@@ -50,27 +54,34 @@ VG_PID=$!
 wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
 bodies_lua "$WORK/bodies.lua"
 # A body per request the sidecar serves in all its runs (a body sent twice is a replay).
-"$GEN" $((DUR * ROUNDS * 70000)) > "$WORK/bodies.txt"
+"$GEN" $((DUR * (ROUNDS + 1) * 70000)) > "$WORK/bodies.txt"
 
 CALLS="recvfrom read readv writev write sendto sendmsg epoll_wait epoll_ctl futex getsockopt setsockopt ioctl"
 EVENTS=raw_syscalls:sys_enter,sched:sched_switch,sched:sched_wakeup
 for c in $CALLS; do EVENTS="$EVENTS,syscalls:sys_enter_$c"; done
 RESULTS="$WORK/results.tsv"
 SKIP=0
-measure() { # $1 label, $2 port, $3 pids (comma-separated)
-  local out reqs
-  nstat -n
-  # The window holds the whole wrk run, its start-up (reading the bodies) included.
-  perf stat -x, -e "$EVENTS" -p "$3" -o "$WORK/perf.csv" -- sleep $((DUR + 4)) &
-  local stat=$!
+# One wrk run against target $1 on port $2 while the perf command from $3 on, which ends
+# in `-- sleep`, watches it: the window holds the whole wrk run, its start-up (reading
+# the bodies) included. Sets REQS.
+drive() {
+  local label=$1 port=$2 out
+  shift 2
+  "$@" 2>/dev/null &
+  local watcher=$!
   sleep 0.5
   out=$(SKIP=$SKIP wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$WORK/bodies.lua" \
-    "http://127.0.0.1:$2/bsk/status" -- "$WORK/bodies.txt")
-  wait "$stat"
-  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  [ "$1" = sidecar ] && SKIP=$((SKIP + reqs + 1000))
-  echo "$out" | grep -q "Non-2xx" && echo "  warning: $1 answered non-2xx: $(echo "$out" | grep Non-2xx)" >&2
-  local segs
+    "http://127.0.0.1:$port/bsk/status" -- "$WORK/bodies.txt")
+  wait "$watcher"
+  REQS=$(echo "$out" | awk '/requests in/ {print $1}')
+  [ "$label" = sidecar ] && SKIP=$((SKIP + REQS + 1000))
+  echo "$out" | grep -q "Non-2xx" && echo "  warning: $label answered non-2xx: $(echo "$out" | grep Non-2xx)" >&2
+  return 0
+}
+measure() { # $1 label, $2 port, $3 pids (comma-separated)
+  nstat -n
+  drive "$1" "$2" perf stat -x, -e "$EVENTS" -p "$3" -o "$WORK/perf.csv" -- sleep $((DUR + 4))
+  local reqs=$REQS segs
   segs=$(nstat | awk '$1 == "TcpOutSegs" {print $2}')
   awk -F, -v l="$1" -v r="$reqs" -v s="${segs:-0}" '
     $1 ~ /^[0-9]+$/ { n = $3; sub(/^.*:(sys_enter_)?/, "", n); sub(/^sys_enter$/, "syscalls", n); v[n] = $1 }
@@ -91,6 +102,45 @@ for round in $(seq "$ROUNDS"); do
   done
   echo "round $round: $order" >&2
 done
+
+# The switches and wake-ups one by one: whom each wakes, why each switch happens and to
+# whom (by role: the proxy's own threads, the upstream, wrk, anything else).
+detail() { # $1 label, $2 port, $3 pids (comma-separated), $4 its threads' ids (default: $3)
+  drive "$1" "$2" perf record -q -e sched:sched_switch,sched:sched_wakeup -p "$3" \
+    -o "$WORK/$1.data" -- sleep $((DUR + 4))
+  perf script -i "$WORK/$1.data" -F tid,event,trace > "$WORK/$1.events" 2>/dev/null
+  python3 - "$1" "$REQS" "${4:-$3}" "$(pids_of "$WORK/up" | tr ' ' ',')" "$WORK/$1.events" <<'PY'
+import collections, re, sys
+label, reqs = sys.argv[1], max(int(sys.argv[2]), 1)
+own = set(sys.argv[3].split(","))
+upstream = set(sys.argv[4].split(","))
+def role(pid, comm):
+    if pid in own:
+        return "its own"
+    if pid in upstream:
+        return "upstream"
+    return "wrk" if comm == "wrk" else "other"
+wakes, switches = collections.Counter(), collections.Counter()
+for line in open(sys.argv[5]):
+    if "sched:sched_wakeup" in line:
+        m = re.search(r"comm=(.+?) pid=(\d+)", line)
+        if m:
+            wakes[role(m.group(2), m.group(1))] += 1
+    elif "sched:sched_switch" in line:
+        m = re.search(r"prev_state=(\S+) ==> next_comm=(.+?) next_pid=(\d+)", line)
+        if m:
+            why = "preempted" if m.group(1).startswith("R") else "asleep"
+            switches[(why, role(m.group(3), m.group(2)))] += 1
+print(f"{label}: per request, over {reqs} requests")
+print("  wakes " + ", ".join(f"{k} {v / reqs:.3f}" for k, v in wakes.most_common()))
+print("  switches " + ", ".join(f"{w} for {r} {v / reqs:.3f}" for (w, r), v in switches.most_common()))
+PY
+}
+if [ "${DETAIL:-0}" = 1 ]; then
+  echo
+  detail nginx "$PX" "$(echo $PX_PIDS | tr ' ' ',')"
+  detail sidecar "$SC" "$VG_PID" "$(ls /proc/"$VG_PID"/task | paste -sd,)"
+fi
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null || true
 
 python3 - "$RESULTS" "$CALLS" <<'PY'
