@@ -124,7 +124,7 @@ impl Metrics {
             ),
             connections_parked: r.gauges(
                 "bsk_sidecar_connections_parked",
-                "Idle keep-alive connections held without HTTP buffers until their next request, by listener.",
+                "Plain-HTTP connections waiting for a request (their first, or the next on a kept connection) held without HTTP buffers, by listener.",
                 &["listener"],
             ),
             connections_refused: r.counters(

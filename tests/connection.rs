@@ -64,7 +64,7 @@ impl Sidecar {
         }
     }
 
-    /// Idle keep-alive connections held without HTTP buffers.
+    /// Connections waiting for a request held without HTTP buffers.
     fn parked(&self) -> i64 {
         let gauge = &self.rt.metrics.connections_parked;
         gauge.with_label_values(&["public"]).get()
@@ -221,6 +221,22 @@ async fn an_idle_connection_is_parked_then_serves_its_next_request_and_closes_wh
     assert!(second.contains(r#""reason":"not_found""#), "{second}");
     assert!(!second.contains("connection: close"), "{second}");
     // Parked again, and closed once idle for keepalive_idle: nothing more arrives.
+    sc.until_parked(1).await;
+    assert!(read_until_closed(&mut s).await.is_empty());
+    sc.until_parked(0).await;
+    sc.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_connection_waits_parked_for_its_first_request() {
+    let sc = Sidecar::start().await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    // Nothing sent yet: held with its socket only, no read buffer or serving state.
+    sc.until_parked(1).await;
+    s.write_all(GET_404).await.unwrap();
+    let first = read_answer(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    // Parked again after its answer, and closed once idle for keepalive_idle.
     sc.until_parked(1).await;
     assert!(read_until_closed(&mut s).await.is_empty());
     sc.until_parked(0).await;

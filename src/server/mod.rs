@@ -793,15 +793,25 @@ where
         name: &name,
     };
     let mut stream = stream;
-    // Served while requests come; parked without a read buffer between them.
-    while let Some(s) = phase.serve(stream).await {
-        let counted = OpenGauge::new(parked_gauge.clone());
-        let woken = phase.parked(s).await;
-        drop(counted);
-        match woken {
+    // Served while requests come; parked without a read buffer or serving state while
+    // it waits for bytes: between requests, and before a plain connection's first, so
+    // a connection that sends nothing holds only its socket.
+    let mut waiting = activity.parkable;
+    loop {
+        if waiting {
+            let counted = OpenGauge::new(parked_gauge.clone());
+            let woken = phase.parked(stream).await;
+            drop(counted);
+            match woken {
+                Some(s) => stream = s,
+                None => break,
+            }
+        }
+        match phase.serve(stream).await {
             Some(s) => stream = s,
             None => break,
         }
+        waiting = true;
     }
     drop(gauge);
 }
