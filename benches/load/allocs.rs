@@ -4,8 +4,8 @@
 //! protection, between a blocking client and a stub upstream that allocate nothing per
 //! request, so every allocation counted is the sidecar's.
 //!
-//! It also prints the size of one request's pipeline future: the server boxes it per
-//! request, so every byte of it is allocated (and moved) for every request.
+//! It also prints the size of one request's pipeline future: the room a connection's
+//! serving state keeps for it while the connection is served.
 //!
 //!   cargo run --release --features bench-tools --bin load-allocs [REQUESTS]
 

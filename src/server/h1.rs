@@ -52,13 +52,17 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the connection's requests go to.
 pub(super) trait Service {
-    type Future<'a>: Future<Output = Answer> + Send + 'a;
     /// What the service keeps from one request to the next while the loop runs: made
     /// when it starts, dropped when it returns. A request's handling may borrow it, as
     /// the loop takes the next request only after this one's answer.
     type Kept: Default + Send;
-    /// One request, its body read from the connection as the handler asks for it.
-    fn call<'a>(&self, kept: &'a mut Self::Kept, req: Request<ReqBody<'a>>) -> Self::Future<'a>;
+    /// One request, its body read from the connection as the handler asks for it. The
+    /// loop holds the future in its own state while it runs.
+    fn call<'a>(
+        &self,
+        kept: &'a mut Self::Kept,
+        req: Request<ReqBody<'a>>,
+    ) -> impl Future<Output = Answer> + Send + 'a;
     /// The answer to a request head that is not HTTP/1.1 (400, 414 or 431).
     fn refuse(&self, status: StatusCode) -> Answer;
     /// Part of a request head is in the buffer and the rest is awaited.
@@ -150,7 +154,9 @@ pub(super) async fn serve<S: Io, Svc: Service>(
             client_cert: None,
             body,
         };
-        let answer = service.call(&mut kept, req).await;
+        // Awaited where it is pinned: `.await` on the future itself moved all of it
+        // (its size is the pipeline's) into another place first.
+        let answer = std::pin::pin!(service.call(&mut kept, req)).await;
         // A body the handler did not read is skipped when it is all here already; else
         // the connection cannot be read further and closes after the answer.
         let reusable = state.skip_rest(buf);
@@ -1243,14 +1249,17 @@ mod tests {
     }
 
     impl Service for Echo<'_> {
-        type Future<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
         type Kept = ();
 
-        fn call<'a>(&self, _: &mut (), req: Request<ReqBody<'a>>) -> Self::Future<'a> {
+        fn call<'a>(
+            &self,
+            _: &'a mut (),
+            req: Request<ReqBody<'a>>,
+        ) -> impl Future<Output = Answer> + Send + 'a {
             if let Some(finish) = self.finish {
                 finish.store(true, Ordering::Relaxed);
             }
-            Box::pin(async move {
+            async move {
                 let read = req.target.path() == b"/read";
                 let text = match read {
                     true => match req.body.collect().await {
@@ -1260,7 +1269,7 @@ mod tests {
                     false => "skipped".into(),
                 };
                 Answer::new(StatusCode::OK, Bytes::from(text), 0)
-            })
+            }
         }
 
         fn refuse(&self, status: StatusCode) -> Answer {
