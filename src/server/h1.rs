@@ -69,10 +69,10 @@ pub(super) trait Service {
     fn head_begun(&self);
 }
 
-/// A request's handling, polled by a function of its own. Inlined into this loop (one
-/// copy for each kind of stream it serves), the whole pipeline laid out among the
-/// loop's code ran 22% more distinct code a request in a profile-guided build, and
-/// cost more time, than the same pipeline behind a call (BENCHMARKS.md).
+/// A request's handling, polled by a function of its own. Inlined into this loop
+/// (generic over the stream), the whole pipeline laid out among the loop's code ran 22%
+/// more distinct code a request in a profile-guided build, and cost more time, than the
+/// same pipeline behind a call (BENCHMARKS.md).
 struct OutOfLine<'p, F>(Pin<&'p mut F>);
 
 impl<F: Future> Future for OutOfLine<'_, F> {
