@@ -156,6 +156,23 @@ async fn silent_new_connection_is_closed() {
     sc.stop().await;
 }
 
+/// A connection that never sends is held for the head's deadline, not the idle one: it
+/// would otherwise keep a connection slot of its address for keepalive_idle.
+#[tokio::test]
+async fn silent_new_connection_is_closed_at_the_head_deadline() {
+    let yaml = CONFIG.replace("keepalive_idle: 400ms", "keepalive_idle: 60s");
+    let sc = Sidecar::start_with(&yaml).await;
+    let opened = std::time::Instant::now();
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    assert!(read_until_closed(&mut s).await.is_empty());
+    let held = opened.elapsed();
+    assert!(
+        held < Duration::from_secs(10),
+        "held {held:?}: the head deadline is 300 ms, keepalive_idle 60 s"
+    );
+    sc.stop().await;
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_serving() {
     let sc = Sidecar::start().await;

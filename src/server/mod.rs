@@ -811,9 +811,9 @@ where
     drop(gauge);
 }
 
-/// A connection stream that can wait for its next bytes without a buffer, so an idle
-/// keep-alive connection is held without its read buffer and serving state. Plain TCP
-/// only: a TLS session keeps its own buffers, and is not parked.
+/// A connection stream that can wait for its next bytes without a buffer, so a
+/// connection waiting for a request is held without its read buffer and serving state.
+/// Plain TCP only: a TLS session keeps its own buffers, and is not parked.
 trait Park {
     fn parkable(&self) -> bool;
     /// Ready once there are bytes to read (or the peer has closed).
@@ -1003,14 +1003,21 @@ impl Phase<'_> {
     }
 
     /// Holds a parked connection until its next bytes arrive (the stream, to be served
-    /// again), or until it has been idle for `keepalive_idle` or a drain starts (`None`:
-    /// closed, as an idle connection is).
+    /// again), or until it has waited for its first request for `header_read_timeout`,
+    /// or for a later one for `keepalive_idle`, or a drain starts (`None`: closed, as an
+    /// idle connection is).
     async fn parked<S: Park>(&mut self, mut stream: S) -> Option<S> {
         if self.closing {
             return None;
         }
-        let idle_since = self.activity.idle_since_ms.load(Ordering::Relaxed);
-        let left = (idle_since + self.deadlines.idle_ms).saturating_sub(self.activity.now_ms());
+        let a = self.activity;
+        // As the watchdog judges: before the first request the head deadline applies,
+        // counted from the connection's opening; after one, the idle deadline.
+        let limit = match a.served.load(Ordering::Relaxed) {
+            0 => self.deadlines.header_ms,
+            _ => self.deadlines.idle_ms,
+        };
+        let left = (a.idle_since_ms.load(Ordering::Relaxed) + limit).saturating_sub(a.now_ms());
         tokio::select! {
             r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => r.ok().map(|()| stream),
             _ = self.stop.changed() => None,
