@@ -1011,12 +1011,7 @@ impl Phase<'_> {
             return None;
         }
         let a = self.activity;
-        // As the watchdog judges: before the first request the head deadline applies,
-        // counted from the connection's opening; after one, the idle deadline.
-        let limit = match a.served.load(Ordering::Relaxed) {
-            0 => self.deadlines.header_ms,
-            _ => self.deadlines.idle_ms,
-        };
+        let limit = self.deadlines.waiting_ms(a);
         let left = (a.idle_since_ms.load(Ordering::Relaxed) + limit).saturating_sub(a.now_ms());
         tokio::select! {
             r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => r.ok().map(|()| stream),
@@ -1145,6 +1140,16 @@ impl Deadlines {
         Duration::from_millis(quarter.min(self.park_after_ms().max(20)))
     }
 
+    /// How long a connection may wait for a request, from its opening or its last
+    /// answer: before the first request the head deadline applies; after one, the idle
+    /// one. The watchdog and a parked connection both hold it.
+    fn waiting_ms(&self, activity: &Activity) -> u64 {
+        match activity.served.load(Ordering::Relaxed) {
+            0 => self.header_ms,
+            _ => self.idle_ms,
+        }
+    }
+
     fn check(&self, activity: &Activity, closing: bool) -> Watchdog {
         if activity.in_progress.load(Ordering::Relaxed) > 0 {
             return Watchdog::Wait;
@@ -1165,12 +1170,7 @@ impl Deadlines {
         if closing {
             return Watchdog::Wait;
         }
-        // Before the first request the head deadline applies; after one, the idle one.
-        let limit = if activity.served.load(Ordering::Relaxed) == 0 {
-            self.header_ms
-        } else {
-            self.idle_ms
-        };
+        let limit = self.waiting_ms(activity);
         let idle = now.saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed));
         if idle > limit {
             Watchdog::Finish
