@@ -18,7 +18,9 @@
 #   IDLE_HOLD=15                    seconds they are held before the settled RSS is read
 #   GEN=/path/to/load-bodies        the body generator (default: the release build's)
 #   FLOOD=0                         skip the flood-isolation scenario
-#   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count)
+#   PERF=/tmp/sidecar.perf          record a profile of the sidecar (perf, per connection count),
+#                                   then print its top functions (profile.py) and their
+#                                   hottest instructions (hotspots.py)
 #   PERF_LABEL=logged               profile this target instead of "sidecar"
 #   PERF_ARGS="-F 2999 --call-graph dwarf,16384"
 #                                   perf's sampling options (default: -F 499 -g); with DWARF
@@ -358,5 +360,7 @@ if [ -n "${PERF:-}" ]; then
     [ -f "$PERF.$c" ] || continue
     echo "profile of the sidecar at c=$c (top entries, % of its samples):"
     python3 benches/load/profile.py "$PERF.$c" "$BIN" 20
+    echo "the hottest instructions of its busiest functions (where a request waits on memory):"
+    python3 benches/load/hotspots.py "$PERF.$c" 3 6
   done
 fi
