@@ -11,6 +11,9 @@
 # (10 ms ticks: keep REQUESTS high); receive calls come from a second, shorter run under
 # `strace -c -f`.
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 N=${1:-1000}
@@ -70,5 +73,7 @@ measure() { # $1 label, $2 binary
 
 for _ in $(seq "$ROUNDS"); do
   measure sidecar "$BIN"
-  [ -n "$BASE_BIN" ] && measure baseline "$BASE_BIN"
+  if [ -n "$BASE_BIN" ]; then measure baseline "$BASE_BIN"; fi
 done
+exit
+}
