@@ -33,6 +33,9 @@
 # SHA-NI; the report gives each count with and without SHA-256's compression function.
 # Needs valgrind, wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-6}
@@ -147,3 +150,5 @@ if [ "$TOP" -gt 0 ]; then
         sub(/^[^ ]*\.(rs|c|h|S):/, "", f); if (seen[f]++) next
         printf "  %8.0f  %s\n", c / r, substr(f, 1, 150); if (++k >= n) exit }'
 fi
+exit
+}

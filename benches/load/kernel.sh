@@ -23,6 +23,9 @@
 # Needs perf (tracepoints only, no hardware counters), nstat (iproute2), wrk and nginx
 # (installed from Debian when missing, as root).
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-5}
@@ -165,3 +168,5 @@ for col in cols:
 print(f"{'other calls':12}" + "".join(
     f"{med(t, 'syscalls') - sum(med(t, c) for c in calls):>10.3f}" for t in rows))
 PY
+exit
+}

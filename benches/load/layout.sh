@@ -34,6 +34,9 @@
 # request path.
 # Needs valgrind, perf, wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-4}
@@ -158,3 +161,5 @@ with open(out, "w") as f:
     f.write("SECTIONS {\n  .text : {\n" + "\n".join(lines) + "\n  }\n} INSERT AFTER .eh_frame;\n")
 print(f"{len(lines)} functions of {binary} ran; their layout is in {out}", file=sys.stderr)
 PY
+exit
+}

@@ -30,6 +30,9 @@
 # request 2xx; a refusal or no request at all fails the script.
 # Needs the toolchain's llvm-tools (`rustup component add llvm-tools`), wrk and nginx.
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-4}
@@ -106,3 +109,5 @@ if [ "$STAGE" = profile ]; then
   exit 0
 fi
 build "$PGO_DIR/use" "-Cprofile-use=$PROFILE"
+exit
+}

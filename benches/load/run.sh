@@ -52,6 +52,9 @@
 # (every thread of the proxy, from /proc), then the ratio lines.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
+# The rest is one block, read whole before any of it runs: editing this file, or a
+# checkout, while a run is under way does not change what the run does.
+{
 cd "$(dirname "$0")/../.."
 . benches/load/common.sh
 DUR=${1:-8}
@@ -364,3 +367,5 @@ if [ -n "${PERF:-}" ]; then
     python3 benches/load/hotspots.py "$PERF.$c" 3 6
   done
 fi
+exit
+}
