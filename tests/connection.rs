@@ -147,15 +147,6 @@ async fn a_head_begun_behind_an_answered_request_is_held_to_the_head_deadline() 
     sc.stop().await;
 }
 
-#[tokio::test]
-async fn silent_new_connection_is_closed() {
-    let sc = Sidecar::start().await;
-    let mut s = TcpStream::connect(sc.addr).await.unwrap();
-    let got = read_until_closed(&mut s).await;
-    assert!(got.is_empty());
-    sc.stop().await;
-}
-
 /// A connection that never sends is held for the head's deadline, not the idle one: it
 /// would otherwise keep a connection slot of its address for keepalive_idle.
 #[tokio::test]
