@@ -70,9 +70,9 @@ pub(super) trait Service {
 }
 
 /// A request's handling, polled by a function of its own. Inlined into this loop
-/// (generic over the stream), the whole pipeline laid out among the loop's code ran 22%
-/// more distinct code a request in a profile-guided build, and cost more time, than the
-/// same pipeline behind a call (BENCHMARKS.md).
+/// (generic over the stream), the whole pipeline laid out among the loop's code ran a
+/// fifth more distinct code a request in a profile-guided build, and cost more time, than
+/// the same pipeline behind a call (BENCHMARKS.md).
 struct OutOfLine<'p, F>(Pin<&'p mut F>);
 
 impl<F: Future> Future for OutOfLine<'_, F> {
