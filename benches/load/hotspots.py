@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 
+from profile import entries  # this directory's profile.py, beside this script
+
 data = sys.argv[1]
 functions = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 per_function = int(sys.argv[3]) if len(sys.argv) > 3 else 6
@@ -24,14 +26,8 @@ def perf(*args):
 
 
 # The functions of user-space code ([.]) outside the C library and the vDSO, busiest first.
-report = perf("report", "--no-children", "--sort", "dso,sym", "--stdio", "-g", "none")
-busiest = []
-for line in report.splitlines():
-    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[\.\]\s+(.*)", line)
-    if m and not m.group(2).startswith(("libc", "[vdso]", "ld-linux")):
-        busiest.append((float(m.group(1)), m.group(3).strip()))
-    if len(busiest) == functions:
-        break
+busiest = [(pct, sym) for pct, dso, kind, sym in entries(data)
+           if kind == "." and not dso.startswith(("libc", "[vdso]", "ld-linux"))][:functions]
 
 INSN = re.compile(r"\s*([\d.]+)\s*:\s+([0-9a-f]+):\s+(.*)")
 CONTEXT = re.compile(r"\s*:\s+\d+\s+(.*\S)")
