@@ -20,12 +20,8 @@ const TOKEN: &str = ADMIN_TOKEN;
 /// An egress listener whose peer is down (pushes stay queued), a public listener, and
 /// the `admin:` block given.
 fn write_config(dir: &Path, admin_extra: &str) -> PathBuf {
-    // Free ports, released: nothing listens on `peer`; `admin` is fixed for the CLI.
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    };
+    // Nothing listens on `peer`; `admin` is named in the config for the CLI to find.
+    let free = || std::net::SocketAddr::from(([127, 0, 0, 1], port::unclaimed()));
     let (peer, admin) = (free(), free());
     let config = format!(
         r#"

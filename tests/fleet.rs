@@ -35,15 +35,10 @@ fn redis_available() -> bool {
     found
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = port::unclaimed();
         Redis::start_on(port, dir)
     }
 

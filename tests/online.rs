@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use egress_support::Pki;
+use egress_support::{port, Pki};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bsk-sidecar");
 
@@ -67,8 +67,7 @@ async fn peer(pki: &Pki, skew: Duration) -> SocketAddr {
 
 /// A port with nothing listening.
 fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    port::unclaimed()
 }
 
 fn config(dir: &Path, upstreams: &[u16], peer: u16, ca: &Path, allow: &str) -> std::path::PathBuf {

@@ -4,7 +4,7 @@
 //! is one push; PostgreSQL down means 503 `store_unavailable` and recovery without a
 //! restart; a schema newer than the binary refuses start-up.
 //!
-//! Each test starts its own cluster (`initdb` + `pg_ctl`) on an ephemeral loopback port,
+//! Each test starts its own cluster (`initdb` + `pg_ctl`) on a free loopback port,
 //! stopped when the test ends, however it ends. As root (CI), PostgreSQL runs as the
 //! `postgres` user via `runuser`. Needs the PostgreSQL server binaries
 //! (`.ci/install-state-deps`); under `CI=true` missing ones fail the test.
@@ -115,11 +115,7 @@ impl Cluster {
                 .unwrap();
             assert!(st.success(), "chown the cluster directory to postgres");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port::unclaimed();
         let mut c = Cluster {
             bindir: bindir.to_path_buf(),
             dir,

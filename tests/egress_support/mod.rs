@@ -4,6 +4,9 @@
 //! are read from its log, and clients for the application's and the portal's side.
 #![allow(dead_code)]
 
+#[path = "../port/mod.rs"]
+pub mod port;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

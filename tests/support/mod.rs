@@ -6,6 +6,9 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+#[path = "../port/mod.rs"]
+pub mod port;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -246,12 +249,9 @@ async fn answer(behaviour: &Behaviour, gate: &Semaphore, body: Bytes) -> Respons
     }
 }
 
-/// An address on which nothing listens: bound, then closed.
+/// An address on which nothing listens (and none of the tests' own sockets will).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+    SocketAddr::from(([127, 0, 0, 1], port::unclaimed()))
 }
 
 // ---------------------------------------------------------------------------------------
