@@ -49,7 +49,10 @@
 # upstream spent per request it served, new upstream connections (nginx stub_status
 # `accepts`), peak RSS (VmHWM; nginx: master + worker; each round's line adds the resident
 # anonymous and file-backed memory at the end), and context switches per request
-# (every thread of the proxy, from /proc), then the ratio lines.
+# (every thread of the proxy, from /proc), and "latency held": the latencies' sum over
+# connections x duration, below 1 for any true run (each connection has one request in
+# flight); a measurement above it is named in a warning, since its p50/p99 cannot be
+# true. Then the ratio lines.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 # The rest is one block, read whole before any of it runs: editing this file, or a
@@ -160,7 +163,15 @@ anon, mapped = (int(k) / 1024 for k in split.split())
 def ms(s):
     v, unit = re.match(r"([\d.]+)(us|ms|s)", s).groups()
     return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
-reqs = int(re.search(r"(\d+) requests in", out).group(1))
+m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
+reqs = int(m.group(1))
+took = float(m.group(2)) * {"ms": 1e-3, "s": 1, "m": 60}[m.group(3)]
+# Each connection has one request in flight at most, so the latencies of a true run add
+# up to less than connections x duration. wrk has reported runs (nginx as well as the
+# sidecar, for minutes at a time on this VM) whose latencies add up to several times
+# that: their percentiles are not the latencies of the requests. This is the sum, as a share.
+mean = ms(re.search(r"Latency\s+(\S+)", out).group(1))
+held = mean / 1e3 * reqs / (int(c) * took)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
 p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
@@ -172,8 +183,8 @@ us = int(cpu) / int(hz) * 1e6 / max(reqs, 1)
 user = int(ucpu) / int(hz) * 1e6 / max(reqs, 1)
 uu = int(up) / int(hz) * 1e6 / max(reqs, 1)
 cs = int(sw) / max(reqs, 1)
-print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}\t{user:.1f}")
-print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req (user {user:4.1f})  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB (at the end {anon:.1f} anonymous, {mapped:.1f} file)  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}", file=sys.stderr)
+print(f"{label}\t{c}\t{rps:.0f}\t{p50:.2f}\t{p99:.2f}\t{us:.1f}\t{uu:.1f}\t{newc}\t{int(hwm)/1024:.1f}\t{bad}\t{cs:.3f}\t{user:.1f}\t{held:.2f}")
+print(f"  {label:9} c={c:<4} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {us:5.1f} µs CPU/req (user {user:4.1f})  upstream {uu:5.1f} µs/req  new upstream conns {newc:>5}  peak RSS {int(hwm)/1024:5.1f} MiB (at the end {anon:.1f} anonymous, {mapped:.1f} file)  non-2xx {bad}  {cs:.2f} context switches/req  socket errors: {errs}  latency sum / (conns x time) {held:.2f}", file=sys.stderr)
 ' "$label" "$c" "$HZ" $((t1 - t0)) $((u1 - u0)) $((a1 - a0 - 1)) "$(hwm_kib "$@")" $((s1 - s0)) $((o1 - o0)) "$(rss_split "$@")" >> "$RESULTS"
 }
 
@@ -309,7 +320,13 @@ def per_round(t, other, c):
     # each other), to show how far this machine's noise moves one ratio.
     pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
     return ", ".join(f"{a[3] / b[3]:.2f}" for a, b in pairs if b[3])
-cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req"]
+cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req", "latency held"]
+untrue = [(t, c, r[10]) for (t, c), v in rows.items() for r in v if len(r) > 10 and r[10] > 1.05]
+if untrue:
+    print(f"WARNING: {len(untrue)} of {sum(map(len, rows.values()))} measurements report latencies that add up to more "
+          "than their connections could have waited (latency held > 1, at most "
+          f"{max(h for _, _, h in untrue):.1f}): their p50/p99 cannot be the latencies of the requests",
+          file=sys.stderr)
 print("\nmedian over rounds:")
 print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
