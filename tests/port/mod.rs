@@ -9,15 +9,18 @@
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The lowest port of those searched; below it are well-known services' ports.
 const FLOOR: u32 = 10_000;
 
-/// A port on 127.0.0.1 that nothing listens on now and the kernel will not hand to
-/// another socket by itself.
+/// A port on 127.0.0.1 that nothing listens on now, the kernel will not hand to another
+/// socket by itself, and this process has not handed out before.
 pub fn unclaimed() -> u16 {
     static CALLS: AtomicU32 = AtomicU32::new(0);
+    // Handed out, perhaps not bound yet: another test's search may pass over them.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ceiling = ephemeral_low().max(FLOOR + 1_000);
     let span = ceiling - FLOOR;
     // Different in each test process and each call, so tests running side by side
@@ -36,7 +39,9 @@ pub fn unclaimed() -> u16 {
         let Ok(port) = u16::try_from(FLOOR + offset) else {
             continue;
         };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
