@@ -8,7 +8,6 @@
 //! names it takes one. So these ports come from below it, each checked free by a bind.
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,28 +17,21 @@ const FLOOR: u32 = 10_000;
 /// A port on 127.0.0.1 that nothing listens on now, the kernel will not hand to another
 /// socket by itself, and this process has not handed out before.
 pub fn unclaimed() -> u16 {
-    static CALLS: AtomicU32 = AtomicU32::new(0);
     // Handed out, perhaps not bound yet: another test's search may pass over them.
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ceiling = ephemeral_low().max(FLOOR + 1_000);
     let span = ceiling - FLOOR;
-    // Different in each test process and each call, so tests running side by side
-    // (in this process or another) start their searches far apart.
-    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+    // Test processes that run side by side start their searches far apart.
+    let start = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos()),
     );
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for step in 0..span {
-        let offset = seed
-            .wrapping_add(call.wrapping_mul(7_919))
-            .wrapping_add(step)
-            % span;
-        let Ok(port) = u16::try_from(FLOOR + offset) else {
+        let Ok(port) = u16::try_from(FLOOR + start.wrapping_add(step) % span) else {
             continue;
         };
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
