@@ -52,9 +52,10 @@ wait_port "$PX"
 PX_PIDS=$(pids_of "$WORK/px")
 state=$(mktemp -d "$WORK/state.XXXX")
 sidecar_conf "$state" "" "${WORKERS:-}" > "$state.yaml"
-RUST_LOG=warn "$BIN" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
+RUST_LOG=warn setsid "$BIN" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
 VG_PID=$!
 wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
+session_leader "$VG_PID"
 bodies_lua "$WORK/bodies.lua"
 # A body per request the sidecar serves in all its runs (a body sent twice is a replay).
 "$GEN" $((DUR * (ROUNDS + 1) * 70000)) > "$WORK/bodies.txt"

@@ -123,13 +123,16 @@ UP_PIDS=$(pids_of "$WORK/up")
 PX_PIDS=$(pids_of "$WORK/px")
 
 
-start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access log), $4 workers; sets SC_PID
-  local state
+start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access log), $4 workers,
+  # $5 "shared": in this script's session (the flood scenario), not one of its own; sets SC_PID
+  local state session=setsid
   state=$(mktemp -d "$WORK/state.XXXX")
   sidecar_conf "$state" "${2:-}" "${4:-}" > "$state.yaml"
-  RUST_LOG=${3:-warn} "$1" --log-format "${LOG_FORMAT:-human}" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
+  [ "${5:-}" = shared ] && session=
+  RUST_LOG=${3:-warn} $session "$1" --log-format "${LOG_FORMAT:-human}" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
   wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
+  [ -z "$session" ] || session_leader "$SC_PID"
 }
 stop_sidecar() { kill "$SC_PID"; wait "$SC_PID" 2>/dev/null || true; SC_PID=; }
 bodies_lua "$WORK/bodies.lua"
@@ -271,10 +274,14 @@ fi
 # (not allowlisted: refused at accept) opens connections as fast as it can, then while
 # 127.0.0.3 (allowlisted, its route limited to 100/s) sends keep-alive requests past
 # its limit. The cost of a refusal is measured with each flood alone: sidecar CPU /
-# refusals.
+# refusals. The sidecar, wrk and the flooder share this script's session here, the layout
+# of every round before the proxies ran in sessions of their own: on one 2-core machine
+# the flooder's own CPU competes with the legitimate client, and how much it takes from
+# it depends on how the scheduler groups the three (BENCHMARKS.md, the forty-first
+# round), so the layout stays fixed for the figures to compare.
 if [ "${FLOOD:-1}" = 1 ]; then
   for phase in solo connect request connect-alone request-alone; do
-    start_sidecar "$BIN"
+    start_sidecar "$BIN" "" "" "" shared
     kind=${phase%-alone}
     src="127.0.0.*"; [ "$kind" = request ] && src=127.0.0.3
     t0=$(ticks "$SC_PID")
