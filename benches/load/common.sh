@@ -96,7 +96,6 @@ stop_work() {
 
 # nginx as a plain reverse proxy to the upstream, listening on port $1.
 proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"; }
-# An nginx instance's master and worker pids, from its directory.
 # The sidecar runs in a session of its own (`setsid`), as the proxies run when deployed:
 # nginx daemonizes (`daemon on`), and systemd starts every service as a session leader.
 # With the kernel's autogroups on, each session is one group to the scheduler; a sidecar
@@ -104,6 +103,7 @@ proxy_block() { echo "server { listen 127.0.0.1:$1; location / { proxy_pass http
 # Started in the background from a non-interactive shell, setsid does not fork, so `$!`
 # is the sidecar's pid; this checks it: fails unless pid $1 leads its own session.
 session_leader() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ] || { echo "pid $1 is not in a session of its own" >&2; return 1; }; }
+# An nginx instance's master and worker pids, from its directory.
 pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
