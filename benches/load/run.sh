@@ -309,6 +309,7 @@ fi
 
 python3 - "$RESULTS" "$HZ" "$DUR" "$IDLE_HOLD" <<'PY'
 import sys, statistics as st
+from math import comb
 rows, idle, flood, rcpu = {}, [], {}, {}
 for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
@@ -327,35 +328,27 @@ for (t, c), v in sorted(rows.items()):
     if refused:
         print(f"WARNING: {t} at c={c} answered {refused:.0f} requests non-2xx; its CPU per request "
               "is not comparable (more bodies than requests: BODIES)", file=sys.stderr)
-def ratios(t, other, c):
+def per_round(t, other, c, target=None):
     # CPU/req of t against other, round by round (the two measured within minutes of
-    # each other).
+    # each other), to show how far this machine's noise moves one ratio; then their
+    # median and a distribution-free interval for it: between the k-th smallest and the
+    # k-th largest ratio, k the largest for which the median lies there with at least 95%
+    # confidence (a binomial count of the rounds on either side; with too few rounds,
+    # the whole range and the confidence it has). With a target, whether the ratio is at
+    # most that: met when all of the interval is at or below, not met when all is above.
     pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
-    return [a[3] / b[3] for a, b in pairs if b[3]]
-def per_round(t, other, c):
-    # The round-by-round ratios, to show how far this machine's noise moves one ratio.
-    return ", ".join(f"{r:.2f}" for r in ratios(t, other, c))
-def interval(rs):
-    # A distribution-free interval for the median of the round-by-round ratios: between
-    # the k-th smallest and the k-th largest, k the largest for which the median lies
-    # there with at least 95% confidence (a binomial count of the rounds on either side);
-    # with too few rounds for 95%, the whole range and the confidence it has.
-    from math import comb
+    rs = [a[3] / b[3] for a, b in pairs if b[3]]
+    listed = ", ".join(f"{r:.2f}" for r in rs)
+    if len(rs) < 2:
+        return listed
     n, rs = len(rs), sorted(rs)
     conf = lambda k: 1 - 2 * sum(comb(n, i) for i in range(k)) / 2 ** n
     k = max([k for k in range(1, n // 2 + 1) if conf(k) >= 0.95] or [1])
-    return rs[k - 1], rs[n - k], conf(k)
-def verdict(t, other, c, target=None):
-    # That interval, and whether the CPU a request is at most target times the other
-    # one: met when all of the interval is at or below, not met when all of it is above.
-    rs = ratios(t, other, c)
-    if len(rs) < 2:
-        return ""
-    lo, hi, conf = interval(rs)
+    lo, hi = rs[k - 1], rs[n - k]
     said = "" if target is None else ": <= {:.1f}x {}".format(
-        target, "too few rounds to judge (6 give 95%)" if conf < 0.95 else
+        target, "too few rounds to judge (6 give 95%)" if conf(k) < 0.95 else
         "met" if hi <= target else "not met" if lo > target else "undecided")
-    return f"; median of rounds {st.median(rs):.2f}x, {conf:.0%} interval {lo:.2f}-{hi:.2f}x{said}"
+    return f"{listed}; median of rounds {st.median(rs):.2f}x, {conf(k):.0%} interval {lo:.2f}-{hi:.2f}x{said}"
 cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req", "latency held"]
 untrue = [(t, c, r[10]) for (t, c), v in rows.items() for r in v if len(r) > 10 and r[10] > 1.05]
 if untrue:
@@ -371,7 +364,7 @@ for c in sorted({c for _, c in med}):
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
-            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c)}{verdict(t, 'nginx', c, 1.0)}; user {a[9]/n[9]:.2f}x, system {(a[3]-a[9])/(n[3]-n[9]):.2f}x)  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
+            print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c, 1.0)}; user {a[9]/n[9]:.2f}x, system {(a[3]-a[9])/(n[3]-n[9]):.2f}x)  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx-all", c) in med:
             a, n = med[(t, c)], med[("nginx-all", c)]
@@ -382,7 +375,7 @@ for c in sorted({c for _, c in med}):
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)}; user {a[9]/b[9]:.2f}x)  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
     if ("sidecar-again", c) in med and ("sidecar", c) in med:
         g, e = med[("sidecar-again", c)], med[("sidecar", c)]
-        print(f"c={c} sidecar-again/sidecar (one binary twice: the noise): CPU/req {g[3]/e[3]:.2f}x (per round {per_round('sidecar-again', 'sidecar', c)}{verdict('sidecar-again', 'sidecar', c)}; user {g[9]/e[9]:.2f}x)  req/s {g[0]/e[0]:.2f}x  p99 {g[2]/e[2]:.2f}x")
+        print(f"c={c} sidecar-again/sidecar (one binary twice: the noise): CPU/req {g[3]/e[3]:.2f}x (per round {per_round('sidecar-again', 'sidecar', c)}; user {g[9]/e[9]:.2f}x)  req/s {g[0]/e[0]:.2f}x  p99 {g[2]/e[2]:.2f}x")
     if ("logged", c) in med and ("sidecar", c) in med:
         l, e = med[("logged", c)], med[("sidecar", c)]
         print(f"c={c} access log on / off: CPU/req {l[3]/e[3]:.2f}x  req/s {l[0]/e[0]:.2f}x  p99 {l[2]:.2f}/{e[2]:.2f} ms  context switches/req {l[8]:.3f}/{e[8]:.3f}")
