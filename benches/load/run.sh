@@ -52,14 +52,15 @@
 # (every thread of the proxy, from /proc), and "latency held": the latencies' sum over
 # connections x duration. Each connection has one request in flight, so the requests'
 # own latencies add up to less than 1; but wrk corrects its figures for coordinated
-# omission (a latency longer than the mean time between a connection's requests adds
-# the latencies of the requests it held back), so a true tail lifts the sum a little
-# above 1 and a stall of wrk's own thread far above it. A measurement above 1.05 is
-# named in a warning: its p50/p99 are mostly wrk's correction. Then the ratio lines. Each CPU ratio is given round by round as well, with the
-# median of those ratios and an interval that holds that median with 95% confidence (no
-# assumption on the noise's shape: order statistics of the rounds, from 6 rounds up; with
-# fewer, the whole range and its confidence). Against nginx the line judges the target of
-# at most 1.0x: met when the whole interval is at or below it, not met when the whole
+# omission (a latency longer than the mean time between a connection's requests adds the
+# latencies of the requests it held back), so a true tail lifts the sum a little above 1
+# and a stall of wrk's own thread far above it. A measurement above 1.05 is named in a
+# warning: its p50/p99 hold many latencies wrk added, not only the requests' own. Then
+# the ratio lines. Each CPU ratio is given round by round as well, with the median of
+# those ratios and an interval that holds that median with 95% confidence (no assumption
+# on the noise's shape: order statistics of the rounds, from 6 rounds up; with fewer,
+# the whole range and its confidence). Against nginx the line judges the target of at
+# most 1.0x: met when the whole interval is at or below it, not met when the whole
 # interval is above it, else undecided.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
@@ -357,8 +358,8 @@ untrue = [(t, c, r[10]) for (t, c), v in rows.items() for r in v if len(r) > 10 
 if untrue:
     print(f"WARNING: {len(untrue)} of {sum(map(len, rows.values()))} measurements report latencies that add up to more "
           "than their connections could have waited (latency held > 1.05, at most "
-          f"{max(h for _, _, h in untrue):.1f}): their p50/p99 are mostly wrk's correction for a stall, "
-          "not the latencies of the requests", file=sys.stderr)
+          f"{max(h for _, _, h in untrue):.1f}): their p50/p99 hold many latencies wrk added for the requests "
+          "a long wait held back, not only the requests' own", file=sys.stderr)
 print("\nmedian over rounds:")
 print(f"{'target':9} {'conns':>5} " + " ".join(f"{c:>18}" for c in cols))
 for (t, c), v in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
