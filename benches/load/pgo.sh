@@ -24,6 +24,13 @@
 #                          which changes no hash
 #   STAGE=profile          stop once the profile is merged and print its path instead
 #                          packaging/build.sh builds the packages with it
+#   BOLT=1                 then lay the optimised binary out again with LLVM's post-link
+#                          optimiser (Debian's bolt-19): the second build keeps its
+#                          relocations (`--emit-relocs`), BOLT instruments it, the training
+#                          runs again on the instrumented binary, and BOLT reorders its
+#                          blocks and functions by those counts. Prints that binary's path.
+#                          Host builds only (not with TARGET). Measured and not adopted
+#                          (BENCHMARKS.md, the forty-third round); this repeats it
 #
 # The profile is the counts of the code it was made from, by the compiler that built it:
 # it is made again for each build, never kept. The training run must answer every
@@ -39,6 +46,13 @@ DUR=${1:-4}
 PGO_DIR=${PGO_DIR:-/tmp/bsk-pgo}
 TARGET=${TARGET:-}
 STAGE=${STAGE:-build}
+BOLT=${BOLT:-0}
+if [ "$BOLT" = 1 ]; then
+  [ -z "$TARGET" ] || { echo "pgo.sh: BOLT=1 is for host builds, not TARGET" >&2; exit 1; }
+  command -v llvm-bolt-19 >/dev/null || apt-get install -y bolt-19 >&2
+  # The tools' own directory: llvm-bolt finds its instrumentation runtime beside it.
+  BOLT_TOOLS=/usr/lib/llvm-19/bin
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 PROFDATA=$(llvm_tools)/llvm-profdata
 for tool in wrk nginx; do
@@ -75,29 +89,36 @@ INSTRUMENTED=$(build "$PGO_DIR/gen" "-Cprofile-generate=$PGO_DIR/raw $LINK")
 
 start_work
 bodies_lua "$WORK/bodies.lua"
-# Room for about 60,000 requests a second, so no body is sent twice (a replay refused).
-"$GEN" $((DUR * 60000)) > "$WORK/bodies.txt"
-for run in "info 32" "warn 256"; do
-  read -r level conns <<< "$run"
-  # A fresh state directory, so the second run's replay table is empty too.
-  rm -rf "$WORK/state"; mkdir -p "$WORK/state"
-  sidecar_conf "$WORK/state" > "$WORK/sidecar.yaml"
-  LLVM_PROFILE_FILE="$PGO_DIR/raw/%p-%m.profraw" RUST_LOG=$level \
-    "$INSTRUMENTED" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 &
-  VG_PID=$!
-  wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
-  wrk -t1 -c"$conns" -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" \
-    -- "$WORK/bodies.txt" > "$WORK/wrk.txt"
-  awk '/requests in|Non-2xx/' "$WORK/wrk.txt" >&2
-  # The counts are written at exit: a clean shutdown on SIGTERM.
-  kill -TERM "$VG_PID"; wait "$VG_PID" 2>/dev/null || true; VG_PID=
-  # A profile of refusals would lay the code out for them: every request must pass.
-  if grep -q 'Non-2xx' "$WORK/wrk.txt" || ! grep -qE '^ +[1-9][0-9]* requests in' "$WORK/wrk.txt"; then
-    echo "pgo.sh: the training run at $conns connections did not answer every request 2xx" >&2
-    cat "$WORK/wrk.txt" "$WORK/sidecar.log" >&2
-    exit 1
-  fi
-done
+# Trains binary $1: SECONDS at 32 connections with the access log on, SECONDS at 256 with
+# it off, each on a fresh state directory; the binary writes its counts when it exits.
+train() {
+  local bin=$1 run level conns
+  # Sealed now: a token made before a build of several minutes would have expired.
+  # Room for about 60,000 requests a second, so no body is sent twice (a replay refused).
+  "$GEN" $((DUR * 60000)) > "$WORK/bodies.txt"
+  for run in "info 32" "warn 256"; do
+    read -r level conns <<< "$run"
+    # A fresh state directory, so the second run's replay table is empty too.
+    rm -rf "$WORK/state"; mkdir -p "$WORK/state"
+    sidecar_conf "$WORK/state" > "$WORK/sidecar.yaml"
+    LLVM_PROFILE_FILE="$PGO_DIR/raw/%p-%m.profraw" RUST_LOG=$level \
+      "$bin" run --config "$WORK/sidecar.yaml" > "$WORK/sidecar.log" 2>&1 &
+    VG_PID=$!
+    wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
+    wrk -t1 -c"$conns" -d"${DUR}s" -s "$WORK/bodies.lua" "http://127.0.0.1:$SC/bsk/status" \
+      -- "$WORK/bodies.txt" > "$WORK/wrk.txt"
+    awk '/requests in|Non-2xx/' "$WORK/wrk.txt" >&2
+    # The counts are written at exit: a clean shutdown on SIGTERM.
+    kill -TERM "$VG_PID"; wait "$VG_PID" 2>/dev/null || true; VG_PID=
+    # A profile of refusals would lay the code out for them: every request must pass.
+    if grep -q 'Non-2xx' "$WORK/wrk.txt" || ! grep -qE '^ +[1-9][0-9]* requests in' "$WORK/wrk.txt"; then
+      echo "pgo.sh: the training run at $conns connections did not answer every request 2xx" >&2
+      cat "$WORK/wrk.txt" "$WORK/sidecar.log" >&2
+      exit 1
+    fi
+  done
+}
+train "$INSTRUMENTED"
 "$PROFDATA" merge -o "$PGO_DIR/merged.profdata" "$PGO_DIR"/raw/*.profraw
 # The profile is named by its content: cargo rebuilds every crate when RUSTFLAGS change,
 # never when only the file they name does.
@@ -108,6 +129,19 @@ if [ "$STAGE" = profile ]; then
   echo "$PROFILE"
   exit 0
 fi
-build "$PGO_DIR/use" "-Cprofile-use=$PROFILE"
+if [ "$BOLT" != 1 ]; then
+  build "$PGO_DIR/use" "-Cprofile-use=$PROFILE"
+  exit
+fi
+OPTIMISED=$(build "$PGO_DIR/use" "-Cprofile-use=$PROFILE -Clink-arg=-Wl,--emit-relocs")
+rm -rf "$PGO_DIR/bolt"; mkdir -p "$PGO_DIR/bolt"
+"$BOLT_TOOLS/llvm-bolt" "$OPTIMISED" -instrument -o "$PGO_DIR/bolt/instrumented" \
+  -instrumentation-file="$PGO_DIR/bolt/counts" -instrumentation-file-append-pid >&2
+train "$PGO_DIR/bolt/instrumented"
+"$BOLT_TOOLS/merge-fdata" "$PGO_DIR"/bolt/counts.*.fdata > "$PGO_DIR/bolt/counts.fdata"
+"$BOLT_TOOLS/llvm-bolt" "$OPTIMISED" -o "$PGO_DIR/bolt/bsk-sidecar" -data="$PGO_DIR/bolt/counts.fdata" \
+  -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
+  -split-eh -icf=1 -use-gnu-stack -dyno-stats >&2
+echo "$PGO_DIR/bolt/bsk-sidecar"
 exit
 }
