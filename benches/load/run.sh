@@ -354,7 +354,7 @@ def per_round(t, other, c, target=None):
         "met" if hi <= target else "not met" if lo > target else "undecided")
     return f"{listed}; median of rounds {st.median(rs):.2f}x, {conf(k):.0%} interval {lo:.2f}-{hi:.2f}x{said}"
 cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req", "latency held"]
-HELD = 1.05  # latency held above this: a measurement's p50/p99 are more wrk's additions than not
+HELD = 1.05  # latency held above this: the measurement's p50/p99 hold many latencies wrk added
 lifted = [(t, c, r[10]) for (t, c), v in rows.items() for r in v if len(r) > 10 and r[10] > HELD]
 if lifted:
     print(f"WARNING: {len(lifted)} of {sum(map(len, rows.values()))} measurements report latencies that add up to more "
