@@ -108,7 +108,11 @@ pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n'
 
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
 # limits are raised so the benchmark measures the work, not the refusals.
-sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core)
+sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core),
+  # $4 "off": the status route without replay protection (a relaxation, which `check` warns
+  # of), to measure what the replay check costs
+  local replay=
+  [ "${4:-}" = off ] && replay=$'\n        replay: false'
   cat <<CONF
 admin: { listen: "off" }
 state: { dir: $1${2:+, backend: $2} }
@@ -140,7 +144,7 @@ listeners:
     routes:
       - path: /bsk/status
         from: bsk
-        envelope: [token, jwt, aes]
+        envelope: [token, jwt, aes]$replay
         rate: { per_second: 10000000, burst: 10000000 }
         upstream: http://127.0.0.1:$UP/bsk/status
       - path: /flood/status

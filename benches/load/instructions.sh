@@ -13,6 +13,9 @@
 #   ALT_LEVEL=info                  run the variant with its access log on (one line per
 #                                   request, to a file): ALT_BIN=$BIN ALT_LEVEL=info counts
 #                                   what the access log costs
+#   ALT_REPLAY=off                  run the variant without the route's replay protection:
+#                                   ALT_BIN=$BIN ALT_REPLAY=off counts what the replay check
+#                                   costs
 #   LOG_FORMAT=json                 the sidecars' log format (default: human)
 #   CONNS=8                         wrk's connections
 #   CACHE=1                         also simulate the caches and branch predictor
@@ -96,12 +99,12 @@ count() { # $1 label, $2.. the command to run under callgrind
   [ "${bad:-0}" = 0 ] || echo "  warning: $label refused $bad of the counted requests; its count is not comparable" >&2
 }
 
-state() { local d; d=$(mktemp -d "$WORK/state.XXXX"); sidecar_conf "$d" > "$d.yaml"; echo "$d.yaml"; }
+state() { local d; d=$(mktemp -d "$WORK/state.XXXX"); sidecar_conf "$d" "" "" "${1:-}" > "$d.yaml"; echo "$d.yaml"; }
 count nginx nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 LOG=(--log-format "${LOG_FORMAT:-human}")
 [ -n "$BASE_BIN" ] && RUST_LOG=warn count baseline "$BASE_BIN" "${LOG[@]}" run --config "$(state)"
 RUST_LOG=warn count sidecar "$BIN" "${LOG[@]}" run --config "$(state)"
-[ -n "$ALT_BIN" ] && RUST_LOG=${ALT_LEVEL:-warn} count "$ALT_LABEL" "$ALT_BIN" "${LOG[@]}" run --config "$(state)"
+[ -n "$ALT_BIN" ] && RUST_LOG=${ALT_LEVEL:-warn} count "$ALT_LABEL" "$ALT_BIN" "${LOG[@]}" run --config "$(state "${ALT_REPLAY:-}")"
 
 python3 - "$RESULTS" <<'PY'
 import sys

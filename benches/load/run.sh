@@ -13,6 +13,8 @@
 #                                   must beat to be told apart from it
 #   ALT_LEVEL=info                  run the variant with its access log on
 #   ALT_WORKERS=1                   run the variant with `limits.workers` set to this
+#   ALT_REPLAY=off                  run the variant without the route's replay protection
+#                                   (ALT_BIN=$BIN ALT_REPLAY=off: what the replay check costs)
 #   CONNS="32 256"                  client connections per measurement
 #   IDLE=10000                      idle keep-alive connections in the idle scenario (0: skip)
 #   IDLE_HOLD=15                    seconds they are held before the settled RSS is read
@@ -128,10 +130,11 @@ PX_PIDS=$(pids_of "$WORK/px")
 
 
 start_sidecar() { # $1 binary, $2 backend, $3 log level (default warn: no access log), $4 workers,
-  # $5 "shared": in this script's session (the flood scenario), not one of its own; sets SC_PID
+  # $5 "shared": in this script's session (the flood scenario), not one of its own,
+  # $6 "off": without replay protection; sets SC_PID
   local state session=setsid
   state=$(mktemp -d "$WORK/state.XXXX")
-  sidecar_conf "$state" "${2:-}" "${4:-}" > "$state.yaml"
+  sidecar_conf "$state" "${2:-}" "${4:-}" "${6:-}" > "$state.yaml"
   [ "${5:-}" = shared ] && session=
   RUST_LOG=${3:-warn} $session "$1" --log-format "${LOG_FORMAT:-human}" run --config "$state.yaml" 2>>"$WORK/sidecar.log" &
   SC_PID=$!
@@ -225,6 +228,7 @@ level_of() {
   esac
 }
 workers_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
+replay_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_REPLAY:-}" ;; esac; }
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
@@ -249,7 +253,7 @@ for round in $(seq "$ROUNDS"); do
         measure nginx-all "$c" "$PA" $PA_PIDS
       else
         r=$(role_of "$t")
-        start_sidecar "$(bin_of "$r")" "$(backend_of "$r")" "$(level_of "$r")" "$(workers_of "$r")"
+        start_sidecar "$(bin_of "$r")" "$(backend_of "$r")" "$(level_of "$r")" "$(workers_of "$r")" "" "$(replay_of "$r")"
         r0=0; if [ "$t" = redis ]; then r0=$(ticks "$RD_PID"); fi
         measure "$t" "$c" "$SC" "$SC_PID"; stop_sidecar
         # redis-server's own CPU, per request of the run just measured.
