@@ -80,6 +80,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
 BASE_BIN=${BASE_BIN:-}
 ALT_BIN=${ALT_BIN:-}
+case ${ALT_REPLAY:-} in '' | off) ;; *) echo "ALT_REPLAY is 'off' or unset, not '$ALT_REPLAY'" >&2; exit 2 ;; esac
 ALT_LABEL=${ALT_LABEL:-alt}
 # More bodies than any target serves in DUR seconds here (the sidecar up to 66k/s, nginx
 # 80k/s on 2026-12-02): a body sent twice is refused as a replay (non-2xx), which is
