@@ -106,6 +106,12 @@ session_leader() { [ "$(ps -o sid= -p "$1" | tr -d ' ')" = "$1" ] || { echo "pid
 # An nginx instance's master and worker pids, from its directory.
 pids_of() { local m; m=$(cat "$1/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
 
+# ALT_REPLAY (run.sh, instructions.sh): "off" or unset; anything else stops the script
+# before it starts any work, rather than measuring the default under another name.
+alt_replay_checked() {
+  case ${ALT_REPLAY:-} in '' | off) ;; *) echo "ALT_REPLAY is 'off' or unset, not '$ALT_REPLAY'" >&2; exit 2 ;; esac
+}
+
 # The sidecar: one peer, one [token, jwt, aes] route, every default protection on. The
 # limits are raised so the benchmark measures the work, not the refusals.
 sidecar_conf() { # $1 state dir, $2 backend (empty: embedded), $3 workers (empty: one per core),

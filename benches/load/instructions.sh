@@ -48,7 +48,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
 BASE_BIN=${BASE_BIN:-}
 ALT_BIN=${ALT_BIN:-}
-case ${ALT_REPLAY:-} in '' | off) ;; *) echo "ALT_REPLAY is 'off' or unset, not '$ALT_REPLAY'" >&2; exit 2 ;; esac
+alt_replay_checked
 ALT_LABEL=${ALT_LABEL:-alt}
 
 for tool in valgrind wrk nginx; do

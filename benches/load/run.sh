@@ -80,7 +80,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-./target}
 BIN=${BIN:-$TARGET_DIR/release/bsk-sidecar}
 BASE_BIN=${BASE_BIN:-}
 ALT_BIN=${ALT_BIN:-}
-case ${ALT_REPLAY:-} in '' | off) ;; *) echo "ALT_REPLAY is 'off' or unset, not '$ALT_REPLAY'" >&2; exit 2 ;; esac
+alt_replay_checked
 ALT_LABEL=${ALT_LABEL:-alt}
 # More bodies than any target serves in DUR seconds here (the sidecar up to 66k/s, nginx
 # 80k/s on 2026-12-02): a body sent twice is refused as a replay (non-2xx), which is
@@ -228,8 +228,10 @@ level_of() {
     *) echo "${ALT_LEVEL:-warn}" ;;
   esac
 }
-workers_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_WORKERS:-}" ;; esac; }
-replay_of() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "${ALT_REPLAY:-}" ;; esac; }
+# $2 for the variant (ALT_BIN's target), nothing for the others.
+alt_only() { case $1 in nginx | baseline | sidecar | redis | logged) ;; *) echo "$2" ;; esac; }
+workers_of() { alt_only "$1" "${ALT_WORKERS:-}"; }
+replay_of() { alt_only "$1" "${ALT_REPLAY:-}"; }
 # A key prefix per start: Redis outlives each sidecar, and the bodies of a round repeat
 # between its measurements, so a shared prefix would turn the next run's requests into
 # replays.
