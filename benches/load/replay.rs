@@ -1,9 +1,14 @@
 //! Memory of the replay table at a given number of held requests: the process's resident
 //! set before, at its peak while the table fills (the table grows by doubling, and both
 //! sizes are held during the move), and after, for an in-memory `ReplayCache` sized for
-//! them; and the time per check.
+//! them; and the time per check. Then a journaled cache of the same capacity, through
+//! one compaction of its journal: the longest checks.
 //!
-//!   cargo run --release --features bench-tools --bin load-replay [ENTRIES=1000000]
+//!   cargo run --release --features bench-tools --bin load-replay [ENTRIES=1000000] [DIR]
+//!
+//! DIR: where the journal is written (a fresh directory in it, removed after), so that
+//! it can be on the disk a deployment's state directory is on; default the temporary
+//! directory.
 
 #[path = "rss.rs"]
 mod rss;
@@ -43,5 +48,51 @@ fn main() {
         after.saturating_sub(before) as f64 * 1024.0 / f64::from(entries.max(1)),
         mib(peak),
         fill.as_nanos() as f64 / f64::from(entries.max(1)),
+    );
+    drop(cache);
+    drop(keys);
+    let parent = std::env::args()
+        .nth(2)
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let dir = parent.join(format!("load-replay-{}", std::process::id()));
+    journaled(entries, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The journaled cache: `capacity` entries held at most, about half of them live at any
+/// time (each key expires after half a capacity's worth of checks), and twice the
+/// capacity checked and more, so the journal, grown past twice the capacity, is
+/// compacted once. Prints the longest checks: a check that had to wait for the
+/// compaction shows there.
+fn journaled(capacity: u32, dir: &std::path::Path) {
+    let checks = 2 * capacity + capacity / 4;
+    let keys: Vec<ReplayKey> = (0..checks)
+        .map(|i| ReplayKey::new("bsk", "jti", &["/bsk/status", &i.to_string()]))
+        .collect();
+    let cache = ReplayCache::open(dir, capacity as usize, 1, 0).expect("journal directory");
+    let mut took: Vec<u64> = Vec::with_capacity(keys.len());
+    let start = Instant::now();
+    for (i, k) in (1u64..).zip(&keys) {
+        let t = Instant::now();
+        let _ = cache.check_and_insert(*k, i, i + u64::from(capacity / 2));
+        took.push(t.elapsed().as_nanos() as u64);
+    }
+    let all = start.elapsed();
+    let longest = took.iter().copied().max().unwrap_or(0);
+    let over_1ms = took.iter().filter(|&&t| t > 1_000_000).count();
+    took.sort_unstable();
+    let at = |q: f64| {
+        took.get(((took.len() as f64) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "journaled cache, capacity {capacity}, {checks} checks (one journal compaction): \
+         longest check {:.2} ms; {over_1ms} over 1 ms; p99.9 {:.1} µs, p99.99 {:.1} µs; \
+         {:.0} ns per check",
+        longest as f64 / 1e6,
+        at(0.999) as f64 / 1e3,
+        at(0.9999) as f64 / 1e3,
+        all.as_nanos() as f64 / f64::from(checks.max(1)),
     );
 }
