@@ -307,7 +307,7 @@ fn replay_cache(
         dir: settings.state_dir.clone(),
         source,
     })?;
-    Ok(Some(Arc::new(cache)))
+    Ok(Some(cache))
 }
 
 /// Request ids: a random per-process prefix and a number — unique, cheap, and not a
