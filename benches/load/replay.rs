@@ -1,8 +1,9 @@
 //! Memory of the replay table at a given number of held requests: the process's resident
 //! set before, at its peak while the table fills (the table grows by doubling, and both
 //! sizes are held during the move), and after, for an in-memory `ReplayCache` sized for
-//! them; and the time per check. Then a journaled cache of the same capacity, through
-//! one compaction of its journal: the longest checks.
+//! them; and the time per check. Then the longest checks of a journaled cache of the same
+//! capacity, through one compaction of its journal, and of a full one, through the
+//! evictions that make room in it.
 //!
 //!   cargo run --release --features bench-tools --bin load-replay [ENTRIES=1000000] [DIR]
 //!
@@ -57,28 +58,51 @@ fn main() {
     let dir = parent.join(format!("load-replay-{}", std::process::id()));
     journaled(entries, &dir);
     let _ = std::fs::remove_dir_all(&dir);
+    full(entries);
 }
 
 /// The journaled cache: `capacity` entries held at most, about half of them live at any
 /// time (each key expires after half a capacity's worth of checks), and twice the
 /// capacity checked and more, so the journal, grown past twice the capacity, is
-/// compacted once. Prints the longest checks: a check that had to wait for the
-/// compaction shows there.
+/// compacted once. A check that had to wait for the compaction shows in the longest.
 fn journaled(capacity: u32, dir: &std::path::Path) {
     let checks = 2 * capacity + capacity / 4;
+    let cache = ReplayCache::open(dir, capacity as usize, 1, 0).expect("journal directory");
+    let took = timed(checks, |i, k| {
+        let _ = cache.check_and_insert(k, i, i + u64::from(capacity / 2));
+    });
+    println!(
+        "journaled cache, capacity {capacity}, {checks} checks (one journal compaction): {took}"
+    );
+}
+
+/// A full cache of unexpired keys (in memory): twice its capacity checked, so that each
+/// sixteenth of the capacity checked past the first fill evicts the entries nearest their
+/// expiry. A check that had to wait for an eviction shows in the longest.
+fn full(capacity: u32) {
+    let checks = 2 * capacity;
+    let cache = ReplayCache::in_memory(capacity as usize);
+    let took = timed(checks, |i, k| {
+        let _ = cache.check_and_insert(k, 0, u64::from(u32::MAX) - i);
+    });
+    println!("full cache, capacity {capacity}, {checks} checks (evictions): {took}");
+}
+
+/// Makes `checks` distinct keys (before timing), runs `check` on each with its number
+/// (from 1), and describes how long the checks took: the longest, how many over 1 ms,
+/// p99.9 and p99.99, and the mean.
+fn timed(checks: u32, mut check: impl FnMut(u64, ReplayKey)) -> String {
     let keys: Vec<ReplayKey> = (0..checks)
         .map(|i| ReplayKey::new("bsk", "jti", &["/bsk/status", &i.to_string()]))
         .collect();
-    let cache = ReplayCache::open(dir, capacity as usize, 1, 0).expect("journal directory");
     let mut took: Vec<u64> = Vec::with_capacity(keys.len());
     let start = Instant::now();
     for (i, k) in (1u64..).zip(&keys) {
         let t = Instant::now();
-        let _ = cache.check_and_insert(*k, i, i + u64::from(capacity / 2));
+        check(i, *k);
         took.push(t.elapsed().as_nanos() as u64);
     }
     let all = start.elapsed();
-    let longest = took.iter().copied().max().unwrap_or(0);
     let over_1ms = took.iter().filter(|&&t| t > 1_000_000).count();
     took.sort_unstable();
     let at = |q: f64| {
@@ -86,13 +110,12 @@ fn journaled(capacity: u32, dir: &std::path::Path) {
             .copied()
             .unwrap_or(0)
     };
-    println!(
-        "journaled cache, capacity {capacity}, {checks} checks (one journal compaction): \
-         longest check {:.2} ms; {over_1ms} over 1 ms; p99.9 {:.1} µs, p99.99 {:.1} µs; \
+    format!(
+        "longest check {:.2} ms; {over_1ms} over 1 ms; p99.9 {:.1} µs, p99.99 {:.1} µs; \
          {:.0} ns per check",
-        longest as f64 / 1e6,
+        took.last().copied().unwrap_or(0) as f64 / 1e6,
         at(0.999) as f64 / 1e3,
         at(0.9999) as f64 / 1e3,
         all.as_nanos() as f64 / f64::from(checks.max(1)),
-    );
+    )
 }
