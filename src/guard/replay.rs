@@ -209,9 +209,10 @@ pub struct ReplayCache {
     compacting: AtomicBool,
     /// The cache itself, for the thread a compaction runs on (empty in memory).
     me: Weak<ReplayCache>,
-    /// Tests: the next compaction says so here once its file is written, then waits.
+    /// Tests: the next compaction says so here once its file is written, then waits to
+    /// be let go on (`true`: it panics there).
     #[cfg(test)]
-    pause: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    pause: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<bool>)>>,
     capacity: usize,
     path: Option<PathBuf>,
 }
@@ -371,11 +372,13 @@ impl ReplayCache {
         let spawned = std::thread::Builder::new()
             .name("bsk-replay-comp".into())
             .spawn(move || {
-                if let Err(e) = on_thread.compact() {
+                // Over however the thread ends, a panic included: another compaction may
+                // start, and an open of this journal must not wait forever.
+                let done = Finished(&on_thread);
+                if let Err(e) = done.0.compact() {
                     tracing::error!(error = %e, "replay journal compaction failed; the journal keeps growing until the next one");
-                    on_thread.after_failed_compaction();
+                    done.0.after_failed_compaction();
                 }
-                on_thread.compaction_done();
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "replay journal compaction not started");
@@ -412,11 +415,13 @@ impl ReplayCache {
         *self.lock_tail() = Some(Vec::new());
         let written = self.write_entries(path);
         #[cfg(test)]
-        if let Some((reached, release)) =
-            self.pause.lock().unwrap_or_else(|p| p.into_inner()).take()
-        {
+        let pause = self.pause.lock().unwrap_or_else(|p| p.into_inner()).take();
+        #[cfg(test)]
+        if let Some((reached, release)) = pause {
             let _ = reached.send(());
-            let _ = release.recv();
+            if release.recv() == Ok(true) {
+                panic!("the test's panic in a compaction");
+            }
         }
         let mut journal = self.journal.write().unwrap_or_else(|p| p.into_inner());
         let tail = self.lock_tail().take().unwrap_or_default();
@@ -690,6 +695,15 @@ impl ReplayCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A compaction's thread: [`ReplayCache::compaction_done`] when it ends.
+struct Finished<'a>(&'a ReplayCache);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.compaction_done();
     }
 }
 
@@ -1057,7 +1071,7 @@ mod tests {
             121,
             "the old journal still takes every record"
         );
-        release.send(()).unwrap();
+        release.send(false).unwrap();
         let waited = std::time::Instant::now();
         while c.compacting.load(Ordering::Acquire) {
             assert!(
@@ -1088,6 +1102,70 @@ mod tests {
         for k in still_held {
             assert_eq!(c.check_and_insert(k, 200, 5_000), Err(Replayed));
         }
+    }
+
+    /// A compaction that panics leaves the journal as it was, and neither another
+    /// compaction nor an open of the journal waits for it.
+    #[test]
+    fn a_compaction_that_panics_stops_nothing() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
+        let (reached, written) = std::sync::mpsc::channel();
+        let (release, paused) = std::sync::mpsc::channel();
+        *c.pause.lock().unwrap() = Some((reached, paused));
+        let keys: Vec<ReplayKey> = (0..101).map(|i| key(&i.to_string())).collect();
+        for (k, e) in keys.iter().zip(2_000..) {
+            c.check_and_insert(*k, 100, e).unwrap();
+        }
+        written
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the compaction writes its file");
+        release.send(true).unwrap();
+        let waited = std::time::Instant::now();
+        while c.compacting.load(Ordering::Acquire) {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the compaction ends"
+            );
+            std::thread::yield_now();
+        }
+        // Another starts at the next write, the journal being as long as it was.
+        let (reached, written) = std::sync::mpsc::channel();
+        let (release, paused) = std::sync::mpsc::channel();
+        *c.pause.lock().unwrap() = Some((reached, paused));
+        let more: Vec<ReplayKey> = (0..60).map(|i| key(&format!("more-{i}"))).collect();
+        for (k, e) in more.iter().zip(3_000..) {
+            c.check_and_insert(*k, 100, e).unwrap();
+        }
+        written
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a second compaction starts");
+        release.send(false).unwrap();
+        let waited = std::time::Instant::now();
+        while c.compacting.load(Ordering::Acquire) {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the second one ends"
+            );
+            std::thread::yield_now();
+        }
+        let held: Vec<Tag> = (c.lock_all().iter())
+            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
+            .collect();
+        drop(c);
+        let (opened, open) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        std::thread::spawn(move || opened.send(ReplayCache::open(&path, 10_000, 1, 200)));
+        let c = (open.recv_timeout(Duration::from_secs(30)))
+            .expect("the journal opens")
+            .unwrap();
+        let mut refused = 0;
+        for k in keys.iter().chain(&more).filter(|k| held.contains(&k.tag())) {
+            assert_eq!(c.check_and_insert(*k, 200, 5_000), Err(Replayed));
+            refused += 1;
+        }
+        assert_eq!(refused, held.len());
     }
 
     #[test]
