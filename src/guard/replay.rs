@@ -1023,6 +1023,26 @@ mod tests {
         }
     }
 
+    /// Holds `c`'s next compaction once its file is written: it says so on the first
+    /// channel, then waits for the second (`true`: it panics there).
+    fn hold_next_compaction(
+        c: &ReplayCache,
+    ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<bool>) {
+        let (reached, written) = std::sync::mpsc::channel();
+        let (release, paused) = std::sync::mpsc::channel();
+        *c.pause.lock().unwrap() = Some((reached, paused));
+        (written, release)
+    }
+
+    fn wait_compaction_over(c: &ReplayCache) {
+        let waited = std::time::Instant::now();
+        while c.compacting.load(Ordering::Acquire) {
+            let within = waited.elapsed() < std::time::Duration::from_secs(30);
+            assert!(within, "the compaction ends");
+            std::thread::yield_now();
+        }
+    }
+
     /// A compaction writes the new journal while checks go on (held here, after its
     /// write, until the checks made meanwhile are done), and the records those checks
     /// appended to the old journal are in the new one: after a restart every key still
@@ -1035,9 +1055,7 @@ mod tests {
             usize::try_from(len).unwrap() / RECORD
         };
         let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
-        let (reached, written) = std::sync::mpsc::channel();
-        let (release, paused) = std::sync::mpsc::channel();
-        *c.pause.lock().unwrap() = Some((reached, paused));
+        let (written, release) = hold_next_compaction(&c);
         // Earliest to expire, so the full cache evicts these first.
         let before: Vec<ReplayKey> = (0..101).map(|i| key(&format!("before-{i}"))).collect();
         for (k, e) in before.iter().zip(2_000..) {
@@ -1072,14 +1090,7 @@ mod tests {
             "the old journal still takes every record"
         );
         release.send(false).unwrap();
-        let waited = std::time::Instant::now();
-        while c.compacting.load(Ordering::Acquire) {
-            assert!(
-                waited.elapsed() < std::time::Duration::from_secs(30),
-                "the compaction ends"
-            );
-            std::thread::yield_now();
-        }
+        wait_compaction_over(&c);
         let after: Vec<ReplayKey> = (0..5).map(|i| key(&format!("after-{i}"))).collect();
         for (k, e) in after.iter().zip(4_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
@@ -1111,9 +1122,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
-        let (reached, written) = std::sync::mpsc::channel();
-        let (release, paused) = std::sync::mpsc::channel();
-        *c.pause.lock().unwrap() = Some((reached, paused));
+        let (written, release) = hold_next_compaction(&c);
         let keys: Vec<ReplayKey> = (0..101).map(|i| key(&i.to_string())).collect();
         for (k, e) in keys.iter().zip(2_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
@@ -1122,18 +1131,9 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("the compaction writes its file");
         release.send(true).unwrap();
-        let waited = std::time::Instant::now();
-        while c.compacting.load(Ordering::Acquire) {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the compaction ends"
-            );
-            std::thread::yield_now();
-        }
+        wait_compaction_over(&c);
         // Another starts at the next write, the journal being as long as it was.
-        let (reached, written) = std::sync::mpsc::channel();
-        let (release, paused) = std::sync::mpsc::channel();
-        *c.pause.lock().unwrap() = Some((reached, paused));
+        let (written, release) = hold_next_compaction(&c);
         let more: Vec<ReplayKey> = (0..60).map(|i| key(&format!("more-{i}"))).collect();
         for (k, e) in more.iter().zip(3_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
@@ -1142,14 +1142,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(30))
             .expect("a second compaction starts");
         release.send(false).unwrap();
-        let waited = std::time::Instant::now();
-        while c.compacting.load(Ordering::Acquire) {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the second one ends"
-            );
-            std::thread::yield_now();
-        }
+        wait_compaction_over(&c);
         let held: Vec<Tag> = (c.lock_all().iter())
             .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
             .collect();
