@@ -105,6 +105,11 @@ pub struct Replayed;
 /// allocator let them go.
 const SHARDS: usize = 64;
 
+/// A cache at least this large evicts beside the requests, on a thread of its own (see
+/// [`ReplayCache::make_room`]); a smaller one in the insert that finds it full, where an
+/// eviction takes about a millisecond at this size.
+const EVICT_BESIDE: usize = 65_536;
+
 /// How far a part's size may drift from what the cache's count holds of it before the
 /// part brings the count up to date: the count, shared by every worker, is written once
 /// per this many inserts into a part, not at each one. Less for a small cache (see
@@ -207,10 +212,13 @@ pub struct ReplayCache {
     tail: Mutex<Option<Vec<u8>>>,
     /// A compaction is under way (one at a time).
     compacting: AtomicBool,
-    /// The cache itself, for the thread a compaction runs on (empty in memory).
+    /// An eviction is under way beside the requests (one at a time).
+    evicting: AtomicBool,
+    /// The cache itself, for the threads a compaction and an eviction run on.
     me: Weak<ReplayCache>,
-    /// Tests: the next compaction says so here once its file is written, then waits to
-    /// be let go on (`true`: it panics there).
+    /// Tests: the next compaction says so here once its file is written, or the next
+    /// eviction beside the requests before it starts, then waits to be let go on
+    /// (`true`: it panics there).
     #[cfg(test)]
     pause: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<bool>)>>,
     capacity: usize,
@@ -243,6 +251,7 @@ impl ReplayCache {
             journal: RwLock::new(None),
             tail: Mutex::new(None),
             compacting: AtomicBool::new(false),
+            evicting: AtomicBool::new(false),
             me,
             #[cfg(test)]
             pause: Mutex::new(None),
@@ -252,9 +261,9 @@ impl ReplayCache {
     }
 
     /// A cache that forgets on restart (tests, or no state directory).
-    pub fn in_memory(capacity: usize) -> ReplayCache {
+    pub fn in_memory(capacity: usize) -> Arc<ReplayCache> {
         // Nothing to write, so nothing to gather.
-        ReplayCache::new(capacity, Box::default(), None, Weak::new())
+        Arc::new_cyclic(|me| ReplayCache::new(capacity, Box::default(), None, me.clone()))
     }
 
     /// Opens (or creates) the journal in `dir`, keeping entries still unexpired at `now`;
@@ -374,10 +383,10 @@ impl ReplayCache {
             .spawn(move || {
                 // Over however the thread ends, a panic included: another compaction may
                 // start, and an open of this journal must not wait forever.
-                let done = Finished(&on_thread);
-                if let Err(e) = done.0.compact() {
+                let _done = OnEnd(|| on_thread.compaction_done());
+                if let Err(e) = on_thread.compact() {
                     tracing::error!(error = %e, "replay journal compaction failed; the journal keeps growing until the next one");
-                    done.0.after_failed_compaction();
+                    on_thread.after_failed_compaction();
                 }
             });
         if let Err(e) = spawned {
@@ -415,14 +424,7 @@ impl ReplayCache {
         *self.lock_tail() = Some(Vec::new());
         let written = self.write_entries(path);
         #[cfg(test)]
-        let pause = self.pause.lock().unwrap_or_else(|p| p.into_inner()).take();
-        #[cfg(test)]
-        if let Some((reached, release)) = pause {
-            let _ = reached.send(());
-            if release.recv() == Ok(true) {
-                panic!("the test's panic in a compaction");
-            }
-        }
+        self.hold_here();
         let mut journal = self.journal.write().unwrap_or_else(|p| p.into_inner());
         let tail = self.lock_tail().take().unwrap_or_default();
         let (mut file, tmp, entries) = written?;
@@ -439,6 +441,18 @@ impl ReplayCache {
         // which took 13–17 ms for 54 MB.
         drop(old);
         Ok(())
+    }
+
+    /// Tests: holds the thread here when the test asked to (see `pause`).
+    #[cfg(test)]
+    fn hold_here(&self) {
+        let pause = self.pause.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((reached, release)) = pause {
+            let _ = reached.send(());
+            if release.recv() == Ok(true) {
+                panic!("the test's panic in a compaction or an eviction");
+            }
+        }
     }
 
     /// Writes every entry the table holds to a new file beside the journal and syncs it;
@@ -601,14 +615,78 @@ impl ReplayCache {
         Ok(())
     }
 
-    /// Counts the entries exactly, and evicts when the cache is full.
+    /// Counts the entries exactly, and evicts when the cache is full. A large cache
+    /// evicts on a thread of its own, the inserts going on meanwhile: the eviction sweeps
+    /// and sorts every entry's expiry, which held every request up for 16–18 ms at a
+    /// million entries when done here with every part locked. The inserts may take the
+    /// cache past its capacity by a sixteenth of it while it runs; past that, an insert
+    /// evicts here.
     fn make_room(&self, now: u64) {
+        let beside = self.capacity >= EVICT_BESIDE;
+        let past = self.capacity + self.capacity / 16;
+        // While an eviction runs, an insert that surely stays below the bound neither
+        // counts nor locks anything more.
+        if beside
+            && self.evicting.load(Ordering::Acquire)
+            && self.count.total.load(Ordering::Relaxed) + SHARDS * self.count.step < past
+        {
+            return;
+        }
         let mut all = self.lock_all();
         for part in all.iter_mut() {
             part.recount(&self.count, true);
         }
-        if self.count.total.load(Ordering::Relaxed) >= self.capacity {
-            self.evict(&mut all, now);
+        let total = self.count.total.load(Ordering::Relaxed);
+        if total < self.capacity {
+            return;
+        }
+        if beside && total < past {
+            drop(all);
+            if self.evicting.swap(true, Ordering::AcqRel) || self.start_eviction(now) {
+                return;
+            }
+            all = self.lock_all();
+        }
+        self.evict(Some(&mut all), now);
+    }
+
+    /// Starts an eviction on a thread of its own; `false` (and none under way) when it
+    /// cannot start.
+    fn start_eviction(&self, now: u64) -> bool {
+        let spawned = self.me.upgrade().map(|cache| {
+            std::thread::Builder::new()
+                .name("bsk-replay-full".into())
+                .spawn(move || {
+                    let _done = OnEnd(|| cache.evicting.store(false, Ordering::Release));
+                    #[cfg(test)]
+                    cache.hold_here();
+                    cache.evict(None, now);
+                })
+        });
+        match spawned {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "replay cache eviction not started; evicting in the request");
+                self.evicting.store(false, Ordering::Release);
+                false
+            }
+            None => {
+                self.evicting.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// Runs `f` on every part: on those already locked (`held`), else on each in turn,
+    /// locked while `f` runs.
+    fn each_part(&self, held: Option<&mut [ShardGuard<'_>]>, mut f: impl FnMut(&mut Shard)) {
+        match held {
+            Some(all) => all.iter_mut().for_each(|part| f(part)),
+            None => {
+                for part in std::iter::once(&self.first).chain(self.rest.iter()) {
+                    f(&mut part.lock().unwrap_or_else(|p| p.into_inner()));
+                }
+            }
         }
     }
 
@@ -638,26 +716,33 @@ impl ReplayCache {
     /// unexpired ones, the earliest to expire go (a sixteenth of the capacity at once,
     /// so this is not repeated at every insert); the freshness window bounds how old a
     /// replay of them could be.
-    fn evict(&self, all: &mut [ShardGuard<'_>], now: u64) {
-        let mut len = 0;
-        for part in all.iter_mut() {
+    ///
+    /// The parts are those `held` locked, or else each is locked in turn while it is
+    /// swept, and again while it is cut (an eviction beside the requests): an entry
+    /// inserted in between is judged by the same cut.
+    fn evict(&self, mut held: Option<&mut [ShardGuard<'_>]>, now: u64) {
+        // Made before any part is locked: growing it under a part's lock held an insert
+        // into that part up for 2–4 ms at a million entries.
+        let mut expiries: Vec<u32> = Vec::with_capacity(
+            (self.count.total.load(Ordering::Relaxed) + 2 * SHARDS * self.count.step)
+                .max(self.capacity + self.capacity / 16),
+        );
+        self.each_part(held.as_deref_mut(), |part| {
             part.since_sweep = 0;
             part.seen.retain(|_, e| u64::from(*e) > now);
             part.recount(&self.count, true);
-            len += part.seen.len();
-        }
+            expiries.extend(part.seen.values().copied());
+        });
+        let len = expiries.len();
         if len < self.capacity {
             return;
         }
         tracing::warn!("replay cache full; evicting the unexpired entries nearest their expiry");
         let evict = (len + 1 - self.capacity).max(self.capacity / 16).min(len);
-        let mut expiries: Vec<u32> = (all.iter())
-            .flat_map(|part| part.seen.values().copied())
-            .collect();
         let (_, &mut cut, _) = expiries.select_nth_unstable(evict.saturating_sub(1));
         // Everything expiring before `cut` goes, then entries at `cut` until `evict`.
         let mut at_cut = evict.saturating_sub(expiries.iter().filter(|&&e| e < cut).count());
-        for part in all.iter_mut() {
+        self.each_part(held, |part| {
             part.seen.retain(|_, e| match (*e).cmp(&cut) {
                 std::cmp::Ordering::Less => false,
                 std::cmp::Ordering::Equal if at_cut > 0 => {
@@ -666,10 +751,8 @@ impl ReplayCache {
                 }
                 _ => true,
             });
-        }
-        for part in all.iter_mut() {
             part.recount(&self.count, true);
-        }
+        });
     }
 
     /// Rewrites the journal with the entries held, at start (atomic rename), before any
@@ -698,12 +781,13 @@ impl ReplayCache {
     }
 }
 
-/// A compaction's thread: [`ReplayCache::compaction_done`] when it ends.
-struct Finished<'a>(&'a ReplayCache);
+/// Runs its closure when dropped: at the end of a compaction's or an eviction's thread,
+/// however the thread ends, a panic included.
+struct OnEnd<F: FnMut()>(F);
 
-impl Drop for Finished<'_> {
+impl<F: FnMut()> Drop for OnEnd<F> {
     fn drop(&mut self) {
-        self.0.compaction_done();
+        (self.0)();
     }
 }
 
@@ -937,6 +1021,59 @@ mod tests {
         assert_eq!(c.check_and_insert(key("d"), 1, 70), Ok(()), "d was evicted");
     }
 
+    /// A large full cache evicts on a thread of its own: inserts go on meanwhile (held
+    /// here before it starts), past the capacity by at most a sixteenth of it; then the
+    /// entries nearest their expiry go, as in a small cache.
+    #[test]
+    fn a_large_full_cache_evicts_beside_the_inserts() {
+        use std::time::Duration;
+        let capacity = EVICT_BESIDE;
+        let c = ReplayCache::in_memory(capacity);
+        let keys: Vec<ReplayKey> = (0..capacity).map(|i| key(&format!("full-{i}"))).collect();
+        for (k, e) in keys.iter().zip(10_000..) {
+            c.check_and_insert(*k, 0, e).unwrap();
+        }
+        assert_eq!(c.len(), capacity);
+        let (started, release) = hold_next(&c);
+        // One past a sixteenth more than the cache holds: the last ones find it that far
+        // past its capacity and evict in the insert.
+        let late: Vec<ReplayKey> = (0..capacity / 16 + 1)
+            .map(|i| key(&format!("late-{i}")))
+            .collect();
+        let (done, inserted) = std::sync::mpsc::channel();
+        let (on_thread, on_keys) = (c.clone(), late.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            for (k, e) in on_keys.iter().zip(100_000..) {
+                on_thread.check_and_insert(*k, 0, e).unwrap();
+                most = most.max(on_thread.count.total.load(Ordering::Relaxed));
+            }
+            done.send(most).unwrap();
+        });
+        started
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an eviction starts beside the inserts");
+        let most = (inserted.recv_timeout(Duration::from_secs(30)))
+            .expect("inserts answered while the eviction is held");
+        assert!(most > capacity, "inserts went on past the capacity: {most}");
+        assert!(most <= capacity + capacity / 16, "and no further: {most}");
+        release.send(false).unwrap();
+        let waited = std::time::Instant::now();
+        while c.evicting.load(Ordering::Acquire) {
+            let within = waited.elapsed() < Duration::from_secs(30);
+            assert!(within, "the eviction ends");
+            std::thread::yield_now();
+        }
+        let held = c.len();
+        assert!(held < capacity, "{held} held after the eviction");
+        // The first keys, nearest their expiry, went; the last of the full cache and
+        // every late one are held.
+        assert_eq!(c.check_and_insert(keys[0], 0, 200_000), Ok(()));
+        for k in keys.iter().rev().take(100).chain(&late) {
+            assert_eq!(c.check_and_insert(*k, 0, 200_000), Err(Replayed));
+        }
+    }
+
     /// Expired entries are swept out before the table grows: a second window's worth of
     /// keys takes the room of the first, expired one, and memory stays at one window.
     #[test]
@@ -1023,9 +1160,10 @@ mod tests {
         }
     }
 
-    /// Holds `c`'s next compaction once its file is written: it says so on the first
-    /// channel, then waits for the second (`true`: it panics there).
-    fn hold_next_compaction(
+    /// Holds `c`'s next compaction once its file is written, or its next eviction beside
+    /// the requests before it starts: it says so on the first channel, then waits for
+    /// the second (`true`: it panics there).
+    fn hold_next(
         c: &ReplayCache,
     ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<bool>) {
         let (reached, written) = std::sync::mpsc::channel();
@@ -1055,7 +1193,7 @@ mod tests {
             usize::try_from(len).unwrap() / RECORD
         };
         let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
-        let (written, release) = hold_next_compaction(&c);
+        let (written, release) = hold_next(&c);
         // Earliest to expire, so the full cache evicts these first.
         let before: Vec<ReplayKey> = (0..101).map(|i| key(&format!("before-{i}"))).collect();
         for (k, e) in before.iter().zip(2_000..) {
@@ -1122,7 +1260,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
-        let (written, release) = hold_next_compaction(&c);
+        let (written, release) = hold_next(&c);
         let keys: Vec<ReplayKey> = (0..101).map(|i| key(&i.to_string())).collect();
         for (k, e) in keys.iter().zip(2_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
@@ -1133,7 +1271,7 @@ mod tests {
         release.send(true).unwrap();
         wait_compaction_over(&c);
         // Another starts at the next write, the journal being as long as it was.
-        let (written, release) = hold_next_compaction(&c);
+        let (written, release) = hold_next(&c);
         let more: Vec<ReplayKey> = (0..60).map(|i| key(&format!("more-{i}"))).collect();
         for (k, e) in more.iter().zip(3_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
