@@ -11,6 +11,8 @@
 //! Each record is written to the kernel before the request goes on, so it survives the
 //! process being killed; a power cut may lose the last few seconds of records, which the
 //! freshness window bounds.
+//! The journal's compaction and a large full cache's eviction each run on a thread of
+//! their own, so no request waits for either.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
