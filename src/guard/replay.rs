@@ -176,6 +176,10 @@ impl Shard {
 
 type ShardGuard<'a> = std::sync::MutexGuard<'a, Shard>;
 
+fn lock_part(part: &Mutex<Shard>) -> ShardGuard<'_> {
+    part.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A part's table. The tags are digest prefixes, already spread evenly, so a fast keyed
 /// hash does (SipHash cost more than the rest of an insert): its random seed per process
 /// keeps a peer that grinds digests from choosing which tags collide.
@@ -318,16 +322,17 @@ impl ReplayCache {
         let [.., last] = key.0;
         let i = usize::from(last) % SHARDS;
         // Part 0 is `first`; part `i` past it is `rest[i - 1]`.
-        let part = self.rest.get(i.wrapping_sub(1)).unwrap_or(&self.first);
-        part.lock().unwrap_or_else(|p| p.into_inner())
+        lock_part(self.rest.get(i.wrapping_sub(1)).unwrap_or(&self.first))
+    }
+
+    /// Every part, in order, unlocked.
+    fn parts(&self) -> impl Iterator<Item = &Mutex<Shard>> {
+        std::iter::once(&*self.first).chain(self.rest.iter().map(|p| &**p))
     }
 
     /// Every part, locked in order (the only place more than one is held).
     fn lock_all(&self) -> Vec<ShardGuard<'_>> {
-        std::iter::once(&self.first)
-            .chain(self.rest.iter())
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
-            .collect()
+        self.parts().map(lock_part).collect()
     }
 
     /// Records `key` until `expiry`, or refuses it if it is already there and unexpired.
@@ -374,28 +379,40 @@ impl ReplayCache {
     /// of every entry held and its `fsync`, with every part locked, held a check up for
     /// 67–85 ms at a million entries (the benchmark host's disk, `load-replay`).
     fn start_compaction(&self) {
-        let (Some(cache), Some(path)) = (self.me.upgrade(), &self.path) else {
-            self.compacting.store(false, Ordering::Release);
-            return;
-        };
-        lock_compacting().push(path.clone());
-        let on_thread = cache.clone();
-        let spawned = std::thread::Builder::new()
-            .name("bsk-replay-comp".into())
-            .spawn(move || {
-                // Over however the thread ends, a panic included: another compaction may
-                // start, and an open of this journal must not wait forever.
-                let _done = OnEnd(|| on_thread.compaction_done());
-                if let Err(e) = on_thread.compact() {
-                    tracing::error!(error = %e, "replay journal compaction failed; the journal keeps growing until the next one");
-                    on_thread.after_failed_compaction();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "replay journal compaction not started");
-            cache.after_failed_compaction();
-            cache.compaction_done();
+        if let Some(path) = &self.path {
+            lock_compacting().push(path.clone());
         }
+        // Marked over however the thread ends, a panic included: another compaction may
+        // start, and an open of this journal must not wait forever.
+        let started = self.beside("bsk-replay-comp", ReplayCache::compaction_done, |cache| {
+            if let Err(e) = cache.compact() {
+                tracing::error!(error = %e, "replay journal compaction failed; the journal keeps growing until the next one");
+                cache.after_failed_compaction();
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "replay journal compaction not started");
+            self.after_failed_compaction();
+            self.compaction_done();
+        }
+    }
+
+    /// Runs `work` on a thread of its own (named `name`), then `done` however the thread
+    /// ends, a panic included.
+    fn beside(
+        &self,
+        name: &str,
+        done: fn(&ReplayCache),
+        work: impl FnOnce(&ReplayCache) + Send + 'static,
+    ) -> io::Result<()> {
+        let cache = (self.me.upgrade()).ok_or_else(|| io::Error::other("the cache is going"))?;
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _done = OnEnd(|| done(&cache));
+                work(&cache);
+            })
+            .map(drop)
     }
 
     /// The compaction is over: another may start, and a cache waiting to open the journal
@@ -465,10 +482,10 @@ impl ReplayCache {
         let mut file = OpenOptions::new().append(true).open(&tmp)?;
         let mut entries = 0;
         let mut buf = Vec::new();
-        for part in std::iter::once(&self.first).chain(self.rest.iter()) {
+        for part in self.parts() {
             buf.clear();
             {
-                let part = part.lock().unwrap_or_else(|p| p.into_inner());
+                let part = lock_part(part);
                 buf.reserve(part.seen.len() * RECORD);
                 for (k, e) in part.seen.iter() {
                     buf.extend_from_slice(&record(&k.0, u64::from(*e)));
@@ -655,28 +672,25 @@ impl ReplayCache {
     /// Starts an eviction on a thread of its own; `false` (and none under way) when it
     /// cannot start.
     fn start_eviction(&self, now: u64) -> bool {
-        let spawned = self.me.upgrade().map(|cache| {
-            std::thread::Builder::new()
-                .name("bsk-replay-full".into())
-                .spawn(move || {
-                    let _done = OnEnd(|| cache.evicting.store(false, Ordering::Release));
-                    #[cfg(test)]
-                    cache.hold_here();
-                    cache.evict(None, now);
-                })
-        });
-        match spawned {
-            Some(Ok(_)) => true,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "replay cache eviction not started; evicting in the request");
-                self.evicting.store(false, Ordering::Release);
-                false
-            }
-            None => {
-                self.evicting.store(false, Ordering::Release);
-                false
-            }
+        let started = self.beside(
+            "bsk-replay-full",
+            ReplayCache::eviction_done,
+            move |cache| {
+                #[cfg(test)]
+                cache.hold_here();
+                cache.evict(None, now);
+            },
+        );
+        if let Err(e) = started {
+            tracing::error!(error = %e, "replay cache eviction not started; evicting in the request");
+            self.eviction_done();
+            return false;
         }
+        true
+    }
+
+    fn eviction_done(&self) {
+        self.evicting.store(false, Ordering::Release);
     }
 
     /// Runs `f` on every part: on those already locked (`held`), else on each in turn,
@@ -684,11 +698,7 @@ impl ReplayCache {
     fn each_part(&self, held: Option<&mut [ShardGuard<'_>]>, mut f: impl FnMut(&mut Shard)) {
         match held {
             Some(all) => all.iter_mut().for_each(|part| f(part)),
-            None => {
-                for part in std::iter::once(&self.first).chain(self.rest.iter()) {
-                    f(&mut part.lock().unwrap_or_else(|p| p.into_inner()));
-                }
-            }
+            None => self.parts().for_each(|part| f(&mut lock_part(part))),
         }
     }
 
@@ -783,8 +793,8 @@ impl ReplayCache {
     }
 }
 
-/// Runs its closure when dropped: at the end of a compaction's or an eviction's thread,
-/// however the thread ends, a panic included.
+/// Runs its closure when dropped: at the end of a thread beside the requests
+/// ([`ReplayCache::beside`]), however it ends, a panic included.
 struct OnEnd<F: FnMut()>(F);
 
 impl<F: FnMut()> Drop for OnEnd<F> {
