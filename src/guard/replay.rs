@@ -359,9 +359,13 @@ impl ReplayCache {
             }
             // Under the journal's read lock: a compaction puts its file in place under
             // the write lock, so each record written to the file it replaces is in its
-            // tail, or in what it read of the table.
-            if let Some(tail) = self.lock_tail().as_mut() {
-                tail.extend_from_slice(records);
+            // tail, or in what it read of the table. The tail's lock only while one runs:
+            // a write that finds none under way wrote a key stored before the part that
+            // holds it was read (the part's lock orders the two), so it is in the new file.
+            if self.compacting.load(Ordering::Acquire) {
+                if let Some(tail) = self.lock_tail().as_mut() {
+                    tail.extend_from_slice(records);
+                }
             }
         }
         let added = records.len() / RECORD;
