@@ -1160,9 +1160,7 @@ mod tests {
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        let tags: Vec<Tag> = (c.lock_all().iter())
-            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
-            .collect();
+        let tags = held_tags(&c);
         assert_eq!(tags.len(), 64);
         let keys: Vec<ReplayKey> = (0..4)
             .flat_map(|t| (0..1_000).map(move |i| key(&format!("{t}-{i}"))))
@@ -1186,6 +1184,28 @@ mod tests {
         let (release, paused) = std::sync::mpsc::channel();
         *c.pause.lock().unwrap() = Some((reached, paused));
         (written, release)
+    }
+
+    /// Checks `keys` (expiring from `first_expiry` on), which start a compaction, holds
+    /// it once its file is written, lets it go on (`panics`: to its panic) and waits
+    /// for its end.
+    fn compaction_through(c: &ReplayCache, keys: &[ReplayKey], first_expiry: u64, panics: bool) {
+        let (written, release) = hold_next(c);
+        for (k, e) in keys.iter().zip(first_expiry..) {
+            c.check_and_insert(*k, 100, e).unwrap();
+        }
+        written
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the compaction writes its file");
+        release.send(panics).unwrap();
+        wait_compaction_over(c);
+    }
+
+    /// The tags of every key the table holds.
+    fn held_tags(c: &ReplayCache) -> Vec<Tag> {
+        (c.lock_all().iter())
+            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
+            .collect()
     }
 
     fn wait_compaction_over(c: &ReplayCache) {
@@ -1249,9 +1269,7 @@ mod tests {
         for (k, e) in after.iter().zip(4_000..) {
             c.check_and_insert(*k, 100, e).unwrap();
         }
-        let held: Vec<Tag> = (c.lock_all().iter())
-            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
-            .collect();
+        let held = held_tags(&c);
         // What the table held (at most its capacity), the 20 of the tail, and 5 after.
         assert!(
             journal_records() <= 50 + 20 + 5,
@@ -1276,30 +1294,12 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let c = ReplayCache::open(dir.path(), 50, 1, 100).unwrap();
-        let (written, release) = hold_next(&c);
         let keys: Vec<ReplayKey> = (0..101).map(|i| key(&i.to_string())).collect();
-        for (k, e) in keys.iter().zip(2_000..) {
-            c.check_and_insert(*k, 100, e).unwrap();
-        }
-        written
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the compaction writes its file");
-        release.send(true).unwrap();
-        wait_compaction_over(&c);
+        compaction_through(&c, &keys, 2_000, true);
         // Another starts at the next write, the journal being as long as it was.
-        let (written, release) = hold_next(&c);
         let more: Vec<ReplayKey> = (0..60).map(|i| key(&format!("more-{i}"))).collect();
-        for (k, e) in more.iter().zip(3_000..) {
-            c.check_and_insert(*k, 100, e).unwrap();
-        }
-        written
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a second compaction starts");
-        release.send(false).unwrap();
-        wait_compaction_over(&c);
-        let held: Vec<Tag> = (c.lock_all().iter())
-            .flat_map(|part| part.seen.keys().copied().collect::<Vec<_>>())
-            .collect();
+        compaction_through(&c, &more, 3_000, false);
+        let held = held_tags(&c);
         drop(c);
         let (opened, open) = std::sync::mpsc::channel();
         let path = dir.path().to_owned();
