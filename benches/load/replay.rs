@@ -67,7 +67,16 @@ fn main() {
 /// compacted once. A check that had to wait for the compaction shows in the longest.
 fn journaled(capacity: u32, dir: &std::path::Path) {
     let checks = 2 * capacity + capacity / 4;
-    let cache = ReplayCache::open(dir, capacity as usize, 1, 0).expect("journal directory");
+    let cache = match ReplayCache::open(dir, capacity as usize, 1, 0) {
+        Ok(cache) => cache,
+        Err(e) => {
+            eprintln!(
+                "load-replay: cannot open a journal in {}: {e}",
+                dir.display()
+            );
+            std::process::exit(1);
+        }
+    };
     let took = timed(checks, |i, k| {
         let _ = cache.check_and_insert(k, i, i + u64::from(capacity / 2));
     });
