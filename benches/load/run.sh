@@ -6,7 +6,9 @@
 #   benches/load/run.sh [DURATION_SECONDS] [ROUNDS]
 #
 #   BASE_BIN=/path/to/bsk-sidecar   also measure this binary (a baseline build) as "baseline"
-#   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"
+#   ALT_BIN=/path ALT_LABEL=name    and this one (another variant) as "name"; the line
+#                                   "name/sidecar" gives its CPU a request against the
+#                                   sidecar's round by round, with the interval
 #   SAME=1                          also measure BIN a second time in each round, as
 #                                   "sidecar-again": the control for this machine's noise.
 #                                   The line "sidecar-again/sidecar" is the ratio a change
@@ -385,6 +387,13 @@ for c in sorted({c for _, c in med}):
         if ("baseline", c) in med and (t, c) in med:
             a, b = med[(t, c)], med[("baseline", c)]
             print(f"c={c} {t}/baseline: CPU/req {a[3]/b[3]:.2f}x (per round {per_round(t, 'baseline', c)}; user {a[9]/b[9]:.2f}x)  req/s {a[0]/b[0]:.2f}x  p99 {a[2]/b[2]:.2f}x  peak RSS {a[6]/b[6]:.2f}x")
+    # A variant (ALT_BIN) against the sidecar itself, paired round by round: what the
+    # change it carries does, judged by its own interval rather than read off two ratios
+    # against nginx.
+    for t in sorted({t for t, _ in med} - {"nginx", "nginx-all", "sidecar", "baseline", "sidecar-again", "logged", "redis"}):
+        if (t, c) in med and ("sidecar", c) in med:
+            a, e = med[(t, c)], med[("sidecar", c)]
+            print(f"c={c} {t}/sidecar: CPU/req {a[3]/e[3]:.2f}x (per round {per_round(t, 'sidecar', c)}; user {a[9]/e[9]:.2f}x, system {(a[3]-a[9])/(e[3]-e[9]):.2f}x)  req/s {a[0]/e[0]:.2f}x  p99 {a[2]:.2f}/{e[2]:.2f} ms  context switches/req {a[8]:.2f}/{e[8]:.2f}")
     if ("sidecar-again", c) in med and ("sidecar", c) in med:
         g, e = med[("sidecar-again", c)], med[("sidecar", c)]
         print(f"c={c} sidecar-again/sidecar (one binary twice: the noise): CPU/req {g[3]/e[3]:.2f}x (per round {per_round('sidecar-again', 'sidecar', c)}; user {g[9]/e[9]:.2f}x)  req/s {g[0]/e[0]:.2f}x  p99 {g[2]/e[2]:.2f}x")
