@@ -873,6 +873,12 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
+    /// Whether its request waited for its turn's journal write (see
+    /// [`ReplayCache::reserve`]): every request of a journaled cache does.
+    pub fn waited_for_its_turn(&self) -> bool {
+        self.cache.path.is_some()
+    }
+
     /// The request reached the application (or may have): its key stays until it expires.
     pub fn keep(mut self) {
         self.kept = true;

@@ -66,6 +66,15 @@ pub(super) enum Held<'a> {
 }
 
 impl Held<'_> {
+    /// Whether the request already waited for the end of its worker's turn here (a
+    /// journal write shared with the turn's other requests).
+    pub(super) fn waited_for_its_turn(&self) -> bool {
+        match self {
+            Held::Local(r) => r.waited_for_its_turn(),
+            Held::Fleet(_) => false,
+        }
+    }
+
     /// The request reached the application (or may have): the record stays.
     pub(super) fn keep(self) {
         match self {
