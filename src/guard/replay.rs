@@ -516,7 +516,8 @@ impl ReplayCache {
     /// reach this stage on the same connection worker in the same turn of its scheduler:
     /// one write for the batch, and every request of it waits for that write, so a
     /// record is still in the kernel before its request goes on. The wait also sends the
-    /// batch's requests on to the application together: without it (and the write) the
+    /// batch's requests on to the application together (`pipeline::run` makes every
+    /// other request wait for its turn's end for that): without it (and the write) the
     /// application spent 11–18% more CPU a request and the sidecar no less
     /// (BENCHMARKS.md, the forty-sixth round), so a journal that needs no wait is no gain.
     pub async fn reserve(

@@ -218,8 +218,8 @@ where
             // its worker is woken once for them, not once each. A request whose replay
             // record waited for its turn's journal write already does; any other waits
             // for the end of the turn here. At 256 connections on a route without replay
-            // protection this took 13% off the application's CPU a request and 5% off
-            // the sidecar's (BENCHMARKS.md, the forty-sixth round).
+            // protection this took 13–14% off the application's CPU a request and 3–5%
+            // off the sidecar's (BENCHMARKS.md, the forty-sixth round).
             if !held.as_ref().is_some_and(replay::Held::waited_for_its_turn) {
                 tokio::task::yield_now().await;
             }
