@@ -320,7 +320,7 @@ if [ "${FLOOD:-1}" = 1 ]; then
   done
 fi
 
-python3 - "$RESULTS" "$HZ" "$DUR" "$IDLE_HOLD" <<'PY'
+python3 - "$RESULTS" "$HZ" "$DUR" "$IDLE_HOLD" "${ALT_BIN:+$ALT_LABEL}" <<'PY'
 import sys, statistics as st
 from math import comb
 rows, idle, flood, rcpu = {}, [], {}, {}
@@ -390,10 +390,10 @@ for c in sorted({c for _, c in med}):
     # A variant (ALT_BIN) against the sidecar itself, paired round by round: what the
     # change it carries does, judged by its own interval rather than read off two ratios
     # against nginx.
-    for t in sorted({t for t, _ in med} - {"nginx", "nginx-all", "sidecar", "baseline", "sidecar-again", "logged", "redis"}):
-        if (t, c) in med and ("sidecar", c) in med:
-            a, e = med[(t, c)], med[("sidecar", c)]
-            print(f"c={c} {t}/sidecar: CPU/req {a[3]/e[3]:.2f}x (per round {per_round(t, 'sidecar', c)}; user {a[9]/e[9]:.2f}x, system {(a[3]-a[9])/(e[3]-e[9]):.2f}x)  req/s {a[0]/e[0]:.2f}x  p99 {a[2]:.2f}/{e[2]:.2f} ms  context switches/req {a[8]:.2f}/{e[8]:.2f}")
+    t = sys.argv[5]
+    if t and (t, c) in med and ("sidecar", c) in med:
+        a, e = med[(t, c)], med[("sidecar", c)]
+        print(f"c={c} {t}/sidecar: CPU/req {a[3]/e[3]:.2f}x (per round {per_round(t, 'sidecar', c)}; user {a[9]/e[9]:.2f}x, system {(a[3]-a[9])/(e[3]-e[9]):.2f}x)  req/s {a[0]/e[0]:.2f}x  p99 {a[2]:.2f}/{e[2]:.2f} ms  context switches/req {a[8]:.2f}/{e[8]:.2f}")
     if ("sidecar-again", c) in med and ("sidecar", c) in med:
         g, e = med[("sidecar-again", c)], med[("sidecar", c)]
         print(f"c={c} sidecar-again/sidecar (one binary twice: the noise): CPU/req {g[3]/e[3]:.2f}x (per round {per_round('sidecar-again', 'sidecar', c)}; user {g[9]/e[9]:.2f}x)  req/s {g[0]/e[0]:.2f}x  p99 {g[2]/e[2]:.2f}x")
