@@ -1,6 +1,6 @@
 //! Memory of the replay table at a given number of held requests: the process's resident
-//! set before, at its peak while the table fills (the table grows by doubling, and both
-//! sizes are held during the move), and after, for an in-memory `ReplayCache` sized for
+//! set before, at its peak while the table fills (a part of it holds both sizes while it
+//! grows), and after, for an in-memory `ReplayCache` sized for
 //! them; and the time per check. Then the longest checks of a journaled cache of the same
 //! capacity, through one compaction of its journal, and of a full one, through the
 //! evictions that make room in it.
@@ -87,12 +87,14 @@ fn journaled(capacity: u32, dir: &std::path::Path) {
 
 /// A full cache of unexpired keys (in memory): twice its capacity checked, so that each
 /// sixteenth of the capacity checked past the first fill evicts the entries nearest their
-/// expiry. A check that had to wait for an eviction shows in the longest.
+/// expiry. A check that had to wait for an eviction shows in the longest. The expiries
+/// lie within a day, each second's shared by as many keys as a day's share of the checks.
 fn full(capacity: u32) {
     let checks = 2 * capacity;
     let cache = ReplayCache::in_memory(capacity as usize);
+    let per_second = u64::from(checks).div_ceil(86_400);
     let took = timed(checks, |i, k| {
-        let _ = cache.check_and_insert(k, 0, u64::from(u32::MAX) - i);
+        let _ = cache.check_and_insert(k, 0, 86_401 - i / per_second);
     });
     println!("full cache, capacity {capacity}, {checks} checks (evictions): {took}");
 }
