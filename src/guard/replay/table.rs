@@ -29,8 +29,8 @@ const BASE_SLACK: u64 = 60;
 /// lies this far (six days) inside the reach, so entries of a horizon near the reach's
 /// do not move it at every insert; the others are kept beside the slots.
 const MOVE_MARGIN: u64 = (MOST_CODE - EXACT) * STEP / 4;
-/// The smallest table, in slots.
-const SMALLEST: usize = 16;
+/// The smallest table, in slots: 512 bytes, 32 KiB over the cache's parts.
+const SMALLEST: usize = 64;
 /// Slots a line holds: one cache line's worth. A key's probe starts at the first slot of
 /// its line, so a lookup mostly reads that one line.
 const LINE: usize = 8;
@@ -322,9 +322,13 @@ impl Table {
 
     /// Where `key`'s probe starts among `n` slots: the first of a line.
     fn home(&self, key: u64, n: usize) -> usize {
+        self.home_line(key, n / LINE) * LINE
+    }
+
+    /// The line `key`'s probe starts at, among `lines`.
+    fn home_line(&self, key: u64, lines: usize) -> usize {
         let h = self.hasher.hash_one(key);
-        let line = (u128::from(h) * (n / LINE) as u128) >> 64;
-        line as usize * LINE
+        ((u128::from(h) * lines as u128) >> 64) as usize
     }
 
     fn next(i: usize, n: usize) -> usize {
@@ -335,18 +339,27 @@ impl Table {
         }
     }
 
+    /// Looks for `key` from its home slot on, a line at a time, up to the first empty
+    /// slot.
     fn probe(&self, key: Key) -> Probe {
-        let n = self.slot_count();
-        if n == 0 {
+        let lines = self.lines.len();
+        if lines == 0 {
             return Probe::Full;
         }
-        let mut i = self.home(key.0, n);
-        for _ in 0..n {
-            match self.slot(i) {
-                0 => return Probe::Vacant(i),
-                s if s >> 16 == key.0 => return Probe::Held(i),
-                _ => i = Table::next(i, n),
+        let mut at = self.home_line(key.0, lines);
+        for _ in 0..lines {
+            let Some(line) = self.lines.get(at) else {
+                break;
+            };
+            for (k, &s) in line.0.iter().enumerate() {
+                if s == 0 {
+                    return Probe::Vacant(at * LINE + k);
+                }
+                if s >> 16 == key.0 {
+                    return Probe::Held(at * LINE + k);
+                }
             }
+            at = Table::next(at, lines);
         }
         Probe::Full
     }
@@ -484,7 +497,7 @@ mod tests {
             n = grown(n);
             sizes.push(n);
         }
-        assert_eq!(sizes, [16, 24, 32, 48, 64, 96, 128, 192, 256, 384]);
+        assert_eq!(sizes, [64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536]);
         assert_eq!(grown(3 << 20), 4 << 20);
     }
 
