@@ -135,11 +135,11 @@ impl Table {
                     if refuse && self.expiry(self.slot(i)) > now {
                         return false;
                     }
-                    self.put(i, key, code);
+                    self.put(i, key, code, expiry);
                     return true;
                 }
                 Probe::Vacant(i) if self.far.is_empty() => {
-                    self.put(i, key, code);
+                    self.put(i, key, code, expiry);
                     self.len += 1;
                     return true;
                 }
@@ -171,9 +171,9 @@ impl Table {
             }
         }
         match (self.code(expiry), self.probe(key)) {
-            (Some(code), Probe::Held(i)) => self.put(i, key, code),
+            (Some(code), Probe::Held(i)) => self.put(i, key, code, expiry),
             (Some(code), Probe::Vacant(i)) => {
-                self.put(i, key, code);
+                self.put(i, key, code, expiry);
                 self.len += 1;
             }
             (None, probe) => {
@@ -258,25 +258,13 @@ impl Table {
         self.earliest = earliest;
     }
 
-    /// Every entry: its key and expiry.
+    /// Every entry: its key and expiry (taken with `for_each`, which walks the lines
+    /// and the map beside them in plain loops; `next` a step at a time is slower).
     pub(super) fn iter(&self) -> impl Iterator<Item = (Key, u64)> + '_ {
         let slots = (self.slots())
             .filter(|&s| s != 0)
             .map(|s| (Key(s >> 16), self.expiry(s)));
         slots.chain(self.far.iter().map(|(&k, &e)| (Key(k), e)))
-    }
-
-    /// Adds every entry's expiry to `out`, as `u32` (the year 2106 for any later).
-    pub(super) fn expiries(&self, out: &mut Vec<u32>) {
-        let as_u32 = |e: u64| u32::try_from(e).unwrap_or(u32::MAX);
-        for line in &self.lines {
-            for &s in &line.0 {
-                if s != 0 {
-                    out.push(as_u32(self.expiry(s)));
-                }
-            }
-        }
-        out.extend(self.far.values().map(|&e| as_u32(e)));
     }
 
     /// Slots, held or empty.
@@ -315,8 +303,9 @@ impl Table {
         }
     }
 
-    fn put(&mut self, i: usize, key: Key, code: u64) {
-        self.earliest = self.earliest.min(self.expiry(code));
+    /// Writes `key` with `expiry` (as `code`) into slot `i`.
+    fn put(&mut self, i: usize, key: Key, code: u64, expiry: u64) {
+        self.earliest = self.earliest.min(expiry);
         self.set(i, key.0 << 16 | code);
     }
 
@@ -405,16 +394,7 @@ impl Table {
             hasher,
         };
         let old = std::mem::replace(self, fresh);
-        for line in &old.lines {
-            for &s in &line.0 {
-                if s != 0 {
-                    self.place(Key(s >> 16), old.expiry(s));
-                }
-            }
-        }
-        for (&key, &expiry) in &old.far {
-            self.place(Key(key), expiry);
-        }
+        old.iter().for_each(|(key, expiry)| self.place(key, expiry));
     }
 
     /// Places an entry of a rebuild (no key twice).
@@ -424,7 +404,7 @@ impl Table {
         }
         if let (Some(code), true) = (self.code(expiry), self.has_room()) {
             if let Probe::Vacant(i) = self.probe(key) {
-                self.put(i, key, code);
+                self.put(i, key, code, expiry);
                 self.len += 1;
                 return;
             }
