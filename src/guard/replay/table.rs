@@ -2,7 +2,9 @@
 //! 48 bits of the key and 16 of its expiry, counted from the table's base — where
 //! hashbrown took 13 bytes (a 12-byte entry and its control byte). It grows by a half or
 //! a third at a time, not by doubling, so a busy window's table is at most 15 bytes a
-//! held key where hashbrown's took up to 30 (BENCHMARKS.md, the forty-eighth round).
+//! held key where hashbrown's took up to 30 (BENCHMARKS.md, the forty-eighth round). Its
+//! slots are in segments of 8 KiB, which the allocator hands from one part that outgrew
+//! them to the next part that grows (the forty-ninth round).
 //!
 //! An expiry is kept to the second up to 9 hours past the base (a config's windows
 //! usually end within the hour), and rounded up to a multiple of 64 s beyond that: such
@@ -29,15 +31,53 @@ const BASE_SLACK: u64 = 60;
 /// lies this far (six days) inside the reach, so entries of a horizon near the reach's
 /// do not move it at every insert; the others are kept beside the slots.
 const MOVE_MARGIN: u64 = (MOST_CODE - EXACT) * STEP / 4;
-/// The smallest table, in slots: 512 bytes, 32 KiB over the cache's parts.
-const SMALLEST: usize = 64;
+/// The smallest table, in slots: one segment.
+const SMALLEST: usize = SEGMENT * LINE;
 /// Slots a line holds: one cache line's worth. A key's probe starts at the first slot of
 /// its line, so a lookup mostly reads that one line.
 const LINE: usize = 8;
 
+/// Lines a segment holds (8 KiB): see [`Lines`].
+const SEGMENT: usize = 128;
+
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
 struct Line([u64; LINE]);
+
+/// A table's lines, in segments of [`SEGMENT`] lines, one allocation each. The parts
+/// grow at about the same pace, so the segments one part frees as it grows are what the
+/// next part to grow asks the allocator for; a table in one allocation left each part's
+/// outgrown tables unused in the allocator, a quarter of the memory the tables took
+/// (BENCHMARKS.md, the forty-ninth round).
+#[derive(Default)]
+struct Lines(Vec<Box<[Line; SEGMENT]>>);
+
+impl Lines {
+    /// At least `n` empty lines: whole segments.
+    fn new(n: usize) -> Lines {
+        Lines(
+            (0..n.div_ceil(SEGMENT))
+                .map(|_| Box::new([Line::default(); SEGMENT]))
+                .collect(),
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.0.len() * SEGMENT
+    }
+
+    fn get(&self, i: usize) -> Option<&Line> {
+        self.0.get(i / SEGMENT)?.get(i % SEGMENT)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Line> {
+        self.0.get_mut(i / SEGMENT)?.get_mut(i % SEGMENT)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Line> + '_ {
+        self.0.iter().flat_map(|s| s.iter())
+    }
+}
 
 /// A key as a part keeps it: 48 bits of the tag's digest (the bits that chose the part
 /// are not among them, so they count too: 54 bits tell two keys apart).
@@ -66,7 +106,7 @@ enum Probe {
 pub(super) struct Table {
     /// The slots, a line at a time. `0`: empty; else the key's bits above 16 bits of
     /// expiry code (see [`code`]).
-    lines: Vec<Line>,
+    lines: Lines,
     /// Entries in the slots.
     len: usize,
     /// What the slots' expiry codes count from (unix seconds).
@@ -85,7 +125,7 @@ impl Default for Table {
     fn default() -> Table {
         let hasher = RandomState::default();
         Table {
-            lines: Vec::new(),
+            lines: Lines::default(),
             len: 0,
             base: 0,
             earliest: u64::MAX,
@@ -386,7 +426,7 @@ impl Table {
     fn rebuild(&mut self, size: usize, base: u64) {
         let hasher = self.hasher.clone();
         let fresh = Table {
-            lines: vec![Line::default(); size / LINE],
+            lines: Lines::new(size / LINE),
             len: 0,
             base,
             earliest: u64::MAX,
@@ -445,13 +485,14 @@ fn base_at(now: u64) -> u64 {
 }
 
 /// The slots a table of `n` grows to: the next power of two or one and a half times
-/// one — the allocator's size classes, so what it hands out is what the table uses.
+/// one, in whole segments.
 /// Finer steps (every class, a fifth at a time) left less room unused but placed every
 /// entry again five times over while the table filled, which tripled the time a check
 /// took (BENCHMARKS.md, the forty-eighth round).
 fn grown(n: usize) -> usize {
-    if n < SMALLEST {
-        return SMALLEST;
+    if n < 2 * SMALLEST {
+        // Whole segments: one, then two.
+        return if n < SMALLEST { SMALLEST } else { 2 * SMALLEST };
     }
     let power = 1 << (usize::BITS - 1 - n.leading_zeros());
     if n == power {
@@ -477,8 +518,40 @@ mod tests {
             n = grown(n);
             sizes.push(n);
         }
-        assert_eq!(sizes, [64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536]);
+        let k = 1024;
+        assert_eq!(
+            sizes,
+            [
+                k,
+                2 * k,
+                3 * k,
+                4 * k,
+                6 * k,
+                8 * k,
+                12 * k,
+                16 * k,
+                24 * k,
+                32 * k
+            ]
+        );
+        assert!(sizes.iter().all(|n| n % (SEGMENT * LINE) == 0));
         assert_eq!(grown(3 << 20), 4 << 20);
+    }
+
+    #[test]
+    fn lines_come_in_whole_segments() {
+        for (asked, segments) in [(0, 0), (1, 1), (128, 1), (129, 2), (256, 2), (768, 6)] {
+            let mut lines = Lines::new(asked);
+            let n = segments * SEGMENT;
+            assert_eq!((lines.len(), lines.0.len()), (n, segments), "{asked}");
+            // Every line is its own, and there are no more.
+            for i in 0..n {
+                lines.get_mut(i).unwrap().0[0] = i as u64;
+            }
+            let held: Vec<u64> = lines.iter().map(|l| l.0[0]).collect();
+            assert_eq!(held, (0..n as u64).collect::<Vec<_>>());
+            assert!(lines.get(n).is_none());
+        }
     }
 
     #[test]
@@ -602,16 +675,23 @@ mod tests {
     /// (across the table's end too).
     #[test]
     fn retain_in_place_finds_every_entry_kept_in_crowded_tables() {
-        for trial in 0..400u64 {
+        // One allocation, then segments: probes run across segments' ends too.
+        for (trials, n, slots) in [(400u64, 810, 1024), (40, 6_550, 8_192)] {
+            crowded_retain(trials, n, slots);
+        }
+    }
+
+    fn crowded_retain(trials: u64, n: u64, slots: usize) {
+        for trial in 0..trials {
             let mut t = Table::default();
-            let keys: Vec<Key> = (0..810).map(|i| key(trial * 1000 + i)).collect();
+            let keys: Vec<Key> = (0..n).map(|i| key(trial * 10_000 + i)).collect();
             for (i, k) in (0..).zip(&keys) {
                 t.insert(*k, 1000 + i, 0);
             }
-            assert_eq!(t.slot_count(), 1024);
+            assert_eq!(t.slot_count(), slots);
             // The earliest sixteenth, or every other one.
             let dropped = |e: u64| match trial % 2 {
-                0 => e < 1000 + 810 / 16,
+                0 => e < 1000 + n / 16,
                 _ => e % 2 == 0,
             };
             t.retain(0, |e| !dropped(e));
