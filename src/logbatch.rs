@@ -27,7 +27,8 @@ struct Gathered {
     /// The writer the lines are handed to; a clone of the subscriber's, taken with the
     /// thread's first line.
     sink: Option<Box<dyn Write>>,
-    /// Which [`Batched`] the sink was cloned from (its address): a line from another
+    /// Which [`Batched`] the sink was cloned from (its id, which its clones share): a
+    /// line from another
     /// (a test's own subscriber) first hands on what the last one gathered.
     from: usize,
     bytes: Vec<u8>,
@@ -87,21 +88,26 @@ pub fn hand_on() {
 }
 
 /// A subscriber's writer ([`MakeWriter`]) that gathers the lines of a gathering thread
-/// and writes through on any other.
+/// and writes through on any other. Its clones gather into the same lines: what the
+/// subscriber and a clone write (`logfmt`'s access lines) keeps its order, in one batch.
 #[derive(Clone, Debug)]
 pub struct Batched<W> {
     inner: W,
+    id: usize,
 }
 
 impl<W> Batched<W> {
     pub fn new(inner: W) -> Batched<W> {
-        Batched { inner }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Batched { inner, id }
     }
 }
 
 /// One line's writer from [`Batched`].
 pub struct Line<'a, W> {
     inner: &'a W,
+    id: usize,
     /// The writer for a thread that writes through, made at its first write.
     through: Option<W>,
 }
@@ -115,6 +121,7 @@ where
     fn make_writer(&'a self) -> Self::Writer {
         Line {
             inner: &self.inner,
+            id: self.id,
             through: None,
         }
     }
@@ -130,7 +137,7 @@ impl<W: Write + Clone + 'static> Write for Line<'_, W> {
                 .get_or_insert_with(|| self.inner.clone())
                 .write(buf);
         };
-        let from = std::ptr::from_ref(self.inner) as usize;
+        let from = self.id;
         if g.sink.is_none() || g.from != from {
             g.hand_on();
             g.sink = Some(Box::new(self.inner.clone()));
@@ -290,6 +297,21 @@ mod tests {
             );
             hand_on();
             assert_eq!(other.taken(), [b"second\n".to_vec()]);
+        });
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_clone_gathers_into_the_same_lines() {
+        let after = on_a_thread(|to, writes| {
+            gather_on_this_thread();
+            let clone = to.clone();
+            line(to, "first\n");
+            line(&clone, "second\n");
+            line(to, "third\n");
+            assert!(writes.taken().is_empty(), "no hand-on between them");
+            hand_on();
+            assert_eq!(writes.taken(), [b"first\nsecond\nthird\n".to_vec()]);
         });
         assert!(after.is_empty());
     }

@@ -343,11 +343,25 @@ fn init_logging(format: LogFormat, default_level: &str) -> bsk_sidecar::logwrite
         "bsk-sidecar-log",
     );
     // Colour only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let batched = bsk_sidecar::logbatch::Batched::new(writer);
+    // The access lines of forwarded requests are written directly, into the same lines
+    // (a clone of the writer gathers with it); a coloured human line is the formatter's.
+    let json = matches!(format, LogFormat::Json);
+    if json || !ansi {
+        let direct = batched.clone();
+        bsk_sidecar::logfmt::write_forwarded_lines(json, move |line| {
+            use std::io::Write as _;
+            use tracing_subscriber::fmt::MakeWriter as _;
+            // As the subscriber does with a line it could not write.
+            let _ = direct.make_writer().write_all(line);
+        });
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_timer(bsk_sidecar::logfmt::Timestamp)
-        .with_writer(bsk_sidecar::logbatch::Batched::new(writer));
+        .with_writer(batched);
     match format {
         LogFormat::Human => builder
             .fmt_fields(bsk_sidecar::logfmt::Fields)

@@ -66,6 +66,32 @@ pub(crate) fn field_value(value: &[u8]) -> bool {
     )
 }
 
+/// The bytes of `word` a string needs escaped between quotes, each marked by its high
+/// bit, exactly: `"`, `\` and the controls below 0x20, and when `ascii` also DEL and
+/// every byte past ASCII.
+fn quote_stops(word: u64, ascii: bool) -> u64 {
+    let quote = zeros(word ^ (ONES * u64::from(b'"')));
+    let backslash = zeros(word ^ (ONES * u64::from(b'\\')));
+    let marks = within(word, 0, 0x1f) | quote | backslash;
+    match ascii {
+        true => marks | zeros(word ^ (ONES * 0x7f)) | (word & HIGHS),
+        false => marks,
+    }
+}
+
+/// Whether `{:?}` writes `bytes` between its quotes unchanged: printable ASCII with no
+/// `"` or `\` (a log line's quoted value).
+pub(crate) fn quotable(bytes: &[u8]) -> bool {
+    let byte = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    every_word(bytes, |w| quote_stops(w, true) == 0, byte)
+}
+
+/// Whether a JSON string holds `bytes` unescaped: no `"`, `\` or control below 0x20.
+pub(crate) fn json_plain(bytes: &[u8]) -> bool {
+    let byte = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
+    every_word(bytes, |w| quote_stops(w, false) == 0, byte)
+}
+
 /// The bytes of `word` from `lo` to `hi` (both ASCII), each marked by its high bit,
 /// exactly: a byte's low seven bits are carried into its high bit from `lo` on and again
 /// past `hi`, and no sum leaves its byte.
@@ -205,6 +231,8 @@ mod tests {
     #[test]
     fn a_text_passes_exactly_when_each_of_its_bytes_does() {
         let field_byte = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
+        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        let quoted_byte = |b: u8| !escaped(b) && b < 0x7f;
         for len in 0..=20usize {
             for at in 0..len {
                 for b in 0..=255u8 {
@@ -217,6 +245,8 @@ mod tests {
                     assert_eq!(all_digits(&digits), b.is_ascii_digit(), "{len} {at} {b}");
                     assert_eq!(ascii(&value), b.is_ascii(), "{len} {at} {b}");
                     assert_eq!(field_value(&value), field_byte(b), "{len} {at} {b}");
+                    assert_eq!(quotable(&value), quoted_byte(b), "{len} {at} {b}");
+                    assert_eq!(json_plain(&value), !escaped(b), "{len} {at} {b}");
                 }
             }
             assert!(all_digits(&vec![b'0'; len]));

@@ -367,6 +367,60 @@ async fn each_request_is_in_the_log_while_the_process_runs() {
     assert_eq!(app.count(), 2);
 }
 
+#[tokio::test]
+async fn json_access_lines_carry_each_field_as_its_own_key() {
+    let state = tempfile::tempdir().unwrap();
+    let app = Upstream::start(Behaviour::Echo).await;
+    let (config, keys) = process_config(state.path(), &app);
+    let (child, addr, log) = spawn_sidecar_logging_as(&config, "json");
+    let sc = Process { child, addr, log };
+    let req = form(&keys, &api1(&ticket_at(0)));
+    let answer = send(sc.addr, sealed_post(sc.addr, "/bsk/landing", &req)).await;
+    assert_eq!(answer.status, 200);
+    let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+    let line = sc.line_with(&[r#""message":"forwarded""#, &id]);
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&line).expect("one JSON object a line");
+    // Every key once, in the order the event names them.
+    let order = [
+        "timestamp",
+        "level",
+        "message",
+        "request_id",
+        "listener",
+        "route",
+        "peer",
+        "status",
+        "upstream_status",
+        "latency_ms",
+        "userid",
+        "ticket_no",
+        "target",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|k| {
+            let key = format!("\"{k}\":");
+            assert_eq!(line.matches(&key).count(), 1, "{k}: {line}");
+            line.find(&key).unwrap()
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{line}");
+    assert_eq!(fields.len(), order.len(), "{line}");
+    assert_eq!(fields["request_id"], id.as_str());
+    assert_eq!(fields["listener"], "public");
+    assert_eq!(fields["route"], "/bsk/landing");
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["upstream_status"], 200);
+    assert_eq!(fields["target"], "bsk_sidecar::access");
+    assert!(
+        fields["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{line}"
+    );
+    sc.stop();
+    assert_eq!(app.count(), 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // What real integrations send: each accepted, arriving at the application unchanged.
 

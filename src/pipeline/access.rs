@@ -53,19 +53,18 @@ pub(super) fn finish(
     match result {
         Ok(resp) => {
             series.forwarded(&rt.metrics, labels).inc();
-            tracing::info!(
-                target: "bsk_sidecar::access",
-                request_id = %request_id,
-                listener = %lst.name,
-                route = route_label,
-                peer = peer_label,
-                status = resp.status.as_u16(),
-                upstream_status = trace.upstream_status,
+            crate::logfmt::Forwarded {
+                request_id: request_id.as_bytes(),
+                listener: &lst.name,
+                route: route_label,
+                peer: peer_label,
+                status: resp.status.as_u16(),
+                upstream_status: trace.upstream_status,
                 latency_ms,
-                userid = trace.userid.as_deref(),
-                ticket_no = trace.ticket_no.as_deref(),
-                "forwarded"
-            );
+                userid: trace.userid.as_ref().map(|id| id.as_bytes()),
+                ticket_no: trace.ticket_no.as_ref().map(|id| id.as_bytes()),
+            }
+            .log();
             resp
         }
         Err(reject) => {

@@ -698,10 +698,22 @@ pub fn spawn_sidecar_logging(
     SocketAddr,
     std::sync::mpsc::Receiver<String>,
 ) {
+    spawn_sidecar_logging_as(config, "human")
+}
+
+/// [`spawn_sidecar_logging`] with `--log-format FORMAT` (`human` or `json`).
+pub fn spawn_sidecar_logging_as(
+    config: &Path,
+    format: &str,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_bsk-sidecar"))
-        .args(["run", "--config"])
+        .args(["--log-format", format, "run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -723,6 +735,11 @@ pub fn spawn_sidecar_logging(
                 if let Some(a) = line.split("addr=").nth(1) {
                     let _ = listening.send(a.trim().to_string());
                 }
+            } else if line.contains(r#""message":"listening""#)
+                && line.contains(r#""listener":"public""#)
+            {
+                let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                let _ = listening.send(json["addr"].as_str().unwrap_or_default().to_string());
             } else {
                 let _ = lines.send(line);
             }
