@@ -705,7 +705,7 @@ impl<W: fmt::Write + ?Sized> std::io::Write for FmtIo<'_, W> {
 /// binary has [`Forwarded::log`] write it directly, as the subscriber's formatter would
 /// write its event: the line is written for every request, and through the event each of
 /// its ten fields is a dynamic call into the formatter's visitor, 4,400 instructions a
-/// request where the direct text takes 1,800 (BENCHMARKS.md, the forty-ninth round). The
+/// request where the direct text takes 1,900 (BENCHMARKS.md, the forty-ninth round). The
 /// ids are ASCII text, as the request held them.
 pub struct Forwarded<'a> {
     pub request_id: &'a [u8],
@@ -746,8 +746,6 @@ pub fn write_forwarded_lines(json: bool, write: impl Fn(&[u8]) + Send + Sync + '
     // Only the first call counts.
     let _ = DIRECT.set(direct);
 }
-
-const ACCESS: &[u8] = b"bsk_sidecar::access";
 
 /// A line's bytes as a [`fmt::Write`], for the number writers.
 struct Bytes<'a>(&'a mut Vec<u8>);
@@ -822,15 +820,10 @@ impl Forwarded<'_> {
     /// human format, a latency not in whole thousandths.
     fn write(&self, json: bool, stamp: &[u8], w: &mut Vec<u8>) -> fmt::Result {
         let latency = thousandths(self.latency_ms).ok_or(fmt::Error)?;
-        // `,"name":` or ` name=`.
-        let name = |w: &mut Vec<u8>, name: &str| {
-            let (before, after): (&[u8], &[u8]) = match json {
-                true => (b",\"", b"\":"),
-                false => (b" ", b"="),
-            };
-            w.extend_from_slice(before);
-            w.extend_from_slice(name.as_bytes());
-            w.extend_from_slice(after);
+        // A field's name, each format's way (`,"name":` or ` name=`), written whole.
+        type Name = (&'static [u8], &'static [u8]);
+        let name = |w: &mut Vec<u8>, (in_json, in_human): Name| {
+            w.extend_from_slice(if json { in_json } else { in_human });
         };
         let quoted = |w: &mut Vec<u8>, value: &[u8]| {
             w.push(b'"');
@@ -839,7 +832,7 @@ impl Forwarded<'_> {
         };
         // A string: between quotes, escaped as JSON escapes it; in the human format only
         // when it needs no escape (else the event writes the line).
-        let string = |w: &mut Vec<u8>, n: &str, value: &[u8]| {
+        let string = |w: &mut Vec<u8>, n: Name, value: &[u8]| {
             name(w, n);
             if json && !crate::words::json_plain(value) {
                 let value = std::str::from_utf8(value).map_err(|_| fmt::Error)?;
@@ -852,7 +845,7 @@ impl Forwarded<'_> {
             Ok(())
         };
         // A `%` value: as it is in the human format, a string in JSON.
-        let shown = |w: &mut Vec<u8>, n: &str, value: &[u8]| {
+        let shown = |w: &mut Vec<u8>, n: Name, value: &[u8]| {
             if json {
                 return string(w, n, value);
             }
@@ -860,7 +853,7 @@ impl Forwarded<'_> {
             w.extend_from_slice(value);
             Ok(())
         };
-        let number = |w: &mut Vec<u8>, n: &str, value: u16| {
+        let number = |w: &mut Vec<u8>, n: Name, value: u16| {
             name(w, n);
             decimal(&mut Bytes(w), false, u64::from(value))
         };
@@ -870,30 +863,30 @@ impl Forwarded<'_> {
             w.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"forwarded\"");
         } else {
             w.extend_from_slice(stamp);
-            w.extend_from_slice(b"  INFO ");
-            w.extend_from_slice(ACCESS);
-            w.extend_from_slice(b": forwarded");
+            w.extend_from_slice(b"  INFO bsk_sidecar::access: forwarded");
         }
-        shown(w, "request_id", self.request_id)?;
-        shown(w, "listener", self.listener.as_bytes())?;
-        string(w, "route", self.route.as_bytes())?;
-        string(w, "peer", self.peer.as_bytes())?;
-        number(w, "status", self.status)?;
+        shown(w, (b",\"request_id\":", b" request_id="), self.request_id)?;
+        shown(
+            w,
+            (b",\"listener\":", b" listener="),
+            self.listener.as_bytes(),
+        )?;
+        string(w, (b",\"route\":", b" route="), self.route.as_bytes())?;
+        string(w, (b",\"peer\":", b" peer="), self.peer.as_bytes())?;
+        number(w, (b",\"status\":", b" status="), self.status)?;
         if let Some(s) = self.upstream_status {
-            number(w, "upstream_status", s)?;
+            number(w, (b",\"upstream_status\":", b" upstream_status="), s)?;
         }
-        name(w, "latency_ms");
+        name(w, (b",\"latency_ms\":", b" latency_ms="));
         write_thousandths(&mut Bytes(w), latency)?;
         if let Some(u) = self.userid {
-            string(w, "userid", u)?;
+            string(w, (b",\"userid\":", b" userid="), u)?;
         }
         if let Some(t) = self.ticket_no {
-            string(w, "ticket_no", t)?;
+            string(w, (b",\"ticket_no\":", b" ticket_no="), t)?;
         }
         if json {
-            w.extend_from_slice(b",\"target\":");
-            quoted(w, ACCESS);
-            w.push(b'}');
+            w.extend_from_slice(b",\"target\":\"bsk_sidecar::access\"}");
         }
         w.push(b'\n');
         Ok(())
