@@ -28,8 +28,8 @@ struct Gathered {
     /// thread's first line.
     sink: Option<Box<dyn Write>>,
     /// Which [`Batched`] the sink was cloned from (its id, which its clones share): a
-    /// line from another
-    /// (a test's own subscriber) first hands on what the last one gathered.
+    /// line from another (a test's own subscriber) first hands on what the last one
+    /// gathered.
     from: usize,
     bytes: Vec<u8>,
 }

@@ -360,18 +360,12 @@ impl fmt::Write for Short {
     }
 }
 
-/// What `{:?}` writes for `s` unchanged between quotes: printable ASCII but for `"`
-/// and `\`.
-fn needs_no_escape(s: &str) -> bool {
-    crate::words::quotable(s.as_bytes())
-}
-
 impl Visit for Visitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_err() {
             return;
         }
-        if Self::plain(field) && needs_no_escape(value) {
+        if Self::plain(field) && crate::words::quotable(value.as_bytes()) {
             self.result = self.name(field).and_then(|()| {
                 self.line.write_char('"')?;
                 self.line.write_str(value)?;
