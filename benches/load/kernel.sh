@@ -58,7 +58,7 @@ wait_port "$SC" || { cat "$WORK/sidecar.log" >&2; exit 1; }
 session_leader "$VG_PID"
 bodies_lua "$WORK/bodies.lua"
 # A body per request the sidecar serves in all its runs (a body sent twice is a replay).
-"$GEN" $((DUR * (ROUNDS + 1) * 70000)) > "$WORK/bodies.txt"
+"$GEN" $((DUR * (ROUNDS + 1) * 100000)) > "$WORK/bodies.txt"
 
 CALLS="recvfrom read readv writev write sendto sendmsg epoll_wait epoll_ctl futex getsockopt setsockopt ioctl"
 EVENTS=raw_syscalls:sys_enter,sched:sched_switch,sched:sched_wakeup
