@@ -699,8 +699,9 @@ impl<W: fmt::Write + ?Sized> std::io::Write for FmtIo<'_, W> {
 /// binary has [`Forwarded::log`] write it directly, as the subscriber's formatter would
 /// write its event: the line is written for every request, and through the event each of
 /// its ten fields is a dynamic call into the formatter's visitor, 4,400 instructions a
-/// request where the direct text takes 1,900 (BENCHMARKS.md, the forty-ninth round). The
-/// ids are ASCII text, as the request held them.
+/// request where the direct text takes 1,900 (BENCHMARKS.md, the forty-ninth round), and
+/// 1,560 with the route's names kept (the fiftieth). The ids are ASCII text, as the
+/// request held them.
 pub struct Forwarded<'a> {
     pub request_id: &'a [u8],
     pub listener: &'a str,
@@ -711,6 +712,9 @@ pub struct Forwarded<'a> {
     pub latency_ms: f64,
     pub userid: Option<&'a [u8]>,
     pub ticket_no: Option<&'a [u8]>,
+    /// The route's three names, kept for its lines (see [`RouteNames`]); `None` writes
+    /// them each time. Made from `listener`, `route` and `peer`, so always the same ones.
+    pub names: Option<&'a RouteNames>,
 }
 
 /// Writes one whole line.
@@ -814,76 +818,118 @@ impl Forwarded<'_> {
     /// human format, a latency not in whole thousandths.
     fn write(&self, json: bool, stamp: &[u8], w: &mut Vec<u8>) -> fmt::Result {
         let latency = thousandths(self.latency_ms).ok_or(fmt::Error)?;
-        // A field's name, each format's way (`,"name":` or ` name=`), written whole.
-        type Name = (&'static [u8], &'static [u8]);
-        let name = |w: &mut Vec<u8>, (in_json, in_human): Name| {
-            w.extend_from_slice(if json { in_json } else { in_human });
-        };
-        let quoted = |w: &mut Vec<u8>, value: &[u8]| {
-            w.push(b'"');
-            w.extend_from_slice(value);
-            w.push(b'"');
-        };
-        // A string: between quotes, escaped as JSON escapes it; in the human format only
-        // when it needs no escape (else the event writes the line).
-        let string = |w: &mut Vec<u8>, n: Name, value: &[u8]| {
-            name(w, n);
-            if json && !crate::words::json_plain(value) {
-                let value = std::str::from_utf8(value).map_err(|_| fmt::Error)?;
-                return json_str(&mut Bytes(w), value);
-            }
-            if !json && !crate::words::quotable(value) {
-                return Err(fmt::Error);
-            }
-            quoted(w, value);
-            Ok(())
-        };
-        // A `%` value: as it is in the human format, a string in JSON.
-        let shown = |w: &mut Vec<u8>, n: Name, value: &[u8]| {
-            if json {
-                return string(w, n, value);
-            }
-            name(w, n);
-            w.extend_from_slice(value);
-            Ok(())
-        };
-        let number = |w: &mut Vec<u8>, n: Name, value: u16| {
-            name(w, n);
-            decimal(&mut Bytes(w), false, u64::from(value))
-        };
+        let mut out = Out { w, json };
         if json {
-            w.extend_from_slice(b"{\"timestamp\":\"");
-            w.extend_from_slice(stamp);
-            w.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"forwarded\"");
+            out.text(b"{\"timestamp\":\"");
+            out.text(stamp);
+            out.text(b"\",\"level\":\"INFO\",\"message\":\"forwarded\"");
         } else {
-            w.extend_from_slice(stamp);
-            w.extend_from_slice(b"  INFO bsk_sidecar::access: forwarded");
+            out.text(stamp);
+            out.text(b"  INFO bsk_sidecar::access: forwarded");
         }
-        shown(w, (b",\"request_id\":", b" request_id="), self.request_id)?;
-        shown(
-            w,
-            (b",\"listener\":", b" listener="),
-            self.listener.as_bytes(),
-        )?;
-        string(w, (b",\"route\":", b" route="), self.route.as_bytes())?;
-        string(w, (b",\"peer\":", b" peer="), self.peer.as_bytes())?;
-        number(w, (b",\"status\":", b" status="), self.status)?;
+        out.shown((b",\"request_id\":", b" request_id="), self.request_id)?;
+        match self.names {
+            Some(names) => {
+                let kept = if json { &names.json } else { &names.human };
+                let text = kept.get_or_init(|| {
+                    let mut text = Vec::new();
+                    let made = self.write_names(&mut Out { w: &mut text, json });
+                    made.ok().map(|()| text.into_boxed_slice())
+                });
+                out.text(text.as_deref().ok_or(fmt::Error)?);
+            }
+            None => self.write_names(&mut out)?,
+        }
+        out.number((b",\"status\":", b" status="), self.status)?;
         if let Some(s) = self.upstream_status {
-            number(w, (b",\"upstream_status\":", b" upstream_status="), s)?;
+            out.number((b",\"upstream_status\":", b" upstream_status="), s)?;
         }
-        name(w, (b",\"latency_ms\":", b" latency_ms="));
-        write_thousandths(&mut Bytes(w), latency)?;
+        out.name((b",\"latency_ms\":", b" latency_ms="));
+        write_thousandths(&mut Bytes(out.w), latency)?;
         if let Some(u) = self.userid {
-            string(w, (b",\"userid\":", b" userid="), u)?;
+            out.string((b",\"userid\":", b" userid="), u)?;
         }
         if let Some(t) = self.ticket_no {
-            string(w, (b",\"ticket_no\":", b" ticket_no="), t)?;
+            out.string((b",\"ticket_no\":", b" ticket_no="), t)?;
         }
         if json {
-            w.extend_from_slice(b",\"target\":\"bsk_sidecar::access\"}");
+            out.text(b",\"target\":\"bsk_sidecar::access\"}");
         }
-        w.push(b'\n');
+        out.w.push(b'\n');
         Ok(())
+    }
+
+    /// The `listener`, `route` and `peer` fields, the same on every line of a route.
+    fn write_names(&self, out: &mut Out<'_>) -> fmt::Result {
+        out.shown((b",\"listener\":", b" listener="), self.listener.as_bytes())?;
+        out.string((b",\"route\":", b" route="), self.route.as_bytes())?;
+        out.string((b",\"peer\":", b" peer="), self.peer.as_bytes())
+    }
+}
+
+/// A route's `listener`, `route` and `peer` fields as [`Forwarded::log`] writes them
+/// directly, in each format: made on the route's first line and kept with the route, so
+/// each later line copies them at once (`None`: the human format would escape them, and
+/// the event writes the route's lines). Belongs to one route; a reload makes new ones.
+#[derive(Default)]
+pub struct RouteNames {
+    human: std::sync::OnceLock<Option<Box<[u8]>>>,
+    json: std::sync::OnceLock<Option<Box<[u8]>>>,
+}
+
+/// A field's name, each format's way (`,"name":` or ` name=`), written whole.
+type Name = (&'static [u8], &'static [u8]);
+
+/// A direct line being written, in JSON or the human format.
+struct Out<'w> {
+    w: &'w mut Vec<u8>,
+    json: bool,
+}
+
+impl Out<'_> {
+    fn text(&mut self, bytes: &[u8]) {
+        self.w.extend_from_slice(bytes);
+    }
+
+    fn name(&mut self, (in_json, in_human): Name) {
+        self.w
+            .extend_from_slice(if self.json { in_json } else { in_human });
+    }
+
+    fn quoted(&mut self, value: &[u8]) {
+        self.w.push(b'"');
+        self.w.extend_from_slice(value);
+        self.w.push(b'"');
+    }
+
+    /// A string: between quotes, escaped as JSON escapes it; in the human format only
+    /// when it needs no escape (else the event writes the line).
+    fn string(&mut self, n: Name, value: &[u8]) -> fmt::Result {
+        self.name(n);
+        if self.json && !crate::words::json_plain(value) {
+            let value = std::str::from_utf8(value).map_err(|_| fmt::Error)?;
+            return json_str(&mut Bytes(self.w), value);
+        }
+        if !self.json && !crate::words::quotable(value) {
+            return Err(fmt::Error);
+        }
+        self.quoted(value);
+        Ok(())
+    }
+
+    /// A `%` value: as it is in the human format, a string in JSON.
+    fn shown(&mut self, n: Name, value: &[u8]) -> fmt::Result {
+        if self.json {
+            return self.string(n, value);
+        }
+        self.name(n);
+        self.w.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn number(&mut self, n: Name, value: u16) -> fmt::Result {
+        self.name(n);
+        decimal(&mut Bytes(self.w), false, u64::from(value))
     }
 }
 
@@ -1168,6 +1214,7 @@ mod tests {
             latency_ms: 1.25,
             userid: Some(b"9054233544"),
             ticket_no: Some(b"20221202153322882"),
+            names: None,
         };
         let bare = Forwarded {
             status: 502,
@@ -1200,11 +1247,20 @@ mod tests {
                     false => Some(event.as_str()),
                 };
                 let stamp = stamp.and_then(|t| t.get(..PREFIX + 8)).unwrap();
-                let mut ours = Vec::new();
-                let written = f.write(json, stamp.as_bytes(), &mut ours);
-                assert_eq!(written.is_ok(), direct, "{event}");
-                if direct {
-                    assert_eq!(String::from_utf8(ours).unwrap(), event);
+                // Each name written, then the route's names made on its first line and
+                // copied on the next.
+                let kept = RouteNames::default();
+                let with_kept = Forwarded {
+                    names: Some(&kept),
+                    ..*f
+                };
+                for f in [f, &with_kept, &with_kept] {
+                    let mut ours = Vec::new();
+                    let written = f.write(json, stamp.as_bytes(), &mut ours);
+                    assert_eq!(written.is_ok(), direct, "{event}");
+                    if direct {
+                        assert_eq!(String::from_utf8(ours).unwrap(), event);
+                    }
                 }
             }
             // A latency of other than whole thousandths is the event's.

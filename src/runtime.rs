@@ -24,6 +24,7 @@ use crate::guard::dns::Names;
 use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
 use crate::guard::replay::ReplayCache;
+use crate::logfmt::RouteNames;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::tls::TlsState;
 use crate::words::hex_digits;
@@ -36,6 +37,8 @@ pub struct RouteRt {
     pub destination: Destination,
     /// The route's request metrics, kept from their first use.
     pub series: RouteSeries,
+    /// The route's names as its access lines write them, kept from the first line.
+    pub access_names: RouteNames,
     /// The local bucket of the route's peer (`peers.<name>.rate`), found once here.
     pub peer_limiter: Option<Arc<Limiter>>,
 }
@@ -259,6 +262,7 @@ fn listeners(
                 limiter,
                 destination: Destination::new(r, egress)?,
                 series: RouteSeries::default(),
+                access_names: RouteNames::default(),
                 peer_limiter: peer_limiters.get(&r.peer.name).cloned(),
             };
             routes.insert(r.path.as_bytes().into(), route);

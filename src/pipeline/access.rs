@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::{Fault, Reject};
 use crate::forward::Answer;
 use crate::guard::fields::Id;
+use crate::logfmt::RouteNames;
 use crate::metrics::{RouteLabels, RouteSeries};
 use crate::runtime::{ListenerRt, RequestId, Runtime};
 
@@ -19,6 +20,8 @@ pub(super) struct Trace<'a> {
     pub(super) peer: Option<&'a str>,
     /// The route's metric series, once the route is known.
     pub(super) series: Option<&'a RouteSeries>,
+    /// The route's names as its access lines write them, once the route is known.
+    pub(super) names: Option<&'a RouteNames>,
     pub(super) userid: Option<Id>,
     pub(super) ticket_no: Option<Id>,
     pub(super) upstream_status: Option<u16>,
@@ -63,6 +66,7 @@ pub(super) fn finish(
                 latency_ms,
                 userid: trace.userid.as_ref().map(|id| id.as_bytes()),
                 ticket_no: trace.ticket_no.as_ref().map(|id| id.as_bytes()),
+                names: trace.names,
             }
             .log();
             resp

@@ -28,6 +28,7 @@ pub(super) fn select<'a>(
     trace.route = Some(&cfg.path);
     trace.peer = Some(&cfg.peer.name);
     trace.series = Some(&route.series);
+    trace.names = Some(&route.access_names);
     if *method != cfg.method {
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
