@@ -713,7 +713,8 @@ pub struct Forwarded<'a> {
     pub userid: Option<&'a [u8]>,
     pub ticket_no: Option<&'a [u8]>,
     /// The route's three names, kept for its lines (see [`RouteNames`]); `None` writes
-    /// them each time. Made from `listener`, `route` and `peer`, so always the same ones.
+    /// them each time. Those of the route `listener`, `route` and `peer` name: the kept
+    /// text is made from the first line's three and never checked against them again.
     pub names: Option<&'a RouteNames>,
 }
 
@@ -855,7 +856,7 @@ impl Forwarded<'_> {
         if json {
             out.text(b",\"target\":\"bsk_sidecar::access\"}");
         }
-        out.w.push(b'\n');
+        out.text(b"\n");
         Ok(())
     }
 
@@ -892,14 +893,13 @@ impl Out<'_> {
     }
 
     fn name(&mut self, (in_json, in_human): Name) {
-        self.w
-            .extend_from_slice(if self.json { in_json } else { in_human });
+        self.text(if self.json { in_json } else { in_human });
     }
 
     fn quoted(&mut self, value: &[u8]) {
-        self.w.push(b'"');
-        self.w.extend_from_slice(value);
-        self.w.push(b'"');
+        self.text(b"\"");
+        self.text(value);
+        self.text(b"\"");
     }
 
     /// A string: between quotes, escaped as JSON escapes it; in the human format only
@@ -923,7 +923,7 @@ impl Out<'_> {
             return self.string(n, value);
         }
         self.name(n);
-        self.w.extend_from_slice(value);
+        self.text(value);
         Ok(())
     }
 
