@@ -8,20 +8,16 @@ use std::time::Instant;
 use crate::error::{Fault, Reject};
 use crate::forward::Answer;
 use crate::guard::fields::Id;
-use crate::logfmt::RouteNames;
-use crate::metrics::{RouteLabels, RouteSeries};
-use crate::runtime::{ListenerRt, RequestId, Runtime};
+use crate::metrics::RouteLabels;
+use crate::runtime::{ListenerRt, RequestId, RouteRt, Runtime};
 
-/// What the log line and metrics learn about a request as it goes (the route and peer
-/// names borrowed from the runtime the request is served by).
+/// What the log line and metrics learn about a request as it goes (the route borrowed
+/// from the runtime the request is served by).
 #[derive(Default)]
 pub(super) struct Trace<'a> {
-    pub(super) route: Option<&'a str>,
-    pub(super) peer: Option<&'a str>,
-    /// The route's metric series, once the route is known.
-    pub(super) series: Option<&'a RouteSeries>,
-    /// The route's names as its access lines write them, once the route is known.
-    pub(super) names: Option<&'a RouteNames>,
+    /// The route, once it is known: its and its peer's names, its metric series, its
+    /// names as its access lines write them.
+    pub(super) route: Option<&'a RouteRt>,
     pub(super) userid: Option<Id>,
     pub(super) ticket_no: Option<Id>,
     pub(super) upstream_status: Option<u16>,
@@ -37,8 +33,8 @@ pub(super) fn finish(
     start: Instant,
     result: Result<Answer, Reject>,
 ) -> Answer {
-    let route_label = trace.route.unwrap_or("unmatched");
-    let peer_label = trace.peer.unwrap_or("none");
+    let route_label = trace.route.map_or("unmatched", |r| r.cfg.path.as_str());
+    let peer_label = trace.route.map_or("none", |r| r.cfg.peer.name.as_str());
     let elapsed = start.elapsed();
     // To the microsecond: written as digits, not through the float formatter (`logfmt`).
     // (Whole microseconds as a `u64`: a `u128` made a float through a library call.)
@@ -49,7 +45,7 @@ pub(super) fn finish(
         peer: peer_label,
     };
     // Set with the route's names; without a route, the listener's own "unmatched" series.
-    let series = trace.series.unwrap_or(&lst.unmatched);
+    let series = trace.route.map_or(&lst.unmatched, |r| &r.series);
     series
         .request_seconds(&rt.metrics, labels)
         .observe(elapsed.as_secs_f64());
@@ -66,7 +62,7 @@ pub(super) fn finish(
                 latency_ms,
                 userid: trace.userid.as_ref().map(|id| id.as_bytes()),
                 ticket_no: trace.ticket_no.as_ref().map(|id| id.as_bytes()),
-                names: trace.names,
+                names: trace.route.map(|r| &r.access_names),
             }
             .log();
             resp

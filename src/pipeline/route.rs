@@ -25,10 +25,7 @@ pub(super) fn select<'a>(
 ) -> Result<&'a RouteRt, Reject> {
     let route = lst.routes.get(target.path()).ok_or(Reject::NotFound)?;
     let cfg = &route.cfg;
-    trace.route = Some(&cfg.path);
-    trace.peer = Some(&cfg.peer.name);
-    trace.series = Some(&route.series);
-    trace.names = Some(&route.access_names);
+    trace.route = Some(route);
     if *method != cfg.method {
         return Err(Reject::MethodNotAllowed {
             allow: method_str(&cfg.method),
