@@ -66,7 +66,8 @@
 # on the noise's shape: order statistics of the rounds, from 6 rounds up; with fewer,
 # the whole range and its confidence). Against nginx the line judges the target of at
 # most 1.0x: met when the whole interval is at or below it, not met when the whole
-# interval is above it, else undecided.
+# interval is above it, else undecided. Two more lines judge the p99 (at most nginx's)
+# and the requests/s (at least nginx's) the same way, round by round.
 # Needs wrk and nginx (installed from Debian when missing, as root).
 set -euo pipefail
 # The rest is one block, read whole before any of it runs: editing this file, or a
@@ -342,16 +343,17 @@ for (t, c), v in sorted(rows.items()):
     if refused:
         print(f"WARNING: {t} at c={c} answered {refused:.0f} requests non-2xx; its CPU per request "
               "is not comparable (more bodies than requests: BODIES)", file=sys.stderr)
-def per_round(t, other, c, target=None):
-    # CPU/req of t against other, round by round (the two measured within minutes of
+def per_round(t, other, c, target=None, col=3, most=True):
+    # Column col (default CPU/req) of t against other, round by round (the two measured within minutes of
     # each other), to show how far this machine's noise moves one ratio; then their
     # median and a distribution-free interval for it: between the k-th smallest and the
     # k-th largest ratio, k the largest for which the median lies there with at least 95%
     # confidence (a binomial count of the rounds on either side; with too few rounds,
     # the whole range and the confidence it has). With a target, whether the ratio is at
-    # most that: met when all of the interval is at or below, not met when all is above.
+    # most that: met when all of the interval is at or below, not met when all is above
+    # (with most=False, at least that: the other way round).
     pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
-    rs = [a[3] / b[3] for a, b in pairs if b[3]]
+    rs = [a[col] / b[col] for a, b in pairs if b[col]]
     listed = ", ".join(f"{r:.2f}" for r in rs)
     if len(rs) < 2:
         return listed
@@ -359,9 +361,13 @@ def per_round(t, other, c, target=None):
     conf = lambda k: 1 - 2 * sum(comb(n, i) for i in range(k)) / 2 ** n
     k = max([k for k in range(1, n // 2 + 1) if conf(k) >= 0.95] or [1])
     lo, hi = rs[k - 1], rs[n - k]
-    said = "" if target is None else ": <= {:.1f}x {}".format(
-        target, "too few rounds to judge (6 give 95%)" if conf(k) < 0.95 else
-        "met" if hi <= target else "not met" if lo > target else "undecided")
+    said = ""
+    if target is not None:
+        # A target is a most (CPU, latency) or, with most=False, a least (throughput).
+        good, bad = (hi <= target, lo > target) if most else (lo >= target, hi < target)
+        said = ": {} {:.1f}x {}".format(
+            "<=" if most else ">=", target, "too few rounds to judge (6 give 95%)" if conf(k) < 0.95 else
+            "met" if good else "not met" if bad else "undecided")
     return f"{listed}; median of rounds {st.median(rs):.2f}x, {conf(k):.0%} interval {lo:.2f}-{hi:.2f}x{said}"
 cols = ["req/s", "p50 ms", "p99 ms", "CPU µs/req", "upstream µs/req", "new upstream conns", "peak RSS MiB", "non-2xx", "ctx switches/req", "user µs/req", "latency held"]
 HELD = 1.05  # latency held above this: the measurement's p50/p99 hold many latencies wrk added
@@ -380,6 +386,9 @@ for c in sorted({c for _, c in med}):
         if (t, c) in med and ("nginx", c) in med:
             a, n = med[(t, c)], med[("nginx", c)]
             print(f"c={c} {t}/nginx: CPU/req {a[3]/n[3]:.2f}x (per round {per_round(t, 'nginx', c, 1.0)}; user {a[9]/n[9]:.2f}x, system {(a[3]-a[9])/(n[3]-n[9]):.2f}x)  req/s {a[0]/n[0]:.2f}x  p99 {a[2]:.2f}/{n[2]:.2f} ms  new upstream conns {a[5]:.0f}/{n[5]:.0f}  peak RSS {a[6]:.1f}/{n[6]:.1f} MiB")
+            # The latency and throughput targets, paired round by round as the CPU's is.
+            print(f"c={c} {t}/nginx: p99 (per round {per_round(t, 'nginx', c, 1.0, col=2)})")
+            print(f"c={c} {t}/nginx: req/s (per round {per_round(t, 'nginx', c, 1.0, col=0, most=False)})")
     for t in sorted({t for t, _ in med} - {"nginx", "nginx-all"}):
         if (t, c) in med and ("nginx-all", c) in med:
             a, n = med[(t, c)], med[("nginx-all", c)]
