@@ -25,7 +25,7 @@ use crate::guard::ip::AllowList;
 use crate::guard::rate::{Limiter, PerIpLimiter, RateSpec};
 use crate::guard::replay::ReplayCache;
 use crate::logfmt::RouteNames;
-use crate::metrics::{Metrics, RouteSeries};
+use crate::metrics::{Metrics, RouteLabels, RouteSeries};
 use crate::tls::TlsState;
 use crate::words::hex_digits;
 use crate::workers::SLOTS;
@@ -102,6 +102,18 @@ pub struct ListenerRt {
     pub proxy_protocol: bool,
     /// The metric series of requests that matched no route (`route="unmatched"`).
     pub unmatched: RouteSeries,
+}
+
+impl ListenerRt {
+    /// The labels of a request's metric series and access line: the listener's, and
+    /// `route`'s path and peer (`unmatched` and `none` before a route is known).
+    pub fn labels<'a>(&'a self, route: Option<&'a RouteRt>) -> RouteLabels<'a> {
+        RouteLabels {
+            listener: &self.name,
+            route: route.map_or("unmatched", |r| r.cfg.path.as_str()),
+            peer: route.map_or("none", |r| r.cfg.peer.name.as_str()),
+        }
+    }
 }
 
 pub struct Runtime {

@@ -344,14 +344,14 @@ for (t, c), v in sorted(rows.items()):
         print(f"WARNING: {t} at c={c} answered {refused:.0f} requests non-2xx; its CPU per request "
               "is not comparable (more bodies than requests: BODIES)", file=sys.stderr)
 def per_round(t, other, c, target=None, col=3, most=True):
-    # Column col (default CPU/req) of t against other, round by round (the two measured within minutes of
-    # each other), to show how far this machine's noise moves one ratio; then their
-    # median and a distribution-free interval for it: between the k-th smallest and the
-    # k-th largest ratio, k the largest for which the median lies there with at least 95%
-    # confidence (a binomial count of the rounds on either side; with too few rounds,
-    # the whole range and the confidence it has). With a target, whether the ratio is at
-    # most that: met when all of the interval is at or below, not met when all is above
-    # (with most=False, at least that: the other way round).
+    # Column col (default CPU/req) of t against other, round by round (the two measured
+    # within minutes of each other), to show how far this machine's noise moves one
+    # ratio; then their median and a distribution-free interval for it: between the
+    # k-th smallest and the k-th largest ratio, k the largest for which the median lies
+    # there with at least 95% confidence (a binomial count of the rounds on either side;
+    # with too few rounds, the whole range and the confidence it has). With a target,
+    # whether the ratio is at most that: met when all of the interval is at or below,
+    # not met when all is above (with most=False, at least that: the other way round).
     pairs = zip(rows.get((t, c), []), rows.get((other, c), []))
     rs = [a[col] / b[col] for a, b in pairs if b[col]]
     listed = ", ".join(f"{r:.2f}" for r in rs)

@@ -8,7 +8,6 @@ use std::time::Instant;
 use crate::error::{Fault, Reject};
 use crate::forward::Answer;
 use crate::guard::fields::Id;
-use crate::metrics::RouteLabels;
 use crate::runtime::{ListenerRt, RequestId, RouteRt, Runtime};
 
 /// What the log line and metrics learn about a request as it goes (the route borrowed
@@ -33,17 +32,12 @@ pub(super) fn finish(
     start: Instant,
     result: Result<Answer, Reject>,
 ) -> Answer {
-    let route_label = trace.route.map_or("unmatched", |r| r.cfg.path.as_str());
-    let peer_label = trace.route.map_or("none", |r| r.cfg.peer.name.as_str());
+    let labels = lst.labels(trace.route);
+    let (route_label, peer_label) = (labels.route, labels.peer);
     let elapsed = start.elapsed();
     // To the microsecond: written as digits, not through the float formatter (`logfmt`).
     // (Whole microseconds as a `u64`: a `u128` made a float through a library call.)
     let latency_ms = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0;
-    let labels = RouteLabels {
-        listener: &lst.name,
-        route: route_label,
-        peer: peer_label,
-    };
     // Set with the route's names; without a route, the listener's own "unmatched" series.
     let series = trace.route.map_or(&lst.unmatched, |r| &r.series);
     series

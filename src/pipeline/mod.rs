@@ -82,11 +82,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// The labels of the route's metric series.
     fn labels(&self) -> RouteLabels<'_> {
-        RouteLabels {
-            listener: &self.lst.name,
-            route: &self.route.cfg.path,
-            peer: &self.route.cfg.peer.name,
-        }
+        self.lst.labels(Some(self.route))
     }
 }
 
